@@ -1,0 +1,1 @@
+//! Machine-name rules (being written).

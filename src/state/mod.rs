@@ -1,0 +1,1 @@
+//! The state engine (being written).

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine as root: installs the real tools the
+# tests use (nix-instantiate, systemd-nspawn, networkd), then fmt, clippy and every test.
+set -euo pipefail
+cd "$(dirname "$0")"
+need=()
+command -v nix-instantiate >/dev/null || need+=(nix-bin)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v setfacl >/dev/null || need+=(acl)
+command -v rsync >/dev/null || need+=(rsync)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+export NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets
