@@ -43,9 +43,8 @@ impl HostRoot {
     /// A host tree at `root` (`/` for the running system).
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
-        let root = std::fs::canonicalize(&root).map_err(|e| {
-            io::Error::new(e.kind(), format!("host root {}: {e}", root.display()))
-        })?;
+        let root = std::fs::canonicalize(&root)
+            .map_err(|e| io::Error::new(e.kind(), format!("host root {}: {e}", root.display())))?;
         if !root.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
@@ -340,7 +339,8 @@ mod tests {
             .unwrap();
         assert_eq!(text, "X=1\n");
         assert_eq!(
-            h.resolve(Path::new("/etc/nixos-containers/web.conf")).unwrap(),
+            h.resolve(Path::new("/etc/nixos-containers/web.conf"))
+                .unwrap(),
             PathBuf::from("/etc/static/nixos-containers/web.conf")
         );
     }
@@ -354,14 +354,15 @@ mod tests {
         std::fs::write(r.join("etc/shadow"), "host secret").unwrap();
         std::fs::write(r.join("var/lib/c/etc/shadow"), "guest file").unwrap();
         symlink("/etc/shadow", r.join("var/lib/c/etc/nixos/a")).unwrap();
-        symlink("../../../../../../etc/shadow", r.join("var/lib/c/etc/nixos/b")).unwrap();
+        symlink(
+            "../../../../../../etc/shadow",
+            r.join("var/lib/c/etc/nixos/b"),
+        )
+        .unwrap();
         let h = HostRoot::new(r).unwrap();
         for l in ["a", "b"] {
             let got = h
-                .read_confined(
-                    Path::new("/var/lib/c"),
-                    &Path::new("/etc/nixos").join(l),
-                )
+                .read_confined(Path::new("/var/lib/c"), &Path::new("/etc/nixos").join(l))
                 .unwrap();
             assert_eq!(got, b"guest file", "link {l} escaped the jail");
         }

@@ -98,7 +98,11 @@ mod tests {
     fn codes_are_unique() {
         let mut seen = BTreeSet::new();
         for s in all_specs() {
-            assert!(seen.insert(s.code), "warning code {} is declared twice", s.code);
+            assert!(
+                seen.insert(s.code),
+                "warning code {} is declared twice",
+                s.code
+            );
         }
     }
 
@@ -116,7 +120,11 @@ mod tests {
                 "warning code {:?} is not kebab-case",
                 s.code
             );
-            assert!(!s.summary.trim().is_empty(), "warning code {} has no summary", s.code);
+            assert!(
+                !s.summary.trim().is_empty(),
+                "warning code {} has no summary",
+                s.code
+            );
         }
     }
 }
