@@ -1,0 +1,228 @@
+//! The `.nspawn` settings file: what the NixOS module renders for an instance
+//! ([`module_settings`], exactly per `nixos/RENDERING.md`), merged with the raw keys the
+//! migrator emits ([`merged`]), as text in nixpkgs' `systemd.nspawn` format ([`render`]).
+
+use crate::legacy::{BindMount, Kind};
+use crate::translate::{Instance, InstanceSpec, NspawnSettings};
+use std::collections::BTreeMap;
+
+/// What the preview prints where the module puts the guest's system toplevel store path.
+pub const TOPLEVEL_PLACEHOLDER: &str = "@toplevel@";
+
+/// The keys the module sets itself (`nixos/RENDERING.md`): the migrator never emits these raw.
+pub const MODULE_KEYS: &[(&str, &str)] = &[
+    ("Exec", "Boot"),
+    ("Exec", "Parameters"),
+    ("Exec", "KillSignal"),
+    ("Exec", "NotifyReady"),
+    ("Exec", "PrivateUsers"),
+    ("Exec", "Ephemeral"),
+    ("Files", "BindReadOnly"),
+    ("Files", "Bind"),
+    ("Files", "PrivateUsersOwnership"),
+    ("Network", "Private"),
+    ("Network", "VirtualEthernet"),
+    ("Network", "Zone"),
+    ("Network", "Bridge"),
+    ("Network", "Port"),
+];
+
+/// Is `Section.Key` one the module renders from the instance options?
+pub fn is_module_key(section: &str, key: &str) -> bool {
+    MODULE_KEYS.iter().any(|(s, k)| *s == section && *k == key)
+}
+
+/// True when the private-users mode asks for idmapped `/nix` binds (`pick` or a number).
+fn idmapped(mode: &str) -> bool {
+    mode == "pick"
+        || mode
+            .split(':')
+            .next()
+            .is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// `<hostPath>:<mountPoint>` (or `<mountPoint>`), then `:<options>`.
+pub fn bind_spec(b: &BindMount) -> String {
+    let mut s = match &b.host_path {
+        Some(h) => format!("{h}:{}", b.mount_point),
+        None => b.mount_point.clone(),
+    };
+    if let Some(o) = &b.options {
+        s.push(':');
+        s.push_str(o);
+    }
+    s
+}
+
+fn push(map: &mut BTreeMap<String, Vec<String>>, key: &str, value: impl Into<String>) {
+    map.entry(key.to_string()).or_default().push(value.into());
+}
+
+/// The keys the NixOS module sets for instance `name` (see `nixos/RENDERING.md`).
+pub fn module_settings(name: &str, spec: &InstanceSpec) -> NspawnSettings {
+    let mut s = NspawnSettings::default();
+    let mode = spec.private_users.mode.as_str();
+    let idmap = idmapped(mode);
+
+    push(&mut s.exec, "Boot", "no");
+    push(
+        &mut s.exec,
+        "Parameters",
+        format!("{TOPLEVEL_PLACEHOLDER}/init"),
+    );
+    push(&mut s.exec, "KillSignal", "SIGRTMIN+3");
+    push(&mut s.exec, "NotifyReady", "yes");
+    push(&mut s.exec, "PrivateUsers", mode);
+    if spec.ephemeral {
+        push(&mut s.exec, "Ephemeral", "yes");
+    }
+
+    for p in [
+        "/nix/store",
+        "/nix/var/nix/db",
+        "/nix/var/nix/daemon-socket",
+    ] {
+        if idmap {
+            push(&mut s.files, "BindReadOnly", format!("{p}:{p}:idmap"));
+        } else {
+            push(&mut s.files, "BindReadOnly", p);
+        }
+    }
+    for what in ["profiles", "gcroots"] {
+        let mut v = format!("/nix/var/nix/{what}/per-nspawn/{name}:/nix/var/nix/{what}");
+        if idmap {
+            v.push_str(":idmap");
+        }
+        push(&mut s.files, "Bind", v);
+    }
+    // Attribute order: bindMounts is keyed by mount point, Nix sorts attribute names by byte.
+    let mut binds: Vec<&BindMount> = spec.bind_mounts.iter().collect();
+    binds.sort_by(|a, b| a.mount_point.as_bytes().cmp(b.mount_point.as_bytes()));
+    for b in binds {
+        let key = if b.is_read_only {
+            "BindReadOnly"
+        } else {
+            "Bind"
+        };
+        push(&mut s.files, key, bind_spec(b));
+    }
+    if mode != "no"
+        && let Some(o) = &spec.private_users.ownership
+    {
+        push(&mut s.files, "PrivateUsersOwnership", o.as_str());
+    }
+
+    match &spec.network {
+        None => {
+            push(&mut s.network, "Private", "no");
+            push(&mut s.network, "VirtualEthernet", "no");
+        }
+        Some(n) => {
+            push(&mut s.network, "Private", "yes");
+            push(
+                &mut s.network,
+                "VirtualEthernet",
+                if n.veth { "yes" } else { "no" },
+            );
+            if let Some(z) = &n.zone {
+                push(&mut s.network, "Zone", z.as_str());
+            }
+            if let Some(b) = &n.bridge {
+                push(&mut s.network, "Bridge", b.as_str());
+            }
+        }
+    }
+    for p in &spec.forward_ports {
+        push(
+            &mut s.network,
+            "Port",
+            format!(
+                "{}:{}:{}",
+                p.protocol,
+                p.host_port,
+                p.container_port.unwrap_or(p.host_port)
+            ),
+        );
+    }
+    s
+}
+
+/// `Parameters=` of an imperative instance: its own profile, not a store path.
+pub fn imperative_parameters(name: &str) -> String {
+    format!("/nix/var/nix/profiles/per-nspawn/{name}/system/init")
+}
+
+/// Keys present both in `a` and `b`, as `Section.Key`.
+pub fn conflicts(a: &NspawnSettings, b: &NspawnSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    for (sec, x, y) in [
+        ("Exec", &a.exec, &b.exec),
+        ("Files", &a.files, &b.files),
+        ("Network", &a.network, &b.network),
+    ] {
+        for k in x.keys() {
+            if y.contains_key(k) {
+                out.push(format!("{sec}.{k}"));
+            }
+        }
+    }
+    out
+}
+
+/// The settings the container really gets: the module's keys plus the raw ones.
+///
+/// A key in both is a translator bug (the translator also reports it as a warning); the
+/// module's value is kept.
+pub fn merged(i: &Instance) -> NspawnSettings {
+    let mut s = module_settings(&i.name, &i.spec);
+    if i.kind == Kind::Imperative {
+        s.exec.insert(
+            "Parameters".to_string(),
+            vec![imperative_parameters(&i.name)],
+        );
+    }
+    debug_assert!(
+        conflicts(&s, &i.raw_nspawn).is_empty(),
+        "raw .nspawn keys clash with module keys: {:?}",
+        conflicts(&s, &i.raw_nspawn)
+    );
+    for (dst, src) in [
+        (&mut s.exec, &i.raw_nspawn.exec),
+        (&mut s.files, &i.raw_nspawn.files),
+        (&mut s.network, &i.raw_nspawn.network),
+    ] {
+        for (k, v) in src {
+            dst.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    s
+}
+
+fn section(out: &mut String, map: &BTreeMap<String, Vec<String>>) {
+    for (k, vs) in map {
+        for v in vs {
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+            out.push('\n');
+        }
+    }
+}
+
+/// The text nixpkgs' `systemd.nspawn.<name>` writes:
+/// `"[Exec]\n" + E + "\n\n[Files]\n" + F + "\n\n[Network]\n" + N + "\n"`.
+pub fn render(s: &NspawnSettings) -> String {
+    let mut out = String::from("[Exec]\n");
+    section(&mut out, &s.exec);
+    out.push_str("\n\n[Files]\n");
+    section(&mut out, &s.files);
+    out.push_str("\n\n[Network]\n");
+    section(&mut out, &s.network);
+    out.push('\n');
+    out
+}
+
+/// The `.nspawn` text this instance gets (toplevel shown as [`TOPLEVEL_PLACEHOLDER`]).
+pub fn preview(i: &Instance) -> String {
+    render(&merged(i))
+}
