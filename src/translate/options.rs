@@ -27,7 +27,8 @@ fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
         Some(&e.origin),
         format!(
             "the copied expression uses {names}, bound in the legacy host file ({}) but not in the generated file; \
-             add them to the generated file (a let binding or a module argument) or inline their values",
+             the generated file takes them as module arguments, which works for arguments the host passes \
+             (flake `inputs` via specialArgs); for let bindings, define them there or inline their values",
             e.origin.file.display()
         ),
     );
