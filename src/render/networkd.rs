@@ -98,3 +98,87 @@ pub fn render(u: &NetworkdUnit) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{ActivationStrategy, NetworkSpec, PrivateUsersSpec, StaticAddresses};
+
+    fn spec(network: Option<NetworkSpec>) -> InstanceSpec {
+        InstanceSpec {
+            system_config: None,
+            nixpkgs: None,
+            special_args: None,
+            network,
+            forward_ports: vec![],
+            activation_strategy: ActivationStrategy::Restart,
+            ephemeral: false,
+            bind_mounts: vec![],
+            auto_start: true,
+            timeout_start_sec: None,
+            private_users: PrivateUsersSpec {
+                mode: "no".into(),
+                ownership: None,
+            },
+            condition: None,
+        }
+    }
+
+    #[test]
+    fn dhcp_mode_when_no_static_addresses() {
+        let units = module_networks("web", &spec(Some(NetworkSpec::default())));
+        let text: Vec<String> = units.iter().map(render).collect();
+        assert_eq!(units[0].file_name, "20-ve-web.network");
+        assert_eq!(
+            text[0],
+            "[Match]\nName=ve-web\n\n[Network]\nDHCPServer=yes\nIPMasquerade=both\nLinkLocalAddressing=yes\nIPv6SendRA=yes\n"
+        );
+        assert_eq!(text[1], "[Match]\nName=host0\n\n[Network]\nDHCP=yes\n");
+    }
+
+    #[test]
+    fn static_addresses_and_gateways() {
+        let n = NetworkSpec {
+            v4: StaticAddresses {
+                host_addresses: vec!["10.0.0.1/30".into()],
+                container_pool: vec!["10.0.0.2/30".into()],
+            },
+            v6: StaticAddresses {
+                host_addresses: vec!["fc00::1/126".into()],
+                container_pool: vec!["fc00::2/126".into()],
+            },
+            ..NetworkSpec::default()
+        };
+        let units = module_networks("web", &spec(Some(n)));
+        assert_eq!(
+            render(&units[0]),
+            "[Match]\nName=ve-web\n\n[Network]\nAddress=10.0.0.1/30\nAddress=fc00::1/126\nIPMasquerade=both\n"
+        );
+        assert_eq!(
+            render(&units[1]),
+            "[Match]\nName=host0\n\n[Network]\nAddress=10.0.0.2/30\nAddress=fc00::2/126\nGateway=10.0.0.1\nGateway=fc00::1\n"
+        );
+    }
+
+    #[test]
+    fn bridge_zone_host_network_and_no_veth() {
+        let bridged = NetworkSpec {
+            bridge: Some("br0".into()),
+            ..NetworkSpec::default()
+        };
+        let units = module_networks("web", &spec(Some(bridged)));
+        assert_eq!(units.len(), 1, "no host side for a bridge");
+        assert_eq!(render(&units[0]), "[Match]\nName=host0\n\n[Network]\n");
+        let zoned = NetworkSpec {
+            zone: Some("lab".into()),
+            ..NetworkSpec::default()
+        };
+        assert_eq!(module_networks("web", &spec(Some(zoned))).len(), 1);
+        assert!(module_networks("web", &spec(None)).is_empty());
+        let no_veth = NetworkSpec {
+            veth: false,
+            ..NetworkSpec::default()
+        };
+        assert!(module_networks("web", &spec(Some(no_veth))).is_empty());
+    }
+}

@@ -122,7 +122,7 @@ fn missing_config_message(i: &Instance) -> String {
             matches!(
                 w.code,
                 "prebuilt-system-path" | "flake-container" | "missing-system-config"
-            )
+            ) || (w.code == "unresolved-expression" && w.option.ends_with(".config"))
         })
         .map(|w| one_line(&w.message))
         .unwrap_or_else(|| "no guest configuration was found".into());

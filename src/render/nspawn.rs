@@ -226,3 +226,117 @@ pub fn render(s: &NspawnSettings) -> String {
 pub fn preview(i: &Instance) -> String {
     render(&merged(i))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::legacy::ForwardPort;
+    use crate::translate::{ActivationStrategy, NetworkSpec, PrivateUsersSpec};
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            system_config: None,
+            nixpkgs: None,
+            special_args: None,
+            network: None,
+            forward_ports: vec![],
+            activation_strategy: ActivationStrategy::Restart,
+            ephemeral: false,
+            bind_mounts: vec![],
+            auto_start: true,
+            timeout_start_sec: None,
+            private_users: PrivateUsersSpec {
+                mode: "no".into(),
+                ownership: Some("chown".into()),
+            },
+            condition: None,
+        }
+    }
+
+    #[test]
+    fn host_network_container_renders_exactly() {
+        let text = render(&module_settings("web", &spec()));
+        assert_eq!(
+            text,
+            "[Exec]\nBoot=no\nKillSignal=SIGRTMIN+3\nNotifyReady=yes\nParameters=@toplevel@/init\nPrivateUsers=no\n\
+             \n\n[Files]\nBind=/nix/var/nix/profiles/per-nspawn/web:/nix/var/nix/profiles\n\
+             Bind=/nix/var/nix/gcroots/per-nspawn/web:/nix/var/nix/gcroots\nBindReadOnly=/nix/store\n\
+             BindReadOnly=/nix/var/nix/db\nBindReadOnly=/nix/var/nix/daemon-socket\n\
+             \n\n[Network]\nPrivate=no\nVirtualEthernet=no\n\n"
+        );
+    }
+
+    #[test]
+    fn userns_ports_binds_and_network() {
+        let mut s = spec();
+        s.private_users = PrivateUsersSpec {
+            mode: "pick".into(),
+            ownership: Some("auto".into()),
+        };
+        s.ephemeral = true;
+        s.network = Some(NetworkSpec {
+            zone: Some("lab".into()),
+            bridge: None,
+            ..NetworkSpec::default()
+        });
+        s.forward_ports = vec![ForwardPort {
+            protocol: "udp".into(),
+            host_port: 53,
+            container_port: None,
+        }];
+        s.bind_mounts = vec![
+            BindMount {
+                mount_point: "/z".into(),
+                host_path: None,
+                is_read_only: true,
+                options: None,
+            },
+            BindMount {
+                mount_point: "/a".into(),
+                host_path: Some("/srv/a".into()),
+                is_read_only: false,
+                options: Some("norbind".into()),
+            },
+            BindMount {
+                mount_point: "/b".into(),
+                host_path: Some("/srv/b".into()),
+                is_read_only: true,
+                options: None,
+            },
+        ];
+        let m = module_settings("db", &s);
+        assert_eq!(m.exec["PrivateUsers"], vec!["pick"]);
+        assert_eq!(m.exec["Ephemeral"], vec!["yes"]);
+        assert_eq!(
+            m.files["BindReadOnly"],
+            vec![
+                "/nix/store:/nix/store:idmap",
+                "/nix/var/nix/db:/nix/var/nix/db:idmap",
+                "/nix/var/nix/daemon-socket:/nix/var/nix/daemon-socket:idmap",
+                "/srv/b:/b",
+                "/z"
+            ]
+        );
+        assert_eq!(
+            m.files["Bind"],
+            vec![
+                "/nix/var/nix/profiles/per-nspawn/db:/nix/var/nix/profiles:idmap",
+                "/nix/var/nix/gcroots/per-nspawn/db:/nix/var/nix/gcroots:idmap",
+                "/srv/a:/a:norbind"
+            ]
+        );
+        assert_eq!(m.files["PrivateUsersOwnership"], vec!["auto"]);
+        assert_eq!(m.network["Private"], vec!["yes"]);
+        assert_eq!(m.network["VirtualEthernet"], vec!["yes"]);
+        assert_eq!(m.network["Zone"], vec!["lab"]);
+        assert_eq!(m.network["Port"], vec!["udp:53:53"]);
+        // A numeric base UID idmaps too; "no" never renders an ownership.
+        s.private_users.mode = "524288:65536".into();
+        assert!(module_settings("db", &s).files["Bind"][0].ends_with(":idmap"));
+        assert!(
+            !module_settings("web", &spec())
+                .files
+                .contains_key("PrivateUsersOwnership")
+        );
+    }
+}

@@ -414,6 +414,12 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
         );
     }
 
+    // A `lib.mkIf` condition around the whole definition is copied like any other expression.
+    if let Some(cond) = &c.condition {
+        let copied = options::copy_expr(&mut tx, "<mkIf condition>", cond);
+        tx.i.spec.condition = Some(copied);
+    }
+
     for row in mapping::MAPPINGS {
         if let mapping::Handler::Option(f) = row.handler {
             f(&mut tx);
@@ -439,3 +445,6 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     }
     tx.i
 }
+
+#[cfg(test)]
+mod tests;

@@ -271,6 +271,14 @@ fn family(tx: &Tx, v6: bool) -> Family {
     }
     let hc = hc.and_then(|(_, c)| c);
     let lc = lc.and_then(|(_, c)| c);
+    // The other half of the pair is a Nix expression the reader could not resolve: keep what
+    // is known as given (reported once, as unresolved-expression), choose nothing.
+    let unresolved = |n: &str| tx.c.options.unresolved.contains_key(n);
+    if unresolved(hn) || unresolved(ln) {
+        f.host = hc.as_ref().map(with_prefix);
+        f.local = lc.as_ref().map(with_prefix);
+        return f;
+    }
     if let Some(br) = bridge {
         if let Some(l) = &lc {
             f.local = Some(with_prefix(l));

@@ -287,6 +287,9 @@ pub fn pkgs(tx: &mut Tx) {
     let Some(src) = tx.c.options.unresolved.get("pkgs").cloned() else {
         return;
     };
+    if tx.reader_warned("pkgs") {
+        return;
+    }
     tx.warn(
         &REMOVED_PKGS_OPTION,
         "pkgs",
