@@ -1274,6 +1274,39 @@ fn md(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// Markdown text outside code spans: `<name>` must not read as an HTML tag.
+fn md_text(s: &str) -> String {
+    md(s)
+        .split('`')
+        .enumerate()
+        .map(|(n, part)| {
+            if n % 2 == 0 {
+                part.replace('<', "&lt;").replace('>', "&gt;")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
+/// The translator's warning codes as a table for MIGRATION.md.
+pub fn warnings_table() -> String {
+    let mut out = String::from("| code | kind | meaning |\n|---|---|---|\n");
+    for w in WARNINGS {
+        let kind = match w.category {
+            crate::warnings::Category::NeedsHuman => "needs a human",
+            crate::warnings::Category::ChangedMeaning => "changed meaning",
+        };
+        out.push_str(&format!(
+            "| `{}` | {kind} | {} |\n",
+            w.code,
+            md_text(w.summary)
+        ));
+    }
+    out
+}
+
 /// The per-option table of MIGRATION.md.
 pub fn markdown_table() -> String {
     let mut out = String::new();
@@ -1301,9 +1334,9 @@ pub fn markdown_table() -> String {
         out.push_str(&format!(
             "| {} | {} | {} | {} | `{}`<br>→ {} |\n",
             md(&legacy),
-            md(m.target),
+            md_text(m.target),
             md(&warnings),
-            md(m.doc),
+            md_text(m.doc),
             md(m.example.input),
             md(&expect)
         ));
@@ -1580,22 +1613,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn migration_md_table_is_generated_from_the_mappings() {
+    /// Replace the text between `<!-- BEGIN name -->` and `<!-- END name -->` in MIGRATION.md
+    /// with `generated`, or fail when they differ (NIXOS_NSPAWN_BLESS=1 rewrites).
+    fn check_generated(name: &str, generated: &str) {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/MIGRATION.md");
         let text = std::fs::read_to_string(path).unwrap();
-        const BEGIN: &str = "<!-- BEGIN MAPPING TABLE -->\n";
-        const END: &str = "<!-- END MAPPING TABLE -->";
-        let b = text.find(BEGIN).expect("MIGRATION.md has no BEGIN marker") + BEGIN.len();
-        let e = text.find(END).expect("MIGRATION.md has no END marker");
-        let table = markdown_table();
-        if text[b..e] != table {
+        let begin = format!("<!-- BEGIN {name} -->\n");
+        let end = format!("<!-- END {name} -->");
+        let b = text.find(&begin).expect("MIGRATION.md has no BEGIN marker") + begin.len();
+        let e = text.find(&end).expect("MIGRATION.md has no END marker");
+        if text[b..e] != *generated {
             if std::env::var_os("NIXOS_NSPAWN_BLESS").is_some() {
-                let new = format!("{}{}{}", &text[..b], table, &text[e..]);
+                let new = format!("{}{}{}", &text[..b], generated, &text[e..]);
                 std::fs::write(path, new).unwrap();
             } else {
                 panic!(
-                    "MIGRATION.md's mapping table is out of date; run NIXOS_NSPAWN_BLESS=1 cargo test migration_md"
+                    "MIGRATION.md's {name} is out of date; run NIXOS_NSPAWN_BLESS=1 cargo test migration_md"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn migration_md_table_is_generated_from_the_mappings() {
+        check_generated("MAPPING TABLE", &markdown_table());
+    }
+
+    #[test]
+    fn migration_md_warnings_are_generated_from_the_specs() {
+        check_generated("WARNINGS TABLE", &warnings_table());
+    }
+
+    #[test]
+    fn migration_md_mentions_only_real_warning_codes() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/MIGRATION.md")).unwrap();
+        let intro = &text[..text.find("<!-- BEGIN WARNINGS TABLE -->").unwrap()];
+        for part in intro.split('(').skip(1) {
+            let Some(code) = part.strip_prefix('`').and_then(|p| p.split('`').next()) else {
+                continue;
+            };
+            if !code.starts_with('-')
+                && code.contains('-')
+                && code.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            {
+                assert!(
+                    WARNINGS.iter().any(|w| w.code == code),
+                    "MIGRATION.md mentions unknown code {code}"
                 );
             }
         }
