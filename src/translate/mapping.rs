@@ -1616,6 +1616,9 @@ mod tests {
     /// Replace the text between `<!-- BEGIN name -->` and `<!-- END name -->` in MIGRATION.md
     /// with `generated`, or fail when they differ (NIXOS_NSPAWN_BLESS=1 rewrites).
     fn check_generated(name: &str, generated: &str) {
+        // Both generated sections live in one file: one test at a time reads and rewrites it.
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/MIGRATION.md");
         let text = std::fs::read_to_string(path).unwrap();
         let begin = format!("<!-- BEGIN {name} -->\n");
