@@ -4,6 +4,8 @@
 //!   adjacent file, `--settings=trusted`, `--register=no`; any `FILE:LINE:` line is a failure);
 //! - every networkd unit (module-generated, host and guest extras) through systemd-networkd
 //!   itself, run in private mount and network namespaces;
+//! - every `systemd-nspawn@<name>.service` drop-in through `systemd-analyze verify` on top of
+//!   the stock unit;
 //! - every emitted Nix text (snippet, host file, imperative file) through
 //!   `nix-instantiate --parse`.
 //!
@@ -294,6 +296,77 @@ fn host_file_evaluates_as_a_module_body() {
     assert!(stdout.contains("ResolvConf = \"off\""), "{stdout}");
     assert!(stdout.contains("\"systemd-nspawn@web\""), "{stdout}");
     assert!(stdout.contains("\"/dev/net/tun rwm\""), "{stdout}");
+}
+
+/// Run `systemd-analyze verify` over the stock `systemd-nspawn@.service` with `dropin` as its
+/// override for machine `name`; the `FILE:LINE:` complaints about the drop-in.
+fn dropin_errors(name: &str, dropin: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let vd = dir.path().join("vd");
+    let d = vd.join(format!("systemd-nspawn@{name}.service.d"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(
+        "/lib/systemd/system/systemd-nspawn@.service",
+        vd.join(format!("systemd-nspawn@{name}.service")),
+    )
+    .unwrap();
+    let conf = d.join("override.conf");
+    std::fs::write(&conf, dropin).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(vd.join(format!("systemd-nspawn@{name}.service")))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", vd.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("{}:", conf.display());
+    let mut bad: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    if !out.status.success() {
+        bad.push(format!("systemd-analyze verify failed:\n{stderr}"));
+    }
+    bad
+}
+
+#[test]
+fn dropins_pass_systemd_analyze_verify() {
+    if !have("systemd-analyze", "systemd")
+        || !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
+    {
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (case, i) in instances() {
+        let text = nspawn::dropin(&i);
+        if text.is_empty() {
+            continue;
+        }
+        checked += 1;
+        let errors = dropin_errors(&i.name, &text);
+        if !errors.is_empty() {
+            failures.push(format!(
+                "{case}:\n{text}\n--- systemd-analyze said ---\n{}",
+                errors.join("\n")
+            ));
+        }
+    }
+    assert!(checked >= 5, "too few drop-ins checked: {checked}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn dropin_check_is_not_vacuous() {
+    if !have("systemd-analyze", "systemd")
+        || !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
+    {
+        return;
+    }
+    let errors = dropin_errors("neg", "[Service]\nBogusKey=1\nDeviceAllow=/dev/fuse rwx\n");
+    assert_eq!(errors.len(), 2, "{errors:?}");
 }
 
 fn networkd_units(i: &Instance) -> Vec<NetworkdUnit> {

@@ -222,6 +222,25 @@ pub fn render(s: &NspawnSettings) -> String {
     out
 }
 
+/// The `systemd-nspawn@<name>.service` drop-in as unit-file text (`[Unit]`, `[Service]`), as
+/// NixOS renders `systemd.services."systemd-nspawn@<name>"` with `overrideStrategy =
+/// "asDropin"`. Not autoStart (`wantedBy`), which NixOS expresses as symlinks, not keys.
+/// Empty when there is nothing to put in it.
+pub fn dropin(i: &Instance) -> String {
+    let mut out = String::new();
+    for (name, map) in [("Unit", &i.dropin.unit), ("Service", &i.dropin.service)] {
+        if map.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("[{name}]\n"));
+        section(&mut out, map);
+    }
+    out
+}
+
 /// The `.nspawn` text this instance gets (toplevel shown as [`TOPLEVEL_PLACEHOLDER`]).
 pub fn preview(i: &Instance) -> String {
     render(&merged(i))

@@ -354,7 +354,8 @@ fn credential(tx: &mut Tx, f: &FlagUse, key: &str) {
     if !f.v().contains(':') {
         return invalid(tx, f, "needs ID:VALUE");
     }
-    tx.dropin_service(key, f.v());
+    // Credential settings expand `%` specifiers in unit files.
+    tx.dropin_service(key, f.v().replace('%', "%%"));
     let origin = f.origin.clone();
     let id = f.v().split(':').next().unwrap_or("").to_string();
     tx.warn(

@@ -449,12 +449,13 @@ pub fn add_bind(tx: &mut Tx, mut b: crate::legacy::BindMount) {
         // `<mp>:<opts>` would read as source:destination; spell the source out.
         b.host_path = Some(b.mount_point.clone());
     }
-    if let Some(h) = &b.host_path {
-        if h.starts_with('/') {
-            tx.dropin_unit("RequiresMountsFor", h.clone());
-        }
-    } else if b.mount_point.starts_with('/') {
-        tx.dropin_unit("RequiresMountsFor", b.mount_point.clone());
+    // Order the unit after the mounts holding the source, as legacy did. Unit files split this
+    // key on whitespace and expand `%` specifiers: skip paths that would need quoting, double `%`.
+    let source = b.host_path.as_deref().unwrap_or(&b.mount_point);
+    if source.starts_with('/')
+        && !source.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+    {
+        tx.dropin_unit("RequiresMountsFor", source.replace('%', "%%"));
     }
     tx.i.spec
         .bind_mounts
