@@ -130,6 +130,7 @@ pub const MAPPINGS: &[Mapping] = &[
             ETH0_REFERENCE,
             USE_HOST_RESOLV_CONF_REMOVED,
             FREE_VARIABLE,
+            GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
             GUEST_CONFIG_UNPARSABLE
         ],
@@ -1604,6 +1605,7 @@ mod tests {
             "interface-name-too-long",
             "invalid-value",
             "internal-key-conflict",
+            "guest-files-not-rewritten",
         ];
         for c in not_in_examples {
             assert!(

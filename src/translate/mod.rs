@@ -159,6 +159,12 @@ spec!(
     "networking.useHostResolvConf was removed from the guest config; [Exec] ResolvConf= takes over"
 );
 spec!(
+    GUEST_FILES_NOT_REWRITTEN,
+    "guest-files-not-rewritten",
+    NeedsHuman,
+    "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
+);
+spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
@@ -223,6 +229,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &ETH0_REFERENCE,
     &USE_HOST_RESOLV_CONF_REMOVED,
     &FREE_VARIABLE,
+    &GUEST_FILES_NOT_REWRITTEN,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,
     &EXTRA_VETH_UNITS,

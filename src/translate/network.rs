@@ -185,19 +185,38 @@ fn is_set(tx: &Tx, field: Opt, name: &str) -> bool {
 /// when any address, bridge or MAC option is set (legacy added `--network-veth` then).
 pub fn private_network(tx: &mut Tx) {
     let o = &tx.c.options;
-    let pn = o.private_network.as_ref().map(|s| s.value).unwrap_or(false);
-    tx.private_network = pn;
-    if !pn {
-        tx.i.spec.network = None;
-        tx.applied("privateNetwork", "nixos.containers.instances.<name>.network = null ([Network] Private=no, VirtualEthernet=no)");
-        return;
-    }
     let veth = is_set(tx, o.host_address.as_ref(), "hostAddress")
         || is_set(tx, o.host_address6.as_ref(), "hostAddress6")
         || is_set(tx, o.local_address.as_ref(), "localAddress")
         || is_set(tx, o.local_address6.as_ref(), "localAddress6")
         || is_set(tx, o.host_bridge.as_ref(), "hostBridge")
         || is_set(tx, o.local_mac_address.as_ref(), "localMacAddress");
+    // An unreadable privateNetwork (reported as unresolved-expression) is assumed true when
+    // network options are set, since they only had an effect with it; false otherwise.
+    let unresolved = o.unresolved.contains_key("privateNetwork");
+    let ports = o
+        .forward_ports
+        .as_ref()
+        .is_some_and(|p| !p.value.is_empty());
+    let pn = match &o.private_network {
+        Some(s) => s.value,
+        None => unresolved && (veth || ports),
+    };
+    tx.private_network = pn;
+    if unresolved {
+        tx.applied(
+            "privateNetwork",
+            format!(
+                "unreadable; assumed {pn} because network options are {}set",
+                if pn { "" } else { "not " }
+            ),
+        );
+    }
+    if !pn {
+        tx.i.spec.network = None;
+        tx.applied("privateNetwork", "nixos.containers.instances.<name>.network = null ([Network] Private=no, VirtualEthernet=no)");
+        return;
+    }
     tx.i.spec.network = Some(NetworkSpec {
         veth,
         ..NetworkSpec::default()

@@ -203,12 +203,50 @@ pub fn config(tx: &mut Tx) {
             ),
         );
     }
+    let files = referenced_files(&r.text);
+    if !files.is_empty() {
+        tx.warn(
+            &GUEST_FILES_NOT_REWRITTEN,
+            "config",
+            Some(&e.origin),
+            format!(
+                "the guest config refers to {}; the tool rewrote only the text inside containers.{}.config, so check \
+                 those files for eth0 (now host0), networking.useHostResolvConf and boot.isContainer",
+                files.join(", "),
+                crate::nixtext::attr_name(&tx.c.name)
+            ),
+        );
+    }
     free_vars(tx, "config", e);
     tx.i.spec.system_config = Some(NixExpr {
         text: r.text,
         ..e.clone()
     });
     tx.applied("config", "system-config");
+}
+
+/// Path literals in (rewritten) Nix text: files whose content the rewrite did not see.
+fn referenced_files(text: &str) -> Vec<String> {
+    use rnix::SyntaxKind;
+    use rowan::ast::AstNode;
+    let parse = rnix::Root::parse(text);
+    let mut out = Vec::new();
+    for n in parse.tree().syntax().descendants() {
+        if matches!(
+            n.kind(),
+            SyntaxKind::NODE_PATH_REL
+                | SyntaxKind::NODE_PATH_ABS
+                | SyntaxKind::NODE_PATH_SEARCH
+                | SyntaxKind::NODE_PATH_HOME
+        ) {
+            let p = n.to_string();
+            // `<nixpkgs/…>` modules are upstream code, not the user's.
+            if !p.starts_with("<nixpkgs") && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Row `path`: a prebuilt toplevel. Derived from `config` when that exists.
@@ -314,6 +352,11 @@ pub fn auto_start(tx: &mut Tx) {
     let src = tx.c.options.auto_start.clone();
     let v = src.as_ref().map(|s| s.value).unwrap_or(false);
     tx.i.spec.auto_start = v;
+    if tx.c.options.unresolved.contains_key("autoStart") {
+        // Reported as unresolved-expression; not started until a human decides.
+        tx.applied("autoStart", "unreadable; autoStart = false until decided");
+        return;
+    }
     if v {
         tx.applied("autoStart", "autoStart = true (wantedBy machines.target)");
     } else {

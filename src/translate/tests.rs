@@ -309,6 +309,21 @@ fn relative_paths_and_free_variables_in_copied_code() {
     );
     let host = crate::render::nix::host_file(std::slice::from_ref(&i));
     assert!(host.contains("hostName,"), "{host}");
+    let files = warning(&i, "guest-files-not-rewritten");
+    assert!(
+        files.message.contains("./hosts/web-guest.nix"),
+        "{}",
+        files.message
+    );
+    // Upstream modules are not the user's files.
+    let up = run(
+        r#"{ config = { ... }: { imports = [ <nixpkgs/nixos/modules/profiles/minimal.nix> ]; }; }"#,
+    );
+    assert!(
+        !up.warnings
+            .iter()
+            .any(|w| w.code == "guest-files-not-rewritten")
+    );
 }
 
 #[test]
@@ -450,4 +465,31 @@ fn never_panics_on_odd_input() {
         let _ = crate::render::nix::instance_snippet(&i);
         let _ = crate::render::nspawn::preview(&i);
     }
+}
+
+#[test]
+fn unreadable_private_network_and_auto_start() {
+    let i = run(
+        r#"{ privateNetwork = cfg.isolated; autoStart = cfg.start; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/30\" ]",
+            "!warning addresses-without-private-network",
+            "!warning not-auto-started",
+            "instance.autoStart = false",
+        ],
+    );
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        2,
+        "{:#?}",
+        i.warnings
+    );
+    let bare = run(r#"{ privateNetwork = cfg.isolated; }"#);
+    assert_has(&bare, &["instance.network = null"]);
 }
