@@ -142,7 +142,12 @@ fn system_config_value(i: &Instance) -> String {
     if i.guest_networks.is_empty() {
         return verbatim(e);
     }
-    let mut out = format!("{{\nimports = [ {} ];\n", verbatim(e));
+    // The extra units only work with networkd in the guest (the module enables it for veth
+    // containers; macvlan/interface-only ones may not have it yet).
+    let mut out = format!(
+        "{{\nimports = [ {} ];\nsystemd.network.enable = lib.mkDefault true;\n",
+        verbatim(e)
+    );
     for u in &i.guest_networks {
         out.push_str(&networkd_binding(u));
     }
