@@ -27,6 +27,93 @@ pub const MODULE_KEYS: &[(&str, &str)] = &[
     ("Network", "Port"),
 ];
 
+/// The keys nixpkgs' `systemd.nspawn.<name>` accepts (`assertOnlyFields` in
+/// `nixos/modules/system/boot/systemd/nspawn.nix`): any other raw key fails evaluation.
+pub const NIXPKGS_KEYS: &[(&str, &[&str])] = &[
+    (
+        "Exec",
+        &[
+            "Boot",
+            "ProcessTwo",
+            "Parameters",
+            "Environment",
+            "User",
+            "WorkingDirectory",
+            "PivotRoot",
+            "Capability",
+            "DropCapability",
+            "AmbientCapability",
+            "NoNewPrivileges",
+            "KillSignal",
+            "Personality",
+            "MachineID",
+            "PrivateUsers",
+            "NotifyReady",
+            "SystemCallFilter",
+            "LimitCPU",
+            "LimitFSIZE",
+            "LimitDATA",
+            "LimitSTACK",
+            "LimitCORE",
+            "LimitRSS",
+            "LimitNOFILE",
+            "LimitAS",
+            "LimitNPROC",
+            "LimitMEMLOCK",
+            "LimitLOCKS",
+            "LimitSIGPENDING",
+            "LimitMSGQUEUE",
+            "LimitNICE",
+            "LimitRTPRIO",
+            "LimitRTTIME",
+            "OOMScoreAdjust",
+            "CPUAffinity",
+            "Hostname",
+            "ResolvConf",
+            "Timezone",
+            "LinkJournal",
+            "Ephemeral",
+        ],
+    ),
+    (
+        "Files",
+        &[
+            "ReadOnly",
+            "Volatile",
+            "Bind",
+            "BindReadOnly",
+            "TemporaryFileSystem",
+            "Overlay",
+            "OverlayReadOnly",
+            "PrivateUsersChown",
+            "BindUser",
+            "Inaccessible",
+            "PrivateUsersOwnership",
+        ],
+    ),
+    (
+        "Network",
+        &[
+            "Private",
+            "VirtualEthernet",
+            "VirtualEthernetExtra",
+            "Interface",
+            "MACVLAN",
+            "IPVLAN",
+            "Bridge",
+            "Zone",
+            "Port",
+        ],
+    ),
+];
+
+/// Does nixpkgs accept `Section.Key` in `systemd.nspawn.<name>`?
+pub fn nixpkgs_accepts(section: &str, key: &str) -> bool {
+    NIXPKGS_KEYS
+        .iter()
+        .any(|(s, keys)| *s == section && keys.contains(&key))
+}
+
 /// Is `Section.Key` one the module renders from the instance options?
 pub fn is_module_key(section: &str, key: &str) -> bool {
     MODULE_KEYS.iter().any(|(s, k)| *s == section && *k == key)

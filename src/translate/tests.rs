@@ -493,3 +493,33 @@ fn unreadable_private_network_and_auto_start() {
     let bare = run(r#"{ privateNetwork = cfg.isolated; }"#);
     assert_has(&bare, &["instance.network = null"]);
 }
+
+#[test]
+fn every_emitted_nspawn_key_is_accepted_by_nixpkgs() {
+    for (sec, key) in crate::render::nspawn::MODULE_KEYS {
+        assert!(crate::render::nspawn::nixpkgs_accepts(sec, key), "module key [{sec}] {key}");
+    }
+    let mut inputs: Vec<&str> = super::mapping::MAPPINGS
+        .iter()
+        .map(|m| m.example.input)
+        .collect();
+    inputs.push(
+        r#"{ extraFlags = [ "--rlimit=RLIMIT_CPU=1" "--rlimit=MEMLOCK=1" "--overlay-ro=/a:/b" "--network-ipvlan=x" "--volatile" ]; }"#,
+    );
+    for src in inputs {
+        let i = run(src);
+        let all = crate::render::nspawn::merged(&i);
+        for (sec, map) in [
+            ("Exec", &all.exec),
+            ("Files", &all.files),
+            ("Network", &all.network),
+        ] {
+            for k in map.keys() {
+                assert!(
+                    crate::render::nspawn::nixpkgs_accepts(sec, k),
+                    "{src}: [{sec}] {k} is not accepted by nixpkgs"
+                );
+            }
+        }
+    }
+}
