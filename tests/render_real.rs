@@ -22,6 +22,15 @@ use nixos_nspawn::translate::{Context, Instance, NetworkdUnit, translate};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Say that a check was skipped, visibly: straight to the process's stderr, which the test
+/// harness does not capture (it captures `eprintln!`).
+macro_rules! skip {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 fn ctx() -> Context {
     Context {
         output_file: PathBuf::from("/etc/nixos/nspawn-containers.nix"),
@@ -125,7 +134,7 @@ fn have(tool: &str, package: &str) -> bool {
         if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
             panic!("{tool} is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install {package}");
         }
-        eprintln!("skipped: install {package} ({tool} not found)");
+        skip!("skipped: install {package} ({tool} not found)");
     }
     ok
 }
@@ -430,7 +439,7 @@ fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
         if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
             panic!("the networkd check needs root (namespaces and mounts)");
         }
-        eprintln!("skipped: the networkd check needs root");
+        skip!("skipped: the networkd check needs root");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
