@@ -504,3 +504,47 @@ fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
         .collect();
     Some(bad.into_iter().map(str::to_string).collect())
 }
+
+#[test]
+fn formatting_keeps_the_meaning_of_copied_guest_code() {
+    // nixfmt re-indents the copied guest module, including indented strings: the values must
+    // stay the same. Evaluate a string from the original text and from the emitted snippet.
+    if !have("nix-instantiate", "nix-bin") {
+        return;
+    }
+    let guest = "{ ... }: {\n        systemd.services.x.script = ''\n          if true; then\n            echo \"a  b\" # eth1\n          fi\n\n            indented more\n        '';\n      networking.hostName = \"h\";\n    }";
+    let src = format!("{{ config = {guest}; }}");
+    let i = translate(&example_container(&src).unwrap(), &ctx());
+    let snippet = nix::instance_snippet(&i);
+    let dir = tempfile::tempdir().unwrap();
+    let orig = dir.path().join("orig.nix");
+    let new = dir.path().join("new.nix");
+    std::fs::write(&orig, guest).unwrap();
+    std::fs::write(
+        &new,
+        format!("let lib = {{ mkForce = x: x; }}; in {snippet}"),
+    )
+    .unwrap();
+    let eval = |expr: String| {
+        let out = Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--expr", &expr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let a = eval(format!(
+        "(import {} {{}}).systemd.services.x.script",
+        orig.display()
+    ));
+    let b = eval(format!(
+        "((import {}).nixos.containers.instances.web.system-config {{}}).systemd.services.x.script",
+        new.display()
+    ));
+    assert_eq!(a, b, "snippet:\n{snippet}");
+    assert!(a.contains("echo \\\"a  b\\\" # eth1"), "{a}");
+}
