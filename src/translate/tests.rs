@@ -497,7 +497,10 @@ fn unreadable_private_network_and_auto_start() {
 #[test]
 fn every_emitted_nspawn_key_is_accepted_by_nixpkgs() {
     for (sec, key) in crate::render::nspawn::MODULE_KEYS {
-        assert!(crate::render::nspawn::nixpkgs_accepts(sec, key), "module key [{sec}] {key}");
+        assert!(
+            crate::render::nspawn::nixpkgs_accepts(sec, key),
+            "module key [{sec}] {key}"
+        );
     }
     let mut inputs: Vec<&str> = super::mapping::MAPPINGS
         .iter()
