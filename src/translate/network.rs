@@ -324,7 +324,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
         return f;
     }
     match (hc, lc) {
-        (Some(hc), Some(lc)) => match choose_prefix(
+        (Some(_), Some(_)) => match choose_prefix(
             &h.map(|s| s.value.clone()).unwrap_or_default(),
             &l.map(|s| s.value.clone()).unwrap_or_default(),
         ) {
@@ -348,7 +348,6 @@ fn family(tx: &Tx, v6: bool) -> Family {
                     &INVALID_ADDRESS,
                     format!("{e}; the addresses were not translated: fix them"),
                 ));
-                let _ = (hc, lc);
             }
         },
         (Some(hc), None) => {
