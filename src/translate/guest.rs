@@ -1,0 +1,658 @@
+//! Rewriting copied Nix text for the new world, losslessly (rnix CST: comments and layout are
+//! kept, only the changed tokens move):
+//!
+//! - `eth0` → `host0` in attribute names (`networking.interfaces.eth0`, `"eth0"`) and as a
+//!   word in string values (`"eth0"`, `"eth0.100"`, `-o eth0` in scripts); `veth0`, `mv-eth0`
+//!   are other interfaces and stay;
+//! - `networking.useHostResolvConf = …;` and `boot.isContainer = …;` bindings are removed
+//!   (also nested: `networking = { useHostResolvConf = …; }`); the module sets what is needed;
+//! - relative paths (`./x.nix`, `../y`) are rewritten to resolve from the new file's directory.
+//!
+//! Pure: text in, text and a list of changes out.
+
+use super::GuestResolv;
+use rnix::{SyntaxKind, SyntaxNode};
+use rowan::ast::AstNode;
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+/// One change made to the text, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// 1-based line in the origin file.
+    pub line: usize,
+    pub what: ChangeKind,
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Eth0,
+    UseHostResolvConfRemoved,
+    IsContainerRemoved,
+    PathRewritten,
+    /// Not changed: a relative path built with interpolation.
+    PathNotRewritable,
+}
+
+/// The rewritten text and what changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    pub text: String,
+    pub changes: Vec<Change>,
+    pub resolv: GuestResolv,
+    /// Set when the text does not parse; `text` is then the input unchanged.
+    pub parse_error: Option<String>,
+}
+
+/// Where the text comes from and where it goes.
+pub struct Paths<'a> {
+    /// Host path of the file the text was read from (relative paths resolve from its dir).
+    pub origin_file: &'a Path,
+    /// 1-based line of the text's first character in `origin_file`.
+    pub first_line: usize,
+    /// Host path of the file the text will be written to.
+    pub output_file: &'a Path,
+}
+
+/// Rewrite a guest `config` module (all rewrites).
+pub fn rewrite_guest(text: &str, p: &Paths) -> Rewrite {
+    rewrite(text, p, true)
+}
+
+/// Rewrite any other copied expression (`nixpkgs`, `specialArgs`, a condition): paths only.
+pub fn rewrite_paths(text: &str, p: &Paths) -> Rewrite {
+    rewrite(text, p, false)
+}
+
+fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
+    first_line
+        + text[..offset.min(text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+}
+
+fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
+    let parse = rnix::Root::parse(text);
+    if let Some(e) = parse.errors().first() {
+        return Rewrite {
+            text: text.to_string(),
+            parse_error: Some(e.to_string()),
+            ..Rewrite::default()
+        };
+    }
+    let root = parse.tree();
+    let root = root.syntax();
+    let mut out = Rewrite::default();
+    // (start, end, replacement)
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+
+    if guest {
+        for node in root
+            .descendants()
+            .filter(|n| n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+        {
+            let Some(path) = full_path(&node) else {
+                continue;
+            };
+            let value = value_text(&node);
+            let ends = |suffix: &[&str]| {
+                path.len() >= suffix.len()
+                    && path[path.len() - suffix.len()..]
+                        .iter()
+                        .zip(suffix)
+                        .all(|(a, b)| a == b)
+            };
+            let kind = if ends(&["networking", "useHostResolvConf"]) {
+                if bool_value(&value) == Some(false) {
+                    out.resolv.use_host_resolv_conf_false = true;
+                }
+                Some(ChangeKind::UseHostResolvConfRemoved)
+            } else if ends(&["boot", "isContainer"]) {
+                Some(ChangeKind::IsContainerRemoved)
+            } else {
+                if ends(&["services", "resolved", "enable"]) && bool_value(&value) == Some(true) {
+                    out.resolv.uses_resolved = true;
+                }
+                None
+            };
+            if let Some(kind) = kind {
+                let r = node.text_range();
+                let (s, e) = widen_to_lines(text, usize::from(r.start()), usize::from(r.end()));
+                out.changes.push(Change {
+                    line: line_of(text, usize::from(r.start()), p.first_line),
+                    what: kind,
+                    before: node.to_string(),
+                    after: String::new(),
+                });
+                edits.push((s, e, String::new()));
+            }
+        }
+    }
+    let removed: Vec<(usize, usize)> = edits.iter().map(|(s, e, _)| (*s, *e)).collect();
+    let inside_removed = |pos: usize| removed.iter().any(|(s, e)| pos >= *s && pos < *e);
+
+    for el in root.descendants_with_tokens() {
+        match el {
+            rowan::NodeOrToken::Token(tok)
+                if guest && tok.kind() == SyntaxKind::TOKEN_STRING_CONTENT =>
+            {
+                let t = tok.text();
+                if let Some(new) = replace_eth0_words(t) {
+                    let start = usize::from(tok.text_range().start());
+                    if inside_removed(start) {
+                        continue;
+                    }
+                    out.changes.push(Change {
+                        line: line_of(text, start, p.first_line),
+                        what: ChangeKind::Eth0,
+                        before: t.to_string(),
+                        after: new.clone(),
+                    });
+                    edits.push((start, usize::from(tok.text_range().end()), new));
+                }
+            }
+            rowan::NodeOrToken::Node(node) if guest && node.kind() == SyntaxKind::NODE_IDENT => {
+                let in_attrpath = node
+                    .parent()
+                    .is_some_and(|p| p.kind() == SyntaxKind::NODE_ATTRPATH);
+                if in_attrpath && node.text() == "eth0" {
+                    let r = node.text_range();
+                    if inside_removed(usize::from(r.start())) {
+                        continue;
+                    }
+                    out.changes.push(Change {
+                        line: line_of(text, usize::from(r.start()), p.first_line),
+                        what: ChangeKind::Eth0,
+                        before: "eth0".into(),
+                        after: "host0".into(),
+                    });
+                    edits.push((usize::from(r.start()), usize::from(r.end()), "host0".into()));
+                }
+            }
+            rowan::NodeOrToken::Node(node) if node.kind() == SyntaxKind::NODE_PATH_REL => {
+                let r = node.text_range();
+                let start = usize::from(r.start());
+                if inside_removed(start) {
+                    continue;
+                }
+                let line = line_of(text, start, p.first_line);
+                let old = node.to_string();
+                if node
+                    .children()
+                    .any(|c| c.kind() == SyntaxKind::NODE_INTERPOL)
+                {
+                    out.changes.push(Change {
+                        line,
+                        what: ChangeKind::PathNotRewritable,
+                        before: old,
+                        after: String::new(),
+                    });
+                    continue;
+                }
+                let new = relocate_path(&old, p.origin_file, p.output_file);
+                if new != old {
+                    out.changes.push(Change {
+                        line,
+                        what: ChangeKind::PathRewritten,
+                        before: old,
+                        after: new.clone(),
+                    });
+                    edits.push((start, usize::from(r.end()), new));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    edits.sort_by_key(|(s, _, _)| *s);
+    let mut result = String::with_capacity(text.len());
+    let mut pos = 0;
+    for (s, e, rep) in edits {
+        if s < pos {
+            continue; // overlapping edit (inside a removed binding): the removal wins
+        }
+        result.push_str(&text[pos..s]);
+        result.push_str(&rep);
+        pos = e;
+    }
+    result.push_str(&text[pos..]);
+    out.text = result;
+    out
+}
+
+/// Extend a removal to whole lines when the node is alone on its line(s).
+fn widen_to_lines(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let b = text.as_bytes();
+    let mut s = start;
+    while s > 0 && (b[s - 1] == b' ' || b[s - 1] == b'\t') {
+        s -= 1;
+    }
+    let line_start = s == 0 || b[s - 1] == b'\n';
+    let mut e = end;
+    while e < b.len() && (b[e] == b' ' || b[e] == b'\t') {
+        e += 1;
+    }
+    let line_end = e == b.len() || b[e] == b'\n';
+    if line_start && line_end {
+        (s, if e < b.len() { e + 1 } else { e })
+    } else {
+        (start, end)
+    }
+}
+
+/// Static attribute names of an attrpath node, `None` when one is dynamic.
+fn attrpath_names(ap: &SyntaxNode) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for c in ap.children() {
+        match c.kind() {
+            SyntaxKind::NODE_IDENT => names.push(c.text().to_string()),
+            SyntaxKind::NODE_STRING => {
+                if c.children().next().is_some() {
+                    return None;
+                }
+                let s: String = c
+                    .children_with_tokens()
+                    .filter_map(|t| t.into_token())
+                    .filter(|t| t.kind() == SyntaxKind::TOKEN_STRING_CONTENT)
+                    .map(|t| t.text().to_string())
+                    .collect();
+                names.push(s);
+            }
+            _ => return None,
+        }
+    }
+    Some(names)
+}
+
+/// The attribute path a binding sets, through enclosing attribute sets (and through
+/// `mkIf`/`mkMerge`/parentheses/lambdas, which do not add names). `None` for `let` bindings.
+fn full_path(node: &SyntaxNode) -> Option<Vec<String>> {
+    let ap = node
+        .children()
+        .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)?;
+    let mut path = attrpath_names(&ap)?;
+    let mut cur = node.parent();
+    if cur
+        .as_ref()
+        .is_some_and(|p| p.kind() == SyntaxKind::NODE_LET_IN)
+    {
+        return None;
+    }
+    while let Some(n) = cur {
+        if n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE {
+            let ap = n
+                .children()
+                .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)?;
+            let mut prefix = attrpath_names(&ap)?;
+            prefix.extend(path);
+            path = prefix;
+            if n.parent()
+                .is_some_and(|p| p.kind() == SyntaxKind::NODE_LET_IN)
+            {
+                return None;
+            }
+        }
+        cur = n.parent();
+    }
+    Some(path)
+}
+
+fn value_text(node: &SyntaxNode) -> String {
+    node.children()
+        .filter(|c| c.kind() != SyntaxKind::NODE_ATTRPATH)
+        .map(|c| c.to_string())
+        .next()
+        .unwrap_or_default()
+}
+
+/// `false`, `lib.mkForce false`, `(mkDefault true)`, `lib.mkOverride 10 false` → the bool.
+fn bool_value(text: &str) -> Option<bool> {
+    let mut t = text.trim();
+    loop {
+        let before = t;
+        t = t.trim_start_matches('(').trim_end_matches(')').trim();
+        for f in [
+            "lib.mkForce",
+            "mkForce",
+            "lib.mkDefault",
+            "mkDefault",
+            "lib.mkOverride",
+            "mkOverride",
+        ] {
+            if let Some(rest) = t.strip_prefix(f) {
+                t = rest.trim();
+                if f.ends_with("mkOverride") {
+                    t = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
+                }
+            }
+        }
+        if t == before {
+            break;
+        }
+    }
+    match t {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Replace `eth0` as a word (not `veth0`, `mv-eth0`, `eth01`) by `host0`.
+pub fn replace_eth0_words(s: &str) -> Option<String> {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    let b = s.as_bytes();
+    let mut out = String::new();
+    let mut last = 0;
+    let mut changed = false;
+    let mut i = 0;
+    while let Some(off) = s[i..].find("eth0") {
+        let at = i + off;
+        let end = at + 4;
+        let before_ok = at == 0 || !word(b[at - 1]);
+        let after_ok =
+            end == b.len() || !(b[end].is_ascii_alphanumeric() || b[end] == b'_' || b[end] == b'-');
+        if before_ok && after_ok {
+            out.push_str(&s[last..at]);
+            out.push_str("host0");
+            last = end;
+            changed = true;
+        }
+        i = end;
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&s[last..]);
+    Some(out)
+}
+
+/// Lexically normalise an absolute path (`.` and `..` removed).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `target` relative to directory `base` (both absolute, normalised).
+fn relative_to(target: &Path, base: &Path) -> PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+fn is_path_literal_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '/')
+}
+
+/// A relative path literal written in `origin_file`, re-expressed for `output_file`.
+pub fn relocate_path(literal: &str, origin_file: &Path, output_file: &Path) -> String {
+    let trailing = literal.len() > 1 && literal.ends_with('/');
+    let origin_dir = normalize(origin_file.parent().unwrap_or(Path::new("/")));
+    let out_dir = normalize(output_file.parent().unwrap_or(Path::new("/")));
+    let abs = normalize(&origin_dir.join(literal));
+    if origin_dir == out_dir {
+        return literal.to_string();
+    }
+    let rel = relative_to(&abs, &out_dir);
+    let rel = rel.to_string_lossy().to_string();
+    let mut lit = if rel.is_empty() {
+        "./.".to_string()
+    } else if rel.starts_with("..") {
+        rel
+    } else {
+        format!("./{rel}")
+    };
+    if trailing && !lit.ends_with('/') {
+        lit.push('/');
+    }
+    if lit.chars().all(is_path_literal_char) && lit.contains('/') {
+        lit
+    } else {
+        format!(
+            "(/. + {})",
+            crate::nixtext::string_literal(&abs.to_string_lossy())
+        )
+    }
+}
+
+fn has_from(inherit: &SyntaxNode) -> bool {
+    inherit
+        .children()
+        .any(|c| c.kind() == SyntaxKind::NODE_INHERIT_FROM)
+}
+
+/// Identifiers an expression uses without binding them (best effort: scopes are approximated
+/// by "bound anywhere in the text"; anything under `with` is skipped, since `with` can bind
+/// any name). Builtins and `true`/`false`/`null` are not reported.
+pub fn free_variables(text: &str) -> Vec<String> {
+    const BUILTINS: &[&str] = &[
+        "true",
+        "false",
+        "null",
+        "builtins",
+        "import",
+        "toString",
+        "map",
+        "throw",
+        "abort",
+        "baseNameOf",
+        "dirOf",
+        "derivation",
+        "fetchTarball",
+        "fetchGit",
+        "fetchurl",
+        "isNull",
+        "removeAttrs",
+        "scopedImport",
+        "placeholder",
+        "__curPos",
+    ];
+    let parse = rnix::Root::parse(text);
+    let root = parse.tree();
+    let root = root.syntax();
+    let mut bound = BTreeSet::new();
+    for n in root.descendants() {
+        match n.kind() {
+            SyntaxKind::NODE_IDENT_PARAM
+            | SyntaxKind::NODE_PAT_ENTRY
+            | SyntaxKind::NODE_PAT_BIND => {
+                if let Some(id) = n.children().find(|c| c.kind() == SyntaxKind::NODE_IDENT) {
+                    bound.insert(id.text().to_string());
+                }
+            }
+            SyntaxKind::NODE_ATTRPATH_VALUE => {
+                let parent_binds = n.parent().is_some_and(|p| {
+                    p.kind() == SyntaxKind::NODE_LET_IN
+                        || (p.kind() == SyntaxKind::NODE_ATTR_SET
+                            && p.children_with_tokens()
+                                .any(|t| t.kind() == SyntaxKind::TOKEN_REC))
+                });
+                if parent_binds
+                    && let Some(first) = n
+                        .children()
+                        .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)
+                        .and_then(|ap| ap.children().next())
+                    && first.kind() == SyntaxKind::NODE_IDENT
+                {
+                    bound.insert(first.text().to_string());
+                }
+            }
+            SyntaxKind::NODE_INHERIT if has_from(&n) => {
+                // `inherit (x) a b;` binds a, b (and uses x); plain `inherit a;` uses a.
+                for id in n.children().filter(|c| c.kind() == SyntaxKind::NODE_IDENT) {
+                    bound.insert(id.text().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut free = BTreeSet::new();
+    for n in root
+        .descendants()
+        .filter(|n| n.kind() == SyntaxKind::NODE_IDENT)
+    {
+        let Some(parent) = n.parent() else { continue };
+        if matches!(
+            parent.kind(),
+            SyntaxKind::NODE_ATTRPATH
+                | SyntaxKind::NODE_IDENT_PARAM
+                | SyntaxKind::NODE_PAT_ENTRY
+                | SyntaxKind::NODE_PAT_BIND
+        ) || (parent.kind() == SyntaxKind::NODE_INHERIT && has_from(&parent))
+        {
+            continue;
+        }
+        if n.ancestors().any(|a| a.kind() == SyntaxKind::NODE_WITH) {
+            continue;
+        }
+        let name = n.text().to_string();
+        if !bound.contains(&name) && !BUILTINS.contains(&name.as_str()) {
+            free.insert(name);
+        }
+    }
+    free.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Paths<'static> {
+        Paths {
+            origin_file: Path::new("/etc/nixos/configuration.nix"),
+            first_line: 10,
+            output_file: Path::new("/etc/nixos/nspawn-containers.nix"),
+        }
+    }
+
+    #[test]
+    fn eth0_in_names_and_strings() {
+        let src = r#"{ config, pkgs, ... }: {
+  # eth0 in a comment stays
+  networking.interfaces.eth0.useDHCP = true;
+  networking.firewall.interfaces."eth0".allowedTCPPorts = [ 80 ];
+  networking.nat.externalInterface = "eth0";
+  systemd.network.networks."10-lan".matchConfig.Name = "eth0";
+  networking.vlans.v100 = { id = 100; interface = "eth0.100"; };
+  networking.interfaces.mv-eth0.useDHCP = true;
+  x = "veth0 eth01 mv-eth0";
+  script = ''
+    ip link set eth0 up
+  '';
+}"#;
+        let r = rewrite_guest(src, &p());
+        assert!(r.parse_error.is_none());
+        let t = &r.text;
+        assert!(t.contains("# eth0 in a comment stays"), "{t}");
+        assert!(
+            t.contains("networking.interfaces.host0.useDHCP = true;"),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"firewall.interfaces."host0".allowedTCPPorts"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"externalInterface = "host0";"#), "{t}");
+        assert!(t.contains(r#"Name = "host0";"#), "{t}");
+        assert!(t.contains(r#""host0.100""#), "{t}");
+        assert!(t.contains("interfaces.mv-eth0.useDHCP"), "{t}");
+        assert!(t.contains(r#""veth0 eth01 mv-eth0""#), "{t}");
+        assert!(t.contains("ip link set host0 up"), "{t}");
+        let n = r
+            .changes
+            .iter()
+            .filter(|c| c.what == ChangeKind::Eth0)
+            .count();
+        assert_eq!(n, 6, "{:?}", r.changes);
+        assert_eq!(r.changes[0].line, 12);
+        assert!(rnix::Root::parse(t).errors().is_empty());
+    }
+
+    #[test]
+    fn use_host_resolv_conf_removed_everywhere() {
+        let src = "{ lib, ... }: {\n  networking.useHostResolvConf = lib.mkForce false;\n  networking = {\n    hostName = \"x\";\n    useHostResolvConf = false;\n  };\n  boot.isContainer = true;\n  services.resolved.enable = true;\n}";
+        let r = rewrite_guest(src, &p());
+        assert!(!r.text.contains("useHostResolvConf"), "{}", r.text);
+        assert!(!r.text.contains("isContainer"), "{}", r.text);
+        assert!(r.text.contains("hostName = \"x\";"));
+        assert!(r.resolv.use_host_resolv_conf_false);
+        assert!(r.resolv.uses_resolved);
+        assert_eq!(
+            r.text,
+            "{ lib, ... }: {\n  networking = {\n    hostName = \"x\";\n  };\n  services.resolved.enable = true;\n}"
+        );
+        assert!(rnix::Root::parse(&r.text).errors().is_empty());
+    }
+
+    #[test]
+    fn let_bindings_are_not_config() {
+        let src = "let useHostResolvConf = false; in { networking.hostName = \"a\"; }";
+        let r = rewrite_guest(src, &p());
+        assert_eq!(r.text, src);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_output_file() {
+        let pp = Paths {
+            origin_file: Path::new("/etc/nixos/hosts/web/containers.nix"),
+            first_line: 1,
+            output_file: Path::new("/etc/nixos/nspawn-containers.nix"),
+        };
+        let r = rewrite_guest("{ imports = [ ./guest.nix ../common/base.nix ./. ]; }", &pp);
+        assert_eq!(
+            r.text,
+            "{ imports = [ ./hosts/web/guest.nix ./hosts/common/base.nix ./hosts/web ]; }"
+        );
+        let same = rewrite_guest("{ imports = [ ./guest.nix ]; }", &p());
+        assert_eq!(same.text, "{ imports = [ ./guest.nix ]; }");
+        let up = relocate_path(
+            "./x.nix",
+            Path::new("/srv/cfg/a.nix"),
+            Path::new("/etc/nixos/out.nix"),
+        );
+        assert_eq!(up, "../../srv/cfg/x.nix");
+        let interp = rewrite_guest("{ imports = [ ./${name}.nix ]; }", &pp);
+        assert_eq!(interp.changes[0].what, ChangeKind::PathNotRewritable);
+    }
+
+    #[test]
+    fn free_variables_found() {
+        let v = free_variables(
+            "{ pkgs, ... }: let a = 1; inherit (pkgs) lib; in { x = a; y = hostName; z = pkgs.hello; w = config.foo; l = with pkgs; [ vim ]; inherit inputs; m = lib.id; }",
+        );
+        assert_eq!(
+            v,
+            vec![
+                "config".to_string(),
+                "hostName".to_string(),
+                "inputs".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn unparsable_text_is_kept() {
+        let r = rewrite_guest("{ a = ; }", &p());
+        assert!(r.parse_error.is_some());
+        assert_eq!(r.text, "{ a = ; }");
+    }
+}

@@ -1,0 +1,761 @@
+//! Network rows: `privateNetwork`, the p2p/bridge addresses, `hostBridge`, `forwardPorts`,
+//! `interfaces`, `macvlans`, `extraVeths`, `localMacAddress`, `networkNamespace`.
+//!
+//! The legacy model is a point-to-point veth: `/32` (`/128`) addresses on both ends plus host
+//! routes, all set up by shell scripts. networkd wants subnets, so a prefix is chosen
+//! deliberately ([`choose_prefix`]) and the choice is reported (`p2p-prefix-chosen`).
+
+use super::*;
+use crate::legacy::Origin;
+use std::net::IpAddr;
+
+/// An address with an optional `/prefix`, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: Option<u8>,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let prefix = match p {
+            Some(p) => {
+                let p: u8 = p.trim().parse().ok()?;
+                if p > full(addr) {
+                    return None;
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        Some(Cidr { addr, prefix })
+    }
+}
+
+fn full(a: IpAddr) -> u8 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(v) as u128,
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+fn mask(width: u8, p: u8) -> u128 {
+    let all: u128 = if width == 32 {
+        u32::MAX as u128
+    } else {
+        u128::MAX
+    };
+    if p == 0 {
+        0
+    } else {
+        all & !((1u128 << (width - p)) - 1).min(all)
+    }
+}
+
+fn network_of(a: IpAddr, p: u8) -> String {
+    let w = full(a);
+    let n = bits(a) & mask(w, p);
+    let ip: IpAddr = match a {
+        IpAddr::V4(_) => IpAddr::V4((n as u32).into()),
+        IpAddr::V6(_) => IpAddr::V6(n.into()),
+    };
+    format!("{ip}/{p}")
+}
+
+fn common_prefix(a: IpAddr, b: IpAddr) -> u8 {
+    let w = full(a);
+    let x = bits(a) ^ bits(b);
+    let lz = x.leading_zeros() as u8 - (128 - w);
+    lz.min(w)
+}
+
+/// Is `a` unusable as a host address in a `/p` subnet (network or broadcast address;
+/// for IPv6 the subnet-router anycast address)? `/31` and `/127` have none.
+fn reserved_in(a: IpAddr, p: u8) -> bool {
+    let w = full(a);
+    if p + 1 >= w {
+        return false;
+    }
+    let host = bits(a) & !mask(w, p) & if w == 32 { u32::MAX as u128 } else { u128::MAX };
+    let host_max = if w - p >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << (w - p)) - 1
+    };
+    host == 0 || (w == 32 && host == host_max)
+}
+
+/// The prefixes chosen for a host/container address pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixChoice {
+    pub host: String,
+    pub local: String,
+    /// Why, for the warning; `None` when both given prefixes were kept as they were.
+    pub reason: Option<String>,
+}
+
+/// Choose subnet prefixes for a legacy host/local address pair.
+///
+/// Given prefixes are kept when both addresses lie in the subnet they describe. Otherwise the
+/// smallest subnet that contains both as usable host addresses is chosen: the `/31` (`/127`)
+/// pair when they form one, else the longest prefix ≤ /30 (/126) where neither is the network
+/// or broadcast address.
+pub fn choose_prefix(host: &str, local: &str) -> Result<PrefixChoice, String> {
+    let h = Cidr::parse(host).ok_or_else(|| format!("`{host}` is not an IP address"))?;
+    let l = Cidr::parse(local).ok_or_else(|| format!("`{local}` is not an IP address"))?;
+    if h.addr.is_ipv4() != l.addr.is_ipv4() {
+        return Err(format!(
+            "`{host}` and `{local}` are not the same address family"
+        ));
+    }
+    let w = full(h.addr);
+    if h.addr == l.addr {
+        return Err(format!(
+            "host and container address are the same ({})",
+            h.addr
+        ));
+    }
+    let common = common_prefix(h.addr, l.addr);
+    for (given, side) in [(h.prefix, "hostAddress"), (l.prefix, "localAddress")] {
+        if let Some(p) = given
+            && p < w
+            && common >= p
+            && !reserved_in(h.addr, p)
+            && !reserved_in(l.addr, p)
+        {
+            let reason = if h.prefix == l.prefix {
+                None
+            } else {
+                Some(format!(
+                    "used the /{p} given on {side} for both ends ({})",
+                    network_of(h.addr, p)
+                ))
+            };
+            return Ok(PrefixChoice {
+                host: format!("{}/{p}", h.addr),
+                local: format!("{}/{p}", l.addr),
+                reason,
+            });
+        }
+    }
+    let pair = w - 1;
+    let mut p = if common >= pair {
+        pair
+    } else {
+        common.min(w - 2)
+    };
+    while p > 0 && (reserved_in(h.addr, p) || reserved_in(l.addr, p)) {
+        p -= 1;
+    }
+    let reason = format!(
+        "legacy used point-to-point /{w} addresses with host routes; networkd needs a subnet on the veth, \
+         so /{p} ({}) was chosen: the smallest subnet holding both {} and {} as host addresses",
+        network_of(h.addr, p),
+        h.addr,
+        l.addr
+    );
+    Ok(PrefixChoice {
+        host: format!("{}/{p}", h.addr),
+        local: format!("{}/{p}", l.addr),
+        reason: Some(reason),
+    })
+}
+
+/// `addr` with its own prefix, or the full-length one (`/32`, `/128`).
+fn with_prefix(c: &Cidr) -> String {
+    format!("{}/{}", c.addr, c.prefix.unwrap_or(full(c.addr)))
+}
+
+type Opt<'a> = Option<&'a crate::legacy::Sourced<String>>;
+
+fn is_set(tx: &Tx, field: Opt, name: &str) -> bool {
+    field.is_some() || tx.c.options.unresolved.contains_key(name)
+}
+
+/// Row `privateNetwork`: host networking (`network = null`) or a private namespace, with a veth
+/// when any address, bridge or MAC option is set (legacy added `--network-veth` then).
+pub fn private_network(tx: &mut Tx) {
+    let o = &tx.c.options;
+    let veth = is_set(tx, o.host_address.as_ref(), "hostAddress")
+        || is_set(tx, o.host_address6.as_ref(), "hostAddress6")
+        || is_set(tx, o.local_address.as_ref(), "localAddress")
+        || is_set(tx, o.local_address6.as_ref(), "localAddress6")
+        || is_set(tx, o.host_bridge.as_ref(), "hostBridge")
+        || is_set(tx, o.local_mac_address.as_ref(), "localMacAddress");
+    // An unreadable privateNetwork (reported as unresolved-expression) is assumed true when
+    // network options are set, since they only had an effect with it; false otherwise.
+    let unresolved = o.unresolved.contains_key("privateNetwork");
+    let ports = o
+        .forward_ports
+        .as_ref()
+        .is_some_and(|p| !p.value.is_empty());
+    let pn = match &o.private_network {
+        Some(s) => s.value,
+        None => unresolved && (veth || ports),
+    };
+    tx.private_network = pn;
+    if unresolved {
+        tx.applied(
+            "privateNetwork",
+            format!(
+                "unreadable; assumed {pn} because network options are {}set",
+                if pn { "" } else { "not " }
+            ),
+        );
+    }
+    if !pn {
+        tx.i.spec.network = None;
+        tx.applied("privateNetwork", "nixos.containers.instances.<name>.network = null ([Network] Private=no, VirtualEthernet=no)");
+        return;
+    }
+    tx.i.spec.network = Some(NetworkSpec {
+        veth,
+        ..NetworkSpec::default()
+    });
+    tx.applied(
+        "privateNetwork",
+        if veth {
+            "network = { … } ([Network] Private=yes, VirtualEthernet=yes)"
+        } else {
+            "network.veth = false ([Network] Private=yes, VirtualEthernet=no)"
+        },
+    );
+}
+
+/// Warn that a network option has no effect without `privateNetwork` (legacy ignored it too).
+fn ignored_without_private(tx: &mut Tx, option: &str, origin: &Origin) {
+    tx.warn(
+        &ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+        option,
+        Some(origin),
+        "is set but privateNetwork is false: the legacy module ignored it (host networking) and so does the \
+         migration; set privateNetwork = true in the legacy config and re-run if the container should have its own network",
+    );
+}
+
+/// One address family's plan, computed the same way by the host and the local row.
+struct Family {
+    host: Option<String>,
+    local: Option<String>,
+    /// (row that reports it, warning, message)
+    warning: Option<(&'static str, &'static WarningSpec, String)>,
+}
+
+fn family(tx: &Tx, v6: bool) -> Family {
+    let o = &tx.c.options;
+    let (h, l, hn, ln) = if v6 {
+        (
+            o.host_address6.as_ref(),
+            o.local_address6.as_ref(),
+            "hostAddress6",
+            "localAddress6",
+        )
+    } else {
+        (
+            o.host_address.as_ref(),
+            o.local_address.as_ref(),
+            "hostAddress",
+            "localAddress",
+        )
+    };
+    let bridge = tx.i.spec.network.as_ref().and_then(|n| n.bridge.clone());
+    let hc = h.map(|s| (s, Cidr::parse(&s.value)));
+    let lc = l.map(|s| (s, Cidr::parse(&s.value)));
+    let mut f = Family {
+        host: None,
+        local: None,
+        warning: None,
+    };
+    for (c, name) in [(&hc, hn), (&lc, ln)] {
+        if let Some((s, None)) = c {
+            f.warning = Some((
+                name,
+                &INVALID_ADDRESS,
+                format!(
+                    "`{}` is not an IP address with an optional /prefix; it was not translated: fix the value",
+                    s.value
+                ),
+            ));
+            return f;
+        }
+    }
+    let hc = hc.and_then(|(_, c)| c);
+    let lc = lc.and_then(|(_, c)| c);
+    // The other half of the pair is a Nix expression the reader could not resolve: keep what
+    // is known as given (reported once, as unresolved-expression), choose nothing.
+    let unresolved = |n: &str| tx.c.options.unresolved.contains_key(n);
+    if unresolved(hn) || unresolved(ln) {
+        f.host = hc.as_ref().map(with_prefix);
+        f.local = lc.as_ref().map(with_prefix);
+        return f;
+    }
+    if let Some(br) = bridge {
+        if let Some(l) = &lc {
+            f.local = Some(with_prefix(l));
+            if l.prefix.is_none() {
+                f.warning = Some((
+                    ln,
+                    &BRIDGE_ADDRESS_WITHOUT_PREFIX,
+                    format!(
+                        "`{}` on bridge {br} has no /prefix; the guest gets {} and only reaches the gateway through an \
+                         explicit route: add the bridge's prefix (e.g. /24) to the address",
+                        l.addr,
+                        with_prefix(l)
+                    ),
+                ));
+            }
+        }
+        if let Some(hc) = &hc {
+            let p = hc
+                .prefix
+                .or(lc.and_then(|l| l.prefix))
+                .unwrap_or(full(hc.addr));
+            f.host = Some(format!("{}/{p}", hc.addr));
+        }
+        return f;
+    }
+    match (hc, lc) {
+        (Some(_), Some(_)) => match choose_prefix(
+            &h.map(|s| s.value.clone()).unwrap_or_default(),
+            &l.map(|s| s.value.clone()).unwrap_or_default(),
+        ) {
+            Ok(ch) => {
+                f.host = Some(ch.host);
+                f.local = Some(ch.local);
+                if let Some(r) = ch.reason {
+                    f.warning = Some((
+                        hn,
+                        &P2P_PREFIX_CHOSEN,
+                        format!(
+                            "{r}. If other containers share this host address or subnet, their subnets now overlap on \
+                             different ve-* links: give each container its own subnet"
+                        ),
+                    ));
+                }
+            }
+            Err(e) => {
+                f.warning = Some((
+                    hn,
+                    &INVALID_ADDRESS,
+                    format!("{e}; the addresses were not translated: fix them"),
+                ));
+            }
+        },
+        (Some(hc), None) => {
+            f.host = Some(with_prefix(&hc));
+            f.warning = Some((
+                hn,
+                &P2P_PREFIX_CHOSEN,
+                format!(
+                    "there is no {ln}: the host side gets {} and the guest no static address; set {ln} or use DHCP (network = {{ }})",
+                    with_prefix(&hc)
+                ),
+            ));
+        }
+        (None, Some(lc)) => {
+            f.local = Some(with_prefix(&lc));
+            f.warning = Some((
+                ln,
+                &P2P_PREFIX_CHOSEN,
+                format!(
+                    "there is no {hn}: the guest gets {} but the host has no address or route on ve-{}; legacy added a host \
+                     route. Set {hn} so a subnet can be chosen",
+                    with_prefix(&lc),
+                    tx.c.name
+                ),
+            ));
+        }
+        (None, None) => {}
+    }
+    f
+}
+
+fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
+    let o = &tx.c.options;
+    let (name, field) = match (v6, host_side) {
+        (false, true) => ("hostAddress", o.host_address.as_ref()),
+        (true, true) => ("hostAddress6", o.host_address6.as_ref()),
+        (false, false) => ("localAddress", o.local_address.as_ref()),
+        (true, false) => ("localAddress6", o.local_address6.as_ref()),
+    };
+    let Some(src) = field.cloned() else { return };
+    if !tx.private_network {
+        ignored_without_private(tx, name, &src.origin);
+        return;
+    }
+    let f = family(tx, v6);
+    if let Some((row, spec, msg)) = &f.warning
+        && *row == name
+    {
+        tx.warn(spec, name, Some(&src.origin), msg);
+    }
+    let value = if host_side { f.host } else { f.local };
+    let Some(value) = value else { return };
+    let fam = if v6 { "v6" } else { "v4" };
+    let Some(net) = tx.i.spec.network.as_mut() else {
+        return;
+    };
+    let st = if v6 { &mut net.v6 } else { &mut net.v4 };
+    let (list, what) = if host_side {
+        (&mut st.host_addresses, "hostAddresses")
+    } else {
+        (&mut st.container_pool, "containerPool")
+    };
+    if !list.contains(&value) {
+        list.push(value.clone());
+    }
+    tx.applied(
+        name,
+        format!("network.{fam}.static.{what} = [ \"{value}\" ]"),
+    );
+}
+
+pub fn host_address(tx: &mut Tx) {
+    address_row(tx, false, true)
+}
+pub fn host_address6(tx: &mut Tx) {
+    address_row(tx, true, true)
+}
+pub fn local_address(tx: &mut Tx) {
+    address_row(tx, false, false)
+}
+pub fn local_address6(tx: &mut Tx) {
+    address_row(tx, true, false)
+}
+
+/// Row `hostBridge`: `network.bridge` ([Network] Bridge=).
+pub fn host_bridge(tx: &mut Tx) {
+    let Some(src) = tx.c.options.host_bridge.clone() else {
+        return;
+    };
+    if !tx.private_network {
+        ignored_without_private(tx, "hostBridge", &src.origin);
+        return;
+    }
+    if !valid_ifname(&src.value) {
+        bad_ifname(tx, "hostBridge", &src.origin, &src.value);
+        return;
+    }
+    if let Some(n) = tx.i.spec.network.as_mut() {
+        n.bridge = Some(src.value.clone());
+        n.veth = true;
+    }
+    tx.applied(
+        "hostBridge",
+        format!("network.bridge = \"{}\" ([Network] Bridge=)", src.value),
+    );
+}
+
+/// Row `localMacAddress`: nothing in nspawn sets the veth MAC.
+pub fn local_mac_address(tx: &mut Tx) {
+    let Some(src) = tx.c.options.local_mac_address.clone() else {
+        return;
+    };
+    if !tx.private_network {
+        ignored_without_private(tx, "localMacAddress", &src.origin);
+        return;
+    }
+    tx.warn(
+        &LOCAL_MAC_ADDRESS,
+        "localMacAddress",
+        Some(&src.origin),
+        format!(
+            "`{}` cannot be set by nspawn (it derives a stable MAC from the machine name); inside the guest add \
+             systemd.network.networks.\"10-host0\" with matchConfig.Name = \"host0\" and linkConfig.MACAddress = \"{}\", \
+             or accept the new MAC (check DHCP reservations)",
+            src.value, src.value
+        ),
+    );
+}
+
+/// Row `forwardPorts`: `forwardPorts` ([Network] Port=), only with a private network.
+pub fn forward_ports(tx: &mut Tx) {
+    let Some(src) = tx.c.options.forward_ports.clone() else {
+        return;
+    };
+    if src.value.is_empty() {
+        return;
+    }
+    if !tx.private_network {
+        tx.warn(
+            &FORWARD_PORTS_IGNORED,
+            "forwardPorts",
+            Some(&src.origin),
+            "the container uses the host's network (privateNetwork = false), where the legacy module silently \
+             ignored forwardPorts; they stay ignored. The services already listen on the host's ports",
+        );
+        return;
+    }
+    for p in &src.value {
+        let proto = p.protocol.to_ascii_lowercase();
+        if proto != "tcp" && proto != "udp" {
+            tx.warn(
+                &INVALID_VALUE,
+                "forwardPorts",
+                Some(&src.origin),
+                format!(
+                    "protocol `{}` is neither tcp nor udp; the forward of port {} was dropped",
+                    p.protocol, p.host_port
+                ),
+            );
+            continue;
+        }
+        let mut p = p.clone();
+        p.protocol = proto;
+        if !tx.i.spec.forward_ports.contains(&p) {
+            tx.i.spec.forward_ports.push(p);
+        }
+    }
+    tx.applied("forwardPorts", "forwardPorts ([Network] Port=)");
+}
+
+/// A kernel interface name: 1–15 bytes, no `/`, no whitespace, not `.`/`..`.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| {
+            c == '/' || c == ':' || c.is_whitespace() || c.is_control() || c == '"' || c == '\''
+        })
+}
+
+fn bad_ifname(tx: &mut Tx, option: &str, origin: &Origin, name: &str) {
+    if name.len() > 15 && !name.chars().any(|c| c.is_whitespace() || c == '/') {
+        tx.warn(
+            &INTERFACE_NAME_TOO_LONG,
+            option,
+            Some(origin),
+            format!("`{name}` is {} characters long, the kernel allows 15; rename it (the legacy container could not use it either)", name.len()),
+        );
+    } else {
+        tx.warn(
+            &INVALID_VALUE,
+            option,
+            Some(origin),
+            format!("`{name}` is not a valid interface name; it was not carried over"),
+        );
+    }
+}
+
+/// systemd's unit-name escaping of a path component (`systemd-escape`).
+pub fn systemd_escape(s: &str) -> String {
+    let mut out = String::new();
+    for (i, b) in s.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else if b == b'/' {
+            out.push('-');
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Row `interfaces`: [Network] Interface= and ordering after the device.
+pub fn interfaces(tx: &mut Tx) {
+    let Some(src) = tx.c.options.interfaces.clone() else {
+        return;
+    };
+    if src.value.is_empty() {
+        return;
+    }
+    tx.ensure_private_network();
+    for ifname in &src.value {
+        if !valid_ifname(ifname) {
+            bad_ifname(tx, "interfaces", &src.origin, ifname);
+            continue;
+        }
+        tx.network("Interface", ifname.clone());
+        let dev = format!(
+            "sys-subsystem-net-devices-{}.device",
+            systemd_escape(ifname)
+        );
+        tx.dropin_unit("After", dev.clone());
+        tx.dropin_unit("Wants", dev);
+    }
+    tx.applied(
+        "interfaces",
+        "[Network] Interface= + systemd-nspawn@<name>.service After=/Wants= the device",
+    );
+}
+
+/// Row `macvlans`: [Network] MACVLAN= (implies a private network; `mv-<if>` inside).
+pub fn macvlans(tx: &mut Tx) {
+    let Some(src) = tx.c.options.macvlans.clone() else {
+        return;
+    };
+    if src.value.is_empty() {
+        return;
+    }
+    tx.ensure_private_network();
+    for ifname in &src.value {
+        if !valid_ifname(ifname) {
+            bad_ifname(tx, "macvlans", &src.origin, ifname);
+            continue;
+        }
+        tx.network("MACVLAN", ifname.clone());
+    }
+    tx.applied(
+        "macvlans",
+        "[Network] MACVLAN= (the guest still sees mv-<if>)",
+    );
+}
+
+/// Row `extraVeths`: [Network] VirtualEthernetExtra= plus host and guest networkd units.
+pub fn extra_veths(tx: &mut Tx) {
+    let Some(src) = tx.c.options.extra_veths.clone() else {
+        return;
+    };
+    if src.value.is_empty() {
+        return;
+    }
+    tx.ensure_private_network();
+    let mut names = Vec::new();
+    for (vname, ev) in &src.value {
+        if !valid_ifname(vname) {
+            bad_ifname(tx, "extraVeths", &src.origin, vname);
+            continue;
+        }
+        tx.network("VirtualEthernetExtra", vname.clone());
+        names.push(vname.clone());
+        let mut host_net: Vec<(String, String)> = Vec::new();
+        let mut guest_net: Vec<(String, String)> = Vec::new();
+        for (h, l) in [
+            (&ev.host_address, &ev.local_address),
+            (&ev.host_address6, &ev.local_address6),
+        ] {
+            if let Some(br) = &ev.host_bridge {
+                if let Some(l) = l {
+                    match Cidr::parse(l) {
+                        Some(c) => {
+                            if c.prefix.is_none() {
+                                tx.warn(
+                                    &BRIDGE_ADDRESS_WITHOUT_PREFIX,
+                                    "extraVeths",
+                                    Some(&src.origin),
+                                    format!("extraVeths.{vname}.localAddress `{l}` on bridge {br} has no /prefix; add the bridge's prefix"),
+                                );
+                            }
+                            guest_net.push(("Address".into(), with_prefix(&c)));
+                        }
+                        None => tx.warn(
+                            &INVALID_ADDRESS,
+                            "extraVeths",
+                            Some(&src.origin),
+                            format!("extraVeths.{vname}: `{l}` is not an IP address; fix it"),
+                        ),
+                    }
+                }
+                continue;
+            }
+            match (h, l) {
+                (Some(h), Some(l)) => match choose_prefix(h, l) {
+                    Ok(ch) => {
+                        if let Some(r) = ch.reason {
+                            tx.warn(
+                                &P2P_PREFIX_CHOSEN,
+                                "extraVeths",
+                                Some(&src.origin),
+                                format!("extraVeths.{vname}: {r}"),
+                            );
+                        }
+                        host_net.push(("Address".into(), ch.host));
+                        guest_net.push(("Address".into(), ch.local));
+                    }
+                    Err(e) => tx.warn(
+                        &INVALID_ADDRESS,
+                        "extraVeths",
+                        Some(&src.origin),
+                        format!("extraVeths.{vname}: {e}; fix the addresses"),
+                    ),
+                },
+                (Some(a), None) | (None, Some(a)) => match Cidr::parse(a) {
+                    Some(c) => {
+                        let v = with_prefix(&c);
+                        if h.is_some() {
+                            host_net.push(("Address".into(), v))
+                        } else {
+                            guest_net.push(("Address".into(), v))
+                        }
+                    }
+                    None => tx.warn(
+                        &INVALID_ADDRESS,
+                        "extraVeths",
+                        Some(&src.origin),
+                        format!("extraVeths.{vname}: `{a}` is not an IP address; fix it"),
+                    ),
+                },
+                (None, None) => {}
+            }
+        }
+        if let Some(br) = &ev.host_bridge {
+            host_net.push(("Bridge".into(), br.clone()));
+        }
+        let file = format!("30-{vname}.network");
+        let m = (
+            "Match".to_string(),
+            vec![("Name".to_string(), vname.clone())],
+        );
+        tx.i.host_networks.push(NetworkdUnit {
+            file_name: file.clone(),
+            side: Side::Host,
+            sections: vec![m.clone(), ("Network".to_string(), host_net)],
+        });
+        tx.i.guest_networks.push(NetworkdUnit {
+            file_name: file,
+            side: Side::Guest,
+            sections: vec![m, ("Network".to_string(), guest_net)],
+        });
+    }
+    if !names.is_empty() {
+        tx.warn(
+            &EXTRA_VETH_UNITS,
+            "extraVeths",
+            Some(&src.origin),
+            format!(
+                "{} became [Network] VirtualEthernetExtra= with networkd units on the host and in the guest (addresses as \
+                 subnets, no routes); the guest must use systemd-networkd (the module enables it for veth containers) — check them",
+                names.join(", ")
+            ),
+        );
+        tx.applied(
+            "extraVeths",
+            "[Network] VirtualEthernetExtra= + host/guest systemd.network.networks",
+        );
+    }
+}
+
+/// Row `networkNamespace`: no `.nspawn` key exists.
+pub fn network_namespace(tx: &mut Tx) {
+    let Some(src) = tx.c.options.network_namespace.clone() else {
+        return;
+    };
+    tx.ensure_private_network();
+    network_namespace_warning(tx, "networkNamespace", &src.value, Some(&src.origin));
+}
+
+pub fn network_namespace_warning(tx: &mut Tx, option: &str, path: &str, origin: Option<&Origin>) {
+    tx.warn(
+        &NETWORK_NAMESPACE,
+        option,
+        origin,
+        format!(
+            "joining the network namespace {path} has no .nspawn key; the migrated container is isolated in its own \
+             namespace (only lo) instead of sharing the host's. Override ExecStart= of systemd-nspawn@{}.service with --network-namespace-path={path}, or \
+             rework the networking",
+            tx.c.name
+        ),
+    );
+}

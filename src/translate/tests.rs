@@ -1,0 +1,528 @@
+//! Behaviour tests beyond the per-row examples: the decisions that are easy to get wrong
+//! (design §4) and every warning the examples do not reach.
+
+use super::example::example_container;
+use super::mapping::{check_expectations, outcome};
+use super::network::choose_prefix;
+use super::*;
+use crate::legacy::{NixExpr, Origin, SourceKind, Sourced};
+
+fn ctx() -> Context {
+    Context {
+        output_file: PathBuf::from("/etc/nixos/nspawn-containers.nix"),
+    }
+}
+
+fn run(src: &str) -> Instance {
+    translate(&example_container(src).unwrap(), &ctx())
+}
+
+fn assert_has(i: &Instance, expect: &[&str]) {
+    let lines = outcome(i);
+    let failed = check_expectations(&lines, expect);
+    assert!(
+        failed.is_empty(),
+        "missing {failed:?}\ngot:\n{}",
+        lines.join("\n")
+    );
+}
+
+fn warning<'a>(i: &'a Instance, code: &str) -> &'a crate::warnings::Warning {
+    i.warnings
+        .iter()
+        .find(|w| w.code == code)
+        .unwrap_or_else(|| panic!("no {code} warning in {:#?}", i.warnings))
+}
+
+#[test]
+fn prefixes_for_p2p_pairs() {
+    let c = |h, l| choose_prefix(h, l).unwrap();
+    // The usual 10.233.N.1 / .2 pair: a /30.
+    let p = c("10.233.1.1", "10.233.1.2");
+    assert_eq!(
+        (p.host.as_str(), p.local.as_str()),
+        ("10.233.1.1/30", "10.233.1.2/30")
+    );
+    assert!(p.reason.unwrap().contains("10.233.1.0/30"));
+    // A /31 pair (no network/broadcast address in a /31).
+    let p = c("192.168.100.10", "192.168.100.11");
+    assert_eq!(p.host, "192.168.100.10/31");
+    // .1 and .3: .3 is the /30 broadcast, so a /29.
+    assert_eq!(c("10.0.0.1", "10.0.0.3").host, "10.0.0.1/29");
+    // Far apart: the common prefix, widened until both are usable.
+    assert_eq!(c("10.0.0.1", "10.0.1.1").local, "10.0.1.1/23");
+    // Given prefixes that fit are kept, silently.
+    let p = c("10.0.0.1/24", "10.0.0.5/24");
+    assert_eq!((p.host.as_str(), p.reason), ("10.0.0.1/24", None));
+    // A prefix given on one side is used for both, and said.
+    let p = c("10.0.0.1/24", "10.0.0.5");
+    assert_eq!(p.local, "10.0.0.5/24");
+    assert!(p.reason.unwrap().contains("hostAddress"));
+    // A given /32 is the legacy p2p form: a subnet is chosen.
+    assert_eq!(c("10.0.0.1/32", "10.0.0.2/32").host, "10.0.0.1/30");
+    // IPv6: /127 pair or the common prefix widened past the subnet-router anycast address.
+    assert_eq!(c("fc00::2", "fc00::3").host, "fc00::2/127");
+    assert_eq!(c("fc00::1", "fc00::2").host, "fc00::1/126");
+    assert!(choose_prefix("10.0.0.1", "10.0.0.1").is_err());
+    assert!(choose_prefix("10.0.0.1", "fc00::1").is_err());
+    assert!(choose_prefix("10.0.0.x", "10.0.0.1").is_err());
+    assert!(choose_prefix("10.0.0.1/33", "10.0.0.2").is_err());
+}
+
+#[test]
+fn every_container_gets_explicit_private_users_private_and_veth() {
+    for src in [
+        "{ }",
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
+        r#"{ macvlans = [ "eth1" ]; }"#,
+    ] {
+        let i = run(src);
+        let lines = outcome(&i);
+        for key in [
+            "[Exec] PrivateUsers=",
+            "[Network] Private=",
+            "[Network] VirtualEthernet=",
+            "[Exec] Boot=no",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(key)),
+                "{src}: no {key}\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn host_network_ignores_addresses_and_ports_with_warnings() {
+    let i = run(
+        r#"{ hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; hostBridge = "br0";
+             forwardPorts = [ { hostPort = 80; } ]; localMacAddress = "02:00:00:00:00:01"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network = null",
+            "[Network] Private=no",
+            "[Network] VirtualEthernet=no",
+            "warning forward-ports-ignored",
+            "warning addresses-without-private-network",
+            "!~ [Network] Port=",
+            "!~ Bridge=",
+        ],
+    );
+    let n = i
+        .warnings
+        .iter()
+        .filter(|w| w.code == "addresses-without-private-network")
+        .count();
+    assert_eq!(n, 4, "one per option: {:#?}", i.warnings);
+}
+
+#[test]
+fn bridge_without_prefix_is_reported() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20"; hostAddress = "192.168.1.1"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.containerPool = [ \"192.168.1.20/32\" ]",
+            "networkd guest 20-host0.network: [Network] Gateway=192.168.1.1",
+            "warning bridge-address-without-prefix",
+            "!warning p2p-prefix-chosen",
+        ],
+    );
+    let w = warning(&i, "bridge-address-without-prefix");
+    assert_eq!(w.option, "containers.web.localAddress");
+    assert_eq!(
+        w.file.as_deref(),
+        Some(std::path::Path::new("/etc/nixos/configuration.nix"))
+    );
+    assert!(
+        w.message.contains("add the bridge's prefix"),
+        "{}",
+        w.message
+    );
+}
+
+#[test]
+fn invalid_addresses_are_not_translated() {
+    let i =
+        run(r#"{ privateNetwork = true; hostAddress = "10.0.0.300"; localAddress = "10.0.0.2"; }"#);
+    assert_has(
+        &i,
+        &[
+            "warning invalid-address",
+            "!~ static.hostAddresses",
+            "!~ static.containerPool",
+        ],
+    );
+}
+
+#[test]
+fn unresolved_options_are_reported_once() {
+    let mut c = example_container(
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "${prefix}.2"; }"#,
+    )
+    .unwrap();
+    let i = translate(&c, &ctx());
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        1,
+        "{:#?}",
+        i.warnings
+    );
+    // The known half stays as given; no prefix is invented for a pair we cannot see.
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
+            "!warning p2p-prefix-chosen",
+            "instance.network.veth = true",
+        ],
+    );
+    assert!(
+        warning(&i, "unresolved-expression")
+            .message
+            .contains("${prefix}.2")
+    );
+    // A reader that already reported it: no second warning.
+    c.warnings.push(crate::warnings::Warning::new(
+        &UNRESOLVED_EXPRESSION,
+        "containers.web.localAddress",
+        "reader said so",
+    ));
+    let i = translate(&c, &ctx());
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn missing_config_throws_with_the_reason() {
+    let i = run(r#"{ privateNetwork = true; }"#);
+    assert_has(
+        &i,
+        &[
+            "warning missing-system-config",
+            "instance.system-config = <missing>",
+        ],
+    );
+    let snippet = crate::render::nix::instance_snippet(&i);
+    assert!(snippet.contains("system-config = throw"), "{snippet}");
+    assert!(
+        snippet.contains("no guest configuration was found"),
+        "{snippet}"
+    );
+}
+
+#[test]
+fn imperative_containers_use_their_rootfs_config() {
+    let i = run(
+        r#"{ _kind = "imperative"; privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; autoStart = true; }"#,
+    );
+    assert_eq!(i.kind, Kind::Imperative);
+    assert_eq!(
+        i.state.from.as_deref(),
+        Some(std::path::Path::new("/var/lib/nixos-containers/web"))
+    );
+    assert_eq!(i.state.to, PathBuf::from("/var/lib/machines/web"));
+    assert_has(
+        &i,
+        &[
+            "instance.system-config = /var/lib/machines/web/etc/nixos/configuration.nix",
+            "warning imperative-guest-config",
+            "[Exec] Parameters=/nix/var/nix/profiles/per-nspawn/web/system/init",
+            "[Exec] Boot=no",
+        ],
+    );
+    let f = crate::render::nix::imperative_file(&i);
+    assert!(
+        f.contains("system-config = /var/lib/machines/web/etc/nixos/configuration.nix;"),
+        "{f}"
+    );
+    assert!(f.contains("hostAddresses = [ \"10.233.1.1/30\" ]"), "{f}");
+    // Not part of the host file.
+    assert!(!crate::render::nix::host_file(std::slice::from_ref(&i)).contains("instances.web"));
+}
+
+#[test]
+fn unparsable_guest_config_is_copied_and_reported() {
+    let mut c = example_container("{ }").unwrap();
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text: "{ networking.interfaces.eth0 = ; }".into(),
+            origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
+            column: 1,
+            free_vars: vec![],
+        },
+        Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
+    ));
+    let i = translate(&c, &ctx());
+    let w = warning(&i, "guest-config-unparsable");
+    assert_eq!(w.line, Some(3));
+    assert_eq!(
+        i.spec.system_config.as_ref().unwrap().text,
+        "{ networking.interfaces.eth0 = ; }"
+    );
+}
+
+#[test]
+fn relative_paths_and_free_variables_in_copied_code() {
+    let mut c = example_container("{ }").unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/hosts/web.nix", Some(7));
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text:
+                "{ imports = [ ./web-guest.nix ./${name}.nix ]; networking.hostName = hostName; }"
+                    .into(),
+            origin: origin.clone(),
+            column: 5,
+            free_vars: vec!["hostName".into(), "name".into(), "pkgs".into()],
+        },
+        origin,
+    ));
+    let i = translate(&c, &ctx());
+    let text = &i.spec.system_config.as_ref().unwrap().text;
+    assert!(text.contains("./hosts/web-guest.nix"), "{text}");
+    assert!(text.contains("./${name}.nix"), "{text}");
+    assert!(
+        warning(&i, "unrewritable-path")
+            .message
+            .contains("./${name}.nix")
+    );
+    let w = warning(&i, "free-variable");
+    assert!(
+        w.message.contains("`hostName`")
+            && w.message.contains("`name`")
+            && !w.message.contains("`pkgs`"),
+        "{}",
+        w.message
+    );
+    let host = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(host.contains("hostName,"), "{host}");
+    let files = warning(&i, "guest-files-not-rewritten");
+    assert!(
+        files.message.contains("./hosts/web-guest.nix"),
+        "{}",
+        files.message
+    );
+    // Upstream modules are not the user's files.
+    let up = run(
+        r#"{ config = { ... }: { imports = [ <nixpkgs/nixos/modules/profiles/minimal.nix> ]; }; }"#,
+    );
+    assert!(
+        !up.warnings
+            .iter()
+            .any(|w| w.code == "guest-files-not-rewritten")
+    );
+}
+
+#[test]
+fn interface_and_value_checks() {
+    let i = run(
+        r#"{ interfaces = [ "averyveryverylongname" ]; tmpfs = [ "relative" ]; allowedDevices = [ { node = "/dev/fuse"; modifier = "rwx"; } ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "warning interface-name-too-long",
+            "warning invalid-value",
+            "!~ Interface=",
+            "!~ TemporaryFileSystem=",
+            "!~ DeviceAllow=",
+        ],
+    );
+}
+
+#[test]
+fn injected_capabilities_are_never_emitted() {
+    let i = run(
+        r#"{ additionalCapabilities = [ "CAP_A,CAP_NET_RAW\" --system-call-filter=\"@keyring" "cap_sys_time" "all" ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "[Exec] Capability=CAP_SYS_TIME",
+            "[Exec] Capability=all",
+            "!~ CAP_NET_RAW",
+            "!~ CAP_A",
+            "!~ keyring",
+            "warning injected-flags",
+        ],
+    );
+    assert!(
+        warning(&i, "injected-flags")
+            .message
+            .contains(r#""CAP_A,CAP_NET_RAW\" --system-call-filter=\"@keyring""#)
+    );
+}
+
+#[test]
+fn extra_flags_override_options_and_quoted_values_are_refused() {
+    let i = run(
+        r#"{ privateUsers = "no"; copyResolvConf = true; extraFlags = [ "-U --resolv-conf=off" "--system-call-filter=\"@x\"" "--bind" ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "[Exec] PrivateUsers=pick",
+            "[Exec] ResolvConf=off",
+            "!~ SystemCallFilter",
+            "warning invalid-value",
+        ],
+    );
+    let n = i
+        .warnings
+        .iter()
+        .filter(|w| w.code == "invalid-value")
+        .count();
+    assert_eq!(n, 2, "quoted value and missing value: {:#?}", i.warnings);
+}
+
+#[test]
+fn resolv_conf_follows_the_guest() {
+    let resolved = run(r#"{ config = { ... }: { services.resolved.enable = true; }; }"#);
+    assert_has(&resolved, &["[Exec] ResolvConf=off"]);
+    let plain = run(r#"{ config = { ... }: { networking.useHostResolvConf = true; }; }"#);
+    assert_has(
+        &plain,
+        &[
+            "[Exec] ResolvConf=copy-host",
+            "!~ useHostResolvConf",
+            "warning use-host-resolv-conf-removed",
+        ],
+    );
+    let off = run(r#"{ copyResolvConf = false; }"#);
+    assert_has(&off, &["[Exec] ResolvConf=off"]);
+}
+
+#[test]
+fn restart_strategy_follows_auto_start() {
+    assert_has(
+        &run("{ autoStart = true; }"),
+        &[
+            "instance.activation.strategy = \"restart\"",
+            "!warning not-auto-started",
+        ],
+    );
+    assert_has(
+        &run("{ restartIfChanged = true; }"),
+        &[
+            "instance.activation.strategy = \"none\"",
+            "warning not-auto-started",
+        ],
+    );
+}
+
+#[test]
+fn conditions_are_kept() {
+    let mut c = example_container("{ autoStart = true; }").unwrap();
+    c.condition = Some(NixExpr {
+        text: "config.services.web.enable".into(),
+        origin: Origin::new(
+            SourceKind::NixSource,
+            "/etc/nixos/configuration.nix",
+            Some(2),
+        ),
+        column: 1,
+        free_vars: vec!["config".into()],
+    });
+    let i = translate(&c, &ctx());
+    let s = crate::render::nix::instance_snippet(&i);
+    assert!(s.contains("lib.mkIf (config.services.web.enable)"), "{s}");
+}
+
+#[test]
+fn key_conflicts_are_detected() {
+    let i = run("{ }");
+    let mut raw = NspawnSettings::default();
+    raw.exec.insert("Boot".into(), vec!["yes".into()]);
+    let module = crate::render::nspawn::module_settings(&i.name, &i.spec);
+    assert_eq!(
+        crate::render::nspawn::conflicts(&module, &raw),
+        vec!["Exec.Boot".to_string()]
+    );
+}
+
+#[test]
+fn never_panics_on_odd_input() {
+    for src in [
+        r#"{ privateNetwork = true; hostAddress = ""; localAddress = "/"; hostAddress6 = "::"; localAddress6 = "::"; }"#,
+        r#"{ extraFlags = [ "" "-" "--" "--=" "-p" "--port=tcp:0:99999" "--rlimit=FOO" "--network-zone=averyveryverylongzone" ]; }"#,
+        r#"{ bindMounts."relative" = { hostPath = "x"; }; forwardPorts = [ { protocol = "sctp"; hostPort = 1; } ]; }"#,
+        r#"{ privateUsers = 0; timeoutStartSec = ""; extraVeths."" = { }; macvlans = [ "a/b" ]; }"#,
+    ] {
+        let i = run(src);
+        let _ = crate::render::nix::instance_snippet(&i);
+        let _ = crate::render::nspawn::preview(&i);
+    }
+}
+
+#[test]
+fn unreadable_private_network_and_auto_start() {
+    let i = run(
+        r#"{ privateNetwork = cfg.isolated; autoStart = cfg.start; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/30\" ]",
+            "!warning addresses-without-private-network",
+            "!warning not-auto-started",
+            "instance.autoStart = false",
+        ],
+    );
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        2,
+        "{:#?}",
+        i.warnings
+    );
+    let bare = run(r#"{ privateNetwork = cfg.isolated; }"#);
+    assert_has(&bare, &["instance.network = null"]);
+}
+
+#[test]
+fn every_emitted_nspawn_key_is_accepted_by_nixpkgs() {
+    for (sec, key) in crate::render::nspawn::MODULE_KEYS {
+        assert!(
+            crate::render::nspawn::nixpkgs_accepts(sec, key),
+            "module key [{sec}] {key}"
+        );
+    }
+    let mut inputs: Vec<&str> = super::mapping::MAPPINGS
+        .iter()
+        .map(|m| m.example.input)
+        .collect();
+    inputs.push(
+        r#"{ extraFlags = [ "--rlimit=RLIMIT_CPU=1" "--rlimit=MEMLOCK=1" "--overlay-ro=/a:/b" "--network-ipvlan=x" "--volatile" ]; }"#,
+    );
+    for src in inputs {
+        let i = run(src);
+        let all = crate::render::nspawn::merged(&i);
+        for (sec, map) in [
+            ("Exec", &all.exec),
+            ("Files", &all.files),
+            ("Network", &all.network),
+        ] {
+            for k in map.keys() {
+                assert!(
+                    crate::render::nspawn::nixpkgs_accepts(sec, k),
+                    "{src}: [{sec}] {k} is not accepted by nixpkgs"
+                );
+            }
+        }
+    }
+}
