@@ -214,7 +214,8 @@ let
     concatMap (
       o:
       let
-        others = lib.filter (p: p.addr == o.addr && p.name != o.name) addrOwners;
+        # Each pair once: only against owners with a greater name.
+        others = lib.filter (p: p.addr == o.addr && p.name > o.name) addrOwners;
         hostClash = lib.filter (n: n != o.name && builtins.elem o.addr (hostAddrsOf instances.${n})) names;
       in
       map (p: "${o.addr} (containerPool of ${o.name} and of ${p.name})") others
@@ -247,6 +248,20 @@ let
   ) names;
   portsWithoutVeth = lib.filter (n: instances.${n}.forwardPorts != [ ] && !I.hasVeth instances.${n}) names;
   needsNetworkd = privateNetworked != { } || cfg.zones != { };
+  # A static containerPool with no host-side address to route through.
+  unroutable = lib.filter (
+    n:
+    let
+      i = instances.${n};
+      nw = i.network;
+    in
+    nw != null
+    && nw.bridge == null
+    && (nw.v4.static.containerPool != [ ] || nw.v6.static.containerPool != [ ])
+    && nw.v4.static.hostAddresses == [ ]
+    && nw.v6.static.hostAddresses == [ ]
+    && zoneHostAddresses i == [ ]
+  ) names;
   list = ns: concatStringsSep ", " ns;
 in
 {
@@ -402,6 +417,13 @@ in
           '';
         }
       ];
+
+      warnings = map (
+        n:
+        "nixos.containers.instances.${n}: network.v4/v6.static.containerPool is set but no host-side address "
+        + "(network.v4/v6.static.hostAddresses${lib.optionalString (zoneOf instances.${n} != null) " or the zone's hostAddresses"}): "
+        + "the host side gets no address and the container no gateway. Add hostAddresses in the same subnet."
+      ) unroutable;
 
       systemd.nspawn = mapAttrs (name: inst: I.nspawnSettings name inst (toplevelOf name)) instances;
 

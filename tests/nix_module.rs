@@ -1,0 +1,836 @@
+//! The NixOS module in `nixos/`, driven through the real `nix-instantiate` and checked with the
+//! real systemd programs.
+//!
+//! - every `.nix` file of the repository parses (`nix-instantiate --parse`);
+//! - `nixos/tests/render.nix` evaluates the module against its stub host for the RFC 0108
+//!   examples and the failing-assertion cases (needs `NIXPKGS_LIB`, nixpkgs' `lib/` directory;
+//!   without it these tests print "skipped: set NIXPKGS_LIB" and pass);
+//! - the rendered `.nspawn` files go through systemd-nspawn's own parser, the drop-ins through
+//!   `systemd-analyze verify`, the networkd units through a real systemd-networkd in a private
+//!   network namespace, the ExecStartPre script runs against a fake machine directory;
+//! - the reload/restart decision `switch-to-configuration` makes from the drop-ins is checked
+//!   per activation strategy (the rules are ported from nixpkgs' switch-to-configuration-ng).
+//!
+//! With `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` a missing tool (or not being root where root is
+//! needed) is a failure instead of a skip.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_real_tools() -> bool {
+    std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1")
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/lib/systemd")]);
+    for dir in candidates {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The tool, or `None` after printing why the test is skipped (a failure when real tools are
+/// required).
+fn tool(name: &str) -> Option<PathBuf> {
+    match find_tool(name) {
+        Some(p) => Some(p),
+        None if require_real_tools() => {
+            panic!("{name} not found and NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1")
+        }
+        None => {
+            eprintln!("skipped: {name} not found");
+            None
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn root_or_skip(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if require_real_tools() {
+        panic!("{what} needs root and NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1");
+    }
+    eprintln!("skipped: {what} needs root");
+    false
+}
+
+fn nixpkgs_lib() -> Option<String> {
+    match std::env::var("NIXPKGS_LIB") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            eprintln!(
+                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to run the module evaluation tests"
+            );
+            None
+        }
+    }
+}
+
+/// Evaluate nixos/tests/render.nix for a configuration file.
+fn render(lib: &str, configuration: &Path) -> Value {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("nixos/tests/render.nix"))
+        .args(["--arg", "nixpkgsLib", lib])
+        .arg("--arg")
+        .arg("configuration")
+        .arg(configuration)
+        .env("NIXPKGS_LIB", lib)
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "render.nix failed for {}:\n{}",
+        configuration.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("render.nix prints JSON")
+}
+
+fn case(name: &str) -> PathBuf {
+    repo().join("nixos/tests/cases").join(format!("{name}.nix"))
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = cur
+            .get(*p)
+            .unwrap_or_else(|| panic!("no {} in {}", path.join("."), v));
+    }
+    cur.as_str()
+        .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
+}
+
+fn assertions(v: &Value) -> Vec<String> {
+    v["assertions"]
+        .as_array()
+        .expect("assertions list")
+        .iter()
+        .map(|m| m.as_str().expect("message").to_string())
+        .collect()
+}
+
+/// Replace the fake toplevel store path, which is a hash, by a marker.
+fn without_toplevel(nspawn: &str) -> String {
+    nspawn
+        .lines()
+        .map(|l| {
+            if l.starts_with("Parameters=/nix/store/") && l.ends_with("/init") {
+                "Parameters=@toplevel@/init".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+#[test]
+fn every_nix_file_parses() {
+    let Some(nix) = tool("nix-instantiate") else {
+        return;
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![repo()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if entry.file_type().expect("file type").is_dir() {
+                if !matches!(name.as_ref(), "target" | ".git" | "nixpkgs-lib" | "fuzz") {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".nix") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(
+        files.len() >= 20,
+        "expected the module, its tests and flake.nix, found {files:?}"
+    );
+    for f in &files {
+        let out = Command::new(&nix)
+            .arg("--parse")
+            .arg(f)
+            .output()
+            .expect("run nix-instantiate --parse");
+        assert!(
+            out.status.success(),
+            "{} does not parse:\n{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering (RFC 0108 examples)
+
+#[test]
+fn default_network_renders_rfc_defaults() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("default-network"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    assert_eq!(
+        without_toplevel(text(&v, &["nspawn", "demo"])),
+        "[Exec]\nBoot=no\nKillSignal=SIGRTMIN+3\nNotifyReady=yes\nParameters=@toplevel@/init\n\
+         PrivateUsers=no\n\n\n[Files]\n\
+         Bind=/nix/var/nix/profiles/per-nspawn/demo:/nix/var/nix/profiles\n\
+         Bind=/nix/var/nix/gcroots/per-nspawn/demo:/nix/var/nix/gcroots\n\
+         BindReadOnly=/nix/store\nBindReadOnly=/nix/var/nix/db\n\
+         BindReadOnly=/nix/var/nix/daemon-socket\n\n\n[Network]\nPrivate=yes\nVirtualEthernet=yes\n\n"
+    );
+    // The toplevel is the evaluated container system's.
+    let toplevel = text(&v, &["toplevel", "demo"]);
+    assert!(text(&v, &["nspawn", "demo"]).contains(&format!("Parameters={toplevel}/init\n")));
+    assert_eq!(
+        text(&v, &["network", "20-ve-demo.network"]),
+        "[Match]\nName=ve-demo\n\n[Network]\nAddress=0.0.0.0/28\nAddress=::/64\nDHCPServer=yes\n\
+         IPMasquerade=both\nIPv6SendRA=yes\nLinkLocalAddressing=yes\n\n"
+    );
+    assert_eq!(
+        text(&v, &["guest", "demo", "20-host0.network"]),
+        "[Match]\nName=host0\n\n[Network]\nDHCP=yes\n\n"
+    );
+    let g = &v["guestSettings"]["demo"];
+    assert_eq!(g["isContainer"], true);
+    assert_eq!(g["useNetworkd"], true);
+    assert_eq!(g["useHostResolvConf"], false);
+    assert_eq!(g["hostName"], "demo");
+    let dropin = text(&v, &["dropins", "demo"]);
+    for line in [
+        "WantedBy=machines.target",
+        "X-Reload-Triggers=/nix/store/",
+        "X-Restart-Triggers=/nix/store/",
+        "ExecReload=/nix/store/",
+        "ExecStartPre=/nix/store/",
+    ] {
+        assert!(dropin.contains(line), "{line} missing in\n{dropin}");
+    }
+    let reload = text(&v, &["scripts", "demo", "reload"]);
+    assert!(reload.contains("systemd-run --machine=demo --pipe --wait"));
+    assert!(reload.contains("\"$toplevel/bin/switch-to-configuration\" test"));
+    assert!(
+        !reload.contains(toplevel),
+        "the reload script must not name the system"
+    );
+}
+
+#[test]
+fn zone_renders_bridge_and_members() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("zone"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    for m in ["test1", "test2"] {
+        let n = text(&v, &["nspawn", m]);
+        assert!(
+            n.contains("\n[Network]\nPrivate=yes\nVirtualEthernet=yes\nZone=demo\n"),
+            "{n}"
+        );
+        assert_eq!(
+            text(&v, &["guest", m, "20-host0.network"]),
+            "[Match]\nName=host0\n\n[Network]\nDHCP=yes\n\n"
+        );
+    }
+    assert_eq!(
+        text(&v, &["network", "20-vz-demo.netdev"]),
+        "[NetDev]\nKind=bridge\nName=vz-demo\n\n"
+    );
+    assert_eq!(
+        text(&v, &["network", "20-vz-demo.network"]),
+        "[Match]\nName=vz-demo\n\n[Network]\nAddress=0.0.0.0/24\nAddress=::/64\n\
+         ConfigureWithoutCarrier=yes\nDHCPServer=yes\nIPMasquerade=both\nIPv6SendRA=yes\n\
+         LinkLocalAddressing=yes\n\n"
+    );
+    assert!(v["network"].get("20-ve-test1.network").is_none());
+}
+
+#[test]
+fn static_pools_render_addresses_and_gateways() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("static"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    assert_eq!(
+        text(&v, &["network", "20-ve-legacy.network"]),
+        "[Match]\nName=ve-legacy\n\n[Network]\nAddress=10.231.136.1/30\nAddress=fc00::1/64\n\
+         IPMasquerade=both\n\n"
+    );
+    assert_eq!(
+        text(&v, &["guest", "legacy", "20-host0.network"]),
+        "[Match]\nName=host0\n\n[Network]\nAddress=10.231.136.2/30\nAddress=fc00::2/64\n\
+         Gateway=10.231.136.1\nGateway=fc00::1\n\n"
+    );
+    // The RFC's example has no host address: rendered as specified, with a warning.
+    assert_eq!(
+        text(&v, &["guest", "static", "20-host0.network"]),
+        "[Match]\nName=host0\n\n[Network]\nAddress=10.237.1.3/16\n\
+         Address=2a01:4f9:4b:1659:3aa3:cafe::3/96\n\n"
+    );
+    let warnings = v["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("nixos.containers.instances.static:")
+    );
+}
+
+#[test]
+fn ports_binds_userns_and_raw_keys_merge() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("ports-binds"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    assert_eq!(
+        without_toplevel(text(&v, &["nspawn", "web"])),
+        "[Exec]\nBoot=no\nCapability=CAP_NET_ADMIN\nEphemeral=yes\nKillSignal=SIGRTMIN+3\n\
+         NotifyReady=yes\nParameters=@toplevel@/init\nPrivateUsers=pick\n\n\n[Files]\n\
+         Bind=/nix/var/nix/profiles/per-nspawn/web:/nix/var/nix/profiles:idmap\n\
+         Bind=/nix/var/nix/gcroots/per-nspawn/web:/nix/var/nix/gcroots:idmap\n\
+         Bind=/data/web:/srv/data\n\
+         BindReadOnly=/nix/store:/nix/store:idmap\n\
+         BindReadOnly=/nix/var/nix/db:/nix/var/nix/db:idmap\n\
+         BindReadOnly=/nix/var/nix/daemon-socket:/nix/var/nix/daemon-socket:idmap\n\
+         BindReadOnly=/etc/ssl/certs\nBindReadOnly=/cache:/var/cache/x:norbind\n\
+         PrivateUsersOwnership=auto\n\n\n[Network]\nMACVLAN=eth1\nPort=tcp:8080:80\n\
+         Port=udp:5353:5353\nPrivate=yes\nVirtualEthernet=yes\n\n"
+    );
+    let dropin = text(&v, &["dropins", "web"]);
+    for line in [
+        "After=network-online.target\n",
+        "DeviceAllow=/dev/fuse rwm\n",
+        "TimeoutStartSec=3min\n",
+        "ExecStart=\n",
+        "--settings=override --machine=%i --load-credential=db:/run/keys/db\n",
+    ] {
+        assert!(dropin.contains(line), "{line:?} missing in\n{dropin}");
+    }
+    // autoStart = false: not wanted by machines.target. restart strategy: no reload trigger.
+    assert!(!dropin.contains("WantedBy="), "{dropin}");
+    assert!(!dropin.contains("X-Reload-Triggers="), "{dropin}");
+    assert!(dropin.contains("X-Restart-Triggers="), "{dropin}");
+}
+
+#[test]
+fn host_network_needs_no_networkd() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("hostnet"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    let n = text(&v, &["nspawn", "plain"]);
+    assert!(
+        n.ends_with("[Network]\nPrivate=no\nVirtualEthernet=no\n\n"),
+        "{n}"
+    );
+    assert_eq!(v["network"], serde_json::json!({}));
+    assert_eq!(v["guest"]["plain"], serde_json::json!({}));
+    assert_eq!(v["guestSettings"]["plain"]["useNetworkd"], false);
+    let dropin = text(&v, &["dropins", "plain"]);
+    assert!(dropin.contains("X-RestartIfChanged=false\n"), "{dropin}");
+    assert!(!dropin.contains("Triggers="), "{dropin}");
+}
+
+#[test]
+fn every_assertion_fires_with_numbered_ways_out() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("bad"));
+    let msgs = assertions(&v);
+    let expect = [
+        "invalid container name(s): bad name.",
+        "a uses zone \"nowhere\", which is not declared",
+        "static addresses collide: 10.1.0.2 (containerPool of a and of b), 10.1.0.2 (containerPool of a, hostAddresses of c), 10.1.0.2 (containerPool of b, hostAddresses of c)",
+        "need systemd-networkd on the host",
+        "Container name(s) old are declared both in the legacy `containers`",
+        "averyveryverylongname: the interface name",
+        "mv: network.veth = false cannot be",
+        "hp: forwardPorts need a private",
+        "\"mymachines\" is missing from system.nssDatabases.hosts",
+    ];
+    assert_eq!(msgs.len(), expect.len(), "{msgs:#?}");
+    for (m, e) in msgs.iter().zip(expect) {
+        assert!(m.contains(e), "expected {e:?} in\n{m}");
+        assert!(
+            m.contains("Ways out:\n  1. "),
+            "no numbered ways out in\n{m}"
+        );
+        assert!(m.contains("\n  2. "), "only one way out in\n{m}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real systemd programs
+
+fn all_cases(lib: &str) -> Vec<(String, Value)> {
+    [
+        "default-network",
+        "zone",
+        "static",
+        "ports-binds",
+        "hostnet",
+    ]
+    .iter()
+    .map(|c| (c.to_string(), render(lib, &case(c))))
+    .collect()
+}
+
+#[test]
+fn nspawn_files_pass_the_real_parser() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let Some(nspawn) = tool("systemd-nspawn") else {
+        return;
+    };
+    if !root_or_skip("systemd-nspawn") {
+        return;
+    }
+    let mut checked = 0;
+    for (c, v) in all_cases(&lib) {
+        for (name, body) in v["nspawn"].as_object().expect("nspawn map") {
+            let body = body.as_str().expect("text");
+            let t = tempfile::tempdir().expect("tempdir");
+            let file = t.path().join(format!("{name}.nspawn"));
+            std::fs::write(&file, body).expect("write .nspawn");
+            // Parse-only: nspawn reads the settings before it checks the (missing) tree.
+            let out = Command::new("timeout")
+                .arg("20")
+                .arg(&nspawn)
+                .args(["--register=no", "-q", "--settings=trusted", "-D"])
+                .arg(t.path().join(name))
+                .arg("/bin/true")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run systemd-nspawn");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let prefix = format!("{}:", file.display());
+            let complaints: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+            assert!(
+                complaints.is_empty(),
+                "{c}: systemd-nspawn rejects parts of {name}.nspawn:\n{}\n--- file:\n{body}",
+                complaints.join("\n")
+            );
+            // It got as far as the directory check, so the file was read.
+            assert!(
+                stderr.contains("No such file or directory")
+                    || stderr.contains("doesn't look like"),
+                "{c}: unexpected nspawn output for {name}: {stderr}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 7);
+}
+
+/// Write a drop-in next to a copy of the stock template, with every fake store path moved
+/// under the temp dir and every command in Exec*= lines created as an executable, then run
+/// `systemd-analyze verify`. Returns stderr lines about our file.
+fn verify_dropin(analyze: &Path, dropin: &str) -> Vec<String> {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let text = dropin.replace("/nix/store/", &format!("{}/", store.display()));
+    let unit_dir = t.path().join("units");
+    let d = unit_dir.join("systemd-nspawn@foo.service.d");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::copy(
+        "/lib/systemd/system/systemd-nspawn@.service",
+        unit_dir.join("systemd-nspawn@.service"),
+    )
+    .expect("copy the stock systemd-nspawn@.service");
+    std::fs::write(d.join("overrides.conf"), &text).expect("write drop-in");
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !key.starts_with("Exec") {
+            continue;
+        }
+        let cmd = value.trim_start_matches(['-', '@', '+', '!', ':']);
+        let Some(exe) = cmd.split_whitespace().next() else {
+            continue;
+        };
+        if exe.starts_with(&store.display().to_string()) {
+            let p = Path::new(exe);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            let mut f = std::fs::File::create(p).expect("create exe");
+            f.write_all(b"#!/bin/sh\nexit 0\n").expect("write exe");
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(unit_dir.join("systemd-nspawn@foo.service"))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", unit_dir.display()))
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut bad: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains("overrides.conf") || l.contains("systemd-nspawn@foo.service"))
+        .map(String::from)
+        .collect();
+    if !out.status.success() {
+        bad.push(format!("exit status {}: {stderr}", out.status));
+    }
+    bad
+}
+
+#[test]
+fn dropins_pass_systemd_analyze_verify() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let Some(analyze) = tool("systemd-analyze") else {
+        return;
+    };
+    if !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists() {
+        if require_real_tools() {
+            panic!("/lib/systemd/system/systemd-nspawn@.service missing");
+        }
+        eprintln!("skipped: no systemd-nspawn@.service");
+        return;
+    }
+    // The check can find something: a bogus key is reported.
+    let bogus = verify_dropin(&analyze, "[Service]\nBogusKey=1\n");
+    assert!(bogus.iter().any(|l| l.contains("BogusKey")), "{bogus:?}");
+    let mut checked = 0;
+    for (c, v) in all_cases(&lib) {
+        for (name, dropin) in v["dropins"].as_object().expect("dropins") {
+            let dropin = dropin.as_str().expect("text");
+            let bad = verify_dropin(&analyze, dropin);
+            assert!(
+                bad.is_empty(),
+                "{c}: {name}: {bad:#?}\n--- drop-in:\n{dropin}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 7);
+}
+
+#[test]
+fn prestart_script_creates_the_machine_dir_without_following_symlinks() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("default-network"));
+    let script = text(&v, &["scripts", "demo", "preStart"]);
+    let t = tempfile::tempdir().expect("tempdir");
+    let base = t.path().display().to_string();
+    // Run it against a copy of the layout under the temp dir.
+    let script = script
+        .replace("/var/lib/machines/", &format!("{base}/machines/"))
+        .replace("/nix/var/nix/", &format!("{base}/nix/"));
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(t.path().join("machines/demo/etc")).expect("mkdir");
+    // A migrated root: etc/os-release is an absolute symlink that dangles on the host.
+    std::os::unix::fs::symlink(&outside, t.path().join("machines/demo/etc/os-release"))
+        .expect("symlink");
+    for _ in 0..2 {
+        let st = Command::new("sh")
+            .args(["-e", "-c", &script])
+            .status()
+            .expect("run sh");
+        assert!(st.success());
+    }
+    assert!(!outside.exists(), "wrote through the symlink");
+    assert!(
+        std::fs::symlink_metadata(t.path().join("machines/demo/etc/os-release"))
+            .expect("still there")
+            .file_type()
+            .is_symlink()
+    );
+    assert!(t.path().join("machines/demo/etc/machine-id").is_file());
+    assert!(t.path().join("machines/demo/var").is_dir());
+    assert!(t.path().join("nix/profiles/per-nspawn/demo").is_dir());
+    assert!(t.path().join("nix/gcroots/per-nspawn/demo").is_dir());
+    // First start of a new container: everything from nothing.
+    std::fs::remove_dir_all(t.path().join("machines")).expect("rm");
+    let st = Command::new("sh")
+        .args(["-e", "-c", &script])
+        .status()
+        .expect("run sh");
+    assert!(st.success());
+    assert!(t.path().join("machines/demo/etc/os-release").is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
+// What switch-to-configuration does with the drop-ins
+
+type UnitInfo = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+fn parse_ini(text: &str) -> UnitInfo {
+    let mut info = UnitInfo::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_string();
+            continue;
+        }
+        if section == "Install" {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            info.entry(section.clone())
+                .or_default()
+                .entry(k.to_string())
+                .or_default()
+                .push(v.to_string());
+        }
+    }
+    info
+}
+
+#[derive(Debug, PartialEq)]
+enum Job {
+    Nothing,
+    Reload,
+    Restart,
+}
+
+/// nixpkgs switch-to-configuration-ng: `compare_units` followed by `handle_modified_unit`
+/// for an active service (only the parts that apply to a drop-in of ours: the [Unit] keys it
+/// ignores, X-Reload-Triggers, X-ReloadIfChanged, X-RestartIfChanged).
+fn switch_decision(old: &str, new: &str) -> Job {
+    const IGNORED: &[&str] = &[
+        "X-Reload-Triggers",
+        "Description",
+        "Documentation",
+        "OnFailure",
+        "OnSuccess",
+        "OnFailureJobMode",
+        "IgnoreOnIsolate",
+        "StopWhenUnneeded",
+        "RefuseManualStart",
+        "RefuseManualStop",
+        "AllowIsolate",
+        "CollectMode",
+        "SourcePath",
+    ];
+    let (a, b) = (parse_ini(old), parse_ini(new));
+    let mut reload = false;
+    let mut restart = false;
+    let sections: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for s in sections {
+        let empty = BTreeMap::new();
+        let (sa, sb) = (a.get(s).unwrap_or(&empty), b.get(s).unwrap_or(&empty));
+        let keys: std::collections::BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
+        for k in keys {
+            if sa.get(k) == sb.get(k) {
+                continue;
+            }
+            if s == "Unit" && k == "X-Reload-Triggers" {
+                reload = true;
+            } else if !(s == "Unit" && IGNORED.contains(&k.as_str())) {
+                restart = true;
+            }
+        }
+    }
+    let flag = |key: &str| {
+        b.get("Service")
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.last())
+            .map(|v| matches!(v.as_str(), "1" | "yes" | "true" | "on"))
+    };
+    if restart {
+        if flag("X-ReloadIfChanged") == Some(true) {
+            Job::Reload
+        } else if flag("X-RestartIfChanged") == Some(false) {
+            Job::Nothing
+        } else {
+            Job::Restart
+        }
+    } else if reload {
+        Job::Reload
+    } else {
+        Job::Nothing
+    }
+}
+
+fn strategy_config(dir: &Path, strategy: &str, motd: &str, bind: bool) -> PathBuf {
+    let p = dir.join(format!("{strategy}-{motd}-{bind}.nix"));
+    let binds = if bind {
+        r#"bindMounts."/srv" = { hostPath = "/srv/c"; };"#
+    } else {
+        ""
+    };
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{
+  networking.useNetworkd = true;
+  nixos.containers.instances.c = {{
+    network = {{ }};
+    activation.strategy = "{strategy}";
+    system-config.users.motd = "{motd}";
+    {binds}
+  }};
+}}
+"#
+        ),
+    )
+    .expect("write config");
+    p
+}
+
+#[test]
+fn activation_strategies_give_the_switch_to_configuration_decisions() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let t = tempfile::tempdir().expect("tempdir");
+    // (strategy, only the container system changed, a bind mount was added)
+    let expected = [
+        ("dynamic", Job::Reload, Job::Restart),
+        ("reload", Job::Reload, Job::Reload),
+        ("restart", Job::Restart, Job::Restart),
+        ("none", Job::Nothing, Job::Nothing),
+    ];
+    for (strategy, on_system, on_bind) in expected {
+        let dropin = |motd: &str, bind: bool| {
+            let v = render(&lib, &strategy_config(t.path(), strategy, motd, bind));
+            assert_eq!(assertions(&v), Vec::<String>::new());
+            text(&v, &["dropins", "c"]).to_string()
+        };
+        let base = dropin("one", false);
+        assert_eq!(switch_decision(&base, &base), Job::Nothing);
+        assert_eq!(
+            switch_decision(&base, &dropin("two", false)),
+            on_system,
+            "{strategy}: container system changed"
+        );
+        assert_eq!(
+            switch_decision(&base, &dropin("one", true)),
+            on_bind,
+            "{strategy}: bind mount added"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd-networkd
+
+/// Run the real systemd-networkd in a private mount and network namespace over the given
+/// units (recipe: testing-with-real-systemd.md section 4); returns its log.
+fn run_networkd(units: &BTreeMap<String, String>, setup: &str) -> Option<String> {
+    let networkd = Path::new("/lib/systemd/systemd-networkd");
+    if !networkd.exists() {
+        if require_real_tools() {
+            panic!("/lib/systemd/systemd-networkd missing");
+        }
+        eprintln!("skipped: /lib/systemd/systemd-networkd missing");
+        return None;
+    }
+    let unshare = tool("unshare")?;
+    let t = tempfile::tempdir().expect("tempdir");
+    let cfg = t.path().join("network");
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    for (name, body) in units {
+        std::fs::write(cfg.join(name), body).expect("write unit");
+    }
+    let log = t.path().join("log");
+    let script = format!(
+        r#"set -e
+mount -t sysfs -o ro sysfs /sys
+mkdir -p /run/systemd/netif
+mount -t tmpfs tmpfs /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif 2>/dev/null || true
+mount --bind {cfg} /etc/systemd/network
+mount --bind {empty} /lib/systemd/network
+if [ -d /run/systemd/network ]; then mount --bind {empty} /run/systemd/network; fi
+ip link set lo up
+{setup}
+SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console {networkd} >{log} 2>&1 &
+P=$!
+sleep 3
+ip -br addr >>{log}
+kill $P
+wait $P || true
+"#,
+        cfg = cfg.display(),
+        empty = empty.display(),
+        networkd = networkd.display(),
+        log = log.display(),
+    );
+    std::fs::create_dir_all("/etc/systemd/network").ok();
+    let st = Command::new("timeout")
+        .arg("30")
+        .arg(&unshare)
+        .args(["-m", "-n", "--propagation", "private", "sh", "-c", &script])
+        .status()
+        .expect("run unshare");
+    assert!(st.success(), "networkd sandbox failed");
+    Some(std::fs::read_to_string(&log).expect("read log"))
+}
+
+#[test]
+fn networkd_units_pass_the_real_networkd() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    if !root_or_skip("systemd-networkd in a namespace") {
+        return;
+    }
+    let mut units = BTreeMap::new();
+    for (c, v) in all_cases(&lib) {
+        for (name, body) in v["network"].as_object().expect("network") {
+            units.insert(name.clone(), body.as_str().expect("text").to_string());
+        }
+        for (inst, files) in v["guest"].as_object().expect("guest") {
+            for (name, body) in files.as_object().expect("files") {
+                // Guest units all match host0; keep them apart by file name.
+                units.insert(
+                    format!("{name}-{c}-{inst}.network").replace(".network-", "-"),
+                    body.as_str().expect("text").to_string(),
+                );
+            }
+        }
+    }
+    // Links the host-side units match: a veth standing in for ve-legacy (static) and the
+    // zone bridge that networkd creates itself from 20-vz-demo.netdev.
+    let setup = "ip link add ve-legacy type veth peer name host0\nip link set ve-legacy up\nip link set host0 up";
+    let Some(log) = run_networkd(&units, setup) else {
+        return;
+    };
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("/etc/systemd/network/"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "networkd complains:\n{}\n--- log:\n{log}",
+        complaints.join("\n")
+    );
+    assert!(
+        log.contains("vz-demo"),
+        "the zone bridge was not created:\n{log}"
+    );
+    assert!(
+        log.contains("10.231.136.1/30"),
+        "ve-legacy not configured:\n{log}"
+    );
+}
