@@ -834,3 +834,99 @@ fn networkd_units_pass_the_real_networkd() {
         "ve-legacy not configured:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Imperative containers: nixos/lib/eval-container.nix
+
+fn eval_container(lib: &str, file: &Path, name: &str, attr: &str) -> Result<Value, String> {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("nixos/lib/eval-container.nix"))
+        .arg("--arg")
+        .arg("file")
+        .arg(file)
+        .args(["--argstr", "name", name])
+        .args(["--arg", "lib", &format!("import {lib}")])
+        .args(["-A", attr])
+        .env("NIXPKGS_LIB", lib)
+        .output()
+        .expect("run nix-instantiate");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[test]
+fn imperative_container_renders_like_a_declarative_one() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let files = eval_container(&lib, &case("imperative"), "imperative", "files").expect("eval");
+    let nspawn = text(&files, &["imperative.nspawn"]);
+    assert!(
+        nspawn.contains("\n[Network]\nPort=tcp:8080:80\nPrivate=yes\nVirtualEthernet=yes\n"),
+        "{nspawn}"
+    );
+    // The same instance declared on a host renders the same files.
+    let t = tempfile::tempdir().expect("tempdir");
+    let decl = t.path().join("decl.nix");
+    std::fs::write(
+        &decl,
+        format!(
+            "{{ networking.useNetworkd = true; nixos.containers.instances.imperative = \
+             (removeAttrs (import {}) [ \"nixpkgs\" ]) // {{ activation.strategy = \"restart\"; }}; }}",
+            case("imperative").display()
+        ),
+    )
+    .expect("write");
+    let v = render(&lib, &decl);
+    // (The fake system differs: the host passes its platform as an attribute set, the file
+    // evaluation as a system string.)
+    assert_eq!(
+        without_toplevel(nspawn),
+        without_toplevel(text(&v, &["nspawn", "imperative"]))
+    );
+    assert_eq!(
+        text(&files, &["20-ve-imperative.network"]),
+        text(&v, &["network", "20-ve-imperative.network"])
+    );
+    let data: Value = serde_json::from_str(text(&files, &["data.json"])).expect("data.json");
+    assert_eq!(data["declarative"], false);
+    assert_eq!(data["activation"]["strategy"], "restart");
+    assert_eq!(data["forwardPorts"][0]["containerPort"], 80);
+    assert!(nspawn.contains(&format!(
+        "Parameters={}/init\n",
+        data["toplevel"].as_str().expect("toplevel")
+    )));
+}
+
+#[test]
+fn imperative_container_errors_name_the_container_and_the_fix() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let t = tempfile::tempdir().expect("tempdir");
+    let f = t.path().join("c.nix");
+    std::fs::write(
+        &f,
+        format!(
+            "{{ nixpkgs = {}; activation.strategy = \"dynamic\"; forwardPorts = [ {{ hostPort = 80; }} ]; }}",
+            repo().join("nixos/tests/stub/nixpkgs").display()
+        ),
+    )
+    .expect("write");
+    let err = eval_container(&lib, &f, "c1", "nspawn").expect_err("must fail");
+    assert!(
+        err.contains("container c1: forwardPorts need `network = { };`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("container c1: activation.strategy \"dynamic\""),
+        "{err}"
+    );
+    let g = t.path().join("g.nix");
+    std::fs::write(&g, "{ network = { }; }").expect("write");
+    let err = eval_container(&lib, &g, "c2", "nspawn").expect_err("must fail");
+    assert!(
+        err.contains("container c2: set `nixpkgs = <nixpkgs>;`"),
+        "{err}"
+    );
+}
