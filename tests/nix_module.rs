@@ -224,6 +224,7 @@ fn default_network_renders_rfc_defaults() {
     );
     let g = &v["guestSettings"]["demo"];
     assert_eq!(g["isContainer"], true);
+    assert_eq!(g["isNspawnContainer"], true);
     assert_eq!(g["useNetworkd"], true);
     assert_eq!(g["useHostResolvConf"], false);
     assert_eq!(g["hostName"], "demo");

@@ -217,6 +217,12 @@ rec {
           networking.useDHCP = lib.mkDefault false;
           systemd.network.networks = guestNetworks name inst zoneHostAddresses;
         })
+        # Current nixpkgs tells nspawn containers apart (boot.isNspawnContainer implies
+        # boot.isContainer and adds the nspawn-specific settings); older ones only know
+        # boot.isContainer.
+        (
+          if options.boot ? isNspawnContainer then { boot.isNspawnContainer = true; } else { }
+        )
         (
           if options ? nixpkgs && options.nixpkgs ? hostPlatform then
             { nixpkgs.hostPlatform = lib.mkDefault hostPlatform; }

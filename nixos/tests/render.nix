@@ -59,7 +59,7 @@ in
   toplevel = lib.mapAttrs (_: r: r.toplevel) rendered;
   description = lib.mapAttrs (_: r: fake.plain r.description) rendered;
   guestSettings = lib.mapAttrs (_: r: {
-    inherit (r.system.config.boot) isContainer;
+    inherit (r.system.config.boot) isContainer isNspawnContainer;
     inherit (r.system.config.networking)
       hostName
       useNetworkd

@@ -22,7 +22,12 @@ let
       imports = [ ../../../systemd-options.nix ];
       freeformType = types.attrsOf types.anything;
       options = {
+        # As nixos/modules/virtualisation/nixos-containers.nix (current nixpkgs).
         boot.isContainer = mkOption {
+          type = types.bool;
+          default = config.boot.isNspawnContainer;
+        };
+        boot.isNspawnContainer = mkOption {
           type = types.bool;
           default = false;
         };
