@@ -231,6 +231,7 @@ let
   bothWorlds = lib.filter (n: builtins.elem n legacyNames) names;
 
   badNames = lib.filter (n: !I.validName n) names;
+  badZones = lib.filter (z: builtins.match "[a-zA-Z0-9_-]{1,12}" z == null) (attrNames cfg.zones);
   longVeth = lib.filter (
     n:
     let
@@ -332,6 +333,16 @@ in
             "_", in dot-separated labels. Ways out:
               1. rename the instance (its state lives in /var/lib/machines/<name>), or
               2. for a migrated legacy container, pass a new name to the migrator.
+          '';
+        }
+        {
+          assertion = badZones == [ ];
+          message = ''
+            nixos.containers.zones: invalid zone name(s): ${list badZones}. The bridge is named
+            "vz-<zone>" and interface names have at most 15 bytes, so a zone name has 1 to 12
+            letters, digits, "-" or "_". Ways out:
+              1. rename the zone (and network.zone of its members), or
+              2. use an existing bridge instead: network.bridge = "<bridge>";
           '';
         }
         {

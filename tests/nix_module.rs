@@ -367,6 +367,7 @@ fn every_assertion_fires_with_numbered_ways_out() {
     let msgs = assertions(&v);
     let expect = [
         "invalid container name(s): bad name.",
+        "invalid zone name(s): a-much-too-long-zone.",
         "a uses zone \"nowhere\", which is not declared",
         "static addresses collide: 10.1.0.2 (containerPool of a and of b), 10.1.0.2 (containerPool of a, hostAddresses of c), 10.1.0.2 (containerPool of b, hostAddresses of c)",
         "need systemd-networkd on the host",

@@ -235,7 +235,9 @@ rec {
   # Evaluate the container's NixOS system with its own nixpkgs.
   evalSystem =
     name: inst: zoneHostAddresses: hostPlatform:
-    import (inst.nixpkgs + "/nixos/lib/eval-config.nix") {
+    # toString: a path is not copied to the store, a flake input (attribute set with outPath)
+    # works too.
+    import "${toString inst.nixpkgs}/nixos/lib/eval-config.nix" {
       system = null;
       modules = [
         (guestModule name inst zoneHostAddresses hostPlatform)

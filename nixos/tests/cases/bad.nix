@@ -4,6 +4,7 @@
   networking.useNetworkd = false;
   containers.old = { privateNetwork = true; };
   system.nssDatabases.hosts = lib.mkForce [ "files" "dns" ];
+  nixos.containers.zones."a-much-too-long-zone" = { };
   nixos.containers.instances = {
     old.network = { };
     "bad name" = { };
