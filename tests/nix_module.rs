@@ -932,3 +932,178 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         "{err}"
     );
 }
+
+/// A host and a container network namespace joined by a veth (`<host_if>` ↔ `host0`), each
+/// with its own real systemd-networkd over the given units. Returns (host state, guest state):
+/// `ip -br addr` and the routes, after networkd had `secs` seconds.
+fn run_networkd_pair(
+    host_units: &BTreeMap<String, String>,
+    guest_units: &BTreeMap<String, String>,
+    host_if: &str,
+    secs: u32,
+) -> Option<(String, String)> {
+    let networkd = Path::new("/lib/systemd/systemd-networkd");
+    if !networkd.exists() {
+        if require_real_tools() {
+            panic!("/lib/systemd/systemd-networkd missing");
+        }
+        eprintln!("skipped: /lib/systemd/systemd-networkd missing");
+        return None;
+    }
+    tool("unshare")?;
+    tool("nsenter")?;
+    tool("ip")?;
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path().display().to_string();
+    for (dir, units) in [("host", host_units), ("guest", guest_units)] {
+        let p = t.path().join(dir);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        for (name, body) in units {
+            std::fs::write(p.join(name), body).expect("write unit");
+        }
+    }
+    std::fs::create_dir_all(t.path().join("empty")).expect("mkdir");
+    std::fs::write(
+        t.path().join("side.sh"),
+        format!(
+            r#"set -e
+mount -t sysfs -o ro sysfs /sys
+mkdir -p /run/systemd/netif
+mount -t tmpfs tmpfs /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif 2>/dev/null || true
+mount --bind {d}/$1 /etc/systemd/network
+mount --bind {d}/empty /lib/systemd/network
+if [ -d /run/systemd/network ]; then mount --bind {d}/empty /run/systemd/network; fi
+ip link set lo up
+SYSTEMD_LOG_TARGET=console /lib/systemd/systemd-networkd >{d}/$1.log 2>&1 &
+P=$!
+sleep {secs}
+{{ ip -br addr; ip route; ip -6 route; }} >{d}/$1.state
+kill $P
+wait $P || true
+"#
+        ),
+    )
+    .expect("write script");
+    let ns = format!("nixos-nspawn-test-{}-{host_if}", std::process::id());
+    std::fs::write(
+        t.path().join("outer.sh"),
+        format!(
+            r#"ip netns add {ns}h
+ip netns add {ns}g
+trap 'ip netns del {ns}h; ip netns del {ns}g' EXIT
+ip -n {ns}h link add {host_if} type veth peer name host0 netns {ns}g
+nsenter --net=/run/netns/{ns}g unshare -m --propagation private sh {d}/side.sh guest &
+G=$!
+nsenter --net=/run/netns/{ns}h unshare -m --propagation private sh {d}/side.sh host
+wait $G
+"#
+        ),
+    )
+    .expect("write script");
+    let st = Command::new("timeout")
+        .arg(format!("{}", secs + 30))
+        .arg("sh")
+        .arg(t.path().join("outer.sh"))
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "networkd pair sandbox failed");
+    let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+    for side in ["host", "guest"] {
+        let log = read(&format!("{side}.log"));
+        let complaints: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("/etc/systemd/network/"))
+            .collect();
+        assert!(
+            complaints.is_empty(),
+            "{side} networkd complains:\n{}",
+            complaints.join("\n")
+        );
+    }
+    Some((read("host.state"), read("guest.state")))
+}
+
+fn units_of(v: &Value, path: &[&str]) -> BTreeMap<String, String> {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_object()
+        .expect("unit map")
+        .iter()
+        .map(|(k, b)| (k.clone(), b.as_str().expect("text").to_string()))
+        .collect()
+}
+
+#[test]
+fn default_network_gives_the_container_dhcp_and_a_route() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    if !root_or_skip("systemd-networkd in namespaces") {
+        return;
+    }
+    let v = render(&lib, &case("default-network"));
+    let Some((host, guest)) = run_networkd_pair(
+        &units_of(&v, &["network"]),
+        &units_of(&v, &["guest", "demo"]),
+        "ve-demo",
+        8,
+    ) else {
+        return;
+    };
+    // ve-demo took a /28 from networkd's pool and serves DHCP; host0 got a lease in it and a
+    // default route through the host.
+    let host_v4: Vec<&str> = host
+        .lines()
+        .find(|l| l.starts_with("ve-demo"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| w.ends_with("/28"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!host_v4.is_empty(), "no pool address on ve-demo:\n{host}");
+    let guest_line = guest.lines().find(|l| l.starts_with("host0")).unwrap_or("");
+    let lease = guest_line
+        .split_whitespace()
+        .find(|w| w.ends_with("/28"))
+        .unwrap_or_else(|| panic!("no DHCP lease on host0:\n{guest}\n--- host:\n{host}"));
+    let gw = guest
+        .lines()
+        .find_map(|l| l.strip_prefix("default via "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default route in the container:\n{guest}"));
+    assert!(
+        host_v4.iter().any(|a| a.starts_with(&format!("{gw}/"))),
+        "gateway {gw} (lease {lease}) is not the host's {host_v4:?}"
+    );
+}
+
+#[test]
+fn static_addresses_configure_both_sides() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    if !root_or_skip("systemd-networkd in namespaces") {
+        return;
+    }
+    let v = render(&lib, &case("static"));
+    let mut host = units_of(&v, &["network"]);
+    host.retain(|k, _| k == "20-ve-legacy.network");
+    let Some((host, guest)) =
+        run_networkd_pair(&host, &units_of(&v, &["guest", "legacy"]), "ve-legacy", 4)
+    else {
+        return;
+    };
+    assert!(
+        host.contains("10.231.136.1/30") && host.contains("fc00::1/64"),
+        "{host}"
+    );
+    assert!(
+        guest.contains("10.231.136.2/30") && guest.contains("fc00::2/64"),
+        "{guest}"
+    );
+    assert!(
+        guest.contains("default via 10.231.136.1 dev host0"),
+        "{guest}"
+    );
+    assert!(guest.contains("default via fc00::1 dev host0"), "{guest}");
+}
