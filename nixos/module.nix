@@ -249,6 +249,22 @@ let
   ) names;
   portsWithoutVeth = lib.filter (n: instances.${n}.forwardPorts != [ ] && !I.hasVeth instances.${n}) names;
   needsNetworkd = privateNetworked != { } || cfg.zones != { };
+  # Read-write bind mounts into a user-namespaced container without an idmapped mount: the
+  # container's root sees the host's files as owned by nobody (tried with systemd-nspawn 252).
+  unmappedBinds = concatLists (
+    mapAttrsToList (
+      n: i:
+      lib.optionals (I.idmapped i) (
+        map (b: "${n}: ${b.mountPoint}") (
+          lib.filter (
+            b:
+            !b.isReadOnly
+            && (b.options == null || builtins.match "(.*,)?(no)?idmap(,.*)?" b.options == null)
+          ) (attrValues i.bindMounts)
+        )
+      )
+    ) instances
+  );
   # A static containerPool with no host-side address to route through.
   unroutable = lib.filter (
     n:
@@ -434,7 +450,13 @@ in
         "nixos.containers.instances.${n}: network.v4/v6.static.containerPool is set but no host-side address "
         + "(network.v4/v6.static.hostAddresses${lib.optionalString (zoneOf instances.${n} != null) " or the zone's hostAddresses"}): "
         + "the host side gets no address and the container no gateway. Add hostAddresses in the same subnet."
-      ) unroutable;
+      ) unroutable
+      ++ map (
+        b:
+        "nixos.containers.instances.${b}: read-write bind mount into a container with privateUsers.mode = "
+        + "\"pick\" (or a base UID) without an idmapped mount: root in the container cannot write to it. "
+        + "Add options = \"idmap\"; (or \"noidmap\" to keep it as it is and silence this)."
+      ) unmappedBinds;
 
       systemd.nspawn = mapAttrs (name: inst: I.nspawnSettings name inst (toplevelOf name)) instances;
 

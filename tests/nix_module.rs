@@ -336,6 +336,15 @@ fn ports_binds_userns_and_raw_keys_merge() {
     ] {
         assert!(dropin.contains(line), "{line:?} missing in\n{dropin}");
     }
+    let warnings = v["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("nixos.containers.instances.web: /srv/data: read-write bind mount"),
+        "{warnings:?}"
+    );
     // autoStart = false: not wanted by machines.target. restart strategy: no reload trigger.
     assert!(!dropin.contains("WantedBy="), "{dropin}");
     assert!(!dropin.contains("X-Reload-Triggers="), "{dropin}");
@@ -1106,4 +1115,162 @@ fn static_addresses_configure_both_sides() {
         "{guest}"
     );
     assert!(guest.contains("default via fc00::1 dev host0"), "{guest}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A container started from a rendered .nspawn file
+
+/// A tiny OS tree (nspawn refuses a directory without /usr).
+fn busybox_root(dir: &Path, extra_dirs: &[&str]) -> bool {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        if require_real_tools() {
+            panic!("/bin/busybox missing (apt-get install busybox-static)");
+        }
+        eprintln!("skipped: /bin/busybox missing");
+        return false;
+    }
+    for d in [
+        "bin", "usr/lib", "etc", "proc", "sys", "dev", "run", "tmp", "var",
+    ]
+    .iter()
+    .chain(extra_dirs)
+    {
+        std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
+    for c in ["sh", "cat", "touch", "stat", "ip", "echo", "ls"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(c)).expect("symlink");
+    }
+    std::fs::write(dir.join("etc/os-release"), "ID=test\n").expect("write");
+    std::fs::write(dir.join("etc/machine-id"), "").expect("write");
+    true
+}
+
+#[test]
+fn rendered_nspawn_file_runs_a_container() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let Some(nspawn) = tool("systemd-nspawn") else {
+        return;
+    };
+    if !root_or_skip("systemd-nspawn") {
+        return;
+    }
+    if !Path::new("/nix/store").is_dir() || !Path::new("/nix/var/nix/daemon-socket").is_dir() {
+        if require_real_tools() {
+            panic!("/nix/store and /nix/var/nix/daemon-socket are needed (Debian nix-bin)");
+        }
+        eprintln!("skipped: no /nix/store or /nix/var/nix/daemon-socket");
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    std::fs::create_dir_all(d.join("data-rw")).expect("mkdir");
+    std::fs::create_dir_all(d.join("data-ro")).expect("mkdir");
+    std::fs::write(d.join("data-ro/f"), "ro-content\n").expect("write");
+    let cfg = d.join("c.nix");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{
+  networking.useNetworkd = true;
+  nixos.containers.instances.full = {{
+    network = {{ }};
+    forwardPorts = [ {{ hostPort = 8080; containerPort = 80; }} ];
+    bindMounts."/mnt/rw" = {{ hostPath = "{d}/data-rw"; isReadOnly = false; options = "idmap"; }};
+    bindMounts."/mnt/ro" = {{ hostPath = "{d}/data-ro"; }};
+    privateUsers = {{ mode = "pick"; ownership = "map"; }};
+    ephemeral = true;
+  }};
+}}
+"#,
+            d = d.display()
+        ),
+    )
+    .expect("write config");
+    let v = render(&lib, &cfg);
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    let machines = d.join("machines");
+    let root = machines.join("full");
+    if !busybox_root(&root, &["mnt/rw", "mnt/ro"]) {
+        return;
+    }
+    // Trusted settings next to the tree; the command given here replaces Parameters= (the
+    // fake system does not exist), everything else comes from the rendered file.
+    std::fs::write(machines.join("full.nspawn"), text(&v, &["nspawn", "full"])).expect("write");
+    // The per-container profile dirs live on tmpfs in a private mount namespace, so the test
+    // leaves the host's /nix/var/nix alone; the ExecStartPre script would create them.
+    let inside = "cat /proc/self/uid_map; cat /nix/var/nix/profiles/marker; \
+        touch /nix/var/nix/profiles/x && echo profile-rw; \
+        touch /nix/store/x 2>/dev/null || echo store-ro; stat -c store-owner=%u /nix/store; \
+        cat /mnt/ro/f; touch /mnt/ro/x 2>/dev/null || echo ro-ro; touch /mnt/rw/y && echo rw-ok; \
+        touch /etc/ephemeral-marker; ip link";
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /nix/var/nix/profiles
+mount -t tmpfs tmpfs /nix/var/nix/gcroots
+mkdir -p /nix/var/nix/profiles/per-nspawn/full /nix/var/nix/gcroots/per-nspawn/full
+echo host-profile > /nix/var/nix/profiles/per-nspawn/full/marker
+{nspawn} --register=no --keep-unit -q --settings=trusted -D {root} /bin/sh -c '{inside}' </dev/null
+"#,
+        nspawn = nspawn.display(),
+        root = root.display(),
+    );
+    let out = Command::new("timeout")
+        .arg("60")
+        .args([
+            "unshare",
+            "-m",
+            "-n",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "container failed:\n{stdout}\n{stderr}"
+    );
+    let uid_map = stdout.lines().next().unwrap_or("");
+    assert!(
+        uid_map.split_whitespace().take(2).collect::<Vec<_>>().len() == 2
+            && uid_map.split_whitespace().next() == Some("0")
+            && uid_map.split_whitespace().nth(1) != Some("0"),
+        "PrivateUsers=pick gave no private range: {uid_map}"
+    );
+    for expect in [
+        "host-profile",  // Bind= of the per-container profile dir
+        "profile-rw",    // … writable through the idmapped mount
+        "store-ro",      // BindReadOnly=/nix/store
+        "store-owner=0", // idmapped: the store is root's inside
+        "ro-content",    // BindReadOnly= of a user bind mount
+        "ro-ro",         // … read-only
+        "rw-ok",         // Bind= with options = "idmap"
+        "host0",         // VirtualEthernet=yes
+    ] {
+        assert!(
+            stdout.contains(expect),
+            "{expect} missing:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        !root.join("etc/ephemeral-marker").exists(),
+        "Ephemeral=yes, but a change survived"
+    );
+    let y = std::fs::metadata(d.join("data-rw/y")).expect("file written through the bind");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&y),
+        0,
+        "idmapped write owned by host root"
+    );
+    assert!(
+        !stderr.contains("full.nspawn:"),
+        "settings complaints: {stderr}"
+    );
 }
