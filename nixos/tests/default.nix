@@ -12,13 +12,13 @@ let
   runTest =
     file:
     pkgs.testers.runNixOSTest {
-      imports = [ file ];
+      imports = [
+        file
+        { _module.args.nixos-nspawn = package; }
+      ];
       globalTimeout = 15 * 60;
       defaults = {
         imports = [ module ];
-      };
-      node.specialArgs = {
-        nixos-nspawn = package;
       };
     };
 in

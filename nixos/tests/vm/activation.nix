@@ -8,7 +8,7 @@ let
     system-config.users.motd = motd;
   };
   instances = motd: bind: {
-    dyn = container "dynamic" motd // lib.optionalAttrs bind { bindMounts."/srv" = { hostPath = "/srv"; }; };
+    dyn = container "dynamic" motd // lib.optionalAttrs bind { bindMounts."/mnt/host-etc" = { hostPath = "/etc"; }; };
     rel = container "reload" motd;
     res = container "restart" motd;
     non = container "none" motd;
@@ -29,11 +29,12 @@ in
   };
 
   testScript = ''
+    ${builtins.readFile ./helpers.py}
+
     containers = ["dyn", "rel", "res", "non"]
     machine.wait_for_unit("multi-user.target")
     for c in containers:
-        machine.wait_for_unit(f"systemd-nspawn@{c}.service")
-        machine.wait_until_succeeds(f"systemd-run -M {c} --wait --pipe -- systemctl is-active multi-user.target")
+        wait_for_container(machine, c)
 
     def switch(spec):
         out = machine.succeed(f"/run/booted-system/specialisation/{spec}/bin/switch-to-configuration test 2>&1")
@@ -54,15 +55,16 @@ in
     for verb in ["reloading", "restarting", "stopping", "starting"]:
         assert "systemd-nspawn@non.service" not in units(out, verb), out
     # The reload ran switch-to-configuration inside: the new motd is active.
-    machine.succeed("systemd-run -M dyn --wait --pipe -- cat /etc/motd | grep -q two")
-    machine.succeed("systemd-run -M non --wait --pipe -- cat /etc/motd | grep -q one")
+    inside(machine, "dyn", "grep -q two /etc/motd")
+    inside(machine, "rel", "grep -q two /etc/motd")
+    inside(machine, "non", "grep -q one /etc/motd")
 
     # Back, then a change that needs a restart (a new bind mount for dyn).
     machine.succeed("/run/booted-system/bin/switch-to-configuration test")
     for c in containers:
-        machine.wait_until_succeeds(f"systemd-run -M {c} --wait --pipe -- systemctl is-active multi-user.target")
+        wait_for_container(machine, c)
     out = switch("bind-added")
     assert "systemd-nspawn@dyn.service" in units(out, "restarting") + units(out, "starting"), out
-    machine.wait_until_succeeds("systemd-run -M dyn --wait --pipe -- test -d /srv")
+    inside_eventually(machine, "dyn", "test -e /mnt/host-etc/hostname")
   '';
 }

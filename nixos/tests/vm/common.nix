@@ -1,5 +1,5 @@
 # Shared host settings for the VM tests: networkd on the host, enough memory for containers.
-{ lib, ... }:
+{ pkgs, ... }:
 {
   networking.useNetworkd = true;
   networking.useDHCP = false;
@@ -9,6 +9,7 @@
     "vz-+"
     "vb-+"
   ];
+  environment.systemPackages = [ pkgs.curl ];
   virtualisation.memorySize = 2048;
   virtualisation.writableStore = true;
 }

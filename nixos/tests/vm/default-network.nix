@@ -21,20 +21,22 @@
     };
 
   testScript = ''
+    ${builtins.readFile ./helpers.py}
+
     machine.wait_for_unit("machines.target")
     machine.wait_for_unit("systemd-nspawn@demo.service")
     machine.succeed("test -f /etc/systemd/nspawn/demo.nspawn")
     machine.succeed("grep -qx 'Parameters=/nix/store/.*/init' /etc/systemd/nspawn/demo.nspawn")
 
     # The container is up and runs its own networkd on host0.
-    machine.wait_until_succeeds("systemd-run -M demo --wait --pipe -- systemctl is-active multi-user.target")
-    machine.succeed("systemd-run -M demo --wait --pipe -- hello | grep -q 'Hello, world!'")
-    machine.wait_until_succeeds("systemd-run -M demo --wait --pipe -- networkctl status host0 | grep -q 'State: routable'")
+    wait_for_container(machine, "demo")
+    inside(machine, "demo", "hello | grep -q 'Hello, world!'")
+    inside_eventually(machine, "demo", "networkctl status host0 | grep -q 'State: routable'")
 
     # Host side: ve-demo configured by 20-ve-demo.network, DHCP server, an IPv4 for the guest.
     machine.wait_until_succeeds("networkctl status ve-demo | grep -q '20-ve-demo.network'")
-    machine.wait_until_succeeds("systemd-run -M demo --wait --pipe -- ip -4 addr show host0 | grep -q inet")
-    machine.wait_until_succeeds("systemd-run -M demo --wait --pipe -- ip -6 addr show host0 scope global | grep -q inet6")
+    inside_eventually(machine, "demo", "ip -4 addr show host0 | grep -q inet")
+    inside_eventually(machine, "demo", "ip -6 addr show host0 scope global | grep -q inet6")
 
     # nss-mymachines: the name resolves and answers.
     machine.wait_until_succeeds("ping -4 -c1 demo")
@@ -42,6 +44,6 @@
 
     # machinectl controls it.
     machine.succeed("machinectl reboot demo")
-    machine.wait_until_succeeds("systemd-run -M demo --wait --pipe -- systemctl is-active multi-user.target")
+    wait_for_container(machine, "demo")
   '';
 }

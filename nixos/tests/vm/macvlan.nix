@@ -54,11 +54,13 @@
   };
 
   testScript = ''
+    ${builtins.readFile ./helpers.py}
+
     start_all()
-    machine.wait_for_unit("systemd-nspawn@vlandemo.service")
+    wait_for_container(machine, "vlandemo")
     machine.succeed("grep -qx 'MACVLAN=eth1' /etc/systemd/nspawn/vlandemo.nspawn")
     machine.succeed("grep -qx 'VirtualEthernet=no' /etc/systemd/nspawn/vlandemo.nspawn")
-    machine.wait_until_succeeds("systemd-run -M vlandemo --wait --pipe -- ip addr show mv-eth1 | grep -q 192.168.2.5")
+    inside_eventually(machine, "vlandemo", "ip addr show mv-eth1 | grep -q 192.168.2.5")
     client.wait_for_unit("network.target")
     client.wait_until_succeeds("ping -c1 192.168.2.5")
     machine.wait_until_succeeds("ping -c1 192.168.2.5")

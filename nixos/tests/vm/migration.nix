@@ -42,6 +42,8 @@ in
   };
 
   testScript = ''
+    ${builtins.readFile ./helpers.py}
+
     machine.wait_for_unit("container@stay.service")
     machine.succeed("/run/booted-system/specialisation/legacy/bin/switch-to-configuration test")
     machine.wait_for_unit("container@test2.service")
@@ -59,9 +61,9 @@ in
     machine.succeed("systemctl stop container@test2.service")
     machine.succeed("mkdir -p /var/lib/machines && cp -a /var/lib/nixos-containers/test2 /var/lib/machines/test2")
     machine.succeed("/run/booted-system/specialisation/migrated/bin/switch-to-configuration test")
-    machine.wait_for_unit("systemd-nspawn@test2.service")
-    machine.wait_until_succeeds("systemd-run -M test2 --wait --pipe -- systemctl is-active nginx.service")
-    machine.succeed("systemd-run -M test2 --wait --pipe -- cat /root/data | grep -q precious")
+    wait_for_container(machine, "test2")
+    inside_eventually(machine, "test2", "systemctl is-active nginx.service")
+    inside(machine, "test2", "grep -q precious /root/data")
     machine.wait_until_succeeds("curl -sf http://10.231.136.2/ >/dev/null")
     # The legacy state is untouched (rollback = the old container still works).
     machine.succeed("test -f /var/lib/nixos-containers/test2/root/data")

@@ -24,14 +24,20 @@
     };
   };
 
-  nodes.client = { };
+  nodes.client =
+    { pkgs, ... }:
+    {
+      environment.systemPackages = [ pkgs.curl ];
+    };
 
   testScript = ''
+    ${builtins.readFile ./helpers.py}
+
     start_all()
-    machine.wait_for_unit("systemd-nspawn@web.service")
+    wait_for_container(machine, "web")
     machine.succeed("grep -qx 'Port=tcp:8080:80' /etc/systemd/nspawn/web.nspawn")
-    machine.wait_until_succeeds("systemd-run -M web --wait --pipe -- systemctl is-active nginx.service")
-    machine.wait_until_succeeds("systemd-run -M web --wait --pipe -- ip -4 addr show host0 | grep -q inet")
+    inside_eventually(machine, "web", "systemctl is-active nginx.service")
+    inside_eventually(machine, "web", "ip -4 addr show host0 | grep -q inet")
     client.wait_for_unit("network.target")
     client.wait_until_succeeds("curl -sf http://machine:8080/ | grep -q from-the-container")
   '';
