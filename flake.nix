@@ -36,16 +36,8 @@
         default = pkgs.rustPlatform.buildRustPackage {
           pname = "nixos-nspawn";
           version = (lib.importTOML ./Cargo.toml).package.version;
-          src = lib.fileset.toSource {
-            root = ./.;
-            fileset = lib.fileset.unions [
-              ./Cargo.toml
-              ./Cargo.lock
-              ./src
-              ./tests
-              ./nixos
-            ];
-          };
+          # Everything tracked: the tests need fixtures/ and nixos/ next to the sources.
+          src = lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
           # The Nix and systemd tests need root, nix-instantiate and systemd-nspawn; in the
           # sandbox they print "skipped: …" and pass. The VM tests below cover the module.
