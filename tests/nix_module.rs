@@ -397,6 +397,27 @@ fn every_assertion_fires_with_numbered_ways_out() {
     }
 }
 
+#[test]
+fn every_option_has_description_example_and_default() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("nixos/tests/option-docs.nix"))
+        .args(["--arg", "nixpkgsLib", &lib])
+        .env("NIXPKGS_LIB", &lib)
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["problems"], serde_json::json!([]));
+    // instances.<name>.*, zones.<zone>.*, instances and zones themselves.
+    assert!(v["count"].as_u64().unwrap_or(0) >= 30, "{v}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real systemd programs
 

@@ -98,6 +98,7 @@ let
             "udp"
           ];
           default = "tcp";
+          example = "udp";
           description = "Protocol of the forwarded port.";
         };
         hostPort = mkOption {
@@ -122,6 +123,7 @@ let
           type = types.str;
           default = name;
           defaultText = literalExpression "<name>";
+          example = "/var/lib/data";
           description = "Mount point inside the container (the attribute name by default).";
         };
         hostPath = mkOption {
@@ -135,6 +137,7 @@ let
         isReadOnly = mkOption {
           type = types.bool;
           default = true;
+          example = false;
           description = ''
             Mount read-only (`BindReadOnly=`) or read-write (`Bind=`). Read-only by default,
             as for legacy `containers.<name>.bindMounts`.
@@ -268,6 +271,7 @@ in
     ephemeral = mkOption {
       type = types.bool;
       default = false;
+      example = true;
       description = ''
         Run the container from a throw-away snapshot of its directory (`[Exec] Ephemeral=yes`):
         every change is lost when it stops.
@@ -294,6 +298,7 @@ in
     autoStart = mkOption {
       type = types.bool;
       default = true;
+      example = false;
       description = "Start the container at boot (it is wanted by `machines.target`).";
     };
 
