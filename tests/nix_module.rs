@@ -352,6 +352,39 @@ fn ports_binds_userns_and_raw_keys_merge() {
 }
 
 #[test]
+fn bridge_and_macvlan_render_no_host_units() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let v = render(&lib, &case("bridge-macvlan"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    assert_eq!(
+        v["network"],
+        serde_json::json!({}),
+        "no host-side unit for either"
+    );
+    let n = text(&v, &["nspawn", "onbr"]);
+    assert!(
+        n.ends_with("[Network]\nBridge=br0\nPrivate=yes\nVirtualEthernet=yes\n\n"),
+        "{n}"
+    );
+    assert_eq!(
+        text(&v, &["guest", "onbr", "20-host0.network"]),
+        "[Match]\nName=host0\n\n[Network]\nAddress=192.168.1.50/24\nGateway=192.168.1.1\n\n"
+    );
+    let n = text(&v, &["nspawn", "vlandemo"]);
+    assert!(
+        n.ends_with("[Network]\nMACVLAN=eth1\nPrivate=yes\nVirtualEthernet=no\n\n"),
+        "{n}"
+    );
+    // No host0 unit, but the container's own units and networkd.
+    assert_eq!(
+        text(&v, &["guest", "vlandemo", "10-mv-eth1.network"]),
+        "[Match]\nName=mv-eth1\n\n[Network]\nAddress=192.168.2.5/24\n\n"
+    );
+    assert!(v["guest"]["vlandemo"].get("20-host0.network").is_none());
+    assert_eq!(v["guestSettings"]["vlandemo"]["useNetworkd"], true);
+}
+
+#[test]
 fn host_network_needs_no_networkd() {
     let Some(lib) = nixpkgs_lib() else { return };
     let v = render(&lib, &case("hostnet"));
@@ -428,6 +461,7 @@ fn all_cases(lib: &str) -> Vec<(String, Value)> {
         "static",
         "ports-binds",
         "hostnet",
+        "bridge-macvlan",
     ]
     .iter()
     .map(|c| (c.to_string(), render(lib, &case(c))))
@@ -477,7 +511,7 @@ fn nspawn_files_pass_the_real_parser() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 9);
 }
 
 /// Write a drop-in next to a copy of the stock template, with every fake store path moved
@@ -561,7 +595,7 @@ fn dropins_pass_systemd_analyze_verify() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 9);
 }
 
 #[test]

@@ -28,7 +28,9 @@ let
       description = ''
         IPv${family} addresses (with prefix length) put on the host side of the container's
         link: `ve-<name>` for a plain veth, or the zone bridge `vz-<zone>` when
-        `network.zone` is set. The first one is the container's default gateway.
+        `network.zone` is set. The first one is the container's default gateway. With
+        `network.bridge` they are not put anywhere (the bridge is yours): the first one is only
+        the gateway, as `hostAddress` was for a legacy container on a `hostBridge`.
         When any static address is set, the DHCP server and router advertisements of the
         default mode are turned off for this container.
       '';
