@@ -1329,3 +1329,136 @@ echo host-profile > /nix/var/nix/profiles/per-nspawn/full/marker
         "settings complaints: {stderr}"
     );
 }
+
+/// The rendered `.nspawn` file and host-side networkd units together: systemd-nspawn creates
+/// the container's link (veth `ve-<name>`, or `vb-<name>` in the zone bridge that networkd
+/// created from our `.netdev`), networkd configures the host side from our `.network`, and a
+/// DHCP client in the container gets a lease from it. Returns the client's output.
+fn dhcp_through_rendered_units(v: &Value, machine: &str) -> Option<String> {
+    let nspawn = tool("systemd-nspawn")?;
+    tool("unshare")?;
+    tool("nsenter")?;
+    let networkd = Path::new("/lib/systemd/systemd-networkd");
+    if !networkd.exists() {
+        if require_real_tools() {
+            panic!("/lib/systemd/systemd-networkd missing");
+        }
+        eprintln!("skipped: /lib/systemd/systemd-networkd missing");
+        return None;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path();
+    let host = d.join("host");
+    std::fs::create_dir_all(&host).expect("mkdir");
+    std::fs::create_dir_all(d.join("empty")).expect("mkdir");
+    for (name, body) in units_of(v, &["network"]) {
+        std::fs::write(host.join(name), body).expect("write unit");
+    }
+    let machines = d.join("machines");
+    let root = machines.join(machine);
+    if !busybox_root(&root, &[]) {
+        return None;
+    }
+    for c in ["udhcpc", "true"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).expect("symlink");
+    }
+    std::fs::write(
+        machines.join(format!("{machine}.nspawn")),
+        text(v, &["nspawn", machine]),
+    )
+    .expect("write .nspawn");
+    let dd = d.display();
+    std::fs::write(
+        d.join("networkd.sh"),
+        format!(
+            r#"set -e
+mount -t sysfs -o ro sysfs /sys
+mkdir -p /run/systemd/netif
+mount -t tmpfs tmpfs /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif 2>/dev/null || true
+mount --bind {dd}/host /etc/systemd/network
+mount --bind {dd}/empty /lib/systemd/network
+if [ -d /run/systemd/network ]; then mount --bind {dd}/empty /run/systemd/network; fi
+ip link set lo up
+SYSTEMD_LOG_TARGET=console {networkd} >{dd}/networkd.log 2>&1 &
+P=$!
+while [ ! -e {dd}/done ]; do sleep 0.2; done
+kill $P
+wait $P || true
+"#,
+            networkd = networkd.display()
+        ),
+    )
+    .expect("write script");
+    std::fs::write(
+        d.join("container.sh"),
+        format!(
+            r#"set -e
+mount -t tmpfs tmpfs /nix/var/nix/profiles
+mount -t tmpfs tmpfs /nix/var/nix/gcroots
+mkdir -p /nix/var/nix/profiles/per-nspawn/{machine} /nix/var/nix/gcroots/per-nspawn/{machine}
+sleep 2
+{nspawn} --register=no --keep-unit -q --settings=trusted -D {root} \
+  /bin/sh -c 'ip link set host0 up; udhcpc -i host0 -n -q -t 15 -s /bin/true 2>&1' </dev/null
+"#,
+            nspawn = nspawn.display(),
+            root = root.display()
+        ),
+    )
+    .expect("write script");
+    let ns = format!("nixos-nspawn-test-{}-{machine}", std::process::id());
+    let script = format!(
+        r#"ip netns add {ns}
+trap 'touch {dd}/done; ip netns del {ns}' EXIT
+nsenter --net=/run/netns/{ns} unshare -m --propagation private sh {dd}/networkd.sh &
+N=$!
+nsenter --net=/run/netns/{ns} unshare -m --propagation private sh {dd}/container.sh
+RC=$?
+touch {dd}/done
+wait $N
+exit $RC
+"#
+    );
+    let out = Command::new("timeout")
+        .arg("90")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let log = std::fs::read_to_string(d.join("networkd.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "container failed:\n{stdout}\n{}\n--- networkd:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("/etc/systemd/network/"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "networkd complains:\n{}",
+        complaints.join("\n")
+    );
+    Some(stdout)
+}
+
+#[test]
+fn container_gets_dhcp_from_the_rendered_veth_and_zone_units() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    if !root_or_skip("systemd-nspawn and systemd-networkd") {
+        return;
+    }
+    for (c, machine) in [("default-network", "demo"), ("zone", "test1")] {
+        let v = render(&lib, &case(c));
+        let Some(out) = dhcp_through_rendered_units(&v, machine) else {
+            return;
+        };
+        assert!(
+            out.lines()
+                .any(|l| l.contains("lease of ") && l.contains(" obtained from ")),
+            "{c}: no DHCP lease in the container:\n{out}"
+        );
+    }
+}
