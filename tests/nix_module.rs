@@ -988,6 +988,33 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         err.contains("container c1: activation.strategy \"dynamic\""),
         "{err}"
     );
+    // A drop-in only when needed, and then a valid one.
+    let no_dropin =
+        eval_container(&lib, &case("imperative"), "imperative", "dropin").expect("eval");
+    assert_eq!(no_dropin, serde_json::json!(""));
+    let h = t.path().join("h.nix");
+    std::fs::write(
+        &h,
+        format!(
+            "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; \
+             credentials = [ {{ id = \"db\"; path = \"/run/keys/db\"; }} ]; }}",
+            repo().join("nixos/tests/stub/nixpkgs").display()
+        ),
+    )
+    .expect("write");
+    let dropin = eval_container(&lib, &h, "c3", "dropin").expect("eval");
+    let dropin = dropin.as_str().expect("text");
+    assert!(
+        dropin.contains("--machine=%i --load-credential=db:/run/keys/db\n"),
+        "{dropin}"
+    );
+    assert!(dropin.contains("TimeoutStartSec=5min\n"), "{dropin}");
+    if let Some(analyze) = tool("systemd-analyze")
+        && Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
+    {
+        let bad = verify_dropin(&analyze, dropin);
+        assert!(bad.is_empty(), "{bad:#?}\n{dropin}");
+    }
     let g = t.path().join("g.nix");
     std::fs::write(&g, "{ network = { }; }").expect("write");
     let err = eval_container(&lib, &g, "c2", "nspawn").expect_err("must fail");

@@ -35,6 +35,7 @@
 #   networkUnits   host-side networkd units: file name → text (write to /etc/systemd/network)
 #   preStart       the script to run before the first start (creates /var/lib/machines/<name>)
 #   reloadScript   body of the reload script (the CLI runs it for `update --reload`)
+#   dropin         text of a systemd-nspawn@<name>.service drop-in, or "" when none is needed
 #   json           JSON description of the container (options without system-config)
 #   files          { "<name>.nspawn" = text; "data.json" = json; <network units>; }
 {
@@ -125,6 +126,40 @@ let
     else
       throw "eval-container.nix:\n${lib'.concatMapStringsSep "\n" (a: "- ${a.message}") failed}";
 
+  # The drop-in for systemd-nspawn@<name>.service, when one is needed (timeout, credentials);
+  # "" otherwise. The CLI installs it as /run/systemd/system/systemd-nspawn@<name>.service.d/
+  # (or /etc/…); machinectl enable/disable handles autoStart.
+  serviceConfig =
+    lib'.optionalAttrs (inst.timeoutStartSec != null) { TimeoutStartSec = inst.timeoutStartSec; }
+    // lib'.optionalAttrs (inst.credentials != [ ]) {
+      ExecStart = [
+        ""
+        (lib'.concatStringsSep " " (
+          [
+            "systemd-nspawn"
+            "--quiet"
+            "--keep-unit"
+            "--boot"
+            "--link-journal=try-guest"
+            "--network-veth"
+            "-U"
+            "--settings=override"
+            "--machine=%i"
+          ]
+          ++ I.credentialFlags inst
+        ))
+      ];
+    };
+  dropin =
+    if serviceConfig == { } then
+      ""
+    else
+      I.units.serviceText {
+        unitConfig = { };
+        environment = { };
+        inherit serviceConfig;
+      };
+
   json = builtins.toJSON (
     I.describe name inst
     // {
@@ -142,6 +177,7 @@ checked {
     json
     ;
   inherit (sys) config;
+  inherit dropin;
   instance = inst;
   preStart = I.preStart name;
   reloadScript = I.reloadScriptText {
