@@ -1,0 +1,382 @@
+# What one container instance renders to, as plain data. The single implementation of
+# nixos/RENDERING.md on the Nix side; used by nixos/module.nix (declarative containers) and
+# nixos/lib/eval-container.nix (imperative ones).
+#
+# Pure: every function takes the evaluated instance options (`inst`, see instance-options.nix)
+# and returns attribute sets in the shape of the NixOS options they are assigned to.
+{ lib }:
+
+let
+  inherit (lib)
+    attrValues
+    concatMap
+    filter
+    head
+    optional
+    optionalAttrs
+    optionals
+    ;
+
+  units = import ./units.nix { inherit lib; };
+
+  hasPrefixLength = a: builtins.match ".*/[0-9]+" a != null;
+  withoutPrefix = a: head (lib.splitString "/" a);
+  isV6 = a: lib.hasInfix ":" a;
+in
+rec {
+  inherit units;
+
+  # systemd's machine_name_is_valid(): a valid host name of at most 64 characters.
+  validName =
+    name:
+    builtins.stringLength name <= 64
+    && builtins.match "[a-zA-Z0-9_-]+(\\.[a-zA-Z0-9_-]+)*" name != null;
+
+  # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
+  # which a `Name=ve-<name>` match can then never find.
+  vethNameFits = name: builtins.stringLength "ve-${name}" <= 15;
+
+  portSpec =
+    p:
+    "${p.protocol}:${toString p.hostPort}:${
+      toString (if p.containerPort == null then p.hostPort else p.containerPort)
+    }";
+
+  bindSpec =
+    b:
+    (if b.hostPath == null then b.mountPoint else "${b.hostPath}:${b.mountPoint}")
+    + lib.optionalString (b.options != null) ":${b.options}";
+
+  # `pick` or a base UID: the shared store and profile dirs need idmapped mounts.
+  idmapped =
+    inst:
+    inst.privateUsers.mode == "pick" || builtins.match "[0-9]+(:[0-9]+)?" inst.privateUsers.mode != null;
+
+  hasVeth = inst: inst.network != null && inst.network.veth;
+
+  staticAddresses =
+    inst:
+    let
+      n = inst.network;
+    in
+    if n == null then
+      [ ]
+    else
+      n.v4.static.hostAddresses
+      ++ n.v6.static.hostAddresses
+      ++ n.v4.static.containerPool
+      ++ n.v6.static.containerPool;
+
+  # The three sections of <name>.nspawn, as `systemd.nspawn.<name>.*Config` values.
+  # `toplevel` is the container's system (a store path, or any string in previews).
+  nspawnSettings =
+    name: inst: toplevel:
+    let
+      idmap = p: if idmapped inst then "${p}:${p}:idmap" else p;
+      bindIdmap = spec: if idmapped inst then "${spec}:idmap" else spec;
+      binds = attrValues inst.bindMounts;
+      n = inst.network;
+    in
+    {
+      execConfig = {
+        Boot = "no";
+        Parameters = "${toplevel}/init";
+        KillSignal = "SIGRTMIN+3";
+        NotifyReady = "yes";
+        PrivateUsers = inst.privateUsers.mode;
+      }
+      // optionalAttrs inst.ephemeral { Ephemeral = "yes"; };
+
+      filesConfig = {
+        BindReadOnly =
+          map idmap [
+            "/nix/store"
+            "/nix/var/nix/db"
+            "/nix/var/nix/daemon-socket"
+          ]
+          ++ map bindSpec (filter (b: b.isReadOnly) binds);
+        Bind = [
+          (bindIdmap "/nix/var/nix/profiles/per-nspawn/${name}:/nix/var/nix/profiles")
+          (bindIdmap "/nix/var/nix/gcroots/per-nspawn/${name}:/nix/var/nix/gcroots")
+        ]
+        ++ map bindSpec (filter (b: !b.isReadOnly) binds);
+      }
+      // optionalAttrs (inst.privateUsers.mode != "no" && inst.privateUsers.ownership != null) {
+        PrivateUsersOwnership = inst.privateUsers.ownership;
+      };
+
+      networkConfig = {
+        Private = if n == null then "no" else "yes";
+        VirtualEthernet = if hasVeth inst then "yes" else "no";
+      }
+      // optionalAttrs (n != null && n.zone != null) { Zone = n.zone; }
+      // optionalAttrs (n != null && n.bridge != null) { Bridge = n.bridge; }
+      // optionalAttrs (inst.forwardPorts != [ ]) { Port = map portSpec inst.forwardPorts; };
+    };
+
+  # Host-side `systemd.network.networks` for a plain veth (no zone, no bridge).
+  hostNetworks =
+    name: inst:
+    let
+      n = inst.network;
+      v4 = n.v4.static;
+      v6 = n.v6.static;
+      noStatic = staticAddresses inst == [ ];
+      hostAddrs = v4.hostAddresses ++ v6.hostAddresses;
+    in
+    optionalAttrs (hasVeth inst && n.zone == null && n.bridge == null) {
+      "20-ve-${name}" = {
+        matchConfig.Name = "ve-${name}";
+        networkConfig = {
+          # Without a static address, take a /28 and a /64 from networkd's pools, as
+          # systemd's own 80-container-ve.network does (DHCPServer= needs an address).
+          Address = if noStatic then [ "0.0.0.0/28" "::/64" ] else hostAddrs;
+          IPMasquerade = "both";
+        }
+        // optionalAttrs noStatic {
+          DHCPServer = "yes";
+          LinkLocalAddressing = "yes";
+        }
+        // optionalAttrs (v6.hostAddresses == [ ] && v6.containerPool == [ ]) { IPv6SendRA = "yes"; };
+      };
+    };
+
+  # Host-side units of one zone: the bridge and its network.
+  # `members`: the instances (name → inst) that are in this zone.
+  zoneNetdevs = zone: zcfg: {
+    "20-vz-${zone}" = {
+      netdevConfig = {
+        Name = "vz-${zone}";
+        Kind = "bridge";
+      };
+    };
+  };
+
+  zoneNetworks =
+    zone: zcfg: members:
+    let
+      memberHost = concatMap (
+        i: i.network.v4.static.hostAddresses ++ i.network.v6.static.hostAddresses
+      ) (attrValues members);
+    in
+    {
+      "20-vz-${zone}" = {
+        matchConfig.Name = "vz-${zone}";
+        networkConfig = {
+          Address = zcfg.v4.addrPool ++ zcfg.v6.addrPool ++ zcfg.hostAddresses ++ memberHost;
+          IPMasquerade = "both";
+          LinkLocalAddressing = "yes";
+          # The bridge has no carrier until the first container starts; configure anyway.
+          ConfigureWithoutCarrier = "yes";
+        }
+        // optionalAttrs (zcfg.v4.addrPool != [ ]) { DHCPServer = "yes"; }
+        // optionalAttrs (zcfg.v6.addrPool != [ ]) { IPv6SendRA = "yes"; };
+      };
+    };
+
+  # Container-side `systemd.network.networks` (goes into the container's system-config).
+  # `zoneHostAddresses`: the zone's hostAddresses, gateway fallback for zone members.
+  guestNetworks =
+    name: inst: zoneHostAddresses:
+    let
+      n = inst.network;
+      v4 = n.v4.static;
+      v6 = n.v6.static;
+      pool = v4.containerPool ++ v6.containerPool;
+      gw4 = if v4.hostAddresses != [ ] then v4.hostAddresses else filter (a: !isV6 a) zoneHostAddresses;
+      gw6 = if v6.hostAddresses != [ ] then v6.hostAddresses else filter isV6 zoneHostAddresses;
+      gateways =
+        optional (v4.containerPool != [ ] && gw4 != [ ]) (withoutPrefix (head gw4))
+        ++ optional (v6.containerPool != [ ] && gw6 != [ ]) (withoutPrefix (head gw6));
+      noStatic = staticAddresses inst == [ ];
+    in
+    optionalAttrs (hasVeth inst) {
+      "20-host0" = {
+        matchConfig.Name = "host0";
+        networkConfig =
+          optionalAttrs (pool != [ ]) { Address = pool; }
+          // optionalAttrs (gateways != [ ]) { Gateway = gateways; }
+          // optionalAttrs (noStatic && n.bridge == null) { DHCP = "yes"; };
+      };
+    };
+
+  # The module added to every container's system-config.
+  guestModule =
+    name: inst: zoneHostAddresses: hostPlatform:
+    { options, lib, ... }:
+    {
+      config = lib.mkMerge [
+        {
+          boot.isContainer = true;
+          networking.hostName = lib.mkDefault name;
+          # nspawn's ResolvConf= and resolved replace the legacy host resolv.conf copy.
+          networking.useHostResolvConf = lib.mkDefault false;
+        }
+        (lib.mkIf (inst.network != null) {
+          networking.useNetworkd = true;
+          networking.useDHCP = lib.mkDefault false;
+          systemd.network.networks = guestNetworks name inst zoneHostAddresses;
+        })
+        # Current nixpkgs tells nspawn containers apart (boot.isNspawnContainer implies
+        # boot.isContainer and adds the nspawn-specific settings); older ones only know
+        # boot.isContainer.
+        (
+          if options.boot ? isNspawnContainer then { boot.isNspawnContainer = true; } else { }
+        )
+        (
+          if options ? nixpkgs && options.nixpkgs ? hostPlatform then
+            { nixpkgs.hostPlatform = lib.mkDefault hostPlatform; }
+          else
+            { }
+        )
+      ];
+    };
+
+  # Evaluate the container's NixOS system with its own nixpkgs.
+  evalSystem =
+    name: inst: zoneHostAddresses: hostPlatform:
+    # toString: a path is not copied to the store, a flake input (attribute set with outPath)
+    # works too.
+    import "${toString inst.nixpkgs}/nixos/lib/eval-config.nix" {
+      system = null;
+      modules = [
+        (guestModule name inst zoneHostAddresses hostPlatform)
+        inst.system-config
+      ];
+      inherit (inst) specialArgs;
+      prefix = [
+        "nixos"
+        "containers"
+        "instances"
+        name
+        "system-config"
+      ];
+    };
+
+  # The ExecStartPre= script: the machine directory nspawn insists on (etc/os-release,
+  # etc/machine-id, var/) and the per-container profile and GC-root directories bound into it.
+  # A migrated root may hold dangling absolute symlinks (etc/os-release → /etc/static/…): never
+  # write through a symlink, it would land on the host.
+  preStart = name: ''
+    root=/var/lib/machines/${name}
+    mkdir -p -m 0755 /nix/var/nix/profiles/per-nspawn/${name} /nix/var/nix/gcroots/per-nspawn/${name}
+    if [ ! -e "$root" ] && [ ! -L "$root" ]; then
+      mkdir -p -m 0755 "$root"
+    fi
+    for d in etc var; do
+      if [ ! -e "$root/$d" ] && [ ! -L "$root/$d" ]; then
+        mkdir -m 0755 "$root/$d"
+      fi
+    done
+    for f in etc/os-release etc/machine-id; do
+      if [ ! -e "$root/$f" ] && [ ! -L "$root/$f" ]; then
+        : > "$root/$f"
+      fi
+    done
+  '';
+
+  # The ExecReload= script. It must not mention the container's system by store path:
+  # the drop-in would then change on every update and switch-to-configuration would restart
+  # instead of reload. It reads the current system from the .nspawn file instead.
+  reloadScriptText =
+    {
+      name,
+      sed,
+      systemdRun,
+      reloadScript ? null,
+    }:
+    ''
+      set -eu
+      nspawn=/etc/systemd/nspawn/${name}.nspawn
+      params=$(${sed} -n 's/^Parameters=//p' "$nspawn")
+      toplevel=''${params%/init}
+      if [ -z "$toplevel" ] || [ ! -e "$toplevel/bin/switch-to-configuration" ]; then
+        echo "systemd-nspawn@${name}: no Parameters=<system>/init in $nspawn, cannot reload" >&2
+        exit 1
+      fi
+    ''
+    + (
+      if reloadScript != null then
+        ''
+          exec ${reloadScript} ${name} "$toplevel"
+        ''
+      else
+        ''
+          exec ${systemdRun} --machine=${name} --pipe --wait --quiet --collect \
+            --service-type=exec -- "$toplevel/bin/switch-to-configuration" test
+        ''
+    );
+
+  # restartTriggers / reloadTriggers / *IfChanged of the drop-in, per activation strategy.
+  # `restartHash`: hash of everything that needs a restart (the .nspawn settings without
+  # Parameters=, the host-side network units).
+  activationSettings =
+    inst: toplevel: restartHash:
+    {
+      none = {
+        restartIfChanged = false;
+        restartTriggers = [ ];
+        reloadTriggers = [ ];
+      };
+      # reloadIfChanged turns every change, restart triggers included, into a reload.
+      reload = {
+        reloadIfChanged = true;
+        restartTriggers = [
+          toplevel
+          restartHash
+        ];
+        reloadTriggers = [ ];
+      };
+      restart = {
+        restartTriggers = [
+          toplevel
+          restartHash
+        ];
+        reloadTriggers = [ ];
+      };
+      dynamic = {
+        restartTriggers = [ restartHash ];
+        reloadTriggers = [ toplevel ];
+      };
+    }
+    .${inst.activation.strategy};
+
+  restartHash =
+    nspawn: networks:
+    builtins.hashString "sha256" (
+      builtins.toJSON {
+        nspawn = nspawn // {
+          execConfig = removeAttrs nspawn.execConfig [ "Parameters" ];
+        };
+        inherit networks;
+      }
+    );
+
+  credentialFlags = inst: map (c: "--load-credential=${c.id}:${c.path}") inst.credentials;
+
+  # JSON-able description of an instance (everything but the system itself).
+  describe =
+    name: inst:
+    {
+      inherit name;
+      inherit (inst)
+        forwardPorts
+        ephemeral
+        autoStart
+        timeoutStartSec
+        privateUsers
+        credentials
+        ;
+      network = inst.network;
+      activation = {
+        inherit (inst.activation) strategy;
+        reloadScript = if inst.activation.reloadScript == null then null else toString inst.activation.reloadScript;
+      };
+      bindMounts = lib.mapAttrs (_: b: { inherit (b) hostPath isReadOnly options; }) inst.bindMounts;
+    };
+
+  # Whether a list of addresses contains duplicates, by address without prefix.
+  addressKey = withoutPrefix;
+
+  inherit hasPrefixLength withoutPrefix;
+}

@@ -1,0 +1,34 @@
+# Every option of nixos.containers documents itself: a description, an example, and a default
+# (or defaultText) unless it must be set. Returns the list of problems (empty = fine).
+#   nix-instantiate --eval --strict --json nixos/tests/option-docs.nix --arg nixpkgsLib PATH
+{ nixpkgsLib }:
+
+let
+  lib = import nixpkgsLib;
+  fake = import ./stub/fake.nix { inherit lib; };
+  eval = lib.evalModules {
+    modules = [
+      ./stub/host.nix
+      ../default.nix
+      { _module.args.pkgs = fake.pkgs ./stub/nixpkgs { system = "x86_64-linux"; }; }
+    ];
+  };
+  docs = lib.filter (o: lib.hasPrefix "nixos.containers." o.name && o.visible && !o.internal) (
+    lib.optionAttrSetToDocList eval.options
+  );
+  # Options a user must always set (no sensible default).
+  required = [
+    "nixos.containers.instances.<name>.forwardPorts.*.hostPort"
+    "nixos.containers.instances.<name>.credentials.*.id"
+    "nixos.containers.instances.<name>.credentials.*.path"
+  ];
+  problems =
+    o:
+    lib.optional ((o.description or null) == null || o.description == "") "${o.name}: no description"
+    ++ lib.optional (!(o ? example)) "${o.name}: no example"
+    ++ lib.optional (!(o ? default) && !(builtins.elem o.name required)) "${o.name}: no default";
+in
+{
+  count = builtins.length docs;
+  problems = lib.concatMap problems docs;
+}
