@@ -30,6 +30,10 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
             net.push(("Address".to_string(), a.clone()));
         }
         if no_static {
+            // Pools for networkd's DHCP server and the IPv6 ULA prefix, as systemd's own
+            // 80-container-ve.network has them (our unit replaces that one).
+            net.push(("Address".to_string(), "0.0.0.0/28".to_string()));
+            net.push(("Address".to_string(), "::/64".to_string()));
             net.push(("DHCPServer".to_string(), "yes".to_string()));
         }
         net.push(("IPMasquerade".to_string(), "both".to_string()));
@@ -56,10 +60,10 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
     for a in n.v4.container_pool.iter().chain(&n.v6.container_pool) {
         net.push(("Address".to_string(), a.clone()));
     }
-    if let Some(g) = n.v4.host_addresses.first() {
+    if let (false, Some(g)) = (n.v4.container_pool.is_empty(), n.v4.host_addresses.first()) {
         net.push(("Gateway".to_string(), strip_prefix(g).to_string()));
     }
-    if let Some(g) = n.v6.host_addresses.first() {
+    if let (false, Some(g)) = (n.v6.container_pool.is_empty(), n.v6.host_addresses.first()) {
         net.push(("Gateway".to_string(), strip_prefix(g).to_string()));
     }
     if no_static && n.bridge.is_none() {
@@ -79,22 +83,24 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
     out
 }
 
-/// The unit file text: `[Section]` headers, `Key=value` lines, a blank line between sections.
+/// The unit file text exactly as NixOS renders `systemd.network.{networks,netdevs}` (see
+/// nixos/RENDERING.md): each section is `[Section]\n`, its keys in byte order (repeated keys
+/// keep their order), then a blank line.
 pub fn render(u: &NetworkdUnit) -> String {
     let mut out = String::new();
-    for (i, (name, keys)) in u.sections.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
+    for (name, keys) in &u.sections {
         out.push('[');
         out.push_str(name);
         out.push_str("]\n");
-        for (k, v) in keys {
+        let mut sorted: Vec<&(String, String)> = keys.iter().collect();
+        sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (k, v) in sorted {
             out.push_str(k);
             out.push('=');
             out.push_str(v);
             out.push('\n');
         }
+        out.push('\n');
     }
     out
 }
@@ -131,9 +137,10 @@ mod tests {
         assert_eq!(units[0].file_name, "20-ve-web.network");
         assert_eq!(
             text[0],
-            "[Match]\nName=ve-web\n\n[Network]\nDHCPServer=yes\nIPMasquerade=both\nLinkLocalAddressing=yes\nIPv6SendRA=yes\n"
+            "[Match]\nName=ve-web\n\n[Network]\nAddress=0.0.0.0/28\nAddress=::/64\nDHCPServer=yes\n\
+             IPMasquerade=both\nIPv6SendRA=yes\nLinkLocalAddressing=yes\n\n"
         );
-        assert_eq!(text[1], "[Match]\nName=host0\n\n[Network]\nDHCP=yes\n");
+        assert_eq!(text[1], "[Match]\nName=host0\n\n[Network]\nDHCP=yes\n\n");
     }
 
     #[test]
@@ -152,11 +159,11 @@ mod tests {
         let units = module_networks("web", &spec(Some(n)));
         assert_eq!(
             render(&units[0]),
-            "[Match]\nName=ve-web\n\n[Network]\nAddress=10.0.0.1/30\nAddress=fc00::1/126\nIPMasquerade=both\n"
+            "[Match]\nName=ve-web\n\n[Network]\nAddress=10.0.0.1/30\nAddress=fc00::1/126\nIPMasquerade=both\n\n"
         );
         assert_eq!(
             render(&units[1]),
-            "[Match]\nName=host0\n\n[Network]\nAddress=10.0.0.2/30\nAddress=fc00::2/126\nGateway=10.0.0.1\nGateway=fc00::1\n"
+            "[Match]\nName=host0\n\n[Network]\nAddress=10.0.0.2/30\nAddress=fc00::2/126\nGateway=10.0.0.1\nGateway=fc00::1\n\n"
         );
     }
 
@@ -168,7 +175,7 @@ mod tests {
         };
         let units = module_networks("web", &spec(Some(bridged)));
         assert_eq!(units.len(), 1, "no host side for a bridge");
-        assert_eq!(render(&units[0]), "[Match]\nName=host0\n\n[Network]\n");
+        assert_eq!(render(&units[0]), "[Match]\nName=host0\n\n[Network]\n\n");
         let zoned = NetworkSpec {
             zone: Some("lab".into()),
             ..NetworkSpec::default()
