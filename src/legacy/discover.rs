@@ -822,6 +822,64 @@ mod tests {
         );
     }
 
+    fn json_to_value(j: &serde_json::Value) -> Value {
+        match j {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => Value::Int(n.as_i64().unwrap()),
+            serde_json::Value::String(s) => Value::Str(s.clone()),
+            serde_json::Value::Array(a) => Value::List(a.iter().map(json_to_value).collect()),
+            serde_json::Value::Object(o) => Value::Attrs(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), json_to_value(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The deployed files of `example` are what its configuration.nix deploys, except for the
+    /// one documented drift (vpn.autoStart). Checked with the real nix-instantiate.
+    #[test]
+    fn example_fixture_matches_its_nix_configuration() {
+        let nix_dir = fixture("example").join("etc/nixos");
+        let out = std::process::Command::new("nix-instantiate")
+            .current_dir(&nix_dir)
+            .args(["--eval", "--strict", "--json", "-E"])
+            .arg("builtins.mapAttrs (n: v: removeAttrs v [ \"config\" ]) (import ./configuration.nix { config = { }; lib = { mkForce = x: x; }; pkgs = { }; }).containers")
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: nix-instantiate not installed");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = copy_fixture("example");
+        let scan = discover_disk(&HostRoot::new(t.path()).unwrap());
+        let mut drift = Vec::new();
+        let defined = j.as_object().unwrap();
+        assert_eq!(defined.len(), 5);
+        for (name, opts) in defined {
+            let c = by_name(&scan, name);
+            assert_eq!(c.kind, Some(Kind::Declarative), "{name}");
+            let mut ev = SourceFacts::new(name.as_str(), SourceKind::EvalJson, "/tmp/eval.json");
+            for (k, v) in opts.as_object().unwrap() {
+                ev.set(k, json_to_value(v), None);
+            }
+            let mut facts = c.facts.clone();
+            facts.push(ev);
+            let m = merge(name, facts);
+            for w in &m.warnings {
+                assert_eq!(w.code, "config-not-deployed", "{name}: {w:#?}");
+                drift.push(w.option.clone());
+            }
+        }
+        assert_eq!(drift, vec!["containers.vpn.autoStart".to_string()]);
+    }
+
     #[test]
     fn pre2205_host_shares_dirs_with_podman() {
         let t = copy_fixture("pre2205");

@@ -563,29 +563,30 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
         warnings,
         unresolved: BTreeMap::new(),
     };
-    let mut o = LegacyOptions {
-        auto_start: m.pick("autoStart", conv_bool, same),
-        private_network: m.pick("privateNetwork", conv_bool, same),
-        private_users: m.pick("privateUsers", conv_private_users, same),
-        enable_tun: m.pick("enableTun", conv_bool, same),
-        ..LegacyOptions::default()
+    // The unit was generated from the deployed settings, so read it against those.
+    let deployed = |opt: &str| -> Option<Value> {
+        m.by_option
+            .get(opt)
+            .and_then(|c| c.iter().rev().find(|(_, o)| o.kind.is_deployed()))
+            .map(|(v, _)| v.clone())
     };
+    let deployed_true =
+        |v: Option<Value>| matches!(conv_bool(&v.unwrap_or(Value::Null)), Ok(Some(true)));
+    let deployed_auto_start = deployed_true(deployed("autoStart"));
+    let deployed_private_network = deployed_true(deployed("privateNetwork"));
+    let deployed_enable_tun = deployed_true(deployed("enableTun"));
+    let deployed_userns = matches!(
+        deployed("privateUsers").map(|v| conv_private_users(&v)),
+        Some(Ok(Some(PrivateUsers::Pick | PrivateUsers::Base(1..))))
+    );
     // The template unit says `X-RestartIfChanged=false` for every container that is not
     // auto-started; only with autoStart does the unit carry the option's value.
-    if o.auto_start.as_ref().is_none_or(|a| !a.value)
-        && let Some(c) = m.by_option.get_mut("restartIfChanged")
-    {
+    if !deployed_auto_start && let Some(c) = m.by_option.get_mut("restartIfChanged") {
         c.retain(|(_, origin)| origin.kind != SourceKind::Unit);
     }
     // `/dev/net/tun rwm` is added by the module itself for privateUsers = pick/UID with a
     // private network (and no enableTun): it is not part of allowedDevices.
-    let implicit_tun = o.private_network.as_ref().is_some_and(|p| p.value)
-        && o.enable_tun.as_ref().is_none_or(|t| !t.value)
-        && o.private_users.as_ref().is_some_and(|u| match u.value {
-            PrivateUsers::Pick => true,
-            PrivateUsers::Base(n) => n > 0,
-            _ => false,
-        });
+    let implicit_tun = deployed_private_network && !deployed_enable_tun && deployed_userns;
     if implicit_tun && let Some(c) = m.by_option.get_mut("allowedDevices") {
         for (v, origin) in c.iter_mut() {
             if origin.kind != SourceKind::Unit {
@@ -605,6 +606,13 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
             }
         }
     }
+    let mut o = LegacyOptions {
+        auto_start: m.pick("autoStart", conv_bool, same),
+        private_network: m.pick("privateNetwork", conv_bool, same),
+        private_users: m.pick("privateUsers", conv_private_users, same),
+        enable_tun: m.pick("enableTun", conv_bool, same),
+        ..LegacyOptions::default()
+    };
     o.config = m.pick_code("config");
     o.nixpkgs = m.pick_code("nixpkgs");
     o.special_args = m.pick_code("specialArgs");
@@ -950,6 +958,22 @@ mod tests {
         assert!(o.restart_if_changed.is_none());
         assert!(!o.ephemeral.as_ref().unwrap().value);
         assert!(m.sources.contains(&SourceKind::Unit));
+    }
+
+    #[test]
+    fn restart_if_changed_is_read_against_the_deployed_auto_start() {
+        let unit = "[Unit]\nX-RestartIfChanged=false\n[Service]\n";
+        let u = read_unit("v", Path::new("/u"), unit, Some((Path::new("/s"), "")));
+        let c = read_conf("v", Path::new("/v.conf"), "INTERFACES=\"\"\n");
+        let mut n = nix("v");
+        n.set("autoStart", Value::Bool(true), Some(4));
+        let m = merge("v", vec![u.clone(), c, n]);
+        assert!(m.options.restart_if_changed.is_none());
+        assert!(m.options.auto_start.unwrap().value);
+        // Deployed with autoStart: the unit's value is the option's.
+        let c = read_conf("v", Path::new("/v.conf"), "INTERFACES=\"\"\nAUTO_START=1\n");
+        let m = merge("v", vec![u, c]);
+        assert!(!m.options.restart_if_changed.unwrap().value);
     }
 
     #[test]
