@@ -275,11 +275,13 @@ fn container(s: &mut Scan<'_>, name: &str, f: Found) -> Option<DiskContainer> {
     let has_unit = s.followed(&unit_path) == Some(host::Kind::File);
     let profile = PathBuf::from(PROFILES).join(name);
     let has_profile = s.followed(&profile) == Some(host::Kind::Dir);
+    // lstat STATE/etc/os-release with STATE/etc resolved inside the rootfs: on NixOS the file
+    // is a link into the guest's /nix/store, which only exists while the container runs.
     let os_release_in = |s: &Scan<'_>, state: &Path| {
         s.host
-            .kind(&state.join("etc/os-release"))
+            .resolve_in(state, Path::new("/etc"))
             .ok()
-            .flatten()
+            .and_then(|etc| s.host.kind(&etc.join("os-release")).ok().flatten())
             .is_some()
     };
     // In the podman-shared layout only backed names count.
@@ -603,15 +605,15 @@ fn container(s: &mut Scan<'_>, name: &str, f: Found) -> Option<DiskContainer> {
                         );
                     }
                     rootfs_config = Some(resolved);
-                } else if s
+                } else if let Some(link) = s
                     .host
-                    .kind(&st.join("etc/nixos/configuration.nix"))
+                    .resolve_in(st, Path::new("/etc/nixos"))
                     .ok()
-                    .flatten()
-                    == Some(host::Kind::Symlink)
+                    .map(|dir| dir.join("configuration.nix"))
+                    .filter(|l| s.host.kind(l).ok().flatten() == Some(host::Kind::Symlink))
                 {
                     let literal = st.join("etc/nixos/configuration.nix");
-                    let target = s.host.read_link(&literal).unwrap_or_default();
+                    let target = s.host.read_link(&link).unwrap_or_default();
                     warnings.push(
                         Warning::new(
                             &ROOTFS_CONFIG_SYMLINK,
@@ -1035,6 +1037,21 @@ mod tests {
             Some(Path::new("/var/lib/nixos-containers/dotdot/etc/shadow"))
         );
         assert!(codes(d).contains(&"rootfs-config-symlink"));
+    }
+
+    #[test]
+    fn a_rootfs_etc_link_does_not_make_a_podman_dir_a_container() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        // The host itself has /etc/os-release; a directory in /var/lib/containers whose `etc`
+        // points at /etc must not borrow it (nor the real machine's /etc/os-release).
+        std::fs::create_dir_all(r.join("etc/containers")).unwrap();
+        std::fs::write(r.join("etc/os-release"), "ID=nixos\n").unwrap();
+        std::fs::write(r.join("etc/containers/trap.conf"), "X=1\n").unwrap();
+        std::fs::create_dir_all(r.join("var/lib/containers/trap")).unwrap();
+        symlink("/etc", r.join("var/lib/containers/trap/etc")).unwrap();
+        let scan = discover_disk(&HostRoot::new(r).unwrap());
+        assert!(scan.containers.is_empty(), "{:#?}", scan.containers);
     }
 
     #[test]
