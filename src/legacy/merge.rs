@@ -518,6 +518,10 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
     let mut warnings = Vec::new();
     let mut condition = None;
     let mut by_option: BTreeMap<String, Cands> = BTreeMap::new();
+    let unit_file = facts
+        .iter()
+        .find(|f| f.kind == SourceKind::Unit)
+        .map(|f| f.file.clone());
     for f in facts {
         warnings.extend(f.warnings);
         if condition.is_none() {
@@ -583,6 +587,20 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
     // auto-started; only with autoStart does the unit carry the option's value.
     if !deployed_auto_start && let Some(c) = m.by_option.get_mut("restartIfChanged") {
         c.retain(|(_, origin)| origin.kind != SourceKind::Unit);
+    }
+    // With autoStart, a unit without `X-RestartIfChanged=false` restarts on change.
+    if deployed_auto_start && let Some(file) = unit_file {
+        let c = m
+            .by_option
+            .entry("restartIfChanged".to_string())
+            .or_default();
+        if !c.iter().any(|(_, o)| o.kind == SourceKind::Unit) {
+            c.insert(
+                0,
+                (Value::Bool(true), Origin::new(SourceKind::Unit, file, None)),
+            );
+            c.sort_by_key(|(_, o)| o.kind);
+        }
     }
     // `/dev/net/tun rwm` is added by the module itself for privateUsers = pick/UID with a
     // private network (and no enableTun): it is not part of allowedDevices.
@@ -972,8 +990,19 @@ mod tests {
         assert!(m.options.auto_start.unwrap().value);
         // Deployed with autoStart: the unit's value is the option's.
         let c = read_conf("v", Path::new("/v.conf"), "INTERFACES=\"\"\nAUTO_START=1\n");
-        let m = merge("v", vec![u, c]);
+        let m = merge("v", vec![u, c.clone()]);
         assert!(!m.options.restart_if_changed.unwrap().value);
+        // Deployed with autoStart and no X-RestartIfChanged line: true, from the unit.
+        let u = read_unit(
+            "v",
+            Path::new("/u"),
+            "[Service]\n",
+            Some((Path::new("/s"), "")),
+        );
+        let m = merge("v", vec![u, c]);
+        let r = m.options.restart_if_changed.unwrap();
+        assert!(r.value);
+        assert_eq!(r.origin.kind, SourceKind::Unit);
     }
 
     #[test]
