@@ -500,12 +500,25 @@ fn container(s: &mut Scan<'_>, name: &str, f: Found) -> Option<DiskContainer> {
                     },
                     _ => None,
                 };
-                facts.push(unit::read_unit(
+                let mut uf = unit::read_unit(
                     name,
                     &unit_path,
                     &text,
                     script.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
-                ));
+                );
+                // Extra veths' host-side settings live in the postStart script.
+                let has_veths = matches!(
+                    uf.options.get("extraVeths"),
+                    Some((Value::Attrs(v), _)) if !v.is_empty()
+                );
+                if has_veths
+                    && let Some(post) = unit::parse_unit(&text).exec_start_post()
+                    && s.followed(&post) == Some(host::Kind::File)
+                    && let Ok((t, _)) = s.read_text(&post)
+                {
+                    unit::read_post_start(&mut uf, &post, &t);
+                }
+                facts.push(uf);
             }
             Err(e) => warnings.push(
                 Warning::new(
@@ -968,6 +981,25 @@ mod tests {
             by_name(&scan, "good").warnings.is_empty(),
             "{:#?}",
             by_name(&scan, "good").warnings
+        );
+        let good = merge("good", by_name(&scan, "good").facts.clone());
+        let veths = good.options.extra_veths.unwrap();
+        assert_eq!(veths.value.len(), 2);
+        assert_eq!(
+            veths.value["good-dmz"].host_address.as_deref(),
+            Some("192.168.50.1/24")
+        );
+        assert_eq!(
+            veths.value["good-dmz"].local_address.as_deref(),
+            Some("192.168.50.2/24")
+        );
+        assert_eq!(veths.value["good-lan"].host_bridge.as_deref(), Some("br1"));
+        assert!(
+            veths
+                .origin
+                .file
+                .to_string_lossy()
+                .ends_with("container_good-post-start")
         );
         assert!(codes(by_name(&scan, "ghost")).contains(&"conf-without-state"));
         assert!(

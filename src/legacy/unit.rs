@@ -83,7 +83,16 @@ impl UnitFile {
 
     /// The program `ExecStart=` runs (prefixes `@-:+!` removed), when it is an absolute path.
     pub fn exec_start(&self) -> Option<PathBuf> {
-        let e = self.values("Service", "ExecStart").into_iter().last()?;
+        self.exec("ExecStart")
+    }
+
+    /// The program `ExecStartPost=` runs (the legacy postStart script), like [`Self::exec_start`].
+    pub fn exec_start_post(&self) -> Option<PathBuf> {
+        self.exec("ExecStartPost")
+    }
+
+    fn exec(&self, key: &str) -> Option<PathBuf> {
+        let e = self.values("Service", key).into_iter().last()?;
         let v = e.value.trim_start_matches(['@', '-', ':', '+', '!']);
         let words = split_words(v);
         let first = words.first()?;
@@ -459,6 +468,38 @@ pub fn read_unit(
     facts
 }
 
+/// Fill in `extraVeths.<name>` sub-options from the unit's postStart script (`ExecStartPost=`),
+/// where the module rendered them as literal commands on the host side:
+/// `ip link set dev "N" master "BR" up` (hostBridge), `ip addr add A dev "N"` (hostAddress),
+/// `ip -6 addr add` (hostAddress6), `ip route add L dev "N"` (localAddress), `ip -6 route add`
+/// (localAddress6). Only veths the start script named are touched; the main link's commands
+/// (`dev "$ifaceHost"`) never match.
+pub fn read_post_start(facts: &mut SourceFacts, script: &Path, text: &str) {
+    let Some((Value::Attrs(veths), _)) = facts.options.get_mut("extraVeths") else {
+        return;
+    };
+    let mut first_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let words = split_words(raw.trim());
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (key, value, veth) = match w.as_slice() {
+            ["ip", "link", "set", "dev", n, "master", br, "up"] => ("hostBridge", *br, *n),
+            ["ip", "addr", "add", a, "dev", n] => ("hostAddress", *a, *n),
+            ["ip", "-6", "addr", "add", a, "dev", n] => ("hostAddress6", *a, *n),
+            ["ip", "route", "add", a, "dev", n] => ("localAddress", *a, *n),
+            ["ip", "-6", "route", "add", a, "dev", n] => ("localAddress6", *a, *n),
+            _ => continue,
+        };
+        if let Some(Value::Attrs(entry)) = veths.get_mut(veth) {
+            entry.insert(key.to_string(), Value::Str(value.to_string()));
+            first_line.get_or_insert(i + 1);
+        }
+    }
+    if let (Some(line), Some((_, origin))) = (first_line, facts.options.get_mut("extraVeths")) {
+        *origin = Origin::new(SourceKind::Unit, script, Some(line));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +714,60 @@ exec /nix/store/d5vc6wk3q2f1d1r0x1q6d7kb3z0gk2qx-systemd-256.8/bin/systemd-nspaw
         );
         assert_eq!(v(&f, "copyResolvConf"), Some(&Value::Bool(true)));
         assert_eq!(v(&f, "restartIfChanged"), Some(&Value::Bool(false)));
+    }
+
+    #[test]
+    fn extra_veth_settings_from_the_post_start_script() {
+        // As the module renders postStart for extraVeths.vx1 (addresses) and vx2 (a bridge),
+        // after the main link's block.
+        let post = r#"if [[ -n "${HOST_ADDRESS-}" ]]  || [[ -n "${LOCAL_ADDRESS-}" ]]; then
+  if [[ -z "${HOST_BRIDGE-}" ]]; then
+    ifaceHost=ve-$INSTANCE
+    ip link set dev "$ifaceHost" up
+    ip addr add 10.233.1.1 dev "$ifaceHost"
+  fi
+fi
+echo "Bring vx1 up"
+ip link set dev "vx1" up
+# Set IPs and routes for vx1
+ip addr add 192.168.100.1/24 dev "vx1"
+
+ip -6 addr add fc00::1 dev "vx1"
+ip route add 192.168.100.2 dev "vx1"
+ip -6 route add fc00::2 dev "vx1"
+
+# Add vx2 to bridge br5
+ip link set dev "vx2" master "br5" up
+"#;
+        let mut f = read_unit(
+            "web",
+            Path::new("/etc/systemd/system/container@web.service"),
+            UNIT,
+            Some((Path::new("/s"), SCRIPT)),
+        );
+        read_post_start(&mut f, Path::new("/nix/store/p-post"), post);
+        let Some((Value::Attrs(v), origin)) = f.options.get("extraVeths") else {
+            panic!()
+        };
+        assert_eq!(origin.line, Some(11));
+        let s = |x: &str| Value::Str(x.to_string());
+        assert_eq!(
+            v["vx1"],
+            Value::Attrs(BTreeMap::from([
+                ("hostAddress".to_string(), s("192.168.100.1/24")),
+                ("hostAddress6".to_string(), s("fc00::1")),
+                ("localAddress".to_string(), s("192.168.100.2")),
+                ("localAddress6".to_string(), s("fc00::2")),
+            ]))
+        );
+        assert_eq!(
+            v["vx2"],
+            Value::Attrs(BTreeMap::from([("hostBridge".to_string(), s("br5"))]))
+        );
+        let m = crate::legacy::merge::merge("web", vec![f]);
+        let veths = m.options.extra_veths.unwrap().value;
+        assert_eq!(veths["vx1"].local_address.as_deref(), Some("192.168.100.2"));
+        assert_eq!(veths["vx2"].host_bridge.as_deref(), Some("br5"));
     }
 
     #[test]
