@@ -552,7 +552,19 @@ fn container(s: &mut Scan<'_>, name: &str, f: Found) -> Option<DiskContainer> {
         .iter()
         .any(|f| matches!(f.options.get("ephemeral"), Some((Value::Bool(true), _))));
     match (&conf_file, &state_dir) {
-        (Some(c), None) if !ephemeral && kind.is_some() => warnings.push(
+        (Some(c), None) if ephemeral => warnings.push(
+            Warning::new(
+                &CONF_WITHOUT_STATE,
+                opt.clone(),
+                format!(
+                    "container {name}: {} exists and {}/{name} does not, as expected: the container is ephemeral, its root lives in /run/nixos-containers/{name} only while it runs. There is no state to copy",
+                    c.display(),
+                    layout.state_dir()
+                ),
+            )
+            .at(c, None),
+        ),
+        (Some(c), None) if kind.is_some() => warnings.push(
             Warning::new(
                 &CONF_WITHOUT_STATE,
                 opt.clone(),
@@ -1002,11 +1014,10 @@ mod tests {
                 .ends_with("container_good-post-start")
         );
         assert!(codes(by_name(&scan, "ghost")).contains(&"conf-without-state"));
-        assert!(
-            by_name(&scan, "eph").warnings.is_empty(),
-            "{:#?}",
-            by_name(&scan, "eph").warnings
-        );
+        let eph = by_name(&scan, "eph");
+        assert_eq!(codes(eph), vec!["conf-without-state"]);
+        assert!(eph.warnings[0].message.contains("ephemeral"));
+        assert!(!eph.warnings[0].needs_human());
         let orphan = by_name(&scan, "orphan");
         assert_eq!(orphan.kind, None);
         assert_eq!(codes(orphan), vec!["state-without-conf"]);
