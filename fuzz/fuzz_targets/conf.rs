@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use nixos_nspawn::legacy::conf::{env_name_is_valid, parse_env_file, read_conf};
 use nixos_nspawn::legacy::merge::merge;
-use nixos_nspawn::legacy::unit::read_unit;
+use nixos_nspawn::legacy::unit::{read_post_start, read_unit};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,11 +36,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(w.line.is_some_and(|l| l >= 1 && l <= lines));
     }
     // The same bytes as a unit and as a start script, then everything merged.
-    let unit = read_unit(
+    let mut unit = read_unit(
         "fuzz",
         Path::new("/u"),
         &text,
         Some((Path::new("/s"), &text)),
     );
+    read_post_start(&mut unit, Path::new("/p"), &text);
     let _ = merge("fuzz", vec![facts, unit]);
 });
