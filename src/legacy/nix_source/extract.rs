@@ -1255,10 +1255,17 @@ impl<'t> Extract<'t> {
 
 /// Third-party modules from flake inputs (`inputs.sops-nix.nixosModules.sops`) define no
 /// containers of the host; they are skipped like `<nixpkgs/…>` imports.
+///
+/// `modulesPath + "/…"` names a module of nixpkgs itself (as `<nixpkgs/nixos/modules/…>`).
 pub(super) fn is_flake_module(e: &ast::Expr) -> bool {
     let t = e.syntax().to_string();
-    matches!(unparen(e.clone()), ast::Expr::Select(_))
-        && (t.contains(".nixosModules.") || t.starts_with("inputs."))
+    match unparen(e.clone()) {
+        ast::Expr::Select(_) => t.contains(".nixosModules.") || t.starts_with("inputs."),
+        ast::Expr::BinOp(b) if b.operator() == Some(ast::BinOpKind::Add) => {
+            matches!(b.lhs(), Some(ast::Expr::Ident(i)) if i.syntax().text() == "modulesPath")
+        }
+        _ => false,
+    }
 }
 
 /// The identifier node `name` inside an `inherit`.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::legacy::model::{SourceKind, Value};
+use crate::warnings::Category;
 use std::collections::BTreeMap;
 
 const F: &str = "/etc/nixos/configuration.nix";
@@ -685,4 +686,334 @@ fn emitted_config_texts_parse_with_real_nix_instantiate() {
         }
     }
     assert_eq!(n, 3);
+}
+
+// ---- whole trees: fixtures/nix/<scenario>/ is a host root -------------------------------------
+
+fn fixture(name: &str) -> HostRoot {
+    HostRoot::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/nix")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn tree(name: &str) -> NixSourceResult {
+    let root = fixture(name);
+    read_config_tree(&HostFs(&root), Path::new(F))
+}
+
+fn fact<'a>(r: &'a NixSourceResult, name: &str) -> &'a SourceFacts {
+    r.facts
+        .iter()
+        .find(|c| c.container == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn names(r: &NixSourceResult) -> Vec<&str> {
+    r.facts.iter().map(|c| c.container.as_str()).collect()
+}
+
+#[test]
+fn jemilsson_one_file_per_container() {
+    let r = tree("jemilsson");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["db", "stubby", "caddy"]);
+    let files: Vec<String> = r
+        .files_read
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/etc/nixos/configuration.nix",
+            "/etc/nixos/hardware-configuration.nix",
+            "/etc/nixos/containers/stubby.nix",
+            "/etc/nixos/containers/caddy.nix",
+            "/etc/nixos/containers/db.nix",
+        ]
+    );
+    let db = fact(&r, "db");
+    assert_eq!(opt(db, "hostAddress"), &s("192.168.100.1"));
+    assert_eq!(
+        db.options["hostAddress"].1.file,
+        Path::new("/etc/nixos/containers/db.nix")
+    );
+    assert_eq!(line(db, "hostAddress"), Some(4));
+    let pg = attrs(&attrs(opt(db, "bindMounts"))["/var/lib/postgresql"]);
+    assert_eq!(pg["isReadOnly"], Value::Bool(false));
+    assert_eq!(expr(opt(db, "config")).origin.line, Some(8));
+    let stubby = fact(&r, "stubby");
+    assert_eq!(opt(stubby, "localAddress6"), &s("fd00:10::53/64"));
+    // `lib` is the host module's argument, used in the guest text.
+    assert_eq!(expr(opt(stubby, "config")).free_vars, ["lib"]);
+    let caddy = fact(&r, "caddy");
+    let cfg = expr(opt(caddy, "config"));
+    assert_eq!(
+        cfg.text,
+        "import ./caddy-guest.nix { hostConfig = config; inherit pkgs; }"
+    );
+    assert_eq!(cfg.free_vars, ["config", "pkgs"]);
+    assert_eq!(codes(&caddy.warnings), ["nix-relative-path"]);
+}
+
+#[test]
+fn golden_nix_container_functions_of_pkgs() {
+    let r = tree("golden-nix");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let enc = fact(&r, "encoder");
+    assert_eq!(opt(enc, "ephemeral"), &Value::Bool(true));
+    let Value::List(devs) = opt(enc, "allowedDevices") else {
+        panic!()
+    };
+    assert_eq!(attrs(&devs[0])["node"], s("/dev/dri/renderD128"));
+    assert_eq!(expr(opt(enc, "config")).free_vars, ["pkgs"]);
+    let relay = fact(&r, "relay");
+    let Value::List(ports) = opt(relay, "forwardPorts") else {
+        panic!()
+    };
+    assert_eq!(attrs(&ports[0])["hostPort"], Value::Int(9000));
+    assert_eq!(attrs(&ports[0])["protocol"], s("udp"));
+    // The guest text uses the file's `let` name: free, so the renderer warns.
+    assert_eq!(expr(opt(relay, "config")).free_vars, ["port"]);
+}
+
+#[test]
+fn c0d3d_whole_containers_attrset_in_a_file() {
+    let r = tree("c0d3d");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["mail.example", "web.example"]);
+    let web = fact(&r, "web.example");
+    assert_eq!(web.file, Path::new("/etc/nixos/containers.nix"));
+    assert_eq!(line(web, "localAddress"), Some(15));
+}
+
+#[test]
+fn iliana_generated_containers_need_nix_eval() {
+    let r = tree("iliana");
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
+    let w = &r.problems[0];
+    assert_eq!(w.line, Some(19));
+    assert!(
+        w.message.contains("builtins.mapAttrs mkContainer"),
+        "{}",
+        w.message
+    );
+    assert!(w.message.contains(EVAL_COMMAND_NIXOS));
+}
+
+#[test]
+fn samuel_martineau_list_to_attrs_needs_nix_eval() {
+    let r = tree("samuel-martineau");
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
+    assert_eq!(r.problems[0].line, Some(9));
+    assert!(r.problems[0].message.contains("listToAttrs"));
+}
+
+#[test]
+fn vivlim_mkmerge_common_parts() {
+    let r = tree("vivlim");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let m = fact(&r, "mastodon");
+    assert_eq!(opt(m, "hostAddress"), &s("192.168.100.10"));
+    assert_eq!(opt(m, "localAddress"), &s("192.168.100.11"));
+    let cfg = expr(opt(m, "config"));
+    assert!(cfg.text.contains("imports = ["), "{}", cfg.text);
+    assert!(cfg.text.contains("services.resolved.enable = true;"));
+    assert!(cfg.text.contains("services.mastodon.enable = true;"));
+    let a = fact(&r, "akkoma");
+    assert_eq!(opt(a, "autoStart"), &Value::Bool(true));
+    assert!(m.warnings.is_empty() && a.warnings.is_empty());
+}
+
+#[test]
+fn a_file_that_does_not_parse_is_refused_and_the_others_are_read() {
+    let r = tree("broken");
+    assert_eq!(names(&r), ["good"]);
+    assert_eq!(
+        codes(&r.problems),
+        ["nix-parse-error", "nix-file-unreadable"]
+    );
+    let p = &r.problems[0];
+    assert_eq!(p.file.as_deref(), Some(Path::new("/etc/nixos/broken.nix")));
+    assert_eq!(p.line, Some(3));
+    assert!(
+        p.message.starts_with("/etc/nixos/broken.nix:3:11:"),
+        "{}",
+        p.message
+    );
+    let m = &r.problems[1];
+    assert!(
+        m.message.contains("/etc/nixos/missing.nix"),
+        "{}",
+        m.message
+    );
+    assert!(
+        m.message
+            .contains("imported at /etc/nixos/configuration.nix:3")
+    );
+}
+
+#[test]
+fn import_cycles_are_read_once() {
+    let r = tree("cycle");
+    assert_eq!(names(&r), ["top", "a"]);
+    assert_eq!(r.files_read.len(), 2);
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
+#[test]
+fn plain_fs_reads_a_config_outside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("host.nix"), "{ imports = [ ./sub ]; }").unwrap();
+    std::fs::write(
+        dir.path().join("sub/default.nix"),
+        "{ containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    let entry = dir.path().join("host.nix");
+    let r = read_config_tree(&PlainFs, &entry);
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["x"]);
+    assert_eq!(r.files_read[1], dir.path().join("sub/default.nix"));
+}
+
+#[test]
+fn conditions_of_an_import_apply_to_its_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.nix"),
+        "{ lib, ... }: let on = true; in { imports = lib.optionals on [ ./c.nix ]; containers = lib.mkIf on (import ./set.nix); }",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.nix"),
+        "{ containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("set.nix"), "{ y.autoStart = true; }").unwrap();
+    let r = read_config_tree(&PlainFs, &dir.path().join("host.nix"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    for n in ["x", "y"] {
+        assert_eq!(fact(&r, n).condition.as_ref().unwrap().text, "on", "{n}");
+    }
+}
+
+// ---- flakes ------------------------------------------------------------------------------------
+
+#[test]
+fn flake_host_by_name_follows_literal_modules() {
+    let root = fixture("flake-host");
+    let fs = HostFs(&root);
+    let flake = Path::new("/etc/nixos/flake.nix");
+    let fr = read_flake(&fs, flake, Some("patched"));
+    assert!(fr.problems.is_empty(), "{:#?}", fr.problems);
+    assert_eq!(fr.hosts, ["patched"]);
+    let entries: Vec<String> = fr.entries.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        entries,
+        [
+            "/etc/nixos/common.nix",
+            "/etc/nixos/hosts/patched/configuration.nix"
+        ]
+    );
+    assert_eq!(fr.facts.len(), 1);
+    assert_eq!(fr.facts[0].container, "inline");
+    let eval = fr.eval_command.clone().unwrap();
+    assert!(
+        eval.command()
+            .contains("'/etc/nixos#nixosConfigurations.patched.config.containers'")
+    );
+    // The entries read as a tree: the patched module copy defines no container.
+    let mut all = Vec::new();
+    for e in &fr.entries {
+        let r = read_config_tree_with(&fs, e, &eval);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        all.extend(r.facts);
+    }
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].container, "vault");
+    assert_eq!(opt(&all[0], "systemCallFilter"), &s("@system-service"));
+}
+
+#[test]
+fn flake_with_several_hosts_and_no_name_reads_all_and_says_so() {
+    let root = fixture("flake-host");
+    let fr = read_flake(&HostFs(&root), Path::new("/etc/nixos/flake.nix"), None);
+    assert_eq!(fr.hosts, ["patched", "other"]);
+    assert_eq!(codes(&fr.problems), ["nix-flake-several-hosts"]);
+    assert!(fr.problems[0].message.contains("patched, other"));
+    assert!(fr.eval_command.is_none());
+    assert_eq!(fr.entries.len(), 3);
+}
+
+#[test]
+fn flake_unknown_host_and_dynamic_modules_say_what_to_run() {
+    let root = fixture("flake-host");
+    let fr = read_flake(
+        &HostFs(&root),
+        Path::new("/etc/nixos/flake.nix"),
+        Some("nope"),
+    );
+    assert!(fr.entries.is_empty());
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    assert!(
+        fr.problems[0]
+            .message
+            .contains("hosts found: patched, other")
+    );
+    assert!(
+        fr.problems[0]
+            .message
+            .contains("'/etc/nixos#nixosConfigurations.nope.config.containers'")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake.nix");
+    std::fs::write(
+        &flake,
+        r#"{
+  outputs = { nixpkgs, ... }: let
+    mkHost = name: nixpkgs.lib.nixosSystem { modules = [ ./hosts/${name}.nix ]; };
+  in {
+    nixosConfigurations.a = mkHost "a";
+    nixosConfigurations.b = nixpkgs.lib.nixosSystem {
+      modules = [ ./b.nix (import ./hosts { inherit nixpkgs; }) extraModules ];
+    };
+  };
+}"#,
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("a"));
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    let m = &fr.problems[0].message;
+    assert!(m.contains("flake.nix:5"), "{m}");
+    assert!(m.contains("mkHost \"a\""), "{m}");
+    assert!(m.contains("--config FILE"), "{m}");
+    assert!(
+        m.contains("#nixosConfigurations.a.config.containers'"),
+        "{m}"
+    );
+    assert!(m.contains(FROM_JSON_COMMAND), "{m}");
+    let fr = read_flake(&PlainFs, &flake, Some("b"));
+    assert_eq!(
+        fr.entries,
+        [dir.path().join("b.nix"), dir.path().join("hosts")]
+    );
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    assert_eq!(fr.problems[0].line, Some(7));
+    assert!(fr.problems[0].message.contains("`extraModules`"));
+
+    std::fs::write(
+        &flake,
+        "{ outputs = inputs: { nixosConfigurations = inputs.nixpkgs.lib.genAttrs [ \"a\" ] mk; }; }",
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("a"));
+    assert_eq!(codes(&fr.problems), ["nix-dynamic-containers"]);
 }
