@@ -16,6 +16,7 @@ use crate::nixtext;
 use crate::warnings::Warning;
 use rnix::ast::{self, HasEntry, InterpolPart};
 use rowan::ast::AstNode;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
@@ -64,7 +65,13 @@ pub(crate) struct Extract<'t> {
     bases: Vec<Vec<String>>,
     pub(crate) imports: Vec<NixImport>,
     pub(crate) problems: Vec<Warning>,
+    /// Steps left for following names: `let` bindings can describe exponentially large values
+    /// (`a = [ b b ]; b = [ c c ]; …`); past the budget, values stay verbatim expressions.
+    budget: Cell<usize>,
 }
+
+/// Steps of name-following allowed per file (real configurations use a few thousand).
+const BUDGET: usize = 200_000;
 
 fn short(text: &str) -> String {
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -185,6 +192,7 @@ impl<'t> Extract<'t> {
             bases: Vec::new(),
             imports: Vec::new(),
             problems: Vec::new(),
+            budget: Cell::new(BUDGET),
         }
     }
 
@@ -227,6 +235,16 @@ impl<'t> Extract<'t> {
 
     fn loc(&self, line: usize) -> String {
         format!("{}:{}", self.file.display(), line)
+    }
+
+    /// Take one step of the budget; `false` when it is spent.
+    fn spend(&self) -> bool {
+        let left = self.budget.get();
+        if left == 0 {
+            return false;
+        }
+        self.budget.set(left - 1);
+        true
     }
 
     // ---- scopes ----------------------------------------------------------------------------
@@ -325,7 +343,7 @@ impl<'t> Extract<'t> {
         scope: Scope,
         depth: usize,
     ) -> Option<(ast::Expr, Scope)> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || !self.spend() {
             return None;
         }
         let d = depth + 1;
@@ -435,7 +453,7 @@ impl<'t> Extract<'t> {
     }
 
     fn try_value(&self, e: &ast::Expr, scope: Scope, depth: usize) -> Option<Value> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || !self.spend() {
             return None;
         }
         let d = depth + 1;

@@ -1017,3 +1017,102 @@ fn flake_unknown_host_and_dynamic_modules_say_what_to_run() {
     let fr = read_flake(&PlainFs, &flake, Some("a"));
     assert_eq!(codes(&fr.problems), ["nix-dynamic-containers"]);
 }
+
+#[test]
+fn exponentially_large_let_values_do_not_hang() {
+    let mut src = String::from("let\n");
+    for i in 0..40 {
+        src.push_str(&format!("  a{i} = [ a{} a{} ];\n", i + 1, i + 1));
+    }
+    src.push_str("  a40 = \"x\";\nin {\n  containers.x.extraFlags = a0;\n  containers.y = { autoStart = a0; };\n}\n");
+    let started = std::time::Instant::now();
+    let ff = read(&src);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(ff.containers.len(), 2);
+}
+
+#[test]
+fn self_referencing_lets_do_not_loop() {
+    let ff = read(
+        "let a = a; b = { x = b.x; }; in { containers.x = { hostAddress = a; localAddress = b.x; }; containers.y = b; }",
+    );
+    let x = container(&ff, "x");
+    assert_eq!(expr(opt(x, "hostAddress")).text, "a");
+    assert_eq!(expr(opt(x, "localAddress")).text, "b.x");
+}
+
+/// The commands our warnings print, run as printed by the real `nix-instantiate` / `nix` over
+/// stand-ins for `<nixpkgs/nixos>` and a flake, whose containers have every hazard of real
+/// ones; their output must read back with `--from-json`'s reader.
+#[test]
+fn the_printed_commands_run_with_real_nix_and_read_back() {
+    if std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+            "nix-instantiate is required"
+        );
+        return;
+    }
+    let containers = r#"{ web = { autoStart = true; hostAddress = "10.0.0.1";
+        config = { ... }: { }; pkgs = throw "pkgs"; path = throw "toplevel";
+        nixpkgs = ./.; specialArgs = { f = x: x; }; _module = { args.f = x: x; }; }; }"#;
+    let dir = tempfile::tempdir().unwrap();
+    let np = dir.path().join("np/nixos");
+    std::fs::create_dir_all(&np).unwrap();
+    std::fs::write(
+        np.join("default.nix"),
+        format!("{{ configuration ? null }}: {{ config.containers = {containers}; }}"),
+    )
+    .unwrap();
+    let flake = dir.path().join("my-flake");
+    std::fs::create_dir_all(&flake).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        format!(
+            "{{ outputs = {{ self }}: {{ nixosConfigurations.\"h.1\".config.containers = {containers}; }}; }}"
+        ),
+    )
+    .unwrap();
+    let commands = [
+        EvalCommand::Nixos {
+            configuration: None,
+        },
+        EvalCommand::for_config(Path::new("/etc/nixos/hosts/a b.nix")),
+        EvalCommand::Flake {
+            dir: flake.clone(),
+            host: Some("h.1".into()),
+        },
+    ];
+    for c in commands {
+        let cmd = c.command();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(dir.path())
+            .env(
+                "NIX_PATH",
+                format!("nixpkgs={}", dir.path().join("np").display()),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(dir.path().join("containers.json")).unwrap();
+        let facts =
+            crate::legacy::eval::read_eval_json(Path::new("containers.json"), &json).unwrap();
+        assert_eq!(facts.len(), 1, "{cmd}: {json}");
+        assert_eq!(
+            facts[0].options.keys().collect::<Vec<_>>(),
+            ["autoStart", "hostAddress"],
+            "{cmd}"
+        );
+        std::fs::remove_file(dir.path().join("containers.json")).unwrap();
+    }
+}
