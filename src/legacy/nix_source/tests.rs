@@ -1116,3 +1116,68 @@ fn the_printed_commands_run_with_real_nix_and_read_back() {
         std::fs::remove_file(dir.path().join("containers.json")).unwrap();
     }
 }
+
+/// Every `config` (and condition) text read from every fixture host parses with the real
+/// `nix-instantiate --parse`, including the combined and dotted forms. The parser also rejects
+/// undefined variables, so binding exactly the reported free variables checks that none is
+/// missed.
+#[test]
+fn every_fixture_config_text_parses_with_real_nix() {
+    if std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+            "nix-instantiate is required"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = Vec::new();
+    for scenario in ["jemilsson", "golden-nix", "c0d3d", "vivlim", "cycle"] {
+        for c in tree(scenario).facts {
+            if let Some((Value::Expr(e), _)) = c.options.get("config") {
+                texts.push((format!("{scenario}/{}", c.container), e.clone()));
+            }
+            if let Some(cond) = &c.condition {
+                texts.push((
+                    format!("{scenario}/{} condition", c.container),
+                    cond.clone(),
+                ));
+            }
+        }
+    }
+    let ff = read(
+        "{ c, d, ... }: { containers.x = lib.mkIf c { config.a = 1; }; containers.x.config.b = lib.mkIf d 2; containers = lib.mkIf d { }; }",
+    );
+    for c in ff.containers {
+        texts.push(("inline".into(), expr(opt(&c, "config")).clone()));
+    }
+    assert!(texts.len() >= 9, "{texts:?}");
+    for (i, (what, e)) in texts.iter().enumerate() {
+        let p = dir.path().join(format!("{i}.nix"));
+        let text = if e.free_vars.is_empty() {
+            e.text.clone()
+        } else {
+            let binds: String = e
+                .free_vars
+                .iter()
+                .map(|v| format!("{v} = null; "))
+                .collect();
+            format!("let {binds}in\n{}", e.text)
+        };
+        std::fs::write(&p, &text).unwrap();
+        let out = std::process::Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -297,6 +297,33 @@ mod tests {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
             assert_eq!(fv(src), want, "free variables of {src}");
         }
+        // Checked against the real parser, which rejects undefined variables: with exactly
+        // these names bound the text parses, and without any one of them it does not.
+        if std::process::Command::new("nix-instantiate")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none());
+            return;
+        }
+        let parses = |src: &str, bound: &[&str]| {
+            let binds: String = bound.iter().map(|v| format!("{v} = null; ")).collect();
+            let text = format!("let {binds}in\n{src}");
+            std::process::Command::new("nix-instantiate")
+                .args(["--parse", "-E", &text])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        for (src, want) in cases {
+            assert!(parses(src, want), "{src} with {want:?} bound");
+            for skip in want.iter() {
+                let fewer: Vec<&str> = want.iter().copied().filter(|w| w != skip).collect();
+                assert!(!parses(src, &fewer), "{src} parses without {skip}");
+            }
+        }
     }
 
     #[test]
