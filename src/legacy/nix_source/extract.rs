@@ -201,8 +201,7 @@ impl<'t> Extract<'t> {
             Start::Module => self.visit(root, None, &[], Level::Module, true, 0),
             Start::Containers => self.visit(root, None, &[], Level::Containers, true, 0),
             Start::Container(name) => {
-                let line = self.lines.node_line_col(root.syntax()).0;
-                let idx = self.container(name, &[], line);
+                let idx = self.container(name, &[]);
                 self.visit(root, None, &[], Level::Container(idx), true, 0)
             }
         }
@@ -573,13 +572,12 @@ impl<'t> Extract<'t> {
 
     // ---- containers ------------------------------------------------------------------------
 
-    fn container(&mut self, name: &str, conds: &[NixExpr], line: usize) -> usize {
+    fn container(&mut self, name: &str, conds: &[NixExpr]) -> usize {
         if let Some(i) = self.containers.iter().position(|c| c.container == name) {
             return i;
         }
         let mut facts = SourceFacts::new(name, SourceKind::NixSource, self.file.clone());
         facts.condition = combine_conditions(conds);
-        let _ = line;
         self.containers.push(facts);
         self.bases
             .push(conds.iter().map(|c| c.text.clone()).collect());
@@ -611,12 +609,10 @@ impl<'t> Extract<'t> {
 
     fn set_option(&mut self, idx: usize, option: &str, value: Value, line: usize) {
         let origin = self.origin(line);
-        let name = self.container_name(idx);
         let Some(facts) = self.containers.get_mut(idx) else {
             return;
         };
         if let Some(w) = add_option(facts, option, value, origin) {
-            let _ = name;
             facts.warnings.push(w);
         }
     }
@@ -837,15 +833,14 @@ impl<'t> Extract<'t> {
                     );
                     return;
                 };
-                let line = self.line(first.syntax());
                 if rest.is_empty() {
                     // `containers.x = lib.mkIf c { … }`: the condition is the container's.
                     let mut c = conds.to_vec();
-                    let inner = self.peel_conditions(value, scope, &mut c, d);
-                    let idx = self.container(&name, &c, line);
+                    let inner = self.peel_conditions(value, &mut c);
+                    let idx = self.container(&name, &c);
                     self.visit(inner, scope, &c, Level::Container(idx), false, d);
                 } else {
-                    let idx = self.container(&name, conds, line);
+                    let idx = self.container(&name, conds);
                     self.container_entry(idx, rest, value, scope, conds, d);
                 }
             }
@@ -853,13 +848,7 @@ impl<'t> Extract<'t> {
         }
     }
 
-    fn peel_conditions(
-        &mut self,
-        mut e: ast::Expr,
-        scope: Scope,
-        conds: &mut Vec<NixExpr>,
-        depth: usize,
-    ) -> ast::Expr {
+    fn peel_conditions(&mut self, mut e: ast::Expr, conds: &mut Vec<NixExpr>) -> ast::Expr {
         for _ in 0..MAX_DEPTH {
             let inner = unparen(e.clone());
             let ast::Expr::Apply(a) = &inner else {
@@ -876,7 +865,6 @@ impl<'t> Extract<'t> {
                 _ => return e,
             }
         }
-        let _ = (scope, depth);
         e
     }
 
@@ -925,7 +913,6 @@ impl<'t> Extract<'t> {
                 .join(".")
         );
         let extra = self.extra_conditions(idx, conds);
-        let _ = first;
         if option == "config" {
             let mut expr = self.nix_expr(value.syntax());
             if !rest.is_empty() {
@@ -1054,7 +1041,7 @@ impl<'t> Extract<'t> {
                         None => ident_named(inh, &n)
                             .and_then(|i| self.deref(ast::Expr::Ident(i), scope, depth)),
                     };
-                    let idx = self.container(&n, conds, line);
+                    let idx = self.container(&n, conds);
                     match target {
                         Some((e, s)) => {
                             self.visit(e, s, conds, Level::Container(idx), false, depth)

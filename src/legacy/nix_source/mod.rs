@@ -436,17 +436,49 @@ pub fn read_config_tree_with(
     entry: &Path,
     eval: &EvalCommand,
 ) -> NixSourceResult {
+    read_entries(fs, &[entry.to_path_buf()], eval)
+}
+
+/// Everything a flake host's configuration says: [`read_flake`], then every entry it names read
+/// as one tree (a file two entries import is read once), with the containers of inline
+/// modules in flake.nix. `flake.nix` is the first file in `files_read`.
+pub fn read_flake_config(
+    fs: &dyn SourceFs,
+    flake_nix: &Path,
+    host_name: Option<&str>,
+) -> NixSourceResult {
+    let fr = read_flake(fs, flake_nix, host_name);
+    let eval = fr.eval_command.clone().unwrap_or(EvalCommand::Flake {
+        dir: flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        host: host_name.map(str::to_string),
+    });
+    let mut out = read_entries(fs, &fr.entries, &eval);
+    out.files_read.insert(0, flake_nix.to_path_buf());
+    let mut problems = fr.problems;
+    problems.append(&mut out.problems);
+    out.problems = problems;
+    let tree = std::mem::take(&mut out.facts);
+    for c in fr.facts.into_iter().chain(tree) {
+        merge_into(&mut out.facts, c);
+    }
+    out
+}
+
+/// Read several module files as one configuration (as `imports = [ … ]` would).
+pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
     let mut out = NixSourceResult::default();
     let mut queue: VecDeque<(NixImport, Option<(PathBuf, usize)>)> = VecDeque::new();
-    queue.push_back((
-        NixImport {
-            path: entry.to_path_buf(),
-            line: 0,
-            role: ImportRole::Module,
-            condition: None,
-        },
-        None,
-    ));
+    for entry in entries {
+        queue.push_back((
+            NixImport {
+                path: entry.clone(),
+                line: 0,
+                role: ImportRole::Module,
+                condition: None,
+            },
+            None,
+        ));
+    }
     let mut seen: HashSet<(PathBuf, ImportRole)> = HashSet::new();
     while let Some((imp, from)) = queue.pop_front() {
         let mut path = imp.path.clone();

@@ -939,6 +939,25 @@ fn flake_host_by_name_follows_literal_modules() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].container, "vault");
     assert_eq!(opt(&all[0], "systemCallFilter"), &s("@system-service"));
+
+    // All in one call.
+    let r = read_flake_config(&fs, flake, Some("patched"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["inline", "vault"]);
+    let files: Vec<String> = r
+        .files_read
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/etc/nixos/flake.nix",
+            "/etc/nixos/common.nix",
+            "/etc/nixos/hosts/patched/configuration.nix",
+            "/etc/nixos/hosts/patched/nixos-containers-patched.nix",
+        ]
+    );
 }
 
 #[test]
