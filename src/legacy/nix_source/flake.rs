@@ -261,7 +261,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                     flake_nix.display().to_string(),
                     format!(
                         "cannot read {}: {e}. Give the host's configuration with --config FILE, \
-                         or evaluate: {}",
+                         or use the evaluated values. {}",
                         flake_nix.display(),
                         eval_for(host_name).advice()
                     ),
@@ -323,7 +323,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                 format!(
                     "{}: the flake's hosts are built by Nix code (`{t}`), so their modules \
                      cannot be read from the source. Give the host's configuration with \
-                     --config FILE, or evaluate: {}",
+                     --config FILE, or use the evaluated values. {}",
                     loc(*line),
                     eval_for(host_name).advice()
                 ),
@@ -346,7 +346,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                     format!("nixosConfigurations.{}", crate::nixtext::attr_name(h)),
                     format!(
                         "{} defines no host {h} that can be read (hosts found: {known}). Give \
-                         the host's configuration with --config FILE, or evaluate: {}",
+                         the host's configuration with --config FILE, or use the evaluated values. {}",
                         flake_nix.display(),
                         eval_for(Some(h)).advice()
                     ),
@@ -364,7 +364,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                 format!(
                     "{} defines several hosts ({}) and none was named, so the containers of all \
                      of them were read. If this machine is one of them, read only its \
-                     configuration with --config FILE (one of its modules), or evaluate: {}",
+                     configuration with --config FILE (one of its modules), or use the evaluated values. {}",
                     flake_nix.display(),
                     all_names.join(", "),
                     eval_for(Some(&all_names[0]))
@@ -392,7 +392,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                 format!(
                     "{}: {what} of host {} cannot be read from the source, so its containers \
                      may be missing. Read the file that defines them with \
-                     `nixos-nspawn migrate --config FILE`, or evaluate: {}",
+                     `nixos-nspawn migrate --config FILE`, or use the evaluated values. {}",
                     loc(line),
                     host.name,
                     eval.advice()

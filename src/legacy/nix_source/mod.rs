@@ -305,7 +305,7 @@ fn parse(file: &Path, text: &str) -> Result<rnix::Root, Warning> {
         let (line, col) = lines.line_col(offset);
         let more = parse.errors().len() - 1;
         let more = if more > 0 {
-            format!(" (and {more} more)")
+            format!(" (and {more} more errors)")
         } else {
             String::new()
         };
@@ -464,6 +464,10 @@ pub fn read_flake_config(
     out
 }
 
+/// The most files one configuration may make us read. Paths are compared as written, so a
+/// symlink such as `sub -> .` could otherwise make `./sub/x.nix` imports go on forever.
+const MAX_FILES: usize = 2000;
+
 /// Read several module files as one configuration (as `imports = [ … ]` would).
 pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
     let mut out = NixSourceResult::default();
@@ -488,6 +492,22 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
         if !seen.insert((path.clone(), imp.role.clone())) {
             continue;
         }
+        if out.files_read.len() >= MAX_FILES {
+            out.problems.push(
+                Warning::new(
+                    &NIX_FILE_UNREADABLE,
+                    path.display().to_string(),
+                    format!(
+                        "stopped after reading {MAX_FILES} files (a symlink loop in the import \
+                         paths?); {} and the files after it were not read. {}",
+                        path.display(),
+                        eval.advice()
+                    ),
+                )
+                .at(path.clone(), None),
+            );
+            break;
+        }
         let named_by = match &from {
             Some((f, l)) => format!(" (imported at {}:{l})", f.display()),
             None => String::new(),
@@ -508,7 +528,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
                     path.display().to_string(),
                     format!(
                         "cannot read {}{named_by}: {e}; containers it defines are missing. \
-                         Give the right file with --config FILE, or evaluate: {}",
+                         Give the right file with --config FILE, or use the evaluated values. {}",
                         path.display(),
                         eval.advice()
                     ),

@@ -1200,3 +1200,19 @@ fn every_fixture_config_text_parses_with_real_nix() {
         );
     }
 }
+
+#[test]
+fn a_symlink_loop_in_import_paths_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("x.nix"),
+        "{ imports = [ ./sub/x.nix ]; containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    // The kernel's limit of 40 symlinks ends it here (MAX_FILES is the net behind it).
+    let r = read_config_tree(&PlainFs, &dir.path().join("x.nix"));
+    assert!(r.files_read.len() <= MAX_FILES);
+    assert_eq!(names(&r), ["x"]);
+    assert_eq!(codes(&r.problems), ["nix-file-unreadable"]);
+}
