@@ -367,9 +367,7 @@ pub fn read_flake(fs: &dyn SourceFs, flake_nix: &Path, host_name: Option<&str>) 
                      configuration with --config FILE (one of its modules), or use the evaluated values. {}",
                     flake_nix.display(),
                     all_names.join(", "),
-                    eval_for(Some(&all_names[0]))
-                        .advice()
-                        .replace(&crate::nixtext::attr_name(&all_names[0]), "<host>")
+                    eval_for(None).advice()
                 ),
             )
             .at(flake_nix.to_path_buf(), None),

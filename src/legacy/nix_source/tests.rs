@@ -1089,10 +1089,27 @@ fn the_printed_commands_run_with_real_nix_and_read_back() {
     .unwrap();
     let flake = dir.path().join("my-flake");
     std::fs::create_dir_all(&flake).unwrap();
+    // The host named, and this machine's own name for the `$(hostname)` form.
+    let me = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // A name that is not a plain attribute (e.g. with dots) cannot be a NixOS host name.
+    let me = if crate::nixtext::is_identifier(&me) {
+        me
+    } else {
+        "h1".to_string()
+    };
     std::fs::write(
         flake.join("flake.nix"),
         format!(
-            "{{ outputs = {{ self }}: {{ nixosConfigurations.\"h.1\".config.containers = {containers}; }}; }}"
+            "{{ outputs = {{ self }}: {{ nixosConfigurations.\"h.1\".config.containers = {containers}; \
+             nixosConfigurations.{me}.config.containers = {containers}; }}; }}"
         ),
     )
     .unwrap();
@@ -1105,7 +1122,14 @@ fn the_printed_commands_run_with_real_nix_and_read_back() {
             dir: flake.clone(),
             host: Some("h.1".into()),
         },
+        EvalCommand::Flake {
+            dir: flake.clone(),
+            host: None,
+        },
     ];
+    let commands = commands
+        .into_iter()
+        .filter(|c| me != "h1" || !matches!(c, EvalCommand::Flake { host: None, .. }));
     for c in commands {
         let cmd = c.command();
         let out = std::process::Command::new("sh")
