@@ -8,6 +8,22 @@
 //! names the site and the exact `nix` command that gets the evaluated values
 //! ([`EVAL_COMMAND_NIXOS`], [`EVAL_COMMAND_FLAKE`], then [`FROM_JSON_COMMAND`]).
 //!
+//! Forms read (see `tests.rs`, one test each):
+//! - `containers.x = { … }`, `containers = { a = …; "b-2" = …; }`, dotted paths spread over
+//!   the file (`containers.c.autoStart = …;`), dotted options (`bindMounts.x.hostPath = …`,
+//!   `config.services.x = …`), quoted and odd names;
+//! - `lib.mkIf cond { … }` / `optionalAttrs` around a container (its `condition`), around
+//!   `containers` or a whole module `config = lib.mkIf cfg.enable { … }`; `mkMerge [ … ]`, `//`,
+//!   `mkDefault`/`mkForce` (looked through);
+//! - `let` bindings (nested, `inherit`, `inherit (set) a`, `set.a.b`, strings interpolating
+//!   `let`-bound strings), `rec { }`, `with`, module functions `{ config, lib, ... }:`;
+//! - `imports = [ ./x.nix /abs/y.nix "/abs/z.nix" (import ./f.nix { … }) ./dir ] ++ names`,
+//!   `lib.optionals c [ … ]`; skipped: `<nixpkgs/…>`, `modulesPath + "…"`,
+//!   `inputs.*`/`*.nixosModules.*` (third-party modules); anything else is a warning;
+//! - files that hold `containers` (`containers = import ./c.nix;`) or one container's value
+//!   (`containers.x = import ./x.nix;`, `import ./x.nix { inherit pkgs; }`);
+//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]).
+//!
 //! Pure apart from [`SourceFs`]: every read goes through it.
 
 mod extract;
