@@ -519,6 +519,22 @@ impl<'t> Extract<'t> {
         }
     }
 
+    /// The name of an attribute, computed names included when they come from `let`-bound
+    /// strings (`containers.${name}` with `let name = "web";`).
+    fn attr_name_in(&self, attr: &ast::Attr, scope: Scope) -> Option<String> {
+        if let Some(n) = text::attr_name(attr) {
+            return Some(n);
+        }
+        match attr {
+            ast::Attr::Str(s) => self.string_value(s, scope, 0),
+            ast::Attr::Dynamic(d) => match self.try_value(&d.expr()?, scope, 0)? {
+                Value::Str(v) => Some(v),
+                _ => None,
+            },
+            ast::Attr::Ident(_) => None,
+        }
+    }
+
     /// A string literal, with interpolations of `let`-bound strings filled in.
     fn string_value(&self, s: &ast::Str, scope: Scope, depth: usize) -> Option<String> {
         let mut out = String::new();
@@ -824,7 +840,7 @@ impl<'t> Extract<'t> {
                 }
             }
             Level::Containers => {
-                let Some(name) = text::attr_name(first) else {
+                let Some(name) = self.attr_name_in(first, scope) else {
                     let line = self.line(first.syntax());
                     let text = first.syntax().to_string();
                     self.dynamic_at(
@@ -882,7 +898,8 @@ impl<'t> Extract<'t> {
         };
         let cname = self.container_name(idx);
         let line = self.line(first.syntax());
-        let names: Option<Vec<String>> = attrs.iter().map(text::attr_name).collect();
+        let names: Option<Vec<String>> =
+            attrs.iter().map(|a| self.attr_name_in(a, scope)).collect();
         let Some(names) = names else {
             let path: Vec<String> = attrs.iter().map(|a| a.syntax().to_string()).collect();
             let w = self.at(

@@ -1240,3 +1240,16 @@ fn a_symlink_loop_in_import_paths_ends() {
     assert_eq!(names(&r), ["x"]);
     assert_eq!(codes(&r.problems), ["nix-file-unreadable"]);
 }
+
+#[test]
+fn computed_names_from_let_bound_strings_are_read() {
+    let ff = read(
+        "let name = \"web\"; sub = \"mail\"; opt = \"autoStart\"; in {\n  containers.${name}.${opt} = true;\n  containers.\"${sub}.example\".ephemeral = true;\n}",
+    );
+    assert!(ff.problems.is_empty(), "{:?}", ff.problems);
+    assert_eq!(opt(container(&ff, "web"), "autoStart"), &Value::Bool(true));
+    assert_eq!(
+        opt(container(&ff, "mail.example"), "ephemeral"),
+        &Value::Bool(true)
+    );
+}
