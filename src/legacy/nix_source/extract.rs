@@ -1,0 +1,1478 @@
+//! The static reader proper: walks one parsed file and collects what it says about
+//! `containers.<name>`, following `let` bindings through a scope chain and peeling the module
+//! combinators (`mkIf`, `mkMerge`, `//`, `optionalAttrs`, `mkDefault`, …).
+//!
+//! Everything it cannot read becomes a warning naming the site and the `nix` command that gets
+//! the values; nothing is dropped silently.
+
+use super::text::{self, Lines, MAX_DEPTH};
+use super::{
+    EvalCommand, ImportRole, NIX_CONFLICTING_DEFINITIONS, NIX_DYNAMIC_CONTAINER,
+    NIX_DYNAMIC_CONTAINERS, NIX_IMPORT_NOT_FOLLOWED, NIX_RELATIVE_PATH, NIX_UNRESOLVED_VALUE,
+    NixImport,
+};
+use crate::legacy::model::{NixExpr, Origin, SourceFacts, SourceKind, Value};
+use crate::nixtext;
+use crate::warnings::Warning;
+use rnix::ast::{self, HasEntry, InterpolPart};
+use rowan::ast::AstNode;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+/// Where a file's top expression sits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// A NixOS module (`configuration.nix`, anything in `imports`).
+    Module,
+    /// The value of `containers` (`containers = import ./containers.nix;`).
+    Containers,
+    /// The value of one `containers.<name>` (`containers.web = import ./web.nix;`).
+    Container(String),
+}
+
+pub(super) type Scope = Option<usize>;
+
+#[derive(Clone)]
+enum Binding {
+    /// A name bound to an expression, evaluated in a scope.
+    Expr(ast::Expr, Scope),
+    /// `inherit (from) name;`
+    Attr(ast::Expr, String, Scope),
+    /// A function parameter or anything else whose value is not in the source.
+    Opaque,
+}
+
+struct Frame {
+    names: HashMap<String, Binding>,
+    parent: Scope,
+}
+
+#[derive(Clone, Copy)]
+enum Level {
+    Module,
+    Containers,
+    Container(usize),
+}
+
+pub(crate) struct Extract<'t> {
+    file: PathBuf,
+    lines: Lines<'t>,
+    frames: Vec<Frame>,
+    eval: EvalCommand,
+    pub(crate) containers: Vec<SourceFacts>,
+    /// The conditions each container was first defined under (texts), parallel to `containers`.
+    bases: Vec<Vec<String>>,
+    pub(crate) imports: Vec<NixImport>,
+    pub(crate) problems: Vec<Warning>,
+    /// Steps left for following names: `let` bindings can describe exponentially large values
+    /// (`a = [ b b ]; b = [ c c ]; …`); past the budget, values stay verbatim expressions.
+    budget: Cell<usize>,
+}
+
+/// Steps of name-following allowed per file (real configurations use a few thousand).
+const BUDGET: usize = 200_000;
+
+fn short(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 72 {
+        let cut: String = one_line.chars().take(69).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
+/// The name a function application is called by: `lib.mkIf` → `mkIf`, `mkMerge` → `mkMerge`.
+pub(super) fn head_name(head: &ast::Expr) -> Option<String> {
+    match head {
+        ast::Expr::Ident(i) => Some(i.syntax().text().to_string()),
+        ast::Expr::Select(s) if s.default_expr().is_none() => s
+            .attrpath()?
+            .attrs()
+            .last()
+            .and_then(|a| text::attr_name(&a)),
+        ast::Expr::Paren(p) => head_name(&p.expr()?),
+        _ => None,
+    }
+}
+
+/// `f a b` → (`f`, [`a`, `b`]), looking through parentheses around the function.
+pub(super) fn uncurry(apply: &ast::Apply) -> Option<(ast::Expr, Vec<ast::Expr>)> {
+    let mut args = Vec::new();
+    let mut cur = ast::Expr::Apply(apply.clone());
+    for _ in 0..MAX_DEPTH {
+        match cur {
+            ast::Expr::Apply(a) => {
+                args.push(a.argument()?);
+                cur = a.lambda()?;
+            }
+            ast::Expr::Paren(ref p) if matches!(p.expr(), Some(ast::Expr::Apply(_))) => {
+                cur = p.expr()?;
+            }
+            other => {
+                args.reverse();
+                return Some((other, args));
+            }
+        }
+    }
+    None
+}
+
+pub(super) fn unparen(mut e: ast::Expr) -> ast::Expr {
+    for _ in 0..MAX_DEPTH {
+        match e {
+            ast::Expr::Paren(ref p) => match p.expr() {
+                Some(inner) => e = inner,
+                None => return e,
+            },
+            _ => return e,
+        }
+    }
+    e
+}
+
+/// A literal path without interpolation, resolved against the directory of `file`.
+pub(crate) fn literal_path(file: &Path, e: &ast::Expr) -> Option<PathBuf> {
+    let (text, relative) = match e {
+        ast::Expr::PathRel(p) => {
+            if p.syntax().children().next().is_some() {
+                return None;
+            }
+            (p.syntax().text().to_string(), true)
+        }
+        ast::Expr::PathAbs(p) => {
+            if p.syntax().children().next().is_some() {
+                return None;
+            }
+            (p.syntax().text().to_string(), false)
+        }
+        ast::Expr::Str(s) => {
+            let v = text::static_string(s)?;
+            if !v.starts_with('/') {
+                return None;
+            }
+            (v, false)
+        }
+        _ => return None,
+    };
+    let joined = if relative {
+        file.parent().unwrap_or(Path::new("/")).join(text)
+    } else {
+        PathBuf::from(text)
+    };
+    Some(normalize(&joined))
+}
+
+/// Lexical normalisation (`a/./b/../c` → `a/c`), as Nix does for path literals.
+pub(crate) fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("/");
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+impl<'t> Extract<'t> {
+    pub(crate) fn new(file: &Path, text: &'t str, eval: EvalCommand) -> Self {
+        Extract {
+            file: file.to_path_buf(),
+            lines: Lines::new(text),
+            frames: Vec::new(),
+            eval,
+            containers: Vec::new(),
+            bases: Vec::new(),
+            imports: Vec::new(),
+            problems: Vec::new(),
+            budget: Cell::new(BUDGET),
+        }
+    }
+
+    pub(crate) fn run(&mut self, root: ast::Expr, start: &Start) {
+        match start {
+            Start::Module => self.visit(root, None, &[], Level::Module, true, 0),
+            Start::Containers => self.visit(root, None, &[], Level::Containers, true, 0),
+            Start::Container(name) => {
+                let idx = self.container(name, &[]);
+                self.visit(root, None, &[], Level::Container(idx), true, 0)
+            }
+        }
+    }
+
+    // ---- positions, expressions, warnings -------------------------------------------------
+
+    pub(super) fn line(&self, node: &rnix::SyntaxNode) -> usize {
+        self.lines.node_line_col(node).0
+    }
+
+    fn origin(&self, line: usize) -> Origin {
+        Origin::new(SourceKind::NixSource, self.file.clone(), Some(line))
+    }
+
+    /// The expression, verbatim, with its position and free variables.
+    pub(crate) fn nix_expr(&self, node: &rnix::SyntaxNode) -> NixExpr {
+        let (line, column) = self.lines.node_line_col(node);
+        NixExpr {
+            text: node.to_string(),
+            origin: self.origin(line),
+            column,
+            free_vars: text::free_vars(node),
+        }
+    }
+
+    fn at(&self, w: Warning, line: usize) -> Warning {
+        w.at(self.file.clone(), Some(line))
+    }
+
+    fn loc(&self, line: usize) -> String {
+        format!("{}:{}", self.file.display(), line)
+    }
+
+    /// Take one step of the budget; `false` when it is spent.
+    fn spend(&self) -> bool {
+        let left = self.budget.get();
+        if left == 0 {
+            return false;
+        }
+        self.budget.set(left - 1);
+        true
+    }
+
+    // ---- scopes ----------------------------------------------------------------------------
+
+    fn lookup(&self, scope: Scope, name: &str) -> Option<Binding> {
+        let mut cur = scope;
+        let mut hops = 0;
+        while let Some(i) = cur {
+            let f = self.frames.get(i)?;
+            if let Some(b) = f.names.get(name) {
+                return Some(b.clone());
+            }
+            cur = f.parent;
+            hops += 1;
+            if hops > 10_000 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// A frame for a `let`, `rec { }` or legacy `let { }` whose bindings see each other.
+    pub(super) fn push_rec_frame<N: HasEntry>(&mut self, node: &N, scope: Scope) -> Scope {
+        let id = self.frames.len();
+        let mut names = HashMap::new();
+        for entry in node.entries() {
+            match entry {
+                ast::Entry::AttrpathValue(apv) => {
+                    let attrs: Vec<ast::Attr> = apv
+                        .attrpath()
+                        .map(|p| p.attrs().collect())
+                        .unwrap_or_default();
+                    let Some(first) = attrs.first().and_then(text::attr_name) else {
+                        continue;
+                    };
+                    let binding = match (attrs.len(), apv.value()) {
+                        (1, Some(v)) => Binding::Expr(v, Some(id)),
+                        _ => Binding::Opaque,
+                    };
+                    names.insert(first, binding);
+                }
+                ast::Entry::Inherit(inh) => {
+                    let from = inh.from().and_then(|f| f.expr());
+                    for a in inh.attrs() {
+                        let Some(n) = text::attr_name(&a) else {
+                            continue;
+                        };
+                        let b = match &from {
+                            Some(f) => Binding::Attr(f.clone(), n.clone(), Some(id)),
+                            None => self.lookup(scope, &n).unwrap_or(Binding::Opaque),
+                        };
+                        names.insert(n, b);
+                    }
+                }
+            }
+        }
+        self.frames.push(Frame {
+            names,
+            parent: scope,
+        });
+        Some(id)
+    }
+
+    pub(super) fn push_lambda_frame(&mut self, lambda: &ast::Lambda, scope: Scope) -> Scope {
+        let mut names = HashMap::new();
+        match lambda.param() {
+            Some(ast::Param::IdentParam(p)) => {
+                if let Some(i) = p.ident() {
+                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                }
+            }
+            Some(ast::Param::Pattern(p)) => {
+                for e in p.pat_entries() {
+                    if let Some(i) = e.ident() {
+                        names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                    }
+                }
+                if let Some(i) = p.pat_bind().and_then(|b| b.ident()) {
+                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                }
+            }
+            None => {}
+        }
+        self.frames.push(Frame {
+            names,
+            parent: scope,
+        });
+        Some(self.frames.len() - 1)
+    }
+
+    /// Follow names, parentheses and selections into `let`-bound attribute sets until an
+    /// expression that is not a reference. `None` when a reference leads nowhere readable.
+    pub(super) fn deref(
+        &self,
+        e: ast::Expr,
+        scope: Scope,
+        depth: usize,
+    ) -> Option<(ast::Expr, Scope)> {
+        if depth > MAX_DEPTH || !self.spend() {
+            return None;
+        }
+        let d = depth + 1;
+        match e {
+            ast::Expr::Paren(p) => self.deref(p.expr()?, scope, d),
+            ast::Expr::Ident(ref i) => {
+                let name = i.syntax().text().to_string();
+                match self.lookup(scope, &name) {
+                    Some(Binding::Expr(v, s)) => self.deref(v, s, d),
+                    Some(Binding::Attr(from, n, s)) => self.select(from, &[n], s, d),
+                    Some(Binding::Opaque) => None,
+                    None if matches!(name.as_str(), "true" | "false" | "null") => Some((e, scope)),
+                    None => None,
+                }
+            }
+            ast::Expr::Select(ref s) => {
+                if s.default_expr().is_some() {
+                    return None;
+                }
+                let names: Option<Vec<String>> =
+                    s.attrpath()?.attrs().map(|a| text::attr_name(&a)).collect();
+                self.select(s.expr()?, &names?, scope, d)
+            }
+            other => Some((other, scope)),
+        }
+    }
+
+    /// `base.a.b` where `base` reduces to a literal attribute set.
+    fn select(
+        &self,
+        base: ast::Expr,
+        path: &[String],
+        scope: Scope,
+        depth: usize,
+    ) -> Option<(ast::Expr, Scope)> {
+        let (mut cur, mut cur_scope) = self.deref(base, scope, depth + 1)?;
+        let mut rest = path;
+        while let Some((key, tail)) = rest.split_first() {
+            let ast::Expr::AttrSet(set) = cur else {
+                return None;
+            };
+            let inner_scope = if set.rec_token().is_some() {
+                // Names of a `rec` set are not in the frame chain; give up on them.
+                return None;
+            } else {
+                cur_scope
+            };
+            let mut found = None;
+            for entry in set.entries() {
+                match entry {
+                    ast::Entry::AttrpathValue(apv) => {
+                        let names: Option<Vec<String>> = apv
+                            .attrpath()?
+                            .attrs()
+                            .map(|a| text::attr_name(&a))
+                            .collect();
+                        let names = names?;
+                        if names.len() == 1 && names[0] == *key {
+                            found = Some((apv.value()?, inner_scope));
+                        } else if names.first() == Some(key) {
+                            // `a.b = …` spread over entries: not followed.
+                            return None;
+                        }
+                    }
+                    ast::Entry::Inherit(inh) => {
+                        if inh
+                            .attrs()
+                            .any(|a| text::attr_name(&a).as_deref() == Some(key))
+                        {
+                            match inh.from().and_then(|f| f.expr()) {
+                                Some(f) => {
+                                    found = self.select(
+                                        f,
+                                        std::slice::from_ref(key),
+                                        inner_scope,
+                                        depth + 1,
+                                    )
+                                }
+                                None => {
+                                    found = self.deref(
+                                        ast::Expr::Ident(ident_named(&inh, key)?),
+                                        inner_scope,
+                                        depth + 1,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let (v, s) = found?;
+            let (v, s) = self.deref(v, s, depth + 1)?;
+            cur = v;
+            cur_scope = s;
+            rest = tail;
+        }
+        Some((cur, cur_scope))
+    }
+
+    // ---- values ----------------------------------------------------------------------------
+
+    /// A value as data when the source states it literally (through `let` bindings), else the
+    /// expression at the site, verbatim.
+    fn value(&self, e: &ast::Expr, scope: Scope, depth: usize) -> Value {
+        self.try_value(e, scope, depth)
+            .unwrap_or_else(|| Value::Expr(self.nix_expr(e.syntax())))
+    }
+
+    fn try_value(&self, e: &ast::Expr, scope: Scope, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH || !self.spend() {
+            return None;
+        }
+        let d = depth + 1;
+        let (e, scope) = self.deref(e.clone(), scope, d)?;
+        match &e {
+            ast::Expr::Literal(l) => match l.kind() {
+                ast::LiteralKind::Integer(i) => i.value().ok().map(Value::Int),
+                ast::LiteralKind::Uri(u) => Some(Value::Str(u.to_string())),
+                ast::LiteralKind::Float(_) => None,
+            },
+            ast::Expr::Ident(i) => match i.syntax().text().to_string().as_str() {
+                "true" => Some(Value::Bool(true)),
+                "false" => Some(Value::Bool(false)),
+                "null" => Some(Value::Null),
+                _ => None,
+            },
+            ast::Expr::Str(s) => self.string_value(s, scope, d).map(Value::Str),
+            ast::Expr::PathAbs(p) if p.syntax().children().next().is_none() => {
+                Some(Value::Str(p.syntax().text().to_string()))
+            }
+            ast::Expr::List(list) => {
+                let items = list.items().map(|i| self.value(&i, scope, d)).collect();
+                Some(Value::List(items))
+            }
+            ast::Expr::AttrSet(set) if set.rec_token().is_none() => {
+                let mut out = BTreeMap::new();
+                for entry in set.entries() {
+                    match entry {
+                        ast::Entry::AttrpathValue(apv) => {
+                            let names: Option<Vec<String>> = apv
+                                .attrpath()?
+                                .attrs()
+                                .map(|a| text::attr_name(&a))
+                                .collect();
+                            let v = self.value(&apv.value()?, scope, d);
+                            insert_path(&mut out, &names?, v).ok()?;
+                        }
+                        ast::Entry::Inherit(inh) => {
+                            for a in inh.attrs() {
+                                let n = text::attr_name(&a)?;
+                                let v = self.inherited_value(&inh, &n, scope, d);
+                                insert_path(&mut out, &[n], v).ok()?;
+                            }
+                        }
+                    }
+                }
+                Some(Value::Attrs(out))
+            }
+            ast::Expr::UnaryOp(u) if u.operator() == Some(ast::UnaryOpKind::Negate) => {
+                match self.try_value(&u.expr()?, scope, d)? {
+                    Value::Int(i) => i.checked_neg().map(Value::Int),
+                    _ => None,
+                }
+            }
+            ast::Expr::Apply(a) => {
+                let (head, args) = uncurry(a)?;
+                match head_name(&head)?.as_str() {
+                    "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore"
+                    | "mkAfter" | "mkOrder" => self.try_value(args.last()?, scope, d),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The name of an attribute, computed names included when they come from `let`-bound
+    /// strings (`containers.${name}` with `let name = "web";`).
+    fn attr_name_in(&self, attr: &ast::Attr, scope: Scope) -> Option<String> {
+        if let Some(n) = text::attr_name(attr) {
+            return Some(n);
+        }
+        match attr {
+            ast::Attr::Str(s) => self.string_value(s, scope, 0),
+            ast::Attr::Dynamic(d) => match self.try_value(&d.expr()?, scope, 0)? {
+                Value::Str(v) => Some(v),
+                _ => None,
+            },
+            ast::Attr::Ident(_) => None,
+        }
+    }
+
+    /// A string literal, with interpolations of `let`-bound strings filled in.
+    fn string_value(&self, s: &ast::Str, scope: Scope, depth: usize) -> Option<String> {
+        let mut out = String::new();
+        for part in s.normalized_parts() {
+            match part {
+                InterpolPart::Literal(l) => out.push_str(&l),
+                InterpolPart::Interpolation(i) => match self.try_value(&i.expr()?, scope, depth)? {
+                    Value::Str(v) => out.push_str(&v),
+                    _ => return None,
+                },
+            }
+        }
+        Some(out)
+    }
+
+    /// The value of `name` in `inherit name;` / `inherit (from) name;`.
+    fn inherited_value(&self, inh: &ast::Inherit, name: &str, scope: Scope, depth: usize) -> Value {
+        let line = self.line(inh.syntax());
+        let resolved = match inh.from().and_then(|f| f.expr()) {
+            Some(f) => self
+                .select(f, &[name.to_string()], scope, depth)
+                .and_then(|(e, s)| self.try_value(&e, s, depth + 1)),
+            None => ident_named(inh, name)
+                .and_then(|i| self.try_value(&ast::Expr::Ident(i), scope, depth + 1)),
+        };
+        if let Some(v) = resolved {
+            return v;
+        }
+        let (text, free_vars) = match inh.from().and_then(|f| f.expr()) {
+            Some(f) => (
+                format!("({}).{}", f.syntax(), nixtext::attr_name(name)),
+                text::free_vars(f.syntax()),
+            ),
+            None => (
+                name.to_string(),
+                if text::is_global(name) {
+                    vec![]
+                } else {
+                    vec![name.to_string()]
+                },
+            ),
+        };
+        let column = self.lines.node_line_col(inh.syntax()).1;
+        Value::Expr(NixExpr {
+            text,
+            origin: self.origin(line),
+            column,
+            free_vars,
+        })
+    }
+
+    // ---- containers ------------------------------------------------------------------------
+
+    fn container(&mut self, name: &str, conds: &[NixExpr]) -> usize {
+        if let Some(i) = self.containers.iter().position(|c| c.container == name) {
+            return i;
+        }
+        let mut facts = SourceFacts::new(name, SourceKind::NixSource, self.file.clone());
+        facts.condition = combine_conditions(conds);
+        self.containers.push(facts);
+        self.bases
+            .push(conds.iter().map(|c| c.text.clone()).collect());
+        self.containers.len() - 1
+    }
+
+    /// Conditions in `conds` that the container was not defined under.
+    fn extra_conditions(&self, idx: usize, conds: &[NixExpr]) -> Vec<NixExpr> {
+        let base = self.bases.get(idx).cloned().unwrap_or_default();
+        conds
+            .iter()
+            .filter(|c| !base.contains(&c.text))
+            .cloned()
+            .collect()
+    }
+
+    fn container_warning(&mut self, idx: usize, w: Warning) {
+        if let Some(c) = self.containers.get_mut(idx) {
+            c.warnings.push(w);
+        }
+    }
+
+    fn container_name(&self, idx: usize) -> String {
+        self.containers
+            .get(idx)
+            .map(|c| c.container.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_option(&mut self, idx: usize, option: &str, value: Value, line: usize) {
+        let origin = self.origin(line);
+        let Some(facts) = self.containers.get_mut(idx) else {
+            return;
+        };
+        if let Some(w) = add_option(facts, option, value, origin) {
+            facts.warnings.push(w);
+        }
+    }
+
+    /// Name `eval` in the warnings from now on.
+    pub(super) fn set_eval(&mut self, eval: EvalCommand) {
+        self.eval = eval;
+    }
+
+    /// Read `e` as a NixOS module (an inline module of a flake host).
+    pub(super) fn visit_module(&mut self, e: ast::Expr, scope: Scope) {
+        self.visit(e, scope, &[], Level::Module, true, 0)
+    }
+
+    // ---- the walk --------------------------------------------------------------------------
+
+    fn visit(
+        &mut self,
+        e: ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        level: Level,
+        top: bool,
+        depth: usize,
+    ) {
+        if depth > MAX_DEPTH {
+            self.dynamic(level, &e, "an expression nested too deeply to read");
+            return;
+        }
+        let d = depth + 1;
+        match e {
+            ast::Expr::Paren(ref p) => match p.expr() {
+                Some(inner) => self.visit(inner, scope, conds, level, top, d),
+                None => self.dynamic(level, &e, "an empty expression"),
+            },
+            ast::Expr::LetIn(ref l) => {
+                let s = self.push_rec_frame(l, scope);
+                match l.body() {
+                    Some(b) => self.visit(b, s, conds, level, top, d),
+                    None => self.dynamic(level, &e, "a `let` without body"),
+                }
+            }
+            ast::Expr::With(ref w) => match w.body() {
+                Some(b) => self.visit(b, scope, conds, level, top, d),
+                None => self.dynamic(level, &e, "a `with` without body"),
+            },
+            ast::Expr::Assert(ref a) => match a.body() {
+                Some(b) => self.visit(b, scope, conds, level, top, d),
+                None => self.dynamic(level, &e, "an `assert` without body"),
+            },
+            // A module (or a file holding a container) may be a function of its arguments.
+            ast::Expr::Lambda(ref l) if top || matches!(level, Level::Module) => {
+                let s = self.push_lambda_frame(l, scope);
+                match l.body() {
+                    Some(b) => self.visit(b, s, conds, level, top, d),
+                    None => self.dynamic(level, &e, "a function without body"),
+                }
+            }
+            ast::Expr::Ident(_) | ast::Expr::Select(_) => match self.deref(e.clone(), scope, d) {
+                Some((v, s)) if v.syntax() != e.syntax() => {
+                    self.visit(v, s, conds, level, false, d)
+                }
+                _ => self.dynamic(level, &e, "a value that is not in this file"),
+            },
+            ast::Expr::BinOp(ref b) if b.operator() == Some(ast::BinOpKind::Update) => {
+                if let Some(l) = b.lhs() {
+                    self.visit(l, scope, conds, level, false, d);
+                }
+                if let Some(r) = b.rhs() {
+                    self.visit(r, scope, conds, level, false, d);
+                }
+            }
+            ast::Expr::AttrSet(ref set) => {
+                let s = if set.rec_token().is_some() {
+                    self.push_rec_frame(set, scope)
+                } else {
+                    scope
+                };
+                self.attrset(set, s, conds, level, d);
+            }
+            ast::Expr::Apply(ref a) => self.apply(a, &e, scope, conds, level, d),
+            ast::Expr::IfElse(_) => self.dynamic(level, &e, "`if … then … else …`"),
+            _ => self.dynamic(level, &e, "an expression"),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        a: &ast::Apply,
+        e: &ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        level: Level,
+        depth: usize,
+    ) {
+        let Some((head, args)) = uncurry(a) else {
+            self.dynamic(level, e, "a function call");
+            return;
+        };
+        let name = head_name(&head).unwrap_or_default();
+        match (name.as_str(), args.len()) {
+            ("mkIf" | "optionalAttrs", 2) => {
+                let mut c = conds.to_vec();
+                c.push(self.nix_expr(args[0].syntax()));
+                self.visit(args[1].clone(), scope, &c, level, false, depth);
+            }
+            ("mkMerge", 1) => match self.deref(args[0].clone(), scope, depth) {
+                Some((ast::Expr::List(list), s)) => {
+                    for item in list.items() {
+                        self.visit(item, s, conds, level, false, depth);
+                    }
+                }
+                _ => self.dynamic(level, e, "`mkMerge` of a computed list"),
+            },
+            (
+                "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore" | "mkAfter"
+                | "mkOrder",
+                n,
+            ) if n >= 1 => {
+                if let Some(last) = args.last() {
+                    self.visit(last.clone(), scope, conds, level, false, depth)
+                }
+            }
+            ("import", n) if n >= 1 => match literal_path(&self.file, &unparen(args[0].clone())) {
+                Some(path) => {
+                    let role = match level {
+                        Level::Module => ImportRole::Module,
+                        Level::Containers => ImportRole::Containers,
+                        Level::Container(idx) => ImportRole::Container(self.container_name(idx)),
+                    };
+                    let line = self.line(e.syntax());
+                    self.imports.push(NixImport {
+                        path,
+                        line,
+                        role,
+                        condition: combine_conditions(conds),
+                    });
+                }
+                None => self.dynamic(level, e, "an `import` of a computed path"),
+            },
+            _ => {
+                let what = match name.as_str() {
+                    "" => "a function call".to_string(),
+                    n => format!("a call of `{n}`"),
+                };
+                self.dynamic(level, e, &what)
+            }
+        }
+    }
+
+    fn attrset(
+        &mut self,
+        set: &ast::AttrSet,
+        scope: Scope,
+        conds: &[NixExpr],
+        level: Level,
+        depth: usize,
+    ) {
+        for entry in set.entries() {
+            match entry {
+                ast::Entry::AttrpathValue(apv) => {
+                    let attrs: Vec<ast::Attr> = apv
+                        .attrpath()
+                        .map(|p| p.attrs().collect())
+                        .unwrap_or_default();
+                    if let Some(value) = apv.value() {
+                        self.path_entry(level, &attrs, value, scope, conds, depth);
+                    }
+                }
+                ast::Entry::Inherit(inh) => self.inherit_entry(level, &inh, scope, conds, depth),
+            }
+        }
+    }
+
+    fn path_entry(
+        &mut self,
+        level: Level,
+        attrs: &[ast::Attr],
+        value: ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) {
+        let Some((first, rest)) = attrs.split_first() else {
+            return;
+        };
+        let d = depth + 1;
+        match level {
+            Level::Module => {
+                let Some(name) = text::attr_name(first) else {
+                    if value.syntax().to_string().contains("containers") {
+                        self.dynamic(level, &value, "a computed attribute name");
+                    }
+                    return;
+                };
+                match (name.as_str(), rest.is_empty()) {
+                    ("containers", true) => {
+                        self.visit(value, scope, conds, Level::Containers, false, d)
+                    }
+                    ("containers", false) => {
+                        self.path_entry(Level::Containers, rest, value, scope, conds, d)
+                    }
+                    ("config", true) => self.visit(value, scope, conds, Level::Module, false, d),
+                    ("config", false) => {
+                        self.path_entry(Level::Module, rest, value, scope, conds, d)
+                    }
+                    ("imports", true) => self.imports(value, scope, conds, d),
+                    _ => {}
+                }
+            }
+            Level::Containers => {
+                let Some(name) = self.attr_name_in(first, scope) else {
+                    let line = self.line(first.syntax());
+                    let text = first.syntax().to_string();
+                    self.dynamic_at(
+                        line,
+                        &format!("a container whose name is computed (`containers.{text}`)"),
+                    );
+                    return;
+                };
+                if rest.is_empty() {
+                    // `containers.x = lib.mkIf c { … }`: the condition is the container's.
+                    let mut c = conds.to_vec();
+                    let inner = self.peel_conditions(value, &mut c);
+                    let idx = self.container(&name, &c);
+                    self.visit(inner, scope, &c, Level::Container(idx), false, d);
+                } else {
+                    let idx = self.container(&name, conds);
+                    self.container_entry(idx, rest, value, scope, conds, d);
+                }
+            }
+            Level::Container(idx) => self.container_entry(idx, attrs, value, scope, conds, d),
+        }
+    }
+
+    fn peel_conditions(&mut self, mut e: ast::Expr, conds: &mut Vec<NixExpr>) -> ast::Expr {
+        for _ in 0..MAX_DEPTH {
+            let inner = unparen(e.clone());
+            let ast::Expr::Apply(a) = &inner else {
+                return e;
+            };
+            let Some((head, args)) = uncurry(a) else {
+                return e;
+            };
+            match (head_name(&head).as_deref(), args.len()) {
+                (Some("mkIf" | "optionalAttrs"), 2) => {
+                    conds.push(self.nix_expr(args[0].syntax()));
+                    e = args[1].clone();
+                }
+                _ => return e,
+            }
+        }
+        e
+    }
+
+    fn container_entry(
+        &mut self,
+        idx: usize,
+        attrs: &[ast::Attr],
+        value: ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) {
+        let Some((first, rest)) = attrs.split_first() else {
+            return;
+        };
+        let cname = self.container_name(idx);
+        let line = self.line(first.syntax());
+        let names: Option<Vec<String>> =
+            attrs.iter().map(|a| self.attr_name_in(a, scope)).collect();
+        let Some(names) = names else {
+            let path: Vec<String> = attrs.iter().map(|a| a.syntax().to_string()).collect();
+            let w = self.at(
+                Warning::new(
+                    &NIX_DYNAMIC_CONTAINER,
+                    format!("containers.{}", nixtext::attr_name(&cname)),
+                    format!(
+                        "{}: the option name `{}` of container {cname} is computed, so its value \
+                         cannot be read from the source. {}",
+                        self.loc(line),
+                        path.join("."),
+                        self.eval.advice()
+                    ),
+                ),
+                line,
+            );
+            self.container_warning(idx, w);
+            return;
+        };
+        let option = names[0].clone();
+        let opt_path = format!(
+            "containers.{}.{}",
+            nixtext::attr_name(&cname),
+            names
+                .iter()
+                .map(|n| nixtext::attr_name(n))
+                .collect::<Vec<_>>()
+                .join(".")
+        );
+        let extra = self.extra_conditions(idx, conds);
+        if option == "config" {
+            let mut expr = self.nix_expr(value.syntax());
+            if !rest.is_empty() {
+                let path: Vec<String> = names[1..].iter().map(|n| nixtext::attr_name(n)).collect();
+                expr.text = format!("{{ {} = {}; }}", path.join("."), expr.text);
+                expr.column = 1;
+            }
+            if !extra.is_empty() {
+                let cond = combine_conditions(&extra)
+                    .map(|c| c.text)
+                    .unwrap_or_default();
+                let w = self.at(
+                    Warning::new(
+                        &NIX_DYNAMIC_CONTAINER,
+                        opt_path.clone(),
+                        format!(
+                            "{}: part of the guest configuration of container {cname} applies \
+                             only when `{}`; it was read as if it always applied. Check that \
+                             part of the migrated `config` by hand.",
+                            self.loc(line),
+                            short(&cond)
+                        ),
+                    ),
+                    line,
+                );
+                self.container_warning(idx, w);
+            }
+            if text::has_relative_path(value.syntax()) {
+                let dir = self
+                    .file
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .display()
+                    .to_string();
+                let w = self.at(
+                    Warning::new(
+                        &NIX_RELATIVE_PATH,
+                        opt_path.clone(),
+                        format!(
+                            "{}: the guest configuration of container {cname} uses relative \
+                             paths, which are relative to {dir}; keep them pointing there when \
+                             the text moves to another file",
+                            self.loc(line)
+                        ),
+                    ),
+                    line,
+                );
+                self.container_warning(idx, w);
+            }
+            self.set_option(idx, "config", Value::Expr(expr), line);
+            return;
+        }
+        let mut v = self.value(&value, scope, depth);
+        if !extra.is_empty() {
+            let mut all = extra.clone();
+            all.push(self.nix_expr(value.syntax()));
+            let mut free: Vec<String> = all.iter().flat_map(|c| c.free_vars.clone()).collect();
+            free.push("lib".to_string());
+            free.sort();
+            free.dedup();
+            let cond = combine_conditions(&extra)
+                .map(|c| c.text)
+                .unwrap_or_default();
+            v = Value::Expr(NixExpr {
+                text: format!("lib.mkIf ({cond}) ({})", value.syntax()),
+                origin: self.origin(line),
+                column: 1,
+                free_vars: free,
+            });
+        }
+        if contains_expr(&v) && !matches!(option.as_str(), "nixpkgs" | "specialArgs") {
+            let text = short(&value.syntax().to_string());
+            let w = self.at(
+                Warning::new(
+                    &NIX_UNRESOLVED_VALUE,
+                    opt_path.clone(),
+                    format!(
+                        "{}: `{opt_path} = {text}` is computed by Nix code, so its value cannot \
+                         be read from the source. {}",
+                        self.loc(line),
+                        self.eval.advice()
+                    ),
+                ),
+                line,
+            );
+            self.container_warning(idx, w);
+        }
+        for n in names[1..].iter().rev() {
+            let mut m = BTreeMap::new();
+            m.insert(n.clone(), v);
+            v = Value::Attrs(m);
+        }
+        self.set_option(idx, &option, v, line);
+    }
+
+    fn inherit_entry(
+        &mut self,
+        level: Level,
+        inh: &ast::Inherit,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) {
+        let line = self.line(inh.syntax());
+        let names: Vec<Option<String>> = inh.attrs().map(|a| text::attr_name(&a)).collect();
+        match level {
+            Level::Module => {
+                if names
+                    .iter()
+                    .any(|n| matches!(n.as_deref(), Some("containers" | "config" | "imports")))
+                {
+                    self.dynamic_at(
+                        line,
+                        &format!("`{}` at module level", short(&inh.syntax().to_string())),
+                    );
+                }
+            }
+            Level::Containers => {
+                for n in names {
+                    let Some(n) = n else {
+                        self.dynamic_at(line, "an `inherit` of a computed name in `containers`");
+                        continue;
+                    };
+                    let target = match inh.from().and_then(|f| f.expr()) {
+                        Some(f) => self.select(f, std::slice::from_ref(&n), scope, depth),
+                        None => ident_named(inh, &n)
+                            .and_then(|i| self.deref(ast::Expr::Ident(i), scope, depth)),
+                    };
+                    let idx = self.container(&n, conds);
+                    match target {
+                        Some((e, s)) => {
+                            self.visit(e, s, conds, Level::Container(idx), false, depth)
+                        }
+                        None => {
+                            let w = self.at(
+                                Warning::new(
+                                    &NIX_DYNAMIC_CONTAINER,
+                                    format!("containers.{}", nixtext::attr_name(&n)),
+                                    format!(
+                                        "{}: container {n} is defined by `{}`, whose value is not \
+                                         in this file, so its options cannot be read from the \
+                                         source. {}",
+                                        self.loc(line),
+                                        short(&inh.syntax().to_string()),
+                                        self.eval.advice()
+                                    ),
+                                ),
+                                line,
+                            );
+                            self.container_warning(idx, w);
+                        }
+                    }
+                }
+            }
+            Level::Container(idx) => {
+                let cname = self.container_name(idx);
+                for n in names.into_iter().flatten() {
+                    let v = self.inherited_value(inh, &n, scope, depth);
+                    if contains_expr(&v)
+                        && !matches!(n.as_str(), "config" | "nixpkgs" | "specialArgs")
+                    {
+                        let opt = format!("containers.{}.{}", nixtext::attr_name(&cname), n);
+                        let w = self.at(
+                            Warning::new(
+                                &NIX_UNRESOLVED_VALUE,
+                                opt.clone(),
+                                format!(
+                                    "{}: `{opt}` comes from `{}`, whose value is not in this \
+                                     file. {}",
+                                    self.loc(line),
+                                    short(&inh.syntax().to_string()),
+                                    self.eval.advice()
+                                ),
+                            ),
+                            line,
+                        );
+                        self.container_warning(idx, w);
+                    }
+                    self.set_option(idx, &n, v, line);
+                }
+            }
+        }
+    }
+
+    fn imports(&mut self, value: ast::Expr, scope: Scope, conds: &[NixExpr], depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let d = depth + 1;
+        let Some((v, s)) = self.deref(value.clone(), scope, d) else {
+            self.import_not_followed(&value);
+            return;
+        };
+        match v {
+            ast::Expr::List(list) => {
+                for item in list.items() {
+                    self.import_item(item, s, conds, d);
+                }
+            }
+            ast::Expr::BinOp(ref b) if b.operator() == Some(ast::BinOpKind::Concat) => {
+                if let Some(l) = b.lhs() {
+                    self.imports(l, s, conds, d);
+                }
+                if let Some(r) = b.rhs() {
+                    self.imports(r, s, conds, d);
+                }
+            }
+            ast::Expr::Apply(ref a) => {
+                let parts = uncurry(a);
+                match parts.as_ref().map(|(h, args)| (head_name(h), args.len())) {
+                    Some((Some(n), 2)) if n == "optionals" || n == "mkIf" => {
+                        let args = parts.map(|p| p.1).unwrap_or_default();
+                        let mut c = conds.to_vec();
+                        c.push(self.nix_expr(args[0].syntax()));
+                        self.imports(args[1].clone(), s, &c, d);
+                    }
+                    _ => self.import_not_followed(&value),
+                }
+            }
+            _ => self.import_not_followed(&value),
+        }
+    }
+
+    fn import_item(&mut self, item: ast::Expr, scope: Scope, conds: &[NixExpr], depth: usize) {
+        let line = self.line(item.syntax());
+        let original = item.clone();
+        let Some((v, s)) = self.deref(item.clone(), scope, depth) else {
+            if !is_flake_module(&item) {
+                self.import_not_followed(&original);
+            }
+            return;
+        };
+        let condition = combine_conditions(conds);
+        match v {
+            ast::Expr::PathSearch(_) => {}
+            ast::Expr::PathRel(_) | ast::Expr::PathAbs(_) | ast::Expr::Str(_) => {
+                match literal_path(&self.file, &v) {
+                    Some(path) => self.imports.push(NixImport {
+                        path,
+                        line,
+                        role: ImportRole::Module,
+                        condition,
+                    }),
+                    None => self.import_not_followed(&original),
+                }
+            }
+            ast::Expr::Apply(ref a) => {
+                let parts = uncurry(a);
+                let path = parts.as_ref().and_then(|(h, args)| {
+                    (head_name(h).as_deref() == Some("import"))
+                        .then(|| {
+                            args.first()
+                                .and_then(|p| literal_path(&self.file, &unparen(p.clone())))
+                        })
+                        .flatten()
+                });
+                match path {
+                    Some(path) => self.imports.push(NixImport {
+                        path,
+                        line,
+                        role: ImportRole::Module,
+                        condition,
+                    }),
+                    None => self.import_not_followed(&original),
+                }
+            }
+            ast::Expr::AttrSet(_) | ast::Expr::Lambda(_) => {
+                self.visit(v, s, conds, Level::Module, true, depth + 1)
+            }
+            _ => {
+                if !is_flake_module(&original) {
+                    self.import_not_followed(&original)
+                }
+            }
+        }
+    }
+
+    fn import_not_followed(&mut self, e: &ast::Expr) {
+        let line = self.line(e.syntax());
+        let text = short(&e.syntax().to_string());
+        let w = self.at(
+            Warning::new(
+                &NIX_IMPORT_NOT_FOLLOWED,
+                "imports",
+                format!(
+                    "{}: the import `{text}` is not a literal path, so it was not read; \
+                     containers it defines are missing from this reading. {}",
+                    self.loc(line),
+                    self.eval.advice()
+                ),
+            ),
+            line,
+        );
+        self.problems.push(w);
+    }
+
+    fn dynamic_at(&mut self, line: usize, what: &str) {
+        let w = self.at(
+            Warning::new(
+                &NIX_DYNAMIC_CONTAINERS,
+                "containers",
+                format!(
+                    "{}: found {what}; containers built by Nix code cannot be read from the \
+                     source. {}",
+                    self.loc(line),
+                    self.eval.advice()
+                ),
+            ),
+            line,
+        );
+        self.problems.push(w);
+    }
+
+    fn dynamic(&mut self, level: Level, e: &ast::Expr, what: &str) {
+        let line = self.line(e.syntax());
+        let text = short(&e.syntax().to_string());
+        match level {
+            Level::Module => {
+                // Module code that cannot be read matters only if it may define containers.
+                if e.syntax().to_string().contains("containers") {
+                    self.dynamic_at(line, &format!("{what} (`{text}`) that mentions containers"));
+                }
+            }
+            Level::Containers => self.dynamic_at(line, &format!("{what} (`{text}`)")),
+            Level::Container(idx) => {
+                let cname = self.container_name(idx);
+                let w = self.at(
+                    Warning::new(
+                        &NIX_DYNAMIC_CONTAINER,
+                        format!("containers.{}", nixtext::attr_name(&cname)),
+                        format!(
+                            "{}: (part of) container {cname} is defined by {what} (`{text}`), \
+                             which cannot be read from the source. {}",
+                            self.loc(line),
+                            self.eval.advice()
+                        ),
+                    ),
+                    line,
+                );
+                self.container_warning(idx, w);
+            }
+        }
+    }
+}
+
+/// Third-party modules from flake inputs (`inputs.sops-nix.nixosModules.sops`) define no
+/// containers of the host; they are skipped like `<nixpkgs/…>` imports.
+///
+/// `modulesPath + "/…"` names a module of nixpkgs itself (as `<nixpkgs/nixos/modules/…>`).
+pub(super) fn is_flake_module(e: &ast::Expr) -> bool {
+    let t = e.syntax().to_string();
+    match unparen(e.clone()) {
+        ast::Expr::Select(_) => t.contains(".nixosModules.") || t.starts_with("inputs."),
+        ast::Expr::BinOp(b) if b.operator() == Some(ast::BinOpKind::Add) => {
+            matches!(b.lhs(), Some(ast::Expr::Ident(i)) if i.syntax().text() == "modulesPath")
+        }
+        _ => false,
+    }
+}
+
+/// The identifier node `name` inside an `inherit`.
+fn ident_named(inh: &ast::Inherit, name: &str) -> Option<ast::Ident> {
+    inh.attrs().find_map(|a| match a {
+        ast::Attr::Ident(i) if i.syntax().text() == name => Some(i),
+        _ => None,
+    })
+}
+
+pub(crate) fn contains_expr(v: &Value) -> bool {
+    match v {
+        Value::Expr(_) => true,
+        Value::List(l) => l.iter().any(contains_expr),
+        Value::Attrs(m) => m.values().any(contains_expr),
+        _ => false,
+    }
+}
+
+fn insert_path(map: &mut BTreeMap<String, Value>, path: &[String], v: Value) -> Result<(), ()> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err(());
+    };
+    if rest.is_empty() {
+        match map.remove(first) {
+            None => {
+                map.insert(first.clone(), v);
+                Ok(())
+            }
+            Some(old) => match merge_values(old, v) {
+                Ok(m) => {
+                    map.insert(first.clone(), m);
+                    Ok(())
+                }
+                Err(both) => {
+                    let (old, _) = *both;
+                    map.insert(first.clone(), old);
+                    Err(())
+                }
+            },
+        }
+    } else {
+        let entry = map
+            .entry(first.clone())
+            .or_insert_with(|| Value::Attrs(BTreeMap::new()));
+        match entry {
+            Value::Attrs(inner) => insert_path(inner, rest, v),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Combine two definitions of one option as the module system would: attribute sets merge,
+/// lists concatenate, equal values agree. `Err` gives both back when they conflict.
+pub(crate) fn merge_values(a: Value, b: Value) -> Result<Value, Box<(Value, Value)>> {
+    match (a, b) {
+        (Value::Attrs(mut x), Value::Attrs(y)) => {
+            let mut conflict = false;
+            for (k, v) in y {
+                match x.remove(&k) {
+                    None => {
+                        x.insert(k, v);
+                    }
+                    Some(old) => match merge_values(old, v) {
+                        Ok(m) => {
+                            x.insert(k, m);
+                        }
+                        Err(both) => {
+                            let (old, _) = *both;
+                            conflict = true;
+                            x.insert(k, old);
+                        }
+                    },
+                }
+            }
+            if conflict {
+                Err(Box::new((Value::Attrs(x), Value::Null)))
+            } else {
+                Ok(Value::Attrs(x))
+            }
+        }
+        (Value::List(mut x), Value::List(y)) => {
+            x.extend(y);
+            Ok(Value::List(x))
+        }
+        (a, b) if a == b => Ok(a),
+        (a, b) => Err(Box::new((a, b))),
+    }
+}
+
+/// Two guest `config` modules of one container as one module.
+pub(crate) fn combine_modules(a: &NixExpr, b: &NixExpr) -> NixExpr {
+    let mut free: Vec<String> = a.free_vars.iter().chain(&b.free_vars).cloned().collect();
+    free.sort();
+    free.dedup();
+    NixExpr {
+        text: format!(
+            "{{\n  imports = [\n    ({})\n    ({})\n  ];\n}}",
+            a.text, b.text
+        ),
+        origin: a.origin.clone(),
+        column: 1,
+        free_vars: free,
+    }
+}
+
+/// Add one definition of `option` to `facts`, merging with what is there. Returns a warning
+/// when the definitions conflict (the first one is kept).
+pub(crate) fn add_option(
+    facts: &mut SourceFacts,
+    option: &str,
+    value: Value,
+    origin: Origin,
+) -> Option<Warning> {
+    let Some((old, old_origin)) = facts.options.remove(option) else {
+        facts.options.insert(option.to_string(), (value, origin));
+        return None;
+    };
+    if option == "config"
+        && let (Value::Expr(a), Value::Expr(b)) = (&old, &value)
+    {
+        let c = combine_modules(a, b);
+        facts
+            .options
+            .insert(option.to_string(), (Value::Expr(c), old_origin));
+        return None;
+    }
+    let shown = describe(&value);
+    match merge_values(old, value) {
+        Ok(m) => {
+            facts.options.insert(option.to_string(), (m, old_origin));
+            None
+        }
+        Err(both) => {
+            let (old, _) = *both;
+            let w = Warning::new(
+                &NIX_CONFLICTING_DEFINITIONS,
+                format!(
+                    "containers.{}.{}",
+                    nixtext::attr_name(&facts.container),
+                    option
+                ),
+                format!(
+                    "{} defines `{option}` of container {} as {}, and {} defines it again as \
+                     {shown}; the first definition was kept. Check which one is in effect \
+                     (`mkForce`/`mkDefault` decide) and fix the configuration",
+                    old_origin.location(),
+                    facts.container,
+                    describe(&old),
+                    origin.location()
+                ),
+            )
+            .at(origin.file.clone(), origin.line);
+            facts.options.insert(option.to_string(), (old, old_origin));
+            Some(w)
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Expr(e) => format!("`{}`", short(&e.text)),
+        other => serde_json::to_string(other).unwrap_or_else(|_| "a value".to_string()),
+    }
+}
+
+/// One condition from several nested ones (`(a) && (b)`).
+pub(crate) fn combine_conditions(conds: &[NixExpr]) -> Option<NixExpr> {
+    match conds {
+        [] => None,
+        [one] => Some(one.clone()),
+        [first, ..] => {
+            let mut free: Vec<String> = conds.iter().flat_map(|c| c.free_vars.clone()).collect();
+            free.sort();
+            free.dedup();
+            Some(NixExpr {
+                text: conds
+                    .iter()
+                    .map(|c| format!("({})", c.text))
+                    .collect::<Vec<_>>()
+                    .join(" && "),
+                origin: first.origin.clone(),
+                column: 1,
+                free_vars: free,
+            })
+        }
+    }
+}

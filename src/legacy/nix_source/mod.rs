@@ -1,0 +1,611 @@
+//! Static reader of the host's NixOS configuration: the legacy `containers.<name>` definitions.
+//!
+//! The Nix files are parsed losslessly with rnix, so a guest `config` body is carried over
+//! verbatim, comments included. Literal values (through `let` bindings) become data; anything
+//! computed stays a verbatim [`NixExpr`] with its position and free variables. What cannot be
+//! read statically — generated container sets, computed names, values from function calls,
+//! imports of computed paths, a file that does not parse — becomes a `needs-human` warning that
+//! names the site and the exact `nix` command that gets the evaluated values
+//! ([`EVAL_COMMAND_NIXOS`], [`EVAL_COMMAND_FLAKE`], then [`FROM_JSON_COMMAND`]).
+//!
+//! Forms read (see `tests.rs`, one test each):
+//! - `containers.x = { … }`, `containers = { a = …; "b-2" = …; }`, dotted paths spread over
+//!   the file (`containers.c.autoStart = …;`), dotted options (`bindMounts.x.hostPath = …`,
+//!   `config.services.x = …`), quoted and odd names;
+//! - `lib.mkIf cond { … }` / `optionalAttrs` around a container (its `condition`), around
+//!   `containers` or a whole module `config = lib.mkIf cfg.enable { … }`; `mkMerge [ … ]`, `//`,
+//!   `mkDefault`/`mkForce` (looked through);
+//! - `let` bindings (nested, `inherit`, `inherit (set) a`, `set.a.b`, strings interpolating
+//!   `let`-bound strings), `rec { }`, `with`, module functions `{ config, lib, ... }:`;
+//! - `imports = [ ./x.nix /abs/y.nix "/abs/z.nix" (import ./f.nix { … }) ./dir ] ++ names`,
+//!   `lib.optionals c [ … ]`; skipped: `<nixpkgs/…>`, `modulesPath + "…"`,
+//!   `inputs.*`/`*.nixosModules.*` (third-party modules); anything else is a warning;
+//! - files that hold `containers` (`containers = import ./c.nix;`) or one container's value
+//!   (`containers.x = import ./x.nix;`, `import ./x.nix { inherit pkgs; }`);
+//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]).
+//!
+//! Pure apart from [`SourceFs`]: every read goes through it.
+
+mod extract;
+mod flake;
+#[cfg(test)]
+mod tests;
+mod text;
+
+pub use flake::{FlakeResult, read_flake};
+
+use crate::host::HostRoot;
+use crate::legacy::model::{NixExpr, SourceFacts};
+use crate::warnings::{Category, Warning, WarningSpec};
+use extract::{Extract, Start};
+use rowan::ast::AstNode;
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+pub const NIX_PARSE_ERROR: WarningSpec = WarningSpec {
+    code: "nix-parse-error",
+    category: Category::NeedsHuman,
+    summary: "a Nix file does not parse; it was not read (containers it defines are missing)",
+};
+pub const NIX_FILE_UNREADABLE: WarningSpec = WarningSpec {
+    code: "nix-file-unreadable",
+    category: Category::NeedsHuman,
+    summary: "a Nix file named by the configuration or an import is missing or cannot be read",
+};
+pub const NIX_DYNAMIC_CONTAINERS: WarningSpec = WarningSpec {
+    code: "nix-dynamic-containers",
+    category: Category::NeedsHuman,
+    summary: "containers are built by Nix code (mapAttrs, listToAttrs, computed names, …); \
+              evaluate with nix and use --from-json",
+};
+pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
+    code: "nix-dynamic-container",
+    category: Category::NeedsHuman,
+    summary: "(part of) one container's definition is computed by Nix code and was not read",
+};
+pub const NIX_UNRESOLVED_VALUE: WarningSpec = WarningSpec {
+    code: "nix-unresolved-value",
+    category: Category::NeedsHuman,
+    summary: "a container option's value is computed by Nix code; evaluate with nix to get it",
+};
+pub const NIX_IMPORT_NOT_FOLLOWED: WarningSpec = WarningSpec {
+    code: "nix-import-not-followed",
+    category: Category::NeedsHuman,
+    summary: "an import is not a literal path, so the file it names was not read",
+};
+pub const NIX_CONFLICTING_DEFINITIONS: WarningSpec = WarningSpec {
+    code: "nix-conflicting-definitions",
+    category: Category::NeedsHuman,
+    summary: "one container option is defined twice with different values",
+};
+pub const NIX_RELATIVE_PATH: WarningSpec = WarningSpec {
+    code: "nix-relative-path",
+    category: Category::ChangedMeaning,
+    summary: "a guest config uses relative paths, which are relative to the file it came from",
+};
+pub const NIX_FLAKE_SEVERAL_HOSTS: WarningSpec = WarningSpec {
+    code: "nix-flake-several-hosts",
+    category: Category::NeedsHuman,
+    summary: "the flake defines several NixOS hosts and none was chosen; all were read",
+};
+pub const NIX_FLAKE_MODULES_DYNAMIC: WarningSpec = WarningSpec {
+    code: "nix-flake-modules-dynamic",
+    category: Category::NeedsHuman,
+    summary: "a flake host's modules are not literal paths; name the file with --config or \
+              evaluate with nix and use --from-json",
+};
+
+/// Warning codes owned by this reader.
+pub const WARNINGS: &[&WarningSpec] = &[
+    &NIX_PARSE_ERROR,
+    &NIX_FILE_UNREADABLE,
+    &NIX_DYNAMIC_CONTAINERS,
+    &NIX_DYNAMIC_CONTAINER,
+    &NIX_UNRESOLVED_VALUE,
+    &NIX_IMPORT_NOT_FOLLOWED,
+    &NIX_CONFLICTING_DEFINITIONS,
+    &NIX_RELATIVE_PATH,
+    &NIX_FLAKE_SEVERAL_HOSTS,
+    &NIX_FLAKE_MODULES_DYNAMIC,
+];
+
+macro_rules! eval_apply {
+    () => {
+        r#"builtins.mapAttrs (n: c: removeAttrs c [ "_module" "config" "nixpkgs" "path" "pkgs" "specialArgs" ])"#
+    };
+}
+
+/// The function applied to `config.containers` before it is printed as JSON: it removes what
+/// cannot be JSON or must not be evaluated (`config` and `path` evaluate a whole guest system,
+/// `pkgs` throws, `nixpkgs` is a path that JSON would copy into the store, `specialArgs` may
+/// hold functions or the host's own config, `_module` holds functions).
+pub const EVAL_APPLY: &str = eval_apply!();
+
+/// Evaluate the containers of a host configured through `/etc/nixos/configuration.nix`.
+pub const EVAL_COMMAND_NIXOS: &str = concat!(
+    "nix-instantiate --eval --strict --json -E '",
+    eval_apply!(),
+    " (import <nixpkgs/nixos> { }).config.containers' > containers.json"
+);
+
+/// Evaluate the containers of a flake host; replace `HOST` by the host's name (and
+/// `/etc/nixos` by the flake's directory).
+pub const EVAL_COMMAND_FLAKE: &str = concat!(
+    "nix --extra-experimental-features 'nix-command flakes' eval --json ",
+    "'/etc/nixos#nixosConfigurations.HOST.config.containers' --apply '",
+    eval_apply!(),
+    "' > containers.json"
+);
+
+/// Migrate from the evaluated values written by one of the commands above.
+pub const FROM_JSON_COMMAND: &str = "nixos-nspawn migrate --from-json containers.json";
+
+/// How to get the evaluated containers of this host: the command named in warnings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EvalCommand {
+    /// A classic host: `<nixpkgs/nixos>` with this configuration file (`None`: the default
+    /// `/etc/nixos/configuration.nix`).
+    Nixos { configuration: Option<PathBuf> },
+    /// A flake host: `<dir>#nixosConfigurations.<host>`; `None` when the host is not known.
+    Flake { dir: PathBuf, host: Option<String> },
+}
+
+impl EvalCommand {
+    /// The command for a classic host whose configuration starts at `entry` (a host path).
+    pub fn for_config(entry: &Path) -> Self {
+        if entry == Path::new("/etc/nixos/configuration.nix") {
+            EvalCommand::Nixos {
+                configuration: None,
+            }
+        } else {
+            EvalCommand::Nixos {
+                configuration: Some(entry.to_path_buf()),
+            }
+        }
+    }
+
+    /// The shell command that writes `containers.json`.
+    pub fn command(&self) -> String {
+        match self {
+            EvalCommand::Nixos {
+                configuration: None,
+            } => EVAL_COMMAND_NIXOS.to_string(),
+            EvalCommand::Nixos {
+                configuration: Some(p),
+            } => {
+                let conf = p.display().to_string();
+                let conf = if conf.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_' | b'+')
+                }) {
+                    conf
+                } else {
+                    crate::nixtext::string_literal(&conf)
+                };
+                EVAL_COMMAND_NIXOS.replace(
+                    "<nixpkgs/nixos> { }",
+                    &format!("<nixpkgs/nixos> {{ configuration = {conf}; }}"),
+                )
+            }
+            EvalCommand::Flake { dir, host } => {
+                let host = match host {
+                    Some(h) => crate::nixtext::attr_name(h),
+                    None => "$(hostname)".to_string(),
+                };
+                let installable = format!(
+                    "{}#nixosConfigurations.{host}.config.containers",
+                    dir.display()
+                );
+                let quoted = if installable.contains('\'') || installable.contains("$(") {
+                    format!("\"{}\"", installable.replace('"', "\\\""))
+                } else {
+                    format!("'{installable}'")
+                };
+                EVAL_COMMAND_FLAKE.replace(
+                    "'/etc/nixos#nixosConfigurations.HOST.config.containers'",
+                    &quoted,
+                )
+            }
+        }
+    }
+
+    /// The sentence warnings end with.
+    pub fn advice(&self) -> String {
+        format!(
+            "To read the evaluated values, run on the host:\n  {}\nthen:\n  {}",
+            self.command(),
+            FROM_JSON_COMMAND
+        )
+    }
+}
+
+/// Where Nix files are read from.
+pub trait SourceFs {
+    fn read_to_string(&self, p: &Path) -> std::io::Result<String>;
+    fn is_file(&self, p: &Path) -> bool;
+    fn is_dir(&self, p: &Path) -> bool;
+}
+
+/// Host paths, resolved under `--root` (symlinks followed inside the root).
+pub struct HostFs<'a>(pub &'a HostRoot);
+
+impl SourceFs for HostFs<'_> {
+    fn read_to_string(&self, p: &Path) -> std::io::Result<String> {
+        self.0.read_to_string(p)
+    }
+    fn is_file(&self, p: &Path) -> bool {
+        matches!(self.0.kind_followed(p), Ok(Some(crate::host::Kind::File)))
+    }
+    fn is_dir(&self, p: &Path) -> bool {
+        matches!(self.0.kind_followed(p), Ok(Some(crate::host::Kind::Dir)))
+    }
+}
+
+/// Ordinary paths (a `--config FILE` outside the host root).
+pub struct PlainFs;
+
+impl SourceFs for PlainFs {
+    fn read_to_string(&self, p: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(p)
+    }
+    fn is_file(&self, p: &Path) -> bool {
+        p.is_file()
+    }
+    fn is_dir(&self, p: &Path) -> bool {
+        p.is_dir()
+    }
+}
+
+/// What the whole configuration tree says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NixSourceResult {
+    /// One entry per container, definitions from all files merged.
+    pub facts: Vec<SourceFacts>,
+    /// Findings not tied to one container (parse errors, generated container sets, imports
+    /// that were not followed).
+    pub problems: Vec<Warning>,
+    /// Every file read, in reading order.
+    pub files_read: Vec<PathBuf>,
+}
+
+/// How a file named by another is to be read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ImportRole {
+    /// A NixOS module (`imports = [ ./x.nix ]`).
+    Module,
+    /// The value of `containers` (`containers = import ./containers.nix;`).
+    Containers,
+    /// The value of one container (`containers.web = import ./web.nix;`).
+    Container(String),
+}
+
+/// A file another file makes us read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NixImport {
+    /// Absolute, lexically normalised (a directory means its `default.nix`).
+    pub path: PathBuf,
+    /// Line of the import in the importing file.
+    pub line: usize,
+    pub role: ImportRole,
+    /// Conditions the import sits under (`lib.optionals cond [ ./x.nix ]`, or the `mkIf`
+    /// around `containers = import …`): they apply to every container the file defines.
+    pub condition: Option<NixExpr>,
+}
+
+/// What one file says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileFacts {
+    pub file: PathBuf,
+    pub containers: Vec<SourceFacts>,
+    pub imports: Vec<NixImport>,
+    pub problems: Vec<Warning>,
+}
+
+/// Pure: one file's text → its containers and the files it names. `Err` when the file does not
+/// parse (the warning gives the parser's line and column).
+pub fn read_nix_file(file: &Path, text: &str) -> Result<FileFacts, Warning> {
+    read_nix_file_as(
+        file,
+        text,
+        &Start::Module,
+        &EvalCommand::Nixos {
+            configuration: None,
+        },
+    )
+}
+
+fn parse(file: &Path, text: &str) -> Result<rnix::Root, Warning> {
+    let parse = rnix::Root::parse(text);
+    if let Some(err) = parse.errors().first() {
+        let lines = text::Lines::new(text);
+        let offset = parse_error_offset(err, text.len());
+        let (line, col) = lines.line_col(offset);
+        let more = parse.errors().len() - 1;
+        let more = if more > 0 {
+            format!(" (and {more} more errors)")
+        } else {
+            String::new()
+        };
+        return Err(Warning::new(
+            &NIX_PARSE_ERROR,
+            file.display().to_string(),
+            format!(
+                "{}:{line}:{col}: the Nix file does not parse: {}{more}; it was not read, so \
+                 containers it defines are missing. Fix the file (check it with \
+                 `nix-instantiate --parse {}`) and run again",
+                file.display(),
+                describe_parse_error(err),
+                file.display()
+            ),
+        )
+        .at(file.to_path_buf(), Some(line)));
+    }
+    Ok(parse.tree())
+}
+
+fn parse_error_offset(err: &rnix::ParseError, len: usize) -> usize {
+    use rnix::ParseError as E;
+    match err {
+        E::Unexpected(r)
+        | E::UnexpectedExtra(r)
+        | E::UnexpectedWanted(_, r, _)
+        | E::UnexpectedDoubleBind(r)
+        | E::DuplicatedArgs(r, _) => usize::from(r.start()),
+        _ => len,
+    }
+}
+
+/// The parser's message without its byte offsets (we give line and column instead).
+fn describe_parse_error(err: &rnix::ParseError) -> String {
+    use rnix::ParseError as E;
+    match err {
+        E::Unexpected(_) => "unexpected input".to_string(),
+        E::UnexpectedExtra(_) => "unexpected text after the end of the expression".to_string(),
+        E::UnexpectedWanted(got, _, wanted) => format!(
+            "unexpected {}, expected {}",
+            kind_name(*got),
+            wanted
+                .iter()
+                .map(|k| kind_name(*k))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        E::UnexpectedDoubleBind(_) => "a pattern is bound twice".to_string(),
+        E::UnexpectedEOF => "unexpected end of file".to_string(),
+        E::UnexpectedEOFWanted(wanted) => format!(
+            "unexpected end of file, expected {}",
+            wanted
+                .iter()
+                .map(|k| kind_name(*k))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        E::DuplicatedArgs(_, name) => format!("argument `{name}` is duplicated"),
+        E::RecursionLimitExceeded => "the expression is nested too deeply".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn kind_name(k: rnix::SyntaxKind) -> String {
+    use rnix::SyntaxKind::*;
+    let sym = match k {
+        TOKEN_L_PAREN => "`(`",
+        TOKEN_R_PAREN => "`)`",
+        TOKEN_L_BRACE => "`{`",
+        TOKEN_R_BRACE => "`}`",
+        TOKEN_L_BRACK => "`[`",
+        TOKEN_R_BRACK => "`]`",
+        TOKEN_SEMICOLON => "`;`",
+        TOKEN_ASSIGN => "`=`",
+        TOKEN_COLON => "`:`",
+        TOKEN_COMMA => "`,`",
+        TOKEN_DOT => "`.`",
+        TOKEN_STRING_START => "a string",
+        TOKEN_IDENT => "a name",
+        TOKEN_INTERPOL_START => "`${`",
+        _ => "",
+    };
+    if !sym.is_empty() {
+        return sym.to_string();
+    }
+    let s = format!("{k:?}");
+    s.trim_start_matches("TOKEN_")
+        .trim_start_matches("NODE_")
+        .to_lowercase()
+        .replace('_', " ")
+}
+
+pub(crate) fn read_nix_file_as(
+    file: &Path,
+    text: &str,
+    start: &Start,
+    eval: &EvalCommand,
+) -> Result<FileFacts, Warning> {
+    let root = parse(file, text)?;
+    let mut ex = Extract::new(file, text, eval.clone());
+    match root.expr() {
+        Some(e) => ex.run(e, start),
+        None => {
+            // An empty file is not a valid Nix expression; rnix reports it as an error, so
+            // this is only reached for inputs rnix accepts without an expression.
+            let _ = root.syntax();
+        }
+    }
+    Ok(FileFacts {
+        file: file.to_path_buf(),
+        containers: ex.containers,
+        imports: ex.imports,
+        problems: ex.problems,
+    })
+}
+
+/// Read the configuration starting at `entry` and every file it imports (literal paths),
+/// including files that hold `containers` or one container's value. Cycles are read once.
+/// The commands named in warnings are those for a classic host with this entry file.
+pub fn read_config_tree(fs: &dyn SourceFs, entry: &Path) -> NixSourceResult {
+    read_config_tree_with(fs, entry, &EvalCommand::for_config(entry))
+}
+
+/// [`read_config_tree`] naming `eval` in its warnings (e.g. the flake command of
+/// [`FlakeResult::eval_command`]).
+pub fn read_config_tree_with(
+    fs: &dyn SourceFs,
+    entry: &Path,
+    eval: &EvalCommand,
+) -> NixSourceResult {
+    read_entries(fs, &[entry.to_path_buf()], eval)
+}
+
+/// Everything a flake host's configuration says: [`read_flake`], then every entry it names read
+/// as one tree (a file two entries import is read once), with the containers of inline
+/// modules in flake.nix. `flake.nix` is the first file in `files_read`.
+pub fn read_flake_config(
+    fs: &dyn SourceFs,
+    flake_nix: &Path,
+    host_name: Option<&str>,
+) -> NixSourceResult {
+    let fr = read_flake(fs, flake_nix, host_name);
+    let eval = fr.eval_command.clone().unwrap_or(EvalCommand::Flake {
+        dir: flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        host: host_name.map(str::to_string),
+    });
+    let mut out = read_entries(fs, &fr.entries, &eval);
+    out.files_read.insert(0, flake_nix.to_path_buf());
+    let mut problems = fr.problems;
+    problems.append(&mut out.problems);
+    out.problems = problems;
+    let tree = std::mem::take(&mut out.facts);
+    for c in fr.facts.into_iter().chain(tree) {
+        merge_into(&mut out.facts, c);
+    }
+    out
+}
+
+/// The most files one configuration may make us read. Paths are compared as written, so a
+/// symlink such as `sub -> .` could otherwise make `./sub/x.nix` imports go on forever.
+const MAX_FILES: usize = 2000;
+
+/// Read several module files as one configuration (as `imports = [ … ]` would).
+pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
+    let mut out = NixSourceResult::default();
+    let mut queue: VecDeque<(NixImport, Option<(PathBuf, usize)>)> = VecDeque::new();
+    for entry in entries {
+        queue.push_back((
+            NixImport {
+                path: entry.clone(),
+                line: 0,
+                role: ImportRole::Module,
+                condition: None,
+            },
+            None,
+        ));
+    }
+    let mut seen: HashSet<(PathBuf, ImportRole)> = HashSet::new();
+    while let Some((imp, from)) = queue.pop_front() {
+        let mut path = imp.path.clone();
+        if fs.is_dir(&path) {
+            path = path.join("default.nix");
+        }
+        if !seen.insert((path.clone(), imp.role.clone())) {
+            continue;
+        }
+        if out.files_read.len() >= MAX_FILES {
+            out.problems.push(
+                Warning::new(
+                    &NIX_FILE_UNREADABLE,
+                    path.display().to_string(),
+                    format!(
+                        "stopped after reading {MAX_FILES} files (a symlink loop in the import \
+                         paths?); {} and the files after it were not read. {}",
+                        path.display(),
+                        eval.advice()
+                    ),
+                )
+                .at(path.clone(), None),
+            );
+            break;
+        }
+        let named_by = match &from {
+            Some((f, l)) => format!(" (imported at {}:{l})", f.display()),
+            None => String::new(),
+        };
+        let text = if !fs.is_file(&path) {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            ))
+        } else {
+            fs.read_to_string(&path)
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                let mut w = Warning::new(
+                    &NIX_FILE_UNREADABLE,
+                    path.display().to_string(),
+                    format!(
+                        "cannot read {}{named_by}: {e}; containers it defines are missing. \
+                         Give the right file with --config FILE, or use the evaluated values. {}",
+                        path.display(),
+                        eval.advice()
+                    ),
+                );
+                if let Some((f, l)) = from {
+                    w = w.at(f, Some(l));
+                }
+                out.problems.push(w);
+                continue;
+            }
+        };
+        out.files_read.push(path.clone());
+        let start = match &imp.role {
+            ImportRole::Module => Start::Module,
+            ImportRole::Containers => Start::Containers,
+            ImportRole::Container(n) => Start::Container(n.clone()),
+        };
+        let ff = match read_nix_file_as(&path, &text, &start, eval) {
+            Ok(ff) => ff,
+            Err(w) => {
+                out.problems.push(w);
+                continue;
+            }
+        };
+        for mut c in ff.containers {
+            if !matches!(imp.role, ImportRole::Container(_)) {
+                c.condition = match (imp.condition.clone(), c.condition.take()) {
+                    (None, c) => c,
+                    (Some(a), None) => Some(a),
+                    (Some(a), Some(b)) => extract::combine_conditions(&[a, b]),
+                };
+            }
+            merge_into(&mut out.facts, c);
+        }
+        for next in ff.imports {
+            let condition = match (imp.condition.clone(), next.condition.clone()) {
+                (None, c) => c,
+                (Some(a), None) => Some(a),
+                (Some(a), Some(b)) => extract::combine_conditions(&[a, b]),
+            };
+            let line = next.line;
+            queue.push_back((NixImport { condition, ..next }, Some((path.clone(), line))));
+        }
+        out.problems.extend(ff.problems);
+    }
+    out
+}
+
+/// Add one file's facts about a container to what other files said about it.
+fn merge_into(all: &mut Vec<SourceFacts>, c: SourceFacts) {
+    let Some(existing) = all.iter_mut().find(|e| e.container == c.container) else {
+        all.push(c);
+        return;
+    };
+    if existing.condition.is_none() {
+        existing.condition = c.condition;
+    }
+    existing.warnings.extend(c.warnings);
+    for (name, (value, origin)) in c.options {
+        if let Some(w) = extract::add_option(existing, &name, value, origin) {
+            existing.warnings.push(w);
+        }
+    }
+}

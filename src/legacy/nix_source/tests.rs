@@ -1,0 +1,1255 @@
+//! One small test per form the reader handles (and per form it must refuse), then whole trees.
+
+use super::*;
+use crate::legacy::model::{SourceKind, Value};
+use crate::warnings::Category;
+use std::collections::BTreeMap;
+
+const F: &str = "/etc/nixos/configuration.nix";
+
+fn read(src: &str) -> FileFacts {
+    read_nix_file(Path::new(F), src).unwrap_or_else(|w| panic!("{}", w.message))
+}
+
+fn container<'a>(ff: &'a FileFacts, name: &str) -> &'a SourceFacts {
+    ff.containers
+        .iter()
+        .find(|c| c.container == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no container {name}; have {:?}",
+                ff.containers
+                    .iter()
+                    .map(|c| &c.container)
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+fn opt<'a>(c: &'a SourceFacts, o: &str) -> &'a Value {
+    &c.options
+        .get(o)
+        .unwrap_or_else(|| panic!("{} has no {o}: {:?}", c.container, c.options.keys()))
+        .0
+}
+
+fn line(c: &SourceFacts, o: &str) -> Option<usize> {
+    c.options[o].1.line
+}
+
+fn s(v: &str) -> Value {
+    Value::Str(v.to_string())
+}
+
+fn expr(v: &Value) -> &NixExpr {
+    match v {
+        Value::Expr(e) => e,
+        other => panic!("not an expression: {other:?}"),
+    }
+}
+
+fn attrs(v: &Value) -> &BTreeMap<String, Value> {
+    match v {
+        Value::Attrs(m) => m,
+        other => panic!("not attrs: {other:?}"),
+    }
+}
+
+fn codes(ws: &[Warning]) -> Vec<&'static str> {
+    ws.iter().map(|w| w.code).collect()
+}
+
+#[test]
+fn a_plain_container_with_literals_lines_and_a_verbatim_config() {
+    let src = r#"{ config, pkgs, ... }:
+{
+  containers.web = {
+    autoStart = true;
+    privateNetwork = true;
+    hostAddress = "10.0.0.1";
+    localAddress = "10.0.0.2";
+    timeoutStartSec = "2min";
+    hostBridge = null;
+    extraFlags = [ "-U" "--resolv-conf=off" ];
+    forwardPorts = [ { hostPort = 8080; containerPort = 80; } ];
+    config = { config, pkgs, ... }: {
+      # keep this comment
+      services.nginx.enable = true;
+      networking.firewall.allowedTCPPorts = [ 80 ];
+    };
+  };
+}
+"#;
+    let ff = read(src);
+    assert!(ff.problems.is_empty(), "{:?}", ff.problems);
+    let web = container(&ff, "web");
+    assert_eq!(web.kind, SourceKind::NixSource);
+    assert_eq!(opt(web, "autoStart"), &Value::Bool(true));
+    assert_eq!(line(web, "autoStart"), Some(4));
+    assert_eq!(opt(web, "hostAddress"), &s("10.0.0.1"));
+    assert_eq!(line(web, "hostAddress"), Some(6));
+    assert_eq!(opt(web, "hostBridge"), &Value::Null);
+    assert_eq!(
+        opt(web, "extraFlags"),
+        &Value::List(vec![s("-U"), s("--resolv-conf=off")])
+    );
+    let Value::List(ports) = opt(web, "forwardPorts") else {
+        panic!()
+    };
+    assert_eq!(attrs(&ports[0])["hostPort"], Value::Int(8080));
+    let cfg = expr(opt(web, "config"));
+    assert!(
+        cfg.text
+            .starts_with("{ config, pkgs, ... }: {\n      # keep this comment")
+    );
+    assert!(cfg.text.ends_with("];\n    }"), "{}", cfg.text);
+    assert_eq!(cfg.origin.line, Some(12));
+    assert_eq!(cfg.column, 14);
+    assert!(cfg.free_vars.is_empty(), "{:?}", cfg.free_vars);
+    assert_eq!(line(web, "config"), Some(12));
+    assert!(web.warnings.is_empty(), "{:?}", web.warnings);
+    assert!(web.condition.is_none());
+}
+
+#[test]
+fn a_containers_attrset_with_quoted_and_odd_names() {
+    let ff = read(
+        r#"{
+  containers = {
+    a = { autoStart = true; };
+    "b-2" = { ephemeral = true; };
+    "mail.example" = { privateNetwork = true; };
+    nginx_pw = { enableTun = true; };
+  };
+}"#,
+    );
+    let names: Vec<&str> = ff.containers.iter().map(|c| c.container.as_str()).collect();
+    assert_eq!(names, ["a", "b-2", "mail.example", "nginx_pw"]);
+    assert_eq!(
+        opt(container(&ff, "mail.example"), "privateNetwork"),
+        &Value::Bool(true)
+    );
+    assert_eq!(line(container(&ff, "nginx_pw"), "enableTun"), Some(6));
+}
+
+#[test]
+fn dotted_paths_spread_over_lines_make_one_container() {
+    let ff = read(
+        r#"{ lib, ... }: {
+  containers.c.autoStart = true;
+  networking.hostName = "h";
+  containers.c.privateNetwork = true;
+  containers.c.config = { services.openssh.enable = true; };
+  containers.c.bindMounts."/data".hostPath = "/srv/data";
+  containers.c.bindMounts."/data".isReadOnly = false;
+}"#,
+    );
+    assert_eq!(ff.containers.len(), 1);
+    let c = container(&ff, "c");
+    assert_eq!(line(c, "autoStart"), Some(2));
+    assert_eq!(line(c, "privateNetwork"), Some(4));
+    assert_eq!(
+        expr(opt(c, "config")).text,
+        "{ services.openssh.enable = true; }"
+    );
+    let data = attrs(&attrs(opt(c, "bindMounts"))["/data"]);
+    assert_eq!(data["hostPath"], s("/srv/data"));
+    assert_eq!(data["isReadOnly"], Value::Bool(false));
+}
+
+#[test]
+fn dotted_bind_mounts_inside_a_container() {
+    let ff = read(
+        r#"{
+  containers.x = {
+    bindMounts.media.hostPath = "/mnt/media";
+    bindMounts.media.mountPoint = "/media";
+    bindMounts."/etc/resolv.conf" = { hostPath = "/etc/resolv.conf"; };
+    bindMounts.ro.isReadOnly = true;
+  };
+}"#,
+    );
+    let bm = attrs(opt(container(&ff, "x"), "bindMounts"));
+    assert_eq!(attrs(&bm["media"])["mountPoint"], s("/media"));
+    assert_eq!(attrs(&bm["media"])["hostPath"], s("/mnt/media"));
+    assert_eq!(
+        attrs(&bm["/etc/resolv.conf"])["hostPath"],
+        s("/etc/resolv.conf")
+    );
+    assert_eq!(attrs(&bm["ro"])["isReadOnly"], Value::Bool(true));
+}
+
+#[test]
+fn dotted_guest_config_pieces_become_one_module() {
+    let ff = read(
+        r#"{
+  containers.x.config.services.nginx.enable = true;
+  containers.x.config.networking.firewall.enable = false;
+}"#,
+    );
+    let cfg = expr(opt(container(&ff, "x"), "config"));
+    assert!(cfg.text.contains("imports = ["), "{}", cfg.text);
+    assert!(cfg.text.contains("({ services.nginx.enable = true; })"));
+    assert!(
+        cfg.text
+            .contains("({ networking.firewall.enable = false; })")
+    );
+    assert_eq!(cfg.origin.line, Some(2));
+}
+
+#[test]
+fn mkif_around_a_container_is_its_condition() {
+    let ff = read(
+        r#"{ config, lib, ... }:
+let enableDb = config.services.postgresql.enable; in
+{
+  containers.db = lib.mkIf enableDb {
+    autoStart = true;
+  };
+  containers.web = lib.mkIf (config.networking.hostName == "h") { autoStart = false; };
+}"#,
+    );
+    let db = container(&ff, "db");
+    let cond = db.condition.as_ref().unwrap();
+    assert_eq!(cond.text, "enableDb");
+    assert_eq!(cond.origin.line, Some(4));
+    assert_eq!(cond.free_vars, ["enableDb"]);
+    assert_eq!(opt(db, "autoStart"), &Value::Bool(true));
+    assert_eq!(
+        container(&ff, "web").condition.as_ref().unwrap().text,
+        "(config.networking.hostName == \"h\")"
+    );
+}
+
+#[test]
+fn module_level_mkif_mkmerge_update_and_optional_attrs() {
+    let ff = read(
+        r#"{ config, lib, ... }:
+let cfg = config.my.containers; in
+{
+  options.my.containers.enable = lib.mkEnableOption "x";
+  config = lib.mkIf cfg.enable (lib.mkMerge [
+    { containers.a.autoStart = true; }
+    {
+      containers = { b.autoStart = true; }
+        // lib.optionalAttrs cfg.withC { c.autoStart = true; };
+    }
+  ]);
+}"#,
+    );
+    assert!(ff.problems.is_empty(), "{:?}", ff.problems);
+    assert_eq!(
+        container(&ff, "a").condition.as_ref().unwrap().text,
+        "cfg.enable"
+    );
+    assert_eq!(
+        container(&ff, "b").condition.as_ref().unwrap().text,
+        "cfg.enable"
+    );
+    let c = container(&ff, "c").condition.as_ref().unwrap();
+    assert_eq!(c.text, "(cfg.enable) && (cfg.withC)");
+    assert_eq!(c.free_vars, ["cfg"]);
+}
+
+#[test]
+fn let_bound_values_resolve_through_the_scope_chain() {
+    let ff = read(
+        r#"{ lib, ... }:
+let
+  hostBridge = "br0";
+  prefix = "10.0.0";
+  common = { autoStart = true; privateNetwork = true; };
+  addrs = { web = { localAddress = "${prefix}.2/24"; }; };
+in
+let hostAddress = "${prefix}.1"; in
+{
+  containers.web = common // {
+    inherit hostBridge;
+    inherit (addrs.web) localAddress;
+    hostAddress = hostAddress;
+    bindMounts = { data = { hostPath = "/srv/${prefix}"; }; };
+  };
+}"#,
+    );
+    let web = container(&ff, "web");
+    assert!(web.warnings.is_empty(), "{:?}", web.warnings);
+    assert_eq!(opt(web, "autoStart"), &Value::Bool(true));
+    assert_eq!(opt(web, "hostBridge"), &s("br0"));
+    assert_eq!(opt(web, "localAddress"), &s("10.0.0.2/24"));
+    assert_eq!(opt(web, "hostAddress"), &s("10.0.0.1"));
+    assert_eq!(line(web, "hostAddress"), Some(13));
+    assert_eq!(
+        attrs(&attrs(opt(web, "bindMounts"))["data"])["hostPath"],
+        s("/srv/10.0.0")
+    );
+}
+
+#[test]
+fn a_let_bound_container_and_inherit_in_containers() {
+    let ff = read(
+        r#"let
+  web = { autoStart = true; };
+in {
+  containers = { inherit web; api = web // { ephemeral = true; }; };
+}"#,
+    );
+    assert_eq!(opt(container(&ff, "web"), "autoStart"), &Value::Bool(true));
+    assert_eq!(opt(container(&ff, "api"), "ephemeral"), &Value::Bool(true));
+    assert_eq!(opt(container(&ff, "api"), "autoStart"), &Value::Bool(true));
+}
+
+#[test]
+fn mkdefault_and_mkforce_are_looked_through() {
+    let ff = read(
+        "{ lib, ... }: { containers.x = { autoStart = lib.mkDefault true; ephemeral = lib.mkForce false; }; }",
+    );
+    let x = container(&ff, "x");
+    assert_eq!(opt(x, "autoStart"), &Value::Bool(true));
+    assert_eq!(opt(x, "ephemeral"), &Value::Bool(false));
+}
+
+#[test]
+fn vivlim_mkmerge_of_a_let_bound_common_part() {
+    let ff = read(
+        r#"{ lib, ... }:
+let
+  common = {
+    privateNetwork = true;
+    hostAddress = "192.168.100.10";
+    config = { networking.useHostResolvConf = lib.mkForce false; };
+  };
+in {
+  containers.mastodon = lib.mkMerge [ common { localAddress = "192.168.100.11"; } ];
+}"#,
+    );
+    let m = container(&ff, "mastodon");
+    assert_eq!(opt(m, "hostAddress"), &s("192.168.100.10"));
+    assert_eq!(opt(m, "localAddress"), &s("192.168.100.11"));
+    let cfg = expr(opt(m, "config"));
+    assert_eq!(cfg.origin.line, Some(6));
+    assert_eq!(cfg.free_vars, ["lib"]);
+}
+
+#[test]
+fn non_literal_values_stay_verbatim_with_free_variables_and_a_warning() {
+    let ff = read(
+        r#"{ config, lib, pkgs, ... }:
+let mkAddr = n: "10.0.0.${toString n}"; in
+{
+  containers.x = {
+    localAddress = mkAddr 2;
+    nixpkgs = pkgs.path;
+    specialArgs = { parentConfig = config; };
+    config = { ... }: { networking.hostName = config.networking.hostName; };
+  };
+}"#,
+    );
+    let x = container(&ff, "x");
+    let la = expr(opt(x, "localAddress"));
+    assert_eq!(la.text, "mkAddr 2");
+    assert_eq!(la.free_vars, ["mkAddr"]);
+    assert_eq!(la.origin.line, Some(5));
+    assert_eq!(la.column, 20);
+    assert_eq!(expr(opt(x, "nixpkgs")).free_vars, ["pkgs"]);
+    let sa = attrs(opt(x, "specialArgs"));
+    assert_eq!(expr(&sa["parentConfig"]).free_vars, ["config"]);
+    // `{ ... }:` does not bind `config`: this is the host's config, so it is free.
+    assert_eq!(expr(opt(x, "config")).free_vars, ["config"]);
+    assert_eq!(codes(&x.warnings), ["nix-unresolved-value"]);
+    let w = &x.warnings[0];
+    assert_eq!(w.line, Some(5));
+    assert_eq!(w.option, "containers.x.localAddress");
+    assert!(w.message.contains("configuration.nix:5"), "{}", w.message);
+    assert!(w.message.contains(EVAL_COMMAND_NIXOS), "{}", w.message);
+    assert!(w.message.contains(FROM_JSON_COMMAND), "{}", w.message);
+}
+
+#[test]
+fn config_forms_are_kept_verbatim() {
+    let ff = read(
+        r#"{ config, lib, pkgs, ... }: {
+  containers.a.config = import ./guests/a.nix;
+  containers.b.config = lib.mkMerge [ { a = 1; } { b = 2; } ];
+  containers.c.config = { imports = [ (import ./x.nix { inherit config pkgs; }) ]; };
+}"#,
+    );
+    let a = container(&ff, "a");
+    assert_eq!(expr(opt(a, "config")).text, "import ./guests/a.nix");
+    assert_eq!(codes(&a.warnings), ["nix-relative-path"]);
+    assert!(a.warnings[0].message.contains("relative to /etc/nixos"));
+    assert_eq!(expr(opt(container(&ff, "b"), "config")).free_vars, ["lib"]);
+    assert_eq!(
+        expr(opt(container(&ff, "c"), "config")).free_vars,
+        ["config", "pkgs"]
+    );
+}
+
+#[test]
+fn imports_are_collected_relative_to_the_file() {
+    let ff = read_nix_file(
+        Path::new("/etc/nixos/hosts/h.nix"),
+        r#"{ inputs, lib, ... }:
+let extra = [ ../common/base.nix ]; in
+{
+  imports = [
+    ./hardware.nix
+    /etc/nixos/secrets.nix
+    "/etc/nixos/str.nix"
+    <nixpkgs/nixos/modules/virtualisation/docker.nix>
+    (import ./fn.nix { inherit lib; })
+    inputs.sops-nix.nixosModules.sops
+    ./containers
+    "${inputs.foo}/module.nix"
+  ] ++ extra;
+}"#,
+    )
+    .unwrap();
+    let paths: Vec<String> = ff
+        .imports
+        .iter()
+        .map(|i| i.path.display().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/nixos/hosts/hardware.nix",
+            "/etc/nixos/secrets.nix",
+            "/etc/nixos/str.nix",
+            "/etc/nixos/hosts/fn.nix",
+            "/etc/nixos/hosts/containers",
+            "/etc/nixos/common/base.nix",
+        ]
+    );
+    assert_eq!(ff.imports[0].line, 5);
+    assert!(ff.imports.iter().all(|i| i.role == ImportRole::Module));
+    assert_eq!(codes(&ff.problems), ["nix-import-not-followed"]);
+    assert_eq!(ff.problems[0].line, Some(12));
+    assert!(ff.problems[0].message.contains("inputs.foo"));
+}
+
+#[test]
+fn files_holding_containers_or_one_container_are_followed() {
+    let ff = read(
+        r#"{ pkgs, lib, ... }: {
+  containers = import ./containers.nix // {
+    web = import ./web.nix;
+    enc = import ./encoder.nix { inherit pkgs; };
+    db = lib.mkIf false (import ./db.nix);
+  };
+}"#,
+    );
+    let roles: Vec<(String, ImportRole)> = ff
+        .imports
+        .iter()
+        .map(|i| (i.path.display().to_string(), i.role.clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("/etc/nixos/containers.nix".into(), ImportRole::Containers),
+            (
+                "/etc/nixos/web.nix".into(),
+                ImportRole::Container("web".into())
+            ),
+            (
+                "/etc/nixos/encoder.nix".into(),
+                ImportRole::Container("enc".into())
+            ),
+            (
+                "/etc/nixos/db.nix".into(),
+                ImportRole::Container("db".into())
+            ),
+        ]
+    );
+    assert_eq!(
+        container(&ff, "db").condition.as_ref().unwrap().text,
+        "false"
+    );
+}
+
+#[test]
+fn generated_container_sets_need_nix_eval() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "{ config, lib, ... }: {\n  containers = builtins.mapAttrs mkContainer config.my.hosts;\n}",
+            2,
+            "mapAttrs",
+        ),
+        (
+            "{ lib, ... }: {\n  containers = builtins.listToAttrs (lib.imap1 (i: n: lib.nameValuePair n { }) names);\n}",
+            2,
+            "listToAttrs",
+        ),
+        (
+            "{ lib, ... }: {\n  containers = lib.genAttrs [ \"a\" \"b\" ] (n: { });\n}",
+            2,
+            "genAttrs",
+        ),
+        (
+            "{ name, ... }: {\n  containers.${name} = { autoStart = true; };\n}",
+            2,
+            "containers.${name}",
+        ),
+        (
+            "{ sub, ... }: {\n  containers.\"${sub}\".autoStart = true;\n}",
+            2,
+            "\"${sub}\"",
+        ),
+        (
+            "{ cond, ... }: {\n  containers = if cond then { a = { }; } else { };\n}",
+            2,
+            "if … then … else",
+        ),
+    ];
+    for (src, l, needle) in cases {
+        let ff = read(src);
+        assert_eq!(codes(&ff.problems), ["nix-dynamic-containers"], "{src}");
+        let w = &ff.problems[0];
+        assert_eq!(w.line, Some(*l), "{src}");
+        assert!(w.message.contains(needle), "{src}: {}", w.message);
+        assert!(w.message.contains(EVAL_COMMAND_NIXOS), "{}", w.message);
+        assert_eq!(w.category, Category::NeedsHuman);
+    }
+}
+
+#[test]
+fn a_named_container_built_by_code_is_kept_with_a_warning() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "{ ... }: let mkContainer = n: a: { }; in {\n  containers.x = mkContainer \"x\" { };\n}",
+            "mkContainer",
+        ),
+        (
+            "{ c, ... }: {\n  containers.x = if c then { } else { autoStart = true; };\n}",
+            "if … then … else",
+        ),
+        (
+            "{ common, ... }: {\n  containers.x = common // { autoStart = true; };\n}",
+            "common",
+        ),
+        (
+            "let f = import ./x.nix; in {\n  containers = { inherit (f) x; };\n}",
+            "inherit (f) x",
+        ),
+    ];
+    for (src, needle) in cases {
+        let ff = read(src);
+        let x = container(&ff, "x");
+        assert_eq!(codes(&x.warnings), ["nix-dynamic-container"], "{src}");
+        assert_eq!(x.warnings[0].line, Some(2));
+        assert!(
+            x.warnings[0].message.contains(needle),
+            "{}",
+            x.warnings[0].message
+        );
+    }
+    // What could be read is kept.
+    let ff = read(cases[2].0);
+    assert_eq!(opt(container(&ff, "x"), "autoStart"), &Value::Bool(true));
+}
+
+#[test]
+fn inherit_of_an_unknown_value_inside_a_container() {
+    let ff = read(
+        "{ hostAddress, addresses, name, ... }: {\n  containers.x = {\n    inherit hostAddress;\n    inherit (addresses.${name}) localAddress;\n  };\n}",
+    );
+    let x = container(&ff, "x");
+    let ha = expr(opt(x, "hostAddress"));
+    assert_eq!(ha.text, "hostAddress");
+    assert_eq!(ha.free_vars, ["hostAddress"]);
+    assert_eq!(ha.origin.line, Some(3));
+    let la = expr(opt(x, "localAddress"));
+    assert_eq!(la.text, "(addresses.${name}).localAddress");
+    assert_eq!(la.free_vars, ["addresses", "name"]);
+    assert_eq!(
+        codes(&x.warnings),
+        ["nix-unresolved-value", "nix-unresolved-value"]
+    );
+}
+
+#[test]
+fn things_that_are_not_legacy_containers_are_ignored() {
+    let ff = read(
+        r#"{ config, lib, ... }: {
+  virtualisation.containers.enable = true;
+  virtualisation.oci-containers.containers.web.image = "nginx";
+  boot.enableContainers = true;
+  options.containers = lib.mkOption { };
+  networking.nat.internalInterfaces = [ "ve-+" ];
+  environment.etc."containers/policy.json".text = "{}";
+  systemd.services = lib.mapAttrs (n: v: { }) config.something;
+}"#,
+    );
+    assert!(ff.containers.is_empty(), "{:?}", ff.containers);
+    assert!(ff.problems.is_empty(), "{:?}", ff.problems);
+}
+
+#[test]
+fn conflicting_definitions_keep_the_first_and_say_so() {
+    let ff = read(
+        "{\n  containers.x.hostAddress = \"10.0.0.1\";\n  containers.x.hostAddress = \"10.0.0.9\";\n  containers.x.extraFlags = [ \"-U\" ];\n  containers.x.extraFlags = [ \"--a\" ];\n}",
+    );
+    let x = container(&ff, "x");
+    assert_eq!(opt(x, "hostAddress"), &s("10.0.0.1"));
+    assert_eq!(opt(x, "extraFlags"), &Value::List(vec![s("-U"), s("--a")]));
+    assert_eq!(codes(&x.warnings), ["nix-conflicting-definitions"]);
+    assert!(x.warnings[0].message.contains("configuration.nix:2"));
+    assert!(x.warnings[0].message.contains("configuration.nix:3"));
+}
+
+#[test]
+fn parse_errors_give_line_and_column_and_refuse_the_file() {
+    let cases: &[(&str, usize, usize)] = &[
+        ("{\n  containers.x = { foo = ; };\n}", 2, 26),
+        ("{\n  a = 1;\n  b = [ 1 2\n}\n", 4, 1),
+        ("{ a = 1;", 1, 9),
+        ("", 1, 1),
+    ];
+    for (src, l, c) in cases {
+        let w = read_nix_file(Path::new(F), src).unwrap_err();
+        assert_eq!(w.code, "nix-parse-error");
+        assert_eq!(w.line, Some(*l), "{src}: {}", w.message);
+        assert!(
+            w.message.starts_with(&format!("{F}:{l}:{c}:")),
+            "{src}: {}",
+            w.message
+        );
+        assert!(!w.message.contains(".."), "byte ranges leak: {}", w.message);
+    }
+}
+
+#[test]
+fn the_apply_expression_and_commands_are_what_we_document() {
+    assert!(EVAL_COMMAND_NIXOS.contains(EVAL_APPLY));
+    assert!(EVAL_COMMAND_FLAKE.contains(EVAL_APPLY));
+    let c = EvalCommand::Flake {
+        dir: "/etc/nixos".into(),
+        host: Some("my.host".into()),
+    }
+    .command();
+    assert!(
+        c.contains("'/etc/nixos#nixosConfigurations.\"my.host\".config.containers'"),
+        "{c}"
+    );
+    let c = EvalCommand::for_config(Path::new("/etc/nixos/hosts/a.nix")).command();
+    assert!(
+        c.contains("(import <nixpkgs/nixos> { configuration = /etc/nixos/hosts/a.nix; })"),
+        "{c}"
+    );
+    assert_eq!(
+        EvalCommand::for_config(Path::new("/etc/nixos/configuration.nix")).command(),
+        EVAL_COMMAND_NIXOS
+    );
+}
+
+/// Every `config` text the reader emits must be a complete Nix expression for the real parser.
+#[test]
+fn emitted_config_texts_parse_with_real_nix_instantiate() {
+    let srcs = [r#"{ config, pkgs, ... }: {
+  containers.a.config = { config, pkgs, ... }: {
+    # a comment
+    services.nginx.virtualHosts."x".locations."/".extraConfig = ''
+      return 200 "${config.networking.hostName}";
+    '';
+  };
+  containers.b.config.services.openssh.enable = true;
+  containers.b.config.networking.firewall.allowedTCPPorts = [ 22 ];
+  containers.c = { config = import ./c.nix; };
+  containers.c.config.x = 1;
+}"#];
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for src in srcs {
+        let ff = read(src);
+        for c in &ff.containers {
+            let cfg = expr(opt(c, "config"));
+            let p = dir.path().join(format!("{n}.nix"));
+            n += 1;
+            std::fs::write(&p, &cfg.text).unwrap();
+            match std::process::Command::new("nix-instantiate")
+                .arg("--parse")
+                .arg(&p)
+                .output()
+            {
+                Ok(out) => assert!(
+                    out.status.success(),
+                    "{}: {}\n{}",
+                    c.container,
+                    cfg.text,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(_) => assert!(
+                    std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+                    "nix-instantiate is required"
+                ),
+            }
+        }
+    }
+    assert_eq!(n, 3);
+}
+
+// ---- whole trees: fixtures/nix/<scenario>/ is a host root -------------------------------------
+
+fn fixture(name: &str) -> HostRoot {
+    HostRoot::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/nix")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn tree(name: &str) -> NixSourceResult {
+    let root = fixture(name);
+    read_config_tree(&HostFs(&root), Path::new(F))
+}
+
+fn fact<'a>(r: &'a NixSourceResult, name: &str) -> &'a SourceFacts {
+    r.facts
+        .iter()
+        .find(|c| c.container == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn names(r: &NixSourceResult) -> Vec<&str> {
+    r.facts.iter().map(|c| c.container.as_str()).collect()
+}
+
+#[test]
+fn jemilsson_one_file_per_container() {
+    let r = tree("jemilsson");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["db", "stubby", "caddy"]);
+    let files: Vec<String> = r
+        .files_read
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/etc/nixos/configuration.nix",
+            "/etc/nixos/hardware-configuration.nix",
+            "/etc/nixos/containers/stubby.nix",
+            "/etc/nixos/containers/caddy.nix",
+            "/etc/nixos/containers/db.nix",
+        ]
+    );
+    let db = fact(&r, "db");
+    assert_eq!(opt(db, "hostAddress"), &s("192.168.100.1"));
+    assert_eq!(
+        db.options["hostAddress"].1.file,
+        Path::new("/etc/nixos/containers/db.nix")
+    );
+    assert_eq!(line(db, "hostAddress"), Some(4));
+    let pg = attrs(&attrs(opt(db, "bindMounts"))["/var/lib/postgresql"]);
+    assert_eq!(pg["isReadOnly"], Value::Bool(false));
+    assert_eq!(expr(opt(db, "config")).origin.line, Some(8));
+    let stubby = fact(&r, "stubby");
+    assert_eq!(opt(stubby, "localAddress6"), &s("fd00:10::53/64"));
+    // `lib` is the host module's argument, used in the guest text.
+    assert_eq!(expr(opt(stubby, "config")).free_vars, ["lib"]);
+    let caddy = fact(&r, "caddy");
+    let cfg = expr(opt(caddy, "config"));
+    assert_eq!(
+        cfg.text,
+        "import ./caddy-guest.nix { hostConfig = config; inherit pkgs; }"
+    );
+    assert_eq!(cfg.free_vars, ["config", "pkgs"]);
+    assert_eq!(codes(&caddy.warnings), ["nix-relative-path"]);
+}
+
+#[test]
+fn golden_nix_container_functions_of_pkgs() {
+    let r = tree("golden-nix");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let enc = fact(&r, "encoder");
+    assert_eq!(opt(enc, "ephemeral"), &Value::Bool(true));
+    let Value::List(devs) = opt(enc, "allowedDevices") else {
+        panic!()
+    };
+    assert_eq!(attrs(&devs[0])["node"], s("/dev/dri/renderD128"));
+    assert_eq!(expr(opt(enc, "config")).free_vars, ["pkgs"]);
+    let relay = fact(&r, "relay");
+    let Value::List(ports) = opt(relay, "forwardPorts") else {
+        panic!()
+    };
+    assert_eq!(attrs(&ports[0])["hostPort"], Value::Int(9000));
+    assert_eq!(attrs(&ports[0])["protocol"], s("udp"));
+    // The guest text uses the file's `let` name: free, so the renderer warns.
+    assert_eq!(expr(opt(relay, "config")).free_vars, ["port"]);
+}
+
+#[test]
+fn c0d3d_whole_containers_attrset_in_a_file() {
+    let r = tree("c0d3d");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["mail.example", "web.example"]);
+    let web = fact(&r, "web.example");
+    assert_eq!(web.file, Path::new("/etc/nixos/containers.nix"));
+    assert_eq!(line(web, "localAddress"), Some(15));
+}
+
+#[test]
+fn iliana_generated_containers_need_nix_eval() {
+    let r = tree("iliana");
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
+    let w = &r.problems[0];
+    assert_eq!(w.line, Some(19));
+    assert!(
+        w.message.contains("builtins.mapAttrs mkContainer"),
+        "{}",
+        w.message
+    );
+    assert!(w.message.contains(EVAL_COMMAND_NIXOS));
+}
+
+#[test]
+fn samuel_martineau_list_to_attrs_needs_nix_eval() {
+    let r = tree("samuel-martineau");
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
+    assert_eq!(r.problems[0].line, Some(9));
+    assert!(r.problems[0].message.contains("listToAttrs"));
+}
+
+#[test]
+fn vivlim_mkmerge_common_parts() {
+    let r = tree("vivlim");
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let m = fact(&r, "mastodon");
+    assert_eq!(opt(m, "hostAddress"), &s("192.168.100.10"));
+    assert_eq!(opt(m, "localAddress"), &s("192.168.100.11"));
+    let cfg = expr(opt(m, "config"));
+    assert!(cfg.text.contains("imports = ["), "{}", cfg.text);
+    assert!(cfg.text.contains("services.resolved.enable = true;"));
+    assert!(cfg.text.contains("services.mastodon.enable = true;"));
+    let a = fact(&r, "akkoma");
+    assert_eq!(opt(a, "autoStart"), &Value::Bool(true));
+    assert!(m.warnings.is_empty() && a.warnings.is_empty());
+}
+
+#[test]
+fn a_file_that_does_not_parse_is_refused_and_the_others_are_read() {
+    let r = tree("broken");
+    assert_eq!(names(&r), ["good"]);
+    assert_eq!(
+        codes(&r.problems),
+        ["nix-parse-error", "nix-file-unreadable"]
+    );
+    let p = &r.problems[0];
+    assert_eq!(p.file.as_deref(), Some(Path::new("/etc/nixos/broken.nix")));
+    assert_eq!(p.line, Some(3));
+    assert!(
+        p.message.starts_with("/etc/nixos/broken.nix:3:11:"),
+        "{}",
+        p.message
+    );
+    let m = &r.problems[1];
+    assert!(
+        m.message.contains("/etc/nixos/missing.nix"),
+        "{}",
+        m.message
+    );
+    assert!(
+        m.message
+            .contains("imported at /etc/nixos/configuration.nix:3")
+    );
+}
+
+#[test]
+fn import_cycles_are_read_once() {
+    let r = tree("cycle");
+    assert_eq!(names(&r), ["top", "a"]);
+    assert_eq!(r.files_read.len(), 2);
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
+#[test]
+fn plain_fs_reads_a_config_outside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("host.nix"), "{ imports = [ ./sub ]; }").unwrap();
+    std::fs::write(
+        dir.path().join("sub/default.nix"),
+        "{ containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    let entry = dir.path().join("host.nix");
+    let r = read_config_tree(&PlainFs, &entry);
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["x"]);
+    assert_eq!(r.files_read[1], dir.path().join("sub/default.nix"));
+}
+
+#[test]
+fn conditions_of_an_import_apply_to_its_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.nix"),
+        "{ lib, ... }: let on = true; in { imports = lib.optionals on [ ./c.nix ]; containers = lib.mkIf on (import ./set.nix); }",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.nix"),
+        "{ containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("set.nix"), "{ y.autoStart = true; }").unwrap();
+    let r = read_config_tree(&PlainFs, &dir.path().join("host.nix"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    for n in ["x", "y"] {
+        assert_eq!(fact(&r, n).condition.as_ref().unwrap().text, "on", "{n}");
+    }
+}
+
+// ---- flakes ------------------------------------------------------------------------------------
+
+#[test]
+fn flake_host_by_name_follows_literal_modules() {
+    let root = fixture("flake-host");
+    let fs = HostFs(&root);
+    let flake = Path::new("/etc/nixos/flake.nix");
+    let fr = read_flake(&fs, flake, Some("patched"));
+    assert!(fr.problems.is_empty(), "{:#?}", fr.problems);
+    assert_eq!(fr.hosts, ["patched"]);
+    let entries: Vec<String> = fr.entries.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        entries,
+        [
+            "/etc/nixos/common.nix",
+            "/etc/nixos/hosts/patched/configuration.nix"
+        ]
+    );
+    assert_eq!(fr.facts.len(), 1);
+    assert_eq!(fr.facts[0].container, "inline");
+    let eval = fr.eval_command.clone().unwrap();
+    assert!(
+        eval.command()
+            .contains("'/etc/nixos#nixosConfigurations.patched.config.containers'")
+    );
+    // The entries read as a tree: the patched module copy defines no container.
+    let mut all = Vec::new();
+    for e in &fr.entries {
+        let r = read_config_tree_with(&fs, e, &eval);
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        all.extend(r.facts);
+    }
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].container, "vault");
+    assert_eq!(opt(&all[0], "systemCallFilter"), &s("@system-service"));
+
+    // All in one call.
+    let r = read_flake_config(&fs, flake, Some("patched"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["inline", "vault"]);
+    let files: Vec<String> = r
+        .files_read
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/etc/nixos/flake.nix",
+            "/etc/nixos/common.nix",
+            "/etc/nixos/hosts/patched/configuration.nix",
+            "/etc/nixos/hosts/patched/nixos-containers-patched.nix",
+        ]
+    );
+}
+
+#[test]
+fn flake_with_several_hosts_and_no_name_reads_all_and_says_so() {
+    let root = fixture("flake-host");
+    let fr = read_flake(&HostFs(&root), Path::new("/etc/nixos/flake.nix"), None);
+    assert_eq!(fr.hosts, ["patched", "other"]);
+    assert_eq!(codes(&fr.problems), ["nix-flake-several-hosts"]);
+    assert!(fr.problems[0].message.contains("patched, other"));
+    assert!(fr.eval_command.is_none());
+    assert_eq!(fr.entries.len(), 3);
+}
+
+#[test]
+fn flake_unknown_host_and_dynamic_modules_say_what_to_run() {
+    let root = fixture("flake-host");
+    let fr = read_flake(
+        &HostFs(&root),
+        Path::new("/etc/nixos/flake.nix"),
+        Some("nope"),
+    );
+    assert!(fr.entries.is_empty());
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    assert!(
+        fr.problems[0]
+            .message
+            .contains("hosts found: patched, other")
+    );
+    assert!(
+        fr.problems[0]
+            .message
+            .contains("'/etc/nixos#nixosConfigurations.nope.config.containers'")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake.nix");
+    std::fs::write(
+        &flake,
+        r#"{
+  outputs = { nixpkgs, ... }: let
+    mkHost = name: nixpkgs.lib.nixosSystem { modules = [ ./hosts/${name}.nix ]; };
+  in {
+    nixosConfigurations.a = mkHost "a";
+    nixosConfigurations.b = nixpkgs.lib.nixosSystem {
+      modules = [ ./b.nix (import ./hosts { inherit nixpkgs; }) extraModules ];
+    };
+  };
+}"#,
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("a"));
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    let m = &fr.problems[0].message;
+    assert!(m.contains("flake.nix:5"), "{m}");
+    assert!(m.contains("mkHost \"a\""), "{m}");
+    assert!(m.contains("--config FILE"), "{m}");
+    assert!(
+        m.contains("#nixosConfigurations.a.config.containers'"),
+        "{m}"
+    );
+    assert!(m.contains(FROM_JSON_COMMAND), "{m}");
+    let fr = read_flake(&PlainFs, &flake, Some("b"));
+    assert_eq!(
+        fr.entries,
+        [dir.path().join("b.nix"), dir.path().join("hosts")]
+    );
+    assert_eq!(codes(&fr.problems), ["nix-flake-modules-dynamic"]);
+    assert_eq!(fr.problems[0].line, Some(7));
+    assert!(fr.problems[0].message.contains("`extraModules`"));
+
+    std::fs::write(
+        &flake,
+        "{ outputs = inputs: { nixosConfigurations = inputs.nixpkgs.lib.genAttrs [ \"a\" ] mk; }; }",
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("a"));
+    assert_eq!(codes(&fr.problems), ["nix-dynamic-containers"]);
+}
+
+#[test]
+fn exponentially_large_let_values_do_not_hang() {
+    let mut src = String::from("let\n");
+    for i in 0..40 {
+        src.push_str(&format!("  a{i} = [ a{} a{} ];\n", i + 1, i + 1));
+    }
+    src.push_str("  a40 = \"x\";\nin {\n  containers.x.extraFlags = a0;\n  containers.y = { autoStart = a0; };\n}\n");
+    let started = std::time::Instant::now();
+    let ff = read(&src);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(ff.containers.len(), 2);
+}
+
+#[test]
+fn self_referencing_lets_do_not_loop() {
+    let ff = read(
+        "let a = a; b = { x = b.x; }; in { containers.x = { hostAddress = a; localAddress = b.x; }; containers.y = b; }",
+    );
+    let x = container(&ff, "x");
+    assert_eq!(expr(opt(x, "hostAddress")).text, "a");
+    assert_eq!(expr(opt(x, "localAddress")).text, "b.x");
+}
+
+/// The commands our warnings print, run as printed by the real `nix-instantiate` / `nix` over
+/// stand-ins for `<nixpkgs/nixos>` and a flake, whose containers have every hazard of real
+/// ones; their output must read back with `--from-json`'s reader.
+#[test]
+fn the_printed_commands_run_with_real_nix_and_read_back() {
+    if std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+            "nix-instantiate is required"
+        );
+        return;
+    }
+    let containers = r#"{ web = { autoStart = true; hostAddress = "10.0.0.1";
+        config = { ... }: { }; pkgs = throw "pkgs"; path = throw "toplevel";
+        nixpkgs = ./.; specialArgs = { f = x: x; }; _module = { args.f = x: x; }; }; }"#;
+    let dir = tempfile::tempdir().unwrap();
+    let np = dir.path().join("np/nixos");
+    std::fs::create_dir_all(&np).unwrap();
+    std::fs::write(
+        np.join("default.nix"),
+        format!("{{ configuration ? null }}: {{ config.containers = {containers}; }}"),
+    )
+    .unwrap();
+    let flake = dir.path().join("my-flake");
+    std::fs::create_dir_all(&flake).unwrap();
+    // The host named, and this machine's own name for the `$(hostname)` form.
+    let me = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // A name that is not a plain attribute (e.g. with dots) cannot be a NixOS host name.
+    let me = if crate::nixtext::is_identifier(&me) {
+        me
+    } else {
+        "h1".to_string()
+    };
+    std::fs::write(
+        flake.join("flake.nix"),
+        format!(
+            "{{ outputs = {{ self }}: {{ nixosConfigurations.\"h.1\".config.containers = {containers}; \
+             nixosConfigurations.{me}.config.containers = {containers}; }}; }}"
+        ),
+    )
+    .unwrap();
+    let commands = [
+        EvalCommand::Nixos {
+            configuration: None,
+        },
+        EvalCommand::for_config(Path::new("/etc/nixos/hosts/a b.nix")),
+        EvalCommand::Flake {
+            dir: flake.clone(),
+            host: Some("h.1".into()),
+        },
+        EvalCommand::Flake {
+            dir: flake.clone(),
+            host: None,
+        },
+    ];
+    let commands = commands
+        .into_iter()
+        .filter(|c| me != "h1" || !matches!(c, EvalCommand::Flake { host: None, .. }));
+    for c in commands {
+        let cmd = c.command();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(dir.path())
+            .env(
+                "NIX_PATH",
+                format!("nixpkgs={}", dir.path().join("np").display()),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(dir.path().join("containers.json")).unwrap();
+        let facts =
+            crate::legacy::eval::read_eval_json(Path::new("containers.json"), &json).unwrap();
+        assert_eq!(facts.len(), 1, "{cmd}: {json}");
+        assert_eq!(
+            facts[0].options.keys().collect::<Vec<_>>(),
+            ["autoStart", "hostAddress"],
+            "{cmd}"
+        );
+        std::fs::remove_file(dir.path().join("containers.json")).unwrap();
+    }
+}
+
+/// Every `config` (and condition) text read from every fixture host parses with the real
+/// `nix-instantiate --parse`, including the combined and dotted forms. The parser also rejects
+/// undefined variables, so binding exactly the reported free variables checks that none is
+/// missed.
+#[test]
+fn every_fixture_config_text_parses_with_real_nix() {
+    if std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+            "nix-instantiate is required"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = Vec::new();
+    for scenario in ["jemilsson", "golden-nix", "c0d3d", "vivlim", "cycle"] {
+        for c in tree(scenario).facts {
+            if let Some((Value::Expr(e), _)) = c.options.get("config") {
+                texts.push((format!("{scenario}/{}", c.container), e.clone()));
+            }
+            if let Some(cond) = &c.condition {
+                texts.push((
+                    format!("{scenario}/{} condition", c.container),
+                    cond.clone(),
+                ));
+            }
+        }
+    }
+    let ff = read(
+        "{ c, d, ... }: { containers.x = lib.mkIf c { config.a = 1; }; containers.x.config.b = lib.mkIf d 2; containers = lib.mkIf d { }; }",
+    );
+    for c in ff.containers {
+        texts.push(("inline".into(), expr(opt(&c, "config")).clone()));
+    }
+    assert!(texts.len() >= 9, "{texts:?}");
+    for (i, (what, e)) in texts.iter().enumerate() {
+        let p = dir.path().join(format!("{i}.nix"));
+        let text = if e.free_vars.is_empty() {
+            e.text.clone()
+        } else {
+            let binds: String = e
+                .free_vars
+                .iter()
+                .map(|v| format!("{v} = null; "))
+                .collect();
+            format!("let {binds}in\n{}", e.text)
+        };
+        std::fs::write(&p, &text).unwrap();
+        let out = std::process::Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_symlink_loop_in_import_paths_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("x.nix"),
+        "{ imports = [ ./sub/x.nix ]; containers.x.autoStart = true; }",
+    )
+    .unwrap();
+    // The kernel's limit of 40 symlinks ends it here (MAX_FILES is the net behind it).
+    let r = read_config_tree(&PlainFs, &dir.path().join("x.nix"));
+    assert!(r.files_read.len() <= MAX_FILES);
+    assert_eq!(names(&r), ["x"]);
+    assert_eq!(codes(&r.problems), ["nix-file-unreadable"]);
+}
+
+#[test]
+fn computed_names_from_let_bound_strings_are_read() {
+    let ff = read(
+        "let name = \"web\"; sub = \"mail\"; opt = \"autoStart\"; in {\n  containers.${name}.${opt} = true;\n  containers.\"${sub}.example\".ephemeral = true;\n}",
+    );
+    assert!(ff.problems.is_empty(), "{:?}", ff.problems);
+    assert_eq!(opt(container(&ff, "web"), "autoStart"), &Value::Bool(true));
+    assert_eq!(
+        opt(container(&ff, "mail.example"), "ephemeral"),
+        &Value::Bool(true)
+    );
+}
