@@ -8,6 +8,7 @@ command -v nix-instantiate >/dev/null || need+=(nix-bin)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v setfacl >/dev/null || need+=(acl)
+command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then

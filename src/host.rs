@@ -203,22 +203,37 @@ impl HostRoot {
     /// Must be called before the process starts threads. Needs CAP_SYS_ADMIN; returns an error
     /// (and changes nothing) without it, which the caller reports.
     pub fn seal_read_only(&self) -> io::Result<()> {
-        use rustix::mount::MountPropagationFlags;
-        // SAFETY: called while the process is single-threaded (see the doc above); only the
-        // mount namespace is unshared, which affects nothing else in this process.
-        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
-            .map_err(io::Error::from)?;
-        rustix::mount::mount_change(
-            "/",
-            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-        )
-        .map_err(io::Error::from)?;
+        enter_private_mount_namespace()?;
         rustix::mount::mount_bind_recursive(&self.root, &self.root).map_err(io::Error::from)?;
-        mount_setattr_recursive_ro_noatime(&self.root)
+        mount_setattr_ro_noatime(&self.root, true)
     }
 }
 
-fn mount_setattr_recursive_ro_noatime(path: &Path) -> io::Result<()> {
+/// Give this process its own mount namespace, with nothing propagating back to the host.
+/// Must be called while the process is single-threaded.
+pub fn enter_private_mount_namespace() -> io::Result<()> {
+    use rustix::mount::MountPropagationFlags;
+    // SAFETY: called while the process is single-threaded (see the doc above); only the
+    // mount namespace is unshared, which affects nothing else in this process.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .map_err(io::Error::from)?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Make one directory (a real path) read-only and `noatime` for this process: the legacy state
+/// is then protected by the kernel while we copy it, and reading it changes no access time.
+/// Submounts are not covered (the copy engine never crosses into them). Call
+/// [`enter_private_mount_namespace`] first.
+pub fn protect_read_only(real: &Path) -> io::Result<()> {
+    rustix::mount::mount_bind(real, real).map_err(io::Error::from)?;
+    mount_setattr_ro_noatime(real, false)
+}
+
+fn mount_setattr_ro_noatime(path: &Path, recursive: bool) -> io::Result<()> {
     // mount_setattr(2) with AT_RECURSIVE covers every submount (e.g. a separate /var) at once;
     // a plain MS_REMOUNT would only cover the top mount.
     #[repr(C)]
@@ -246,7 +261,7 @@ fn mount_setattr_recursive_ro_noatime(path: &Path) -> io::Result<()> {
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             c_path.as_ptr(),
-            AT_RECURSIVE,
+            if recursive { AT_RECURSIVE } else { 0 },
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -262,7 +277,9 @@ fn mount_setattr_recursive_ro_noatime(path: &Path) -> io::Result<()> {
 fn read_no_follow(real: &Path) -> io::Result<Vec<u8>> {
     use rustix::fs::{Mode, OFlags};
     use std::io::Read;
-    let base = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    // NONBLOCK: a FIFO planted where a file is expected must not hang the scan.
+    let base =
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK;
     let fd = match rustix::fs::open(real, base | OFlags::NOATIME, Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::PERM) => rustix::fs::open(real, base, Mode::empty())?,

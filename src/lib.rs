@@ -13,14 +13,17 @@
 //! execute layer.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod atomic;
 pub mod cli;
 pub mod error;
 pub mod host;
 pub mod legacy;
+pub mod migrate;
 pub mod nixtext;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod runner;
 pub mod state;
 pub mod translate;
 pub mod warnings;

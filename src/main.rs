@@ -1,3 +1,107 @@
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! `nixos-nspawn`: parse the command line, run, map the outcome to a documented exit code.
+
+use clap::Parser;
+use nixos_nspawn::cli::{Cli, Command, MigrateArgs};
+use nixos_nspawn::error::{Error, exit};
+use nixos_nspawn::host::HostRoot;
+use nixos_nspawn::migrate;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("nixos-nspawn: {e:#}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Error> {
+    match cli.command {
+        Command::Migrate(args) => run_migrate(&cli.root, &args),
+    }
+}
+
+fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> {
+    if !args.dry_run && !args.yes {
+        return Err(Error::Usage(
+            "migrate needs --dry-run (show the plan) or --yes (carry it out without asking)\n\n\
+             The interactive mode that asks before each step is not available yet."
+                .to_string(),
+        ));
+    }
+    let host = HostRoot::new(root).map_err(|e| {
+        Error::Usage(format!(
+            "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
+            root.display()
+        ))
+    })?;
+    if args.dry_run {
+        // Defence in depth: with a read-only, noatime view even a bug could not change the
+        // host. Without privileges the dry run still writes nothing; say so and go on.
+        if let Err(e) = host.seal_read_only() {
+            eprintln!(
+                "nixos-nspawn: note: could not make a read-only view of {} ({e}); reading it normally \
+                 (a dry run writes nothing either way, but access times may change)",
+                root.display()
+            );
+        }
+    }
+    let opts = migrate::ScanOptions {
+        config: args.config.clone(),
+        from_json: args.from_json.clone(),
+        host_name: args.host.clone(),
+    };
+    let mut legacy = migrate::scan(&host, &opts);
+    if !args.only.is_empty() {
+        let known: Vec<String> = legacy.containers.iter().map(|c| c.name.clone()).collect();
+        for want in &args.only {
+            if !known.contains(want) {
+                return Err(Error::Usage(format!(
+                    "--only {want}: no legacy container of that name\n\nKnown containers: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        legacy.containers.retain(|c| args.only.contains(&c.name));
+    }
+    let migration = migrate::prepare(root, legacy, &args.output, args.dry_run);
+    if args.yes {
+        return Err(Error::Other(
+            "migrate --yes is not available yet in this build; run with --dry-run to see the plan"
+                .to_string(),
+        ));
+    }
+    let report = &migration.report;
+    let text = if args.json {
+        report.to_json()
+    } else {
+        report.to_text()
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Ok(()) => {}
+        // A closed pipe (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
+        Err(e) => return Err(Error::Other(format!("cannot write the report: {e}"))),
+    }
+    Ok(report.summary.exit_code)
 }

@@ -1,1 +1,149 @@
-//! The plan (being written).
+//! The plan: what `migrate` will do, per container, derived purely from the translation.
+//!
+//! The execute layer carries out exactly these steps; `--dry-run` prints them. Keeping them as
+//! data means the report, the prompts of the interactive mode and the journal all speak of the
+//! same steps.
+
+use crate::legacy::Kind;
+use crate::translate::Instance;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// One step, in execution order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Nothing can be done until a person fixes something (e.g. renames the container).
+    Blocked { reason: String },
+    /// Make sure `container@NAME.service` is stopped (refuse without `--stop`).
+    StopLegacy { unit: String },
+    /// Copy (or move) the state directory via a staging directory, verified.
+    CopyState { from: PathBuf, to: PathBuf },
+    /// Nothing to copy: the container is ephemeral or never ran.
+    NoState { reason: String },
+    /// Link the profile generations of an imperative container into the new profile dir.
+    CarryProfile { from: PathBuf, to: PathBuf },
+    /// Write a trusted settings file (imperative containers).
+    WriteNspawn { path: PathBuf },
+    /// Write the imperative container's configuration file.
+    WriteContainerFile { path: PathBuf },
+}
+
+impl Step {
+    /// One line for the human report.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Blocked { reason } => format!("blocked, nothing is done: {reason}"),
+            Step::StopLegacy { unit } => format!("make sure {unit} is stopped"),
+            Step::CopyState { from, to } => {
+                format!("copy state {} → {}", from.display(), to.display())
+            }
+            Step::NoState { reason } => format!("no state to copy: {reason}"),
+            Step::CarryProfile { from, to } => format!(
+                "link profile generations {} → {}",
+                from.display(),
+                to.display()
+            ),
+            Step::WriteNspawn { path } => format!("write {}", path.display()),
+            Step::WriteContainerFile { path } => format!("write {}", path.display()),
+        }
+    }
+}
+
+/// The plan for one container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// The plan for the host: per-container steps, then the one Nix file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub containers: Vec<ContainerPlan>,
+    /// Where the declarative Nix goes (host path); `None` when no container is declarative.
+    pub nix_output: Option<PathBuf>,
+}
+
+/// Where an imperative container's new files live.
+pub fn nspawn_file(name: &str) -> PathBuf {
+    PathBuf::from(format!("/etc/systemd/nspawn/{name}.nspawn"))
+}
+
+/// The RFC imperative container file, next to where `nixos-nspawn create` keeps them.
+pub fn container_file(name: &str) -> PathBuf {
+    PathBuf::from(format!("/etc/nixos-nspawn/{name}.nix"))
+}
+
+pub fn profile_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/nix/var/nix/profiles/per-nspawn/{name}"))
+}
+
+/// Why a container cannot be migrated as it is, if it cannot: its name is not a valid machine
+/// name, so no `/var/lib/machines/<name>`, unit or `.nspawn` file can be made for it.
+pub fn blocked(i: &Instance) -> Option<String> {
+    crate::legacy::names::check_machine_name(&i.name)
+        .err()
+        .map(|e| format!("{e}; then run the migration again"))
+}
+
+/// Derive the plan. `legacy_profiles` gives, per container name, the legacy profile dir when it
+/// holds generations.
+pub fn plan(
+    instances: &[Instance],
+    legacy_profile: &dyn Fn(&str) -> Option<PathBuf>,
+    nix_output: &std::path::Path,
+) -> Plan {
+    let mut containers = Vec::new();
+    let mut any_declarative = false;
+    for i in instances {
+        if let Some(reason) = blocked(i) {
+            containers.push(ContainerPlan {
+                name: i.name.clone(),
+                steps: vec![Step::Blocked { reason }],
+            });
+            continue;
+        }
+        let mut steps = vec![Step::StopLegacy {
+            unit: format!("container@{}.service", i.name),
+        }];
+        match &i.state.from {
+            Some(from) => steps.push(Step::CopyState {
+                from: from.clone(),
+                to: i.state.to.clone(),
+            }),
+            None => steps.push(Step::NoState {
+                reason: if i.spec.ephemeral {
+                    "the container is ephemeral (its root lived in /run)".to_string()
+                } else {
+                    "no legacy state directory exists (the container never ran)".to_string()
+                },
+            }),
+        }
+        match i.kind {
+            Kind::Imperative => {
+                if let Some(p) = legacy_profile(&i.name) {
+                    steps.push(Step::CarryProfile {
+                        from: p,
+                        to: profile_dir(&i.name),
+                    });
+                }
+                steps.push(Step::WriteContainerFile {
+                    path: container_file(&i.name),
+                });
+                steps.push(Step::WriteNspawn {
+                    path: nspawn_file(&i.name),
+                });
+            }
+            Kind::Declarative => any_declarative = true,
+        }
+        containers.push(ContainerPlan {
+            name: i.name.clone(),
+            steps,
+        });
+    }
+    Plan {
+        containers,
+        nix_output: any_declarative.then(|| nix_output.to_path_buf()),
+    }
+}

@@ -1,1 +1,257 @@
-//! The report (being written).
+//! The report: the one place that turns results into text, for people and for `--json`.
+//!
+//! The JSON shape is a contract (design.md §3): `version`, `containers[]` with `name`, `kind`,
+//! `state.from`/`state.to`, `nix`, `nspawn`, `warnings[]` (`code`, `option`, `message`). Keys are
+//! only ever added. Paths are host paths (as seen from inside `--root`).
+
+use crate::plan::Step;
+use crate::translate::Applied;
+use crate::warnings::{Category, Warning};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StateReport {
+    pub from: Option<PathBuf>,
+    pub to: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerReport {
+    pub name: String,
+    /// `declarative` or `imperative`.
+    pub kind: &'static str,
+    pub state: StateReport,
+    /// The emitted Nix for this container (declarative: its part of the host file;
+    /// imperative: its container file).
+    pub nix: String,
+    /// The `.nspawn` text the container will get (`Parameters=@toplevel@/init` stands for the
+    /// system built from `system-config`).
+    pub nspawn: String,
+    /// networkd files (host and guest side), file name → text.
+    pub networkd: BTreeMap<String, String>,
+    /// The `systemd-nspawn@NAME.service` drop-in, when one is needed.
+    pub dropin: Option<String>,
+    /// What each legacy option became.
+    pub translated: Vec<Applied>,
+    pub warnings: Vec<Warning>,
+    /// What `migrate` does for this container, in order.
+    pub plan: Vec<Step>,
+    /// What happened (filled by a real run; absent in a dry run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub containers: usize,
+    pub needs_human: usize,
+    pub changed_meaning: usize,
+    pub exit_code: u8,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub tool: String,
+    /// The host root the run looked at (an ordinary path).
+    pub root: PathBuf,
+    pub dry_run: bool,
+    /// Where the declarative Nix goes (host path); `None` when nothing is declarative.
+    pub output: Option<PathBuf>,
+    /// The whole Nix file that will be written to `output`.
+    pub nix_file: Option<String>,
+    pub containers: Vec<ContainerReport>,
+    /// Findings not tied to one container.
+    pub problems: Vec<Warning>,
+    /// Files written by a real run (host paths).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_written: Vec<PathBuf>,
+    pub files_read: Vec<PathBuf>,
+    pub summary: Summary,
+}
+
+impl Report {
+    /// Count warnings and set the exit code: follow-up needed when any warning needs a human.
+    pub fn finish_summary(&mut self) {
+        let all = self
+            .containers
+            .iter()
+            .flat_map(|c| c.warnings.iter())
+            .chain(self.problems.iter());
+        let (mut human, mut changed) = (0, 0);
+        for w in all {
+            match w.category {
+                Category::NeedsHuman => human += 1,
+                Category::ChangedMeaning => changed += 1,
+            }
+        }
+        self.summary = Summary {
+            containers: self.containers.len(),
+            needs_human: human,
+            changed_meaning: changed,
+            exit_code: if human > 0 {
+                crate::error::exit::NEEDS_FOLLOW_UP
+            } else {
+                crate::error::exit::SUCCESS
+            },
+        };
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain data cannot fail; fall back to an error object rather than panic.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+            format!("{{\"version\":1,\"error\":\"cannot serialise report: {e}\"}}")
+        })
+    }
+
+    /// The human report: grouped per container into translated / changed meaning / needs a human.
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let what = if self.dry_run {
+            "dry run, nothing was changed"
+        } else {
+            "migration"
+        };
+        let _ = writeln!(
+            o,
+            "nixos-nspawn migrate ({what}) on {}",
+            self.root.display()
+        );
+        if self.containers.is_empty() {
+            let _ = writeln!(o, "\nNo legacy containers found.");
+        }
+        for c in &self.containers {
+            let _ = writeln!(o, "\n━━ {} ({}) ━━", c.name, c.kind);
+            match &c.state.from {
+                Some(f) => {
+                    let _ = writeln!(o, "state: {} → {}", f.display(), c.state.to.display());
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "state: none (→ {} is created on first start)",
+                        c.state.to.display()
+                    );
+                }
+            }
+            if !c.translated.is_empty() {
+                let _ = writeln!(o, "\n  translated:");
+                for a in &c.translated {
+                    let _ = writeln!(o, "    {} → {}", a.option, a.target);
+                }
+            }
+            for (cat, title) in [
+                (Category::ChangedMeaning, "changed meaning"),
+                (Category::NeedsHuman, "NEEDS A HUMAN"),
+            ] {
+                let ws: Vec<&Warning> = c.warnings.iter().filter(|w| w.category == cat).collect();
+                if ws.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(o, "\n  {title}:");
+                for w in ws {
+                    write_warning(&mut o, w);
+                }
+            }
+            let _ = writeln!(o, "\n  plan:");
+            for (n, s) in c.plan.iter().enumerate() {
+                let _ = writeln!(o, "    {}. {}", n + 1, s.describe());
+            }
+            for d in &c.done {
+                let _ = writeln!(o, "    done: {d}");
+            }
+            let _ = writeln!(
+                o,
+                "\n  new configuration ({}):",
+                if c.kind == "imperative" {
+                    "container file"
+                } else {
+                    "Nix"
+                }
+            );
+            indent(&mut o, &c.nix, "    ");
+            let _ = writeln!(o, "\n  {}.nspawn:", c.name);
+            indent(&mut o, &c.nspawn, "    ");
+            for (file, text) in &c.networkd {
+                let _ = writeln!(o, "\n  {file}:");
+                indent(&mut o, text, "    ");
+            }
+            if let Some(d) = &c.dropin {
+                let _ = writeln!(o, "\n  systemd-nspawn@{}.service.d/overrides.conf:", c.name);
+                indent(&mut o, d, "    ");
+            }
+        }
+        if !self.problems.is_empty() {
+            let _ = writeln!(o, "\n━━ host ━━");
+            for w in &self.problems {
+                write_warning(&mut o, w);
+            }
+        }
+        if let Some(out) = &self.output {
+            let verb = if self.dry_run {
+                "would be written to"
+            } else {
+                "written to"
+            };
+            let _ = writeln!(
+                o,
+                "\nThe declarative configuration {verb} {}.",
+                out.display()
+            );
+            let _ = writeln!(
+                o,
+                "Import it from your configuration.nix (imports = [ ./{} ];) together with the nixos-nspawn module, \
+                 and remove the legacy containers.<name> definitions.",
+                out.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
+            );
+        }
+        for f in &self.files_written {
+            let _ = writeln!(o, "wrote {}", f.display());
+        }
+        let s = &self.summary;
+        let _ = writeln!(
+            o,
+            "\n{} container(s); {} point(s) need a human, {} changed meaning.",
+            s.containers, s.needs_human, s.changed_meaning
+        );
+        o
+    }
+}
+
+fn write_warning(o: &mut String, w: &Warning) {
+    let loc = match (&w.file, w.line) {
+        (Some(f), Some(l)) => format!("{}:{}", f.display(), l),
+        (Some(f), None) => f.display().to_string(),
+        _ => String::new(),
+    };
+    // Messages usually start with the option and its location already; do not repeat them.
+    let mut head = format!("    [{}]", w.code);
+    if !w.message.starts_with(&w.option) {
+        head.push(' ');
+        head.push_str(&w.option);
+        if !loc.is_empty() && !w.message.contains(&loc) {
+            head.push_str(&format!(" ({loc})"));
+        }
+    }
+    let _ = writeln!(o, "{head}");
+    for line in w.message.lines() {
+        let _ = writeln!(o, "        {line}");
+    }
+}
+
+fn indent(o: &mut String, text: &str, pad: &str) {
+    for line in text.lines() {
+        if line.is_empty() {
+            o.push('\n');
+        } else {
+            let _ = writeln!(o, "{pad}{line}");
+        }
+    }
+}

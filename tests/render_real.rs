@@ -450,12 +450,19 @@ fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
     for (name, text) in files {
         std::fs::write(cfg.join(name), text).unwrap();
     }
+    // A canary that matches `lo`: networkd logs its path once it has loaded the directory,
+    // which proves the files were read even when none of them matches a link here.
+    std::fs::write(
+        cfg.join("000-canary.network"),
+        "[Match]\nName=lo\n\n[Network]\nKeepConfiguration=yes\n",
+    )
+    .unwrap();
     let log = dir.path().join("log");
     let script = format!(
         "set -e\n\
          mount -t sysfs -o ro sysfs /sys\n\
          mkdir -p /run/systemd/netif\n\
-         mount -t tmpfs tmpfs /run/systemd/netif\n\
+         mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif\n\
          chown systemd-network:systemd-network /run/systemd/netif\n\
          mount --bind {cfg} /etc/systemd/network\n\
          mount --bind {empty} /lib/systemd/network\n\
@@ -490,7 +497,7 @@ fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
     );
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("/etc/systemd/network/"),
+        log.contains("/etc/systemd/network/000-canary.network"),
         "networkd did not read the units:\n{log}"
     );
     let bad: Vec<&str> = log
@@ -520,11 +527,7 @@ fn formatting_keeps_the_meaning_of_copied_guest_code() {
     let orig = dir.path().join("orig.nix");
     let new = dir.path().join("new.nix");
     std::fs::write(&orig, guest).unwrap();
-    std::fs::write(
-        &new,
-        format!("let lib = {{ mkForce = x: x; }}; in {snippet}"),
-    )
-    .unwrap();
+    std::fs::write(&new, &snippet).unwrap();
     let eval = |expr: String| {
         let out = Command::new("nix-instantiate")
             .args(["--eval", "--strict", "--expr", &expr])
@@ -542,7 +545,7 @@ fn formatting_keeps_the_meaning_of_copied_guest_code() {
         orig.display()
     ));
     let b = eval(format!(
-        "((import {}).nixos.containers.instances.web.system-config {{}}).systemd.services.x.script",
+        "(((import {}) {{ config = {{ }}; lib = {{ mkForce = x: x; }}; pkgs = {{ }}; }}).nixos.containers.instances.web.system-config {{}}).systemd.services.x.script",
         new.display()
     ));
     assert_eq!(a, b, "snippet:\n{snippet}");

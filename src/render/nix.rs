@@ -359,10 +359,22 @@ pub fn module_args(i: &Instance) -> Vec<String> {
     out
 }
 
-/// One container as a Nix attribute set: `{ nixos.containers.instances.<name> = {…};
-/// systemd.nspawn.<name> = {…}; systemd.services."systemd-nspawn@<name>" = {…}; … }`.
+/// One container as a NixOS module of its own: `{ config, lib, pkgs, ... }: {
+/// nixos.containers.instances.<name> = {…}; systemd.nspawn.<name> = {…};
+/// systemd.services."systemd-nspawn@<name>" = {…}; … }`. A closed expression (every name it
+/// uses is bound), so it can be parsed, evaluated or saved as a file on its own.
 pub fn instance_snippet(i: &Instance) -> String {
-    format(format!("{{\n{}}}\n", bindings(i)))
+    let mut args: Vec<String> = vec!["config".into(), "lib".into(), "pkgs".into()];
+    for a in module_args(i) {
+        if !args.contains(&a) {
+            args.push(a);
+        }
+    }
+    format(format!(
+        "{{ {}, ... }}:\n{{\n{}}}\n",
+        args.join(", "),
+        bindings(i)
+    ))
 }
 
 /// The file the migration writes (`/etc/nixos/nspawn-containers.nix`): every declarative
