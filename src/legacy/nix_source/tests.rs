@@ -1253,3 +1253,31 @@ fn computed_names_from_let_bound_strings_are_read() {
         &Value::Bool(true)
     );
 }
+
+#[test]
+fn flake_parts_hosts_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake.nix");
+    std::fs::write(
+        &flake,
+        r#"{
+  inputs.flake-parts.url = "github:hercules-ci/flake-parts";
+  outputs = inputs@{ flake-parts, nixpkgs, ... }:
+    flake-parts.lib.mkFlake { inherit inputs; } {
+      systems = [ "x86_64-linux" ];
+      flake = {
+        nixosConfigurations.box = nixpkgs.lib.nixosSystem {
+          modules = [ ./box.nix ];
+        };
+      };
+      flake.nixosConfigurations.other = nixpkgs.lib.nixosSystem { modules = [ ./other.nix ]; };
+    };
+}"#,
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("box"));
+    assert!(fr.problems.is_empty(), "{:#?}", fr.problems);
+    assert_eq!(fr.entries, [dir.path().join("box.nix")]);
+    let fr = read_flake(&PlainFs, &flake, None);
+    assert_eq!(fr.hosts, ["box", "other"]);
+}
