@@ -1281,3 +1281,13 @@ fn flake_parts_hosts_are_read() {
     let fr = read_flake(&PlainFs, &flake, None);
     assert_eq!(fr.hosts, ["box", "other"]);
 }
+
+#[test]
+fn unreadable_module_code_that_may_define_containers_is_reported() {
+    let ff = read(
+        "{ lib, hosts, ... }: {\n  config = lib.mkMerge (map mkContainerModule hosts);\n  services = lib.mkMerge (map mkService hosts);\n}",
+    );
+    assert_eq!(codes(&ff.problems), ["nix-dynamic-containers"]);
+    assert_eq!(ff.problems[0].line, Some(2));
+    assert!(ff.problems[0].message.contains("mkContainerModule"));
+}
