@@ -819,7 +819,7 @@ impl<'t> Extract<'t> {
         match level {
             Level::Module => {
                 let Some(name) = text::attr_name(first) else {
-                    if value.syntax().to_string().contains("containers") {
+                    if mentions_containers(value.syntax()) {
                         self.dynamic(level, &value, "a computed attribute name");
                     }
                     return;
@@ -1249,8 +1249,11 @@ impl<'t> Extract<'t> {
         match level {
             Level::Module => {
                 // Module code that cannot be read matters only if it may define containers.
-                if e.syntax().to_string().contains("containers") {
-                    self.dynamic_at(line, &format!("{what} (`{text}`) that mentions containers"));
+                if mentions_containers(e.syntax()) {
+                    self.dynamic_at(
+                        line,
+                        &format!("{what} (`{text}`) that may define containers"),
+                    );
                 }
             }
             Level::Containers => self.dynamic_at(line, &format!("{what} (`{text}`)")),
@@ -1475,4 +1478,10 @@ pub(crate) fn combine_conditions(conds: &[NixExpr]) -> Option<NixExpr> {
             })
         }
     }
+}
+
+/// Module code we cannot read matters when it may define containers: it names them (any case,
+/// so `mkContainer` counts too).
+fn mentions_containers(node: &rnix::SyntaxNode) -> bool {
+    node.to_string().to_ascii_lowercase().contains("container")
 }

@@ -128,6 +128,82 @@ impl Walk<'_> {
                         .push((self.ex.line(e.syntax()), short(&e.syntax().to_string())));
                 }
             }
+            // flake-parts: `flake-parts.lib.mkFlake { inherit inputs; } { flake = { … }; }`.
+            ast::Expr::Apply(ref a)
+                if uncurry(a).is_some_and(|(h, args)| {
+                    head_name(&h).as_deref() == Some("mkFlake") && args.len() == 2
+                }) =>
+            {
+                if let Some((_, args)) = uncurry(a) {
+                    self.flake_parts_module(args[1].clone(), scope, d);
+                }
+            }
+            other => {
+                if other.syntax().to_string().contains("nixosConfigurations") {
+                    self.dynamic.push((
+                        self.ex.line(other.syntax()),
+                        short(&other.syntax().to_string()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The module given to flake-parts' `mkFlake`: its `flake` attribute is the outputs.
+    fn flake_parts_module(&mut self, e: ast::Expr, scope: Scope, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let d = depth + 1;
+        let Some((v, s)) = self.ex.deref(e.clone(), scope, d) else {
+            self.dynamic
+                .push((self.ex.line(e.syntax()), short(&e.syntax().to_string())));
+            return;
+        };
+        match v {
+            ast::Expr::Lambda(ref l) => {
+                let s = self.ex.push_lambda_frame(l, s);
+                if let Some(b) = l.body() {
+                    self.flake_parts_module(b, s, d)
+                }
+            }
+            ast::Expr::LetIn(ref l) => {
+                let s = self.ex.push_rec_frame(l, s);
+                if let Some(b) = l.body() {
+                    self.flake_parts_module(b, s, d)
+                }
+            }
+            ast::Expr::AttrSet(ref set) => {
+                for apv in set.attrpath_values() {
+                    let attrs: Vec<ast::Attr> = apv
+                        .attrpath()
+                        .map(|p| p.attrs().collect())
+                        .unwrap_or_default();
+                    let names: Vec<Option<String>> = attrs.iter().map(text::attr_name).collect();
+                    let Some(value) = apv.value() else { continue };
+                    match names.as_slice() {
+                        [Some(f)] if f == "flake" => self.outputs(value, s, d),
+                        [Some(f), Some(n)] if f == "flake" && n == "nixosConfigurations" => {
+                            self.configurations(value, s, d)
+                        }
+                        [Some(f), Some(n), host] if f == "flake" && n == "nixosConfigurations" => {
+                            match host {
+                                Some(h) => self.hosts.push(Host {
+                                    name: h.clone(),
+                                    line: self.ex.line(apv.syntax()),
+                                    value,
+                                    scope: s,
+                                }),
+                                None => self.dynamic.push((
+                                    self.ex.line(apv.syntax()),
+                                    short(&apv.syntax().to_string()),
+                                )),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
             other => {
                 if other.syntax().to_string().contains("nixosConfigurations") {
                     self.dynamic.push((

@@ -1253,3 +1253,41 @@ fn computed_names_from_let_bound_strings_are_read() {
         &Value::Bool(true)
     );
 }
+
+#[test]
+fn flake_parts_hosts_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake.nix");
+    std::fs::write(
+        &flake,
+        r#"{
+  inputs.flake-parts.url = "github:hercules-ci/flake-parts";
+  outputs = inputs@{ flake-parts, nixpkgs, ... }:
+    flake-parts.lib.mkFlake { inherit inputs; } {
+      systems = [ "x86_64-linux" ];
+      flake = {
+        nixosConfigurations.box = nixpkgs.lib.nixosSystem {
+          modules = [ ./box.nix ];
+        };
+      };
+      flake.nixosConfigurations.other = nixpkgs.lib.nixosSystem { modules = [ ./other.nix ]; };
+    };
+}"#,
+    )
+    .unwrap();
+    let fr = read_flake(&PlainFs, &flake, Some("box"));
+    assert!(fr.problems.is_empty(), "{:#?}", fr.problems);
+    assert_eq!(fr.entries, [dir.path().join("box.nix")]);
+    let fr = read_flake(&PlainFs, &flake, None);
+    assert_eq!(fr.hosts, ["box", "other"]);
+}
+
+#[test]
+fn unreadable_module_code_that_may_define_containers_is_reported() {
+    let ff = read(
+        "{ lib, hosts, ... }: {\n  config = lib.mkMerge (map mkContainerModule hosts);\n  services = lib.mkMerge (map mkService hosts);\n}",
+    );
+    assert_eq!(codes(&ff.problems), ["nix-dynamic-containers"]);
+    assert_eq!(ff.problems[0].line, Some(2));
+    assert!(ff.problems[0].message.contains("mkContainerModule"));
+}
