@@ -101,6 +101,29 @@ struct Merger<'a> {
     by_option: BTreeMap<String, Cands>,
     warnings: Vec<Warning>,
     unresolved: BTreeMap<String, Sourced<NixExpr>>,
+    /// Options a reader already reported as computed by Nix code (with the exact command
+    /// to evaluate them): one warning per problem, so `needs-eval` is not added for these.
+    reported_unresolved: std::collections::BTreeSet<String>,
+}
+
+/// True when an expression sits anywhere inside the value (e.g. one bind mount's `hostPath`).
+fn contains_expr(v: &Value) -> bool {
+    match v {
+        Value::Expr(_) => true,
+        Value::List(l) => l.iter().any(contains_expr),
+        Value::Attrs(a) => a.values().any(contains_expr),
+        _ => false,
+    }
+}
+
+/// The free variables of every expression inside the value.
+fn nested_free_vars(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Expr(e) => out.extend(e.free_vars.iter().cloned()),
+        Value::List(l) => l.iter().for_each(|x| nested_free_vars(x, out)),
+        Value::Attrs(a) => a.values().for_each(|x| nested_free_vars(x, out)),
+        _ => {}
+    }
 }
 
 fn describe(v: &Value) -> String {
@@ -139,6 +162,20 @@ impl Merger<'_> {
         for (v, origin) in &cands {
             match v {
                 Value::Expr(e) => expr = Some((e.clone(), origin.clone())),
+                // Data with code inside is unresolved as a whole, not of the wrong type.
+                v if contains_expr(v) => {
+                    let mut free_vars = Vec::new();
+                    nested_free_vars(v, &mut free_vars);
+                    free_vars.sort();
+                    free_vars.dedup();
+                    let e = NixExpr {
+                        text: value_to_nix(v),
+                        origin: origin.clone(),
+                        column: 1,
+                        free_vars,
+                    };
+                    expr = Some((e, origin.clone()));
+                }
                 v => match conv(v) {
                     Ok(t) => ok.push((t, origin.clone())),
                     Err(expected) => self.warnings.push(
@@ -168,7 +205,8 @@ impl Merger<'_> {
                     ),
                     _ => String::new(),
                 };
-                self.warnings.push(
+                if !self.reported_unresolved.contains(option) {
+                    self.warnings.push(
                     Warning::new(
                         &NEEDS_EVAL,
                         path.clone(),
@@ -180,6 +218,7 @@ impl Merger<'_> {
                     )
                     .at(origin.file.clone(), origin.line),
                 );
+                }
                 self.unresolved
                     .insert(option.to_string(), Sourced::new(e, origin));
             }
@@ -561,11 +600,18 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
             }
         }
     }
+    let reported_unresolved = warnings
+        .iter()
+        .filter(|w| w.code == crate::legacy::nix_source::NIX_UNRESOLVED_VALUE.code)
+        // The option's own name: container names may be quoted differently in the two places.
+        .filter_map(|w| w.option.rsplit('.').next().map(str::to_string))
+        .collect();
     let mut m = Merger {
         name,
         by_option,
         warnings,
         unresolved: BTreeMap::new(),
+        reported_unresolved,
     };
     // The unit was generated from the deployed settings, so read it against those.
     let deployed = |opt: &str| -> Option<Value> {
@@ -1035,5 +1081,51 @@ mod tests {
         let text = value_to_nix(&v);
         assert_eq!(text, "{ \"a.b\" = [ 1 \"x\\\"y\" null false ]; c = { }; }");
         assert!(crate::nixtext::format(&text).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod one_warning_per_problem {
+    use super::*;
+    use crate::legacy::{Origin, SourceFacts, SourceKind, Value};
+
+    fn expr(text: &str) -> Value {
+        Value::Expr(NixExpr {
+            text: text.to_string(),
+            origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
+            column: 5,
+            free_vars: vec!["addr".to_string()],
+        })
+    }
+
+    #[test]
+    fn a_value_with_code_inside_is_unresolved_not_wrongly_typed() {
+        let mut f = SourceFacts::new("web", SourceKind::NixSource, "/etc/nixos/c.nix");
+        let mut bind = BTreeMap::new();
+        bind.insert("hostPath".to_string(), expr("cfg.dataDir"));
+        let mut binds = BTreeMap::new();
+        binds.insert("/data".to_string(), Value::Attrs(bind));
+        f.set("bindMounts", Value::Attrs(binds), Some(3));
+        let m = merge("web", vec![f]);
+        let codes: Vec<&str> = m.warnings.iter().map(|w| w.code).collect();
+        assert_eq!(codes, vec![NEEDS_EVAL.code], "{:?}", m.warnings);
+        let u = &m.options.unresolved["bindMounts"];
+        assert!(u.value.text.contains("(cfg.dataDir)"), "{}", u.value.text);
+        assert_eq!(u.value.free_vars, vec!["addr".to_string()]);
+    }
+
+    #[test]
+    fn no_needs_eval_when_the_reader_already_reported_the_option() {
+        let mut f = SourceFacts::new("web", SourceKind::NixSource, "/etc/nixos/c.nix");
+        f.set("hostAddress", expr("addr"), Some(3));
+        f.warnings.push(Warning::new(
+            &crate::legacy::nix_source::NIX_UNRESOLVED_VALUE,
+            "containers.web.hostAddress",
+            "computed by Nix code; run …",
+        ));
+        let m = merge("web", vec![f]);
+        let codes: Vec<&str> = m.warnings.iter().map(|w| w.code).collect();
+        assert_eq!(codes, vec!["nix-unresolved-value"]);
+        assert!(m.options.unresolved.contains_key("hostAddress"));
     }
 }
