@@ -1,0 +1,529 @@
+//! Compare a copy with its source: walks both trees in lockstep on directory fds (never
+//! following symlinks, never crossing into mounts, reading with `O_NOATIME`), and for
+//! [`Verify::Full`] hashes file contents with BLAKE3 on a small worker pool.
+//!
+//! Checked per entry: presence on both sides, type, permission bits (incl. setuid/setgid/sticky),
+//! owner and group, mtime (ns), size, device numbers, symlink targets, every extended attribute
+//! (so ACLs and capabilities too), that hard links still share an inode, and (Full) contents.
+//! Not checked: atime (reading may update it on the source's side elsewhere), ctime (cannot be
+//! set), inode flags such as immutable (`chattr`), which the engine does not copy.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
+
+use rustix::io::Errno;
+
+use super::Verify;
+use super::copy::join;
+use super::error::StateError;
+use super::sys::{self, Kind, Meta, XTarget};
+
+/// How many differences a report keeps with their paths (all are counted).
+pub const MAX_REPORTED_DIFFERENCES: usize = 20;
+
+/// One difference between the source and the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// Relative to the roots.
+    pub path: PathBuf,
+    pub what: String,
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub level: Verify,
+    /// Entries compared (below the roots; the roots themselves are compared too).
+    pub entries: u64,
+    /// Content bytes hashed on the source side (Full only).
+    pub bytes_hashed: u64,
+    /// Number of differences found.
+    pub differences: u64,
+    /// The first [`MAX_REPORTED_DIFFERENCES`] differences, in walk order.
+    pub first: Vec<Difference>,
+    /// Mount points found in the source (relative paths), not descended into.
+    pub skipped_mounts: Vec<PathBuf>,
+}
+
+impl VerifyReport {
+    fn new(level: Verify) -> Self {
+        VerifyReport {
+            level,
+            entries: 0,
+            bytes_hashed: 0,
+            differences: 0,
+            first: Vec::new(),
+            skipped_mounts: Vec::new(),
+        }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.differences == 0
+    }
+
+    /// `3 differences in 1200 entries; first: etc/passwd: content differs; …`
+    pub fn summary(&self) -> String {
+        if self.is_clean() {
+            return format!("no differences in {} entries", self.entries);
+        }
+        let list: Vec<String> = self
+            .first
+            .iter()
+            .take(5)
+            .map(|d| format!("{}: {}", display_rel(&d.path), d.what))
+            .collect();
+        format!(
+            "{} difference{} in {} entries; first: {}",
+            self.differences,
+            if self.differences == 1 { "" } else { "s" },
+            self.entries,
+            list.join("; ")
+        )
+    }
+}
+
+fn display_rel(p: &Path) -> String {
+    if p.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        p.display().to_string()
+    }
+}
+
+struct Diffs {
+    count: AtomicU64,
+    first: Mutex<Vec<Difference>>,
+}
+
+impl Diffs {
+    fn add(&self, path: &Path, what: impl Into<String>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.first.lock()
+            && f.len() < MAX_REPORTED_DIFFERENCES
+        {
+            f.push(Difference {
+                path: path.to_path_buf(),
+                what: what.into(),
+            });
+        }
+    }
+}
+
+struct HashJob {
+    src: OwnedFd,
+    dst: OwnedFd,
+    rel: PathBuf,
+}
+
+/// Compare the trees below two open directories.
+pub(crate) fn verify_fds(
+    src_root: &OwnedFd,
+    dst_root: &OwnedFd,
+    level: Verify,
+    src_label: &Path,
+    dst_label: &Path,
+    workers: usize,
+) -> Result<VerifyReport, StateError> {
+    let mut report = VerifyReport::new(level);
+    if level == Verify::None {
+        return Ok(report);
+    }
+    let diffs = Diffs {
+        count: AtomicU64::new(0),
+        first: Mutex::new(Vec::new()),
+    };
+    let hashed = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let error: Mutex<Option<StateError>> = Mutex::new(None);
+    let (tx, rx) = mpsc::sync_channel::<HashJob>(64);
+    let rx = Mutex::new(rx);
+    let walked = std::thread::scope(|scope| {
+        if level == Verify::Full {
+            for _ in 0..workers.max(1) {
+                let (rx, diffs, hashed, failed, error) = (&rx, &diffs, &hashed, &failed, &error);
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let a = hash_fd(&job.src, &mut buf)
+                            .map_err(|e| StateError::io("read", &join(src_label, &job.rel), e));
+                        let b = hash_fd(&job.dst, &mut buf)
+                            .map_err(|e| StateError::io("read", &join(dst_label, &job.rel), e));
+                        match (a, b) {
+                            (Ok((ha, n)), Ok((hb, _))) => {
+                                hashed.fetch_add(n, Ordering::Relaxed);
+                                if ha != hb {
+                                    diffs.add(&job.rel, "content differs");
+                                }
+                            }
+                            (Err(e), _) | (_, Err(e)) => {
+                                failed.store(true, Ordering::Relaxed);
+                                if let Ok(mut slot) = error.lock() {
+                                    slot.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let r = walk(
+            src_root,
+            dst_root,
+            level,
+            src_label,
+            dst_label,
+            &diffs,
+            &tx,
+            &failed,
+            &mut report,
+        );
+        drop(tx);
+        r
+    });
+    walked?;
+    if let Ok(mut slot) = error.lock()
+        && let Some(e) = slot.take()
+    {
+        return Err(e);
+    }
+    report.differences = diffs.count.load(Ordering::Relaxed);
+    report.first = diffs.first.into_inner().unwrap_or_default();
+    report.bytes_hashed = hashed.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+fn hash_fd(fd: &OwnedFd, buf: &mut [u8]) -> Result<(blake3::Hash, u64), Errno> {
+    let mut h = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(0) => return Ok((h.finalize(), total)),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Frame {
+    src: OwnedFd,
+    dst: OwnedFd,
+    rel: PathBuf,
+    names: Vec<(CString, u8)>,
+    next: usize,
+}
+
+const IN_SRC: u8 = 1;
+const IN_DST: u8 = 2;
+
+fn names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
+    let mut d = rustix::fs::Dir::read_from(fd)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name();
+        if n != c"." && n != c".." {
+            out.push(n.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sorted union of both listings, each name tagged with where it exists.
+fn merged(a: Vec<CString>, b: Vec<CString>) -> Vec<(CString, u8)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut ia, mut ib) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                ib.next();
+                if let Some(x) = ia.next() {
+                    out.push((x, IN_SRC | IN_DST));
+                }
+            }
+            (Some(x), Some(y)) if x < y => {
+                if let Some(x) = ia.next() {
+                    out.push((x, IN_SRC));
+                }
+            }
+            (Some(_), Some(_)) | (None, Some(_)) => {
+                if let Some(y) = ib.next() {
+                    out.push((y, IN_DST));
+                }
+            }
+            (Some(_), None) => {
+                if let Some(x) = ia.next() {
+                    out.push((x, IN_SRC));
+                }
+            }
+            (None, None) => return out,
+        }
+    }
+}
+
+fn compare_meta(s: &Meta, d: &Meta, rel: &Path, diffs: &Diffs) -> bool {
+    if s.kind() != d.kind() {
+        diffs.add(
+            rel,
+            format!(
+                "type differs: {} in the source, {} in the copy",
+                s.kind().name(),
+                d.kind().name()
+            ),
+        );
+        return false;
+    }
+    if s.perm() != d.perm() {
+        diffs.add(
+            rel,
+            format!("mode differs: {:04o} vs {:04o}", s.perm(), d.perm()),
+        );
+    }
+    if (s.uid, s.gid) != (d.uid, d.gid) {
+        diffs.add(
+            rel,
+            format!("owner differs: {}:{} vs {}:{}", s.uid, s.gid, d.uid, d.gid),
+        );
+    }
+    if s.mtime != d.mtime {
+        diffs.add(
+            rel,
+            format!(
+                "mtime differs: {}.{:09} vs {}.{:09}",
+                s.mtime.0, s.mtime.1, d.mtime.0, d.mtime.1
+            ),
+        );
+    }
+    match s.kind() {
+        Kind::File | Kind::Symlink if s.size != d.size => {
+            diffs.add(rel, format!("size differs: {} vs {}", s.size, d.size));
+        }
+        Kind::Char | Kind::Block if s.rdev != d.rdev => {
+            diffs.add(
+                rel,
+                format!("device number differs: {:#x} vs {:#x}", s.rdev, d.rdev),
+            );
+        }
+        _ => {}
+    }
+    true
+}
+
+fn compare_xattrs(s: XTarget<'_>, d: XTarget<'_>, rel: &Path, diffs: &Diffs) -> Result<(), Errno> {
+    let a = sys::get_xattrs(s)?;
+    let b = sys::get_xattrs(d)?;
+    if a != b {
+        let names = |v: &sys::Xattrs| {
+            v.iter()
+                .map(|(n, _)| n.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.0 == y.0) {
+            diffs.add(
+                rel,
+                format!("extended attribute values differ ({})", names(&a)),
+            );
+        } else {
+            diffs.add(
+                rel,
+                format!(
+                    "extended attributes differ: [{}] vs [{}]",
+                    names(&a),
+                    names(&b)
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    src_root: &OwnedFd,
+    dst_root: &OwnedFd,
+    level: Verify,
+    src_label: &Path,
+    dst_label: &Path,
+    diffs: &Diffs,
+    tx: &mpsc::SyncSender<HashJob>,
+    failed: &AtomicBool,
+    report: &mut VerifyReport,
+) -> Result<(), StateError> {
+    let rd = |op, rel: &Path, e: Errno| StateError::io(op, &join(src_label, rel), e);
+    let wd = |op, rel: &Path, e: Errno| StateError::io(op, &join(dst_label, rel), e);
+    let root = PathBuf::new();
+    let sm = sys::fstat(src_root.as_fd()).map_err(|e| rd("stat", &root, e))?;
+    let dm = sys::fstat(dst_root.as_fd()).map_err(|e| wd("stat", &root, e))?;
+    let root_dev = sm.dev;
+    compare_meta(&sm, &dm, &root, diffs);
+    compare_xattrs(
+        XTarget::Fd(src_root.as_fd()),
+        XTarget::Fd(dst_root.as_fd()),
+        &root,
+        diffs,
+    )
+    .map_err(|e| rd("read the extended attributes of", &root, e))?;
+    let dup = |fd: &OwnedFd, label: &Path| {
+        fd.try_clone()
+            .map_err(|e| StateError::io("duplicate a descriptor of", label, e))
+    };
+    let mut stack = vec![Frame {
+        names: merged(
+            names(src_root.as_fd()).map_err(|e| rd("list", &root, e))?,
+            names(dst_root.as_fd()).map_err(|e| wd("list", &root, e))?,
+        ),
+        src: dup(src_root, src_label)?,
+        dst: dup(dst_root, dst_label)?,
+        rel: root,
+        next: 0,
+    }];
+    // Source inode → copy inode, and back, for entries with more than one link.
+    let mut s2d: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut d2s: HashMap<u64, (u64, u64)> = HashMap::new();
+    while let Some(f) = stack.last_mut() {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if f.next == f.names.len() {
+            stack.pop();
+            continue;
+        }
+        let (name, where_) = std::mem::take(&mut f.names[f.next]);
+        f.next += 1;
+        let rel = f.rel.join(sys::os(&name));
+        report.entries += 1;
+        if where_ == IN_SRC {
+            diffs.add(&rel, "missing in the copy");
+            continue;
+        }
+        if where_ == IN_DST {
+            diffs.add(&rel, "in the copy but not in the source");
+            continue;
+        }
+        let (sdir, ddir) = (f.src.as_fd(), f.dst.as_fd());
+        let sm = match sys::lstat_at(sdir, &name) {
+            Ok(m) => m,
+            Err(Errno::NOENT) => {
+                diffs.add(&rel, "vanished from the source during verification");
+                continue;
+            }
+            Err(e) => return Err(rd("stat", &rel, e)),
+        };
+        let dm = sys::lstat_at(ddir, &name).map_err(|e| wd("stat", &rel, e))?;
+        if !compare_meta(&sm, &dm, &rel, diffs) {
+            continue;
+        }
+        if sm.dev != root_dev {
+            report.skipped_mounts.push(rel);
+            continue;
+        }
+        if sm.kind() != Kind::Dir && (sm.nlink > 1 || dm.nlink > 1) {
+            let s_id = (sm.dev, sm.ino);
+            if let Some(&d_ino) = s2d.get(&s_id) {
+                if d_ino != dm.ino {
+                    diffs.add(&rel, "hard link not kept: the copy is a separate file");
+                }
+                continue;
+            }
+            if let Some(&other) = d2s.get(&dm.ino) {
+                if other != s_id {
+                    diffs.add(&rel, "hard-linked in the copy but not in the source");
+                }
+                continue;
+            }
+            s2d.insert(s_id, dm.ino);
+            d2s.insert(dm.ino, s_id);
+        }
+        match sm.kind() {
+            Kind::Dir => {
+                let s = sys::open_read(sdir, &name, true).map_err(|e| rd("open", &rel, e))?;
+                let d = sys::open_read(ddir, &name, true).map_err(|e| wd("open", &rel, e))?;
+                check_same(&s, &sm, &join(src_label, &rel))?;
+                check_same(&d, &dm, &join(dst_label, &rel))?;
+                compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), &rel, diffs)
+                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
+                let names = merged(
+                    names(s.as_fd()).map_err(|e| rd("list", &rel, e))?,
+                    names(d.as_fd()).map_err(|e| wd("list", &rel, e))?,
+                );
+                stack.push(Frame {
+                    src: s,
+                    dst: d,
+                    rel,
+                    names,
+                    next: 0,
+                });
+            }
+            Kind::File => {
+                let s = sys::open_read(sdir, &name, false).map_err(|e| rd("open", &rel, e))?;
+                let d = sys::open_read(ddir, &name, false).map_err(|e| wd("open", &rel, e))?;
+                check_same(&s, &sm, &join(src_label, &rel))?;
+                check_same(&d, &dm, &join(dst_label, &rel))?;
+                compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), &rel, diffs)
+                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
+                if level == Verify::Full
+                    && tx
+                        .send(HashJob {
+                            src: s,
+                            dst: d,
+                            rel,
+                        })
+                        .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Kind::Symlink => {
+                let a = sys::readlink(sdir, &name).map_err(|e| rd("read the symlink", &rel, e))?;
+                let b = sys::readlink(ddir, &name).map_err(|e| wd("read the symlink", &rel, e))?;
+                if a != b {
+                    diffs.add(&rel, format!("symlink target differs: {:?} vs {:?}", a, b));
+                }
+                xattrs_by_path(sdir, ddir, &name, &rel, diffs)
+                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
+            }
+            _ => {
+                xattrs_by_path(sdir, ddir, &name, &rel, diffs)
+                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn xattrs_by_path(
+    sdir: BorrowedFd<'_>,
+    ddir: BorrowedFd<'_>,
+    name: &CStr,
+    rel: &Path,
+    diffs: &Diffs,
+) -> Result<(), Errno> {
+    let sp = sys::proc_path(sdir, name);
+    let dp = sys::proc_path(ddir, name);
+    compare_xattrs(XTarget::Path(&sp), XTarget::Path(&dp), rel, diffs)
+}
+
+fn check_same(fd: &OwnedFd, m: &Meta, path: &Path) -> Result<(), StateError> {
+    let f = sys::fstat(fd.as_fd()).map_err(|e| StateError::io("stat", path, e))?;
+    if f.ino != m.ino || f.dev != m.dev {
+        return Err(StateError::changed(path, "it changed while being verified"));
+    }
+    Ok(())
+}
