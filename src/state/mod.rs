@@ -320,10 +320,7 @@ pub fn migrate_state(
         }
     }
 
-    let src_fd = sys::open_dir_path(src).map_err(|e| match e {
-        Errno::NOTDIR => StateError::invalid(src, "the legacy state is not a directory"),
-        e => StateError::io("open", src, e),
-    })?;
+    let src_fd = sys::open_root(src)?;
     let src_meta = sys::fstat(src_fd.as_fd()).map_err(|e| StateError::io("stat", src, e))?;
     let source = SourceId {
         src: src.to_string_lossy().into_owned(),
@@ -782,8 +779,8 @@ fn move_state(
 
 /// Compare the trees at `src` and `dst` (REAL paths). See [`VerifyReport`].
 pub fn verify_tree(src: &Path, dst: &Path, level: Verify) -> Result<VerifyReport, StateError> {
-    let s = sys::open_dir_path(src).map_err(|e| StateError::io("open", src, e))?;
-    let d = sys::open_dir_path(dst).map_err(|e| StateError::io("open", dst, e))?;
+    let s = sys::open_root(src)?;
+    let d = sys::open_root(dst)?;
     verify::verify_fds(&s, &d, level, src, dst, workers())
 }
 
@@ -795,7 +792,7 @@ pub fn copy_tree_raw(
     dst: &Path,
     progress: &dyn Progress,
 ) -> Result<CopyReport, StateError> {
-    let s = sys::open_dir_path(src).map_err(|e| StateError::io("open", src, e))?;
+    let s = sys::open_root(src)?;
     std::fs::DirBuilder::new()
         .create(dst)
         .map_err(|e| StateError::write("create the directory", dst, dst, e))?;

@@ -38,7 +38,7 @@ pub struct ProfileOutcome {
 ///
 /// When `to` holds something different ([`StateErrorKind::DestOccupied`]), or on I/O errors.
 pub fn carry_profile(from: &Path, to: &Path) -> Result<ProfileOutcome, StateError> {
-    let from_fd = sys::open_dir_path(from).map_err(|e| StateError::io("open", from, e))?;
+    let from_fd = sys::open_root(from)?;
     let (generations, current) = generations(&from_fd, from)?;
     let name = match to.file_name() {
         Some(n) => n,

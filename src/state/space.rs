@@ -29,7 +29,7 @@ pub struct SpaceNeed {
 
 /// Walk `src` (a real path; never following symlinks, never crossing mounts) and add up.
 pub fn required_space(src: &Path) -> Result<SpaceNeed, StateError> {
-    let fd = sys::open_dir_path(src).map_err(|e| StateError::io("open", src, e))?;
+    let fd = sys::open_root(src)?;
     required_space_fd(&fd, src)
 }
 

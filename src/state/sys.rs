@@ -155,6 +155,23 @@ pub(crate) fn open_dir_path(path: &Path) -> Result<OwnedFd, Errno> {
     }
 }
 
+/// [`open_dir_path`] with errors for a user: a symlink or a non-directory is named as such.
+pub(crate) fn open_root(path: &Path) -> Result<OwnedFd, super::StateError> {
+    open_dir_path(path).map_err(|e| match e {
+        Errno::NOTDIR | Errno::LOOP => match rfs::statat(rfs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+        {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                super::StateError::invalid(
+                    path,
+                    "is a symlink; the state engine never follows symlinks, pass the real path",
+                )
+            }
+            _ => super::StateError::invalid(path, "is not a directory"),
+        },
+        e => super::StateError::io("open", path, e),
+    })
+}
+
 /// Open a directory we created (in the staging tree) for writing metadata.
 pub(crate) fn open_dest_dir(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
     rfs::openat(
