@@ -239,7 +239,7 @@ fn verify_reports_each_kind_of_difference_with_paths() {
     std::os::unix::fs::lchown(dst.join("home/alice/high"), Some(0), Some(0)).unwrap();
     std::fs::write(dst.join("etc/extra"), b"x").unwrap();
     std::fs::remove_file(dst.join("home/alice/empty")).unwrap();
-    rustix::fs::lremovexattr(&dst.join("etc/os-release"), "user.mime_type").unwrap();
+    rustix::fs::lremovexattr(dst.join("etc/os-release"), "user.mime_type").unwrap();
     std::fs::remove_file(dst.join("alice-link")).unwrap();
     std::os::unix::fs::symlink("/elsewhere", dst.join("alice-link")).unwrap();
     std::fs::remove_file(dst.join("bin/libx-again")).unwrap();

@@ -290,7 +290,7 @@ pub fn snapshot(root: &Path, with_atime: bool) -> BTreeMap<PathBuf, Snap> {
             nlink: st.st_nlink,
             mtime: (st.st_mtime, st.st_mtime_nsec as i64),
             ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-            atime: (with_atime && !is_link).then(|| (st.st_atime, st.st_atime_nsec as i64)),
+            atime: (with_atime && !is_link).then_some((st.st_atime, st.st_atime_nsec as i64)),
         }
     }
     let mut out = BTreeMap::new();
@@ -350,12 +350,11 @@ pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     }
     for e in walkdir::WalkDir::new(root).follow_links(false) {
         let Ok(e) = e else { continue };
-        if e.file_type().is_file() {
-            if let Ok(data) = std::fs::read(e.path()) {
-                if data.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(e.path().to_path_buf());
-                }
-            }
+        if e.file_type().is_file()
+            && let Ok(data) = std::fs::read(e.path())
+            && data.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(e.path().to_path_buf());
         }
     }
     hits
