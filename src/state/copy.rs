@@ -194,6 +194,7 @@ impl Shared<'_> {
                 &self.src(rel),
                 "a regular file was replaced by a symlink or a special file",
             ),
+            Errno::NOENT => StateError::changed(&self.src(rel), "it disappeared"),
             e => self.read_err("open", rel, e),
         })?;
         let sm = sys::fstat(src.as_fd()).map_err(|e| self.read_err("stat", rel, e))?;
@@ -606,6 +607,7 @@ fn walk(
                         &sh.src(&rel),
                         "a directory was replaced by a symlink or a file",
                     ),
+                    Errno::NOENT => StateError::changed(&sh.src(&rel), "it disappeared"),
                     e => sh.read_err("open", &rel, e),
                 })?;
                 let sm = sys::fstat(sub.as_fd()).map_err(|e| sh.read_err("stat", &rel, e))?;

@@ -198,12 +198,7 @@ fn split_dest(dest: &Path) -> Result<(PathBuf, CString, String), StateError> {
     };
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => {
-            return Err(StateError::invalid(
-                dest,
-                "the destination must be an absolute path",
-            ));
-        }
+        _ => PathBuf::from("."),
     };
     let lossy = name.to_string_lossy().into_owned();
     Ok((parent, cstring(dest, name)?, lossy))
