@@ -100,6 +100,10 @@ struct Shared<'a> {
     src_label: &'a Path,
     dst_label: &'a Path,
     prune_xattrs: bool,
+    /// (euid, egid, umask) when a new file's owner and mode are known without asking: a fresh
+    /// copy into a root without setgid bit or default ACL. Lets plain root-owned files skip
+    /// `fchown`/`fchmod`.
+    fast: Option<(u32, u32, u32)>,
     progress: &'a dyn Progress,
     reflink_off: AtomicBool,
     cfr_off: AtomicBool,
@@ -204,11 +208,20 @@ impl Shared<'_> {
                 "it is no longer the file that was listed",
             ));
         }
-        let dst = match sys::create_file(dst_dir, name) {
+        let mut skip_owner_mode = self.fast.is_some_and(|(uid, gid, umask)| {
+            (sm.uid, sm.gid) == (uid, gid) && sm.perm() & 0o7000 == 0 && sm.perm() & umask == 0
+        });
+        let create_mode = if self.fast.is_some() {
+            sm.perm() & 0o777
+        } else {
+            0o600
+        };
+        let dst = match sys::create_file(dst_dir, name, create_mode) {
             Err(Errno::EXIST) => {
+                skip_owner_mode = false;
                 sys::remove_all_at(dst_dir, name)
                     .map_err(|e| self.write_err("remove the stale", rel, e))?;
-                sys::create_file(dst_dir, name)
+                sys::create_file(dst_dir, name, create_mode)
             }
             r => r,
         }
@@ -216,14 +229,16 @@ impl Shared<'_> {
         self.copy_data(&src, &dst, &sm, rel)?;
         let xattrs = sys::get_xattrs(XTarget::Fd(src.as_fd()))
             .map_err(|e| self.read_err("read the extended attributes of", rel, e))?;
-        rfs::fchown(
-            &dst,
-            Some(Uid::from_raw(sm.uid)),
-            Some(Gid::from_raw(sm.gid)),
-        )
-        .map_err(|e| self.write_err("set the owner of", rel, e))?;
-        rfs::fchmod(&dst, Mode::from_raw_mode(sm.perm()))
-            .map_err(|e| self.write_err("set the mode of", rel, e))?;
+        if !skip_owner_mode {
+            rfs::fchown(
+                &dst,
+                Some(Uid::from_raw(sm.uid)),
+                Some(Gid::from_raw(sm.gid)),
+            )
+            .map_err(|e| self.write_err("set the owner of", rel, e))?;
+            rfs::fchmod(&dst, Mode::from_raw_mode(sm.perm()))
+                .map_err(|e| self.write_err("set the mode of", rel, e))?;
+        }
         if !xattrs.is_empty() || self.prune_xattrs {
             sys::set_xattrs(XTarget::Fd(dst.as_fd()), &xattrs, self.prune_xattrs).map_err(
                 |(e, op)| StateError::write(leak_op(&op), &self.dst(rel), self.dst_label, e),
@@ -324,6 +339,9 @@ impl Shared<'_> {
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(self.write_err("copy data to", rel, e)),
             }
+        }
+        if off_in >= end {
+            return Ok(());
         }
         // Fallback: pread/pwrite.
         let mut buf = vec![0u8; 256 * 1024];
@@ -428,10 +446,31 @@ pub(crate) fn copy_tree(
         mut checkpoint,
         checkpoint_every,
     } = cfg;
+    // A default ACL or a setgid bit on the destination root would change what new entries
+    // get: then prune inherited ACLs and always set owner and mode.
+    let dst_root_meta =
+        sys::fstat(dst_root.as_fd()).map_err(|e| StateError::io("stat", dst_label, e))?;
+    let dst_root_default_acl = sys::get_xattrs(XTarget::Fd(dst_root.as_fd()))
+        .map_err(|e| StateError::io("read the extended attributes of", dst_label, e))?
+        .iter()
+        .any(|(n, _)| n.as_bytes() == b"system.posix_acl_default");
+    let plain_root = !dst_root_default_acl && dst_root_meta.perm() & 0o2000 == 0;
+    let fast = (resume == Resume::Fresh && plain_root)
+        .then(|| {
+            sys::umask().map(|um| {
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                    um,
+                )
+            })
+        })
+        .flatten();
     let sh = Shared {
         src_label,
         dst_label,
-        prune_xattrs: resume != Resume::Fresh,
+        prune_xattrs: resume != Resume::Fresh || dst_root_default_acl,
+        fast,
         progress,
         reflink_off: AtomicBool::new(false),
         cfr_off: AtomicBool::new(false),
@@ -460,7 +499,7 @@ pub(crate) fn copy_tree(
         rel: PathBuf::new(),
     });
 
-    let (tx, rx) = mpsc::sync_channel::<FileJob>(256);
+    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(16);
     let rx = Mutex::new(rx);
     let mut report = CopyReport::default();
     let walk_result = std::thread::scope(|scope| {
@@ -469,16 +508,18 @@ pub(crate) fn copy_tree(
             let rx = &rx;
             scope.spawn(move || {
                 loop {
-                    let job = match rx.lock() {
+                    let batch = match rx.lock() {
                         Ok(r) => r.recv(),
                         Err(_) => return,
                     };
-                    let Ok(job) = job else { return };
-                    if sh.abort.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if let Err(e) = sh.run_job(job) {
-                        sh.fail(e);
+                    let Ok(batch) = batch else { return };
+                    for job in batch {
+                        if sh.abort.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Err(e) = sh.run_job(job) {
+                            sh.fail(e);
+                        }
                     }
                 }
             });
@@ -520,7 +561,7 @@ fn walk(
     dst_root: &OwnedFd,
     root_dev: u64,
     resume: Resume,
-    tx: &mpsc::SyncSender<FileJob>,
+    tx: &mpsc::SyncSender<Vec<FileJob>>,
     report: &mut CopyReport,
     checkpoint: &mut Option<&mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
     checkpoint_every: Duration,
@@ -539,6 +580,9 @@ fn walk(
         next: 0,
     }];
     let mut last_checkpoint = Instant::now();
+    // Jobs go to the workers in batches: one channel operation per batch, not per file.
+    let mut batch: Vec<FileJob> = Vec::new();
+    let mut batch_bytes = 0u64;
     while let Some(frame) = stack.last_mut() {
         if sh.abort.load(Ordering::Relaxed) {
             return Ok(());
@@ -697,8 +741,15 @@ fn walk(
                             name,
                             meta,
                         };
-                        if tx.send(job).is_err() {
+                        batch_bytes += job.meta.size;
+                        batch.push(job);
+                        if (batch.len() >= BATCH_JOBS || batch_bytes >= BATCH_BYTES)
+                            && tx.send(std::mem::take(&mut batch)).is_err()
+                        {
                             return Ok(());
+                        }
+                        if batch.is_empty() {
+                            batch_bytes = 0;
                         }
                     } else {
                         let m = match kind {
@@ -739,8 +790,15 @@ fn walk(
             last_checkpoint = Instant::now();
         }
     }
+    if !batch.is_empty() {
+        // A closed channel means the workers stopped on an error, which is reported.
+        let _ = tx.send(batch);
+    }
     Ok(())
 }
+
+const BATCH_JOBS: usize = 32;
+const BATCH_BYTES: u64 = 4 << 20;
 
 fn progress_entry(sh: &Shared<'_>) {
     sh.progress.entry_done();

@@ -183,13 +183,20 @@ pub(crate) fn open_dest_dir(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd,
 }
 
 /// Create a new regular file; fails if anything (also a symlink) exists under `name`.
-pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
+pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd, Errno> {
     rfs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode),
     )
+}
+
+/// The process umask, read without changing it (`/proc/self/status`, Linux ≥ 4.7).
+pub(crate) fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
 /// `/proc/self/fd/<dirfd>/<name>`: a path for the `l*` calls that pins `dir`.

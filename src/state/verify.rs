@@ -146,7 +146,8 @@ pub(crate) fn verify_fds(
             for _ in 0..workers.max(1) {
                 let (rx, diffs, hashed, failed, error) = (&rx, &diffs, &hashed, &failed, &error);
                 scope.spawn(move || {
-                    let mut buf = vec![0u8; 1 << 20];
+                    let mut bufs = [Vec::new(), Vec::new()];
+                    let zeros = vec![0u8; BLOCK as usize];
                     loop {
                         let job = match rx.lock() {
                             Ok(r) => r.recv(),
@@ -156,10 +157,11 @@ pub(crate) fn verify_fds(
                         if failed.load(Ordering::Relaxed) {
                             continue;
                         }
-                        let a = hash_fd(&job.src, &mut buf)
-                            .map_err(|e| StateError::io("read", &join(src_label, &job.rel), e));
-                        let b = hash_fd(&job.dst, &mut buf)
-                            .map_err(|e| StateError::io("read", &join(dst_label, &job.rel), e));
+                        let (a, b) = hash_pair(&job, &mut bufs, &zeros);
+                        let a =
+                            a.map_err(|e| StateError::io("read", &join(src_label, &job.rel), e));
+                        let b =
+                            b.map_err(|e| StateError::io("read", &join(dst_label, &job.rel), e));
                         match (a, b) {
                             (Ok((ha, n)), Ok((hb, _))) => {
                                 hashed.fetch_add(n, Ordering::Relaxed);
@@ -204,19 +206,89 @@ pub(crate) fn verify_fds(
     Ok(report)
 }
 
-fn hash_fd(fd: &OwnedFd, buf: &mut [u8]) -> Result<(blake3::Hash, u64), Errno> {
+/// Blocks of this size that are all zero (holes, or written zeros) are left out of the hash, so
+/// the hash depends on the logical contents only, not on how they are laid out on disk, and
+/// holes are never read.
+const BLOCK: u64 = 256 * 1024;
+const CHUNK_BLOCKS: u64 = 4;
+
+/// BLAKE3 over `(offset, block)` for every non-zero block, then the size. Returns the hash and
+/// the bytes read.
+fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Result<(blake3::Hash, u64), Errno> {
+    let size = sys::fstat(fd.as_fd())?.size;
+    buf.resize((BLOCK * CHUNK_BLOCKS) as usize, 0);
     let mut h = blake3::Hasher::new();
-    let mut total = 0u64;
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(0) => return Ok((h.finalize(), total)),
-            Ok(n) => {
-                h.update(&buf[..n]);
-                total += n as u64;
+    let mut read_total = 0u64;
+    let mut done = 0u64; // everything below this offset is processed
+    let mut off = 0u64;
+    while off < size {
+        let (data, hole) = match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(off)) {
+            Ok(d) => {
+                let h = rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(d))?;
+                (d, h.min(size))
             }
-            Err(Errno::INTR) => {}
+            Err(Errno::NXIO) => break,
+            // No SEEK_DATA support: everything is data.
+            Err(Errno::INVAL) => (off, size),
             Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
         }
+        let mut pos = ((data / BLOCK) * BLOCK).max(done);
+        let end = hole.div_ceil(BLOCK).saturating_mul(BLOCK).min(size);
+        while pos < end {
+            let want = (end - pos).min(BLOCK * CHUNK_BLOCKS) as usize;
+            let mut got = 0usize;
+            while got < want {
+                match rustix::io::pread(fd, &mut buf[got..want], pos + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            read_total += got as u64;
+            for (i, block) in buf[..got].chunks(BLOCK as usize).enumerate() {
+                if block != &zeros[..block.len()] {
+                    h.update(&(pos + i as u64 * BLOCK).to_le_bytes());
+                    h.update(block);
+                }
+            }
+            pos += got as u64;
+        }
+        done = done.max(pos);
+        off = hole.max(done);
+    }
+    h.update(&size.to_le_bytes());
+    Ok((h.finalize(), read_total))
+}
+
+/// Hash both files; big ones in parallel.
+fn hash_pair(
+    job: &HashJob,
+    bufs: &mut [Vec<u8>; 2],
+    zeros: &[u8],
+) -> (
+    Result<(blake3::Hash, u64), Errno>,
+    Result<(blake3::Hash, u64), Errno>,
+) {
+    let [a, b] = bufs;
+    let big = sys::fstat(job.src.as_fd())
+        .map(|m| m.size > 16 << 20)
+        .unwrap_or(false);
+    if big {
+        std::thread::scope(|s| {
+            let hb = s.spawn(|| hash_fd(&job.dst, b, zeros));
+            let ra = hash_fd(&job.src, a, zeros);
+            let rb = hb.join().unwrap_or(Err(Errno::IO));
+            (ra, rb)
+        })
+    } else {
+        (hash_fd(&job.src, a, zeros), hash_fd(&job.dst, b, zeros))
     }
 }
 
