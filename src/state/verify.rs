@@ -214,7 +214,7 @@ const CHUNK_BLOCKS: u64 = 4;
 
 /// BLAKE3 over `(offset, block)` for every non-zero block, then the size. Returns the hash and
 /// the bytes read.
-fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Result<(blake3::Hash, u64), Errno> {
+fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Hashed {
     let size = sys::fstat(fd.as_fd())?.size;
     buf.resize((BLOCK * CHUNK_BLOCKS) as usize, 0);
     let mut h = blake3::Hasher::new();
@@ -268,14 +268,9 @@ fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Result<(blake3::Has
 }
 
 /// Hash both files; big ones in parallel.
-fn hash_pair(
-    job: &HashJob,
-    bufs: &mut [Vec<u8>; 2],
-    zeros: &[u8],
-) -> (
-    Result<(blake3::Hash, u64), Errno>,
-    Result<(blake3::Hash, u64), Errno>,
-) {
+type Hashed = Result<(blake3::Hash, u64), Errno>;
+
+fn hash_pair(job: &HashJob, bufs: &mut [Vec<u8>; 2], zeros: &[u8]) -> (Hashed, Hashed) {
     let [a, b] = bufs;
     let big = sys::fstat(job.src.as_fd())
         .map(|m| m.size > 16 << 20)
