@@ -4,7 +4,7 @@
 #   scripts/bench-copy.sh [WORKDIR]      (as root; WORKDIR defaults to /var/tmp/nixos-nspawn-bench)
 #
 # Environment: SCALE (default 1.0) scales the number of small files and the size of the large
-# ones; RUNS (default 3); COLD=1 drops the page cache before every run (affects the whole
+# ones; LARGE_MB (default 256) the size of each of the 4 large files at SCALE 1; RUNS (default 5); COLD=1 drops the page cache before every run (affects the whole
 # machine); KEEP=1 keeps the trees.
 #
 # Two synthetic rootfs trees are built once:
@@ -12,7 +12,7 @@
 #           ones, relative, /etc/static), 1k hard links, uids 100000+ and 2^31, setuid files,
 #           user.* xattrs, an access+default ACL, a fifo, a socket, a device node
 #   large/  4 large random files, a 1 GiB sparse file with 8 MiB of data, a few small files
-# and each is copied by:
+# and each is copied, round-robin, by:
 #   cp -a | cp -a + sync -f | rsync -aHAXS --numeric-ids
 #   engine (copy engine only: examples/copy_tree --raw)
 #   migrate none (migrate_state: staging dir, journal, syncfs, rename; no verification)
@@ -27,7 +27,7 @@ for t in hyperfine rsync setfacl python3; do
 done
 W=${1:-/var/tmp/nixos-nspawn-bench}
 SCALE=${SCALE:-1.0}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
 
@@ -78,7 +78,7 @@ build_large() {
   local root=$1
   mkdir -p "$root/var/lib/db" "$root/etc"
   local mb
-  mb=$(python3 -c "print(max(8, int(256 * $SCALE)))")
+  mb=$(python3 -c "print(max(8, int(${LARGE_MB:-256} * $SCALE)))")
   for i in 1 2 3 4; do
     head -c "${mb}M" /dev/urandom >"$root/var/lib/db/blob$i"
   done
@@ -108,19 +108,40 @@ for t in small large; do
 done
 
 mkdir -p "$W/trash"
-prep="if [ -e $W/out ]; then mv $W/out $W/trash/out.\$\$.\$RANDOM; fi; rm -f $W/.out.journal; sync"
-if [ "${COLD:-0}" = 1 ]; then prep="$prep; echo 3 > /proc/sys/vm/drop_caches"; fi
+# Before every run (not timed): the previous output goes away and its writeback is flushed.
+# Many small synced files are slow to delete on a filesystem mounted with `discard`, so the
+# small tree's outputs are moved aside and deleted at the end; large files delete quickly.
+prep_small="if [ -e $W/out ]; then mv $W/out $W/trash/out.\$\$.\$RANDOM; fi; rm -f $W/.out.journal; sync"
+prep_large="rm -rf $W/out $W/.out.journal; sync"
+if [ "${COLD:-0}" = 1 ]; then
+  prep_small="$prep_small; echo 3 > /proc/sys/vm/drop_caches"
+  prep_large="$prep_large; echo 3 > /proc/sys/vm/drop_caches"
+fi
 
+# Round-robin: run k of every command, then run k+1 of every command, so that drift in a
+# shared machine's load hits every command alike. hyperfine times each run.
+names=("cp -a" "cp -a + sync" "rsync -aHAXS" "engine" "migrate none" "migrate full")
+rm -rf "$W/res"; mkdir -p "$W/res"
 for t in small large; do
   S=$W/$t
   D=$W/out
-  hyperfine --runs "$RUNS" --warmup 1 --prepare "$prep" --export-json "$W/$t.json" \
-    -n "cp -a" "cp -a $S $D" \
-    -n "cp -a + sync" "cp -a $S $D && sync -f $D" \
-    -n "rsync -aHAXS" "rsync -aHAXS --numeric-ids $S/ $D/" \
-    -n "engine" "COPY_TREE_QUIET=1 $BIN $S $D --raw" \
-    -n "migrate none" "COPY_TREE_QUIET=1 $BIN $S $D --verify=none" \
-    -n "migrate full" "COPY_TREE_QUIET=1 $BIN $S $D --verify=full"
+  if [ "$t" = small ]; then prep=$prep_small; else prep=$prep_large; fi
+  cmds=("cp -a $S $D"
+        "cp -a $S $D && sync -f $D"
+        "rsync -aHAXS --numeric-ids $S/ $D/"
+        "COPY_TREE_QUIET=1 $BIN $S $D --raw"
+        "COPY_TREE_QUIET=1 $BIN $S $D --verify=none"
+        "COPY_TREE_QUIET=1 $BIN $S $D --verify=full")
+  # Warm-up: the source into the page cache.
+  cp -a "$S" "$D"; eval "$prep"
+  for r in $(seq "$RUNS"); do
+    for i in "${!cmds[@]}"; do
+      hyperfine --runs 1 --prepare "$prep" --export-json "$W/res/$t-$i-$r.json" \
+        -n "${names[$i]}" "${cmds[$i]}" >/dev/null
+      printf '%s run %s: %-14s %6.2f s\n' "$t" "$r" "${names[$i]}" \
+        "$(python3 -c "import json;print(json.load(open('$W/res/$t-$i-$r.json'))['results'][0]['times'][0])")"
+    done
+  done
 done
 
 # Correctness of the last copy, by an independent tool.
@@ -130,24 +151,23 @@ echo "rsync -c sees $diffs differences between small/ and our copy"
 mv "$W/check" "$W/trash/check.$$"; rm -f "$W/.check.journal"
 
 python3 - "$W" <<'EOF'
-import json, sys
+import glob, json, statistics, sys
 w = sys.argv[1]
 for t in ("small", "large"):
-    r = {x["command"]: x for x in json.load(open(f"{w}/{t}.json"))["results"]}
-    med = {k: v["median"] for k, v in r.items()}
-    print(f"\n== {t} files (median of runs, seconds)")
+    times = {}
+    for f in sorted(glob.glob(f"{w}/res/{t}-*.json")):
+        r = json.load(open(f))["results"][0]
+        times.setdefault(r["command"], []).extend(r["times"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n== {t} (median of {len(next(iter(times.values())))} runs, seconds; min-max)")
     for k, v in med.items():
-        print(f"  {k:14s} {v:7.2f}   ({min(r[k]['times']):.2f}-{max(r[k]['times']):.2f})")
-    cp, cps = med["cp -a"], med["cp -a + sync"]
-    print(f"  engine / cp -a               = {med['engine'] / cp:.2f}")
-    print(f"  migrate none / cp -a         = {med['migrate none'] / cp:.2f}")
-    print(f"  migrate none / cp -a + sync  = {med['migrate none'] / cps:.2f}")
-    print(f"  migrate full / cp -a         = {med['migrate full'] / cp:.2f}")
-    print(f"  migrate full / cp -a + sync  = {med['migrate full'] / cps:.2f}")
-    print(f"  rsync / cp -a                = {med['rsync -aHAXS'] / cp:.2f}")
+        print(f"  {k:14s} {v:7.2f}   ({min(times[k]):.2f}-{max(times[k]):.2f})")
+    for a, b in (("engine", "cp -a"), ("migrate none", "cp -a"), ("migrate none", "cp -a + sync"),
+                 ("migrate full", "cp -a"), ("migrate full", "cp -a + sync"), ("rsync -aHAXS", "cp -a")):
+        print(f"  {a + ' / ' + b:28s} = {med[a] / med[b]:.2f}")
 EOF
 
 # Deleting synced data is slow on a filesystem mounted with `discard`: do it in the background.
 if [ "${KEEP:-0}" != 1 ]; then
-  (nice rm -rf "$W/trash" &)
+  (nice ionice -c3 rm -rf "$W/trash" &)
 fi
