@@ -160,9 +160,8 @@ impl Shared<'_> {
         rfs::fchmod(fd, Mode::from_raw_mode(n.meta.perm()))
             .map_err(|e| self.write_err("set the mode of", &n.rel, e))?;
         if !n.xattrs.is_empty() || self.prune_xattrs {
-            sys::set_xattrs(XTarget::Fd(fd), &n.xattrs, self.prune_xattrs).map_err(|(e, op)| {
-                StateError::write(leak_op(&op), &self.dst(&n.rel), self.dst_label, e)
-            })?;
+            sys::set_xattrs(XTarget::Fd(fd), &n.xattrs, self.prune_xattrs)
+                .map_err(|(e, op)| StateError::write(op, &self.dst(&n.rel), self.dst_label, e))?;
         }
         rfs::futimens(fd, &n.meta.timestamps())
             .map_err(|e| self.write_err("set the timestamps of", &n.rel, e))?;
@@ -240,9 +239,8 @@ impl Shared<'_> {
                 .map_err(|e| self.write_err("set the mode of", rel, e))?;
         }
         if !xattrs.is_empty() || self.prune_xattrs {
-            sys::set_xattrs(XTarget::Fd(dst.as_fd()), &xattrs, self.prune_xattrs).map_err(
-                |(e, op)| StateError::write(leak_op(&op), &self.dst(rel), self.dst_label, e),
-            )?;
+            sys::set_xattrs(XTarget::Fd(dst.as_fd()), &xattrs, self.prune_xattrs)
+                .map_err(|(e, op)| StateError::write(op, &self.dst(rel), self.dst_label, e))?;
         }
         rfs::futimens(&dst, &sm.timestamps())
             .map_err(|e| self.write_err("set the timestamps of", rel, e))?;
@@ -374,17 +372,6 @@ impl Shared<'_> {
             self.add_bytes(n as u64);
         }
         Ok(())
-    }
-}
-
-/// Error texts from `sys::set_xattrs` are built at run time; StateError wants a static op.
-fn leak_op(op: &str) -> &'static str {
-    if op.starts_with("remove") {
-        "remove an extended attribute from"
-    } else if op.starts_with("list") {
-        "list the extended attributes of"
-    } else {
-        "set an extended attribute on"
     }
 }
 
@@ -721,6 +708,10 @@ fn walk(
                         && existing.is_some_and(|d| quick_match(&meta, &d)));
                 if reuse {
                     report.reused += 1;
+                    if kind == Kind::File {
+                        // Keep the byte counter honest: these bytes were copied by an earlier run.
+                        sh.progress.bytes_done(meta.size);
+                    }
                     if meta.nlink > 1
                         && let Some(d) = existing
                     {
@@ -889,7 +880,7 @@ fn copy_symlink(
             &xattrs,
             false,
         )
-        .map_err(|(e, op)| StateError::write(leak_op(&op), &sh.dst(rel), sh.dst_label, e))?;
+        .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
     }
     rfs::utimensat(dst_dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| sh.write_err("set the timestamps of", rel, e))?;
@@ -936,7 +927,7 @@ fn copy_special(
             &xattrs,
             sh.prune_xattrs,
         )
-        .map_err(|(e, op)| StateError::write(leak_op(&op), &sh.dst(rel), sh.dst_label, e))?;
+        .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
     }
     rfs::utimensat(dst_dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| sh.write_err("set the timestamps of", rel, e))?;

@@ -3,6 +3,7 @@
 //! Messages are lowercase, name the path and the operation, and put the fix in a second
 //! paragraph (`\n\n`), like `crate::error::Error`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use super::verify::VerifyReport;
@@ -22,7 +23,7 @@ pub enum StateErrorKind {
     /// A system call failed on `path`.
     #[error("cannot {op} {path}: {source}{hint}", path = .path.display(), hint = io_hint(.source))]
     Io {
-        op: &'static str,
+        op: Cow<'static, str>,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -36,7 +37,7 @@ pub enum StateErrorKind {
         still = .still_needed.map(|n| format!("about {} more is needed: ", human_bytes(n))).unwrap_or_default()
     )]
     DiskFull {
-        op: &'static str,
+        op: Cow<'static, str>,
         path: PathBuf,
         dest: PathBuf,
         still_needed: Option<u64>,
@@ -153,10 +154,14 @@ impl StateError {
         }
     }
 
-    pub(crate) fn io(op: &'static str, path: &Path, source: impl Into<std::io::Error>) -> Self {
+    pub(crate) fn io(
+        op: impl Into<Cow<'static, str>>,
+        path: &Path,
+        source: impl Into<std::io::Error>,
+    ) -> Self {
         let source = source.into();
         StateErrorKind::Io {
-            op,
+            op: op.into(),
             path: path.to_path_buf(),
             source,
         }
@@ -165,7 +170,7 @@ impl StateError {
 
     /// Like [`StateError::io`], but ENOSPC/EDQUOT become [`StateErrorKind::DiskFull`].
     pub(crate) fn write(
-        op: &'static str,
+        op: impl Into<Cow<'static, str>>,
         path: &Path,
         dest: &Path,
         source: impl Into<std::io::Error>,
@@ -173,7 +178,7 @@ impl StateError {
         let source = source.into();
         match source.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => StateErrorKind::DiskFull {
-                op,
+                op: op.into(),
                 path: path.to_path_buf(),
                 dest: dest.to_path_buf(),
                 still_needed: None,

@@ -477,7 +477,11 @@ fn walk(
         let rel = f.rel.join(sys::os(&name));
         report.entries += 1;
         if where_ == IN_SRC {
-            diffs.add(&rel, "missing in the copy");
+            // A file bind mount is skipped by the copy, like a directory mount point.
+            match sys::lstat_at(f.src.as_fd(), &name) {
+                Ok(m) if m.dev != root_dev => report.skipped_mounts.push(rel),
+                _ => diffs.add(&rel, "missing in the copy"),
+            }
             continue;
         }
         if where_ == IN_DST {
