@@ -13,8 +13,9 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
+use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use super::Verify;
@@ -113,13 +114,52 @@ impl Diffs {
     }
 }
 
-struct HashJob {
-    src: OwnedFd,
-    dst: OwnedFd,
+/// A non-directory entry present on both sides, checked by a worker.
+struct Job {
+    src_dir: Arc<OwnedFd>,
+    dst_dir: Arc<OwnedFd>,
+    name: CString,
     rel: PathBuf,
 }
 
-/// Compare the trees below two open directories.
+/// Source (dev, ino) → copy inode, and copy inode → source (dev, ino).
+type LinkMaps = (HashMap<(u64, u64), u64>, HashMap<u64, (u64, u64)>);
+
+/// What the walker and the workers share.
+struct Ctx<'a> {
+    level: Verify,
+    src_label: &'a Path,
+    dst_label: &'a Path,
+    root_dev: u64,
+    diffs: Diffs,
+    hashed: AtomicU64,
+    failed: AtomicBool,
+    error: Mutex<Option<StateError>>,
+    skipped: Mutex<Vec<PathBuf>>,
+    /// Source inode → copy inode, and back, for entries with more than one link.
+    links: Mutex<LinkMaps>,
+}
+
+impl Ctx<'_> {
+    fn rd(&self, op: &'static str, rel: &Path, e: Errno) -> StateError {
+        StateError::io(op, &join(self.src_label, rel), e)
+    }
+    fn wd(&self, op: &'static str, rel: &Path, e: Errno) -> StateError {
+        StateError::io(op, &join(self.dst_label, rel), e)
+    }
+    fn fail(&self, e: StateError) {
+        self.failed.store(true, Ordering::Relaxed);
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+}
+
+const BATCH: usize = 64;
+
+/// Compare the trees below two open directories. One walker thread lists directories (using
+/// the directory entry types, so it need not `lstat` files); `workers` threads compare the
+/// other entries and hash their contents.
 pub(crate) fn verify_fds(
     src_root: &OwnedFd,
     dst_root: &OwnedFd,
@@ -132,77 +172,65 @@ pub(crate) fn verify_fds(
     if level == Verify::None {
         return Ok(report);
     }
-    let diffs = Diffs {
-        count: AtomicU64::new(0),
-        first: Mutex::new(Vec::new()),
+    let root_dev = sys::fstat(src_root.as_fd())
+        .map_err(|e| StateError::io("stat", src_label, e))?
+        .dev;
+    let ctx = Ctx {
+        level,
+        src_label,
+        dst_label,
+        root_dev,
+        diffs: Diffs {
+            count: AtomicU64::new(0),
+            first: Mutex::new(Vec::new()),
+        },
+        hashed: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        skipped: Mutex::new(Vec::new()),
+        links: Mutex::new((HashMap::new(), HashMap::new())),
     };
-    let hashed = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let error: Mutex<Option<StateError>> = Mutex::new(None);
-    let (tx, rx) = mpsc::sync_channel::<HashJob>(64);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Job>>(8);
     let rx = Mutex::new(rx);
     let walked = std::thread::scope(|scope| {
-        if level == Verify::Full {
-            for _ in 0..workers.max(1) {
-                let (rx, diffs, hashed, failed, error) = (&rx, &diffs, &hashed, &failed, &error);
-                scope.spawn(move || {
-                    let mut bufs = [Vec::new(), Vec::new()];
-                    let zeros = vec![0u8; BLOCK as usize];
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        if failed.load(Ordering::Relaxed) {
-                            continue;
+        for _ in 0..workers.max(1) {
+            let (rx, ctx) = (&rx, &ctx);
+            scope.spawn(move || {
+                let mut bufs = [Vec::new(), Vec::new()];
+                let zeros = vec![0u8; BLOCK as usize];
+                loop {
+                    let batch = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(batch) = batch else { return };
+                    for job in batch {
+                        if ctx.failed.load(Ordering::Relaxed) {
+                            break;
                         }
-                        let (a, b) = hash_pair(&job, &mut bufs, &zeros);
-                        let a =
-                            a.map_err(|e| StateError::io("read", &join(src_label, &job.rel), e));
-                        let b =
-                            b.map_err(|e| StateError::io("read", &join(dst_label, &job.rel), e));
-                        match (a, b) {
-                            (Ok((ha, n)), Ok((hb, _))) => {
-                                hashed.fetch_add(n, Ordering::Relaxed);
-                                if ha != hb {
-                                    diffs.add(&job.rel, "content differs");
-                                }
-                            }
-                            (Err(e), _) | (_, Err(e)) => {
-                                failed.store(true, Ordering::Relaxed);
-                                if let Ok(mut slot) = error.lock() {
-                                    slot.get_or_insert(e);
-                                }
-                            }
+                        if let Err(e) = check_entry(ctx, &job, &mut bufs, &zeros) {
+                            ctx.fail(e);
                         }
                     }
-                });
-            }
+                }
+            });
         }
-        let r = walk(
-            src_root,
-            dst_root,
-            level,
-            src_label,
-            dst_label,
-            &diffs,
-            &tx,
-            &failed,
-            &mut report,
-        );
+        let r = walk(src_root, dst_root, &ctx, &tx, &mut report);
         drop(tx);
         r
     });
     walked?;
-    if let Ok(mut slot) = error.lock()
+    if let Ok(mut slot) = ctx.error.lock()
         && let Some(e) = slot.take()
     {
         return Err(e);
     }
-    report.differences = diffs.count.load(Ordering::Relaxed);
-    report.first = diffs.first.into_inner().unwrap_or_default();
-    report.bytes_hashed = hashed.load(Ordering::Relaxed);
+    report.differences = ctx.diffs.count.load(Ordering::Relaxed);
+    report.first = ctx.diffs.first.into_inner().unwrap_or_default();
+    report.bytes_hashed = ctx.hashed.load(Ordering::Relaxed);
+    let mut skipped = ctx.skipped.into_inner().unwrap_or_default();
+    report.skipped_mounts.append(&mut skipped);
+    report.skipped_mounts.sort();
     Ok(report)
 }
 
@@ -270,73 +298,82 @@ fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Hashed {
 /// Hash both files; big ones in parallel.
 type Hashed = Result<(blake3::Hash, u64), Errno>;
 
-fn hash_pair(job: &HashJob, bufs: &mut [Vec<u8>; 2], zeros: &[u8]) -> (Hashed, Hashed) {
+fn hash_pair(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    bufs: &mut [Vec<u8>; 2],
+    zeros: &[u8],
+) -> (Hashed, Hashed) {
     let [a, b] = bufs;
-    let big = sys::fstat(job.src.as_fd())
+    let big = sys::fstat(src.as_fd())
         .map(|m| m.size > 16 << 20)
         .unwrap_or(false);
     if big {
         std::thread::scope(|s| {
-            let hb = s.spawn(|| hash_fd(&job.dst, b, zeros));
-            let ra = hash_fd(&job.src, a, zeros);
+            let hb = s.spawn(|| hash_fd(dst, b, zeros));
+            let ra = hash_fd(src, a, zeros);
             let rb = hb.join().unwrap_or(Err(Errno::IO));
             (ra, rb)
         })
     } else {
-        (hash_fd(&job.src, a, zeros), hash_fd(&job.dst, b, zeros))
+        (hash_fd(src, a, zeros), hash_fd(dst, b, zeros))
     }
 }
 
 struct Frame {
-    src: OwnedFd,
-    dst: OwnedFd,
+    src: Arc<OwnedFd>,
+    dst: Arc<OwnedFd>,
     rel: PathBuf,
-    names: Vec<(CString, u8)>,
+    names: Vec<(CString, u8, bool)>,
     next: usize,
 }
 
 const IN_SRC: u8 = 1;
 const IN_DST: u8 = 2;
 
-fn names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
+/// Sorted names, each with "may be a directory" from the entry type (unknown counts as yes).
+fn names(fd: BorrowedFd<'_>) -> Result<Vec<(CString, bool)>, Errno> {
     let mut d = rustix::fs::Dir::read_from(fd)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
         let ent = ent?;
         let n = ent.file_name();
         if n != c"." && n != c".." {
-            out.push(n.to_owned());
+            let t = ent.file_type();
+            let maybe_dir = t == FileType::Directory || t == FileType::Unknown;
+            out.push((n.to_owned(), maybe_dir));
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// Sorted union of both listings, each name tagged with where it exists.
-fn merged(a: Vec<CString>, b: Vec<CString>) -> Vec<(CString, u8)> {
+/// Sorted union of both listings, each name tagged with where it exists and whether the
+/// source's entry may be a directory.
+fn merged(a: Vec<(CString, bool)>, b: Vec<(CString, bool)>) -> Vec<(CString, u8, bool)> {
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let (mut ia, mut ib) = (a.into_iter().peekable(), b.into_iter().peekable());
     loop {
         match (ia.peek(), ib.peek()) {
-            (Some(x), Some(y)) if x == y => {
+            (Some(x), Some(y)) if x.0 == y.0 => {
                 ib.next();
-                if let Some(x) = ia.next() {
-                    out.push((x, IN_SRC | IN_DST));
+                if let Some((x, d)) = ia.next() {
+                    out.push((x, IN_SRC | IN_DST, d));
                 }
             }
-            (Some(x), Some(y)) if x < y => {
-                if let Some(x) = ia.next() {
-                    out.push((x, IN_SRC));
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                if let Some((x, d)) = ia.next() {
+                    out.push((x, IN_SRC, d));
                 }
             }
             (Some(_), Some(_)) | (None, Some(_)) => {
-                if let Some(y) = ib.next() {
-                    out.push((y, IN_DST));
+                if let Some((y, d)) = ib.next() {
+                    out.push((y, IN_DST, d));
                 }
             }
             (Some(_), None) => {
-                if let Some(x) = ia.next() {
-                    out.push((x, IN_SRC));
+                if let Some((x, d)) = ia.next() {
+                    out.push((x, IN_SRC, d));
                 }
             }
             (None, None) => return out,
@@ -421,159 +458,222 @@ fn compare_xattrs(s: XTarget<'_>, d: XTarget<'_>, rel: &Path, diffs: &Diffs) -> 
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The walker: directories inline, everything else in batches to the workers.
 fn walk(
     src_root: &OwnedFd,
     dst_root: &OwnedFd,
-    level: Verify,
-    src_label: &Path,
-    dst_label: &Path,
-    diffs: &Diffs,
-    tx: &mpsc::SyncSender<HashJob>,
-    failed: &AtomicBool,
+    ctx: &Ctx<'_>,
+    tx: &mpsc::SyncSender<Vec<Job>>,
     report: &mut VerifyReport,
 ) -> Result<(), StateError> {
-    let rd = |op, rel: &Path, e: Errno| StateError::io(op, &join(src_label, rel), e);
-    let wd = |op, rel: &Path, e: Errno| StateError::io(op, &join(dst_label, rel), e);
     let root = PathBuf::new();
-    let sm = sys::fstat(src_root.as_fd()).map_err(|e| rd("stat", &root, e))?;
-    let dm = sys::fstat(dst_root.as_fd()).map_err(|e| wd("stat", &root, e))?;
-    let root_dev = sm.dev;
-    compare_meta(&sm, &dm, &root, diffs);
+    let sm = sys::fstat(src_root.as_fd()).map_err(|e| ctx.rd("stat", &root, e))?;
+    let dm = sys::fstat(dst_root.as_fd()).map_err(|e| ctx.wd("stat", &root, e))?;
+    compare_meta(&sm, &dm, &root, &ctx.diffs);
     compare_xattrs(
         XTarget::Fd(src_root.as_fd()),
         XTarget::Fd(dst_root.as_fd()),
         &root,
-        diffs,
+        &ctx.diffs,
     )
-    .map_err(|e| rd("read the extended attributes of", &root, e))?;
+    .map_err(|e| ctx.rd("read the extended attributes of", &root, e))?;
     let dup = |fd: &OwnedFd, label: &Path| {
         fd.try_clone()
+            .map(Arc::new)
             .map_err(|e| StateError::io("duplicate a descriptor of", label, e))
     };
     let mut stack = vec![Frame {
         names: merged(
-            names(src_root.as_fd()).map_err(|e| rd("list", &root, e))?,
-            names(dst_root.as_fd()).map_err(|e| wd("list", &root, e))?,
+            names(src_root.as_fd()).map_err(|e| ctx.rd("list", &root, e))?,
+            names(dst_root.as_fd()).map_err(|e| ctx.wd("list", &root, e))?,
         ),
-        src: dup(src_root, src_label)?,
-        dst: dup(dst_root, dst_label)?,
+        src: dup(src_root, ctx.src_label)?,
+        dst: dup(dst_root, ctx.dst_label)?,
         rel: root,
         next: 0,
     }];
-    // Source inode → copy inode, and back, for entries with more than one link.
-    let mut s2d: HashMap<(u64, u64), u64> = HashMap::new();
-    let mut d2s: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut batch: Vec<Job> = Vec::new();
     while let Some(f) = stack.last_mut() {
-        if failed.load(Ordering::Relaxed) {
+        if ctx.failed.load(Ordering::Relaxed) {
             return Ok(());
         }
         if f.next == f.names.len() {
             stack.pop();
             continue;
         }
-        let (name, where_) = std::mem::take(&mut f.names[f.next]);
+        let (name, where_, maybe_dir) = std::mem::take(&mut f.names[f.next]);
         f.next += 1;
         let rel = f.rel.join(sys::os(&name));
         report.entries += 1;
         if where_ == IN_SRC {
             // A file bind mount is skipped by the copy, like a directory mount point.
             match sys::lstat_at(f.src.as_fd(), &name) {
-                Ok(m) if m.dev != root_dev => report.skipped_mounts.push(rel),
-                _ => diffs.add(&rel, "missing in the copy"),
+                Ok(m) if m.dev != ctx.root_dev => report.skipped_mounts.push(rel),
+                _ => ctx.diffs.add(&rel, "missing in the copy"),
             }
             continue;
         }
         if where_ == IN_DST {
-            diffs.add(&rel, "in the copy but not in the source");
+            ctx.diffs.add(&rel, "in the copy but not in the source");
+            continue;
+        }
+        if !maybe_dir {
+            batch.push(Job {
+                src_dir: Arc::clone(&f.src),
+                dst_dir: Arc::clone(&f.dst),
+                name,
+                rel,
+            });
+            if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).is_err() {
+                return Ok(());
+            }
             continue;
         }
         let (sdir, ddir) = (f.src.as_fd(), f.dst.as_fd());
         let sm = match sys::lstat_at(sdir, &name) {
             Ok(m) => m,
             Err(Errno::NOENT) => {
-                diffs.add(&rel, "vanished from the source during verification");
+                ctx.diffs
+                    .add(&rel, "vanished from the source during verification");
                 continue;
             }
-            Err(e) => return Err(rd("stat", &rel, e)),
+            Err(e) => return Err(ctx.rd("stat", &rel, e)),
         };
-        let dm = sys::lstat_at(ddir, &name).map_err(|e| wd("stat", &rel, e))?;
-        if !compare_meta(&sm, &dm, &rel, diffs) {
+        if sm.kind() != Kind::Dir {
+            // The entry type was unknown: let a worker look at it.
+            batch.push(Job {
+                src_dir: Arc::clone(&f.src),
+                dst_dir: Arc::clone(&f.dst),
+                name,
+                rel,
+            });
             continue;
         }
-        if sm.dev != root_dev {
+        let dm = sys::lstat_at(ddir, &name).map_err(|e| ctx.wd("stat", &rel, e))?;
+        if !compare_meta(&sm, &dm, &rel, &ctx.diffs) {
+            continue;
+        }
+        if sm.dev != ctx.root_dev {
             report.skipped_mounts.push(rel);
             continue;
         }
-        if sm.kind() != Kind::Dir && (sm.nlink > 1 || dm.nlink > 1) {
-            let s_id = (sm.dev, sm.ino);
-            if let Some(&d_ino) = s2d.get(&s_id) {
-                if d_ino != dm.ino {
-                    diffs.add(&rel, "hard link not kept: the copy is a separate file");
-                }
-                continue;
-            }
-            if let Some(&other) = d2s.get(&dm.ino) {
-                if other != s_id {
-                    diffs.add(&rel, "hard-linked in the copy but not in the source");
-                }
-                continue;
-            }
-            s2d.insert(s_id, dm.ino);
-            d2s.insert(dm.ino, s_id);
+        let s = sys::open_read(sdir, &name, true).map_err(|e| ctx.rd("open", &rel, e))?;
+        let d = sys::open_read(ddir, &name, true).map_err(|e| ctx.wd("open", &rel, e))?;
+        check_same(&s, &sm, &join(ctx.src_label, &rel))?;
+        check_same(&d, &dm, &join(ctx.dst_label, &rel))?;
+        compare_xattrs(
+            XTarget::Fd(s.as_fd()),
+            XTarget::Fd(d.as_fd()),
+            &rel,
+            &ctx.diffs,
+        )
+        .map_err(|e| ctx.rd("read the extended attributes of", &rel, e))?;
+        let names = merged(
+            names(s.as_fd()).map_err(|e| ctx.rd("list", &rel, e))?,
+            names(d.as_fd()).map_err(|e| ctx.wd("list", &rel, e))?,
+        );
+        stack.push(Frame {
+            src: Arc::new(s),
+            dst: Arc::new(d),
+            rel,
+            names,
+            next: 0,
+        });
+    }
+    if !batch.is_empty() {
+        // A closed channel means the workers stopped on an error, which is reported.
+        let _ = tx.send(batch);
+    }
+    Ok(())
+}
+
+/// Compare one non-directory entry present on both sides (a worker's job).
+fn check_entry(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    bufs: &mut [Vec<u8>; 2],
+    zeros: &[u8],
+) -> Result<(), StateError> {
+    let (sdir, ddir, name, rel) = (
+        job.src_dir.as_fd(),
+        job.dst_dir.as_fd(),
+        &job.name,
+        &job.rel,
+    );
+    let diffs = &ctx.diffs;
+    let sm = match sys::lstat_at(sdir, name) {
+        Ok(m) => m,
+        Err(Errno::NOENT) => {
+            diffs.add(rel, "vanished from the source during verification");
+            return Ok(());
         }
-        match sm.kind() {
-            Kind::Dir => {
-                let s = sys::open_read(sdir, &name, true).map_err(|e| rd("open", &rel, e))?;
-                let d = sys::open_read(ddir, &name, true).map_err(|e| wd("open", &rel, e))?;
-                check_same(&s, &sm, &join(src_label, &rel))?;
-                check_same(&d, &dm, &join(dst_label, &rel))?;
-                compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), &rel, diffs)
-                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
-                let names = merged(
-                    names(s.as_fd()).map_err(|e| rd("list", &rel, e))?,
-                    names(d.as_fd()).map_err(|e| wd("list", &rel, e))?,
-                );
-                stack.push(Frame {
-                    src: s,
-                    dst: d,
-                    rel,
-                    names,
-                    next: 0,
-                });
+        Err(e) => return Err(ctx.rd("stat", rel, e)),
+    };
+    let dm = sys::lstat_at(ddir, name).map_err(|e| ctx.wd("stat", rel, e))?;
+    if !compare_meta(&sm, &dm, rel, diffs) {
+        return Ok(());
+    }
+    if sm.dev != ctx.root_dev {
+        if let Ok(mut s) = ctx.skipped.lock() {
+            s.push(rel.clone());
+        }
+        return Ok(());
+    }
+    if sm.kind() == Kind::Dir {
+        diffs.add(rel, "became a directory during verification");
+        return Ok(());
+    }
+    if sm.nlink > 1 || dm.nlink > 1 {
+        let s_id = (sm.dev, sm.ino);
+        let mut links = ctx.links.lock().map_err(|_| {
+            StateError::invalid(rel, "internal error: a verification worker panicked")
+        })?;
+        let (s2d, d2s) = &mut *links;
+        if let Some(&d_ino) = s2d.get(&s_id) {
+            if d_ino != dm.ino {
+                diffs.add(rel, "hard link not kept: the copy is a separate file");
             }
-            Kind::File => {
-                let s = sys::open_read(sdir, &name, false).map_err(|e| rd("open", &rel, e))?;
-                let d = sys::open_read(ddir, &name, false).map_err(|e| wd("open", &rel, e))?;
-                check_same(&s, &sm, &join(src_label, &rel))?;
-                check_same(&d, &dm, &join(dst_label, &rel))?;
-                compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), &rel, diffs)
-                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
-                if level == Verify::Full
-                    && tx
-                        .send(HashJob {
-                            src: s,
-                            dst: d,
-                            rel,
-                        })
-                        .is_err()
-                {
-                    return Ok(());
+            return Ok(());
+        }
+        if let Some(&other) = d2s.get(&dm.ino) {
+            if other != s_id {
+                diffs.add(rel, "hard-linked in the copy but not in the source");
+            }
+            return Ok(());
+        }
+        s2d.insert(s_id, dm.ino);
+        d2s.insert(dm.ino, s_id);
+    }
+    match sm.kind() {
+        Kind::File => {
+            let s = sys::open_read(sdir, name, false).map_err(|e| ctx.rd("open", rel, e))?;
+            let d = sys::open_read(ddir, name, false).map_err(|e| ctx.wd("open", rel, e))?;
+            check_same(&s, &sm, &join(ctx.src_label, rel))?;
+            check_same(&d, &dm, &join(ctx.dst_label, rel))?;
+            compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), rel, diffs)
+                .map_err(|e| ctx.rd("read the extended attributes of", rel, e))?;
+            if ctx.level == Verify::Full {
+                let (a, b) = hash_pair(&s, &d, bufs, zeros);
+                let (ha, n) = a.map_err(|e| ctx.rd("read", rel, e))?;
+                let (hb, _) = b.map_err(|e| ctx.wd("read", rel, e))?;
+                ctx.hashed.fetch_add(n, Ordering::Relaxed);
+                if ha != hb {
+                    diffs.add(rel, "content differs");
                 }
             }
-            Kind::Symlink => {
-                let a = sys::readlink(sdir, &name).map_err(|e| rd("read the symlink", &rel, e))?;
-                let b = sys::readlink(ddir, &name).map_err(|e| wd("read the symlink", &rel, e))?;
-                if a != b {
-                    diffs.add(&rel, format!("symlink target differs: {:?} vs {:?}", a, b));
-                }
-                xattrs_by_path(sdir, ddir, &name, &rel, diffs)
-                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
+        }
+        Kind::Symlink => {
+            let a = sys::readlink(sdir, name).map_err(|e| ctx.rd("read the symlink", rel, e))?;
+            let b = sys::readlink(ddir, name).map_err(|e| ctx.wd("read the symlink", rel, e))?;
+            if a != b {
+                diffs.add(rel, format!("symlink target differs: {a:?} vs {b:?}"));
             }
-            _ => {
-                xattrs_by_path(sdir, ddir, &name, &rel, diffs)
-                    .map_err(|e| rd("read the extended attributes of", &rel, e))?;
-            }
+            xattrs_by_path(sdir, ddir, name, rel, diffs)
+                .map_err(|e| ctx.rd("read the extended attributes of", rel, e))?;
+        }
+        _ => {
+            xattrs_by_path(sdir, ddir, name, rel, diffs)
+                .map_err(|e| ctx.rd("read the extended attributes of", rel, e))?;
         }
     }
     Ok(())
