@@ -242,15 +242,22 @@ const CHUNK_BLOCKS: u64 = 4;
 
 /// BLAKE3 over `(offset, block)` for every non-zero block, then the size. Returns the hash and
 /// the bytes read.
-fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Hashed {
-    let size = sys::fstat(fd.as_fd())?.size;
+fn hash_fd(fd: &OwnedFd, m: &Meta, buf: &mut Vec<u8>, zeros: &[u8]) -> Hashed {
+    let size = m.size;
+    // A fully allocated file has no holes: skip the SEEK_DATA/SEEK_HOLE calls.
+    let dense = m.allocated() >= size;
     buf.resize((BLOCK * CHUNK_BLOCKS) as usize, 0);
     let mut h = blake3::Hasher::new();
     let mut read_total = 0u64;
     let mut done = 0u64; // everything below this offset is processed
     let mut off = 0u64;
     while off < size {
-        let (data, hole) = match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(off)) {
+        let seek = if dense {
+            Err(Errno::INVAL)
+        } else {
+            rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(off))
+        };
+        let (data, hole) = match seek {
             Ok(d) => {
                 let h = rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(d))?;
                 (d, h.min(size))
@@ -299,24 +306,24 @@ fn hash_fd(fd: &OwnedFd, buf: &mut Vec<u8>, zeros: &[u8]) -> Hashed {
 type Hashed = Result<(blake3::Hash, u64), Errno>;
 
 fn hash_pair(
-    src: &OwnedFd,
-    dst: &OwnedFd,
+    src: (&OwnedFd, &Meta),
+    dst: (&OwnedFd, &Meta),
     bufs: &mut [Vec<u8>; 2],
     zeros: &[u8],
 ) -> (Hashed, Hashed) {
     let [a, b] = bufs;
-    let big = sys::fstat(src.as_fd())
-        .map(|m| m.size > 16 << 20)
-        .unwrap_or(false);
-    if big {
+    if src.1.size > 16 << 20 {
         std::thread::scope(|s| {
-            let hb = s.spawn(|| hash_fd(dst, b, zeros));
-            let ra = hash_fd(src, a, zeros);
+            let hb = s.spawn(|| hash_fd(dst.0, dst.1, b, zeros));
+            let ra = hash_fd(src.0, src.1, a, zeros);
             let rb = hb.join().unwrap_or(Err(Errno::IO));
             (ra, rb)
         })
     } else {
-        (hash_fd(src, a, zeros), hash_fd(dst, b, zeros))
+        (
+            hash_fd(src.0, src.1, a, zeros),
+            hash_fd(dst.0, dst.1, b, zeros),
+        )
     }
 }
 
@@ -648,12 +655,12 @@ fn check_entry(
         Kind::File => {
             let s = sys::open_read(sdir, name, false).map_err(|e| ctx.rd("open", rel, e))?;
             let d = sys::open_read(ddir, name, false).map_err(|e| ctx.wd("open", rel, e))?;
-            check_same(&s, &sm, &join(ctx.src_label, rel))?;
-            check_same(&d, &dm, &join(ctx.dst_label, rel))?;
+            let sf = check_same(&s, &sm, &join(ctx.src_label, rel))?;
+            let df = check_same(&d, &dm, &join(ctx.dst_label, rel))?;
             compare_xattrs(XTarget::Fd(s.as_fd()), XTarget::Fd(d.as_fd()), rel, diffs)
                 .map_err(|e| ctx.rd("read the extended attributes of", rel, e))?;
             if ctx.level == Verify::Full {
-                let (a, b) = hash_pair(&s, &d, bufs, zeros);
+                let (a, b) = hash_pair((&s, &sf), (&d, &df), bufs, zeros);
                 let (ha, n) = a.map_err(|e| ctx.rd("read", rel, e))?;
                 let (hb, _) = b.map_err(|e| ctx.wd("read", rel, e))?;
                 ctx.hashed.fetch_add(n, Ordering::Relaxed);
@@ -691,10 +698,11 @@ fn xattrs_by_path(
     compare_xattrs(XTarget::Path(&sp), XTarget::Path(&dp), rel, diffs)
 }
 
-fn check_same(fd: &OwnedFd, m: &Meta, path: &Path) -> Result<(), StateError> {
+/// The fd is the entry that was `lstat`ed; returns its current stat.
+fn check_same(fd: &OwnedFd, m: &Meta, path: &Path) -> Result<Meta, StateError> {
     let f = sys::fstat(fd.as_fd()).map_err(|e| StateError::io("stat", path, e))?;
     if f.ino != m.ino || f.dev != m.dev {
         return Err(StateError::changed(path, "it changed while being verified"));
     }
-    Ok(())
+    Ok(f)
 }
