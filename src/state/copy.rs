@@ -1,0 +1,935 @@
+//! The copy engine: one walker thread (directories, metadata, symlinks, special files, hardlinks)
+//! and a pool of data workers (regular files), all working on directory fds.
+//!
+//! Ordering per entry (tested, see `shared/reference/rust-notes.md` §3): data, then chown, then
+//! chmod (chown clears setuid/setgid), then xattrs (chown drops `security.capability`), then
+//! timestamps. A directory is finished (owner, mode, xattrs, times) only when every entry below
+//! it is: each [`DirNode`] counts its unfinished children, and whichever thread finishes the
+//! last one finishes the directory. So a default ACL is applied after its children were created
+//! (they do not inherit it) and no later creation bumps a finished directory's mtime.
+//!
+//! Memory: the walker keeps, per directory on the current path, the names of that directory's
+//! entries; a [`DirNode`] (an fd, the stat, xattrs, ~150 bytes) lives while the directory has
+//! unfinished children; the hardlink map keeps one relative path per inode with more than one
+//! link; the job queue is bounded. Nothing is kept per plain file once it is copied.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, SeekFrom, Uid};
+use rustix::io::Errno;
+
+use super::Progress;
+use super::error::StateError;
+use super::hooks;
+use super::sys::{self, Kind, Meta, XTarget, Xattrs};
+
+/// How to treat what an earlier, interrupted run left in the staging tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// The tree is new and empty.
+    Fresh,
+    /// Keep entries whose type, owner, mode, size and mtime already match (the mtime is set
+    /// last, so a match means the entry was finished).
+    Trust,
+    /// Keep directories, re-copy everything else (after a failed verification).
+    Recopy,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Entries below the root (the root itself not counted).
+    pub entries: u64,
+    pub dirs: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    /// Fifos, sockets, character and block devices.
+    pub specials: u64,
+    /// Entries created as a hard link to an entry copied earlier.
+    pub hardlinks: u64,
+    /// File data bytes written in this run.
+    pub bytes: u64,
+    /// Entries an interrupted run had already finished and this run kept.
+    pub reused: u64,
+    /// Leftovers of an interrupted run that no longer exist in the source, removed.
+    pub removed_stale: u64,
+    /// Mount points inside the source (relative paths): not descended into; an empty directory
+    /// with the mount root's owner, mode and times stands in their place (like `cp -ax`).
+    pub skipped_mounts: Vec<PathBuf>,
+    /// Whether FICLONE (reflink) was used for at least one file.
+    pub reflinked: bool,
+}
+
+pub(crate) struct CopyConfig<'a> {
+    /// Real path of the source root, for messages.
+    pub src_label: &'a Path,
+    /// Real path of the destination root, for messages.
+    pub dst_label: &'a Path,
+    pub resume: Resume,
+    pub progress: &'a dyn Progress,
+    pub workers: usize,
+    /// Called by the walker about every `checkpoint_every` with (entries, bytes) so far.
+    pub checkpoint: Option<&'a mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
+    pub checkpoint_every: Duration,
+}
+
+struct DirNode {
+    /// Unfinished children, plus one while the walker is still listing this directory.
+    pending: AtomicUsize,
+    parent: Option<Arc<DirNode>>,
+    dst: OwnedFd,
+    meta: Meta,
+    xattrs: Xattrs,
+    rel: PathBuf,
+}
+
+struct FileJob {
+    src_dir: Arc<OwnedFd>,
+    parent: Arc<DirNode>,
+    name: CString,
+    meta: Meta,
+}
+
+struct Shared<'a> {
+    src_label: &'a Path,
+    dst_label: &'a Path,
+    prune_xattrs: bool,
+    /// (euid, egid, umask) when a new file's owner and mode are known without asking: a fresh
+    /// copy into a root without setgid bit or default ACL. Lets plain root-owned files skip
+    /// `fchown`/`fchmod`.
+    fast: Option<(u32, u32, u32)>,
+    progress: &'a dyn Progress,
+    reflink_off: AtomicBool,
+    cfr_off: AtomicBool,
+    reflinked: AtomicBool,
+    abort: AtomicBool,
+    error: Mutex<Option<StateError>>,
+    bytes: AtomicU64,
+    files: AtomicU64,
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: StateError) {
+        self.abort.store(true, Ordering::SeqCst);
+        if let Ok(mut slot) = self.error.lock()
+            && slot.is_none()
+        {
+            *slot = Some(e);
+        }
+    }
+    fn src(&self, rel: &Path) -> PathBuf {
+        join(self.src_label, rel)
+    }
+    fn dst(&self, rel: &Path) -> PathBuf {
+        join(self.dst_label, rel)
+    }
+    fn read_err(&self, op: &'static str, rel: &Path, e: Errno) -> StateError {
+        StateError::io(op, &self.src(rel), e)
+    }
+    fn write_err(&self, op: &'static str, rel: &Path, e: Errno) -> StateError {
+        StateError::write(op, &self.dst(rel), self.dst_label, e)
+    }
+
+    /// One child of `node` is finished; finish `node` and its ancestors when they are complete.
+    fn child_done(&self, node: &Arc<DirNode>) -> Result<(), StateError> {
+        let mut cur = Some(Arc::clone(node));
+        while let Some(n) = cur {
+            if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return Ok(());
+            }
+            self.finish_dir(&n)?;
+            cur = n.parent.clone();
+        }
+        Ok(())
+    }
+
+    fn finish_dir(&self, n: &DirNode) -> Result<(), StateError> {
+        let fd = n.dst.as_fd();
+        rfs::fchown(
+            fd,
+            Some(Uid::from_raw(n.meta.uid)),
+            Some(Gid::from_raw(n.meta.gid)),
+        )
+        .map_err(|e| self.write_err("set the owner of", &n.rel, e))?;
+        rfs::fchmod(fd, Mode::from_raw_mode(n.meta.perm()))
+            .map_err(|e| self.write_err("set the mode of", &n.rel, e))?;
+        if !n.xattrs.is_empty() || self.prune_xattrs {
+            sys::set_xattrs(XTarget::Fd(fd), &n.xattrs, self.prune_xattrs)
+                .map_err(|(e, op)| StateError::write(op, &self.dst(&n.rel), self.dst_label, e))?;
+        }
+        rfs::futimens(fd, &n.meta.timestamps())
+            .map_err(|e| self.write_err("set the timestamps of", &n.rel, e))?;
+        Ok(())
+    }
+
+    fn run_job(&self, job: FileJob) -> Result<(), StateError> {
+        let rel = job.parent.rel.join(sys::os(&job.name));
+        self.copy_regular(
+            job.src_dir.as_fd(),
+            job.parent.dst.as_fd(),
+            &job.name,
+            &job.meta,
+            &rel,
+        )?;
+        self.progress.entry_done();
+        self.child_done(&job.parent)
+    }
+
+    /// Copy a regular file: open (no follow, no atime), check it is the inode the walker saw,
+    /// create, data, chown, chmod, xattrs, times.
+    fn copy_regular(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        dst_dir: BorrowedFd<'_>,
+        name: &CStr,
+        meta: &Meta,
+        rel: &Path,
+    ) -> Result<Meta, StateError> {
+        hooks::before_open(|| self.src(rel));
+        let src = sys::open_read(src_dir, name, false).map_err(|e| match e {
+            Errno::LOOP | Errno::NXIO => StateError::changed(
+                &self.src(rel),
+                "a regular file was replaced by a symlink or a special file",
+            ),
+            Errno::NOENT => StateError::changed(&self.src(rel), "it disappeared"),
+            e => self.read_err("open", rel, e),
+        })?;
+        let sm = sys::fstat(src.as_fd()).map_err(|e| self.read_err("stat", rel, e))?;
+        if sm.kind() != Kind::File || sm.ino != meta.ino || sm.dev != meta.dev {
+            return Err(StateError::changed(
+                &self.src(rel),
+                "it is no longer the file that was listed",
+            ));
+        }
+        let mut skip_owner_mode = self.fast.is_some_and(|(uid, gid, umask)| {
+            (sm.uid, sm.gid) == (uid, gid) && sm.perm() & 0o7000 == 0 && sm.perm() & umask == 0
+        });
+        let create_mode = if self.fast.is_some() {
+            sm.perm() & 0o777
+        } else {
+            0o600
+        };
+        let dst = match sys::create_file(dst_dir, name, create_mode) {
+            Err(Errno::EXIST) => {
+                skip_owner_mode = false;
+                sys::remove_all_at(dst_dir, name)
+                    .map_err(|e| self.write_err("remove the stale", rel, e))?;
+                sys::create_file(dst_dir, name, create_mode)
+            }
+            r => r,
+        }
+        .map_err(|e| self.write_err("create", rel, e))?;
+        self.copy_data(&src, &dst, &sm, rel)?;
+        let xattrs = sys::get_xattrs(XTarget::Fd(src.as_fd()))
+            .map_err(|e| self.read_err("read the extended attributes of", rel, e))?;
+        if !skip_owner_mode {
+            rfs::fchown(
+                &dst,
+                Some(Uid::from_raw(sm.uid)),
+                Some(Gid::from_raw(sm.gid)),
+            )
+            .map_err(|e| self.write_err("set the owner of", rel, e))?;
+            rfs::fchmod(&dst, Mode::from_raw_mode(sm.perm()))
+                .map_err(|e| self.write_err("set the mode of", rel, e))?;
+        }
+        if !xattrs.is_empty() || self.prune_xattrs {
+            sys::set_xattrs(XTarget::Fd(dst.as_fd()), &xattrs, self.prune_xattrs)
+                .map_err(|(e, op)| StateError::write(op, &self.dst(rel), self.dst_label, e))?;
+        }
+        rfs::futimens(&dst, &sm.timestamps())
+            .map_err(|e| self.write_err("set the timestamps of", rel, e))?;
+        self.files.fetch_add(1, Ordering::Relaxed);
+        Ok(sm)
+    }
+
+    /// Data: FICLONE when the filesystem can, else `copy_file_range` over the data segments
+    /// (SEEK_DATA/SEEK_HOLE) so holes stay holes, else read/write.
+    fn copy_data(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        m: &Meta,
+        rel: &Path,
+    ) -> Result<(), StateError> {
+        if m.size == 0 {
+            return Ok(());
+        }
+        if !self.reflink_off.load(Ordering::Relaxed) {
+            match rfs::ioctl_ficlone(dst, src) {
+                Ok(()) => {
+                    self.reflinked.store(true, Ordering::Relaxed);
+                    self.add_bytes(m.size);
+                    return Ok(());
+                }
+                Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::PERM) => {
+                    self.reflink_off.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(self.write_err("clone the data of", rel, e)),
+            }
+        }
+        let sparse = m.allocated() < m.size;
+        if !sparse {
+            return self.copy_range(src, dst, 0, m.size, rel, true);
+        }
+        let mut off = 0u64;
+        while off < m.size {
+            let data = match rfs::seek(src, SeekFrom::Data(off)) {
+                Ok(d) => d,
+                Err(Errno::NXIO) => break,
+                Err(e) => return Err(self.read_err("find the data in", rel, e)),
+            };
+            if data >= m.size {
+                break;
+            }
+            let hole = match rfs::seek(src, SeekFrom::Hole(data)) {
+                Ok(h) => h.min(m.size),
+                Err(e) => return Err(self.read_err("find the holes in", rel, e)),
+            };
+            self.copy_range(src, dst, data, hole - data, rel, false)?;
+            off = hole;
+        }
+        rfs::ftruncate(dst, m.size).map_err(|e| self.write_err("set the size of", rel, e))
+    }
+
+    fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.progress.bytes_done(n);
+    }
+
+    /// Copy `len` bytes at `start` (same offset in both files).
+    fn copy_range(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        start: u64,
+        len: u64,
+        rel: &Path,
+        exact: bool,
+    ) -> Result<(), StateError> {
+        let end = start + len;
+        let mut off_in = start;
+        let mut off_out = start;
+        while off_in < end && !self.cfr_off.load(Ordering::Relaxed) {
+            let chunk = usize::try_from((end - off_in).min(1 << 30)).unwrap_or(1 << 30);
+            match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+                Ok(0) => {
+                    return if exact {
+                        Err(StateError::changed(
+                            &self.src(rel),
+                            "the file shrank during the copy",
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                }
+                Ok(n) => self.add_bytes(n as u64),
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
+                    if off_in == start =>
+                {
+                    self.cfr_off.store(true, Ordering::Relaxed);
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(self.write_err("copy data to", rel, e)),
+            }
+        }
+        if off_in >= end {
+            return Ok(());
+        }
+        // Fallback: pread/pwrite.
+        let mut buf = vec![0u8; 256 * 1024];
+        while off_in < end {
+            let want = usize::try_from((end - off_in).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = match rustix::io::pread(src, &mut buf[..want], off_in) {
+                Ok(0) => {
+                    return if exact {
+                        Err(StateError::changed(
+                            &self.src(rel),
+                            "the file shrank during the copy",
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                }
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(self.read_err("read", rel, e)),
+            };
+            let mut done = 0;
+            while done < n {
+                match rustix::io::pwrite(dst, &buf[done..n], off_in + done as u64) {
+                    Ok(w) => done += w,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(self.write_err("write", rel, e)),
+                }
+            }
+            off_in += n as u64;
+            self.add_bytes(n as u64);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn join(base: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rel)
+    }
+}
+
+fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
+    let mut d = rfs::Dir::read_from(fd)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name();
+        if n != c"." && n != c".." {
+            out.push(n.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+struct Frame {
+    node: Arc<DirNode>,
+    src: Arc<OwnedFd>,
+    names: Vec<CString>,
+    next: usize,
+}
+
+/// Does the entry an interrupted run left behind already match the source?
+fn quick_match(s: &Meta, d: &Meta) -> bool {
+    s.kind() == d.kind()
+        && s.perm() == d.perm()
+        && s.uid == d.uid
+        && s.gid == d.gid
+        && s.mtime == d.mtime
+        && match s.kind() {
+            Kind::File | Kind::Symlink => s.size == d.size,
+            Kind::Char | Kind::Block => s.rdev == d.rdev,
+            _ => true,
+        }
+}
+
+/// Copy the tree below `src_root` into `dst_root` (an existing directory we own). The root's
+/// own owner, mode, xattrs and times are applied too, last.
+pub(crate) fn copy_tree(
+    src_root: &OwnedFd,
+    dst_root: OwnedFd,
+    cfg: CopyConfig<'_>,
+) -> Result<CopyReport, StateError> {
+    let CopyConfig {
+        src_label,
+        dst_label,
+        resume,
+        progress,
+        workers,
+        mut checkpoint,
+        checkpoint_every,
+    } = cfg;
+    // A default ACL or a setgid bit on the destination root would change what new entries
+    // get: then prune inherited ACLs and always set owner and mode.
+    let dst_root_meta =
+        sys::fstat(dst_root.as_fd()).map_err(|e| StateError::io("stat", dst_label, e))?;
+    let dst_root_default_acl = sys::get_xattrs(XTarget::Fd(dst_root.as_fd()))
+        .map_err(|e| StateError::io("read the extended attributes of", dst_label, e))?
+        .iter()
+        .any(|(n, _)| n.as_bytes() == b"system.posix_acl_default");
+    let plain_root = !dst_root_default_acl && dst_root_meta.perm() & 0o2000 == 0;
+    let fast = (resume == Resume::Fresh && plain_root)
+        .then(|| {
+            sys::umask().map(|um| {
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                    um,
+                )
+            })
+        })
+        .flatten();
+    let sh = Shared {
+        src_label,
+        dst_label,
+        prune_xattrs: resume != Resume::Fresh || dst_root_default_acl,
+        fast,
+        progress,
+        reflink_off: AtomicBool::new(false),
+        cfr_off: AtomicBool::new(false),
+        reflinked: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        error: Mutex::new(None),
+        bytes: AtomicU64::new(0),
+        files: AtomicU64::new(0),
+    };
+    let root_meta =
+        sys::fstat(src_root.as_fd()).map_err(|e| StateError::io("stat", src_label, e))?;
+    let root_xattrs = sys::get_xattrs(XTarget::Fd(src_root.as_fd()))
+        .map_err(|e| StateError::io("read the extended attributes of", src_label, e))?;
+    let src_dup = src_root
+        .try_clone()
+        .map_err(|e| StateError::io("duplicate a descriptor of", src_label, e))?;
+    let root_dst_dup = dst_root
+        .try_clone()
+        .map_err(|e| StateError::io("duplicate a descriptor of", dst_label, e))?;
+    let root = Arc::new(DirNode {
+        pending: AtomicUsize::new(1),
+        parent: None,
+        dst: dst_root,
+        meta: root_meta,
+        xattrs: root_xattrs,
+        rel: PathBuf::new(),
+    });
+
+    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(16);
+    let rx = Mutex::new(rx);
+    let mut report = CopyReport::default();
+    let walk_result = std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            let sh = &sh;
+            let rx = &rx;
+            scope.spawn(move || {
+                loop {
+                    let batch = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(batch) = batch else { return };
+                    for job in batch {
+                        if sh.abort.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Err(e) = sh.run_job(job) {
+                            sh.fail(e);
+                        }
+                    }
+                }
+            });
+        }
+        let r = walk(
+            &sh,
+            Arc::new(src_dup),
+            &root,
+            &root_dst_dup,
+            root_meta.dev,
+            resume,
+            &tx,
+            &mut report,
+            &mut checkpoint,
+            checkpoint_every,
+        );
+        drop(tx);
+        r
+    });
+    if let Err(e) = walk_result {
+        sh.fail(e);
+    }
+    if let Ok(mut slot) = sh.error.lock()
+        && let Some(e) = slot.take()
+    {
+        return Err(e);
+    }
+    report.bytes = sh.bytes.load(Ordering::Relaxed);
+    report.files = sh.files.load(Ordering::Relaxed);
+    report.reflinked = sh.reflinked.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    sh: &Shared<'_>,
+    src_root: Arc<OwnedFd>,
+    root: &Arc<DirNode>,
+    dst_root: &OwnedFd,
+    root_dev: u64,
+    resume: Resume,
+    tx: &mpsc::SyncSender<Vec<FileJob>>,
+    report: &mut CopyReport,
+    checkpoint: &mut Option<&mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
+    checkpoint_every: Duration,
+) -> Result<(), StateError> {
+    // (dev, ino) of the source → (relative path, inode) of the first copy.
+    let mut links: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
+    let names =
+        read_names(src_root.as_fd()).map_err(|e| StateError::io("list", sh.src_label, e))?;
+    if resume != Resume::Fresh {
+        remove_stale(sh, dst_root.as_fd(), &names, Path::new(""), report)?;
+    }
+    let mut stack = vec![Frame {
+        node: Arc::clone(root),
+        src: src_root,
+        names,
+        next: 0,
+    }];
+    let mut last_checkpoint = Instant::now();
+    // Jobs go to the workers in batches: one channel operation per batch, not per file.
+    let mut batch: Vec<FileJob> = Vec::new();
+    let mut batch_bytes = 0u64;
+    while let Some(frame) = stack.last_mut() {
+        if sh.abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if frame.next == frame.names.len() {
+            if let Some(f) = stack.pop() {
+                sh.child_done(&f.node)?;
+            }
+            continue;
+        }
+        let name = std::mem::take(&mut frame.names[frame.next]);
+        frame.next += 1;
+        let node = Arc::clone(&frame.node);
+        let src_dir = Arc::clone(&frame.src);
+        let rel = node.rel.join(sys::os(&name));
+        hooks::before_entry(|| sh.src(&rel));
+        let meta = match sys::lstat_at(src_dir.as_fd(), &name) {
+            Ok(m) => m,
+            // Deleted since the listing: nothing to copy.
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(sh.read_err("stat", &rel, e)),
+        };
+        report.entries += 1;
+        let dst_dir = node.dst.as_fd();
+
+        // What an interrupted run left under this name.
+        let existing = if resume == Resume::Fresh {
+            None
+        } else {
+            match sys::lstat_at(dst_dir, &name) {
+                Ok(d) => Some(d),
+                Err(Errno::NOENT) => None,
+                Err(e) => return Err(sh.write_err("stat", &rel, e)),
+            }
+        };
+
+        let kind = meta.kind();
+        if meta.dev != root_dev {
+            // A mount point (directory or file bind mount): never cross into it.
+            report.skipped_mounts.push(rel.clone());
+            if kind == Kind::Dir {
+                let fresh = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref())?;
+                let fd = sys::open_dest_dir(dst_dir, &name)
+                    .map_err(|e| sh.write_err("open", &rel, e))?;
+                let _ = fresh;
+                let placeholder = DirNode {
+                    pending: AtomicUsize::new(0),
+                    parent: None,
+                    dst: fd,
+                    meta,
+                    xattrs: Vec::new(),
+                    rel: rel.clone(),
+                };
+                sh.finish_dir(&placeholder)?;
+                report.dirs += 1;
+            }
+            progress_entry(sh);
+            continue;
+        }
+
+        match kind {
+            Kind::Dir => {
+                hooks::before_open(|| sh.src(&rel));
+                let sub = sys::open_read(src_dir.as_fd(), &name, true).map_err(|e| match e {
+                    Errno::LOOP | Errno::NOTDIR => StateError::changed(
+                        &sh.src(&rel),
+                        "a directory was replaced by a symlink or a file",
+                    ),
+                    Errno::NOENT => StateError::changed(&sh.src(&rel), "it disappeared"),
+                    e => sh.read_err("open", &rel, e),
+                })?;
+                let sm = sys::fstat(sub.as_fd()).map_err(|e| sh.read_err("stat", &rel, e))?;
+                if sm.ino != meta.ino || sm.dev != meta.dev {
+                    return Err(StateError::changed(
+                        &sh.src(&rel),
+                        "it is no longer the directory that was listed",
+                    ));
+                }
+                let fresh = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref())?;
+                let dfd = sys::open_dest_dir(dst_dir, &name)
+                    .map_err(|e| sh.write_err("open", &rel, e))?;
+                let xattrs = sys::get_xattrs(XTarget::Fd(sub.as_fd()))
+                    .map_err(|e| sh.read_err("read the extended attributes of", &rel, e))?;
+                let names = read_names(sub.as_fd()).map_err(|e| sh.read_err("list", &rel, e))?;
+                if !fresh {
+                    remove_stale(sh, dfd.as_fd(), &names, &rel, report)?;
+                }
+                node.pending.fetch_add(1, Ordering::AcqRel);
+                let child = Arc::new(DirNode {
+                    pending: AtomicUsize::new(1),
+                    parent: Some(node),
+                    dst: dfd,
+                    meta: sm,
+                    xattrs,
+                    rel,
+                });
+                report.dirs += 1;
+                progress_entry(sh);
+                stack.push(Frame {
+                    node: child,
+                    src: Arc::new(sub),
+                    names,
+                    next: 0,
+                });
+            }
+            _ if meta.nlink > 1
+                && kind != Kind::Dir
+                && links.contains_key(&(meta.dev, meta.ino)) =>
+            {
+                let (first, first_ino) = links
+                    .get(&(meta.dev, meta.ino))
+                    .cloned()
+                    .unwrap_or_default();
+                if existing.is_some_and(|d| d.ino == first_ino && d.kind() == kind) {
+                    report.reused += 1;
+                } else {
+                    if existing.is_some() {
+                        sys::remove_all_at(dst_dir, &name)
+                            .map_err(|e| sh.write_err("remove the stale", &rel, e))?;
+                    }
+                    rfs::linkat(dst_root, &first, dst_dir, name.as_c_str(), AtFlags::empty())
+                        .map_err(|e| sh.write_err("create the hard link", &rel, e))?;
+                }
+                report.hardlinks += 1;
+                progress_entry(sh);
+            }
+            _ => {
+                let reuse = resume == Resume::Trust
+                    && existing.is_some_and(|d| quick_match(&meta, &d))
+                    && (kind != Kind::Symlink
+                        || sys::readlink(src_dir.as_fd(), &name).ok()
+                            == sys::readlink(dst_dir, &name).ok());
+                let reuse = reuse
+                    || (resume == Resume::Recopy
+                        && kind != Kind::File
+                        && existing.is_some_and(|d| quick_match(&meta, &d)));
+                if reuse {
+                    report.reused += 1;
+                    if kind == Kind::File {
+                        // Keep the byte counter honest: these bytes were copied by an earlier run.
+                        sh.progress.bytes_done(meta.size);
+                    }
+                    if meta.nlink > 1
+                        && let Some(d) = existing
+                    {
+                        links.insert((meta.dev, meta.ino), (rel.clone(), d.ino));
+                    }
+                    count_kind(report, kind);
+                    progress_entry(sh);
+                } else {
+                    if existing.is_some() && (kind != Kind::File || meta.nlink > 1) {
+                        sys::remove_all_at(dst_dir, &name)
+                            .map_err(|e| sh.write_err("remove the stale", &rel, e))?;
+                    }
+                    if kind == Kind::File && meta.nlink <= 1 {
+                        node.pending.fetch_add(1, Ordering::AcqRel);
+                        let job = FileJob {
+                            src_dir,
+                            parent: node,
+                            name,
+                            meta,
+                        };
+                        batch_bytes += job.meta.size;
+                        batch.push(job);
+                        if (batch.len() >= BATCH_JOBS || batch_bytes >= BATCH_BYTES)
+                            && tx.send(std::mem::take(&mut batch)).is_err()
+                        {
+                            return Ok(());
+                        }
+                        if batch.is_empty() {
+                            batch_bytes = 0;
+                        }
+                    } else {
+                        let m = match kind {
+                            Kind::File => {
+                                sh.copy_regular(src_dir.as_fd(), dst_dir, &name, &meta, &rel)?
+                            }
+                            Kind::Symlink => {
+                                copy_symlink(sh, src_dir.as_fd(), dst_dir, &name, &meta, &rel)?
+                            }
+                            Kind::Unknown => {
+                                return Err(StateError::invalid(
+                                    &sh.src(&rel),
+                                    format!(
+                                        "unsupported file type (mode {:o}); remove it or copy it by hand",
+                                        meta.mode
+                                    ),
+                                ));
+                            }
+                            _ => copy_special(sh, src_dir.as_fd(), dst_dir, &name, &meta, &rel)?,
+                        };
+                        if m.nlink > 1 {
+                            let d = sys::lstat_at(dst_dir, &name)
+                                .map_err(|e| sh.write_err("stat", &rel, e))?;
+                            links.insert((m.dev, m.ino), (rel.clone(), d.ino));
+                        }
+                        if kind != Kind::File {
+                            count_kind(report, kind);
+                        }
+                        progress_entry(sh);
+                    }
+                }
+            }
+        }
+        if let Some(cp) = checkpoint.as_mut()
+            && last_checkpoint.elapsed() >= checkpoint_every
+        {
+            cp(report.entries, sh.bytes.load(Ordering::Relaxed))?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    if !batch.is_empty() {
+        // A closed channel means the workers stopped on an error, which is reported.
+        let _ = tx.send(batch);
+    }
+    Ok(())
+}
+
+const BATCH_JOBS: usize = 32;
+const BATCH_BYTES: u64 = 4 << 20;
+
+fn progress_entry(sh: &Shared<'_>) {
+    sh.progress.entry_done();
+}
+
+fn count_kind(report: &mut CopyReport, kind: Kind) {
+    match kind {
+        Kind::Symlink => report.symlinks += 1,
+        Kind::File => report.files += 1,
+        Kind::Dir => report.dirs += 1,
+        _ => report.specials += 1,
+    }
+}
+
+/// Make sure a directory exists under `name` in the destination; returns true when it was
+/// created now (so it cannot hold leftovers).
+fn prepare_dir(
+    sh: &Shared<'_>,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+    rel: &Path,
+    existing: Option<&Meta>,
+) -> Result<bool, StateError> {
+    match existing {
+        Some(d) if d.kind() == Kind::Dir => return Ok(false),
+        Some(_) => sys::remove_all_at(dst_dir, name)
+            .map_err(|e| sh.write_err("remove the stale", rel, e))?,
+        None => {}
+    }
+    rfs::mkdirat(dst_dir, name, Mode::from_raw_mode(0o700))
+        .map_err(|e| sh.write_err("create the directory", rel, e))?;
+    Ok(true)
+}
+
+/// Remove entries of a destination directory left by an interrupted run that the source no
+/// longer has.
+fn remove_stale(
+    sh: &Shared<'_>,
+    dst_dir: BorrowedFd<'_>,
+    src_names: &[CString],
+    rel: &Path,
+    report: &mut CopyReport,
+) -> Result<(), StateError> {
+    let have = read_names(dst_dir).map_err(|e| sh.write_err("list", rel, e))?;
+    if have.is_empty() {
+        return Ok(());
+    }
+    let want: HashSet<&CStr> = src_names.iter().map(|n| n.as_c_str()).collect();
+    for n in have {
+        if !want.contains(n.as_c_str()) {
+            let r = rel.join(sys::os(&n));
+            sys::remove_all_at(dst_dir, &n).map_err(|e| sh.write_err("remove the stale", &r, e))?;
+            report.removed_stale += 1;
+        }
+    }
+    Ok(())
+}
+
+fn copy_symlink(
+    sh: &Shared<'_>,
+    src_dir: BorrowedFd<'_>,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+    meta: &Meta,
+    rel: &Path,
+) -> Result<Meta, StateError> {
+    let target = sys::readlink(src_dir, name).map_err(|e| match e {
+        Errno::INVAL => {
+            StateError::changed(&sh.src(rel), "a symlink was replaced by something else")
+        }
+        e => sh.read_err("read the symlink", rel, e),
+    })?;
+    let xattrs = sys::get_xattrs(XTarget::Path(&sys::proc_path(src_dir, name)))
+        .map_err(|e| sh.read_err("read the extended attributes of", rel, e))?;
+    rfs::symlinkat(target.as_c_str(), dst_dir, name)
+        .map_err(|e| sh.write_err("create the symlink", rel, e))?;
+    rfs::chownat(
+        dst_dir,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| sh.write_err("set the owner of", rel, e))?;
+    if !xattrs.is_empty() {
+        sys::set_xattrs(
+            XTarget::Path(&sys::proc_path(dst_dir, name)),
+            &xattrs,
+            false,
+        )
+        .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
+    }
+    rfs::utimensat(dst_dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| sh.write_err("set the timestamps of", rel, e))?;
+    Ok(*meta)
+}
+
+fn copy_special(
+    sh: &Shared<'_>,
+    src_dir: BorrowedFd<'_>,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+    meta: &Meta,
+    rel: &Path,
+) -> Result<Meta, StateError> {
+    let ft = match meta.kind() {
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+        Kind::Char => FileType::CharacterDevice,
+        _ => FileType::BlockDevice,
+    };
+    let xattrs = sys::get_xattrs(XTarget::Path(&sys::proc_path(src_dir, name)))
+        .map_err(|e| sh.read_err("read the extended attributes of", rel, e))?;
+    rfs::mknodat(dst_dir, name, ft, Mode::from_raw_mode(0o600), meta.rdev)
+        .map_err(|e| sh.write_err("create the special file", rel, e))?;
+    rfs::chownat(
+        dst_dir,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| sh.write_err("set the owner of", rel, e))?;
+    // `name` is the node we just created in our private staging tree, not a symlink.
+    rfs::chmodat(
+        dst_dir,
+        name,
+        Mode::from_raw_mode(meta.perm()),
+        AtFlags::empty(),
+    )
+    .map_err(|e| sh.write_err("set the mode of", rel, e))?;
+    if !xattrs.is_empty() || sh.prune_xattrs {
+        sys::set_xattrs(
+            XTarget::Path(&sys::proc_path(dst_dir, name)),
+            &xattrs,
+            sh.prune_xattrs,
+        )
+        .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
+    }
+    rfs::utimensat(dst_dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| sh.write_err("set the timestamps of", rel, e))?;
+    Ok(*meta)
+}

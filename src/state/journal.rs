@@ -1,0 +1,151 @@
+//! The journal: an append-only file of JSON lines in the staging directory, recording which
+//! source a staging tree belongs to and how far the migration got. `fsync`ed at every
+//! checkpoint. After the final rename it is moved next to the destination as
+//! `.NAME.journal`, where a later run finds the `done` record and knows the copy is complete.
+//!
+//! A line torn by a crash (kill -9 while writing) does not parse and is ignored.
+
+use std::ffi::CStr;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, Mode, OFlags};
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::error::StateError;
+
+pub(crate) const VERSION: u32 = 1;
+
+/// Which source a journal belongs to: the path and the root directory's inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SourceId {
+    pub src: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub(crate) enum Event {
+    Start {
+        version: u32,
+        #[serde(flatten)]
+        source: SourceId,
+        dest: String,
+        mode: String,
+        verify: String,
+        resume: String,
+        unix_time: u64,
+    },
+    Checkpoint {
+        entries: u64,
+        bytes: u64,
+    },
+    Copied {
+        entries: u64,
+        bytes: u64,
+    },
+    VerifyFailed {
+        differences: u64,
+    },
+    Verified {
+        level: String,
+        entries: u64,
+    },
+    Renamed {
+        replaced: Option<String>,
+    },
+    Moved,
+    Done,
+}
+
+pub(crate) struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Open (creating) `name` in `dir` for appending.
+    pub fn open(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Journal, StateError> {
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| StateError::write("open the journal", path, path, e))?;
+        let file = std::fs::File::from(fd);
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Append one event; with `sync`, make it durable before returning.
+    pub fn append(&mut self, ev: &Event, sync: bool) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(ev).map_err(|e| {
+            StateError::invalid(&self.path, format!("cannot encode a journal record: {e}"))
+        })?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(|e| StateError::write("write the journal", &self.path, &self.path, e))?;
+        if sync {
+            rfs::fsync(self.file.as_fd())
+                .map_err(|e| StateError::write("sync the journal", &self.path, &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Read the events of `name` in `dir`; `None` when there is no journal.
+pub(crate) fn read(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+) -> Result<Option<Vec<Event>>, StateError> {
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(StateError::io("open the journal", path, e)),
+    };
+    let file = std::fs::File::from(fd);
+    let text =
+        std::io::read_to_string(file).map_err(|e| StateError::io("read the journal", path, e))?;
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+            .collect(),
+    ))
+}
+
+/// The source a journal's last `start` record names.
+pub(crate) fn source_of(events: &[Event]) -> Option<&SourceId> {
+    events.iter().rev().find_map(|e| match e {
+        Event::Start { source, .. } => Some(source),
+        _ => None,
+    })
+}
+
+/// Did the last run recorded finish (`done` after its last `start`)?
+pub(crate) fn is_done(events: &[Event]) -> bool {
+    let last_start = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Start { .. }));
+    match last_start {
+        Some(i) => events[i..].iter().any(|e| matches!(e, Event::Done)),
+        None => false,
+    }
+}
+
+/// The last event after the last `start`.
+pub(crate) fn last(events: &[Event]) -> Option<&Event> {
+    events.last()
+}

@@ -1,0 +1,104 @@
+//! How much space a copy needs, and how much the destination has.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+
+use super::copy::join;
+use super::error::StateError;
+use super::sys::{self, Kind};
+
+/// What copying a tree will take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpaceNeed {
+    /// Entries below the root.
+    pub entries: u64,
+    /// Sum of regular file sizes (apparent, holes included), hard links counted once: what the
+    /// progress bar counts.
+    pub bytes: u64,
+    /// Bytes allocated on disk (`st_blocks * 512`) for every entry including the root and
+    /// directories, hard links counted once: what the copy will allocate (sparse files stay
+    /// sparse).
+    pub allocated: u64,
+    /// Mount points below the root, not counted.
+    pub skipped_mounts: u64,
+}
+
+/// Walk `src` (a real path; never following symlinks, never crossing mounts) and add up.
+pub fn required_space(src: &Path) -> Result<SpaceNeed, StateError> {
+    let fd = sys::open_root(src)?;
+    required_space_fd(&fd, src)
+}
+
+pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNeed, StateError> {
+    let rm = sys::fstat(root.as_fd()).map_err(|e| StateError::io("stat", label, e))?;
+    let mut need = SpaceNeed {
+        allocated: rm.allocated(),
+        ..SpaceNeed::default()
+    };
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let dup = root
+        .try_clone()
+        .map_err(|e| StateError::io("duplicate a descriptor of", label, e))?;
+    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(dup, PathBuf::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let names = list(dir.as_fd()).map_err(|e| StateError::io("list", &join(label, &rel), e))?;
+        for name in names {
+            let m = match sys::lstat_at(dir.as_fd(), &name) {
+                Ok(m) => m,
+                Err(Errno::NOENT) => continue,
+                Err(e) => {
+                    return Err(StateError::io(
+                        "stat",
+                        &join(label, &rel.join(sys::os(&name))),
+                        e,
+                    ));
+                }
+            };
+            if m.dev != rm.dev {
+                need.skipped_mounts += 1;
+                continue;
+            }
+            need.entries += 1;
+            if m.kind() != Kind::Dir && m.nlink > 1 && !seen.insert((m.dev, m.ino)) {
+                continue;
+            }
+            need.allocated += m.allocated();
+            match m.kind() {
+                Kind::File => need.bytes += m.size,
+                Kind::Dir => {
+                    let r = rel.join(sys::os(&name));
+                    let sub = sys::open_read(dir.as_fd(), &name, true)
+                        .map_err(|e| StateError::io("open", &join(label, &r), e))?;
+                    stack.push((sub, r));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(need)
+}
+
+fn list(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
+    let mut d = rustix::fs::Dir::read_from(fd)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name();
+        if n != c"." && n != c".." {
+            out.push(n.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path` (`f_bavail`):
+/// deliberately conservative, the root reserve is left alone.
+pub fn free_space(path: &Path) -> Result<u64, StateError> {
+    let v = rustix::fs::statvfs(path)
+        .map_err(|e| StateError::io("query the free space of", path, e))?;
+    Ok(v.f_bavail.saturating_mul(v.f_frsize))
+}

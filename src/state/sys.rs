@@ -1,0 +1,391 @@
+//! Thin, fd-relative system-call helpers shared by the copy, verify and space walkers.
+//!
+//! Everything here works on a directory fd plus ONE name component (never a path with `/`),
+//! opened with `O_NOFOLLOW`, so a symlink planted in a container's rootfs is never followed.
+//! Entries that cannot be opened safely (symlinks, fifos, sockets, devices) are reached through
+//! `/proc/self/fd/<dirfd>/<name>` with the non-following `l*xattr` calls: the magic link pins the
+//! directory we already hold, and the last component is not followed.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+
+/// The part of `struct stat` the engine needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+    Socket,
+    Char,
+    Block,
+    Unknown,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File => "regular file",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::Char => "character device",
+            Kind::Block => "block device",
+            Kind::Unknown => "unknown file type",
+        }
+    }
+}
+
+impl Meta {
+    pub fn from_stat(s: &Stat) -> Meta {
+        Meta {
+            dev: s.st_dev,
+            ino: s.st_ino,
+            mode: s.st_mode,
+            nlink: s.st_nlink,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            rdev: s.st_rdev,
+            size: u64::try_from(s.st_size).unwrap_or(0),
+            blocks: u64::try_from(s.st_blocks).unwrap_or(0),
+            atime: (s.st_atime, clamp_nsec(s.st_atime_nsec)),
+            mtime: (s.st_mtime, clamp_nsec(s.st_mtime_nsec)),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match FileType::from_raw_mode(self.mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::RegularFile => Kind::File,
+            FileType::Symlink => Kind::Symlink,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::CharacterDevice => Kind::Char,
+            FileType::BlockDevice => Kind::Block,
+            _ => Kind::Unknown,
+        }
+    }
+
+    /// Permission bits including setuid/setgid/sticky.
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    pub fn timestamps(&self) -> Timestamps {
+        Timestamps {
+            last_access: Timespec {
+                tv_sec: self.atime.0,
+                tv_nsec: i64::from(self.atime.1),
+            },
+            last_modification: Timespec {
+                tv_sec: self.mtime.0,
+                tv_nsec: i64::from(self.mtime.1),
+            },
+        }
+    }
+
+    /// Bytes this entry occupies on disk.
+    pub fn allocated(&self) -> u64 {
+        self.blocks.saturating_mul(512)
+    }
+}
+
+fn clamp_nsec<T: TryInto<u32>>(n: T) -> u32 {
+    n.try_into().unwrap_or(0).min(999_999_999)
+}
+
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Meta, Errno> {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|s| Meta::from_stat(&s))
+}
+
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<Meta, Errno> {
+    rfs::fstat(fd).map(|s| Meta::from_stat(&s))
+}
+
+/// Flags for reading: never follow, never block on a fifo swapped in, never update atime.
+fn read_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK
+}
+
+/// Open a source entry for reading without following a symlink and without touching its atime
+/// (`O_NOATIME` is retried without when the kernel refuses it, e.g. on a foreign-owned file
+/// without CAP_FOWNER).
+pub(crate) fn open_read(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    directory: bool,
+) -> Result<OwnedFd, Errno> {
+    let mut flags = read_flags();
+    if directory {
+        flags |= OFlags::DIRECTORY;
+    }
+    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        r => r,
+    }
+}
+
+/// Open a directory given as a full, trusted path; its last component must not be a symlink.
+pub(crate) fn open_dir_path(path: &Path) -> Result<OwnedFd, Errno> {
+    let flags = read_flags() | OFlags::DIRECTORY;
+    match rfs::openat(rfs::CWD, path, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(rfs::CWD, path, flags, Mode::empty()),
+        r => r,
+    }
+}
+
+/// [`open_dir_path`] with errors for a user: a symlink or a non-directory is named as such.
+pub(crate) fn open_root(path: &Path) -> Result<OwnedFd, super::StateError> {
+    open_dir_path(path).map_err(|e| match e {
+        Errno::NOTDIR | Errno::LOOP => match rfs::statat(rfs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+        {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                super::StateError::invalid(
+                    path,
+                    "is a symlink; the state engine never follows symlinks, pass the real path",
+                )
+            }
+            _ => super::StateError::invalid(path, "is not a directory"),
+        },
+        e => super::StateError::io("open", path, e),
+    })
+}
+
+/// Open a directory we created (in the staging tree) for writing metadata.
+pub(crate) fn open_dest_dir(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOATIME,
+        Mode::empty(),
+    )
+}
+
+/// Create a new regular file; fails if anything (also a symlink) exists under `name`.
+pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+}
+
+/// The process umask, read without changing it (`/proc/self/status`, Linux ≥ 4.7).
+pub(crate) fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+}
+
+/// `/proc/self/fd/<dirfd>/<name>`: a path for the `l*` calls that pins `dir`.
+pub(crate) fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> CString {
+    let mut v = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    v.extend_from_slice(name.to_bytes());
+    // `name` came from a CStr, so it has no interior NUL.
+    CString::new(v).unwrap_or_default()
+}
+
+pub(crate) fn os(name: &CStr) -> &OsStr {
+    OsStr::from_bytes(name.to_bytes())
+}
+
+/// Extended attributes, sorted by name.
+pub(crate) type Xattrs = Vec<(CString, Vec<u8>)>;
+
+/// Where to read or write xattrs: an open fd, or a `/proc/self/fd/…/name` path used with `l*`.
+pub(crate) enum XTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    Path(&'a CStr),
+}
+
+fn is_unsupported(e: Errno) -> bool {
+    matches!(e, Errno::OPNOTSUPP)
+}
+
+fn list_raw(t: &XTarget<'_>, buf: &mut Vec<u8>) -> Result<usize, Errno> {
+    loop {
+        let r = match t {
+            XTarget::Fd(fd) => rfs::flistxattr(fd, &mut buf[..]),
+            XTarget::Path(p) => rfs::llistxattr(*p, &mut buf[..]),
+        };
+        match r {
+            Err(Errno::RANGE) => {
+                let need = match t {
+                    XTarget::Fd(fd) => rfs::flistxattr_query(fd)?,
+                    XTarget::Path(p) => rfs::llistxattr_query(*p)?,
+                };
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Read all xattrs. A filesystem without xattr support gives an empty list.
+pub(crate) fn get_xattrs(t: XTarget<'_>) -> Result<Xattrs, Errno> {
+    let mut names = vec![0u8; 256];
+    let n = match list_raw(&t, &mut names) {
+        Ok(n) => n,
+        Err(e) if is_unsupported(e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let Ok(name) = CString::new(raw) else {
+            continue;
+        };
+        let mut val = vec![0u8; 256];
+        loop {
+            let r = match &t {
+                XTarget::Fd(fd) => rfs::fgetxattr(fd, name.as_c_str(), &mut val[..]),
+                XTarget::Path(p) => rfs::lgetxattr(*p, name.as_c_str(), &mut val[..]),
+            };
+            match r {
+                Ok(len) => {
+                    val.truncate(len);
+                    out.push((name, val));
+                    break;
+                }
+                Err(Errno::RANGE) => {
+                    let need = match &t {
+                        XTarget::Fd(fd) => rfs::fgetxattr_query(fd, name.as_c_str())?,
+                        XTarget::Path(p) => rfs::lgetxattr_query(*p, name.as_c_str())?,
+                    };
+                    val.resize(need.max(val.len() * 2), 0);
+                }
+                // Removed between list and get.
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Set `want` on the target; when `prune` is set, also remove attributes the target has that
+/// `want` lacks (a default ACL inherited from a parent directory finished by an earlier run).
+pub(crate) fn set_xattrs(
+    t: XTarget<'_>,
+    want: &Xattrs,
+    prune: bool,
+) -> Result<(), (Errno, String)> {
+    if prune {
+        let have = get_xattrs(match &t {
+            XTarget::Fd(fd) => XTarget::Fd(*fd),
+            XTarget::Path(p) => XTarget::Path(p),
+        })
+        .map_err(|e| (e, "list extended attributes of".to_string()))?;
+        for (name, _) in have {
+            if want.iter().all(|(n, _)| *n != name) {
+                let r = match &t {
+                    XTarget::Fd(fd) => rfs::fremovexattr(fd, name.as_c_str()),
+                    XTarget::Path(p) => rfs::lremovexattr(*p, name.as_c_str()),
+                };
+                match r {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(e) => {
+                        return Err((
+                            e,
+                            format!("remove extended attribute {} from", name.to_string_lossy()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (name, value) in want {
+        let r = match &t {
+            XTarget::Fd(fd) => rfs::fsetxattr(fd, name.as_c_str(), value, rfs::XattrFlags::empty()),
+            XTarget::Path(p) => {
+                rfs::lsetxattr(*p, name.as_c_str(), value, rfs::XattrFlags::empty())
+            }
+        };
+        r.map_err(|e| {
+            (
+                e,
+                format!("set extended attribute {} on", name.to_string_lossy()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Read a symlink's target (raw bytes, never resolved).
+pub(crate) fn readlink(dir: BorrowedFd<'_>, name: &CStr) -> Result<CString, Errno> {
+    rfs::readlinkat(dir, name, Vec::new())
+}
+
+/// Remove `name` in `dir` whatever it is; directories recursively, without following symlinks.
+/// Only ever called on our own staging tree.
+pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e),
+    }
+    // Iterative: a hostile tree may be deeper than our stack.
+    let first = open_dest_dir(dir, name)?;
+    let mut stack: Vec<(OwnedFd, Option<CString>)> = vec![(first, None)];
+    while let Some((fd, my_name)) = stack.pop() {
+        let mut descended = None;
+        let mut d = rfs::Dir::read_from(&fd)?;
+        while let Some(ent) = d.read() {
+            let ent = ent?;
+            let n = ent.file_name();
+            if n == c"." || n == c".." {
+                continue;
+            }
+            match rfs::unlinkat(&fd, n, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) | Err(Errno::PERM) => {
+                    descended = Some(n.to_owned());
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(n) = descended {
+            let sub = open_dest_dir(fd.as_fd(), &n)?;
+            stack.push((fd, my_name));
+            stack.push((sub, Some(n)));
+            continue;
+        }
+        // Empty now: remove it from its parent.
+        drop(fd);
+        let r = match (stack.last(), my_name) {
+            (Some((parent, _)), Some(n)) => rfs::unlinkat(parent, &n, AtFlags::REMOVEDIR),
+            _ => rfs::unlinkat(dir, name, AtFlags::REMOVEDIR),
+        };
+        match r {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
