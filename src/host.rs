@@ -204,8 +204,24 @@ impl HostRoot {
     /// (and changes nothing) without it, which the caller reports.
     pub fn seal_read_only(&self) -> io::Result<()> {
         enter_private_mount_namespace()?;
+        self.read_only_view()
+    }
+
+    /// Cover the host root with a read-only, `noatime` view of itself (every submount too).
+    /// Needs [`enter_private_mount_namespace`] first; [`HostRoot::end_read_only_view`] lifts it.
+    pub fn read_only_view(&self) -> io::Result<()> {
         rustix::mount::mount_bind_recursive(&self.root, &self.root).map_err(io::Error::from)?;
-        mount_setattr_ro_noatime(&self.root, true)
+        if let Err(e) = mount_setattr_ro_noatime(&self.root, true) {
+            let _ = self.end_read_only_view();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Lift the view of [`HostRoot::read_only_view`]: the real mounts are visible again.
+    pub fn end_read_only_view(&self) -> io::Result<()> {
+        rustix::mount::unmount(&self.root, rustix::mount::UnmountFlags::DETACH)
+            .map_err(io::Error::from)
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod atomic;
 pub mod cli;
 pub mod error;
+pub mod execute;
 pub mod host;
 pub mod legacy;
 pub mod migrate;

@@ -3,8 +3,10 @@
 use clap::Parser;
 use nixos_nspawn::cli::{Cli, Command, MigrateArgs};
 use nixos_nspawn::error::{Error, exit};
+use nixos_nspawn::execute;
 use nixos_nspawn::host::HostRoot;
 use nixos_nspawn::migrate;
+use nixos_nspawn::runner::Runner;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -50,6 +52,19 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> 
             root.display()
         ))
     })?;
+    // With --yes: our own mount namespace (before any thread exists), so that the host can be
+    // read through a read-only noatime view while it is scanned, and each legacy state dir made
+    // read-only for this process alone while it is copied (see execute).
+    let mut view = false;
+    if args.yes {
+        match nixos_nspawn::host::enter_private_mount_namespace() {
+            Ok(()) => view = host.read_only_view().is_ok(),
+            Err(e) => eprintln!(
+                "nixos-nspawn: note: no private mount namespace ({e}); the legacy state cannot be \
+                 made read-only during the copy (the copy never writes to it either way)"
+            ),
+        }
+    }
     if args.dry_run {
         // Defence in depth: with a read-only, noatime view even a bug could not change the
         // host. Without privileges the dry run still writes nothing; say so and go on.
@@ -83,12 +98,24 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> 
         }
         legacy.containers.retain(|c| args.only.contains(&c.name));
     }
-    let migration = migrate::prepare(root, legacy, &args.output, args.dry_run);
+    let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run);
+    let mut failure = None;
+    if view && let Err(e) = host.end_read_only_view() {
+        return Err(Error::Other(format!(
+            "cannot lift the read-only view of {} after reading it: {e}; nothing was changed",
+            root.display()
+        )));
+    }
     if args.yes {
-        return Err(Error::Other(
-            "migrate --yes is not available yet in this build; run with --dry-run to see the plan"
-                .to_string(),
-        ));
+        let opts = execute::ExecOptions {
+            state: args.state,
+            verify: args.verify,
+            stop: args.stop,
+            force: args.force,
+        };
+        if let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner::default()) {
+            failure = Some(e);
+        }
     }
     let report = &migration.report;
     let text = if args.json {
@@ -102,6 +129,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> 
         // A closed pipe (`| head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
         Err(e) => return Err(Error::Other(format!("cannot write the report: {e}"))),
+    }
+    if let Some(e) = failure {
+        return Err(Error::Other(e.to_string()));
     }
     Ok(report.summary.exit_code)
 }

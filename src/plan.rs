@@ -27,6 +27,8 @@ pub enum Step {
     WriteNspawn { path: PathBuf },
     /// Write the imperative container's configuration file.
     WriteContainerFile { path: PathBuf },
+    /// Write the `systemd-nspawn@NAME.service` drop-in of an imperative container.
+    WriteDropin { path: PathBuf },
 }
 
 impl Step {
@@ -46,6 +48,7 @@ impl Step {
             ),
             Step::WriteNspawn { path } => format!("write {}", path.display()),
             Step::WriteContainerFile { path } => format!("write {}", path.display()),
+            Step::WriteDropin { path } => format!("write {}", path.display()),
         }
     }
 }
@@ -73,6 +76,13 @@ pub fn nspawn_file(name: &str) -> PathBuf {
 /// The RFC imperative container file, next to where `nixos-nspawn create` keeps them.
 pub fn container_file(name: &str) -> PathBuf {
     PathBuf::from(format!("/etc/nixos-nspawn/{name}.nix"))
+}
+
+/// Declarative containers get their drop-in from NixOS; imperative ones need a file.
+pub fn dropin_file(name: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/etc/systemd/system/systemd-nspawn@{name}.service.d/nixos-nspawn.conf"
+    ))
 }
 
 pub fn profile_dir(name: &str) -> PathBuf {
@@ -134,6 +144,11 @@ pub fn plan(
                 steps.push(Step::WriteNspawn {
                     path: nspawn_file(&i.name),
                 });
+                if !i.dropin.is_empty() {
+                    steps.push(Step::WriteDropin {
+                        path: dropin_file(&i.name),
+                    });
+                }
             }
             Kind::Declarative => any_declarative = true,
         }

@@ -106,12 +106,14 @@ pub(crate) fn read(
     name: &CStr,
     path: &Path,
 ) -> Result<Option<Vec<Event>>, StateError> {
-    let fd = match rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    // NOATIME: a re-run after success reads the journal and must change nothing, not even an
+    // access time (root may always use it; anyone else falls back below).
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let opened = match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    };
+    let fd = match opened {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(StateError::io("open the journal", path, e)),

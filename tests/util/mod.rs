@@ -250,6 +250,9 @@ pub fn nspawn_parse(name: &str, text: &str) -> Result<(), String> {
 /// type, mode, owner, size, mtime (ns), device numbers, link target, content hash, xattrs,
 /// allocated blocks (sparseness) and which entries are hardlinked together.
 pub fn fidelity(root: &Path) -> BTreeMap<PathBuf, String> {
+    // Through a noatime view: comparing must not touch the trees it compares.
+    let view = NoatimeView::new(root);
+    let root = view.path();
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
     for e in walkdir::WalkDir::new(root)
@@ -413,5 +416,28 @@ impl StandIns {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// Assert two snapshots are equal, printing only the first differing entries.
+pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, String>, b: &BTreeMap<PathBuf, String>) {
+    let mut diffs = Vec::new();
+    for (p, x) in a {
+        match b.get(p) {
+            Some(y) if y == x => {}
+            Some(y) => diffs.push(format!(
+                "changed {}:\n  before {x}\n  after  {y}",
+                p.display()
+            )),
+            None => diffs.push(format!("removed {}", p.display())),
+        }
+    }
+    for p in b.keys().filter(|p| !a.contains_key(*p)) {
+        diffs.push(format!("added {}", p.display()));
+    }
+    if !diffs.is_empty() {
+        let n = diffs.len();
+        diffs.truncate(8);
+        panic!("{what}: {n} differences, first ones:\n{}", diffs.join("\n"));
     }
 }
