@@ -29,7 +29,18 @@ pub const FROM_JSON_UNREADABLE: WarningSpec = WarningSpec {
     summary: "the file given with --from-json could not be read",
 };
 
-pub const WARNINGS: &[&WarningSpec] = &[&NO_NIX_CONFIG, &NOT_DEPLOYED, &FROM_JSON_UNREADABLE];
+pub const HOST_NETWORKD_REQUIRED: WarningSpec = WarningSpec {
+    code: "host-networkd-required",
+    category: Category::NeedsHuman,
+    summary: "containers with a private network need systemd-networkd on the host (networking.useNetworkd = true)",
+};
+
+pub const WARNINGS: &[&WarningSpec] = &[
+    &NO_NIX_CONFIG,
+    &NOT_DEPLOYED,
+    &FROM_JSON_UNREADABLE,
+    &HOST_NETWORKD_REQUIRED,
+];
 
 /// What to read besides the host tree.
 #[derive(Clone, Debug, Default)]
@@ -237,6 +248,26 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         .zip(plan.containers.iter())
         .map(|((i, c), p)| container_report(i, c, p.steps.clone()))
         .collect();
+    let mut problems = legacy.problems.clone();
+    let private: Vec<&str> = declarative
+        .iter()
+        .filter(|i| i.spec.network.is_some())
+        .map(|i| i.name.as_str())
+        .collect();
+    if !private.is_empty() {
+        problems.push(Warning::new(
+            &HOST_NETWORKD_REQUIRED,
+            "networking.useNetworkd",
+            format!(
+                "the host side of the private networks of {} is configured by systemd-networkd, so the host \
+                 needs networking.useNetworkd = true (the nixos-nspawn module refuses to build without it).\n\
+                 This tool does not switch the host's network stack for you: doing so remotely can cut you off. \
+                 Port the host's networking.interfaces settings, set networking.useNetworkd = true, and test \
+                 with nixos-rebuild test before switching.",
+                private.join(", ")
+            ),
+        ));
+    }
     let mut report = Report {
         version: crate::report::REPORT_VERSION,
         tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
@@ -245,7 +276,7 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         output: plan.nix_output.clone(),
         nix_file,
         containers,
-        problems: legacy.problems.clone(),
+        problems,
         files_written: Vec::new(),
         files_read: legacy.files_read.clone(),
         summary: Summary {

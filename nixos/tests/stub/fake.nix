@@ -33,7 +33,12 @@ rec {
     "curl"
     "bash"
     "systemd"
-  ] package;
+  ] package
+  # More fake packages by name, for evaluating real guest configurations (e.g. the Nix the
+  # migrator emits): NIXOS_NSPAWN_FAKE_PKGS="postgresql_15 redis".
+  // lib.genAttrs (lib.filter (s: s != "") (
+    lib.splitString " " (builtins.getEnv "NIXOS_NSPAWN_FAKE_PKGS")
+  )) package;
 
   # A JSON-able copy of a value: functions become a marker, derivations their path.
   plain =
