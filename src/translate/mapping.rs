@@ -1294,7 +1294,7 @@ fn md_text(s: &str) -> String {
 /// The translator's warning codes as a table for MIGRATION.md.
 pub fn warnings_table() -> String {
     let mut out = String::from("| code | kind | meaning |\n|---|---|---|\n");
-    for w in WARNINGS {
+    for w in crate::warnings::all_specs() {
         let kind = match w.category {
             crate::warnings::Category::NeedsHuman => "needs a human",
             crate::warnings::Category::ChangedMeaning => "changed meaning",
