@@ -1065,6 +1065,14 @@ impl<'t> Extract<'t> {
                     .iter()
                     .any(|n| matches!(n.as_deref(), Some("containers" | "config" | "imports")))
                 {
+                    // What the inherited names are bound to is warned about here, not again.
+                    if inh.from().is_none() {
+                        for n in names.iter().flatten() {
+                            if let Some(Binding::Expr(v, _)) = self.lookup(scope, n) {
+                                self.covered.push(v.syntax().text_range());
+                            }
+                        }
+                    }
                     self.dynamic_at(
                         line,
                         &format!("`{}` at module level", short(&inh.syntax().to_string())),
@@ -1546,17 +1554,34 @@ impl Extract<'_> {
                 [Some(cfg), Some(c), ..] if cfg == "config" && c == "containers" => 1,
                 _ => continue,
             };
-            let range = attrs[at].syntax().text_range();
-            if self.covered.iter().any(|r| r.contains_range(range)) {
-                continue;
-            }
-            // `let containers = …;` is a binding, read where it is used.
-            if apv.syntax().parent().map(|p| p.kind()) != Some(rnix::SyntaxKind::NODE_ATTR_SET) {
-                continue;
-            }
             let Some(value) = apv.value() else { continue };
+            let covered = |r: rowan::TextRange| self.covered.iter().any(|c| c.contains_range(r));
+            if covered(attrs[at].syntax().text_range()) || covered(value.syntax().text_range()) {
+                continue;
+            }
+            // `containers = { };` defines nothing.
+            if let ast::Expr::AttrSet(s) = unparen(value.clone())
+                && s.entries().next().is_none()
+            {
+                continue;
+            }
             let ctx = self.context_of(&apv);
             if ctx.other {
+                continue;
+            }
+            // `let containers = { web = { … }; };` that nothing read: said, not read (a `let`
+            // binding is not a definition, and guessing its use could be wrong).
+            let binding =
+                apv.syntax().parent().map(|p| p.kind()) != Some(rnix::SyntaxKind::NODE_ATTR_SET);
+            if binding {
+                if at == 0 && attrs.len() == 1 && super::fragment::containers_in(&value).is_some() {
+                    let line = self.line(apv.syntax());
+                    self.not_read(
+                        &apv,
+                        line,
+                        "in a `let` binding that this reading did not use",
+                    );
+                }
                 continue;
             }
             let line = self.line(apv.syntax());
@@ -1596,24 +1621,28 @@ impl Extract<'_> {
                 }
             }
             if noted.is_empty() && self.problems.len() == problems_before {
-                let text = short(&apv.syntax().to_string());
-                let w = self.at(
-                    Warning::new(
-                        &NIX_CONTAINERS_NOT_READ,
-                        "containers",
-                        format!(
-                            "{}: `{text}` {where_} defines containers that this reading did not \
-                             turn into definitions. Pass the host configuration that uses it with \
-                             --config, or evaluate the host's containers. {}",
-                            self.loc(line),
-                            self.eval.advice()
-                        ),
-                    ),
-                    line,
-                );
-                self.problems.push(w);
+                self.not_read(&apv, line, &where_);
             }
         }
+    }
+
+    fn not_read(&mut self, apv: &ast::AttrpathValue, line: usize, where_: &str) {
+        let text = short(&apv.syntax().to_string());
+        let w = self.at(
+            Warning::new(
+                &NIX_CONTAINERS_NOT_READ,
+                "containers",
+                format!(
+                    "{}: `{text}` {where_} defines containers that this reading did not turn \
+                     into definitions. Pass the host configuration that uses it with --config, \
+                     or evaluate the host's containers. {}",
+                    self.loc(line),
+                    self.eval.advice()
+                ),
+            ),
+            line,
+        );
+        self.problems.push(w);
     }
 
     /// The scope, conditions and description of where `apv` sits: `let`s, functions and

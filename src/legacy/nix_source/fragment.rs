@@ -228,7 +228,7 @@ pub(crate) fn container_shaped(e: &ast::Expr) -> Option<Vec<String>> {
 }
 
 /// The names of the container-shaped entries of the sets `e` evaluates to, if any.
-fn containers_in(e: &ast::Expr) -> Option<Vec<String>> {
+pub(crate) fn containers_in(e: &ast::Expr) -> Option<Vec<String>> {
     let mut names = Vec::new();
     for set in bodies(e) {
         for apv in set.attrpath_values() {
