@@ -384,9 +384,9 @@ pub(crate) fn fragment_warning(
             f.to_string(),
             format!(
                 "{f}:{line}: this file defines no `containers.<name>`; it looks like the \
-                 definition of ONE container (it sets {}), used by the file that says \
-                 `containers.<name> = import {f} …;`. Its container was not read (its name is \
-                 in that other file). Pass the host configuration that imports it with \
+                 definition of ONE container (it sets {}), used by another file, typically as \
+                 `containers.<name> = import {f} …;` (perhaps merged with `//`). Its container \
+                 was not read (its name is in that other file). Pass the host configuration that imports it with \
                  --config, or evaluate the host's containers. {advice}",
                 listed(keys, 6)
             ),

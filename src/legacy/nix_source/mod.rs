@@ -22,7 +22,17 @@
 //!   `inputs.*`/`*.nixosModules.*` (third-party modules); anything else is a warning;
 //! - files that hold `containers` (`containers = import ./c.nix;`) or one container's value
 //!   (`containers.x = import ./x.nix;`, `import ./x.nix { inherit pkgs; }`);
-//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]).
+//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]);
+//! - a file given as a module that defines no container but is a piece of a configuration
+//!   (`fragment.rs`, table-driven on the legacy option names): one container's value is a
+//!   `nix-container-fragment` warning; the value of `containers` is read with its names when
+//!   every entry is a container or an import of a file that is one (`nix-containers-set-read`
+//!   note), else a `nix-containers-set-fragment` warning;
+//! - a final sweep of every file read as a module: any `containers…` / `config.containers…`
+//!   attribute the walk did not read is read as the module it is nested in (flake-parts
+//!   `flake.modules.nixos.x`, `nixosModules.x`, …; `nix-nested-containers` note on each
+//!   container), or warned about at its line (`nix-containers-not-read`); `containers` under
+//!   other options (`virtualisation.oci-containers.containers`, …) is not legacy and skipped.
 //!
 //! Pure apart from [`SourceFs`]: every read goes through it.
 
@@ -189,7 +199,15 @@ pub enum EvalCommand {
 
 impl EvalCommand {
     /// The command for a classic host whose configuration starts at `entry` (a host path).
+    /// A `flake.nix` is not a NixOS configuration: it gets the flake command for its
+    /// directory (host unknown).
     pub fn for_config(entry: &Path) -> Self {
+        if entry.file_name().is_some_and(|n| n == "flake.nix") {
+            return EvalCommand::Flake {
+                dir: entry.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                host: None,
+            };
+        }
         if entry == Path::new("/etc/nixos/configuration.nix") {
             EvalCommand::Nixos {
                 configuration: None,

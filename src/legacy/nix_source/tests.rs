@@ -1611,6 +1611,16 @@ fn containers_of_nested_modules_are_read_with_a_note_saying_where() {
     assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
     let w = &r.problems[0];
     assert_eq!(w.line, Some(22));
+    // A flake.nix given with --config names the flake command, not `<nixpkgs/nixos>`.
+    assert!(
+        w.message
+            .contains("eval --json '/etc/nixos#nixosConfigurations.$(hostname).config.containers'")
+            || w.message
+                .contains("\"/etc/nixos#nixosConfigurations.$(hostname).config.containers\""),
+        "{}",
+        w.message
+    );
+    assert!(!w.message.contains("<nixpkgs/nixos>"), "{}", w.message);
     assert!(
         w.message.contains(
             "inside `outputs` → `packages.x86_64-linux.default` → a call of `buildContainers`"
@@ -1667,4 +1677,30 @@ fn fragment_fixtures_parse_with_real_nix() {
         }
     }
     assert!(n >= 14, "{n}");
+}
+
+#[test]
+fn a_set_of_imports_that_are_not_containers_is_not_a_containers_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.nix"),
+        "{ pkgs, ... }:\n{\n  tools = import ./container-tools.nix { inherit pkgs; };\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("container-tools.nix"),
+        "{ pkgs }: { podman = pkgs.podman; enable = true; }",
+    )
+    .unwrap();
+    // Without the files, the paths make it a guess, and the guess is said.
+    let ff = read_nix_file(
+        &dir.path().join("host.nix"),
+        "{ a = import ./containers/a.nix; }",
+    )
+    .unwrap();
+    assert_eq!(codes(&ff.problems), ["nix-containers-set-fragment"]);
+    // With them, the file it names is not a container: nothing to say.
+    let r = read_config_tree(&PlainFs, &dir.path().join("host.nix"));
+    assert!(r.facts.is_empty());
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
 }
