@@ -531,8 +531,49 @@ fn read_nix_file_classified(
 /// Read the configuration starting at `entry` and every file it imports (literal paths),
 /// including files that hold `containers` or one container's value. Cycles are read once.
 /// The commands named in warnings are those for a classic host with this entry file.
+///
+/// A `flake.nix` that defines `nixosConfigurations` is read as a flake host
+/// ([`read_flake_config`], every host), plus the containers of other modules nested in it
+/// (`nixosModules.x`, …) that the hosts do not define.
 pub fn read_config_tree(fs: &dyn SourceFs, entry: &Path) -> NixSourceResult {
-    read_config_tree_with(fs, entry, &EvalCommand::for_config(entry))
+    let eval = EvalCommand::for_config(entry);
+    if matches!(eval, EvalCommand::Flake { .. }) && !read_flake(fs, entry, None).hosts.is_empty() {
+        let mut out = read_flake_config(fs, entry, None);
+        let as_module = read_entries_only(fs, entry, &eval);
+        for c in as_module.facts {
+            if !out.facts.iter().any(|f| f.container == c.container) {
+                merge_into(&mut out.facts, c);
+            }
+        }
+        for w in as_module.problems {
+            let said = out
+                .problems
+                .iter()
+                .any(|p| p.code == w.code && p.line == w.line && p.file == w.file);
+            let nested = w.code == NIX_CONTAINERS_NOT_READ.code
+                || w.message.contains("nested in the file.)");
+            if nested && !said {
+                out.problems.push(w);
+            }
+        }
+        return out;
+    }
+    read_config_tree_with(fs, entry, &eval)
+}
+
+/// One file read as a module, its imports not followed.
+fn read_entries_only(fs: &dyn SourceFs, file: &Path, eval: &EvalCommand) -> NixSourceResult {
+    let mut out = NixSourceResult::default();
+    let Ok(text) = fs.read_to_string(file) else {
+        return out;
+    };
+    if let Ok(ff) = read_nix_file_as(file, &text, &Start::Module, eval) {
+        for c in ff.containers {
+            merge_into(&mut out.facts, c);
+        }
+        out.problems = ff.problems;
+    }
+    out
 }
 
 /// [`read_config_tree`] naming `eval` in its warnings (e.g. the flake command of

@@ -1704,3 +1704,38 @@ fn a_set_of_imports_that_are_not_containers_is_not_a_containers_set() {
     assert!(r.facts.is_empty());
     assert!(r.problems.is_empty(), "{:#?}", r.problems);
 }
+
+#[test]
+fn a_flake_given_as_config_is_read_as_a_flake_with_its_nested_modules() {
+    let root = fixture("flake-host");
+    let r = read_config_tree(&HostFs(&root), Path::new("/etc/nixos/flake.nix"));
+    // Every host's modules are followed (not only what flake.nix itself says).
+    let mut n = names(&r);
+    n.sort();
+    assert_eq!(n, ["builder", "inline", "vault"]);
+    assert!(codes(&r.problems).contains(&"nix-flake-several-hosts"));
+    // The inline host module is read once, as the host's, without a nested-module note.
+    assert!(
+        fact(&r, "inline")
+            .warnings
+            .iter()
+            .all(|w| w.code != "nix-nested-containers")
+    );
+
+    // A module among the outputs that no host uses is still read, with its note.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        "{\n  outputs = { self, nixpkgs }: {\n    nixosConfigurations.h = nixpkgs.lib.nixosSystem {\n      modules = [ { containers.a.autoStart = true; } ];\n    };\n    nixosModules.extra = { containers.b.ephemeral = true; };\n  };\n}\n",
+    )
+    .unwrap();
+    let r = read_config_tree(&PlainFs, &dir.path().join("flake.nix"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["a", "b"]);
+    assert!(
+        fact(&r, "a").warnings.is_empty(),
+        "{:#?}",
+        fact(&r, "a").warnings
+    );
+    assert_eq!(codes(&fact(&r, "b").warnings), ["nix-nested-containers"]);
+}
