@@ -1565,6 +1565,9 @@ impl Extract<'_> {
             {
                 continue;
             }
+            if !super::fragment::may_define_containers(&names[at + 1..], &value) {
+                continue;
+            }
             let ctx = self.context_of(&apv);
             if ctx.other {
                 continue;

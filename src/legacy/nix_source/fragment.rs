@@ -419,3 +419,87 @@ pub(crate) fn fragment_warning(
         }
     }
 }
+
+/// Whether a literal value could be one container's definition: a set using legacy options
+/// (or an empty one: all defaults); a value computed by Nix code may be one too. Literal
+/// strings, numbers, lists and sets of other keys are not.
+fn may_be_container(e: &ast::Expr) -> bool {
+    match unparen(e.clone()) {
+        ast::Expr::AttrSet(_) | ast::Expr::BinOp(_) | ast::Expr::LetIn(_) | ast::Expr::With(_) => {
+            let sets = bodies(e);
+            if sets.is_empty() {
+                return true;
+            }
+            let ks = keys(&sets);
+            ks.is_empty()
+                || ks
+                    .iter()
+                    .any(|k| CONTAINER_KEYS.iter().any(|(n, _)| n == k))
+        }
+        ast::Expr::Str(_)
+        | ast::Expr::Literal(_)
+        | ast::Expr::List(_)
+        | ast::Expr::PathAbs(_)
+        | ast::Expr::PathRel(_)
+        | ast::Expr::PathHome(_)
+        | ast::Expr::PathSearch(_)
+        | ast::Expr::Lambda(_) => false,
+        ast::Expr::Ident(i) => !matches!(
+            i.syntax().text().to_string().as_str(),
+            "true" | "false" | "null"
+        ),
+        _ => true,
+    }
+}
+
+/// Whether `containers.<rest> = value` (found outside the module walk) may define legacy
+/// containers, so that the sweep must read or report it: `containers.enable = true;` or
+/// `containers.dev = { image = …; }` (another tool's option of that name) are not.
+pub(crate) fn may_define_containers(rest: &[Option<String>], value: &ast::Expr) -> bool {
+    match rest {
+        // `containers = …`: a literal set whose entries may be containers, or computed.
+        [] => match unparen(value.clone()) {
+            ast::Expr::Str(_)
+            | ast::Expr::Literal(_)
+            | ast::Expr::List(_)
+            | ast::Expr::Lambda(_) => false,
+            ast::Expr::Ident(i)
+                if matches!(
+                    i.syntax().text().to_string().as_str(),
+                    "true" | "false" | "null"
+                ) =>
+            {
+                false
+            }
+            _ => {
+                let sets = bodies(value);
+                if sets.is_empty() || !matches!(unparen(value.clone()), ast::Expr::AttrSet(_)) {
+                    return true;
+                }
+                sets.iter().any(|s| {
+                    s.inherits().next().is_some()
+                        || s.attrpath_values().any(|apv| {
+                            let attrs: Vec<ast::Attr> = apv
+                                .attrpath()
+                                .map(|p| p.attrs().collect())
+                                .unwrap_or_default();
+                            let rest: Vec<Option<String>> =
+                                attrs.iter().skip(1).map(text::attr_name).collect();
+                            match (rest.as_slice(), apv.value()) {
+                                ([], Some(v)) => may_be_container(&v),
+                                ([Some(opt), ..], _) => {
+                                    CONTAINER_KEYS.iter().any(|(n, _)| n == opt)
+                                }
+                                _ => true,
+                            }
+                        })
+                })
+            }
+        },
+        // `containers.<name> = …`
+        [_] => may_be_container(value),
+        // `containers.<name>.<option>… = …`
+        [_, Some(opt), ..] => CONTAINER_KEYS.iter().any(|(n, _)| n == opt),
+        [_, None, ..] => true,
+    }
+}

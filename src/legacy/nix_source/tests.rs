@@ -1407,6 +1407,18 @@ fn fragment_shapes_table() {
             containers: &[],
         },
         Case {
+            what: "other tools' `containers` options nested in ordinary options",
+            src: "{ ... }:\n{\n  programs.distrobox = { enable = true; containers.dev = { image = \"fedora\"; additional_packages = \"git\"; }; };\n  services.foo = { containers = [ \"a\" \"b\" ]; };\n  services.bar = { containers.enable = true; containers.dir = \"/x\"; };\n  services.baz = { containers = { one = { image = \"x\"; }; }; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "legacy-looking or computed `containers` under an ordinary option are read",
+            src: "{ lib, ... }:\n{\n  my.hosts = { containers.web = { autoStart = true; }; };\n  my.more = { containers = lib.mapAttrs (n: v: v) { }; };\n}\n",
+            problems: &[("nix-dynamic-containers", 4)],
+            containers: &[("web", &["nix-nested-containers"])],
+        },
+        Case {
             what: "a guest that defines containers itself stays the guest's",
             src: "{\n  containers.outer = {\n    privateNetwork = true;\n    config = { containers.inner.autoStart = true; };\n  };\n  containers.x.config.containers.y.autoStart = true;\n}\n",
             problems: &[],
