@@ -13,7 +13,8 @@ use rnix::ast::{self, HasEntry};
 use rowan::ast::AstNode;
 use std::path::{Path, PathBuf};
 
-/// Options of one legacy container (`containers.<name>.*`), and whether each one is
+/// Options of one legacy container (`containers.<name>.*`, the names of
+/// [`crate::legacy::merge::OPTION_NAMES`]), and whether each one is
 /// distinctive. Names that are also top-level keys of ordinary NixOS modules or flake-parts
 /// modules (`config`, `nixpkgs`, `path`, `flake`) never count on their own.
 pub const CONTAINER_KEYS: &[(&str, bool)] = &[
@@ -43,6 +44,9 @@ pub const CONTAINER_KEYS: &[(&str, bool)] = &[
     ("extraFlags", true),
     ("restartIfChanged", true),
     ("timeoutStartSec", true),
+    ("copyResolvConf", true),
+    ("networkNamespace", true),
+    ("localMacAddress", true),
 ];
 
 /// Parents whose own `containers` option is not the legacy one
