@@ -7,9 +7,9 @@
 
 use super::text::{self, Lines, MAX_DEPTH};
 use super::{
-    EvalCommand, ImportRole, NIX_CONFLICTING_DEFINITIONS, NIX_DYNAMIC_CONTAINER,
-    NIX_DYNAMIC_CONTAINERS, NIX_IMPORT_NOT_FOLLOWED, NIX_RELATIVE_PATH, NIX_UNRESOLVED_VALUE,
-    NixImport,
+    EvalCommand, ImportRole, NIX_CONFLICTING_DEFINITIONS, NIX_CONTAINERS_NOT_READ,
+    NIX_DYNAMIC_CONTAINER, NIX_DYNAMIC_CONTAINERS, NIX_IMPORT_NOT_FOLLOWED, NIX_NESTED_CONTAINERS,
+    NIX_RELATIVE_PATH, NIX_UNRESOLVED_VALUE, NixImport,
 };
 use crate::legacy::model::{NixExpr, Origin, SourceFacts, SourceKind, Value};
 use crate::nixtext;
@@ -65,6 +65,11 @@ pub(crate) struct Extract<'t> {
     bases: Vec<Vec<String>>,
     pub(crate) imports: Vec<NixImport>,
     pub(crate) problems: Vec<Warning>,
+    /// Source ranges the walk has read (or warned about) as container definitions; the final
+    /// sweep ([`Extract::sweep`]) looks for `containers` attributes outside them.
+    covered: Vec<rowan::TextRange>,
+    /// While the sweep reads a nested module: the containers it touched.
+    noting: Option<Vec<usize>>,
     /// Steps left for following names: `let` bindings can describe exponentially large values
     /// (`a = [ b b ]; b = [ c c ]; …`); past the budget, values stay verbatim expressions.
     budget: Cell<usize>,
@@ -192,6 +197,8 @@ impl<'t> Extract<'t> {
             bases: Vec::new(),
             imports: Vec::new(),
             problems: Vec::new(),
+            covered: Vec::new(),
+            noting: None,
             budget: Cell::new(BUDGET),
         }
     }
@@ -589,7 +596,13 @@ impl<'t> Extract<'t> {
     // ---- containers ------------------------------------------------------------------------
 
     fn container(&mut self, name: &str, conds: &[NixExpr]) -> usize {
-        if let Some(i) = self.containers.iter().position(|c| c.container == name) {
+        let idx = self.containers.iter().position(|c| c.container == name);
+        if let (Some(noted), Some(i)) = (self.noting.as_mut(), idx)
+            && !noted.contains(&i)
+        {
+            noted.push(i);
+        }
+        if let Some(i) = idx {
             return i;
         }
         let mut facts = SourceFacts::new(name, SourceKind::NixSource, self.file.clone());
@@ -597,7 +610,11 @@ impl<'t> Extract<'t> {
         self.containers.push(facts);
         self.bases
             .push(conds.iter().map(|c| c.text.clone()).collect());
-        self.containers.len() - 1
+        let i = self.containers.len() - 1;
+        if let Some(noted) = self.noting.as_mut() {
+            noted.push(i);
+        }
+        i
     }
 
     /// Conditions in `conds` that the container was not defined under.
@@ -657,6 +674,9 @@ impl<'t> Extract<'t> {
         if depth > MAX_DEPTH {
             self.dynamic(level, &e, "an expression nested too deeply to read");
             return;
+        }
+        if matches!(level, Level::Containers | Level::Container(_)) {
+            self.covered.push(e.syntax().text_range());
         }
         let d = depth + 1;
         match e {
@@ -824,6 +844,10 @@ impl<'t> Extract<'t> {
                     }
                     return;
                 };
+                if name == "containers" {
+                    self.covered.push(first.syntax().text_range());
+                    self.covered.push(value.syntax().text_range());
+                }
                 match (name.as_str(), rest.is_empty()) {
                     ("containers", true) => {
                         self.visit(value, scope, conds, Level::Containers, false, d)
@@ -1041,6 +1065,14 @@ impl<'t> Extract<'t> {
                     .iter()
                     .any(|n| matches!(n.as_deref(), Some("containers" | "config" | "imports")))
                 {
+                    // What the inherited names are bound to is warned about here, not again.
+                    if inh.from().is_none() {
+                        for n in names.iter().flatten() {
+                            if let Some(Binding::Expr(v, _)) = self.lookup(scope, n) {
+                                self.covered.push(v.syntax().text_range());
+                            }
+                        }
+                    }
                     self.dynamic_at(
                         line,
                         &format!("`{}` at module level", short(&inh.syntax().to_string())),
@@ -1250,6 +1282,7 @@ impl<'t> Extract<'t> {
             Level::Module => {
                 // Module code that cannot be read matters only if it may define containers.
                 if mentions_containers(e.syntax()) {
+                    self.covered.push(e.syntax().text_range());
                     self.dynamic_at(
                         line,
                         &format!("{what} (`{text}`) that may define containers"),
@@ -1484,4 +1517,194 @@ pub(crate) fn combine_conditions(conds: &[NixExpr]) -> Option<NixExpr> {
 /// so `mkContainer` counts too).
 fn mentions_containers(node: &rnix::SyntaxNode) -> bool {
     node.to_string().to_ascii_lowercase().contains("container")
+}
+
+// ---- the final sweep ---------------------------------------------------------------------
+
+/// Where a `containers` attribute found by the sweep sits.
+struct Context {
+    /// Outer to inner: the attribute paths and calls around it, for messages.
+    trail: Vec<String>,
+    scope: Scope,
+    conds: Vec<NixExpr>,
+    /// Right under an option whose own `containers` is not the legacy one.
+    other: bool,
+}
+
+impl Extract<'_> {
+    /// After the walk: every `containers.<name>` / `containers = …` / `config.containers…`
+    /// attribute anywhere in the file that the walk did not read is read as the module it sits
+    /// in (a flake-parts `flake.modules.nixos.x`, a `nixosModules.x`, …), with a note on each
+    /// container saying where it was found; what still yields nothing is a warning at its
+    /// line. Nothing is dropped silently.
+    pub(crate) fn sweep(&mut self, root: &ast::Expr) {
+        let apvs: Vec<ast::AttrpathValue> = root
+            .syntax()
+            .descendants()
+            .filter_map(ast::AttrpathValue::cast)
+            .collect();
+        for apv in apvs {
+            let attrs: Vec<ast::Attr> = apv
+                .attrpath()
+                .map(|p| p.attrs().collect())
+                .unwrap_or_default();
+            let names: Vec<Option<String>> = attrs.iter().map(text::attr_name).collect();
+            let at = match names.as_slice() {
+                [Some(c), ..] if c == "containers" => 0,
+                [Some(cfg), Some(c), ..] if cfg == "config" && c == "containers" => 1,
+                _ => continue,
+            };
+            let Some(value) = apv.value() else { continue };
+            let covered = |r: rowan::TextRange| self.covered.iter().any(|c| c.contains_range(r));
+            if covered(attrs[at].syntax().text_range()) || covered(value.syntax().text_range()) {
+                continue;
+            }
+            // `containers = { };` defines nothing.
+            if let ast::Expr::AttrSet(s) = unparen(value.clone())
+                && s.entries().next().is_none()
+            {
+                continue;
+            }
+            if !super::fragment::may_define_containers(&names[at + 1..], &value) {
+                continue;
+            }
+            let ctx = self.context_of(&apv);
+            if ctx.other {
+                continue;
+            }
+            // `let containers = { web = { … }; };` that nothing read: said, not read (a `let`
+            // binding is not a definition, and guessing its use could be wrong).
+            let binding =
+                apv.syntax().parent().map(|p| p.kind()) != Some(rnix::SyntaxKind::NODE_ATTR_SET);
+            if binding {
+                if at == 0 && attrs.len() == 1 && super::fragment::containers_in(&value).is_some() {
+                    let line = self.line(apv.syntax());
+                    self.not_read(
+                        &apv,
+                        line,
+                        "in a `let` binding that this reading did not use",
+                    );
+                }
+                continue;
+            }
+            let line = self.line(apv.syntax());
+            let where_ = if ctx.trail.is_empty() {
+                "in an expression of this file".to_string()
+            } else {
+                format!("inside {}", ctx.trail.join(" → "))
+            };
+            let problems_before = self.problems.len();
+            self.noting = Some(Vec::new());
+            self.path_entry(Level::Module, &attrs, value, ctx.scope, &ctx.conds, 0);
+            self.covered.push(apv.syntax().text_range());
+            let noted = self.noting.take().unwrap_or_default();
+            for idx in &noted {
+                let cname = self.container_name(*idx);
+                let w = self.at(
+                    Warning::new(
+                        &NIX_NESTED_CONTAINERS,
+                        format!("containers.{}", nixtext::attr_name(&cname)),
+                        format!(
+                            "{}: container {cname} is defined {where_}, a module nested in this \
+                             file rather than the file's own top level; it was read as if the \
+                             host imported that module. Check that the host really uses it \
+                             (and remove the definition there once migrated)",
+                            self.loc(line)
+                        ),
+                    ),
+                    line,
+                );
+                self.container_warning(*idx, w);
+            }
+            if !ctx.trail.is_empty() {
+                for w in &mut self.problems[problems_before..] {
+                    w.message.push_str(&format!(
+                        "\n(This definition sits {where_}, nested in the file.)"
+                    ));
+                }
+            }
+            if noted.is_empty() && self.problems.len() == problems_before {
+                self.not_read(&apv, line, &where_);
+            }
+        }
+    }
+
+    fn not_read(&mut self, apv: &ast::AttrpathValue, line: usize, where_: &str) {
+        let text = short(&apv.syntax().to_string());
+        let w = self.at(
+            Warning::new(
+                &NIX_CONTAINERS_NOT_READ,
+                "containers",
+                format!(
+                    "{}: `{text}` {where_} defines containers that this reading did not turn \
+                     into definitions. Pass the host configuration that uses it with --config, \
+                     or evaluate the host's containers. {}",
+                    self.loc(line),
+                    self.eval.advice()
+                ),
+            ),
+            line,
+        );
+        self.problems.push(w);
+    }
+
+    /// The scope, conditions and description of where `apv` sits: `let`s, functions and
+    /// `rec` sets around it are entered (outermost first) so its names resolve as in the walk.
+    fn context_of(&mut self, apv: &ast::AttrpathValue) -> Context {
+        let mut outer: Vec<rnix::SyntaxNode> = apv.syntax().ancestors().skip(1).collect();
+        // The option right around this one (`virtualisation.oci-containers = { containers… }`).
+        let other = outer
+            .iter()
+            .find_map(|n| ast::AttrpathValue::cast(n.clone()))
+            .and_then(|p| p.attrpath()?.attrs().last())
+            .and_then(|a| text::attr_name(&a))
+            .is_some_and(|last| super::fragment::OTHER_CONTAINERS_PARENTS.contains(&last.as_str()));
+        outer.reverse();
+        let mut scope = None;
+        let mut conds = Vec::new();
+        let mut trail = Vec::new();
+        let inner = apv.syntax().text_range();
+        for n in &outer {
+            if let Some(l) = ast::LetIn::cast(n.clone()) {
+                scope = self.push_rec_frame(&l, scope);
+            } else if let Some(l) = ast::Lambda::cast(n.clone()) {
+                scope = self.push_lambda_frame(&l, scope);
+            } else if let Some(s) = ast::AttrSet::cast(n.clone()) {
+                if s.rec_token().is_some() {
+                    scope = self.push_rec_frame(&s, scope);
+                }
+            } else if let Some(p) = ast::AttrpathValue::cast(n.clone()) {
+                if let Some(path) = p.attrpath() {
+                    trail.push(format!("`{}`", path.syntax()));
+                }
+            } else if let Some(a) = ast::Apply::cast(n.clone()) {
+                // Only the outermost application of a curried call.
+                if n.parent().and_then(ast::Apply::cast).is_some_and(|p| {
+                    p.lambda()
+                        .is_some_and(|l| l.syntax().text_range() == n.text_range())
+                }) {
+                    continue;
+                }
+                let Some((head, args)) = uncurry(&a) else {
+                    continue;
+                };
+                match (head_name(&head).as_deref(), args.len()) {
+                    (Some("mkIf" | "optionalAttrs"), 2)
+                        if args[1].syntax().text_range().contains_range(inner) =>
+                    {
+                        conds.push(self.nix_expr(args[0].syntax()))
+                    }
+                    (Some("mkIf" | "optionalAttrs" | "mkMerge"), _) => {}
+                    (Some(h), _) => trail.push(format!("a call of `{h}`")),
+                    (None, _) => trail.push("a function call".to_string()),
+                }
+            }
+        }
+        Context {
+            trail,
+            scope,
+            conds,
+            other,
+        }
+    }
 }

@@ -22,17 +22,29 @@
 //!   `inputs.*`/`*.nixosModules.*` (third-party modules); anything else is a warning;
 //! - files that hold `containers` (`containers = import ./c.nix;`) or one container's value
 //!   (`containers.x = import ./x.nix;`, `import ./x.nix { inherit pkgs; }`);
-//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]).
+//! - flake hosts: `nixosConfigurations.<h> = <…>.nixosSystem { modules = [ … ]; }` ([`read_flake`]);
+//! - a file given as a module that defines no container but is a piece of a configuration
+//!   (`fragment.rs`, table-driven on the legacy option names): one container's value is a
+//!   `nix-container-fragment` warning; the value of `containers` is read with its names when
+//!   every entry is a container or an import of a file that is one (`nix-containers-set-read`
+//!   note), else a `nix-containers-set-fragment` warning;
+//! - a final sweep of every file read as a module: any `containers…` / `config.containers…`
+//!   attribute the walk did not read is read as the module it is nested in (flake-parts
+//!   `flake.modules.nixos.x`, `nixosModules.x`, …; `nix-nested-containers` note on each
+//!   container), or warned about at its line (`nix-containers-not-read`); `containers` under
+//!   other options (`virtualisation.oci-containers.containers`, …) is not legacy and skipped.
 //!
 //! Pure apart from [`SourceFs`]: every read goes through it.
 
 mod extract;
 mod flake;
+mod fragment;
 #[cfg(test)]
 mod tests;
 mod text;
 
 pub use flake::{FlakeResult, read_flake};
+pub use fragment::{CONTAINER_KEYS, Fragment, SetEntry};
 
 use crate::host::HostRoot;
 use crate::legacy::model::{NixExpr, SourceFacts};
@@ -95,6 +107,36 @@ pub const NIX_FLAKE_MODULES_DYNAMIC: WarningSpec = WarningSpec {
               evaluate with nix and use --from-json",
 };
 
+pub const NIX_CONTAINER_FRAGMENT: WarningSpec = WarningSpec {
+    code: "nix-container-fragment",
+    category: Category::NeedsHuman,
+    summary: "the file is the definition of one container, not a host configuration; its \
+              container was not read (pass the host configuration that imports it)",
+};
+pub const NIX_CONTAINERS_SET_FRAGMENT: WarningSpec = WarningSpec {
+    code: "nix-containers-set-fragment",
+    category: Category::NeedsHuman,
+    summary: "the file is a set of container definitions, not a host configuration; its \
+              containers were not read (pass the host configuration that imports it)",
+};
+pub const NIX_CONTAINERS_SET_READ: WarningSpec = WarningSpec {
+    code: "nix-containers-set-read",
+    category: Category::ChangedMeaning,
+    summary: "the container was read from a file that is the value of `containers`, given \
+              directly instead of the host configuration that imports it",
+};
+pub const NIX_NESTED_CONTAINERS: WarningSpec = WarningSpec {
+    code: "nix-nested-containers",
+    category: Category::ChangedMeaning,
+    summary: "the container was read from a module nested inside the file (a flake output, a \
+              flake-parts module, …), not from the file's own top level",
+};
+pub const NIX_CONTAINERS_NOT_READ: WarningSpec = WarningSpec {
+    code: "nix-containers-not-read",
+    category: Category::NeedsHuman,
+    summary: "a `containers` definition in the file was found but could not be read",
+};
+
 /// Warning codes owned by this reader.
 pub const WARNINGS: &[&WarningSpec] = &[
     &NIX_PARSE_ERROR,
@@ -107,6 +149,11 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &NIX_RELATIVE_PATH,
     &NIX_FLAKE_SEVERAL_HOSTS,
     &NIX_FLAKE_MODULES_DYNAMIC,
+    &NIX_CONTAINER_FRAGMENT,
+    &NIX_CONTAINERS_SET_FRAGMENT,
+    &NIX_CONTAINERS_SET_READ,
+    &NIX_NESTED_CONTAINERS,
+    &NIX_CONTAINERS_NOT_READ,
 ];
 
 macro_rules! eval_apply {
@@ -152,7 +199,15 @@ pub enum EvalCommand {
 
 impl EvalCommand {
     /// The command for a classic host whose configuration starts at `entry` (a host path).
+    /// A `flake.nix` is not a NixOS configuration: it gets the flake command for its
+    /// directory (host unknown).
     pub fn for_config(entry: &Path) -> Self {
+        if entry.file_name().is_some_and(|n| n == "flake.nix") {
+            return EvalCommand::Flake {
+                dir: entry.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                host: None,
+            };
+        }
         if entry == Path::new("/etc/nixos/configuration.nix") {
             EvalCommand::Nixos {
                 configuration: None,
@@ -298,6 +353,10 @@ pub struct FileFacts {
     pub containers: Vec<SourceFacts>,
     pub imports: Vec<NixImport>,
     pub problems: Vec<Warning>,
+    /// When a file read as a module defines no container and is shaped like a piece of a
+    /// configuration (one container's value, or a set of them); `problems` then holds the
+    /// warning saying so.
+    pub fragment: Option<Fragment>,
 }
 
 /// Pure: one file's text → its containers and the files it names. `Err` when the file does not
@@ -420,10 +479,40 @@ pub(crate) fn read_nix_file_as(
     start: &Start,
     eval: &EvalCommand,
 ) -> Result<FileFacts, Warning> {
+    read_nix_file_classified(file, text, start, eval, true)
+}
+
+/// [`read_nix_file_as`]; `classify`: whether a module file that defines no container is
+/// checked for the shape of a fragment ([`Fragment`]).
+fn read_nix_file_classified(
+    file: &Path,
+    text: &str,
+    start: &Start,
+    eval: &EvalCommand,
+    classify: bool,
+) -> Result<FileFacts, Warning> {
     let root = parse(file, text)?;
     let mut ex = Extract::new(file, text, eval.clone());
+    let mut fragment = None;
     match root.expr() {
-        Some(e) => ex.run(e, start),
+        Some(e) => {
+            ex.run(e.clone(), start);
+            if classify && *start == Start::Module && ex.containers.is_empty() {
+                fragment = fragment::classify(file, &e, &|n| ex.line(n)).filter(|f| {
+                    // A set is only a guess: what the module reading said comes first.
+                    matches!(f, Fragment::Container { .. }) || ex.problems.is_empty()
+                });
+            }
+            match &fragment {
+                Some(f) => {
+                    // The file is not a module: what reading it as one found (its guest
+                    // `config`'s imports, say) is not the host's.
+                    ex.imports.clear();
+                    ex.problems = vec![fragment::fragment_warning(file, f, eval)];
+                }
+                None => ex.sweep(&e),
+            }
+        }
         None => {
             // An empty file is not a valid Nix expression; rnix reports it as an error, so
             // this is only reached for inputs rnix accepts without an expression.
@@ -435,14 +524,56 @@ pub(crate) fn read_nix_file_as(
         containers: ex.containers,
         imports: ex.imports,
         problems: ex.problems,
+        fragment,
     })
 }
 
 /// Read the configuration starting at `entry` and every file it imports (literal paths),
 /// including files that hold `containers` or one container's value. Cycles are read once.
 /// The commands named in warnings are those for a classic host with this entry file.
+///
+/// A `flake.nix` that defines `nixosConfigurations` is read as a flake host
+/// ([`read_flake_config`], every host), plus the containers of other modules nested in it
+/// (`nixosModules.x`, …) that the hosts do not define.
 pub fn read_config_tree(fs: &dyn SourceFs, entry: &Path) -> NixSourceResult {
-    read_config_tree_with(fs, entry, &EvalCommand::for_config(entry))
+    let eval = EvalCommand::for_config(entry);
+    if matches!(eval, EvalCommand::Flake { .. }) && !read_flake(fs, entry, None).hosts.is_empty() {
+        let mut out = read_flake_config(fs, entry, None);
+        let as_module = read_entries_only(fs, entry, &eval);
+        for c in as_module.facts {
+            if !out.facts.iter().any(|f| f.container == c.container) {
+                merge_into(&mut out.facts, c);
+            }
+        }
+        for w in as_module.problems {
+            let said = out
+                .problems
+                .iter()
+                .any(|p| p.code == w.code && p.line == w.line && p.file == w.file);
+            let nested = w.code == NIX_CONTAINERS_NOT_READ.code
+                || w.message.contains("nested in the file.)");
+            if nested && !said {
+                out.problems.push(w);
+            }
+        }
+        return out;
+    }
+    read_config_tree_with(fs, entry, &eval)
+}
+
+/// One file read as a module, its imports not followed.
+fn read_entries_only(fs: &dyn SourceFs, file: &Path, eval: &EvalCommand) -> NixSourceResult {
+    let mut out = NixSourceResult::default();
+    let Ok(text) = fs.read_to_string(file) else {
+        return out;
+    };
+    if let Ok(ff) = read_nix_file_as(file, &text, &Start::Module, eval) {
+        for c in ff.containers {
+            merge_into(&mut out.facts, c);
+        }
+        out.problems = ff.problems;
+    }
+    out
 }
 
 /// [`read_config_tree`] naming `eval` in its warnings (e.g. the flake command of
@@ -569,6 +700,12 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
                 continue;
             }
         };
+        let ff = match &ff.fragment {
+            Some(Fragment::Set { line, entries }) => {
+                set_fragment(fs, &path, &text, *line, entries, eval).unwrap_or(ff)
+            }
+            _ => ff,
+        };
         for mut c in ff.containers {
             if !matches!(imp.role, ImportRole::Container(_)) {
                 c.condition = match (imp.condition.clone(), c.condition.take()) {
@@ -591,6 +728,70 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
         out.problems.extend(ff.problems);
     }
     out
+}
+
+/// A file given as a module that is a set of containers: read it as the value of `containers`
+/// when every entry is a literal container or an import of a file that is one (checked);
+/// `None` keeps the warning. A set of imports none of which is a container is not a set of
+/// containers: its warning is dropped.
+fn set_fragment(
+    fs: &dyn SourceFs,
+    path: &Path,
+    text: &str,
+    line: usize,
+    entries: &[(String, usize, SetEntry)],
+    eval: &EvalCommand,
+) -> Option<FileFacts> {
+    let mut verified = true;
+    let mut refuted = false;
+    let mut literal = false;
+    for (_, _, e) in entries {
+        match e {
+            SetEntry::Literal(_) => literal = true,
+            SetEntry::Import(p) => match fragment::file_is_container(fs, p) {
+                Some(true) => {}
+                Some(false) => {
+                    refuted = true;
+                    verified = false;
+                }
+                None => verified = false,
+            },
+            SetEntry::Nested(_) => {
+                literal = true;
+                verified = false;
+            }
+            SetEntry::Other => verified = false,
+        }
+    }
+    if !verified {
+        if refuted && !literal {
+            // Not a set of containers: read it as the module it is, without the guess.
+            return read_nix_file_classified(path, text, &Start::Module, eval, false).ok();
+        }
+        return None;
+    }
+    let mut ff = read_nix_file_as(path, text, &Start::Containers, eval).ok()?;
+    for c in &mut ff.containers {
+        let name = c.container.clone();
+        c.warnings.push(
+            Warning::new(
+                &NIX_CONTAINERS_SET_READ,
+                format!("containers.{}", crate::nixtext::attr_name(&name)),
+                format!(
+                    "{}:{line}: this file is not a host configuration but the value of \
+                     `containers` (a set of container definitions); container {name} was read \
+                     from it as if the host said `containers = import {} …;`. Check that the \
+                     host really imports it, and remove that import when the migrated \
+                     definitions replace it",
+                    path.display(),
+                    path.display()
+                ),
+            )
+            .at(path.to_path_buf(), Some(line)),
+        );
+    }
+    ff.fragment = None;
+    Some(ff)
 }
 
 /// Add one file's facts about a container to what other files said about it.

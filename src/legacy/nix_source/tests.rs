@@ -1,5 +1,6 @@
 //! One small test per form the reader handles (and per form it must refuse), then whole trees.
 
+use super::fragment;
 use super::*;
 use crate::legacy::model::{SourceKind, Value};
 use crate::warnings::Category;
@@ -1290,4 +1291,465 @@ fn unreadable_module_code_that_may_define_containers_is_reported() {
     assert_eq!(codes(&ff.problems), ["nix-dynamic-containers"]);
     assert_eq!(ff.problems[0].line, Some(2));
     assert!(ff.problems[0].message.contains("mkContainerModule"));
+}
+
+// ---- fragments: files that are a piece of a configuration, and containers in nested modules --
+
+/// Each shape, read as a module file: the problem codes (with their lines) and the containers
+/// read, with the codes of each container's warnings from this reader.
+#[test]
+fn fragment_shapes_table() {
+    struct Case {
+        what: &'static str,
+        src: &'static str,
+        problems: &'static [(&'static str, usize)],
+        containers: &'static [(&'static str, &'static [&'static str])],
+    }
+    let cases = [
+        Case {
+            what: "one container's value, a function of the host's arguments",
+            src: "{ config, pkgs, ... }:\n{\n  config = import ./configuration.nix { inherit pkgs; };\n  hostBridge = \"br0\";\n  localAddress = \"10.5.20.13/24\";\n  autoStart = true;\n}\n",
+            problems: &[("nix-container-fragment", 2)],
+            containers: &[],
+        },
+        Case {
+            what: "one container's value, a bare set (host network) with `with` and `let`",
+            src: "{ pkgs ? import <nixpkgs> { } }:\nwith pkgs;\nlet dev = 1; in\n{\n  bindMounts.\"/run/docker.sock\".hostPath = \"/run/docker.sock\";\n  config = { ... }: { };\n}\n",
+            problems: &[("nix-container-fragment", 4)],
+            containers: &[],
+        },
+        Case {
+            what: "one container's defaults, no `config`, two options",
+            src: "{ config, ... }:\n{\n  ephemeral = false;\n  privateNetwork = true;\n  localAddress = null;\n}\n",
+            problems: &[("nix-container-fragment", 2)],
+            containers: &[],
+        },
+        Case {
+            what: "a set of containers (literal and imported), not checkable without files",
+            src: "{ config, pkgs, ... }:\n{\n  web = { privateNetwork = true; hostAddress = \"10.0.0.1\"; };\n  \"db\" = import ./db/container.nix { inherit pkgs; };\n}\n",
+            problems: &[("nix-containers-set-fragment", 2)],
+            containers: &[],
+        },
+        Case {
+            what: "a set of imports whose paths say container",
+            src: "{ pkgs, ... }:\n{\n  \"stubby\" = import ./stubby/container.nix { pkgs = pkgs; };\n}\n",
+            problems: &[("nix-containers-set-fragment", 2)],
+            containers: &[],
+        },
+        Case {
+            what: "a factory of containers in a `rec` set of helpers",
+            src: "{ lib, ... }:\nlet net = n: { privateNetwork = true; }; in\nrec {\n  pkgsList = [ ];\n  mk = keys: {\n    browser = { autoStart = true; timeoutStartSec = \"1y\"; } // (net 2);\n  };\n}\n",
+            problems: &[("nix-containers-set-fragment", 3)],
+            containers: &[],
+        },
+        Case {
+            what: "a flake-parts module nesting a NixOS module",
+            src: "{ config, ... }:\nlet inherit (config) flake; in\n{\n  flake.modules.nixos.devSpawn = { config, ... }: {\n    containers.dev = {\n      autoStart = true;\n      specialArgs = { inherit flake; };\n    };\n  };\n}\n",
+            problems: &[],
+            containers: &[("dev", &["nix-nested-containers"])],
+        },
+        Case {
+            what: "nixosModules of a flake",
+            src: "{\n  outputs = { self, nixpkgs }: {\n    nixosModules.box = { containers.box.autoStart = true; };\n    nixosModules.two = { config.containers = { a.ephemeral = true; b = { }; }; };\n  };\n}\n",
+            problems: &[],
+            containers: &[
+                ("box", &["nix-nested-containers"]),
+                ("a", &["nix-nested-containers"]),
+                ("b", &["nix-nested-containers"]),
+            ],
+        },
+        Case {
+            what: "extra-container: containers computed inside a call",
+            src: "{\n  outputs = { extra-container, ... }: {\n    packages.default = extra-container.lib.buildContainers {\n      config.containers =\n        builtins.listToAttrs (map f names);\n    };\n  };\n}\n",
+            problems: &[("nix-dynamic-containers", 5)],
+            containers: &[],
+        },
+        Case {
+            what: "a `let` binding of a containers set that nothing uses",
+            src: "{ ... }:\nlet\n  containers = { web = { privateNetwork = true; autoStart = true; }; };\nin\n{\n  networking.hostName = \"h\";\n}\n",
+            problems: &[("nix-containers-not-read", 3)],
+            containers: &[],
+        },
+        Case {
+            what: "a `let` binding of a containers set that is used is read once",
+            src: "{ ... }:\nlet\n  containers = { web = { privateNetwork = true; autoStart = true; }; };\nin\n{\n  inherit containers;\n  containers.db.autoStart = true;\n}\n",
+            problems: &[("nix-dynamic-containers", 6)],
+            containers: &[("db", &[])],
+        },
+        Case {
+            what: "ordinary host module without containers",
+            src: "{ config, pkgs, lib, ... }:\n{\n  imports = [ ];\n  networking.hostName = \"plain\";\n  nixpkgs.config.allowUnfree = true;\n  services.nginx.enable = true;\n  boot.tmp.useTmpfs = true;\n  environment.etc.\"containers/registries.conf\".text = \"\";\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "module with options and config only",
+            src: "{ config, lib, ... }:\n{\n  options.my.enable = lib.mkEnableOption \"x\";\n  config = lib.mkIf config.my.enable { services.x.enable = true; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "flake-parts module without containers",
+            src: "{ inputs, ... }:\n{\n  flake = { nixosModules.x = ./x.nix; };\n  perSystem = { pkgs, ... }: { packages.hello = pkgs.hello; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "sub-modules as a set of imports (paths do not say container)",
+            src: "{ pkgs, ... }:\n{\n  services = import ./services.nix { inherit pkgs; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "OCI containers in both spellings",
+            src: "{ ... }:\n{\n  virtualisation.oci-containers.containers.web = { image = \"nginx\"; autoStart = true; };\n  virtualisation = { containers.enable = true; };\n  services.x = { virtualisation = { oci-containers = { containers.db = { image = \"pg\"; autoStart = true; }; }; }; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "other tools' `containers` options nested in ordinary options",
+            src: "{ ... }:\n{\n  programs.distrobox = { enable = true; containers.dev = { image = \"fedora\"; additional_packages = \"git\"; }; };\n  services.foo = { containers = [ \"a\" \"b\" ]; };\n  services.bar = { containers.enable = true; containers.dir = \"/x\"; };\n  services.baz = { containers = { one = { image = \"x\"; }; }; };\n}\n",
+            problems: &[],
+            containers: &[],
+        },
+        Case {
+            what: "legacy-looking or computed `containers` under an ordinary option are read",
+            src: "{ lib, ... }:\n{\n  my.hosts = { containers.web = { autoStart = true; }; };\n  my.more = { containers = lib.mapAttrs (n: v: v) { }; };\n}\n",
+            problems: &[("nix-dynamic-containers", 4)],
+            containers: &[("web", &["nix-nested-containers"])],
+        },
+        Case {
+            what: "a guest that defines containers itself stays the guest's",
+            src: "{\n  containers.outer = {\n    privateNetwork = true;\n    config = { containers.inner.autoStart = true; };\n  };\n  containers.x.config.containers.y.autoStart = true;\n}\n",
+            problems: &[],
+            containers: &[("outer", &[]), ("x", &[])],
+        },
+    ];
+    for case in &cases {
+        let ff = read(case.src);
+        let got: Vec<(&str, Option<usize>)> =
+            ff.problems.iter().map(|w| (w.code, w.line)).collect();
+        let want: Vec<(&str, Option<usize>)> =
+            case.problems.iter().map(|(c, l)| (*c, Some(*l))).collect();
+        assert_eq!(got, want, "{}: {:#?}", case.what, ff.problems);
+        let got: Vec<(&str, Vec<&str>)> = ff
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    c.container.as_str(),
+                    c.warnings
+                        .iter()
+                        .map(|w| w.code)
+                        .filter(|c| c.starts_with("nix-"))
+                        .collect(),
+                )
+            })
+            .collect();
+        let want: Vec<(&str, Vec<&str>)> = case
+            .containers
+            .iter()
+            .map(|(n, w)| (*n, w.to_vec()))
+            .collect();
+        assert_eq!(got, want, "{}", case.what);
+        for w in &ff.problems {
+            assert_eq!(w.category, Category::NeedsHuman, "{}", case.what);
+            assert_eq!(w.file.as_deref(), Some(Path::new(F)), "{}", case.what);
+        }
+    }
+}
+
+#[test]
+fn the_key_table_needs_two_distinctive_options_or_config_and_one() {
+    let k = |ks: &[&str]| {
+        fragment::container_keys(&ks.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    assert!(k(&["privateNetwork", "hostBridge"]).is_some());
+    assert!(k(&["config", "bindMounts"]).is_some());
+    assert!(k(&["config", "autoStart", "autoStart"]).is_some());
+    assert!(k(&["autoStart"]).is_none());
+    assert!(k(&["config", "nixpkgs", "path", "flake"]).is_none());
+    assert!(k(&["config", "options", "imports"]).is_none());
+    assert!(k(&["autoStart", "autoStart"]).is_none());
+    // The table is exactly the legacy option set the merge knows.
+    let mut table: Vec<&str> = CONTAINER_KEYS.iter().map(|(n, _)| *n).collect();
+    let mut known: Vec<&str> = crate::legacy::merge::OPTION_NAMES.to_vec();
+    table.sort();
+    known.sort();
+    assert_eq!(table, known);
+}
+
+#[test]
+fn a_container_fragment_says_what_it_is_and_what_to_do() {
+    let r = tree("fragment-container");
+    // Through the host, the file is read as the value of containers.web.
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let web = fact(&r, "web");
+    assert_eq!(opt(web, "hostBridge"), &s("br0"));
+    assert_eq!(
+        expr(opt(web, "config")).text,
+        "import ./configuration.nix { inherit pkgs; }"
+    );
+    // Given directly, it is a fragment: one warning, and its guest's imports are not followed.
+    let root = fixture("fragment-container");
+    let file = Path::new("/etc/nixos/containers/web/container.nix");
+    let r = read_config_tree(&HostFs(&root), file);
+    assert!(r.facts.is_empty());
+    assert_eq!(r.files_read, [file]);
+    assert_eq!(codes(&r.problems), ["nix-container-fragment"]);
+    let w = &r.problems[0];
+    assert_eq!(w.line, Some(2));
+    assert_eq!(w.file.as_deref(), Some(file));
+    for part in [
+        "/etc/nixos/containers/web/container.nix:2:",
+        "definition of ONE container",
+        "config, hostBridge, localAddress, autoStart, privateNetwork, additionalCapabilities",
+        "`containers.<name> = import /etc/nixos/containers/web/container.nix …;`",
+        "with --config",
+        // The host's command, not one evaluating the fragment as a host.
+        EVAL_COMMAND_NIXOS,
+        FROM_JSON_COMMAND,
+    ] {
+        assert!(w.message.contains(part), "{part}: {}", w.message);
+    }
+}
+
+#[test]
+fn a_containers_set_file_is_read_with_names_when_every_entry_is_a_container() {
+    let root = fixture("fragment-set");
+    let host = read_config_tree(&HostFs(&root), Path::new(F));
+    assert!(host.problems.is_empty(), "{:#?}", host.problems);
+    assert_eq!(names(&host), ["dns", "proxy"]);
+
+    let file = Path::new("/etc/nixos/containers/containers.nix");
+    let r = read_config_tree(&HostFs(&root), file);
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["dns", "proxy"]);
+    // The same facts as through the host, plus the note.
+    for name in ["dns", "proxy"] {
+        let direct = fact(&r, name);
+        let via_host = fact(&host, name);
+        assert_eq!(direct.options, via_host.options, "{name}");
+        assert_eq!(
+            codes(&direct.warnings),
+            ["nix-containers-set-read"],
+            "{name}"
+        );
+        let w = &direct.warnings[0];
+        assert_eq!(w.category, Category::ChangedMeaning);
+        assert!(
+            w.message.contains("containers.nix:2:") && w.message.contains("`containers = import"),
+            "{}",
+            w.message
+        );
+    }
+    assert_eq!(opt(fact(&r, "dns"), "localAddress6"), &s("fd00:53::53/64"));
+    assert_eq!(
+        attrs(&attrs(opt(fact(&r, "proxy"), "bindMounts"))["/var/lib/acme"])["hostPath"],
+        s("/srv/acme")
+    );
+}
+
+#[test]
+fn a_containers_set_with_an_unreadable_entry_is_only_warned_about() {
+    let root = fixture("fragment-set-missing");
+    let r = read_config_tree(
+        &HostFs(&root),
+        Path::new("/etc/nixos/containers/containers.nix"),
+    );
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-containers-set-fragment"]);
+    assert!(
+        r.problems[0].message.contains("(a, b)"),
+        "{}",
+        r.problems[0].message
+    );
+    assert_eq!(r.problems[0].line, Some(3));
+}
+
+#[test]
+fn a_factory_of_containers_is_warned_about_with_the_names() {
+    let root = fixture("fragment-factory");
+    let r = read_config_tree(&HostFs(&root), Path::new("/etc/nixos/factory.nix"));
+    assert!(r.facts.is_empty());
+    assert_eq!(codes(&r.problems), ["nix-containers-set-fragment"]);
+    let w = &r.problems[0];
+    assert!(
+        w.message.contains("(mk.browser, mk.games-net)"),
+        "{}",
+        w.message
+    );
+    assert_eq!(w.line, Some(15));
+}
+
+#[test]
+fn an_ordinary_host_without_containers_gets_no_fragment_warning() {
+    let r = tree("fragment-not-a-set");
+    assert!(r.facts.is_empty(), "{:?}", names(&r));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(r.files_read.len(), 3, "{:?}", r.files_read);
+}
+
+#[test]
+fn containers_of_nested_modules_are_read_with_a_note_saying_where() {
+    let root = fixture("nested-modules");
+    let r = read_config_tree(&HostFs(&root), Path::new("/etc/nixos/parts.nix"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["dev"]);
+    let dev = fact(&r, "dev");
+    // Names of the file's outer `let` resolve.
+    assert_eq!(opt(dev, "hostBridge"), &s("br0"));
+    assert_eq!(line(dev, "hostBridge"), Some(13));
+    // The `mkIf` around the nested module is the container's condition.
+    assert_eq!(dev.condition.as_ref().unwrap().text, "config.dev.enable");
+    assert_eq!(codes(&dev.warnings), ["nix-nested-containers"]);
+    let w = &dev.warnings[0];
+    assert_eq!(w.line, Some(9));
+    assert!(
+        w.message
+            .contains("inside `flake.modules.nixos.devSpawn`, a module nested in this file"),
+        "{}",
+        w.message
+    );
+
+    // flake.nix given with --config: the module among the outputs is read; extra-container's
+    // computed set is a warning that says where it sits.
+    let r = read_config_tree(&HostFs(&root), Path::new("/etc/nixos/flake.nix"));
+    assert_eq!(names(&r), ["box"]);
+    assert_eq!(opt(fact(&r, "box"), "localAddress"), &s("10.233.1.2"));
+    assert!(
+        fact(&r, "box").warnings[0]
+            .message
+            .contains("inside `outputs` → `nixosModules.box`")
+    );
+    assert_eq!(codes(&r.problems), ["nix-dynamic-containers"]);
+    let w = &r.problems[0];
+    assert_eq!(w.line, Some(22));
+    // A flake.nix given with --config names the flake command, not `<nixpkgs/nixos>`.
+    assert!(
+        w.message
+            .contains("eval --json '/etc/nixos#nixosConfigurations.$(hostname).config.containers'")
+            || w.message
+                .contains("\"/etc/nixos#nixosConfigurations.$(hostname).config.containers\""),
+        "{}",
+        w.message
+    );
+    assert!(!w.message.contains("<nixpkgs/nixos>"), "{}", w.message);
+    assert!(
+        w.message.contains(
+            "inside `outputs` → `packages.x86_64-linux.default` → a call of `buildContainers`"
+        ),
+        "{}",
+        w.message
+    );
+}
+
+#[test]
+fn fragment_fixtures_parse_with_real_nix() {
+    if std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").is_none(),
+            "nix-instantiate is required"
+        );
+        return;
+    }
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nix");
+    let mut n = 0;
+    for scenario in [
+        "fragment-container",
+        "fragment-set",
+        "fragment-set-missing",
+        "fragment-not-a-set",
+        "fragment-factory",
+        "nested-modules",
+    ] {
+        let mut dirs = vec![base.join(scenario)];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "nix") {
+                    let out = std::process::Command::new("nix-instantiate")
+                        .arg("--parse")
+                        .arg(&p)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}: {}",
+                        p.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert!(n >= 14, "{n}");
+}
+
+#[test]
+fn a_set_of_imports_that_are_not_containers_is_not_a_containers_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.nix"),
+        "{ pkgs, ... }:\n{\n  tools = import ./container-tools.nix { inherit pkgs; };\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("container-tools.nix"),
+        "{ pkgs }: { podman = pkgs.podman; enable = true; }",
+    )
+    .unwrap();
+    // Without the files, the paths make it a guess, and the guess is said.
+    let ff = read_nix_file(
+        &dir.path().join("host.nix"),
+        "{ a = import ./containers/a.nix; }",
+    )
+    .unwrap();
+    assert_eq!(codes(&ff.problems), ["nix-containers-set-fragment"]);
+    // With them, the file it names is not a container: nothing to say.
+    let r = read_config_tree(&PlainFs, &dir.path().join("host.nix"));
+    assert!(r.facts.is_empty());
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
+#[test]
+fn a_flake_given_as_config_is_read_as_a_flake_with_its_nested_modules() {
+    let root = fixture("flake-host");
+    let r = read_config_tree(&HostFs(&root), Path::new("/etc/nixos/flake.nix"));
+    // Every host's modules are followed (not only what flake.nix itself says).
+    let mut n = names(&r);
+    n.sort();
+    assert_eq!(n, ["builder", "inline", "vault"]);
+    assert!(codes(&r.problems).contains(&"nix-flake-several-hosts"));
+    // The inline host module is read once, as the host's, without a nested-module note.
+    assert!(
+        fact(&r, "inline")
+            .warnings
+            .iter()
+            .all(|w| w.code != "nix-nested-containers")
+    );
+
+    // A module among the outputs that no host uses is still read, with its note.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        "{\n  outputs = { self, nixpkgs }: {\n    nixosConfigurations.h = nixpkgs.lib.nixosSystem {\n      modules = [ { containers.a.autoStart = true; } ];\n    };\n    nixosModules.extra = { containers.b.ephemeral = true; };\n  };\n}\n",
+    )
+    .unwrap();
+    let r = read_config_tree(&PlainFs, &dir.path().join("flake.nix"));
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(names(&r), ["a", "b"]);
+    assert!(
+        fact(&r, "a").warnings.is_empty(),
+        "{:#?}",
+        fact(&r, "a").warnings
+    );
+    assert_eq!(codes(&fact(&r, "b").warnings), ["nix-nested-containers"]);
 }
