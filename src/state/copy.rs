@@ -433,6 +433,7 @@ pub(crate) fn copy_tree(
         mut checkpoint,
         checkpoint_every,
     } = cfg;
+    sys::raise_nofile_limit();
     // A default ACL or a setgid bit on the destination root would change what new entries
     // get: then prune inherited ACLs and always set owner and mode.
     let dst_root_meta =

@@ -389,3 +389,20 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errn
     }
     Ok(())
 }
+
+/// Raise the soft limit on open files towards the hard limit (at most 65536): the walkers keep
+/// a few hundred directory fds in flight. Best effort; a failure leaves the limit as it was.
+pub(crate) fn raise_nofile_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let want = cur.maximum.map_or(65536, |m| m.min(65536));
+    if cur.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: cur.maximum,
+            },
+        );
+    }
+}

@@ -172,6 +172,7 @@ pub(crate) fn verify_fds(
     if level == Verify::None {
         return Ok(report);
     }
+    sys::raise_nofile_limit();
     let root_dev = sys::fstat(src_root.as_fd())
         .map_err(|e| StateError::io("stat", src_label, e))?
         .dev;
