@@ -593,7 +593,15 @@ pub fn migrate_state(
     })?;
     let tree_fd = sys::open_dest_dir(staging_fd.as_fd(), c"tree")
         .map_err(|e| StateError::io("open", &tree_path, e))?;
-    rfs::syncfs(&tree_fd).map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
+    // Write-back and verification overlap: verification reads the page cache while syncfs
+    // waits for the disk. Both must succeed before anything is renamed.
+    let (synced, verified) = std::thread::scope(|s| {
+        let sync = s.spawn(|| rfs::syncfs(&tree_fd));
+        let verified =
+            verify::verify_fds(&src_fd, &tree_fd, opts.verify, src, &tree_path, nworkers);
+        (sync.join().unwrap_or(Err(Errno::IO)), verified)
+    });
+    synced.map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
     jr.append(
         &Event::Copied {
             entries: copied.entries,
@@ -601,8 +609,7 @@ pub fn migrate_state(
         },
         true,
     )?;
-
-    let report = verify::verify_fds(&src_fd, &tree_fd, opts.verify, src, &tree_path, nworkers)?;
+    let report = verified?;
     if !report.is_clean() {
         jr.append(
             &Event::VerifyFailed {
