@@ -107,6 +107,8 @@ for t in small large; do
     "$(find "$W/$t" | wc -l)" "$(du -sh --apparent-size "$W/$t" | cut -f1)" "$(du -sh "$W/$t" | cut -f1)"
 done
 
+# Outputs of an earlier run (maybe still being deleted) are moved out of the way.
+if [ -e "$W/trash" ]; then mv "$W/trash" "$W/trash.old.$$"; fi
 mkdir -p "$W/trash"
 # Before every run (not timed): the previous output goes away and its writeback is flushed.
 # Many small synced files are slow to delete on a filesystem mounted with `discard`, so the
@@ -169,5 +171,6 @@ EOF
 
 # Deleting synced data is slow on a filesystem mounted with `discard`: do it in the background.
 if [ "${KEEP:-0}" != 1 ]; then
-  (nice ionice -c3 rm -rf "$W/trash" &)
+  echo "deleting the outputs in $W/trash in the background"
+  (nice ionice -c3 rm -rf "$W"/trash* &)
 fi
