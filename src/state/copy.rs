@@ -608,7 +608,7 @@ fn walk(
         };
 
         let kind = meta.kind();
-        if meta.dev != root_dev {
+        if meta.dev != root_dev || meta.mount_root {
             // A mount point (directory or file bind mount): never cross into it.
             report.skipped_mounts.push(rel.clone());
             if kind == Kind::Dir {
