@@ -1,6 +1,7 @@
 //! Benchmark entry point for the state engine: `copy_tree SRC DST [--verify=full|metadata|none]
 //! [--raw]`. Without `--raw` it runs `migrate_state` (staging dir, journal, syncfs, verification,
-//! rename); with `--raw` only the copy engine. DST must not exist.
+//! rename); with `--raw` only the copy engine. DST must not exist. `--verify-only` compares
+//! SRC and an existing DST (full unless `--verify=metadata`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut verify = Verify::None;
     let mut raw = false;
+    let mut verify_only = false;
     let mut paths = Vec::new();
     for a in &args {
         match a.as_str() {
@@ -17,14 +19,22 @@ fn main() -> ExitCode {
             "--verify=metadata" => verify = Verify::Metadata,
             "--verify=none" => verify = Verify::None,
             "--raw" => raw = true,
+            "--verify-only" => verify_only = true,
             p => paths.push(PathBuf::from(p)),
         }
     }
     let [src, dst] = paths.as_slice() else {
-        eprintln!("usage: copy_tree SRC DST [--verify=full|metadata|none] [--raw]");
+        eprintln!("usage: copy_tree SRC DST [--verify=full|metadata|none] [--raw | --verify-only]");
         return ExitCode::from(2);
     };
-    let r = if raw {
+    let r = if verify_only {
+        let level = if verify == Verify::None {
+            Verify::Full
+        } else {
+            verify
+        };
+        state::verify_tree(src, dst, level).map(|r| r.summary())
+    } else if raw {
         state::copy_tree_raw(src, dst, &NoProgress).map(|r| format!("{r:?}"))
     } else {
         let opts = MigrateStateOptions {

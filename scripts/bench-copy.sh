@@ -107,6 +107,8 @@ for t in small large; do
     "$(find "$W/$t" | wc -l)" "$(du -sh --apparent-size "$W/$t" | cut -f1)" "$(du -sh "$W/$t" | cut -f1)"
 done
 
+# Outputs of an earlier run (maybe still being deleted) are moved out of the way.
+if [ -e "$W/trash" ]; then mv "$W/trash" "$W/trash.old.$$"; fi
 mkdir -p "$W/trash"
 # Before every run (not timed): the previous output goes away and its writeback is flushed.
 # Many small synced files are slow to delete on a filesystem mounted with `discard`, so the
@@ -162,12 +164,15 @@ for t in ("small", "large"):
     print(f"\n== {t} (median of {len(next(iter(times.values())))} runs, seconds; min-max)")
     for k, v in med.items():
         print(f"  {k:14s} {v:7.2f}   ({min(times[k]):.2f}-{max(times[k]):.2f})")
+    best = {k: min(v) for k, v in times.items()}
+    print("  ratios                         median   best-of-runs")
     for a, b in (("engine", "cp -a"), ("migrate none", "cp -a"), ("migrate none", "cp -a + sync"),
                  ("migrate full", "cp -a"), ("migrate full", "cp -a + sync"), ("rsync -aHAXS", "cp -a")):
-        print(f"  {a + ' / ' + b:28s} = {med[a] / med[b]:.2f}")
+        print(f"  {a + ' / ' + b:28s} = {med[a] / med[b]:6.2f}   {best[a] / best[b]:6.2f}")
 EOF
 
 # Deleting synced data is slow on a filesystem mounted with `discard`: do it in the background.
 if [ "${KEEP:-0}" != 1 ]; then
-  (nice ionice -c3 rm -rf "$W/trash" &)
+  echo "deleting the outputs in $W/trash in the background"
+  (nice ionice -c3 rm -rf "$W"/trash* &)
 fi

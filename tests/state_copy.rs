@@ -420,12 +420,37 @@ fn mount_points_inside_the_source_are_not_crossed() {
     std::fs::write(src.join("file"), b"x").unwrap();
     let m = Tmpfs::mount(&src.join("proc"), "1m");
     std::fs::write(m.0.join("inside-the-mount"), b"must not be copied").unwrap();
+    // A file bind mount too (nspawn binds e.g. resolv.conf into a running container).
+    std::fs::write(src.join("resolv.conf"), b"placeholder").unwrap();
+    let outside = t.path().join("host-resolv.conf");
+    std::fs::write(&outside, b"host data").unwrap();
+    run(
+        "mount",
+        &[
+            "--bind",
+            outside.to_str().unwrap(),
+            src.join("resolv.conf").to_str().unwrap(),
+        ],
+    );
+    let _bind = Tmpfs(src.join("resolv.conf"));
     let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
     let StateOutcome::Copied { copy, verify, .. } = out else {
         panic!("{out:?}")
     };
-    assert_eq!(copy.skipped_mounts, vec![Path::new("proc").to_path_buf()]);
-    assert_eq!(verify.skipped_mounts, vec![Path::new("proc").to_path_buf()]);
+    let mut skipped = copy.skipped_mounts.clone();
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        vec![
+            Path::new("proc").to_path_buf(),
+            Path::new("resolv.conf").to_path_buf()
+        ]
+    );
+    assert_eq!(verify.skipped_mounts, skipped);
+    assert!(
+        !dest.join("resolv.conf").exists(),
+        "a bind-mounted file is not copied"
+    );
     assert!(dest.join("proc").is_dir(), "an empty directory stands in");
     assert!(!dest.join("proc/inside-the-mount").exists());
     assert_eq!(std::fs::read(dest.join("file")).unwrap(), b"x");
@@ -686,4 +711,60 @@ fn carry_profile_recreates_the_links_without_reading_the_store() {
         "{err}"
     );
     assert!(err.to_string().contains("system-11-link"), "{err}");
+}
+
+#[test]
+fn a_torn_file_with_finished_metadata_is_caught_by_full_verification_and_recopied() {
+    // What a power failure can leave: data lost, metadata (size, mtime) written.
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_edge_tree(&src);
+    let dest = t.path().join("machines/web");
+    state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    let staging = t.path().join("machines/.web.partial");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::rename(&dest, staging.join("tree")).unwrap();
+    std::fs::rename(
+        t.path().join("machines/.web.journal"),
+        staging.join("journal"),
+    )
+    .unwrap();
+    let torn = staging.join("tree/home/alice/deep/er/est/file");
+    let m = torn.symlink_metadata().unwrap();
+    std::fs::write(&torn, vec![0u8; m.size() as usize]).unwrap();
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: m.atime(),
+            tv_nsec: m.atime_nsec(),
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: m.mtime(),
+            tv_nsec: m.mtime_nsec(),
+        },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, &torn, &ts, rustix::fs::AtFlags::empty()).unwrap();
+
+    // The quick check trusts it; full verification does not, and nothing is renamed.
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let StateErrorKind::VerifyFailed { report, .. } = err.kind() else {
+        panic!("{err}")
+    };
+    assert_eq!(report.differences, 1, "{}", report.summary());
+    assert_eq!(
+        report.first[0].path,
+        Path::new("home/alice/deep/er/est/file")
+    );
+    assert!(
+        err.to_string().contains("re-copies every file's data"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    // The next run re-copies file data and succeeds.
+    let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    assert!(
+        matches!(out, StateOutcome::Copied { resumed: true, .. }),
+        "{out:?}"
+    );
+    assert_eq!(rsync_diff(&src, &dest), "");
 }

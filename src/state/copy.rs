@@ -433,6 +433,7 @@ pub(crate) fn copy_tree(
         mut checkpoint,
         checkpoint_every,
     } = cfg;
+    sys::raise_nofile_limit();
     // A default ACL or a setgid bit on the destination root would change what new entries
     // get: then prune inherited ACLs and always set owner and mode.
     let dst_root_meta =
@@ -607,7 +608,7 @@ fn walk(
         };
 
         let kind = meta.kind();
-        if meta.dev != root_dev {
+        if meta.dev != root_dev || meta.mount_root {
             // A mount point (directory or file bind mount): never cross into it.
             report.skipped_mounts.push(rel.clone());
             if kind == Kind::Dir {

@@ -220,3 +220,37 @@ impl From<StateErrorKind> for StateError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_becomes_disk_full_with_the_fix() {
+        let e = StateError::write(
+            "copy data to",
+            Path::new("/var/lib/machines/.web.partial/tree/var/db"),
+            Path::new("/var/lib/machines"),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )
+        .with_still_needed(3 << 30);
+        let msg = e.to_string();
+        assert!(msg.starts_with("disk full on the filesystem of /var/lib/machines while trying to copy data to /var/lib/machines/.web.partial/tree/var/db"), "{msg}");
+        assert!(
+            msg.contains("about 3.0 GiB (3221225472 bytes) more is needed"),
+            "{msg}"
+        );
+        assert!(msg.contains("--state move"), "{msg}");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let other = StateError::io(
+            "open",
+            Path::new("/x"),
+            std::io::Error::from_raw_os_error(libc::ELOOP),
+        );
+        assert!(
+            other.to_string().contains("never follows symlinks"),
+            "{other}"
+        );
+        assert_eq!(human_bytes(512), "512 bytes");
+    }
+}

@@ -151,3 +151,72 @@ pub(crate) fn is_done(events: &[Event]) -> bool {
 pub(crate) fn last(events: &[Event]) -> Option<&Event> {
     events.last()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(src: &str) -> Event {
+        Event::Start {
+            version: VERSION,
+            source: SourceId {
+                src: src.into(),
+                dev: 1,
+                ino: 2,
+            },
+            dest: "/var/lib/machines/web".into(),
+            mode: "copy".into(),
+            verify: "full".into(),
+            resume: "fresh".into(),
+            unix_time: 0,
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_done_belongs_to_the_last_start() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::openat(
+            rustix::fs::CWD,
+            t.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let p = t.path().join("journal");
+        let mut j = Journal::open(dir.as_fd(), c"journal", &p).unwrap();
+        j.append(&start("/a"), true).unwrap();
+        j.append(&Event::Done, true).unwrap();
+        j.append(&start("/b"), true).unwrap();
+        j.append(
+            &Event::Checkpoint {
+                entries: 5,
+                bytes: 9,
+            },
+            false,
+        )
+        .unwrap();
+        drop(j);
+        // A crash in the middle of a write.
+        let mut text = std::fs::read(&p).unwrap();
+        text.extend_from_slice(b"{\"event\":\"cop");
+        std::fs::write(&p, text).unwrap();
+        let ev = read(dir.as_fd(), c"journal", &p).unwrap().unwrap();
+        assert_eq!(ev.len(), 4);
+        assert_eq!(source_of(&ev).map(|s| s.src.as_str()), Some("/b"));
+        assert!(!is_done(&ev), "the done record belongs to the earlier run");
+        assert_eq!(
+            last(&ev),
+            Some(&Event::Checkpoint {
+                entries: 5,
+                bytes: 9
+            })
+        );
+        assert!(read(dir.as_fd(), c"missing", &p).unwrap().is_none());
+        // The format is stable JSON lines: `event` names the record.
+        let line = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            line.starts_with("{\"event\":\"start\",\"version\":1,\"src\":\"/a\""),
+            "{line}"
+        );
+    }
+}

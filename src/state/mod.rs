@@ -48,13 +48,25 @@
 //!
 //! # Performance and memory
 //!
-//! One walker thread (directories, metadata, symlinks, special files, hard links) plus a pool
-//! of data workers (one per CPU) for regular files; verification hashes on the same number of
-//! workers. Memory does not grow per plain file: the walker keeps the entry names of the
-//! directories on its current path, a small node per directory with unfinished children, and a
-//! map entry (~100 bytes) per inode with more than one link; queues are bounded (256 copy jobs,
-//! 64 hash jobs). For 1M files in directories of ~1,000 entries that is a few MB, dominated by
-//! the hard-link map if many files are multiply linked (1M hard-linked inodes ≈ 100 MB).
+//! Copy: one walker thread (directories, metadata, symlinks, special files, hard links) plus a
+//! pool of data workers for regular files, fed in batches. Verification: one walker listing
+//! directories (entry types come from `readdir`), workers comparing and hashing everything
+//! else. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//!
+//! Memory does not grow per plain file: the walker keeps the entry names of the directories on
+//! its current path, a small node (fd, stat, xattrs, ~150 bytes) per directory with unfinished
+//! children, and a map entry (~100 bytes; ~80 more during verification) per inode with more
+//! than one link; queues are bounded. Measured maximum RSS of the release build: 2.8 MB for
+//! copying 30k and 300k files alike, 7 MB for `migrate_state` with full verification (hash
+//! buffers). For 1M plain files that stays a few MB (a directory of N entries costs ~40 bytes
+//! per entry while it is on the walker's path); 1M hard-linked inodes would add ~180 MB.
+//!
+//! # Where things are
+//!
+//! `dest.parent/.NAME.partial/{tree,journal}` while working (mode 0700; resumed by the next
+//! run), `dest.parent/.NAME.journal` afterwards (JSON lines; the `done` record makes the next
+//! run a no-op), `dest.parent/.NAME.replaced-UNIXTIME` for a destination replaced with `force`.
+//! Names starting with a dot are ignored by `machinectl list-images`.
 
 mod copy;
 mod error;
@@ -160,7 +172,9 @@ pub enum StateOutcome {
     },
     /// Renamed (`StateMode::Move`).
     Moved,
-    /// `dest` already held a finished, matching copy; nothing was written.
+    /// `dest` already held a finished, matching copy (compared at [`Verify::Metadata`]);
+    /// nothing was written. After a `Move`, the report is empty (level `None`): the source is
+    /// gone, there is nothing to compare with.
     AlreadyDone { verify: VerifyReport },
     /// `StateMode::Skip`.
     Skipped,
@@ -579,7 +593,15 @@ pub fn migrate_state(
     })?;
     let tree_fd = sys::open_dest_dir(staging_fd.as_fd(), c"tree")
         .map_err(|e| StateError::io("open", &tree_path, e))?;
-    rfs::syncfs(&tree_fd).map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
+    // Write-back and verification overlap: verification reads the page cache while syncfs
+    // waits for the disk. Both must succeed before anything is renamed.
+    let (synced, verified) = std::thread::scope(|s| {
+        let sync = s.spawn(|| rfs::syncfs(&tree_fd));
+        let verified =
+            verify::verify_fds(&src_fd, &tree_fd, opts.verify, src, &tree_path, nworkers);
+        (sync.join().unwrap_or(Err(Errno::IO)), verified)
+    });
+    synced.map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
     jr.append(
         &Event::Copied {
             entries: copied.entries,
@@ -587,8 +609,7 @@ pub fn migrate_state(
         },
         true,
     )?;
-
-    let report = verify::verify_fds(&src_fd, &tree_fd, opts.verify, src, &tree_path, nworkers)?;
+    let report = verified?;
     if !report.is_clean() {
         jr.append(
             &Event::VerifyFailed {

@@ -58,7 +58,7 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
                     ));
                 }
             };
-            if m.dev != rm.dev {
+            if m.dev != rm.dev || m.mount_root {
                 need.skipped_mounts += 1;
                 continue;
             }

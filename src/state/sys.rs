@@ -11,7 +11,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Statx, StatxAttributes, StatxFlags,
+    Timespec, Timestamps,
+};
 use rustix::io::Errno;
 
 /// The part of `struct stat` the engine needs.
@@ -28,6 +31,9 @@ pub(crate) struct Meta {
     pub blocks: u64,
     pub atime: (i64, u32),
     pub mtime: (i64, u32),
+    /// The entry is the root of a mount (also a bind mount from the same filesystem, which
+    /// `dev` cannot tell). From `statx` (Linux ≥ 5.8); false when the kernel does not say.
+    pub mount_root: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,25 @@ impl Kind {
 }
 
 impl Meta {
+    pub fn from_statx(s: &Statx) -> Meta {
+        let ts = |t: &rfs::StatxTimestamp| (t.tv_sec, t.tv_nsec.min(999_999_999));
+        Meta {
+            dev: rfs::makedev(s.stx_dev_major, s.stx_dev_minor),
+            ino: s.stx_ino,
+            mode: u32::from(s.stx_mode),
+            nlink: u64::from(s.stx_nlink),
+            uid: s.stx_uid,
+            gid: s.stx_gid,
+            rdev: rfs::makedev(s.stx_rdev_major, s.stx_rdev_minor),
+            size: s.stx_size,
+            blocks: s.stx_blocks,
+            atime: ts(&s.stx_atime),
+            mtime: ts(&s.stx_mtime),
+            mount_root: s.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                && s.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
+        }
+    }
+
     pub fn from_stat(s: &Stat) -> Meta {
         Meta {
             dev: s.st_dev,
@@ -71,6 +96,7 @@ impl Meta {
             blocks: u64::try_from(s.st_blocks).unwrap_or(0),
             atime: (s.st_atime, clamp_nsec(s.st_atime_nsec)),
             mtime: (s.st_mtime, clamp_nsec(s.st_mtime_nsec)),
+            mount_root: false,
         }
     }
 
@@ -115,12 +141,26 @@ fn clamp_nsec<T: TryInto<u32>>(n: T) -> u32 {
     n.try_into().unwrap_or(0).min(999_999_999)
 }
 
+const STATX_MASK: StatxFlags = StatxFlags::BASIC_STATS;
+
+/// `lstat` through `statx`, to learn about mount roots too; plain `fstatat` on kernels
+/// without `statx`.
 pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Meta, Errno> {
-    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|s| Meta::from_stat(&s))
+    match rfs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_MASK) {
+        Ok(s) => Ok(Meta::from_statx(&s)),
+        Err(Errno::NOSYS) => {
+            rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|s| Meta::from_stat(&s))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<Meta, Errno> {
-    rfs::fstat(fd).map(|s| Meta::from_stat(&s))
+    match rfs::statx(fd, c"", AtFlags::EMPTY_PATH, STATX_MASK) {
+        Ok(s) => Ok(Meta::from_statx(&s)),
+        Err(Errno::NOSYS) => rfs::fstat(fd).map(|s| Meta::from_stat(&s)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Flags for reading: never follow, never block on a fifo swapped in, never update atime.
@@ -388,4 +428,21 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errn
         }
     }
     Ok(())
+}
+
+/// Raise the soft limit on open files towards the hard limit (at most 65536): the walkers keep
+/// a few hundred directory fds in flight. Best effort; a failure leaves the limit as it was.
+pub(crate) fn raise_nofile_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let want = cur.maximum.map_or(65536, |m| m.min(65536));
+    if cur.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: cur.maximum,
+            },
+        );
+    }
 }

@@ -172,6 +172,7 @@ pub(crate) fn verify_fds(
     if level == Verify::None {
         return Ok(report);
     }
+    sys::raise_nofile_limit();
     let root_dev = sys::fstat(src_root.as_fd())
         .map_err(|e| StateError::io("stat", src_label, e))?
         .dev;
@@ -515,7 +516,7 @@ fn walk(
         if where_ == IN_SRC {
             // A file bind mount is skipped by the copy, like a directory mount point.
             match sys::lstat_at(f.src.as_fd(), &name) {
-                Ok(m) if m.dev != ctx.root_dev => report.skipped_mounts.push(rel),
+                Ok(m) if m.dev != ctx.root_dev || m.mount_root => report.skipped_mounts.push(rel),
                 _ => ctx.diffs.add(&rel, "missing in the copy"),
             }
             continue;
@@ -560,7 +561,7 @@ fn walk(
         if !compare_meta(&sm, &dm, &rel, &ctx.diffs) {
             continue;
         }
-        if sm.dev != ctx.root_dev {
+        if sm.dev != ctx.root_dev || sm.mount_root {
             report.skipped_mounts.push(rel);
             continue;
         }
@@ -620,7 +621,7 @@ fn check_entry(
     if !compare_meta(&sm, &dm, rel, diffs) {
         return Ok(());
     }
-    if sm.dev != ctx.root_dev {
+    if sm.dev != ctx.root_dev || sm.mount_root {
         if let Ok(mut s) = ctx.skipped.lock() {
             s.push(rel.clone());
         }
