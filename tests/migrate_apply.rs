@@ -72,6 +72,29 @@ fn apply_copies_faithfully_and_a_second_run_is_a_no_op() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = json(&out);
+    // Without a terminal, progress is one line per container on stderr (never a bar).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for s in &states {
+        let name = Path::new(s)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // The last line of a container is printed when its copy is finished.
+        let line = stderr
+            .lines()
+            .rfind(|l| {
+                l.starts_with(&format!("nixos-nspawn: {name}: ")) && l.contains(" entries, ")
+            })
+            .unwrap_or_else(|| panic!("no progress line for {name} in:\n{stderr}"));
+        let counts = line.split(": ").nth(2).unwrap().split(' ').next().unwrap();
+        let (done, total) = counts.split_once('/').unwrap();
+        assert_eq!(done, total, "{line}");
+        assert!(
+            !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+            "terminal codes without a terminal"
+        );
+    }
 
     for (s, before) in states.iter().zip(&legacy_before) {
         let name = Path::new(s)
