@@ -46,6 +46,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> 
                 .to_string(),
         ));
     }
+    for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
+        if let Some(p) = path
+            && !p.is_file()
+        {
+            return Err(Error::Usage(format!(
+                "{flag} {}: no such file\n\nPaths given on the command line are ordinary paths, \
+                 not paths inside --root.",
+                p.display()
+            )));
+        }
+    }
     let host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
             "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
