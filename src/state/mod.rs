@@ -28,7 +28,9 @@
 //! attribute (`trusted.*`, `security.capability`, `user.*`, POSIX ACLs), ns atime/mtime on
 //! files, symlinks and directories. Not kept: inode flags (`chattr +i`/`+a`; NixOS sets
 //! `/var/empty` immutable again at boot), ctime (cannot be set). Mount points inside the source
-//! are not crossed; an empty directory stands in and the report lists them.
+//! (another `st_dev`, or a mount root according to `statx`, which also catches bind mounts from
+//! the same filesystem) are not crossed: an empty directory stands in for a directory mount, a
+//! bind-mounted file is left out, and the reports list them.
 //!
 //! # Safety against a hostile rootfs
 //!
