@@ -71,9 +71,18 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         Some(path) => {
             // A --config inside the root is read as a host path, so that absolute imports
             // resolve inside the root too.
-            match host_path_of(host, path) {
-                Some(hp) => read_tree(&HostFs(host), &hp, &mut problems, &mut files_read),
-                None => read_tree(&PlainFs, path, &mut problems, &mut files_read),
+            let (fs, entry): (&dyn SourceFs, PathBuf) = match host_path_of(host, path) {
+                Some(hp) => (&HostFs(host), hp),
+                None => (&PlainFs, path.clone()),
+            };
+            if opts.host_name.is_some() && entry.file_name().is_some_and(|n| n == "flake.nix") {
+                // A flake given with --host: that host's modules only.
+                let r = nix_source::read_flake_config(fs, &entry, opts.host_name.as_deref());
+                configured.extend(r.facts);
+                problems.extend(r.problems);
+                files_read.extend(r.files_read);
+            } else {
+                read_tree(fs, &entry, &mut problems, &mut files_read);
             }
         }
         None => {

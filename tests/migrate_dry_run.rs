@@ -233,3 +233,40 @@ fn the_unchanged_check_detects_a_plain_read() {
         "a plain read went unnoticed: the unchanged check would be vacuous"
     );
 }
+
+/// `--config path/to/flake.nix --host NAME` reads that host's modules only; without `--host`
+/// every host is read and the report says so.
+#[test]
+fn a_flake_given_with_config_honours_host() {
+    let empty = tempfile::tempdir().unwrap();
+    let flake = repo().join("fixtures/nix/flake-host/etc/nixos/flake.nix");
+    let flake = flake.to_str().unwrap();
+    let names = |extra: &[&str]| -> (Vec<String>, Vec<String>) {
+        let mut args = vec!["migrate", "--dry-run", "--json", "--config", flake];
+        args.extend_from_slice(extra);
+        let j = json(&nixos_nspawn(empty.path(), &args));
+        let c = j["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        let p = j["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["code"].as_str().unwrap().to_string())
+            .collect();
+        (c, p)
+    };
+    let (all, problems) = names(&[]);
+    assert_eq!(all, ["builder", "inline", "vault"]);
+    assert!(
+        problems.contains(&"nix-flake-several-hosts".to_string()),
+        "{problems:?}"
+    );
+    assert_eq!(names(&["--host", "patched"]).0, ["inline", "vault"]);
+    assert_eq!(names(&["--host", "other"]).0, ["builder"]);
+    let (none, problems) = names(&["--host", "no-such-host"]);
+    assert!(none.is_empty() && problems.contains(&"nix-flake-modules-dynamic".to_string()));
+}
