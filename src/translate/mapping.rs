@@ -475,7 +475,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "N[Exec] ResolvConf=",
         [sets("N[Exec] ResolvConf")],
         options::copy_resolv_conf,
-        "copy-host when legacy copied the host's resolv.conf (the default) and the guest did not opt out; off when copyResolvConf = false, the guest set useHostResolvConf = false, or it runs resolved.",
+        "copy-host when legacy copied the host's resolv.conf (the default) and the guest did not opt out; off when copyResolvConf = false, a bind mount provides /etc/resolv.conf, the guest set useHostResolvConf = false, or it runs resolved.",
         [],
         r#"{ copyResolvConf = true; }"#,
         ["[Exec] ResolvConf=copy-host"]

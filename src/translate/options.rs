@@ -448,8 +448,17 @@ pub fn copy_resolv_conf(tx: &mut Tx) {
     let src = tx.c.options.copy_resolv_conf.clone();
     let copy = src.as_ref().map(|s| s.value).unwrap_or(true);
     let g = tx.guest_resolv.clone();
+    // A bind mount onto /etc/resolv.conf (a common legacy workaround) provides the file itself;
+    // nspawn must not also write one there.
+    let bound = tx.c.options.bind_mounts.as_ref().is_some_and(|b| {
+        b.value
+            .iter()
+            .any(|m| m.mount_point.trim_end_matches('/') == "/etc/resolv.conf")
+    });
     let (mode, why) = if !copy {
         ("off", "copyResolvConf = false")
+    } else if bound {
+        ("off", "a bind mount provides /etc/resolv.conf")
     } else if g.use_host_resolv_conf_false {
         ("off", "the guest set networking.useHostResolvConf = false")
     } else if g.uses_resolved {

@@ -403,6 +403,9 @@ fn resolv_conf_follows_the_guest() {
     );
     let off = run(r#"{ copyResolvConf = false; }"#);
     assert_has(&off, &["[Exec] ResolvConf=off"]);
+    // The host's resolv.conf bind-mounted in (a legacy workaround): nspawn must not write one.
+    let bound = run(r#"{ bindMounts."/etc/resolv.conf" = { hostPath = "/etc/resolv.conf"; }; }"#);
+    assert_has(&bound, &["[Exec] ResolvConf=off"]);
 }
 
 #[test]
