@@ -983,7 +983,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         &f,
         format!(
             "{{ nixpkgs = {}; activation.strategy = \"dynamic\"; forwardPorts = [ {{ hostPort = 80; }} ]; }}",
-            repo().join("nixos/tests/stub/nixpkgs").display()
+            repo().join("nixos/tests/stub/fake-nixpkgs").display()
         ),
     )
     .expect("write");
@@ -1006,7 +1006,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         format!(
             "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; \
              credentials = [ {{ id = \"db\"; path = \"/run/keys/db\"; }} ]; }}",
-            repo().join("nixos/tests/stub/nixpkgs").display()
+            repo().join("nixos/tests/stub/fake-nixpkgs").display()
         ),
     )
     .expect("write");

@@ -10,7 +10,7 @@ let
     modules = [
       ./stub/host.nix
       ../default.nix
-      { _module.args.pkgs = fake.pkgs ./stub/nixpkgs { system = "x86_64-linux"; }; }
+      { _module.args.pkgs = fake.pkgs ./stub/fake-nixpkgs { system = "x86_64-linux"; }; }
     ];
   };
   docs = lib.filter (o: lib.hasPrefix "nixos.containers." o.name && o.visible && !o.internal) (

@@ -8,7 +8,7 @@
 # file the migrator writes. It is evaluated together with ../default.nix against the stub host
 # in ./stub/host.nix (nixpkgs' option types and unit rendering for the options the module
 # writes, everything else free-form); each container's `nixpkgs` defaults to the stub tree in
-# ./stub/nixpkgs, whose eval-config.nix evaluates system-config and fakes the toplevel.
+# ./stub/fake-nixpkgs, whose eval-config.nix evaluates system-config and fakes the toplevel.
 # NIXPKGS_LIB must also be set in the environment, for that stub tree.
 #
 # Result:
@@ -39,7 +39,7 @@ let
       ./stub/host.nix
       ../default.nix
       configuration
-      { _module.args.pkgs = fake.pkgs ./stub/nixpkgs hostPlatform; }
+      { _module.args.pkgs = fake.pkgs ./stub/fake-nixpkgs hostPlatform; }
     ];
   };
   cfg = eval.config;

@@ -1,7 +1,7 @@
 # RFC 0108 "Imperative containers": the file `nixos-nspawn create imperative ./file.nix` takes.
 # `nixpkgs` points at the test stub here; a real file says `nixpkgs = <nixpkgs>;`.
 {
-  nixpkgs = ../stub/nixpkgs;
+  nixpkgs = ../stub/fake-nixpkgs;
   system-config =
     { pkgs, ... }:
     {

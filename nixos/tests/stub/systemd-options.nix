@@ -2,7 +2,7 @@
 # same types and merge rules as nixpkgs (nixos/lib/systemd-unit-options.nix,
 # nixos/modules/system/boot/{networkd,systemd/nspawn}.nix), rendered by ../../lib/units.nix the
 # way nixpkgs renders them. Used for the host (render.nix) and for the guest
-# (stub/nixpkgs/nixos/lib/eval-config.nix). Nothing is built: store paths are fake but
+# (stub/fake-nixpkgs/nixos/lib/eval-config.nix). Nothing is built: store paths are fake but
 # deterministic (a hash of the content).
 { config, lib, ... }:
 

@@ -4,6 +4,6 @@ let
   dir = builtins.getEnv "NIXPKGS_LIB";
 in
 if dir == "" then
-  throw "the stub nixpkgs (nixos/tests/stub/nixpkgs) needs NIXPKGS_LIB set to nixpkgs' lib directory"
+  throw "the stub nixpkgs (nixos/tests/stub/fake-nixpkgs) needs NIXPKGS_LIB set to nixpkgs' lib directory"
 else
   import dir
