@@ -86,12 +86,7 @@ pub fn execute(
                         // The kernel now refuses any write to the legacy state, and reading it
                         // changes no access time. Best effort: without privileges the copy
                         // engine still never writes to the source.
-                        if let Err(e) = crate::host::protect_read_only(&src) {
-                            done.push(format!(
-                                "note: could not make {} read-only for the copy ({e})",
-                                from.display()
-                            ));
-                        }
+                        protect(host, from, &mut done);
                     }
                     let verify = match opts.verify {
                         VerifyArg::Full => state::Verify::Full,
@@ -116,12 +111,7 @@ pub fn execute(
                 Step::NoState { reason } => done.push(format!("no state: {reason}")),
                 Step::CarryProfile { from, to } => {
                     // The legacy profile stays as it is, access times included.
-                    if let Err(e) = crate::host::protect_read_only(&host.real(from)) {
-                        done.push(format!(
-                            "note: could not make {} read-only while linking it ({e})",
-                            from.display()
-                        ));
-                    }
+                    protect(host, from, &mut done);
                     let o = state::carry_profile(&host.real(from), &host.real(to))
                         .map_err(|e| step_err(&cp.name, format!("{e}")))?;
                     done.push(if o.already_done {
@@ -135,34 +125,10 @@ pub fn execute(
                         )
                     });
                 }
-                Step::WriteContainerFile { path } => {
-                    let text = crate::render::nix::imperative_file(inst);
-                    write_file(
-                        host,
-                        &cp.name,
-                        path,
-                        &text,
-                        &mut done,
-                        &mut m.report.files_written,
-                    )?;
-                }
-                Step::WriteNspawn { path } => {
-                    let text = format!(
-                        "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-                        cp.name,
-                        crate::render::nspawn::preview(inst)
-                    );
-                    write_file(
-                        host,
-                        &cp.name,
-                        path,
-                        &text,
-                        &mut done,
-                        &mut m.report.files_written,
-                    )?;
-                }
-                Step::WriteDropin { path } => {
-                    let text = crate::render::nspawn::dropin(inst);
+                Step::WriteContainerFile { path }
+                | Step::WriteNspawn { path }
+                | Step::WriteDropin { path } => {
+                    let text = file_text(step, inst);
                     write_file(
                         host,
                         &cp.name,
@@ -190,6 +156,30 @@ pub fn execute(
         )?;
     }
     Ok(())
+}
+
+/// Make legacy data read-only (and noatime) for this process while we read it; without the
+/// privileges for that, say so: our code still only reads it.
+fn protect(host: &HostRoot, legacy: &Path, done: &mut Vec<String>) {
+    if let Err(e) = crate::host::protect_read_only(&host.real(legacy)) {
+        done.push(format!(
+            "note: could not make {} read-only while reading it ({e}); it is still only read",
+            legacy.display()
+        ));
+    }
+}
+
+/// The content of a file an imperative container's plan writes.
+fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
+    match step {
+        Step::WriteNspawn { .. } => format!(
+            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
+            inst.name,
+            crate::render::nspawn::preview(inst)
+        ),
+        Step::WriteDropin { .. } => crate::render::nspawn::dropin(inst),
+        _ => crate::render::nix::imperative_file(inst),
+    }
 }
 
 /// Every check that can fail, for every container, before anything is written.
