@@ -34,11 +34,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
-        Command::Migrate(args) => run_migrate(&cli.root, &args),
+        Command::Migrate(args) => run_migrate(&cli.root, &args, cli.verbose),
     }
 }
 
-fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> {
+fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
     if !args.dry_run && !args.yes {
         return Err(Error::Usage(
             "migrate needs --dry-run (show the plan) or --yes (carry it out without asking)\n\n\
@@ -124,7 +124,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs) -> Result<u8, Error> 
             stop: args.stop,
             force: args.force,
         };
-        if let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner::default()) {
+        if let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }) {
             failure = Some(e);
         }
     }
