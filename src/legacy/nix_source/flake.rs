@@ -51,6 +51,38 @@ fn short(t: &str) -> String {
 }
 
 impl Walk<'_> {
+    /// Record `node` as a place where `nixosConfigurations` is built by code.
+    fn dynamic_at(&mut self, node: &rnix::SyntaxNode) {
+        self.dynamic
+            .push((self.ex.line(node), short(&node.to_string())));
+    }
+
+    /// One `path = value;` of the flake's outputs, its path already split into names:
+    /// `nixosConfigurations = …` or `nixosConfigurations.<host> = …` (a computed host name is
+    /// dynamic); anything else is not about hosts.
+    fn output_entry(
+        &mut self,
+        names: &[Option<String>],
+        apv: &ast::AttrpathValue,
+        value: ast::Expr,
+        scope: Scope,
+        depth: usize,
+    ) {
+        match names {
+            [Some(n)] if n == "nixosConfigurations" => self.configurations(value, scope, depth),
+            [Some(n), host] if n == "nixosConfigurations" => match host {
+                Some(h) => self.hosts.push(Host {
+                    name: h.clone(),
+                    line: self.ex.line(apv.syntax()),
+                    value,
+                    scope,
+                }),
+                None => self.dynamic_at(apv.syntax()),
+            },
+            _ => {}
+        }
+    }
+
     fn outputs(&mut self, e: ast::Expr, scope: Scope, depth: usize) {
         if depth > MAX_DEPTH {
             return;
@@ -100,22 +132,7 @@ impl Walk<'_> {
                         .unwrap_or_default();
                     let names: Vec<Option<String>> = attrs.iter().map(text::attr_name).collect();
                     let Some(value) = apv.value() else { continue };
-                    match names.as_slice() {
-                        [Some(n)] if n == "nixosConfigurations" => self.configurations(value, s, d),
-                        [Some(n), host] if n == "nixosConfigurations" => match host {
-                            Some(h) => self.hosts.push(Host {
-                                name: h.clone(),
-                                line: self.ex.line(apv.syntax()),
-                                value,
-                                scope: s,
-                            }),
-                            None => self.dynamic.push((
-                                self.ex.line(apv.syntax()),
-                                short(&apv.syntax().to_string()),
-                            )),
-                        },
-                        _ => {}
-                    }
+                    self.output_entry(&names, &apv, value, s, d);
                 }
             }
             ast::Expr::Ident(_) | ast::Expr::Select(_) => {
@@ -124,8 +141,7 @@ impl Walk<'_> {
                 {
                     self.outputs(v, s, d)
                 } else if e.syntax().to_string().contains("nixosConfigurations") {
-                    self.dynamic
-                        .push((self.ex.line(e.syntax()), short(&e.syntax().to_string())));
+                    self.dynamic_at(e.syntax());
                 }
             }
             // flake-parts: `flake-parts.lib.mkFlake { inherit inputs; } { flake = { … }; }`.
@@ -140,10 +156,7 @@ impl Walk<'_> {
             }
             other => {
                 if other.syntax().to_string().contains("nixosConfigurations") {
-                    self.dynamic.push((
-                        self.ex.line(other.syntax()),
-                        short(&other.syntax().to_string()),
-                    ));
+                    self.dynamic_at(other.syntax());
                 }
             }
         }
@@ -156,8 +169,7 @@ impl Walk<'_> {
         }
         let d = depth + 1;
         let Some((v, s)) = self.ex.deref(e.clone(), scope, d) else {
-            self.dynamic
-                .push((self.ex.line(e.syntax()), short(&e.syntax().to_string())));
+            self.dynamic_at(e.syntax());
             return;
         };
         match v {
@@ -181,24 +193,11 @@ impl Walk<'_> {
                         .unwrap_or_default();
                     let names: Vec<Option<String>> = attrs.iter().map(text::attr_name).collect();
                     let Some(value) = apv.value() else { continue };
+                    // `flake = { … }` is the outputs; `flake.nixosConfigurations…` a part of them.
                     match names.as_slice() {
                         [Some(f)] if f == "flake" => self.outputs(value, s, d),
-                        [Some(f), Some(n)] if f == "flake" && n == "nixosConfigurations" => {
-                            self.configurations(value, s, d)
-                        }
-                        [Some(f), Some(n), host] if f == "flake" && n == "nixosConfigurations" => {
-                            match host {
-                                Some(h) => self.hosts.push(Host {
-                                    name: h.clone(),
-                                    line: self.ex.line(apv.syntax()),
-                                    value,
-                                    scope: s,
-                                }),
-                                None => self.dynamic.push((
-                                    self.ex.line(apv.syntax()),
-                                    short(&apv.syntax().to_string()),
-                                )),
-                            }
+                        [Some(f), rest @ ..] if f == "flake" => {
+                            self.output_entry(rest, &apv, value, s, d)
                         }
                         _ => {}
                     }
@@ -206,10 +205,7 @@ impl Walk<'_> {
             }
             other => {
                 if other.syntax().to_string().contains("nixosConfigurations") {
-                    self.dynamic.push((
-                        self.ex.line(other.syntax()),
-                        short(&other.syntax().to_string()),
-                    ));
+                    self.dynamic_at(other.syntax());
                 }
             }
         }
@@ -240,9 +236,7 @@ impl Walk<'_> {
                             value: v,
                             scope: s,
                         }),
-                        _ => self
-                            .dynamic
-                            .push((self.ex.line(apv.syntax()), short(&apv.syntax().to_string()))),
+                        _ => self.dynamic_at(apv.syntax()),
                     }
                 }
             }
