@@ -867,6 +867,24 @@ fn copy_symlink(
         .map_err(|e| sh.read_err("read the extended attributes of", rel, e))?;
     rfs::symlinkat(target.as_c_str(), dst_dir, name)
         .map_err(|e| sh.write_err("create the symlink", rel, e))?;
+    // Never chmod a symlink; a fresh link has no xattrs to prune.
+    finish_node(sh, dst_dir, name, meta, rel, &xattrs, false, false)
+}
+
+/// The metadata of a node just created in the staging tree, in the order that keeps it:
+/// owner first (chown clears setuid/setgid and drops `security.capability`), then the mode
+/// (`chmod`: not for symlinks), then xattrs, then the timestamps last.
+#[allow(clippy::too_many_arguments)]
+fn finish_node(
+    sh: &Shared<'_>,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+    meta: &Meta,
+    rel: &Path,
+    xattrs: &sys::Xattrs,
+    chmod: bool,
+    prune_xattrs: bool,
+) -> Result<Meta, StateError> {
     rfs::chownat(
         dst_dir,
         name,
@@ -875,11 +893,21 @@ fn copy_symlink(
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| sh.write_err("set the owner of", rel, e))?;
-    if !xattrs.is_empty() {
+    if chmod {
+        // `name` is the node we just created in our private staging tree, not a symlink.
+        rfs::chmodat(
+            dst_dir,
+            name,
+            Mode::from_raw_mode(meta.perm()),
+            AtFlags::empty(),
+        )
+        .map_err(|e| sh.write_err("set the mode of", rel, e))?;
+    }
+    if !xattrs.is_empty() || prune_xattrs {
         sys::set_xattrs(
             XTarget::Path(&sys::proc_path(dst_dir, name)),
-            &xattrs,
-            false,
+            xattrs,
+            prune_xattrs,
         )
         .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
     }
@@ -906,31 +934,5 @@ fn copy_special(
         .map_err(|e| sh.read_err("read the extended attributes of", rel, e))?;
     rfs::mknodat(dst_dir, name, ft, Mode::from_raw_mode(0o600), meta.rdev)
         .map_err(|e| sh.write_err("create the special file", rel, e))?;
-    rfs::chownat(
-        dst_dir,
-        name,
-        Some(Uid::from_raw(meta.uid)),
-        Some(Gid::from_raw(meta.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| sh.write_err("set the owner of", rel, e))?;
-    // `name` is the node we just created in our private staging tree, not a symlink.
-    rfs::chmodat(
-        dst_dir,
-        name,
-        Mode::from_raw_mode(meta.perm()),
-        AtFlags::empty(),
-    )
-    .map_err(|e| sh.write_err("set the mode of", rel, e))?;
-    if !xattrs.is_empty() || sh.prune_xattrs {
-        sys::set_xattrs(
-            XTarget::Path(&sys::proc_path(dst_dir, name)),
-            &xattrs,
-            sh.prune_xattrs,
-        )
-        .map_err(|(e, op)| StateError::write(op, &sh.dst(rel), sh.dst_label, e))?;
-    }
-    rfs::utimensat(dst_dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| sh.write_err("set the timestamps of", rel, e))?;
-    Ok(*meta)
+    finish_node(sh, dst_dir, name, meta, rel, &xattrs, true, sh.prune_xattrs)
 }
