@@ -383,19 +383,6 @@ pub(crate) fn join(base: &Path, rel: &Path) -> PathBuf {
     }
 }
 
-fn read_names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
-    let mut d = rfs::Dir::read_from(fd)?;
-    let mut out = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = ent?;
-        let n = ent.file_name();
-        if n != c"." && n != c".." {
-            out.push(n.to_owned());
-        }
-    }
-    Ok(out)
-}
-
 struct Frame {
     node: Arc<DirNode>,
     src: Arc<OwnedFd>,
@@ -557,7 +544,7 @@ fn walk(
     // (dev, ino) of the source → (relative path, inode) of the first copy.
     let mut links: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
     let names =
-        read_names(src_root.as_fd()).map_err(|e| StateError::io("list", sh.src_label, e))?;
+        sys::dir_names(src_root.as_fd()).map_err(|e| StateError::io("list", sh.src_label, e))?;
     if resume != Resume::Fresh {
         remove_stale(sh, dst_root.as_fd(), &names, Path::new(""), report)?;
     }
@@ -654,7 +641,8 @@ fn walk(
                     .map_err(|e| sh.write_err("open", &rel, e))?;
                 let xattrs = sys::get_xattrs(XTarget::Fd(sub.as_fd()))
                     .map_err(|e| sh.read_err("read the extended attributes of", &rel, e))?;
-                let names = read_names(sub.as_fd()).map_err(|e| sh.read_err("list", &rel, e))?;
+                let names =
+                    sys::dir_names(sub.as_fd()).map_err(|e| sh.read_err("list", &rel, e))?;
                 if !fresh {
                     remove_stale(sh, dfd.as_fd(), &names, &rel, report)?;
                 }
@@ -834,7 +822,7 @@ fn remove_stale(
     rel: &Path,
     report: &mut CopyReport,
 ) -> Result<(), StateError> {
-    let have = read_names(dst_dir).map_err(|e| sh.write_err("list", rel, e))?;
+    let have = sys::dir_names(dst_dir).map_err(|e| sh.write_err("list", rel, e))?;
     if have.is_empty() {
         return Ok(());
     }

@@ -1,7 +1,6 @@
 //! How much space a copy needs, and how much the destination has.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -45,7 +44,8 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
         .map_err(|e| StateError::io("duplicate a descriptor of", label, e))?;
     let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(dup, PathBuf::new())];
     while let Some((dir, rel)) = stack.pop() {
-        let names = list(dir.as_fd()).map_err(|e| StateError::io("list", &join(label, &rel), e))?;
+        let names = sys::dir_names(dir.as_fd())
+            .map_err(|e| StateError::io("list", &join(label, &rel), e))?;
         for name in names {
             let m = match sys::lstat_at(dir.as_fd(), &name) {
                 Ok(m) => m,
@@ -80,19 +80,6 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
         }
     }
     Ok(need)
-}
-
-fn list(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
-    let mut d = rustix::fs::Dir::read_from(fd)?;
-    let mut out = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = ent?;
-        let n = ent.file_name();
-        if n != c"." && n != c".." {
-            out.push(n.to_owned());
-        }
-    }
-    Ok(out)
 }
 
 /// Bytes available to an unprivileged writer on the filesystem holding `path` (`f_bavail`):

@@ -446,3 +446,17 @@ pub(crate) fn raise_nofile_limit() {
         );
     }
 }
+
+/// The names in a directory, without `.` and `..`, in readdir order.
+pub(crate) fn dir_names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
+    let mut d = rfs::Dir::read_from(fd)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name();
+        if n != c"." && n != c".." {
+            out.push(n.to_owned());
+        }
+    }
+    Ok(out)
+}
