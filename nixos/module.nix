@@ -151,23 +151,6 @@ let
     );
 
   # Same as the ExecStart= of systemd's systemd-nspawn@.service, plus the credentials.
-  execStartWithCredentials =
-    inst:
-    concatStringsSep " " (
-      [
-        systemdNspawn
-        "--quiet"
-        "--keep-unit"
-        "--boot"
-        "--link-journal=try-guest"
-        "--network-veth"
-        "-U"
-        "--settings=override"
-        "--machine=%i"
-      ]
-      ++ I.credentialFlags inst
-    );
-
   dropinOf =
     name: inst:
     {
@@ -181,7 +164,7 @@ let
       // optionalAttrs (inst.credentials != [ ]) {
         ExecStart = [
           ""
-          (execStartWithCredentials inst)
+          (I.templateExecStart systemdNspawn inst)
         ];
       };
     }

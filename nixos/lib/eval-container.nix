@@ -134,20 +134,7 @@ let
     // lib'.optionalAttrs (inst.credentials != [ ]) {
       ExecStart = [
         ""
-        (lib'.concatStringsSep " " (
-          [
-            "systemd-nspawn"
-            "--quiet"
-            "--keep-unit"
-            "--boot"
-            "--link-journal=try-guest"
-            "--network-veth"
-            "-U"
-            "--settings=override"
-            "--machine=%i"
-          ]
-          ++ I.credentialFlags inst
-        ))
+        (I.templateExecStart "systemd-nspawn" inst)
       ];
     };
   dropin =

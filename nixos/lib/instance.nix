@@ -354,6 +354,25 @@ rec {
 
   credentialFlags = inst: map (c: "--load-credential=${c.id}:${c.path}") inst.credentials;
 
+  # The stock systemd-nspawn@.service command line (`program` is systemd-nspawn) plus the
+  # instance's credentials: the ExecStart= a drop-in needs when it has to add flags.
+  templateExecStart =
+    program: inst:
+    builtins.concatStringsSep " " (
+      [
+        program
+        "--quiet"
+        "--keep-unit"
+        "--boot"
+        "--link-journal=try-guest"
+        "--network-veth"
+        "-U"
+        "--settings=override"
+        "--machine=%i"
+      ]
+      ++ credentialFlags inst
+    );
+
   # JSON-able description of an instance (everything but the system itself).
   describe =
     name: inst:
