@@ -11,10 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use util::*;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 fn apply(root: &Path, stand_ins: &StandIns, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
         .arg("--root")

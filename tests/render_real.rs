@@ -19,8 +19,11 @@ use nixos_nspawn::render::{networkd, nix, nspawn};
 use nixos_nspawn::translate::example::example_container;
 use nixos_nspawn::translate::mapping::MAPPINGS;
 use nixos_nspawn::translate::{Context, Instance, NetworkdUnit, translate};
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use util::{have_tool, is_root, nix_parse, nspawn_parse_errors};
 
 /// Say that a check was skipped, visibly: straight to the process's stderr, which the test
 /// harness does not capture (it captures `eprintln!`).
@@ -122,67 +125,9 @@ fn instances() -> Vec<(String, Instance)> {
         .collect()
 }
 
-/// Is `tool` runnable? When not: fail under NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1, else say so.
-fn have(tool: &str, package: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
-            panic!("{tool} is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install {package}");
-        }
-        skip!("skipped: install {package} ({tool} not found)");
-    }
-    ok
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-/// Run systemd-nspawn's settings parser over `text` as `<name>.nspawn`; the `FILE:LINE:`
-/// complaints (or why the file was not read at all).
-fn nspawn_parse_errors(name: &str, text: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    // The machine name follows the directory; the adjacent file must be named after it.
-    let file = dir.path().join(format!("{name}.nspawn"));
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new("systemd-nspawn")
-        .args(["--register=no", "-q", "--settings=trusted", "-D"])
-        .arg(dir.path().join(name))
-        .arg("/bin/true")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let prefix = format!("{}:", file.display());
-    let mut bad: Vec<String> = stderr
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect();
-    // nspawn must have got past the settings to the (missing) directory.
-    if !(stderr.contains("doesn't look like")
-        || stderr.contains("No such file")
-        || stderr.contains("Failed to"))
-    {
-        bad.push(format!(
-            "nspawn did not get to the directory check:\n{stderr}"
-        ));
-    }
-    bad
-}
-
 #[test]
 fn nspawn_parser_check_is_not_vacuous() {
-    if !have("systemd-nspawn", "systemd-container") {
+    if !have_tool("systemd-nspawn", "systemd-container") {
         return;
     }
     let errors = nspawn_parse_errors(
@@ -194,7 +139,7 @@ fn nspawn_parser_check_is_not_vacuous() {
 
 #[test]
 fn nspawn_files_pass_systemd_nspawns_parser() {
-    if !have("systemd-nspawn", "systemd-container") {
+    if !have_tool("systemd-nspawn", "systemd-container") {
         return;
     }
     let mut failures = Vec::new();
@@ -213,23 +158,14 @@ fn nspawn_files_pass_systemd_nspawns_parser() {
 
 #[test]
 fn nix_output_parses_with_nix_instantiate() {
-    if !have("nix-instantiate", "nix-bin") {
+    if !have_tool("nix-instantiate", "nix-bin") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let mut texts: Vec<(String, String)> = Vec::new();
     let all = instances();
     for (case, i) in &all {
-        // A snippet goes into a module: bind what a module binds (and the free names the
-        // host file would take as arguments).
-        let mut args = vec!["config".to_string(), "lib".into(), "pkgs".into()];
-        args.extend(nix::module_args(i));
-        let wrapped = format!(
-            "{{ {}, ... }}:\n{}",
-            args.join(", "),
-            nix::instance_snippet(i)
-        );
-        texts.push((format!("{case}-snippet"), wrapped));
+        // A snippet is a module of its own, closed over every name it uses.
+        texts.push((format!("{case}-snippet"), nix::instance_snippet(i)));
         if i.kind == Kind::Imperative {
             texts.push((format!("{case}-imperative"), nix::imperative_file(i)));
         }
@@ -250,19 +186,9 @@ fn nix_output_parses_with_nix_instantiate() {
     texts.push(("host-file".into(), nix::host_file(&host)));
     texts.push(("host-file-rows".into(), nix::host_file(&declarative[..1])));
     let mut failures = Vec::new();
-    for (n, (case, text)) in texts.iter().enumerate() {
-        let f = dir.path().join(format!("{n}.nix"));
-        std::fs::write(&f, text).unwrap();
-        let out = Command::new("nix-instantiate")
-            .arg("--parse")
-            .arg(&f)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            failures.push(format!(
-                "{case}:\n{text}\n--- stderr ---\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+    for (case, text) in &texts {
+        if let Err(e) = nix_parse(text) {
+            failures.push(format!("{case}:\n{text}\n--- stderr ---\n{e}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -273,7 +199,7 @@ fn host_file_evaluates_as_a_module_body() {
     // Beyond parsing: the host file is a function of { config, lib, pkgs, ... } whose body is an
     // attribute set with the expected top-level paths (evaluated with stub arguments, strictly
     // only where no guest code runs).
-    if !have("nix-instantiate", "nix-bin") {
+    if !have_tool("nix-instantiate", "nix-bin") {
         return;
     }
     let i = translate(&example_container(REPRESENTATIVE[1].1).unwrap(), &ctx());
@@ -342,7 +268,7 @@ fn dropin_errors(name: &str, dropin: &str) -> Vec<String> {
 
 #[test]
 fn dropins_pass_systemd_analyze_verify() {
-    if !have("systemd-analyze", "systemd")
+    if !have_tool("systemd-analyze", "systemd")
         || !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
     {
         return;
@@ -369,7 +295,7 @@ fn dropins_pass_systemd_analyze_verify() {
 
 #[test]
 fn dropin_check_is_not_vacuous() {
-    if !have("systemd-analyze", "systemd")
+    if !have_tool("systemd-analyze", "systemd")
         || !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
     {
         return;
@@ -424,7 +350,7 @@ fn networkd_check_is_not_vacuous() {
 /// `FILE:LINE:` complaints, or `None` when the check cannot run here (after saying why).
 fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
     let networkd_bin = Path::new("/lib/systemd/systemd-networkd");
-    if !networkd_bin.exists() || !have("unshare", "util-linux") {
+    if !networkd_bin.exists() || !have_tool("unshare", "util-linux") {
         if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
             panic!(
                 "systemd-networkd is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install systemd"
@@ -516,7 +442,7 @@ fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
 fn formatting_keeps_the_meaning_of_copied_guest_code() {
     // nixfmt re-indents the copied guest module, including indented strings: the values must
     // stay the same. Evaluate a string from the original text and from the emitted snippet.
-    if !have("nix-instantiate", "nix-bin") {
+    if !have_tool("nix-instantiate", "nix-bin") {
         return;
     }
     let guest = "{ ... }: {\n        systemd.services.x.script = ''\n          if true; then\n            echo \"a  b\" # eth1\n          fi\n\n            indented more\n        '';\n      networking.hostName = \"h\";\n    }";

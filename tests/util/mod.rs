@@ -187,7 +187,12 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
                 "{tool} is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): apt-get install {package}"
             );
         }
-        eprintln!("skipped: {tool} not found; install it with apt-get install {package}");
+        // Straight to the process's stderr: the harness captures eprintln!, and a skip must show.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipped: {tool} not found; install it with apt-get install {package}"
+        );
     }
     found
 }
@@ -210,14 +215,18 @@ pub fn nix_parse(text: &str) -> Result<(), String> {
     }
 }
 
-/// Run systemd-nspawn's own settings parser over a `.nspawn` text (parse-only recipe:
-/// the file next to an empty directory, `--settings=trusted`, no container starts).
-/// Err carries the `FILE:LINE: message` lines nspawn printed.
-pub fn nspawn_parse(name: &str, text: &str) -> Result<(), String> {
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Run systemd-nspawn's own settings parser over a `.nspawn` text (parse-only recipe: the file
+/// next to a directory that is not an OS tree, `--settings=trusted`, no container starts).
+/// Returns the `FILE:LINE: message` complaints, or why the file was not read at all.
+pub fn nspawn_parse_errors(name: &str, text: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
+    // The machine name follows the directory; the adjacent file must be named after it.
     let file = dir.path().join(format!("{name}.nspawn"));
     std::fs::write(&file, text).unwrap();
-    std::fs::create_dir(dir.path().join(name)).unwrap();
     let out = Command::new("timeout")
         .arg("20")
         .arg("systemd-nspawn")
@@ -229,16 +238,26 @@ pub fn nspawn_parse(name: &str, text: &str) -> Result<(), String> {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let prefix = format!("{}:", file.display());
-    let bad: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
-    // The parser ran when nspawn got as far as looking at the (empty) directory.
-    let parsed = stderr.contains("doesn't look like it has an OS tree")
-        || stderr.contains("Directory")
-        || !bad.is_empty();
-    if !parsed {
-        return Err(format!(
-            "systemd-nspawn did not get to parse the file:\n{stderr}"
+    let mut bad: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    // nspawn must have got past the settings to the (missing or empty) directory.
+    if !(stderr.contains("doesn't look like")
+        || stderr.contains("No such file")
+        || stderr.contains("Failed to"))
+    {
+        bad.push(format!(
+            "nspawn did not get to the directory check:\n{stderr}"
         ));
     }
+    bad
+}
+
+/// [`nspawn_parse_errors`] as a result: `Err` carries the complaints.
+pub fn nspawn_parse(name: &str, text: &str) -> Result<(), String> {
+    let bad = nspawn_parse_errors(name, text);
     if bad.is_empty() {
         Ok(())
     } else {
