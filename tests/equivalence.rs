@@ -11,18 +11,6 @@ mod util;
 use std::process::Command;
 use util::*;
 
-fn nixpkgs_lib() -> Option<String> {
-    match std::env::var("NIXPKGS_LIB") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!(
-                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to compare the preview with the module"
-            );
-            None
-        }
-    }
-}
-
 /// The module's `Parameters=` names the built system; the preview names a placeholder.
 fn normalise_toplevel(nspawn: &str) -> String {
     let mut out = String::new();

@@ -14,16 +14,15 @@
 //! With `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` a missing tool (or not being root where root is
 //! needed) is a failure instead of a skip.
 
+mod util;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use util::{is_root, nixpkgs_lib, repo};
 
 fn require_real_tools() -> bool {
     std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1")
@@ -59,11 +58,6 @@ fn tool(name: &str) -> Option<PathBuf> {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn root_or_skip(what: &str) -> bool {
     if is_root() {
         return true;
@@ -73,18 +67,6 @@ fn root_or_skip(what: &str) -> bool {
     }
     eprintln!("skipped: {what} needs root");
     false
-}
-
-fn nixpkgs_lib() -> Option<String> {
-    match std::env::var("NIXPKGS_LIB") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!(
-                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to run the module evaluation tests"
-            );
-            None
-        }
-    }
 }
 
 /// Evaluate nixos/tests/render.nix for a configuration file.

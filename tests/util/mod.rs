@@ -215,6 +215,22 @@ pub fn nix_parse(text: &str) -> Result<(), String> {
     }
 }
 
+/// nixpkgs' lib directory from `NIXPKGS_LIB` (never committed), or `None` after saying, visibly,
+/// that the test is skipped without it.
+pub fn nixpkgs_lib() -> Option<String> {
+    match std::env::var("NIXPKGS_LIB") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to run the module evaluation tests"
+            );
+            None
+        }
+    }
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
