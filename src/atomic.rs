@@ -43,7 +43,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<Wri
         Ok(m) => {
             if m.permissions().mode() & 0o7777 == mode
                 && m.len() == bytes.len() as u64
-                && read_noatime(path)? == bytes
+                && crate::host::read_no_follow(path)? == bytes
             {
                 return Ok(Written::Unchanged);
             }
@@ -85,21 +85,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<Wri
     result.map(|()| Written::Changed)
 }
 
-/// Read a file without updating its access time where permitted (a no-op run changes nothing).
-fn read_noatime(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path)?,
-        other => other?,
-    };
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(buf)
-}
 
 #[cfg(test)]
 mod tests {

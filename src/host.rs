@@ -289,8 +289,9 @@ fn mount_setattr_ro_noatime(path: &Path, recursive: bool) -> io::Result<()> {
     }
 }
 
-/// Open without following a final symlink and, where permitted, without updating atime.
-fn read_no_follow(real: &Path) -> io::Result<Vec<u8>> {
+/// Read a regular file (a real path) without following a final symlink, without blocking on a
+/// FIFO and, where permitted, without updating its access time.
+pub fn read_no_follow(real: &Path) -> io::Result<Vec<u8>> {
     use rustix::fs::{Mode, OFlags};
     use std::io::Read;
     // NONBLOCK: a FIFO planted where a file is expected must not hang the scan.
