@@ -289,12 +289,8 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         problems,
         files_written: Vec::new(),
         files_read: legacy.files_read.clone(),
-        summary: Summary {
-            containers: 0,
-            needs_human: 0,
-            changed_meaning: 0,
-            exit_code: 0,
-        },
+        // Counted from the warnings by finish_summary below.
+        summary: Summary::default(),
     };
     report.finish_summary();
     Migration {

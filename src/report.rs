@@ -46,7 +46,7 @@ pub struct ContainerReport {
     pub done: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub containers: usize,
     pub needs_human: usize,
