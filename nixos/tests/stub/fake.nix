@@ -40,6 +40,20 @@ rec {
     lib.splitString " " (builtins.getEnv "NIXOS_NSPAWN_FAKE_PKGS")
   )) package;
 
+  # nixpkgs' unitOption (systemd-unit-options.nix): lists concatenate, scalars must agree.
+  unitOption = lib.mkOptionType {
+    name = "systemd option";
+    merge =
+      loc: defs:
+      let
+        defs' = lib.filterOverrides defs;
+      in
+      if lib.any (def: lib.isList def.value) defs' then
+        lib.concatMap (def: lib.toList def.value) defs'
+      else
+        lib.mergeEqualOption loc defs';
+  };
+
   # A JSON-able copy of a value: functions become a marker, derivations their path.
   plain =
     v:

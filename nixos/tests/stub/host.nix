@@ -22,18 +22,7 @@ let
   fake = import ./fake.nix { inherit lib; };
   units = import ../../lib/units.nix { inherit lib; };
 
-  unitOption = lib.mkOptionType {
-    name = "systemd option";
-    merge =
-      loc: defs:
-      let
-        defs' = lib.filterOverrides defs;
-      in
-      if lib.any (def: lib.isList def.value) defs' then
-        lib.concatMap (def: lib.toList def.value) defs'
-      else
-        lib.mergeEqualOption loc defs';
-  };
+  inherit (fake) unitOption;
 
   # nspawn.nix's checkExec/checkFiles/checkNetwork (assertOnlyFields).
   onlyFields =

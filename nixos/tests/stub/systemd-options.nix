@@ -11,19 +11,7 @@ let
   fake = import ./fake.nix { inherit lib; };
   units = import ../../lib/units.nix { inherit lib; };
 
-  # nixpkgs' unitOption: lists concatenate, scalars must agree.
-  unitOption = lib.mkOptionType {
-    name = "systemd option";
-    merge =
-      loc: defs:
-      let
-        defs' = lib.filterOverrides defs;
-      in
-      if lib.any (def: lib.isList def.value) defs' then
-        lib.concatMap (def: lib.toList def.value) defs'
-      else
-        lib.mergeEqualOption loc defs';
-  };
+  inherit (fake) unitOption;
   section = mkOption {
     type = types.attrsOf unitOption;
     default = { };
