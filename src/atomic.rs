@@ -85,7 +85,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<Wri
     result.map(|()| Written::Changed)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
