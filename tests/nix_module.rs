@@ -974,10 +974,8 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         err.contains("container c1: forwardPorts need `network = { };`"),
         "{err}"
     );
-    assert!(
-        err.contains("container c1: activation.strategy \"dynamic\""),
-        "{err}"
-    );
+    // "dynamic" is accepted: `nixos-nspawn update` decides reload vs restart itself.
+    assert!(!err.contains("activation.strategy"), "{err}");
     // A drop-in only when needed, and then a valid one.
     let no_dropin =
         eval_container(&lib, &case("imperative"), "imperative", "dropin").expect("eval");
