@@ -222,7 +222,7 @@ pub fn execute(
     }
     if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
         let mut done = Vec::new();
-        write_file(
+        let r = write_file(
             host,
             None,
             &out,
@@ -231,7 +231,9 @@ pub fn execute(
             stamp,
             &mut done,
             &mut m.report.files_written,
-        )?;
+        );
+        m.report.done.extend(done);
+        r?;
     }
     Ok(())
 }
@@ -325,7 +327,7 @@ pub fn check_destinations(
         for step in &cp.steps {
             match step {
                 Step::CopyState { from, to } if opts.state != StateArg::Skip => {
-                    match check_dir_dest(host, to, &legacy_roots, &[]) {
+                    match check_dir_dest(host, to, &legacy_roots, &[], false) {
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
@@ -350,7 +352,7 @@ pub fn check_destinations(
                     }
                 }
                 Step::CarryProfile { to, .. } => {
-                    match check_dir_dest(host, to, &legacy_roots, &[NEW_PROFILES]) {
+                    match check_dir_dest(host, to, &legacy_roots, &[NEW_PROFILES], false) {
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
@@ -373,7 +375,7 @@ pub fn check_destinations(
     }
     for (container, path) in files {
         let who = container.unwrap_or("the declarative containers' file");
-        match check_file_dest(host, path, &legacy_roots, opts.force) {
+        match check_file_dest(host, path, &legacy_roots, opts.force, container.is_none()) {
             Err(p) => c.problems.push(match container {
                 Some(name) => format!("container {name}: {p}"),
                 None => p,
@@ -506,19 +508,25 @@ fn forbidden(
     resolved: &Path,
     host_path: &Path,
     legacy: &[(PathBuf, String)],
-    allowed: &[&str],
+    allowed: &[PathBuf],
+    is_output: bool,
 ) -> Option<String> {
     let via = if resolved == host_path {
         String::new()
     } else {
         format!(" (it leads to {})", resolved.display())
     };
+    let fix = if is_output {
+        "Choose another --output"
+    } else {
+        "A link on the way leads there: point it elsewhere (or remove it) and run again"
+    };
     for (prefix, what) in NIXOS_MANAGED {
         if resolved.starts_with(prefix) {
             return Some(format!(
                 "{}{via} is inside {what}; nothing may be written there. On NixOS this path is managed by the system \
                  configuration: see nixos/README.md (\"Where imperative containers live\") for where nixos-nspawn keeps \
-                 its files, or choose another --output",
+                 its files. {fix}",
                 host_path.display()
             ));
         }
@@ -526,11 +534,12 @@ fn forbidden(
     if allowed.iter().any(|a| resolved.starts_with(a)) {
         return None;
     }
+
     for (prefix, what) in legacy {
         if resolved.starts_with(prefix) {
             return Some(format!(
                 "{}{via} is inside {what}; legacy files are only ever read, so that the old containers keep working. \
-                 Choose another --output",
+                 {fix}",
                 host_path.display()
             ));
         }
@@ -544,11 +553,17 @@ fn check_dir_dest(
     to: &Path,
     legacy: &[(PathBuf, String)],
     allowed: &[&str],
+    is_output: bool,
 ) -> Result<crate::host::WriteProbe, String> {
     let probe = host
         .probe_write(to)
         .map_err(|e| format!("cannot resolve {}: {e}", to.display()))?;
-    if let Some(why) = forbidden(&probe.resolved, to, legacy, allowed) {
+    // Allowed places are compared where they really are, like everything else.
+    let allowed: Vec<PathBuf> = allowed
+        .iter()
+        .filter_map(|a| host.resolve(Path::new(a)).ok())
+        .collect();
+    if let Some(why) = forbidden(&probe.resolved, to, legacy, &allowed, is_output) {
         return Err(why);
     }
     Ok(probe)
@@ -560,8 +575,9 @@ fn check_file_dest(
     path: &Path,
     legacy: &[(PathBuf, String)],
     force: bool,
+    is_output: bool,
 ) -> Result<(FileTarget, PathBuf), String> {
-    let probe = check_dir_dest(host, path, legacy, &[])?;
+    let probe = check_dir_dest(host, path, legacy, &[], is_output)?;
     let backup = match probe.existing {
         None => false,
         Some(Kind::File) => {
@@ -571,13 +587,18 @@ fn check_file_dest(
             if !is_ours(&old) && !force {
                 return Err(format!(
                     "{}{} exists and was not written by nixos-nspawn (its first line is not our `# … nixos-nspawn` header); \
-                     it is not replaced. Choose another --output, move the file away, or pass --force to replace it \
+                     it is not replaced. {}move the file away, or pass --force to replace it \
                      (the old file is kept as {}.bak-TIME)",
                     path.display(),
                     if probe.resolved == path {
                         String::new()
                     } else {
                         format!(" (→ {})", probe.resolved.display())
+                    },
+                    if is_output {
+                        "Choose another --output, "
+                    } else {
+                        "Check what it is, "
                     },
                     probe.resolved.display()
                 ));
@@ -586,12 +607,17 @@ fn check_file_dest(
         }
         Some(k) => {
             return Err(format!(
-                "{} exists and is {}, not a file; move it away or choose another --output",
+                "{} exists and is {}, not a file; move it away{}",
                 path.display(),
                 match k {
                     Kind::Dir => "a directory",
                     Kind::Symlink => "a symlink that leads nowhere",
                     _ => "a special file",
+                },
+                if is_output {
+                    " or choose another --output"
+                } else {
+                    ""
                 }
             ));
         }

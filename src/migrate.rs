@@ -331,6 +331,7 @@ pub fn prepare(
         containers,
         problems,
         files_written: Vec::new(),
+        done: Vec::new(),
         files_read: legacy.files_read.clone(),
         // Counted from the warnings by finish_summary below.
         summary: Summary::default(),

@@ -68,9 +68,13 @@ pub struct Report {
     pub containers: Vec<ContainerReport>,
     /// Findings not tied to one container.
     pub problems: Vec<Warning>,
-    /// Files written by a real run (host paths).
+    /// Files written by a real run (host paths, as resolved inside the root: a file written
+    /// through an impermanence link is listed where it really is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_written: Vec<PathBuf>,
+    /// What a real run did outside any one container (the declarative Nix file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
     pub files_read: Vec<PathBuf>,
     pub summary: Summary,
 }
@@ -212,8 +216,8 @@ impl Report {
                     .unwrap_or_default()
             );
         }
-        for f in &self.files_written {
-            let _ = writeln!(o, "wrote {}", f.display());
+        for d in &self.done {
+            let _ = writeln!(o, "done: {d}");
         }
         let s = &self.summary;
         let _ = writeln!(
