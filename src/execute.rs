@@ -483,11 +483,8 @@ fn legacy_locations(host: &HostRoot, m: &Migration) -> Vec<(PathBuf, String)> {
             out.push((r, what));
         }
     };
-    for r in LEGACY_ROOTS {
-        add(
-            Path::new(r),
-            format!("{r} (legacy containers and profiles)"),
-        );
+    for (r, what) in LEGACY_ROOTS {
+        add(Path::new(r), format!("{r} ({what})"));
     }
     for c in &m.legacy.containers {
         for p in [&c.conf_file, &c.state_dir, &c.profile_dir]
