@@ -35,8 +35,22 @@ pub const HOST_NETWORKD_REQUIRED: WarningSpec = WarningSpec {
     summary: "containers with a private network need systemd-networkd on the host (networking.useNetworkd = true)",
 };
 
+pub const OFFLINE_ROOT: WarningSpec = WarningSpec {
+    code: "offline-root",
+    category: Category::ChangedMeaning,
+    summary: "--root is not /: the tree is treated as another machine's disk; the live systemd is never asked about or told to stop its containers",
+};
+
+pub const WOULD_REFUSE: WarningSpec = WarningSpec {
+    code: "would-refuse",
+    category: Category::NeedsHuman,
+    summary: "`migrate --yes` would refuse to start: a destination is not a place it may write (nothing would be written)",
+};
+
 pub const WARNINGS: &[&WarningSpec] = &[
     &NO_NIX_CONFIG,
+    &OFFLINE_ROOT,
+    &WOULD_REFUSE,
     &NOT_DEPLOYED,
     &FROM_JSON_UNREADABLE,
     &HOST_NETWORKD_REQUIRED,
@@ -221,6 +235,18 @@ fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
     Some(Path::new("/").join(rel))
 }
 
+/// For `--dry-run`: each reason `--yes` would refuse to start becomes a needs-a-human warning.
+pub fn add_refusals(m: &mut Migration, problems: &[String]) {
+    for p in problems {
+        m.report.problems.push(Warning::new(
+            &WOULD_REFUSE,
+            "--yes",
+            format!("migrate --yes would refuse to start (nothing would be written): {p}"),
+        ));
+    }
+    m.report.finish_summary();
+}
+
 /// Translate every container and build the plan and the report.
 pub struct Migration {
     pub legacy: LegacyHost,
@@ -229,7 +255,14 @@ pub struct Migration {
     pub report: Report,
 }
 
-pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) -> Migration {
+/// `live` is true when the host tree is the running system (`--root /`).
+pub fn prepare(
+    root: &Path,
+    legacy: LegacyHost,
+    output: &Path,
+    dry_run: bool,
+    live: bool,
+) -> Migration {
     let ctx = translate::Context {
         output_file: output.to_path_buf(),
     };
@@ -278,6 +311,16 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
             ),
         ));
     }
+    if !live {
+        problems.push(Warning::new(
+            &OFFLINE_ROOT,
+            "--root",
+            "the tree given with --root is treated as another machine's disk: whether its legacy containers run is \
+             not checked, and nothing is stopped (the systemd of this machine knows nothing about them). The tree \
+             must not be in use while it is migrated: shut down the machine it belongs to, and do not boot it or a \
+             container from it meanwhile",
+        ));
+    }
     let mut report = Report {
         version: crate::report::REPORT_VERSION,
         tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
@@ -288,6 +331,7 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         containers,
         problems,
         files_written: Vec::new(),
+        done: Vec::new(),
         files_read: legacy.files_read.clone(),
         // Counted from the warnings by finish_summary below.
         summary: Summary::default(),

@@ -68,9 +68,13 @@ pub struct Report {
     pub containers: Vec<ContainerReport>,
     /// Findings not tied to one container.
     pub problems: Vec<Warning>,
-    /// Files written by a real run (host paths).
+    /// Files written by a real run (host paths, as resolved inside the root: a file written
+    /// through an impermanence link is listed where it really is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_written: Vec<PathBuf>,
+    /// What a real run did outside any one container (the declarative Nix file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
     pub files_read: Vec<PathBuf>,
     pub summary: Summary,
 }
@@ -212,8 +216,8 @@ impl Report {
                     .unwrap_or_default()
             );
         }
-        for f in &self.files_written {
-            let _ = writeln!(o, "wrote {}", f.display());
+        for d in &self.done {
+            let _ = writeln!(o, "done: {d}");
         }
         let s = &self.summary;
         let _ = writeln!(
@@ -253,5 +257,37 @@ fn indent(o: &mut String, text: &str, pad: &str) {
         } else {
             let _ = writeln!(o, "{pad}{line}");
         }
+    }
+}
+
+/// A byte count for people: `0 bytes`, `512 bytes`, `4.0 KiB`, `100.0 MiB`, `2.5 GiB`. Never
+/// rounds a non-zero amount down to zero (a sparse 100 MiB file is not "0 MiB").
+pub fn human_size(n: u64) -> String {
+    const UNITS: &[&str] = &["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_never_round_to_zero() {
+        assert_eq!(human_size(0), "0 bytes");
+        assert_eq!(human_size(4096), "4.0 KiB");
+        assert_eq!(human_size(100 << 20), "100.0 MiB");
+        assert_eq!(human_size((5 << 30) / 2), "2.5 GiB");
     }
 }
