@@ -145,7 +145,9 @@ pub fn preflight(ctx: &Ctx<'_>, name: &str, files: &Files) -> Result<(), Error> 
     // The profile link itself points into the store (as it should): check its directory.
     dests.push(paths::profile_dir(name).join("system-new-link"));
     dests.push(paths::generations_dir(name).join("new"));
-    dests.push(paths::state_dir(name));
+    // The state directory itself must not exist yet (create refuses); its parent must be
+    // writable.
+    dests.push(paths::state_dir(name).with_file_name(".nixos-nspawn-probe"));
     let mut bad = Vec::new();
     for d in dests {
         if let Err(e) = fs.check_writable(&d) {
@@ -231,7 +233,8 @@ pub fn check_addresses(ctx: &Ctx<'_>, name: &str, r: &Rendered) -> Result<(), Er
     let own: Vec<String> = r.files.keys().cloned().collect();
     for dir in paths::NETWORKD_DIRS {
         for (f, _) in fs.list(Path::new(dir)).unwrap_or_default() {
-            if !f.ends_with(".network") || (*dir == paths::NETWORK_DIR && own.contains(&f)) {
+            // This container's own units (and their links in /run) are not a collision.
+            if !f.ends_with(".network") || own.contains(&f) {
                 continue;
             }
             let p = Path::new(dir).join(&f);
@@ -363,6 +366,13 @@ fn make(
         fs.write(&p, text, 0o644).map_err(werr(&p))?;
         made.paths.push(p.clone());
         made.report.push(format!("wrote {}", p.display()));
+        if ctx.live()
+            && let Some(link) = generations::runtime_link(role)
+        {
+            fs.symlink(&p, &link).map_err(werr(&link))?;
+            made.paths.push(link.clone());
+            made.report.push(format!("linked {} to it", link.display()));
+        }
     }
     Ok(())
 }

@@ -1,11 +1,16 @@
 //! The imperative verbs' only door to host files: every read, write and removal of a host path
-//! goes through [`Fs`], which goes through [`crate::host::HostRoot`] and [`crate::atomic`].
-//!
-//! Kept small on purpose: when the root-confined file API changes, only this file follows.
+//! goes through [`Fs`], which goes through the root-confined [`crate::host::HostRoot`]
+//! (`openat2(RESOLVE_IN_ROOT)` from a root descriptor, `*at` calls below it). No path string
+//! is opened here; recursive removal walks directory descriptors without following links.
 
-use crate::atomic::{Written, write_atomic};
+use crate::atomic::Written;
 use crate::host::{HostRoot, Kind};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub struct Fs<'a> {
@@ -18,6 +23,23 @@ fn store_managed(resolved: &Path) -> bool {
     resolved.starts_with("/nix/store") || resolved.starts_with("/etc/static")
 }
 
+fn split(path: &Path) -> io::Result<(&Path, CString)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )
+    })?;
+    let c = CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    Ok((path.parent().unwrap_or(Path::new("/")), c))
+}
+
+const DIR: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 impl<'a> Fs<'a> {
     pub fn new(host: &'a HostRoot) -> Self {
         Fs { host }
@@ -25,29 +47,40 @@ impl<'a> Fs<'a> {
 
     /// The host path a write to `path` would really land on, or why it must not be written.
     pub fn check_writable(&self, path: &Path) -> io::Result<PathBuf> {
-        let resolved = self.host.resolve(path)?;
-        if store_managed(&resolved) {
+        let probe = self.host.probe_write(path)?;
+        if store_managed(&probe.resolved) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "{} leads into {} (managed by NixOS, read-only); it cannot hold an imperative container's file",
                     path.display(),
-                    resolved.display()
+                    probe.resolved.display()
                 ),
             ));
         }
-        if let Some(Kind::Symlink) = self.host.kind(&resolved)? {
+        if matches!(probe.existing, Some(Kind::Symlink | Kind::Dir | Kind::Other)) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} is a symlink; remove it first", path.display()),
+                format!(
+                    "{} exists and is not a regular file; move it away first",
+                    path.display()
+                ),
             ));
         }
-        Ok(resolved)
+        if let (Err(e), _) = self.host.dir_writable(&probe.nearest_dir)? {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} is not writable: {e}", probe.nearest_dir.display()),
+            ));
+        }
+        Ok(probe.resolved)
     }
 
     pub fn write(&self, path: &Path, text: &str, mode: u32) -> io::Result<Written> {
-        let resolved = self.check_writable(path)?;
-        write_atomic(&self.host.real(&resolved), text.as_bytes(), mode)
+        self.check_writable(path)?;
+        self.host
+            .write_atomic(path, text.as_bytes(), mode)
+            .map(|(w, _)| w)
     }
 
     /// Read a text file; `None` when it does not exist.
@@ -86,141 +119,163 @@ impl<'a> Fs<'a> {
 
     /// Create a directory and its parents (mode for the ones created).
     pub fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        let resolved = self.check_writable(path)?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(self.host.real(&resolved))
+        let resolved = self.host.resolve(path)?;
+        if store_managed(&resolved) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} leads into {}", path.display(), resolved.display()),
+            ));
+        }
+        self.host.create_dir_all(path, mode).map(|_| ())
     }
 
-    /// Remove a file or symlink (never follows it). `false` when there was nothing.
-    pub fn remove_file(&self, path: &Path) -> io::Result<bool> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let Some(file) = path.file_name() else {
-            return Ok(false);
-        };
-        let resolved = self.host.resolve(parent)?.join(file);
+    /// The parent directory of `path` (resolved inside the root) and the last name.
+    fn parent(&self, path: &Path) -> io::Result<(OwnedFd, CString, PathBuf)> {
+        let (parent, name) = split(path)?;
+        let resolved = self.host.resolve(parent)?;
         if store_managed(&resolved) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!("{} is managed by NixOS", path.display()),
             ));
         }
-        match std::fs::remove_file(self.host.real(&resolved)) {
+        let fd = self.host.open(&resolved, DIR)?;
+        Ok((fd, name, resolved))
+    }
+
+    /// Remove a file or symlink (never follows it). `false` when there was nothing.
+    pub fn remove_file(&self, path: &Path) -> io::Result<bool> {
+        let (dir, name, _) = match self.parent(path) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match rfs::unlinkat(&dir, &name, AtFlags::empty()) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Remove an empty directory; `false` when it is missing or not empty.
     pub fn remove_empty_dir(&self, path: &Path) -> io::Result<bool> {
-        let resolved = self.host.resolve(path)?;
-        match std::fs::remove_dir(self.host.real(&resolved)) {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::DirectoryNotEmpty =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Remove a whole tree without following any symlink in it (std's `remove_dir_all` opens
-    /// each directory with `O_NOFOLLOW`). Immutable or append-only entries (NixOS marks
-    /// `/var/empty` immutable) are made mutable first.
-    pub fn remove_tree(&self, path: &Path) -> io::Result<bool> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let Some(file) = path.file_name() else {
-            return Ok(false);
-        };
-        let resolved = self.host.resolve(parent)?.join(file);
-        let real = self.host.real(&resolved);
-        match std::fs::symlink_metadata(&real) {
+        let (dir, name, _) = match self.parent(path) {
+            Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
-            Ok(m) if !m.is_dir() => {
-                std::fs::remove_file(&real)?;
-                return Ok(true);
-            }
+        };
+        match rfs::unlinkat(&dir, &name, AtFlags::REMOVEDIR) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove a whole tree through directory descriptors, never following a symlink in it.
+    /// Immutable or append-only entries (NixOS marks `/var/empty` immutable) are made mutable
+    /// first. Mount points are not crossed (removing one fails with EBUSY and is reported).
+    pub fn remove_tree(&self, path: &Path) -> io::Result<bool> {
+        let (dir, name, _) = match self.parent(path) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        match std::fs::remove_dir_all(&real) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                clear_immutable(&real)?;
-                std::fs::remove_dir_all(&real).map(|()| true)
-            }
-            Err(e) => Err(e),
-        }
+        remove_entry(dir.as_fd(), &name, path)?;
+        Ok(true)
     }
 
-    /// Point the symlink `path` at `target` atomically (a temporary link renamed over it).
+    /// Point the symlink `path` at `target` (a temporary link renamed over it).
     pub fn symlink(&self, target: &Path, path: &Path) -> io::Result<()> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let Some(file) = path.file_name() else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
-        };
-        let dir = self.check_writable(parent)?;
-        let real_dir = self.host.real(&dir);
-        let tmp = real_dir.join(format!(
-            ".{}.nixos-nspawn-tmp.{}",
-            file.to_string_lossy(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp)?;
-        std::fs::rename(&tmp, real_dir.join(file)).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
+        let resolved_parent = self.host.resolve(split(path)?.0)?;
+        self.mkdir_all(&resolved_parent, 0o755)?;
+        let (dir, name, _) = self.parent(path)?;
+        let mut tmp = b".".to_vec();
+        tmp.extend_from_slice(name.to_bytes());
+        tmp.extend_from_slice(format!(".nixos-nspawn-tmp.{}", std::process::id()).as_bytes());
+        let tmp = CString::new(tmp)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+        let _ = rfs::unlinkat(&dir, &tmp, AtFlags::empty());
+        rfs::symlinkat(target, &dir, &tmp)?;
+        rfs::renameat(&dir, &tmp, &dir, &name).map_err(|e| {
+            let _ = rfs::unlinkat(&dir, &tmp, AtFlags::empty());
+            io::Error::from(e)
         })
     }
-}
 
-/// Clear the immutable and append-only flags on every entry of a tree (directories first, no
-/// symlink followed), so that it can be removed.
-fn clear_immutable(real: &Path) -> io::Result<()> {
-    use rustix::fs::{IFlags, Mode, OFlags, ioctl_getflags, ioctl_setflags};
-    for e in walkdir::WalkDir::new(real).follow_links(false) {
-        let e = e.map_err(io::Error::other)?;
-        if e.path_is_symlink() || !(e.file_type().is_dir() || e.file_type().is_file()) {
-            continue;
-        }
-        let Ok(fd) = rustix::fs::open(
-            e.path(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        if let Ok(flags) = ioctl_getflags(&fd) {
-            let cleared = flags - (IFlags::IMMUTABLE | IFlags::APPEND);
-            if cleared != flags {
-                ioctl_setflags(&fd, cleared).map_err(io::Error::from)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-impl Fs<'_> {
     /// The mtime of a path itself (a link is not followed), in seconds since the epoch.
     pub fn link_mtime(&self, path: &Path) -> io::Result<i64> {
-        use std::os::unix::fs::MetadataExt;
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let file = path.file_name().unwrap_or_default();
-        let resolved = self.host.resolve(parent)?.join(file);
-        Ok(std::fs::symlink_metadata(self.host.real(&resolved))?.mtime())
+        let fd = self.host.open(path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        Ok(rfs::fstat(&fd)?.st_mtime)
     }
 
-    /// The path under the root directory a host path leads to, for programs that take a path
-    /// (`nix-env -p`).
-    /// The final component is not followed: `nix-env -p` wants the profile link itself.
+    /// The path under the root directory that a host path stands for, for programs that take
+    /// a path (`nix-env -p`). The final component is not followed: `nix-env -p` wants the
+    /// profile link itself.
     pub fn real_path(&self, path: &Path) -> io::Result<PathBuf> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
+        let (parent, _) = split(path)?;
         let file = path.file_name().unwrap_or_default();
-        Ok(self.host.real(&self.host.resolve(parent)?.join(file)))
+        Ok(self.host.confined_real_path(parent)?.join(file))
+    }
+}
+
+fn clear_flags(fd: BorrowedFd<'_>) {
+    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+    if let Ok(flags) = ioctl_getflags(fd) {
+        let cleared = flags - (IFlags::IMMUTABLE | IFlags::APPEND);
+        if cleared != flags {
+            let _ = ioctl_setflags(fd, cleared);
+        }
+    }
+}
+
+/// Remove `name` in `dir`: a directory recursively, anything else unlinked; never followed.
+fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, label: &Path) -> io::Result<()> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+    let flag_fd = || {
+        rfs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    if is_dir {
+        let sub = rfs::openat(dir, name, DIR, Mode::empty())?;
+        clear_flags(sub.as_fd());
+        let mut names = Vec::new();
+        let mut d = rfs::Dir::read_from(&sub)?;
+        while let Some(e) = d.read() {
+            let e = e?;
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                names.push(n.to_owned());
+            }
+        }
+        for n in names {
+            let child = label.join(OsStr::from_bytes(n.to_bytes()));
+            remove_entry(sub.as_fd(), &n, &child)?;
+        }
+        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display())))
+    } else {
+        match rfs::unlinkat(dir, name, AtFlags::empty()) {
+            Err(Errno::PERM) => {
+                if let Ok(fd) = flag_fd() {
+                    clear_flags(fd.as_fd());
+                }
+                rfs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| {
+                    io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display()))
+                })
+            }
+            r => r.map_err(|e| {
+                io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display()))
+            }),
+        }
     }
 }

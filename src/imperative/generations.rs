@@ -190,28 +190,46 @@ pub fn installed<'r>(
     Ok(out)
 }
 
-/// Install `new` over `old`: write every new file, remove the old roles that are gone.
-/// Returns the destinations touched, for the report.
-pub fn install(fs: &Fs<'_>, name: &str, old: &Files, new: &Files) -> Result<Vec<String>, Error> {
+/// Where networkd sees a network unit (a link to its [`destination`]); `None` for other roles.
+pub fn runtime_link(role: &str) -> Option<PathBuf> {
+    (role.ends_with(".network") || role.ends_with(".netdev"))
+        .then(|| Path::new(paths::RUNTIME_NETWORK_DIR).join(role))
+}
+
+/// Install `new` over `old`: write every new file, remove the old roles that are gone. On the
+/// running host (`live`), network units are also linked into `/run/systemd/network`.
+/// Returns what was done, for the report.
+pub fn install(
+    fs: &Fs<'_>,
+    name: &str,
+    old: &Files,
+    new: &Files,
+    live: bool,
+) -> Result<Vec<String>, Error> {
+    let werr = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::Write { path: p, source: e }
+    };
     let mut done = Vec::new();
     for (role, text) in new {
         let p = destination(name, role);
-        if old.get(role) == Some(text) {
-            continue;
+        if old.get(role) != Some(text) {
+            fs.write(&p, text, 0o644).map_err(werr(&p))?;
+            done.push(format!("wrote {}", p.display()));
         }
-        fs.write(&p, text, 0o644).map_err(|e| Error::Write {
-            path: p.clone(),
-            source: e,
-        })?;
-        done.push(format!("wrote {}", p.display()));
+        if live && let Some(link) = runtime_link(role) {
+            fs.symlink(&p, &link).map_err(werr(&link))?;
+        }
     }
     for role in old.keys().filter(|r| !new.contains_key(*r)) {
         let p = destination(name, role);
-        if fs.remove_file(&p).map_err(|e| Error::Write {
-            path: p.clone(),
-            source: e,
-        })? {
+        if fs.remove_file(&p).map_err(werr(&p))? {
             done.push(format!("removed {}", p.display()));
+        }
+        if let Some(link) = runtime_link(role)
+            && live
+        {
+            fs.remove_file(&link).map_err(werr(&link))?;
         }
     }
     Ok(done)

@@ -99,6 +99,10 @@ pub fn entries(ctx: &Ctx<'_>) -> Vec<Entry> {
             };
             let p = Path::new(dir).join(&f);
             let to = fs.resolve(&p).unwrap_or_default();
+            // /run/systemd/nspawn links to the imperative directory on NixOS.
+            if to.starts_with(paths::nspawn_file("x").parent().unwrap_or(Path::new("/"))) {
+                continue;
+            }
             let kind = if to.starts_with("/nix/store") || to.starts_with("/etc/static") {
                 "declarative"
             } else {

@@ -189,7 +189,10 @@ pub fn presence(ctx: &Ctx<'_>, name: &str) -> Vec<Presence> {
     }
     for dir in paths::NSPAWN_DIRS {
         let p = Path::new(dir).join(format!("{name}.nspawn"));
-        if p == ours && matches!(out.first(), Some(Presence::Imperative { .. })) {
+        // /run/systemd/nspawn is a link to the imperative directory on NixOS.
+        let lands_on_ours = p == ours
+            || (fs.resolve(&p).ok().is_some() && fs.resolve(&p).ok() == fs.resolve(&ours).ok());
+        if lands_on_ours && matches!(out.first(), Some(Presence::Imperative { .. })) {
             continue;
         }
         match fs.kind(&p) {

@@ -42,8 +42,15 @@ pub fn state_dir(name: &str) -> PathBuf {
     PathBuf::from(format!("/var/lib/machines/{name}"))
 }
 
-/// Where the host-side networkd units of imperative containers are written.
-pub const NETWORK_DIR: &str = "/etc/systemd/network";
+/// Where the host-side networkd units of imperative containers persist. Not
+/// `/etc/systemd/network`: on NixOS that is a link into the store as soon as networkd is
+/// configured. networkd reads `/run/systemd/network` as well: each unit is linked there
+/// ([`RUNTIME_NETWORK_DIR`]) when it is installed on the running host, and again at every boot
+/// by the module (`nixos/lib/imperative-paths.nix`).
+pub const NETWORK_DIR: &str = "/var/lib/nixos-nspawn/imperative/network";
+
+/// Where networkd sees the units of [`NETWORK_DIR`] (as links).
+pub const RUNTIME_NETWORK_DIR: &str = "/run/systemd/network";
 
 /// Per-generation copies of every file rendered for the container (`.nspawn`, network units,
 /// drop-in, `data.json`, and what it was built from), so that `rollback` restores the units
@@ -64,6 +71,7 @@ pub const NSPAWN_DIRS: &[&str] = &["/etc/systemd/nspawn", "/run/systemd/nspawn"]
 
 /// Directories networkd reads units from (for zone and address checks).
 pub const NETWORKD_DIRS: &[&str] = &[
+    NETWORK_DIR,
     "/etc/systemd/network",
     "/run/systemd/network",
     "/usr/lib/systemd/network",

@@ -42,6 +42,11 @@ pub fn remove(ctx: &mut Ctx<'_>, name: &str, delete_state: bool) -> Result<(), E
             removed_units |= role.ends_with(".network");
             removed_dropin |= role == super::activation::DROPIN;
         }
+        if let Some(link) = generations::runtime_link(role)
+            && fs.remove_file(&link).map_err(|e| werr(&link, e))?
+        {
+            ctx.say(format!("removed {}", link.display()));
+        }
     }
     let gdir = paths::generations_dir(name);
     if fs.remove_tree(&gdir).map_err(|e| werr(&gdir, e))? {

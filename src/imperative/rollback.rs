@@ -58,7 +58,7 @@ pub fn rollback(ctx: &mut Ctx<'_>, name: &str, over: Option<Override>) -> Result
             source: e,
         })?;
     super::source::switch_generation(ctx, &profile_real, target.number)?;
-    let done = generations::install(&fs, name, &old, &new).map_err(|e| {
+    let done = generations::install(&fs, name, &old, &new, ctx.live()).map_err(|e| {
         Error::Other(format!(
             "rollback {name}: the profile is at generation {}, but its files could not all be \
              installed: {e}\n\nFix the cause and run the rollback again.",

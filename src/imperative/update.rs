@@ -102,7 +102,7 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
         &rendered.data_json,
         &meta,
     )
-    .and_then(|_| generations::install(&fs, name, &old, &new))
+    .and_then(|_| generations::install(&fs, name, &old, &new, ctx.live()))
     .map_err(|e| {
         Error::Other(format!(
             "update {name}: the profile is at generation {generation}, but its files could not \
