@@ -67,11 +67,23 @@ fn step_err(container: &str, message: impl Into<String>) -> StepError {
 
 /// Where legacy data lives: never a destination of ours.
 const LEGACY_ROOTS: &[(&str, &str)] = &[
-    ("/etc/nixos-containers", "where legacy containers are configured"),
-    ("/etc/containers", "where legacy containers (and podman) are configured"),
+    (
+        "/etc/nixos-containers",
+        "where legacy containers are configured",
+    ),
+    (
+        "/etc/containers",
+        "where legacy containers (and podman) are configured",
+    ),
     ("/var/lib/nixos-containers", "the legacy containers' state"),
-    ("/var/lib/containers", "the legacy containers' (and podman's) state"),
-    ("/nix/var/nix/profiles", "the system's and the legacy containers' profiles"),
+    (
+        "/var/lib/containers",
+        "the legacy containers' (and podman's) state",
+    ),
+    (
+        "/nix/var/nix/profiles",
+        "the system's and the legacy containers' profiles",
+    ),
 ];
 /// Read-only, or rewritten by every `nixos-rebuild`: a file written there is lost or fails.
 const NIXOS_MANAGED: &[(&str, &str)] = &[

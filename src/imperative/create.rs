@@ -252,7 +252,8 @@ pub fn check_addresses(ctx: &Ctx<'_>, name: &str, r: &Rendered) -> Result<(), Er
     // Legacy containers.
     for dir in ["/etc/nixos-containers", "/etc/containers"] {
         for (f, _) in fs.list(Path::new(dir)).unwrap_or_default() {
-            if !f.ends_with(".conf") {
+            // A migrated container's own legacy original keeps its addresses (the way back).
+            if !f.ends_with(".conf") || f == format!("{name}.conf") {
                 continue;
             }
             let p = Path::new(dir).join(&f);
@@ -319,8 +320,24 @@ fn make(
         let p = p.to_path_buf();
         move |e| Error::Write { path: p, source: e }
     };
+    // Every directory this run creates is remembered by its topmost new ancestor: all below
+    // it is ours, so a failure can take it back whole.
+    let track = |p: &Path, made: &mut Made| {
+        let mut top = None;
+        let mut cur = p.to_path_buf();
+        while matches!(fs.kind(&cur), Ok(None)) {
+            top = Some(cur.clone());
+            if !cur.pop() {
+                break;
+            }
+        }
+        if let Some(t) = top {
+            made.paths.push(t);
+        }
+    };
     let pdir = paths::profile_dir(name);
     if fs.kind(&pdir).map_err(werr(&pdir))?.is_none() {
+        track(&pdir, made);
         fs.mkdir_all(&pdir, 0o755).map_err(werr(&pdir))?;
         made.profile_dir = true;
     }
@@ -337,15 +354,17 @@ fn make(
         source: src.clone(),
         system: system.to_string(),
     };
-    let rec = generations::write_record(&fs, name, generation, files, &rendered.data_json, &meta)?;
+    track(&paths::generations_dir(name), made);
     made.paths.push(paths::generations_dir(name));
+    let rec = generations::write_record(&fs, name, generation, files, &rendered.data_json, &meta)?;
     made.report
         .push(format!("recorded its unit files in {}", rec.display()));
     // The rootfs: what systemd-nspawn needs before the container's own activation runs (an
     // OS tree with /usr, os-release and machine-id to be filled in at first boot).
     let state = paths::state_dir(name);
-    fs.mkdir_all(&state, 0o755).map_err(werr(&state))?;
+    track(&state, made);
     made.paths.push(state.clone());
+    fs.mkdir_all(&state, 0o755).map_err(werr(&state))?;
     for d in ["etc", "var", "usr"] {
         fs.mkdir_all(&state.join(d), 0o755)
             .map_err(werr(&state.join(d)))?;
@@ -358,19 +377,21 @@ fn make(
         .push(format!("made its state directory {}", state.display()));
     let gc = paths::gcroots_dir(name);
     if fs.kind(&gc).map_err(werr(&gc))?.is_none() {
+        track(&gc, made);
         fs.mkdir_all(&gc, 0o755).map_err(werr(&gc))?;
-        made.paths.push(gc);
     }
     for (role, text) in files {
         let p = generations::destination(name, role);
-        fs.write(&p, text, 0o644).map_err(werr(&p))?;
+        track(&p, made);
         made.paths.push(p.clone());
+        fs.write(&p, text, 0o644).map_err(werr(&p))?;
         made.report.push(format!("wrote {}", p.display()));
         if ctx.live()
             && let Some(link) = generations::runtime_link(role)
         {
-            fs.symlink(&p, &link).map_err(werr(&link))?;
+            track(&link, made);
             made.paths.push(link.clone());
+            fs.symlink(&p, &link).map_err(werr(&link))?;
             made.report.push(format!("linked {} to it", link.display()));
         }
     }
@@ -386,6 +407,8 @@ fn undo(ctx: &Ctx<'_>, name: &str, made: &Made, cause: Error) -> Error {
             Ok(Some(Kind::Dir)) => fs.remove_tree(p).map(|_| ()),
             Ok(Some(_)) => fs.remove_file(p).map(|_| ()),
             Ok(None) => Ok(()),
+            // A parent is not a directory: nothing of ours can be there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = r {

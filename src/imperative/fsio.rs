@@ -58,7 +58,10 @@ impl<'a> Fs<'a> {
                 ),
             ));
         }
-        if matches!(probe.existing, Some(Kind::Symlink | Kind::Dir | Kind::Other)) {
+        if matches!(
+            probe.existing,
+            Some(Kind::Symlink | Kind::Dir | Kind::Other)
+        ) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
@@ -261,8 +264,12 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, label: &Path) -> io::Result<()
             let child = label.join(OsStr::from_bytes(n.to_bytes()));
             remove_entry(sub.as_fd(), &n, &child)?;
         }
-        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display())))
+        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{}: {e}", label.display()),
+            )
+        })
     } else {
         match rfs::unlinkat(dir, name, AtFlags::empty()) {
             Err(Errno::PERM) => {
@@ -270,11 +277,17 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, label: &Path) -> io::Result<()
                     clear_flags(fd.as_fd());
                 }
                 rfs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| {
-                    io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display()))
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("{}: {e}", label.display()),
+                    )
                 })
             }
             r => r.map_err(|e| {
-                io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", label.display()))
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("{}: {e}", label.display()),
+                )
             }),
         }
     }

@@ -268,12 +268,14 @@ pub fn presence(ctx: &Ctx<'_>, name: &str) -> Vec<Presence> {
 pub fn require_imperative(ctx: &Ctx<'_>, name: &str, verb: &str) -> Result<(), Error> {
     crate::legacy::names::check_machine_name(name).map_err(Error::Usage)?;
     let found = presence(ctx, name);
+    // A migrated container is imperative while its legacy original is still there (migrate
+    // never deletes it: it is the way back). A declarative one of the same name wins.
     if found
         .iter()
         .any(|p| matches!(p, Presence::Imperative { .. }))
         && !found
             .iter()
-            .any(|p| matches!(p, Presence::Declarative { .. } | Presence::Legacy { .. }))
+            .any(|p| matches!(p, Presence::Declarative { .. }))
     {
         return Ok(());
     }

@@ -62,6 +62,10 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
     let changes = activation::changes(&old, &new, &nspawn_key);
     let decision = activation::decide(&changes, &rendered.strategy(), args.over);
     ctx.say(format!("update {name}: {decision}"));
+    if changes.is_empty() && args.over.is_none() && !args.dry_run {
+        // The same system and units: nothing to build, write or activate.
+        return Ok(());
+    }
     if args.dry_run {
         print_diff(ctx, name, &old, &new);
         ctx.say(format!(
@@ -81,15 +85,19 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
         })?;
     let before = generations::current(&fs, name);
     source::set_profile(ctx, &profile_real, &system)?;
-    let generation = match generations::current(&fs, name) {
-        Some(g) if Some(g) != before => g,
-        _ => {
-            return Err(Error::Other(format!(
-                "update {name}: nix-env did not make a new generation of {}; nothing else was changed",
-                paths::profile(name).display()
-            )));
-        }
+    let Some(generation) = generations::current(&fs, name) else {
+        return Err(Error::Other(format!(
+            "update {name}: after nix-env, {} points at no generation; nothing else was changed",
+            paths::profile(name).display()
+        )));
     };
+    // nix-env makes no new generation when the newest one already is this system (only the
+    // units changed, e.g. a bind mount): that generation's recorded units are replaced.
+    if before == Some(generation) {
+        ctx.say(format!(
+            "  the system is unchanged: still generation {generation}; its recorded unit files are              replaced by the new ones (a rollback goes to the generation before it)"
+        ));
+    }
     let meta = Meta {
         source: source.clone(),
         system: system.clone(),
