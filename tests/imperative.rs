@@ -1011,3 +1011,122 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         "a refused rollback changes nothing"
     );
 }
+
+/// Boot a busybox container with systemd-nspawn from the rootfs and the `.nspawn` file that
+/// `create` wrote (copied byte for byte next to the rootfs, `--settings=trusted`), in private
+/// mount and network namespaces. The store path `Parameters=` names is a stand-in init in a
+/// tmpfs over `/nix/store` inside that mount namespace only. Checks the network mode from
+/// inside: the RFC example (`network = { }`) sees `host0`, a host-network container sees the
+/// namespace's own interface.
+#[test]
+fn a_created_container_boots_with_the_written_nspawn_file() {
+    if !tools()
+        || !have_tool("systemd-nspawn", "systemd-container")
+        || !have_tool("unshare", "util-linux")
+    {
+        return;
+    }
+    if !is_root()
+        || !Path::new("/nix/store").is_dir()
+        || !Path::new("/nix/var/nix").is_dir()
+        || !Path::new("/bin/busybox").exists()
+    {
+        eprintln!("skipped: needs root, /nix/store, /nix/var/nix and busybox-static");
+        return;
+    }
+    let h = Host::new();
+    let pid = std::process::id() % 100_000;
+    let veth = format!("v{pid}");
+    let hostnet = format!("n{pid}");
+    let file = h.container_file("v.nix", "");
+    ok(&h.run(&["create", &veth, file.to_str().unwrap()]));
+    let hfile = h.files.path().join("h.nix");
+    std::fs::write(
+        &hfile,
+        format!(
+            "{{ nixpkgs = {}; system-config = {{ }}; }}",
+            repo().join("nixos/tests/stub/fake-nixpkgs").display()
+        ),
+    )
+    .unwrap();
+    ok(&h.run(&["create", &hostnet, hfile.to_str().unwrap()]));
+    let peer = format!("hx{pid}");
+    for (name, expect_in, expect_out) in [
+        (veth.as_str(), "host0", peer.as_str()),
+        (hostnet.as_str(), peer.as_str(), "host0"),
+    ] {
+        let nspawn = h.read(&format!(
+            "/var/lib/nixos-nspawn/imperative/nspawn/{name}.nspawn"
+        ));
+        let top = parameters(&nspawn).trim_end_matches("/init").to_string();
+        let rootfs = h.root().join("var/lib/machines").join(name);
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for c in ["sh", "ip", "echo", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
+        }
+        // Byte for byte what create installed, where nspawn finds it for -D (trusted).
+        std::fs::write(
+            h.root()
+                .join("var/lib/machines")
+                .join(format!("{name}.nspawn")),
+            &nspawn,
+        )
+        .unwrap();
+        let script = format!(
+            "set -e\n\
+             mount -t tmpfs tmpfs /nix/store\n\
+             mkdir -p {top}\n\
+             printf '#!/bin/sh\\necho INIT-RAN \"$@\"\\nip -o link\\n' > {top}/init\n\
+             chmod 755 {top}/init\n\
+             mount -t tmpfs tmpfs /nix/var/nix\n\
+             mkdir -p /nix/var/nix/profiles/per-nspawn/{name} /nix/var/nix/gcroots/per-nspawn/{name} /nix/var/nix/db /nix/var/nix/daemon-socket\n\
+             ip link set lo up\n\
+             ip link add {peer} type veth peer name hy{pid}\n\
+             timeout 60 systemd-nspawn --register=no --keep-unit -q --settings=trusted -D {rootfs} -M {name} </dev/null\n",
+            rootfs = rootfs.display()
+        );
+        let out = Command::new("timeout")
+            .args([
+                "90",
+                "unshare",
+                "-m",
+                "-n",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let so = String::from_utf8_lossy(&out.stdout);
+        let se = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{name}: exit {:?}\n{so}\n{se}",
+            out.status.code()
+        );
+        assert!(
+            so.contains("INIT-RAN"),
+            "{name}: the init from Parameters= did not run\n{so}\n{se}"
+        );
+        assert!(
+            so.contains(&format!(": {expect_in}")),
+            "{name}: {expect_in} not seen inside\n{so}"
+        );
+        assert!(
+            !so.contains(&format!(": {expect_out}")),
+            "{name}: {expect_out} seen inside\n{so}"
+        );
+        let complaints: Vec<&str> = se
+            .lines()
+            .filter(|l| l.contains(".nspawn:") || l.contains("Ignoring"))
+            .collect();
+        assert!(
+            complaints.is_empty(),
+            "{name}: nspawn complained about the file: {complaints:#?}"
+        );
+    }
+}
