@@ -56,7 +56,19 @@ case $action in
       ln -sfn "$base-$arg-link" "$dir/$base";;
 esac"#,
     ),
-    ("nix", "exit 0"),
+    (
+        "nix",
+        // `nix eval|build … --expr E`: E applies eval-container.nix to
+        // `(builtins.getFlake REF).outputs.ATTR`; this Nix has no flakes, so the flake's
+        // outputs function is called directly (a flake without inputs), then evaluated by the
+        // real nix-instantiate.
+        r#"[ -e "$SI/fail-nix" ] && { echo "error: flake evaluation failed (stand-in)" >&2; exit 1; }
+verb=$1; expr=
+while [ $# -gt 0 ]; do [ "$1" = --expr ] && expr=$2; shift; done
+expr=$(printf '%s' "$expr" | sed 's|(builtins.getFlake \("[^"]*"\))\.outputs|((import (\1 + "/flake.nix")).outputs { })|')
+out=$(nix-instantiate --eval --strict --json -E "$expr") || exit 1
+if [ "$verb" = build ]; then printf '%s\n' "$out" | tr -d '"'; else printf '%s\n' "$out"; fi"#,
+    ),
     (
         "systemctl",
         r#"if [ "$1" = is-active ]; then for u in $(cat "$SI/active" 2>/dev/null); do [ "$u" = "$3" ] && exit 0; done; exit 3; fi
@@ -1129,4 +1141,92 @@ fn a_created_container_boots_with_the_written_nspawn_file() {
             "{name}: nspawn complained about the file: {complaints:#?}"
         );
     }
+}
+
+#[test]
+fn create_from_a_flake_output_and_from_a_prebuilt_system() {
+    if !tools() {
+        return;
+    }
+    let h = Host::new();
+    // A flake whose output holds a container file's value.
+    let flake = h.files.path().join("flake");
+    std::fs::create_dir_all(&flake).unwrap();
+    let file = h.container_file("web.nix", "");
+    std::fs::copy(&file, flake.join("web.nix")).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        "{ outputs = _: { nixosNspawnContainers.web = import ./web.nix; }; }\n",
+    )
+    .unwrap();
+    let (out, _) = ok(&h.run(&["create", "web", "--flake", flake.to_str().unwrap()]));
+    assert!(
+        out.contains(&format!(
+            "from {}#nixosNspawnContainers.web",
+            flake.display()
+        )),
+        "{out}"
+    );
+    let calls = h.calls();
+    assert!(
+        calls[0].starts_with(
+            "nix eval --extra-experimental-features nix-command flakes --json --impure"
+        ),
+        "{calls:?}"
+    );
+    assert!(
+        calls[0].contains(&format!(
+            "(builtins.getFlake \"{}\").outputs.\"nixosNspawnContainers\".\"web\"",
+            flake.display()
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls[1].starts_with("nix build ") && calls[1].contains("--print-out-paths"),
+        "{calls:?}"
+    );
+    // The same container as from the file: the same system, the same units.
+    let from_flake = h.read(NSPAWN);
+    let h2 = Host::new();
+    ok(&h2.run(&["create", "web", file.to_str().unwrap()]));
+    assert_eq!(from_flake, h2.read(NSPAWN));
+    // update without a source rebuilds from the flake it was created from.
+    h.clear_calls();
+    let (out, _) = ok(&h.run(&["update", "web", "--dry-run"]));
+    assert!(
+        out.contains("nothing: the container's system and units are unchanged"),
+        "{out}"
+    );
+    assert!(h.calls()[0].starts_with("nix eval "), "{:?}", h.calls());
+
+    // A prebuilt system: nothing is built, the profile points at it, the options come from
+    // the file.
+    let h3 = Host::new();
+    h3.clear_calls();
+    let (out, _) = ok(&h3.run(&[
+        "create",
+        "web",
+        file.to_str().unwrap(),
+        "--profile",
+        "/nix/store/0000000000000000000000000000000a-prebuilt",
+    ]));
+    assert!(
+        out.contains("system /nix/store/0000000000000000000000000000000a-prebuilt"),
+        "{out}"
+    );
+    let nspawn = h3.read(NSPAWN);
+    assert!(
+        nspawn.contains("Parameters=/nix/store/0000000000000000000000000000000a-prebuilt/init\n"),
+        "{nspawn}"
+    );
+    assert!(
+        nspawn.contains("Port=tcp:8080:80\n"),
+        "options from the file: {nspawn}"
+    );
+    let calls = h3.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].ends_with("--set /nix/store/0000000000000000000000000000000a-prebuilt"),
+        "{calls:?}"
+    );
 }
