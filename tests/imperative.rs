@@ -314,6 +314,17 @@ fn create_from_the_rfc_example_writes_every_file_and_refuses_the_name_again() {
     ] {
         assert!(h.exists(p), "{p} missing");
     }
+    // autoStart (the default): machines.target wants it, from the unit dir NixOS leaves alone.
+    let wants = "/etc/systemd/system.control/machines.target.wants/systemd-nspawn@web.service";
+    assert!(
+        out.contains(&format!("starts at boot: linked {wants}")),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_link(h.root().join(wants.trim_start_matches('/')))
+            .unwrap()
+            .ends_with("systemd-nspawn@.service")
+    );
     let rec = "/var/lib/nixos-nspawn/imperative/generations/web/1";
     assert_eq!(h.read(&format!("{rec}/units/web.nspawn")), nspawn);
     assert_eq!(h.read(&format!("{rec}/units/20-ve-web.network")), network);
@@ -519,8 +530,16 @@ fn rollback_restores_the_units_with_the_profile() {
         "web2.nix",
         "  network.v4.static = { hostAddresses = [ \"10.231.5.1/24\" ]; containerPool = [ \"10.231.5.2/24\" ]; };\n  bindMounts.\"/srv\" = { };\n",
     );
+    std::fs::write(
+        &file2,
+        std::fs::read_to_string(&file2)
+            .unwrap()
+            .replace("  network = {};", "  network = {};\n  autoStart = false;"),
+    )
+    .unwrap();
     let (out, _) = ok(&h.run(&["update", "web", "--config", file2.to_str().unwrap()]));
     assert!(out.contains("update web: restart: "), "{out}");
+    assert!(out.contains("no longer starts at boot"), "{out}");
     assert!(
         out.contains("20-ve-web.network: [Network] Address= changed"),
         "{out}"
@@ -550,6 +569,10 @@ fn rollback_restores_the_units_with_the_profile() {
         h.read(NETWORK),
         network1,
         "the network unit is generation 1's again"
+    );
+    assert!(
+        out.contains("starts at boot: linked"),
+        "autoStart is generation 1's again: {out}"
     );
     assert_eq!(
         std::fs::read_link(h.root().join("nix/var/nix/profiles/per-nspawn/web/system")).unwrap(),
@@ -703,6 +726,9 @@ fn remove_keeps_the_state_unless_asked_and_then_deletes_it_even_when_immutable()
         assert!(!h.exists(gone), "{gone} still there");
     }
     assert_eq!(h.read("/var/lib/machines/web/etc/data"), "precious");
+    assert!(
+        !h.exists("/etc/systemd/system.control/machines.target.wants/systemd-nspawn@web.service")
+    );
     assert!(h.exists("/nix/var/nix/profiles/per-nspawn/web/per-user"));
     let err = fails(&h.run(&["remove", "web"]), 2);
     assert!(

@@ -395,6 +395,11 @@ fn make(
             made.report.push(format!("linked {} to it", link.display()));
         }
     }
+    track(&paths::autostart_link(name), made);
+    made.paths.push(paths::autostart_link(name));
+    if let Some(line) = generations::autostart(&fs, name, rendered.auto_start())? {
+        made.report.push(line);
+    }
     Ok(())
 }
 

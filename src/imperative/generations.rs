@@ -235,6 +235,45 @@ pub fn install(
     Ok(done)
 }
 
+/// Make the autostart link match `want` (the generation's `autoStart`). Returns what changed.
+pub fn autostart(fs: &Fs<'_>, name: &str, want: bool) -> Result<Option<String>, Error> {
+    let link = paths::autostart_link(name);
+    let werr = |e| Error::Write {
+        path: link.clone(),
+        source: e,
+    };
+    let have = matches!(fs.kind(&link), Ok(Some(Kind::Symlink)));
+    match (have, want) {
+        (false, true) => {
+            let target = paths::NSPAWN_TEMPLATE
+                .iter()
+                .find(|t| fs.host.exists(Path::new(t)))
+                .unwrap_or(&paths::NSPAWN_TEMPLATE[paths::NSPAWN_TEMPLATE.len() - 1]);
+            fs.symlink(Path::new(target), &link).map_err(werr)?;
+            Ok(Some(format!(
+                "starts at boot: linked {} (autoStart)",
+                link.display()
+            )))
+        }
+        (true, false) => {
+            fs.remove_file(&link).map_err(werr)?;
+            Ok(Some(format!(
+                "no longer starts at boot: removed {} (autoStart = false)",
+                link.display()
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `autoStart` of a generation's `data.json`.
+pub fn auto_start_of(data_json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(data_json)
+        .ok()
+        .and_then(|d| d["autoStart"].as_bool())
+        .unwrap_or(false)
+}
+
 /// `list-generations NAME`.
 pub fn list_generations(ctx: &mut Ctx<'_>, name: &str, json: bool) -> Result<(), Error> {
     super::require_imperative(ctx, name, "list-generations")?;

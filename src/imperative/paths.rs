@@ -76,3 +76,23 @@ pub const NETWORKD_DIRS: &[&str] = &[
     "/run/systemd/network",
     "/usr/lib/systemd/network",
 ];
+
+/// The link that starts the container at boot (`autoStart`): `machines.target` wants it. In
+/// the drop-in directory of [`crate::plan::IMPERATIVE_UNIT_DIR`], which PID 1 searches before
+/// `/etc/systemd/system` (a store link on NixOS); `machinectl enable` would write into the
+/// latter.
+pub fn autostart_link(name: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "{}/machines.target.wants/systemd-nspawn@{name}.service",
+        crate::plan::IMPERATIVE_UNIT_DIR
+    ))
+}
+
+/// Where the `systemd-nspawn@.service` template may be, in the order it is looked for (the
+/// autostart link points at the first that exists; systemd only uses the link's name).
+pub const NSPAWN_TEMPLATE: &[&str] = &[
+    "/etc/systemd/system/systemd-nspawn@.service",
+    "/run/current-system/sw/lib/systemd/system/systemd-nspawn@.service",
+    "/usr/lib/systemd/system/systemd-nspawn@.service",
+    "/lib/systemd/system/systemd-nspawn@.service",
+];

@@ -48,6 +48,9 @@ pub fn remove(ctx: &mut Ctx<'_>, name: &str, delete_state: bool) -> Result<(), E
             ctx.say(format!("removed {}", link.display()));
         }
     }
+    if let Some(line) = generations::autostart(&fs, name, false)? {
+        ctx.say(line);
+    }
     let gdir = paths::generations_dir(name);
     if fs.remove_tree(&gdir).map_err(|e| werr(&gdir, e))? {
         ctx.say(format!("removed {}", gdir.display()));

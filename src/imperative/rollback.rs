@@ -33,7 +33,7 @@ pub fn rollback(ctx: &mut Ctx<'_>, name: &str, over: Option<Override>) -> Result
             target.number
         )));
     };
-    let new = rec.files;
+    let new = rec.files.clone();
     let old = current_files(ctx, name, &new)?;
     let strategy = serde_json::from_str::<serde_json::Value>(&rec.data_json)
         .ok()
@@ -66,6 +66,11 @@ pub fn rollback(ctx: &mut Ctx<'_>, name: &str, over: Option<Override>) -> Result
         ))
     })?;
     for line in done {
+        ctx.say(format!("  {line}"));
+    }
+    if let Some(line) =
+        generations::autostart(&fs, name, generations::auto_start_of(&rec.data_json))?
+    {
         ctx.say(format!("  {line}"));
     }
     let system = rec.meta.system.clone();

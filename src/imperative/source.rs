@@ -217,6 +217,13 @@ pub fn check_syntax(ctx: &Ctx<'_>, source: &Source) -> Result<(), Error> {
         Source::Profile { file: Some(f), .. } => f,
         _ => return Ok(()),
     };
+    if !file.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: no such file (the container file to build from)\n\nGive the file with --config \
+             FILE (update) or as FILE.nix (create); nothing was built or written.",
+            file.display()
+        )));
+    }
     ctx.runner
         .run(&cmd(
             "nix-instantiate",

@@ -129,6 +129,9 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
     for line in installed {
         ctx.say(format!("  {line}"));
     }
+    if let Some(line) = generations::autostart(&fs, name, rendered.auto_start())? {
+        ctx.say(format!("  {line}"));
+    }
     activate(
         ctx,
         name,
