@@ -148,6 +148,7 @@ pub enum ImperativeCommand {
     /// Rebuild an imperative container and activate it: reload when only its system changed,
     /// restart when anything else did (and say why).
     Update {
+        /// The container's machine name.
         name: String,
         /// The container file (default: the one it was last built from).
         #[arg(long, value_name = "FILE")]
@@ -167,6 +168,7 @@ pub enum ImperativeCommand {
     },
     /// Remove an imperative container; its state (/var/lib/machines/NAME) is kept.
     Remove {
+        /// The container's machine name.
         name: String,
         /// Also delete its state, profile and gcroots.
         #[arg(long)]
@@ -180,12 +182,14 @@ pub enum ImperativeCommand {
     },
     /// List the generations of an imperative container's profile.
     ListGenerations {
+        /// The container's machine name.
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// Go back to the previous generation: profile, .nspawn file and network units together.
     Rollback {
+        /// The container's machine name.
         name: String,
         #[arg(long, conflicts_with = "restart")]
         reload: bool,

@@ -67,6 +67,15 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
         return Ok(());
     }
     if args.dry_run {
+        if decision.action != Action::Nothing
+            && ctx.unit_active(&format!("systemd-nspawn@{name}.service")) == Some(false)
+        {
+            ctx.say(format!(
+                "  ({name} is not running: it would start with the new configuration, nothing \
+                 would be {}ed)",
+                decision.action
+            ));
+        }
         print_diff(ctx, name, &old, &new);
         ctx.say(format!(
             "dry run: nothing was built, written, reloaded or restarted (source: {})",
