@@ -67,11 +67,23 @@ fn step_err(container: &str, message: impl Into<String>) -> StepError {
 
 /// Where legacy data lives: never a destination of ours.
 const LEGACY_ROOTS: &[(&str, &str)] = &[
-    ("/etc/nixos-containers", "where legacy containers are configured"),
-    ("/etc/containers", "where legacy containers (and podman) are configured"),
+    (
+        "/etc/nixos-containers",
+        "where legacy containers are configured",
+    ),
+    (
+        "/etc/containers",
+        "where legacy containers (and podman) are configured",
+    ),
     ("/var/lib/nixos-containers", "the legacy containers' state"),
-    ("/var/lib/containers", "the legacy containers' (and podman's) state"),
-    ("/nix/var/nix/profiles", "the system's and the legacy containers' profiles"),
+    (
+        "/var/lib/containers",
+        "the legacy containers' (and podman's) state",
+    ),
+    (
+        "/nix/var/nix/profiles",
+        "the system's and the legacy containers' profiles",
+    ),
 ];
 /// Read-only, or rewritten by every `nixos-rebuild`: a file written there is lost or fails.
 const NIXOS_MANAGED: &[(&str, &str)] = &[
@@ -157,6 +169,10 @@ pub fn execute(
                         VerifyArg::None => state::Verify::None,
                     };
                     progress.start(&cp.name);
+                    let totals = Totals {
+                        inner: progress.as_progress(),
+                        bytes: AtomicU64::new(0),
+                    };
                     let outcome = state::migrate_state(
                         &src,
                         &dest,
@@ -164,7 +180,7 @@ pub fn execute(
                             mode,
                             verify,
                             force: opts.force,
-                            progress: progress.as_progress(),
+                            progress: &totals,
                         },
                     )
                     .map_err(|e| step_err(&cp.name, format!("{e}")))?;
@@ -173,6 +189,7 @@ pub fn execute(
                         &outcome,
                         &shown(host, from),
                         &shown(host, to),
+                        totals.bytes.load(Ordering::Relaxed),
                         host,
                     ));
                 }
@@ -552,9 +569,12 @@ fn check_dir_dest(
     allowed: &[&str],
     is_output: bool,
 ) -> Result<crate::host::WriteProbe, String> {
-    let probe = host
-        .probe_write(to)
-        .map_err(|e| format!("cannot resolve {}: {e}", to.display()))?;
+    let probe = host.probe_write(to).map_err(|e| {
+        format!(
+            "{} cannot be created: {e}. A link on its path may lead to the wrong place: fix it and run again",
+            to.display()
+        )
+    })?;
     // Allowed places are compared where they really are, like everything else.
     let allowed: Vec<PathBuf> = allowed
         .iter()
@@ -628,7 +648,46 @@ fn check_file_dest(
     ))
 }
 
-fn describe_outcome(o: &state::StateOutcome, from: &str, to: &str, host: &HostRoot) -> String {
+/// Forwards progress and keeps the total file size (holes included) for the summary line.
+struct Totals<'a> {
+    inner: &'a dyn state::Progress,
+    bytes: AtomicU64,
+}
+
+impl state::Progress for Totals<'_> {
+    fn total(&self, entries: u64, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.inner.total(entries, bytes);
+    }
+    fn entry_done(&self) {
+        self.inner.entry_done();
+    }
+    fn bytes_done(&self, n: u64) {
+        self.inner.bytes_done(n);
+    }
+}
+
+/// "100.0 MiB" for the files of a copy, and how much of it was data actually written: a sparse
+/// file's holes stay holes, so "4.0 KiB written" alone would wrongly suggest a tiny tree.
+fn sizes(total: u64, written: u64) -> String {
+    if written >= total {
+        format!("{} of files", crate::report::human_size(total))
+    } else {
+        format!(
+            "{} of files ({} of data written; the rest are holes of sparse files, kept as holes, or data an interrupted run had copied)",
+            crate::report::human_size(total),
+            crate::report::human_size(written)
+        )
+    }
+}
+
+fn describe_outcome(
+    o: &state::StateOutcome,
+    from: &str,
+    to: &str,
+    total_bytes: u64,
+    host: &HostRoot,
+) -> String {
     match o {
         state::StateOutcome::Copied {
             copy,
@@ -637,9 +696,9 @@ fn describe_outcome(o: &state::StateOutcome, from: &str, to: &str, host: &HostRo
             replaced,
         } => {
             let mut s = format!(
-                "state copied {from} → {to}: {} entries, {} of file data written{}; verified ({:?}): {} entries, {} differences",
+                "state copied {from} → {to}: {} entries, {}{}; verified ({:?}): {} entries, {} differences",
                 copy.entries,
-                crate::report::human_size(copy.bytes),
+                sizes(total_bytes, copy.bytes),
                 if *resumed {
                     ", resumed an interrupted run"
                 } else {
@@ -889,7 +948,7 @@ impl LineProgress {
     fn print(&self) {
         let name = self.name.lock().map(|n| n.clone()).unwrap_or_default();
         eprintln!(
-            "nixos-nspawn: {name}: {}/{} entries, {} of file data written ({} in all, holes of sparse files not counted as written)",
+            "nixos-nspawn: {name}: {}/{} entries, {} of {} written (holes of sparse files are not written)",
             self.entries.load(Ordering::Relaxed),
             self.total_entries.load(Ordering::Relaxed),
             crate::report::human_size(self.bytes.load(Ordering::Relaxed)),
