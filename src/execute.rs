@@ -321,6 +321,8 @@ pub struct Checked {
     space_dir: Option<PathBuf>,
     /// Why the plan cannot be carried out as it is, one line each (empty when it can).
     pub problems: Vec<String>,
+    /// Destinations that a link sends elsewhere (inside the root): (host path, where it leads).
+    pub redirects: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Check every destination of the plan without writing anything: resolved inside the root,
@@ -348,6 +350,7 @@ pub fn check_destinations(
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
                             c.dirs.push((
                                 probe.nearest_dir.clone(),
                                 format!("container {name}: {}", to.display()),
@@ -373,6 +376,7 @@ pub fn check_destinations(
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
                             c.dirs.push((
                                 probe.nearest_dir,
                                 format!("container {name}: {}", to.display()),
@@ -399,6 +403,7 @@ pub fn check_destinations(
             }),
             Ok((t, nearest)) => {
                 claim(&mut claimed, &t.resolved, who, &mut c.problems);
+                redirect(&mut c.redirects, path, &t.resolved);
                 c.dirs.push((nearest, path.display().to_string()));
                 c.targets.insert(path.to_path_buf(), t);
             }
@@ -471,6 +476,12 @@ fn preflight(
                 problems.join("\n- ")
             ),
         })
+    }
+}
+
+fn redirect(redirects: &mut Vec<(PathBuf, PathBuf)>, host_path: &Path, resolved: &Path) {
+    if host_path != resolved {
+        redirects.push((host_path.to_path_buf(), resolved.to_path_buf()));
     }
 }
 

@@ -180,6 +180,19 @@ fn check_one(c: &str, relative: bool) {
         "{what}: {}",
         report["problems"]
     );
+    // The dry run already says where a destination behind the link really is.
+    if let Ok(rest) = Path::new("etc/nixos/nspawn-containers.nix").strip_prefix(c) {
+        let want = Path::new("/")
+            .join(h.canary().strip_prefix("/").unwrap())
+            .join(c)
+            .join(rest);
+        assert_eq!(
+            report["redirects"]["/etc/nixos/nspawn-containers.nix"],
+            want.display().to_string(),
+            "{what}: {}",
+            report["redirects"]
+        );
+    }
     assert_same(
         &format!("{what}: canary after --dry-run"),
         &canary_before,
@@ -443,4 +456,45 @@ fn a_guest_config_symlink_is_resolved_inside_the_guest() {
             );
         }
     }
+}
+
+/// `--config ROOT/etc/nixos/configuration.nix` is the tree's file: with `ROOT/etc/nixos` a link
+/// to an absolute path, the file is read at the re-rooted place, never where the link points on
+/// the machine running the tool.
+#[test]
+fn a_config_path_inside_the_root_is_read_confined() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let h = Hostile::new();
+    h.link_out("etc/nixos", false);
+    std::fs::write(
+        h.canary().join("etc/nixos/configuration.nix"),
+        "{ containers.decoy = { config = { }; }; }\n",
+    )
+    .unwrap();
+    age_atimes(&h.canary());
+    let canary_before = snapshot(&h.canary());
+    let config = h.root().join("etc/nixos/configuration.nix");
+    let stand_ins = StandIns::new(&[]);
+    let out = run(
+        &h.root(),
+        &stand_ins,
+        &["--dry-run", "--json", "--config", config.to_str().unwrap()],
+    );
+    let j = json(&out);
+    let names: Vec<&str> = j["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"decoy"), "{names:?}");
+    assert!(names.contains(&"web"), "{names:?}");
+    assert_same(
+        "canary after --config",
+        &canary_before,
+        &snapshot(&h.canary()),
+    );
 }
