@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use util::*;
 
+/// The name of the marker file in every directory of a decoy.
+const MARKER: &str = "canary-marker";
+
 /// A fixture host at `base/root`, and a canary directory `base/canary` beside it.
 struct Hostile {
     base: tempfile::TempDir,
@@ -56,6 +59,14 @@ impl Hostile {
             std::fs::create_dir_all(&decoy).unwrap();
             std::fs::create_dir_all(&real).unwrap();
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        }
+        // Every directory of the decoy gets a marker: anything copied from the canary (even
+        // through a mount that hides the reads' atimes) carries one into the root.
+        for e in walkdir::WalkDir::new(&decoy).follow_links(false) {
+            let e = e.unwrap();
+            if e.file_type().is_dir() {
+                std::fs::write(e.path().join(MARKER), "decoy\n").unwrap();
+            }
         }
         let target = if relative {
             // Enough `..` to reach the real `/` from anywhere, then down into the canary: a
@@ -223,6 +234,15 @@ fn check_one(c: &str, relative: bool) {
         Vec::<String>::new(),
         "{what}: systemctl was called"
     );
+    for e in walkdir::WalkDir::new(h.root()).follow_links(false) {
+        let e = e.unwrap();
+        assert_ne!(
+            e.file_name(),
+            MARKER,
+            "{what}: {} was copied from the canary",
+            e.path().display()
+        );
+    }
     for p in PRODUCED {
         let real = match Path::new(p).strip_prefix(c) {
             Ok(rest) => h.rerooted(c).join(rest),
