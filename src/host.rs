@@ -936,7 +936,7 @@ mod tests {
         let r = t.path();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &r.join("fifo"),
+            r.join("fifo"),
             FileType::Fifo,
             Mode::from_raw_mode(0o644),
             0,
