@@ -29,6 +29,11 @@ impl Hostile {
         std::fs::create_dir(base.path().join("root")).unwrap();
         std::fs::create_dir(base.path().join("canary")).unwrap();
         cp_a(&src, &base.path().join("root"));
+        // scratch gets a unit drop-in too (a --property flag becomes a [Service] setting).
+        let conf = base.path().join("root/etc/nixos-containers/scratch.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("EXTRA_NSPAWN_FLAGS=\"--property=CPUQuota=50%\"\n");
+        std::fs::write(&conf, text).unwrap();
         Hostile { base }
     }
     fn root(&self) -> PathBuf {
@@ -110,6 +115,7 @@ const COMPONENTS: &[&str] = &[
     "etc/nixos-containers",
     "etc/nixos-nspawn",
     "etc/systemd",
+    "etc/systemd/system.control",
     "var",
     "var/lib",
     "var/lib/nixos-containers",
@@ -127,6 +133,7 @@ const PRODUCED: &[&str] = &[
     "var/lib/nixos-nspawn/imperative/nspawn/scratch.nspawn",
     "etc/nixos-nspawn/scratch.nix",
     "nix/var/nix/profiles/per-nspawn/scratch/system",
+    "etc/systemd/system.control/systemd-nspawn@scratch.service.d/nixos-nspawn.conf",
 ];
 
 /// No component of `p` below `root` is a symlink.
@@ -366,11 +373,7 @@ fn nixos_managed_etc_links_are_never_written_through() {
     let store_etc = r.join(store_etc.strip_prefix("/").unwrap());
     std::fs::create_dir_all(store_etc.join("systemd/nspawn")).unwrap();
     symlink("/etc/static/systemd/nspawn", r.join("etc/systemd/nspawn")).unwrap();
-    // scratch gets a drop-in (a --property flag becomes a [Service] setting).
-    let conf = r.join("etc/nixos-containers/scratch.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("EXTRA_NSPAWN_FLAGS=\"--property=CPUQuota=50%\"\n");
-    std::fs::write(&conf, text).unwrap();
+    // scratch has a drop-in (see Hostile::new).
     // The live machine's /etc/static must not be reached either (with --root, /etc/static
     // is the tree's own).
     age_atimes(&r.join("nix/store"));
