@@ -232,7 +232,7 @@ fn assemble(
 /// written (made absolute, `.`/`..` folded): `ROOT/etc/nixos/configuration.nix` is the tree's
 /// file even when `ROOT/etc/nixos` links to `/persist/…`, which only the confined reads
 /// resolve correctly (to `ROOT/persist/…`, not the live machine's `/persist`).
-fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
+pub fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(path).ok()?;
     let mut lexical = PathBuf::from("/");
     for c in abs.components() {

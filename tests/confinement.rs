@@ -497,6 +497,33 @@ fn a_config_path_inside_the_root_is_read_confined() {
         "{ containers.decoy = { config = { }; }; }\n",
     )
     .unwrap();
+    // Also when the link's target does not exist on this machine at all.
+    std::fs::create_dir_all(h.rerooted("etc/persist-only")).unwrap();
+    cp_a(&h.rerooted("etc/nixos"), &h.rerooted("etc/persist-only"));
+    symlink(
+        h.canary().join("etc/persist-only"),
+        h.root().join("etc/persist-only"),
+    )
+    .unwrap();
+    let out = run(
+        &h.root(),
+        &StandIns::new(&[]),
+        &[
+            "--dry-run",
+            "--json",
+            "--config",
+            h.root()
+                .join("etc/persist-only/configuration.nix")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(json(&out)["containers"].as_array().unwrap().len() > 1);
     age_atimes(&h.canary());
     let canary_before = snapshot(&h.canary());
     let config = h.root().join("etc/nixos/configuration.nix");
