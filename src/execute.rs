@@ -293,19 +293,12 @@ fn is_ours(text: &[u8]) -> bool {
     first.starts_with(b"# ") && first.windows(12).any(|w| w == b"nixos-nspawn")
 }
 
-/// The content of a file an imperative container's plan writes.
+/// The content of a file an imperative container's plan writes (the report shows the same
+/// bytes, see [`crate::plan::imperative_nspawn_text`]).
 fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
     match step {
-        Step::WriteNspawn { .. } => format!(
-            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-            inst.name,
-            crate::render::nspawn::preview(inst)
-        ),
-        Step::WriteDropin { .. } => format!(
-            "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
-            inst.name,
-            crate::render::nspawn::dropin(inst)
-        ),
+        Step::WriteNspawn { .. } => crate::plan::imperative_nspawn_text(inst),
+        Step::WriteDropin { .. } => crate::plan::imperative_dropin_text(inst),
         _ => crate::render::nix::imperative_file(inst),
     }
 }

@@ -380,7 +380,13 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             warnings.push(w.clone());
         }
     }
-    let dropin = render::nspawn::dropin(i);
+    // Imperative containers' files are written by migrate itself: show their exact bytes.
+    let imperative = i.kind == crate::legacy::Kind::Imperative;
+    let dropin = match render::nspawn::dropin(i) {
+        d if d.is_empty() => d,
+        _ if imperative => plan::imperative_dropin_text(i),
+        d => d,
+    };
     let nix = match i.kind {
         crate::legacy::Kind::Imperative => render::nix::imperative_file(i),
         crate::legacy::Kind::Declarative => render::nix::instance_snippet(i),
@@ -408,7 +414,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             to: i.state.to.clone(),
         },
         nix,
-        nspawn: render::nspawn::preview(i),
+        nspawn: if imperative {
+            plan::imperative_nspawn_text(i)
+        } else {
+            render::nspawn::preview(i)
+        },
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
         translated: i.applied.clone(),

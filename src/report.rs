@@ -190,7 +190,7 @@ impl Report {
                 indent(&mut o, text, "    ");
             }
             if let Some(d) = &c.dropin {
-                let _ = writeln!(o, "\n  systemd-nspawn@{}.service.d/overrides.conf:", c.name);
+                let _ = writeln!(o, "\n  drop-in for systemd-nspawn@{}.service:", c.name);
                 indent(&mut o, d, "    ");
             }
         }

@@ -407,6 +407,12 @@ fn nixos_managed_etc_links_are_never_written_through() {
     .unwrap();
     assert!(dropin.contains("CPUQuota=50%"), "{dropin}");
     assert!(dropin.starts_with("# "), "{dropin}");
+    // The report shows exactly the bytes written.
+    assert_eq!(report["containers"][0]["dropin"], dropin.as_str());
+    let nspawn =
+        std::fs::read_to_string(r.join("var/lib/nixos-nspawn/imperative/nspawn/scratch.nspawn"))
+            .unwrap();
+    assert_eq!(report["containers"][0]["nspawn"], nspawn.as_str());
     // A second run changes nothing and fails nowhere.
     let out = run(&r, &stand_ins, &["--yes", "--json", "--only", "scratch"]);
     assert!(matches!(out.status.code(), Some(0 | 3)));
