@@ -87,6 +87,21 @@ impl HostRoot {
             ));
         }
         let fd = open_root_fd(&root)?;
+        // Every host path goes through openat2(2) (Linux 5.6): say so once, plainly, instead
+        // of "Function not implemented" on the first read.
+        if let Err(Errno::NOSYS) = rfs::openat2(
+            &fd,
+            c".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            CONFINED,
+        ) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel has no openat2(2), which nixos-nspawn needs to keep every path inside the host root; \
+                 run it on Linux 5.6 or newer",
+            ));
+        }
         Ok(HostRoot {
             root,
             fd: Arc::new(fd),
@@ -178,6 +193,21 @@ impl HostRoot {
             Ok(fd) => Ok(Some(kind_of_mode(rfs::fstat(&fd)?.st_mode))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Why `host` cannot be read as a file, for a message: "it does not exist", "it is a FIFO
+    /// (named pipe), not a regular file", "it is a symlink loop", …
+    pub fn why_not_a_file(&self, host: &Path) -> String {
+        match self.open(host, OFlags::PATH) {
+            Ok(fd) => match rfs::fstat(&fd) {
+                Ok(st) => format!(
+                    "it is {}, not a regular file",
+                    type_name(FileType::from_raw_mode(st.st_mode))
+                ),
+                Err(e) => format!("it cannot be examined ({e})"),
+            },
+            Err(e) => why_not_found(&e),
         }
     }
 
@@ -684,6 +714,16 @@ fn kind_of_type(t: FileType) -> Kind {
     }
 }
 
+/// The reason an open failed, for a message about a file that was expected.
+pub fn why_not_found(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "it does not exist".to_string(),
+        Some(libc::ELOOP) => "it is a symlink loop (too many levels of symbolic links)".to_string(),
+        Some(libc::ENOTDIR) => "it does not exist (a directory on its path is a file)".to_string(),
+        _ => format!("it cannot be opened ({e})"),
+    }
+}
+
 /// "a FIFO", "a directory", …: for messages about what was found where a file was expected.
 pub fn type_name(t: FileType) -> &'static str {
     match t {
@@ -839,6 +879,102 @@ mod tests {
                 .unwrap();
             assert_eq!(got, b"guest file", "link {l} escaped the jail");
         }
+    }
+
+    /// Writes through links (absolute and `../`) land inside the root, parents are made
+    /// inside the root, and the canary outside is never touched.
+    #[test]
+    fn writes_through_links_stay_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("root");
+        let canary = t.path().join("canary");
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::create_dir_all(&canary).unwrap();
+        symlink(&canary, r.join("etc/abs")).unwrap();
+        symlink("../../../../../../../../..", r.join("etc/rel")).unwrap();
+        let h = HostRoot::new(&r).unwrap();
+        let (w, at) = h
+            .write_atomic(Path::new("/etc/abs/sub/a.nix"), b"a", 0o644)
+            .unwrap();
+        assert_eq!(w, crate::atomic::Written::Changed);
+        assert_eq!(
+            at,
+            canary
+                .strip_prefix("/")
+                .map(|p| Path::new("/").join(p).join("sub/a.nix"))
+                .unwrap()
+        );
+        let (_, at) = h
+            .write_atomic(Path::new("/etc/rel/b.nix"), b"b", 0o644)
+            .unwrap();
+        assert_eq!(at, PathBuf::from("/b.nix"));
+        assert_eq!(std::fs::read(r.join("b.nix")).unwrap(), b"b");
+        assert_eq!(
+            std::fs::read(r.join(canary.strip_prefix("/").unwrap()).join("sub/a.nix")).unwrap(),
+            b"a"
+        );
+        assert_eq!(
+            std::fs::read_dir(&canary).unwrap().count(),
+            0,
+            "the canary was written"
+        );
+        // Backups are hard links next to the file; remove and rename stay inside too.
+        let bak = h.backup(Path::new("/etc/rel/b.nix"), "1").unwrap();
+        assert_eq!(bak, PathBuf::from("/b.nix.bak-1"));
+        h.rename(Path::new("/b.nix.bak-1"), Path::new("/etc/rel/c.nix"))
+            .unwrap();
+        assert_eq!(std::fs::read(r.join("c.nix")).unwrap(), b"b");
+        h.remove_file(Path::new("/etc/rel/c.nix")).unwrap();
+        assert!(!r.join("c.nix").exists());
+    }
+
+    /// Something that is not a regular file is named by its kind, and never opened for
+    /// reading (a FIFO would block).
+    #[test]
+    fn non_files_are_refused_by_kind() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir(r.join("dir")).unwrap();
+        symlink("loop", r.join("loop")).unwrap();
+        let h = HostRoot::new(r).unwrap();
+        let e = h.read(Path::new("/fifo")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a FIFO (named pipe), not a regular file"),
+            "{e}"
+        );
+        let e = h.read(Path::new("/dir")).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        assert!(
+            h.why_not_a_file(Path::new("/loop"))
+                .contains("symlink loop")
+        );
+        assert!(
+            h.why_not_a_file(Path::new("/nope"))
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn confined_real_paths_hold_no_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("persist/etc/nixos")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        symlink("/persist/etc/nixos", r.join("etc/nixos")).unwrap();
+        let h = HostRoot::new(r).unwrap();
+        assert_eq!(
+            h.confined_real_path(Path::new("/etc/nixos/x.nix")).unwrap(),
+            h.root().join("persist/etc/nixos/x.nix")
+        );
     }
 
     #[test]

@@ -47,10 +47,23 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
+    let mut host = HostRoot::new(root).map_err(|e| {
+        Error::Usage(format!(
+            "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
+            root.display()
+        ))
+    })?;
     for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
-        if let Some(p) = path
-            && !p.is_file()
-        {
+        let Some(p) = path else { continue };
+        // A --config inside the root is the tree's file, its links resolved inside the root.
+        let is_file = match migrate::host_path_of(&host, p).filter(|_| flag == "--config") {
+            Some(hp) => matches!(
+                host.kind_followed(&hp),
+                Ok(Some(nixos_nspawn::host::Kind::File))
+            ),
+            None => p.is_file(),
+        };
+        if !is_file {
             return Err(Error::Usage(format!(
                 "{flag} {}: no such file\n\nPaths given on the command line are ordinary paths, \
                  not paths inside --root.",
@@ -58,12 +71,6 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             )));
         }
     }
-    let mut host = HostRoot::new(root).map_err(|e| {
-        Error::Usage(format!(
-            "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
-            root.display()
-        ))
-    })?;
     if args.stop && !host.is_live() {
         return Err(Error::Usage(format!(
             "--stop cannot be used with --root {}: that tree is another machine's disk, and its containers \
@@ -129,6 +136,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
+    migrate::add_redirects(&mut migration, &checked.redirects);
     if args.dry_run {
         migrate::add_refusals(&mut migration, &checked.problems);
     }
