@@ -1048,6 +1048,32 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         now,
         "a refused rollback changes nothing"
     );
+    // Migrating again must not put the legacy translation back over the updated file.
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["migrate", "--yes", "--only", "scratch"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                h.bin.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is managed with `nixos-nspawn update`"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join(nspawn)).unwrap(),
+        now
+    );
 }
 
 /// Boot a busybox container with systemd-nspawn from the rootfs and the `.nspawn` file that

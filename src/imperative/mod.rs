@@ -166,6 +166,16 @@ pub fn nspawn_header(name: &str) -> String {
     )
 }
 
+/// Was this `.nspawn` text written by `create`/`update`/`rollback` (not by `migrate`)? Then
+/// `migrate` must not replace it with its translation of the legacy original.
+pub fn written_by_imperative_verbs(text: &[u8]) -> bool {
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    first.starts_with(MARKER.as_bytes())
+        && first
+            .windows(b"change it with `nixos-nspawn update".len())
+            .any(|w| w == b"change it with `nixos-nspawn update")
+}
+
 fn nspawn_is_ours(fs: &Fs<'_>, path: &Path) -> bool {
     matches!(fs.kind(path), Ok(Some(Kind::File)))
         && fs
