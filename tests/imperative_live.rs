@@ -7,6 +7,7 @@
 use nixos_nspawn::host::HostRoot;
 use nixos_nspawn::imperative::Ctx;
 use nixos_nspawn::imperative::activation::{Action, DROPIN, Decision, Files};
+use nixos_nspawn::imperative::create::bring_up;
 use nixos_nspawn::imperative::update::activate;
 use nixos_nspawn::runner::Runner;
 use std::os::unix::fs::PermissionsExt;
@@ -177,6 +178,26 @@ fn each_decision_runs_its_commands_on_the_live_host() {
     )
     .unwrap();
     assert!(calls().is_empty());
+
+    // create on the live host: daemon-reload for a drop-in, networkd reload for its units,
+    // then the start (asked for, or autoStart).
+    bring_up(&mut ctx, "web", &new, true).unwrap();
+    assert_eq!(
+        calls(),
+        [
+            "systemctl daemon-reload",
+            "networkctl reload",
+            "machinectl start web"
+        ]
+    );
+    bring_up(&mut ctx, "web", &old, false).unwrap();
+    assert_eq!(calls(), ["networkctl reload"]);
+    assert!(
+        ctx.out
+            .last()
+            .unwrap()
+            .contains("start it with: machinectl start web")
+    );
 
     // A failing restart names the command and carries its stderr.
     std::fs::write(si.path().join("fail-restart"), "").unwrap();

@@ -80,7 +80,7 @@ pub fn create(ctx: &mut Ctx<'_>, args: &CreateArgs) -> Result<(), Error> {
 }
 
 /// Tell the live systemd about the new files and start the container.
-fn bring_up(ctx: &mut Ctx<'_>, name: &str, files: &Files, start: bool) -> Result<(), Error> {
+pub fn bring_up(ctx: &mut Ctx<'_>, name: &str, files: &Files, start: bool) -> Result<(), Error> {
     let has_units = files.keys().any(|k| k.ends_with(".network"));
     if !ctx.live() {
         ctx.say(format!(
