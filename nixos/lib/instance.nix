@@ -209,10 +209,16 @@ rec {
         {
           boot.isContainer = true;
           networking.hostName = lib.mkDefault name;
-          # nspawn's ResolvConf= and resolved replace the legacy host resolv.conf copy.
-          networking.useHostResolvConf = lib.mkDefault false;
         }
+        # DNS. nixpkgs' container-config.nix sets useHostResolvConf = mkDefault true for every
+        # container. With the host's network that is what the container needs (nspawn's
+        # ResolvConf=auto gives it the host's resolver), so it stays. With a private network the
+        # container runs networkd, and networkd.nix enables resolved, which learns the servers
+        # by DHCP (or from the guest's own units): the container manages its resolv.conf. Beat
+        # container-config's mkDefault (1000) without a second mkDefault (two different
+        # mkDefaults are a conflict) and still below anything the user sets (100).
         (lib.mkIf (inst.network != null) {
+          networking.useHostResolvConf = lib.mkOverride 900 false;
           networking.useNetworkd = true;
           networking.useDHCP = lib.mkDefault false;
           systemd.network.networks = guestNetworks name inst zoneHostAddresses;

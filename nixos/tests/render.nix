@@ -1,57 +1,89 @@
-# What a host gets from a configuration that uses nixos.containers, as plain data, without
-# nixpkgs and without building anything:
+# What a host gets from a configuration that uses nixos.containers, as plain data, rendered by
+# the real nixpkgs code and without building anything:
 #
-#   NIXPKGS_LIB=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json nixos/tests/render.nix \
-#     --arg nixpkgsLib /path/to/nixpkgs/lib --arg configuration ./nspawn-containers.nix
+#   NIXPKGS=/path/to/nixpkgs nix-instantiate --eval --read-write-mode --strict --json \
+#     nixos/tests/render.nix \
+#     --arg configuration ./nspawn-containers.nix
+#
+# (without NIXPKGS: the vendored files in ../shared/nixpkgs next to the repository.)
 #
 # `configuration` is a NixOS module (a path, a function or an attribute set), for example the
-# file the migrator writes. It is evaluated together with ../default.nix against the stub host
-# in ./stub/host.nix (nixpkgs' option types and unit rendering for the options the module
-# writes, everything else free-form); each container's `nixpkgs` defaults to the stub tree in
-# ./stub/fake-nixpkgs, whose eval-config.nix evaluates system-config and fakes the toplevel.
-# NIXPKGS_LIB must also be set in the environment, for that stub tree.
+# file the migrator writes. It is evaluated together with ../default.nix and nixpkgs' own
+# systemd, nspawn, networkd, firewall, nsswitch and networking modules (./stub/host.nix); each
+# container's `nixpkgs` defaults to the stub tree in ./stub/fake-nixpkgs, whose eval-config.nix
+# evaluates system-config with nixpkgs' container-config.nix, networking and networkd modules and
+# fakes only the toplevel. Packages are fake derivations (./stub/fake.nix).
 #
 # Result:
-#   nspawn.<name>           text of /etc/systemd/nspawn/<name>.nspawn
-#   network."<file name>"   host networkd units (.network and .netdev), as in /etc/systemd/network
+#   nspawn.<name>           text of /etc/systemd/nspawn/<name>.nspawn (nixpkgs' nspawn.nix)
+#   network."<file name>"   host networkd units (.network and .netdev, nixpkgs' networkd.nix)
 #   guest.<name>."<file>"   the container's own networkd units
-#   dropins.<name>          /etc/systemd/system/systemd-nspawn@<name>.service.d/overrides.conf
+#   units."<unit>"          text of every unit file (or drop-in) NixOS writes for the containers:
+#                           systemd-nspawn@<name>.service and the systemd-nspawn@.service drop-in
+#   dropins.<name>          the text NixOS writes for systemd-nspawn@<name>.service
+#   unitStrategy.<unit>     asDropin / asDropinIfExists (full unit unless upstream has one)
+#   wants."<target>"        units the target wants (wantedBy)
+#   firewall.iptables       the iptables script (networking.firewall.extraCommands excluded)
+#   firewall.nftables       the nixos-fw table as `nft -f` reads it
+#   tmpfiles                systemd.tmpfiles.rules
 #   scripts.<name>          { preStart; reload; } shell script bodies
 #   toplevel.<name>         the (fake) store path of the container's system
 #   description.<name>      the JSON description of the instance
+#   guestSettings.<name>    the container's evaluated networking settings
 #   assertions              messages of failed assertions
 #   warnings
 {
-  nixpkgsLib,
   configuration,
+  nixpkgs ? import ./lib/nixpkgs.nix,
   hostPlatform ? {
     system = "x86_64-linux";
   },
+  # Also render the firewall with nftables (networking.nftables.enable).
+  nftables ? false,
 }:
 
 let
-  lib = import nixpkgsLib;
+  lib = import "${nixpkgs}/lib";
   fake = import ./stub/fake.nix { inherit lib; };
-  units = import ../lib/units.nix { inherit lib; };
 
   eval = lib.evalModules {
     modules = [
-      ./stub/host.nix
+      (import ./stub/host.nix nixpkgs)
       ../default.nix
       configuration
-      { _module.args.pkgs = fake.pkgs ./stub/fake-nixpkgs hostPlatform; }
+      {
+        _module.args.pkgs = fake.pkgs ./stub/fake-nixpkgs hostPlatform;
+        networking.nftables.enable = lib.mkDefault nftables;
+      }
     ];
   };
   cfg = eval.config;
   rendered = cfg.nixos.containers.rendered;
+  ours = n: lib.hasPrefix "systemd-nspawn@" n;
+  units = lib.filterAttrs (n: u: ours n && u.enable) cfg.systemd.units;
 in
 {
-  nspawn = lib.mapAttrs (_: units.nspawnText) cfg.systemd.nspawn;
-  network = cfg.systemd.network.renderedUnits;
-  guest = lib.mapAttrs (_: r: r.system.config.systemd.network.renderedUnits) rendered;
+  nspawn = lib.mapAttrs' (n: v: lib.nameValuePair (lib.removeSuffix ".nspawn" n) v.text) (
+    lib.filterAttrs (_: v: v.enable) (cfg.environment.etc."systemd/nspawn".source.units or { })
+  );
+  network = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (_: u: u.enable) cfg.systemd.network.units);
+  guest = lib.mapAttrs (
+    _: r: lib.mapAttrs (_: u: u.text) (lib.filterAttrs (_: u: u.enable) r.system.config.systemd.network.units)
+  ) rendered;
+  units = lib.mapAttrs (_: u: u.text) units;
+  unitStrategy = lib.mapAttrs (_: u: u.overrideStrategy) units;
   dropins = lib.mapAttrs' (
-    n: v: lib.nameValuePair (lib.removePrefix "systemd-nspawn@" n) v.text
-  ) (lib.filterAttrs (n: _: lib.hasPrefix "systemd-nspawn@" n) cfg.systemd.services);
+    n: u: lib.nameValuePair (lib.removeSuffix ".service" (lib.removePrefix "systemd-nspawn@" n)) u.text
+  ) (lib.filterAttrs (n: _: n != "systemd-nspawn@.service") units);
+  wants = lib.foldl' (
+    acc: n:
+    lib.foldl' (a: t: a // { ${t} = (a.${t} or [ ]) ++ [ n ]; }) acc (cfg.systemd.units.${n}.wantedBy or [ ])
+  ) { } (lib.attrNames units);
+  firewall = {
+    inherit (cfg.networking.firewall) enable;
+    iptables = cfg.networking.firewall.extraCommands or null;
+  };
+  tmpfiles = cfg.systemd.tmpfiles.rules;
   scripts = lib.mapAttrs (_: r: {
     inherit (r) preStart;
     reload = r.reloadScript;
@@ -66,6 +98,7 @@ in
       useHostResolvConf
       useDHCP
       ;
+    resolved = r.system.config.services.resolved.enable;
   }) rendered;
   assertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
   inherit (cfg) warnings;
