@@ -26,11 +26,13 @@ in
 rec {
   inherit units;
 
-  # systemd's machine_name_is_valid(): a valid host name of at most 64 characters.
-  validName =
-    name:
-    builtins.stringLength name <= 64
-    && builtins.match "[a-zA-Z0-9_-]+(\\.[a-zA-Z0-9_-]+)*" name != null;
+  # A name that every consumer takes: systemd-nspawn's machine name (hostname_is_valid: no
+  # "_" since systemd 247), the guest's networking.hostName (nixpkgs network-interfaces.nix: one
+  # DNS label, 1-63 characters, alphanumeric at both ends) and switch-to-configuration-ng, whose
+  # template-instance regex `^(.*)@[^\.]*\.(.*)$` (main.rs, TEMPLATE_UNIT_RE) mis-parses
+  # systemd-nspawn@a.b.service, so a dotted instance would never be reloaded or restarted.
+  # Same rule as the migrator's src/legacy/names.rs.
+  validName = name: builtins.match "[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?" name != null;
 
   # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
   # which a `Name=ve-<name>` match can then never find.
@@ -85,7 +87,14 @@ rec {
         NotifyReady = "yes";
         PrivateUsers = inst.privateUsers.mode;
       }
-      // optionalAttrs inst.ephemeral { Ephemeral = "yes"; };
+      # The stock systemd-nspawn@.service passes --link-journal=try-guest, which nspawn refuses
+      # together with Ephemeral= (systemd before 252: "--ephemeral and --link-journal= may not
+      # be combined"). The file wins over the command line (--settings=override); `auto` is
+      # what legacy ephemeral containers ran with (it drops the flag).
+      // optionalAttrs inst.ephemeral {
+        Ephemeral = "yes";
+        LinkJournal = "auto";
+      };
 
       filesConfig = {
         BindReadOnly =

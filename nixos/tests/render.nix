@@ -23,14 +23,15 @@
 #   dropins.<name>          the text NixOS writes for systemd-nspawn@<name>.service
 #   unitStrategy.<unit>     asDropin / asDropinIfExists (full unit unless upstream has one)
 #   wants."<target>"        units the target wants (wantedBy)
-#   firewall.iptables       the iptables script (networking.firewall.extraCommands excluded)
-#   firewall.nftables       the nixos-fw table as `nft -f` reads it
+#   firewallInterfaces      per interface the ports nixpkgs' firewall opens
+#   nftables                with `nftables = true`: the nixos-fw table as `nft -f` reads it
 #   tmpfiles                systemd.tmpfiles.rules
 #   scripts.<name>          { preStart; reload; } shell script bodies
 #   toplevel.<name>         the (fake) store path of the container's system
 #   description.<name>      the JSON description of the instance
 #   guestSettings.<name>    the container's evaluated networking settings
-#   assertions              messages of failed assertions
+#   assertions              messages of failed assertions (when there are any, only these and
+#                           the warnings: NixOS stops there too)
 #   warnings
 {
   configuration,
@@ -58,11 +59,22 @@ let
     ];
   };
   cfg = eval.config;
+  failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
   rendered = cfg.nixos.containers.rendered;
   ours = n: lib.hasPrefix "systemd-nspawn@" n;
   units = lib.filterAttrs (n: u: ours n && u.enable) cfg.systemd.units;
+  # As NixOS' toplevel: failed assertions stop the evaluation before anything is rendered.
+  ifAssertionsHold =
+    result:
+    if failedAssertions != [ ] then
+      {
+        assertions = failedAssertions;
+        inherit (cfg) warnings;
+      }
+    else
+      result;
 in
-{
+ifAssertionsHold {
   nspawn = lib.mapAttrs' (n: v: lib.nameValuePair (lib.removeSuffix ".nspawn" n) v.text) (
     lib.filterAttrs (_: v: v.enable) (cfg.environment.etc."systemd/nspawn".source.units or { })
   );
@@ -79,10 +91,16 @@ in
     acc: n:
     lib.foldl' (a: t: a // { ${t} = (a.${t} or [ ]) ++ [ n ]; }) acc (cfg.systemd.units.${n}.wantedBy or [ ])
   ) { } (lib.attrNames units);
-  firewall = {
-    inherit (cfg.networking.firewall) enable;
-    iptables = cfg.networking.firewall.extraCommands or null;
-  };
+  # Per interface, what nixpkgs' firewall.nix opens (iptables and nftables render from this).
+  firewallInterfaces = lib.mapAttrs (_: i: {
+    inherit (i) allowedTCPPorts allowedUDPPorts;
+  }) cfg.networking.firewall.allInterfaces;
+  # The nixos-fw table of firewall-nftables.nix, as nftables.nix hands it to `nft -f`.
+  nftables =
+    let
+      t = cfg.networking.nftables.tables."nixos-fw";
+    in
+    if cfg.networking.nftables.enable then "table ${t.family} ${t.name} {\n${t.content}\n}\n" else null;
   tmpfiles = cfg.systemd.tmpfiles.rules;
   scripts = lib.mapAttrs (_: r: {
     inherit (r) preStart;
@@ -100,6 +118,6 @@ in
       ;
     resolved = r.system.config.services.resolved.enable;
   }) rendered;
-  assertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+  assertions = failedAssertions;
   inherit (cfg) warnings;
 }

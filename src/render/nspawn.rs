@@ -17,6 +17,7 @@ pub const MODULE_KEYS: &[(&str, &str)] = &[
     ("Exec", "NotifyReady"),
     ("Exec", "PrivateUsers"),
     ("Exec", "Ephemeral"),
+    ("Exec", "LinkJournal"),
     ("Files", "BindReadOnly"),
     ("Files", "Bind"),
     ("Files", "PrivateUsersOwnership"),
@@ -162,6 +163,9 @@ pub fn module_settings(name: &str, spec: &InstanceSpec) -> NspawnSettings {
     push(&mut s.exec, "PrivateUsers", mode);
     if spec.ephemeral {
         push(&mut s.exec, "Ephemeral", "yes");
+        // The stock template's --link-journal=try-guest and Ephemeral= may not be combined
+        // (systemd before 252); the file wins (`--settings=override`), `auto` is legacy's.
+        push(&mut s.exec, "LinkJournal", "auto");
     }
 
     for p in [
@@ -413,6 +417,7 @@ mod tests {
         let m = module_settings("db", &s);
         assert_eq!(m.exec["PrivateUsers"], vec!["pick"]);
         assert_eq!(m.exec["Ephemeral"], vec!["yes"]);
+        assert_eq!(m.exec["LinkJournal"], vec!["auto"]);
         assert_eq!(
             m.files["BindReadOnly"],
             vec![

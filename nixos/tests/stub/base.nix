@@ -12,6 +12,39 @@ let
   inherit (lib) mkOption types;
   opt = type: default: mkOption { inherit type default; };
   anything = opt types.anything;
+  # The vendored systemd-network-units.nix is older than the vendored networkd.nix: it still
+  # reads list sections under their old keys (`routes = [ { routeConfig = …; } ]`), which the
+  # newer networkd.nix has already flattened (`routes = [ { Gateway = …; } ]`). With a nixpkgs
+  # checkout the pair matches and nothing is changed; with the mismatched pair each flat entry
+  # is put back under its old key before the real renderer sees it.
+  oldSubsectionKeys = {
+    addresses = "addressConfig";
+    routingPolicyRules = "routingPolicyRuleConfig";
+    routes = "routeConfig";
+    dhcpServerStaticLeases = "dhcpServerStaticLeaseConfig";
+    bridgeFDBs = "bridgeFDBConfig";
+    bridgeMDBs = "bridgeMDBConfig";
+    bridgeVLANs = "bridgeVLANConfig";
+    wireguardPeers = "wireguardPeerConfig";
+  };
+  unitsText = builtins.readFile "${nixpkgs}/nixos/lib/systemd-network-units.nix";
+  readsOldKeys = lib.hasInfix "x.routeConfig" unitsText;
+  nest =
+    def:
+    def
+    // lib.mapAttrs (
+      field: key: map (x: if x ? ${key} then x else { ${key} = x; }) def.${field}
+    ) (lib.filterAttrs (field: _: def ? ${field}) oldSubsectionKeys);
+  networkUnitsShim =
+    units:
+    if readsOldKeys then
+      units
+      // {
+        networkToUnit = def: units.networkToUnit (nest def);
+        netdevToUnit = def: units.netdevToUnit (nest def);
+      }
+    else
+      units;
 in
 {
   options = {
@@ -72,6 +105,10 @@ in
     system.fsPackages = opt (types.listOf types.unspecified) [ ];
     time.timeZone = opt (types.nullOr types.str) null;
     virtualisation.vswitch.package = anything null;
+    virtualisation.containers.enable = opt types.bool false;
+    system.stateVersion = opt types.str "26.05";
+    networking.networkmanager.enable = opt types.bool false;
+    nix.package = anything pkgs.nix;
     services.firewalld.enable = opt types.bool false;
     services.udev.enable = opt types.bool true;
 
@@ -112,6 +149,9 @@ in
       real
       // {
         systemdUtils = real.systemdUtils // {
+          network = real.systemdUtils.network // {
+            units = networkUnitsShim real.systemdUtils.network.units;
+          };
           lib =
             # The vendored networkd.nix (see ../shared/nixpkgs/MANIFEST.md) is newer than the
             # vendored systemd-lib.nix and calls a check the latter lacks: systemd.network(5)'s

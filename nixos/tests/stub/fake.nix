@@ -4,9 +4,11 @@
 { lib }:
 
 rec {
+  # NIXOS_NSPAWN_FAKE_SALT changes every package's path, as a nixpkgs update does.
+  salt = builtins.getEnv "NIXOS_NSPAWN_FAKE_SALT";
   storePath =
     name: content:
-    "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" "${name}\n${content}")}-${name}";
+    "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" "${salt}${name}\n${content}")}-${name}";
 
   # A derivation-shaped attribute set: `"${d}"`, lib.getExe, lib.isDerivation and
   # overrideAttrs (used by systemd-lib's makeJobScript) work on it.
@@ -21,6 +23,7 @@ rec {
         outputs = [ "out" ];
         outputName = "out";
         meta.mainProgram = lib.last (lib.splitString "-" name);
+        override = _: self;
         overrideAttrs =
           f:
           let
@@ -116,6 +119,11 @@ rec {
     "procps"
     "systemd-cryptsetup-generator"
     "wirelesstools"
+    "nixos-container"
+    "util-linuxMinimal"
+    "gnutar"
+    "gzip"
+    "e2fsprogs"
     "util-linux"
     "shadow"
     "nix"
