@@ -475,7 +475,7 @@ in
         + "Add options = \"idmap\"; (or \"noidmap\" to keep it as it is and silence this)."
       ) unmappedBinds;
 
-      systemd.nspawn = mapAttrs (name: inst: I.nspawnSettings name inst (toplevelOf name)) instances;
+      systemd.nspawn = mapAttrs (name: inst: I.nspawnDefinitions name inst (toplevelOf name)) instances;
 
       systemd.network.networks = mkMerge (
         mapAttrsToList (name: inst: if inst.network == null then { } else I.hostNetworks name inst) instances

@@ -282,7 +282,10 @@ fn default_network_renders_rfc_defaults() {
         "{}",
         v["tmpfiles"]
     );
-    assert_eq!(g["resolved"], true, "networkd.nix turns resolved on in the container");
+    assert_eq!(
+        g["resolved"], true,
+        "networkd.nix turns resolved on in the container"
+    );
     let reload = text(&v, &["scripts", "demo", "reload"]);
     assert!(reload.contains("systemd-run --machine=demo --pipe --wait"));
     assert!(reload.contains("\"$toplevel/bin/switch-to-configuration\" test"));

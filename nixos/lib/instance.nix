@@ -69,9 +69,17 @@ rec {
       ++ n.v4.static.containerPool
       ++ n.v6.static.containerPool;
 
-  # The three sections of <name>.nspawn, as `systemd.nspawn.<name>.*Config` values.
-  # `toplevel` is the container's system (a store path, or any string in previews).
+  # The three sections of <name>.nspawn as plain data (defaults resolved), for the imperative
+  # files and the introspection data; the module assigns nspawnDefinitions.
   nspawnSettings =
+    name: inst: toplevel:
+    lib.mapAttrs (
+      _: lib.mapAttrs (_: v: if lib.isAttrs v && (v._type or null) == "override" then v.content else v)
+    ) (nspawnDefinitions name inst toplevel);
+
+  # The three sections of <name>.nspawn, as `systemd.nspawn.<name>.*Config` definitions.
+  # `toplevel` is the container's system (a store path, or any string in previews).
+  nspawnDefinitions =
     name: inst: toplevel:
     let
       idmap = p: if idmapped inst then "${p}:${p}:idmap" else p;
@@ -90,10 +98,11 @@ rec {
       # The stock systemd-nspawn@.service passes --link-journal=try-guest, which nspawn refuses
       # together with Ephemeral= (systemd before 252: "--ephemeral and --link-journal= may not
       # be combined"). The file wins over the command line (--settings=override); `auto` is
-      # what legacy ephemeral containers ran with (it drops the flag).
+      # what legacy ephemeral containers ran with (it drops the flag). A default: a raw
+      # systemd.nspawn.<name>.execConfig.LinkJournal (a legacy --link-journal= flag) replaces it.
       // optionalAttrs inst.ephemeral {
         Ephemeral = "yes";
-        LinkJournal = "auto";
+        LinkJournal = lib.mkDefault "auto";
       };
 
       filesConfig = {

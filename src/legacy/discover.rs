@@ -1033,7 +1033,7 @@ mod tests {
             "{}",
             w.message
         );
-        assert!(w.message.contains("\"bad.name\""), "{}", w.message);
+        assert!(w.message.contains("\"bad-name\""), "{}", w.message);
         assert!(codes(by_name(&scan, "under_score")).contains(&"invalid-machine-name"));
         assert!(codes(by_name(&scan, "dangling")).contains(&"disk-unreadable"));
         assert_eq!(by_name(&scan, "dangling").kind, Some(Kind::Declarative));
