@@ -245,18 +245,19 @@ fn default_network_renders_rfc_defaults() {
     assert_eq!(
         dropin
             .lines()
-            .filter(|l| !l.starts_with("X-Re"))
+            .filter(|l| !l.starts_with("X-"))
             .collect::<Vec<_>>()
             .join("\n"),
         "[Unit]\n\n[Service]\nExecReload=/etc/nixos-nspawn/hooks/demo/reload\n\
          ExecStartPre=/etc/nixos-nspawn/hooks/demo/pre-start\n\n[Install]\nWantedBy=machines.target"
     );
-    for line in [
-        "X-Reload-Triggers=/nix/store/",
-        "X-Restart-Triggers=/nix/store/",
-    ] {
-        assert!(dropin.contains(line), "{line} missing in\n{dropin}");
-    }
+    // dynamic: the system itself is the reload trigger, the settings hash the restart one.
+    assert!(
+        dropin.contains(&format!("X-Reload-Triggers={toplevel}\n")),
+        "{dropin}"
+    );
+    assert!(dropin.contains("X-NixOS-Nspawn-Settings="), "{dropin}");
+    assert!(!dropin.contains("X-Restart-Triggers="), "{dropin}");
     assert_eq!(v["unitStrategy"]["systemd-nspawn@demo.service"], "asDropin");
     // The template drop-in nspawn.nix writes carries no store path either.
     assert_eq!(
@@ -699,46 +700,122 @@ fn prestart_script_creates_the_machine_dir_without_following_symlinks() {
 // ---------------------------------------------------------------------------------------------
 // What switch-to-configuration does with the drop-ins
 
-type UnitInfo = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+/// A port of the decisions nixpkgs' switch-to-configuration-ng makes for one unit, from
+/// `pkgs/by-name/sw/switch-to-configuration-ng/src/main.rs` as vendored in
+/// `../shared/nixpkgs` (MANIFEST.md: commit 0145c6da). Line numbers refer to that file. Only
+/// what applies to a service that is not socket-activated is ported; every branch taken for
+/// our units is here, the rest (mounts, sockets, targets) is left out on purpose.
+mod stc {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
 
-fn parse_ini(text: &str) -> UnitInfo {
-    let mut info = UnitInfo::new();
-    let mut section = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    pub type UnitInfo = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+    /// parse_systemd_ini (main.rs 344-413): [Install] skipped; in one file, an empty value
+    /// clears what came before (also from earlier files); otherwise values add up. rust-ini
+    /// runs with `enabled_quote`, so a value in double quotes loses them.
+    pub fn parse_ini(data: &mut UnitInfo, text: &str) {
+        let mut file: Vec<(String, String, String)> = Vec::new();
+        let mut section = None::<String>;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = Some(s.to_string());
+                continue;
+            }
+            let (Some(sec), Some((k, v))) = (&section, line.split_once('=')) else {
+                continue;
+            };
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v);
+            file.push((sec.clone(), k.trim().to_string(), v.to_string()));
         }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_string();
-            continue;
+        // Per section and key, in the file's order (rust-ini's get_all).
+        let mut grouped: Vec<((String, String), Vec<String>)> = Vec::new();
+        for (sec, k, v) in file {
+            if sec == "Install" {
+                continue;
+            }
+            match grouped
+                .iter_mut()
+                .find(|(key, _)| *key == (sec.clone(), k.clone()))
+            {
+                Some((_, vals)) => vals.push(v),
+                None => grouped.push(((sec, k), vec![v])),
+            }
         }
-        if section == "Install" {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            info.entry(section.clone())
-                .or_default()
-                .entry(k.to_string())
-                .or_default()
-                .push(v.to_string());
+        for ((sec, k), values) in grouped {
+            let section_map = data.entry(sec).or_default();
+            let mut new_vals = Vec::new();
+            let mut clear_existing = false;
+            for val in values {
+                if val.is_empty() {
+                    new_vals.clear();
+                    clear_existing = true;
+                } else {
+                    new_vals.push(val);
+                }
+            }
+            match (section_map.get_mut(&k), clear_existing) {
+                (Some(existing), false) => existing.extend(new_vals),
+                _ => {
+                    section_map.insert(k, new_vals);
+                }
+            }
         }
     }
-    info
-}
 
-#[derive(Debug, PartialEq)]
-enum Job {
-    Nothing,
-    Reload,
-    Restart,
-}
+    fn dropins(unit_path: &Path) -> Vec<PathBuf> {
+        let dir = PathBuf::from(format!("{}.d", unit_path.display()));
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
 
-/// nixpkgs switch-to-configuration-ng: `compare_units` followed by `handle_modified_unit`
-/// for an active service (only the parts that apply to a drop-in of ours: the [Unit] keys it
-/// ignores, X-Reload-Triggers, X-ReloadIfChanged, X-RestartIfChanged).
-fn switch_decision(old: &str, new: &str) -> Job {
-    const IGNORED: &[&str] = &[
+    /// parse_unit (main.rs 426-465): the base unit, its drop-ins, then the instance's.
+    pub fn parse_unit(unit_file: &Path, base_unit_path: &Path) -> UnitInfo {
+        let mut data = UnitInfo::new();
+        let read = |p: &Path| std::fs::read_to_string(p).expect("unit file");
+        parse_ini(&mut data, &read(base_unit_path));
+        for d in dropins(base_unit_path) {
+            parse_ini(&mut data, &read(&d));
+        }
+        if unit_file != base_unit_path {
+            for d in dropins(unit_file) {
+                parse_ini(&mut data, &read(&d));
+            }
+        }
+        data
+    }
+
+    fn bool_of(data: &UnitInfo, section: &str, key: &str, default: bool) -> bool {
+        data.get(section)
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.last())
+            .map(|v| matches!(v.as_str(), "1" | "yes" | "true" | "on"))
+            .unwrap_or(default)
+    }
+
+    #[derive(Debug, PartialEq)]
+    pub enum Comparison {
+        Equal,
+        NeedsRestart,
+        NeedsReload,
+    }
+
+    const UNIT_IGNORES: &[&str] = &[
         "X-Reload-Triggers",
         "Description",
         "Documentation",
@@ -753,44 +830,239 @@ fn switch_decision(old: &str, new: &str) -> Job {
         "CollectMode",
         "SourcePath",
     ];
-    let (a, b) = (parse_ini(old), parse_ini(new));
-    let mut reload = false;
-    let mut restart = false;
-    let sections: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    for s in sections {
-        let empty = BTreeMap::new();
-        let (sa, sb) = (a.get(s).unwrap_or(&empty), b.get(s).unwrap_or(&empty));
-        let keys: std::collections::BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
-        for k in keys {
-            if sa.get(k) == sb.get(k) {
-                continue;
+
+    /// compare_units (main.rs 500-667).
+    pub fn compare_units(cur: &UnitInfo, new: &UnitInfo) -> Comparison {
+        let mut ret = Comparison::Equal;
+        let ignored = |k: &str| UNIT_IGNORES.contains(&k);
+        let mut section_cmp: Vec<&String> = new.keys().collect();
+        for (section_name, section_val) in cur {
+            if !section_cmp.contains(&section_name) {
+                // 545-563
+                if section_name == "Unit" {
+                    if section_val.keys().any(|k| !ignored(k)) {
+                        return Comparison::NeedsRestart;
+                    }
+                    continue;
+                } else if section_name == "Service"
+                    && section_val.len() == 1
+                    && section_val.contains_key("ExecReload")
+                {
+                    continue;
+                } else {
+                    return Comparison::NeedsRestart;
+                }
             }
-            if s == "Unit" && k == "X-Reload-Triggers" {
-                reload = true;
-            } else if !(s == "Unit" && IGNORED.contains(&k.as_str())) {
-                restart = true;
+            section_cmp.retain(|s| *s != section_name);
+            let new_section = new.get(section_name);
+            let mut ini_cmp: Vec<&String> =
+                new_section.map(|s| s.keys().collect()).unwrap_or_default();
+            // 579-628
+            for (ini_key, current_value) in section_val {
+                ini_cmp.retain(|k| *k != ini_key);
+                let Some(new_value) = new_section.and_then(|s| s.get(ini_key)) else {
+                    if section_name == "Unit" && ignored(ini_key) {
+                        continue;
+                    }
+                    if section_name == "Service" && ini_key == "ExecReload" {
+                        continue;
+                    }
+                    return Comparison::NeedsRestart;
+                };
+                if current_value != new_value {
+                    if section_name == "Unit" {
+                        if ini_key == "X-Reload-Triggers" {
+                            ret = Comparison::NeedsReload;
+                            continue;
+                        } else if ignored(ini_key) {
+                            continue;
+                        }
+                    }
+                    if section_name == "Service" && ini_key == "ExecReload" {
+                        ret = Comparison::NeedsReload;
+                        continue;
+                    }
+                    if section_name == "Mount" && ini_key == "Options" {
+                        ret = Comparison::NeedsReload;
+                        continue;
+                    }
+                    return Comparison::NeedsRestart;
+                }
+            }
+            // 631-649
+            if !ini_cmp.is_empty() {
+                if section_name == "Unit" {
+                    for k in ini_cmp {
+                        if k == "X-Reload-Triggers" {
+                            ret = Comparison::NeedsReload;
+                        } else if ignored(k) {
+                            continue;
+                        } else {
+                            return Comparison::NeedsRestart;
+                        }
+                    }
+                } else if section_name == "Service"
+                    && ini_cmp.len() == 1
+                    && ini_cmp[0] == "ExecReload"
+                {
+                    ret = Comparison::NeedsReload;
+                    continue;
+                } else {
+                    return Comparison::NeedsRestart;
+                }
+            }
+        }
+        // 653-684
+        if !section_cmp.is_empty() {
+            if section_cmp.len() == 1 {
+                if section_cmp[0] == "Unit" {
+                    for k in new["Unit"].keys() {
+                        if !ignored(k) {
+                            return Comparison::NeedsRestart;
+                        } else if k == "X-Reload-Triggers" {
+                            ret = Comparison::NeedsReload;
+                        }
+                    }
+                } else if section_cmp[0] == "Service" {
+                    let s = &new["Service"];
+                    if s.len() == 1 && s.contains_key("ExecReload") {
+                        ret = Comparison::NeedsReload;
+                    } else {
+                        return Comparison::NeedsRestart;
+                    }
+                } else {
+                    return Comparison::NeedsRestart;
+                }
+            } else {
+                return Comparison::NeedsRestart;
+            }
+        }
+        ret
+    }
+
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    pub enum Job {
+        /// Not touched.
+        Nothing,
+        Reload,
+        /// Stopped, then started (or restarted).
+        Restart,
+        /// Stopped and not started again.
+        Stop,
+        /// Changed, but X-RestartIfChanged=false (or RefuseManualStop): left running.
+        Skip,
+    }
+
+    /// TEMPLATE_UNIT_RE (main.rs 100-102): `^(.*)@[^\.]*\.(.*)$`.
+    pub fn template_of(unit: &str) -> Option<(String, String)> {
+        let at = unit.rfind('@')?;
+        let (name, rest) = (&unit[..at], &unit[at + 1..]);
+        let dot = rest.find('.')?;
+        Some((name.to_string(), rest[dot + 1..].to_string()))
+    }
+
+    fn present(p: &Path) -> bool {
+        // unit_file_state (main.rs 1114-1125): Present unless missing or /dev/null.
+        match p.canonicalize() {
+            Ok(t) => t != Path::new("/dev/null"),
+            Err(_) => false,
+        }
+    }
+
+    /// collect_unit_changes (main.rs 1139-1318) for one unit, plus handle_modified_unit
+    /// (671-840) for a service without sockets: what happens to `unit` when the system
+    /// switches from the unit directory `old` to `new`, the unit being active or not.
+    pub fn decide(old: &Path, new: &Path, unit: &str, active: bool) -> Job {
+        if !active {
+            // Only active units are looked at (the loop over current_active_units).
+            return Job::Nothing;
+        }
+        let cur_file = old.join(unit);
+        let new_file = new.join(unit);
+        let (mut cur_base, mut new_base) = (cur_file.clone(), new_file.clone());
+        let mut dropins_removed = false;
+        // 1180-1227
+        if let Some((tname, suffix)) = template_of(unit)
+            && !cur_file.exists()
+            && !new_file.exists()
+        {
+            let base = format!("{tname}@.{suffix}");
+            cur_base = old.join(&base);
+            new_base = new.join(&base);
+            let currently_managed = dropins(&cur_file).iter().any(|d| present(d));
+            if currently_managed {
+                dropins_removed = !dropins(&new_file).iter().any(|d| present(d));
+            }
+        }
+        // 1233-1241
+        if !cur_base.exists() {
+            return Job::Nothing;
+        }
+        if dropins_removed || !present(&new_base) {
+            let cur = parse_unit(&cur_file, &cur_base);
+            return if bool_of(&cur, "Unit", "X-StopOnRemoval", true) {
+                Job::Stop
+            } else {
+                Job::Nothing
+            };
+        }
+        let cur = parse_unit(&cur_file, &cur_base);
+        let newi = parse_unit(&new_file, &new_base);
+        match compare_units(&cur, &newi) {
+            Comparison::Equal => Job::Nothing,
+            Comparison::NeedsReload => Job::Reload,
+            // handle_modified_unit 724-742, for a .service whose socket does not exist.
+            Comparison::NeedsRestart => {
+                if bool_of(&newi, "Service", "X-ReloadIfChanged", false) {
+                    Job::Reload
+                } else if !bool_of(&newi, "Service", "X-RestartIfChanged", true)
+                    || bool_of(&newi, "Unit", "RefuseManualStop", false)
+                    || bool_of(&newi, "Unit", "X-OnlyManualStart", false)
+                {
+                    Job::Skip
+                } else {
+                    Job::Restart
+                }
             }
         }
     }
-    let flag = |key: &str| {
-        b.get("Service")
-            .and_then(|s| s.get(key))
-            .and_then(|v| v.last())
-            .map(|v| matches!(v.as_str(), "1" | "yes" | "true" | "on"))
-    };
-    if restart {
-        if flag("X-ReloadIfChanged") == Some(true) {
-            Job::Reload
-        } else if flag("X-RestartIfChanged") == Some(false) {
-            Job::Nothing
+}
+
+use stc::Job;
+
+/// The unit directory NixOS builds (`/etc/systemd/system`) for the units of a render: the
+/// stock systemd-nspawn@.service from systemd (as upstreamSystemUnits links it), and each
+/// of our units as systemd-lib's generateUnits places it (asDropin → `<unit>.d/overrides.conf`;
+/// asDropinIfExists → a drop-in when upstream has the unit, else the unit file itself).
+fn unit_dir(dir: &Path, v: &Value) -> PathBuf {
+    let d = dir.to_path_buf();
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::copy(
+        "/lib/systemd/system/systemd-nspawn@.service",
+        d.join("systemd-nspawn@.service"),
+    )
+    .expect("copy the stock systemd-nspawn@.service");
+    for (unit, body) in v["units"].as_object().expect("units") {
+        let strategy = v["unitStrategy"][unit].as_str().expect("strategy");
+        let upstream = d.join(unit).exists();
+        let path = if strategy == "asDropin" || upstream {
+            let dd = d.join(format!("{unit}.d"));
+            std::fs::create_dir_all(&dd).expect("mkdir");
+            dd.join("overrides.conf")
         } else {
-            Job::Restart
-        }
-    } else if reload {
-        Job::Reload
-    } else {
-        Job::Nothing
+            d.join(unit)
+        };
+        std::fs::write(path, body.as_str().expect("text")).expect("write unit");
     }
+    d
+}
+
+/// The decision for `systemd-nspawn@<name>.service` between two renders.
+fn switch(old: &Value, new: &Value, name: &str, active: bool) -> Job {
+    let t = tempfile::tempdir().expect("tempdir");
+    let a = unit_dir(&t.path().join("old"), old);
+    let b = unit_dir(&t.path().join("new"), new);
+    stc::decide(&a, &b, &format!("systemd-nspawn@{name}.service"), active)
 }
 
 fn strategy_config(dir: &Path, strategy: &str, motd: &str, bind: bool) -> PathBuf {
@@ -822,6 +1094,11 @@ fn strategy_config(dir: &Path, strategy: &str, motd: &str, bind: bool) -> PathBu
 #[test]
 fn activation_strategies_give_the_switch_to_configuration_decisions() {
     let Some(lib) = nixpkgs() else { return };
+    if !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists() {
+        assert!(!require_real_tools(), "no stock systemd-nspawn@.service");
+        eprintln!("skipped: no systemd-nspawn@.service");
+        return;
+    }
     let t = tempfile::tempdir().expect("tempdir");
     // (strategy, only the container system changed, a bind mount was added)
     let expected = [
@@ -831,24 +1108,140 @@ fn activation_strategies_give_the_switch_to_configuration_decisions() {
         ("none", Job::Nothing, Job::Nothing),
     ];
     for (strategy, on_system, on_bind) in expected {
-        let dropin = |motd: &str, bind: bool| {
-            let v = render(&lib, &strategy_config(t.path(), strategy, motd, bind));
+        // salt: a different nixpkgs (every package path changes).
+        let generation = |motd: &str, bind: bool, salt: &str| {
+            let v = render_with(
+                &lib,
+                &strategy_config(t.path(), strategy, motd, bind),
+                &[("NIXOS_NSPAWN_FAKE_SALT", salt)],
+            );
             assert_eq!(assertions(&v), Vec::<String>::new());
-            text(&v, &["dropins", "c"]).to_string()
+            v
         };
-        let base = dropin("one", false);
-        assert_eq!(switch_decision(&base, &base), Job::Nothing);
+        let base = generation("one", false, "");
+        assert_eq!(switch(&base, &base, "c", true), Job::Nothing);
         assert_eq!(
-            switch_decision(&base, &dropin("two", false)),
+            switch(&base, &generation("two", false, ""), "c", true),
             on_system,
             "{strategy}: container system changed"
         );
         assert_eq!(
-            switch_decision(&base, &dropin("one", true)),
+            switch(&base, &generation("one", true, ""), "c", true),
             on_bind,
             "{strategy}: bind mount added"
         );
+        // Issue 8 #6: a nixpkgs update (every package path changes, the container's system
+        // with them) is what a change of the container's system is: a reload for `dynamic`,
+        // not a restart for the changed store paths in the drop-ins.
+        assert_eq!(
+            switch(&base, &generation("one", false, "bump"), "c", true),
+            on_system,
+            "{strategy}: nixpkgs update"
+        );
+        assert_eq!(
+            switch(&base, &generation("two", false, "bump"), "c", true),
+            on_system,
+            "{strategy}: nixpkgs update and container system changed"
+        );
+        assert_eq!(
+            switch(&base, &generation("one", true, "bump"), "c", true),
+            on_bind,
+            "{strategy}: nixpkgs update and bind mount added"
+        );
+        // Nothing happens to a stopped container.
+        assert_eq!(
+            switch(&base, &generation("two", true, ""), "c", false),
+            Job::Nothing,
+            "{strategy}: inactive"
+        );
     }
+}
+
+#[test]
+fn removing_an_instance_stops_it() {
+    let Some(lib) = nixpkgs() else { return };
+    if !Path::new("/lib/systemd/system/systemd-nspawn@.service").exists() {
+        assert!(!require_real_tools(), "no stock systemd-nspawn@.service");
+        eprintln!("skipped: no systemd-nspawn@.service");
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let with = render(&lib, &strategy_config(t.path(), "dynamic", "one", false));
+    let p = t.path().join("none.nix");
+    std::fs::write(&p, "{ networking.useNetworkd = true; }\n").expect("write");
+    let without = render(&lib, &p);
+    // Issue 8 #4: stopped, not restarted on the bare template (main.rs 1198-1241: all of the
+    // instance's drop-ins are gone → X-StopOnRemoval, default true).
+    assert_eq!(switch(&with, &without, "c", true), Job::Stop);
+    // ... and a stopped one stays stopped; a new one is started by machines.target.
+    assert_eq!(switch(&with, &without, "c", false), Job::Nothing);
+    // The port reproduces the decision the issue describes for a changed drop-in set that
+    // keeps the instance (compared against the template + drop-ins): a restart.
+    let other = render(&lib, &strategy_config(t.path(), "dynamic", "one", true));
+    assert_eq!(switch(&with, &other, "c", true), Job::Restart);
+    // Issue 8 #5: a dotted instance is looked up as `systemd-nspawn@.b.service`, which does
+    // not exist, so switch-to-configuration never touches it; the module refuses such names.
+    assert_eq!(
+        stc::template_of("systemd-nspawn@a.b.service"),
+        Some(("systemd-nspawn".to_string(), "b.service".to_string()))
+    );
+    assert_eq!(
+        stc::template_of("systemd-nspawn@ab.service"),
+        Some(("systemd-nspawn".to_string(), "service".to_string()))
+    );
+}
+
+#[test]
+fn stc_port_follows_the_comparison_rules() {
+    // The unit pairs compare_units' own tests in main.rs (2774-) use, by behaviour.
+    let info = |t: &str| {
+        let mut d = stc::UnitInfo::new();
+        stc::parse_ini(&mut d, t);
+        d
+    };
+    use stc::Comparison::*;
+    let cmp = |a: &str, b: &str| stc::compare_units(&info(a), &info(b));
+    assert_eq!(
+        cmp("[Unit]\nDescription=a\n", "[Unit]\nDescription=b\n"),
+        Equal
+    );
+    assert_eq!(
+        cmp(
+            "[Unit]\nX-Reload-Triggers=a\n",
+            "[Unit]\nX-Reload-Triggers=b\n"
+        ),
+        NeedsReload
+    );
+    assert_eq!(
+        cmp("[Unit]\nRequires=a\n", "[Unit]\nRequires=b\n"),
+        NeedsRestart
+    );
+    assert_eq!(
+        cmp("[Service]\nExecReload=a\n", "[Service]\nExecReload=b\n"),
+        NeedsReload
+    );
+    assert_eq!(
+        cmp("[Service]\nExecReload=a\nA=1\n", "[Service]\nA=1\n"),
+        Equal
+    );
+    assert_eq!(cmp("[Service]\nA=1\n", "[Service]\nA=2\n"), NeedsRestart);
+    assert_eq!(cmp("", "[Service]\nExecReload=b\n"), NeedsReload);
+    assert_eq!(cmp("", "[Unit]\nX-Reload-Triggers=b\n"), NeedsReload);
+    assert_eq!(cmp("", "[Service]\nA=1\n"), NeedsRestart);
+    assert_eq!(
+        cmp("[Mount]\nOptions=a\n", "[Mount]\nOptions=b\n"),
+        NeedsReload
+    );
+    // Drop-in semantics: an empty value clears.
+    let mut d = stc::UnitInfo::new();
+    stc::parse_ini(&mut d, "[Service]\nExecStart=a\n");
+    stc::parse_ini(&mut d, "[Service]\nExecStart=\nExecStart=b\n");
+    assert_eq!(d["Service"]["ExecStart"], vec!["b".to_string()]);
+    stc::parse_ini(&mut d, "[Service]\nExecStart=c\n");
+    assert_eq!(
+        d["Service"]["ExecStart"],
+        vec!["b".to_string(), "c".to_string()]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

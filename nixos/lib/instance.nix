@@ -358,9 +358,19 @@ rec {
         ];
         reloadTriggers = [ ];
       };
+      # Not restartTriggers/reloadTriggers: systemd-lib writes those into a writeText file
+      # whose store path changes with every nixpkgs update (its builder changes), and a changed
+      # X-Restart-Triggers= path is a restart. The values themselves go into the unit instead:
+      # X-Reload-Triggers= is the container's system (a reload exactly when it changes),
+      # X-NixOS-Nspawn-Settings= the hash of everything that needs a restart (any other [Unit]
+      # key that changes is a restart for switch-to-configuration; systemd ignores X- keys).
       dynamic = {
-        restartTriggers = [ restartHash ];
-        reloadTriggers = [ toplevel ];
+        restartTriggers = [ ];
+        reloadTriggers = [ ];
+        unitConfig = {
+          X-Reload-Triggers = [ "${toplevel}" ];
+          X-NixOS-Nspawn-Settings = restartHash;
+        };
       };
     }
     .${inst.activation.strategy};
