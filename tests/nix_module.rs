@@ -456,6 +456,53 @@ fn host_network_needs_no_networkd() {
 }
 
 #[test]
+fn every_option_evaluates_with_the_real_nixpkgs_files() {
+    let Some(lib) = nixpkgs() else { return };
+    let v = render(&lib, &case("everything"));
+    assert_eq!(assertions(&v), Vec::<String>::new());
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    let full = text(&v, &["nspawn", "full"]);
+    for line in [
+        "\nLinkJournal=auto\n",
+        "\nPrivateUsers=524288:65536\n",
+        "\nBind=/srv/full:/srv:idmap\n",
+        "\nPort=udp:5353:53\n",
+        "\nZone=lab\n",
+    ] {
+        assert!(full.contains(line), "{line:?} missing in\n{full}");
+    }
+    // The migrator's raw LinkJournal= (a kept --link-journal= flag) replaces the default.
+    assert!(text(&v, &["nspawn", "member"]).contains("\nLinkJournal=no\n"));
+    let dropin = text(&v, &["dropins", "full"]);
+    for line in [
+        "X-ReloadIfChanged=true\n",
+        "TimeoutStartSec=2min\n",
+        "--machine=%i --load-credential=token:/run/keys/token\n",
+    ] {
+        assert!(dropin.contains(line), "{line:?} missing in\n{dropin}");
+    }
+    assert!(
+        v["wants"]["machines.target"]
+            .as_array()
+            .expect("wants")
+            .iter()
+            .all(|u| u != "systemd-nspawn@full.service")
+    );
+    let reload = text(&v, &["scripts", "full", "reload"]);
+    assert!(
+        reload.contains("-reload-full full \"$toplevel\""),
+        "{reload}"
+    );
+    // Zone members get the zone's gateway; nothing opens DHCP on a zone without a v4 pool.
+    assert!(
+        text(&v, &["guest", "full", "20-host0.network"]).contains("Gateway=10.250.0.1\n"),
+        "{}",
+        v["guest"]["full"]
+    );
+    assert!(v["firewallInterfaces"].get("vz-lab").is_none());
+}
+
+#[test]
 fn every_assertion_fires_with_numbered_ways_out() {
     let Some(lib) = nixpkgs() else { return };
     let v = render(&lib, &case("bad"));
@@ -515,6 +562,7 @@ fn all_cases(lib: &str) -> Vec<(String, Value)> {
         "ports-binds",
         "hostnet",
         "bridge-macvlan",
+        "everything",
     ]
     .iter()
     .map(|c| (c.to_string(), render(lib, &case(c))))
@@ -564,7 +612,7 @@ fn nspawn_files_pass_the_real_parser() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 11);
 }
 
 /// Write a drop-in next to a copy of the stock template, with every fake store path moved
@@ -650,7 +698,7 @@ fn dropins_pass_systemd_analyze_verify() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 11);
 }
 
 #[test]
