@@ -154,11 +154,6 @@ pub fn legacy_name_notes(name: &str, private_network: bool) -> Vec<String> {
             "container {name:?} has {len} characters: the host-side interface `ve-{name}` is longer than the 15-character limit, so systemd-nspawn names it with a hash and sets `ve-{name}` only as an alternative name; match it by that altname in networkd and firewall rules, and expect older kernels (before 5.8) or tools without altname support to fail"
         ));
     }
-    if name.contains('.') {
-        notes.push(format!(
-            "container {name:?} contains `.`: valid for systemd, but unit names (`systemd-nspawn@{name}.service`), interface names (`ve-{name}`) and `/etc/hosts` entries with dots are easy to mistake for domains; consider renaming it"
-        ));
-    }
     if name.contains('_') {
         notes.push(format!(
             "container {name:?} contains `_`: current nixpkgs refuses such container names and systemd 247 and later refuse them as machine names; rename it (for example to {:?})",
@@ -331,7 +326,9 @@ mod tests {
         let n = legacy_name_notes("averylongname", true);
         assert_eq!(n.len(), 1);
         assert!(n[0].contains("ve-averylongname"));
-        assert_eq!(legacy_name_notes("my.box", false).len(), 1);
+        // Dots are no longer a note: check_machine_name refuses them.
+        assert!(legacy_name_notes("my.box", false).is_empty());
+        assert!(check_machine_name("my.box").is_err());
         assert!(legacy_name_notes("nginx_pw", false)[0].contains("nginx-pw"));
     }
 }
