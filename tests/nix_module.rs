@@ -76,9 +76,23 @@ fn render(nixpkgs: &str, configuration: &Path) -> Value {
     render_with(nixpkgs, configuration, &[])
 }
 
-/// [`render`] with extra `--arg`s and environment (e.g. `NIXOS_NSPAWN_FAKE_SALT`).
+/// [`render`] with extra environment (e.g. `NIXOS_NSPAWN_FAKE_SALT`).
 fn render_with(nixpkgs: &str, configuration: &Path, env: &[(&str, &str)]) -> Value {
-    let out = Command::new("nix-instantiate")
+    render_full(nixpkgs, configuration, &[], env)
+}
+
+/// [`render`] with extra `--arg name value` pairs (Nix expressions) and environment.
+fn render_full(
+    nixpkgs: &str,
+    configuration: &Path,
+    args: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Value {
+    let mut cmd = Command::new("nix-instantiate");
+    for (name, value) in args {
+        cmd.args(["--arg", name, value]);
+    }
+    let out = cmd
         // --read-write-mode: the harness may write a shimmed file into the store.
         .args(["--eval", "--read-write-mode", "--strict", "--json"])
         .arg(repo().join("nixos/tests/render.nix"))
@@ -507,6 +521,17 @@ fn every_assertion_fires_with_numbered_ways_out() {
     let Some(lib) = nixpkgs() else { return };
     let v = render(&lib, &case("bad"));
     let msgs = assertions(&v);
+    // Nothing but the assertions fails: every instance renders when they are ignored (an
+    // evaluation that reads a unit before the assertions gets no raw type error either).
+    let all = render_full(&lib, &case("bad"), &[("ignoreAssertions", "true")], &[]);
+    assert_eq!(
+        all["nspawn"].as_object().expect("nspawn").len(),
+        11,
+        "{}",
+        all["nspawn"]
+    );
+    assert_eq!(all["guestSettings"]["a.b"]["hostName"], "a-b");
+    assert_eq!(all["guestSettings"]["-lead"]["hostName"], "lead");
     let expect = [
         "invalid container name(s): -lead, a.b, bad name, x_y.",
         "invalid zone name(s): a-much-too-long-zone.",
@@ -2177,22 +2202,7 @@ fn container_gets_dhcp_from_the_rendered_veth_and_zone_units() {
 
 /// Render a case with the nftables firewall on.
 fn render_nft(lib: &str, c: &str) -> Value {
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--read-write-mode", "--strict", "--json"])
-        .arg(repo().join("nixos/tests/render.nix"))
-        .arg("--arg")
-        .arg("configuration")
-        .arg(case(c))
-        .args(["--arg", "nftables", "true"])
-        .env("NIXPKGS", lib)
-        .output()
-        .expect("run nix-instantiate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    render_full(lib, &case(c), &[("nftables", "true")], &[])
 }
 
 #[test]

@@ -34,6 +34,26 @@ rec {
   # Same rule as the migrator's src/legacy/names.rs.
   validName = name: builtins.match "[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?" name != null;
 
+  # The guest's default networking.hostName: the name itself. An invalid name fails the
+  # module's assertion; until then (anything that reads the container's system before the
+  # assertions, e.g. `nix eval` of a unit) the guest gets a cleaned-up name instead of a raw
+  # type error from networking.hostName.
+  guestHostName =
+    name:
+    let
+      dashed = lib.concatMapStrings (c: if builtins.match "[a-zA-Z0-9]" c != null then c else "-") (
+        lib.stringToCharacters name
+      );
+      trimmed = builtins.match "-*([a-zA-Z0-9](.*[a-zA-Z0-9])?)-*" (builtins.substring 0 63 dashed);
+      candidate = if trimmed == null then "" else builtins.head trimmed;
+    in
+    if validName name then
+      name
+    else if validName candidate then
+      candidate
+    else
+      "container";
+
   # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
   # which a `Name=ve-<name>` match can then never find.
   vethNameFits = name: builtins.stringLength "ve-${name}" <= 15;
@@ -226,7 +246,7 @@ rec {
       config = lib.mkMerge [
         {
           boot.isContainer = true;
-          networking.hostName = lib.mkDefault name;
+          networking.hostName = lib.mkDefault (guestHostName name);
         }
         # DNS. nixpkgs' container-config.nix sets useHostResolvConf = mkDefault true for every
         # container. With the host's network that is what the container needs (nspawn's

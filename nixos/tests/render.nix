@@ -41,6 +41,8 @@
   },
   # Also render the firewall with nftables (networking.nftables.enable).
   nftables ? false,
+  # Render even when assertions fail (to check that nothing but the assertions fails).
+  ignoreAssertions ? false,
 }:
 
 let
@@ -66,7 +68,7 @@ let
   # As NixOS' toplevel: failed assertions stop the evaluation before anything is rendered.
   ifAssertionsHold =
     result:
-    if failedAssertions != [ ] then
+    if failedAssertions != [ ] && !ignoreAssertions then
       {
         assertions = failedAssertions;
         inherit (cfg) warnings;
