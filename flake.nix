@@ -72,6 +72,7 @@
             static = ./nixos/tests/cases/static.nix;
             ports-binds = ./nixos/tests/cases/ports-binds.nix;
             hostnet = ./nixos/tests/cases/hostnet.nix;
+            everything = ./nixos/tests/cases/everything.nix;
           };
         in
         vmTests

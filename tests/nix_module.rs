@@ -784,7 +784,7 @@ mod stc {
 
     pub type UnitInfo = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
-    /// parse_systemd_ini (main.rs 344-413): [Install] skipped; in one file, an empty value
+    /// parse_systemd_ini (main.rs 344-411): [Install] skipped; in one file, an empty value
     /// clears what came before (also from earlier files); otherwise values add up. rust-ini
     /// runs with `enabled_quote`, so a value in double quotes loses them.
     pub fn parse_ini(data: &mut UnitInfo, text: &str) {
@@ -857,7 +857,7 @@ mod stc {
         v
     }
 
-    /// parse_unit (main.rs 426-465): the base unit, its drop-ins, then the instance's.
+    /// parse_unit (main.rs 426-463): the base unit, its drop-ins, then the instance's.
     pub fn parse_unit(unit_file: &Path, base_unit_path: &Path) -> UnitInfo {
         let mut data = UnitInfo::new();
         let read = |p: &Path| std::fs::read_to_string(p).expect("unit file");
@@ -911,7 +911,7 @@ mod stc {
         let mut section_cmp: Vec<&String> = new.keys().collect();
         for (section_name, section_val) in cur {
             if !section_cmp.contains(&section_name) {
-                // 545-563
+                // 529-551
                 if section_name == "Unit" {
                     if section_val.keys().any(|k| !ignored(k)) {
                         return Comparison::NeedsRestart;
@@ -930,7 +930,7 @@ mod stc {
             let new_section = new.get(section_name);
             let mut ini_cmp: Vec<&String> =
                 new_section.map(|s| s.keys().collect()).unwrap_or_default();
-            // 579-628
+            // 565-610
             for (ini_key, current_value) in section_val {
                 ini_cmp.retain(|k| *k != ini_key);
                 let Some(new_value) = new_section.and_then(|s| s.get(ini_key)) else {
@@ -962,7 +962,7 @@ mod stc {
                     return Comparison::NeedsRestart;
                 }
             }
-            // 631-649
+            // 612-633
             if !ini_cmp.is_empty() {
                 if section_name == "Unit" {
                     for k in ini_cmp {
@@ -985,7 +985,7 @@ mod stc {
                 }
             }
         }
-        // 653-684
+        // 636-664
         if !section_cmp.is_empty() {
             if section_cmp.len() == 1 {
                 if section_cmp[0] == "Unit" {
@@ -1054,7 +1054,7 @@ mod stc {
         let new_file = new.join(unit);
         let (mut cur_base, mut new_base) = (cur_file.clone(), new_file.clone());
         let mut dropins_removed = false;
-        // 1180-1227
+        // 1180-1227: a template instance that has only drop-ins
         if let Some((tname, suffix)) = template_of(unit)
             && !cur_file.exists()
             && !new_file.exists()
@@ -1067,7 +1067,7 @@ mod stc {
                 dropins_removed = !dropins(&new_file).iter().any(|d| present(d));
             }
         }
-        // 1233-1241
+        // 1233-1241: gone from the new generation (drop-ins removed or the file)
         if !cur_base.exists() {
             return Job::Nothing;
         }
@@ -1084,7 +1084,7 @@ mod stc {
         match compare_units(&cur, &newi) {
             Comparison::Equal => Job::Nothing,
             Comparison::NeedsReload => Job::Reload,
-            // handle_modified_unit 724-742, for a .service whose socket does not exist.
+            // handle_modified_unit 722-742, for a .service whose socket does not exist.
             Comparison::NeedsRestart => {
                 if bool_of(&newi, "Service", "X-ReloadIfChanged", false) {
                     Job::Reload
@@ -1266,50 +1266,102 @@ fn removing_an_instance_stops_it() {
 
 #[test]
 fn stc_port_follows_the_comparison_rules() {
-    // The unit pairs compare_units' own tests in main.rs (2774-) use, by behaviour.
-    let info = |t: &str| {
-        let mut d = stc::UnitInfo::new();
-        stc::parse_ini(&mut d, t);
-        d
+    // The unit pairs of compare_units' own test in main.rs (2774-2975), in the same order.
+    type Sections<'a> = &'a [(&'a str, &'a [(&'a str, &'a [&'a str])])];
+    let u = |sections: Sections| -> stc::UnitInfo {
+        sections
+            .iter()
+            .map(|(s, keys)| {
+                (
+                    s.to_string(),
+                    keys.iter()
+                        .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+                        .collect(),
+                )
+            })
+            .collect()
     };
     use stc::Comparison::*;
-    let cmp = |a: &str, b: &str| stc::compare_units(&info(a), &info(b));
-    assert_eq!(
-        cmp("[Unit]\nDescription=a\n", "[Unit]\nDescription=b\n"),
-        Equal
-    );
-    assert_eq!(
-        cmp(
-            "[Unit]\nX-Reload-Triggers=a\n",
-            "[Unit]\nX-Reload-Triggers=b\n"
+    let cases: &[(Sections, Sections, stc::Comparison)] = &[
+        (&[], &[], Equal),
+        (&[("Unit", &[])], &[], Equal),
+        (
+            &[("Unit", &[("X-Reload-Triggers", &["foobar"])])],
+            &[],
+            Equal,
         ),
-        NeedsReload
-    );
-    assert_eq!(
-        cmp("[Unit]\nRequires=a\n", "[Unit]\nRequires=b\n"),
-        NeedsRestart
-    );
-    assert_eq!(
-        cmp("[Service]\nExecReload=a\n", "[Service]\nExecReload=b\n"),
-        NeedsReload
-    );
-    assert_eq!(
-        cmp("[Service]\nExecReload=a\nA=1\n", "[Service]\nA=1\n"),
-        Equal
-    );
-    assert_eq!(cmp("[Service]\nA=1\n", "[Service]\nA=2\n"), NeedsRestart);
-    assert_eq!(cmp("", "[Service]\nExecReload=b\n"), NeedsReload);
-    assert_eq!(cmp("", "[Unit]\nX-Reload-Triggers=b\n"), NeedsReload);
-    assert_eq!(cmp("", "[Service]\nA=1\n"), NeedsRestart);
-    assert_eq!(
-        cmp("[Mount]\nOptions=a\n", "[Mount]\nOptions=b\n"),
-        NeedsReload
-    );
-    // Drop-in semantics: an empty value clears.
+        (&[("foobar", &[])], &[], NeedsRestart),
+        (
+            &[("Mount", &[("Options", &[])])],
+            &[("Mount", &[("Options", &["ro"])])],
+            NeedsReload,
+        ),
+        (
+            &[],
+            &[("Unit", &[("X-Reload-Triggers", &["foobar"])])],
+            NeedsReload,
+        ),
+        (
+            &[("Unit", &[("X-Reload-Triggers", &["foobar"])])],
+            &[("Unit", &[("X-Reload-Triggers", &["barfoo"])])],
+            NeedsReload,
+        ),
+        (
+            &[],
+            &[("Service", &[("ExecReload", &["foobar"])])],
+            NeedsReload,
+        ),
+        (
+            &[("Service", &[("ExecReload", &["foobar"])])],
+            &[("Service", &[("ExecReload", &["barfoo"])])],
+            NeedsReload,
+        ),
+        (
+            &[("Unit", &[("Description", &["x"])])],
+            &[
+                ("Unit", &[("Description", &["x"])]),
+                ("Service", &[("ExecStart", &["y"])]),
+            ],
+            NeedsRestart,
+        ),
+        (
+            &[("Unit", &[("Description", &["x"])])],
+            &[
+                ("Unit", &[("Description", &["x"])]),
+                ("Service", &[("ExecReload", &["y"])]),
+            ],
+            NeedsReload,
+        ),
+        (
+            &[("Service", &[("ExecStart", &["x"]), ("ExecReload", &["y"])])],
+            &[("Service", &[("ExecStart", &["x"])])],
+            Equal,
+        ),
+        (&[("Service", &[("ExecReload", &["y"])])], &[], Equal),
+        (
+            &[("Service", &[("ExecStart", &["x"])])],
+            &[("Service", &[("ExecStart", &["x"]), ("ExecReload", &["y"])])],
+            NeedsReload,
+        ),
+        (
+            &[("Mount", &[("Type", &["ext4"])])],
+            &[("Mount", &[("Type", &["btrfs"])])],
+            NeedsRestart,
+        ),
+    ];
+    for (n, (a, b, want)) in cases.iter().enumerate() {
+        assert_eq!(&stc::compare_units(&u(a), &u(b)), want, "pair {n}");
+    }
+    // parse_systemd_ini: drop-in semantics (an empty value clears) and quotes.
     let mut d = stc::UnitInfo::new();
-    stc::parse_ini(&mut d, "[Service]\nExecStart=a\n");
+    stc::parse_ini(
+        &mut d,
+        "[Service]\nExecStart=a\nEnvironment=\"A=1\"\n[Install]\nWantedBy=x\n",
+    );
     stc::parse_ini(&mut d, "[Service]\nExecStart=\nExecStart=b\n");
     assert_eq!(d["Service"]["ExecStart"], vec!["b".to_string()]);
+    assert_eq!(d["Service"]["Environment"], vec!["A=1".to_string()]);
+    assert!(!d.contains_key("Install"));
     stc::parse_ini(&mut d, "[Service]\nExecStart=c\n");
     assert_eq!(
         d["Service"]["ExecStart"],
