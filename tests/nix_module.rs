@@ -517,6 +517,36 @@ fn every_option_evaluates_with_the_real_nixpkgs_files() {
 }
 
 #[test]
+fn nixos_defines_only_declared_options() {
+    let Some(lib) = nixpkgs() else { return };
+    // The stubs ignore undeclared definitions (`_module.check = false`); check-options.nix
+    // finds them in nixos/'s own definitions. It can find one:
+    let probe = format!(
+        "let lib = import {lib}/lib; check = import {}/nixos/tests/lib/check-options.nix {{ inherit lib; }}; \
+         options = (lib.evalModules {{ modules = [ {{ options.a.b = lib.mkOption {{ }}; options.c = lib.mkOption {{ }}; }} ]; }}).options; \
+         in check options (lib.mkMerge [ {{ a.b = 1; c.d = 2; }} (lib.mkIf false {{ a.x = lib.mkDefault 3; e = 4; }}) ])",
+        repo().display()
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "-E", &probe])
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(found, serde_json::json!(["a.x", "e"]));
+    for (c, v) in all_cases(&lib) {
+        assert_eq!(v["undeclared"]["host"], serde_json::json!([]), "{c}");
+        for (name, paths) in v["undeclared"]["guest"].as_object().expect("guests") {
+            assert_eq!(paths, &serde_json::json!([]), "{c}: {name}");
+        }
+    }
+}
+
+#[test]
 fn every_assertion_fires_with_numbered_ways_out() {
     let Some(lib) = nixpkgs() else { return };
     let v = render(&lib, &case("bad"));

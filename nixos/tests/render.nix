@@ -30,6 +30,8 @@
 #   toplevel.<name>         the (fake) store path of the container's system
 #   description.<name>      the JSON description of the instance
 #   guestSettings.<name>    the container's evaluated networking settings
+#   undeclared.host         option paths nixos/ defines on the host that no option declares
+#   undeclared.guest.<name> the same for the module it adds to each container
 #   assertions              messages of failed assertions (when there are any, only these and
 #                           the warnings: NixOS stops there too)
 #   warnings
@@ -63,6 +65,8 @@ let
   cfg = eval.config;
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
   rendered = cfg.nixos.containers.rendered;
+  checkOptions = import ./lib/check-options.nix { inherit lib; };
+  I = import ../lib/instance.nix { inherit lib; };
   ours = n: lib.hasPrefix "systemd-nspawn@" n;
   units = lib.filterAttrs (n: u: ours n && u.enable) cfg.systemd.units;
   # As NixOS' toplevel: failed assertions stop the evaluation before anything is rendered.
@@ -120,6 +124,25 @@ ifAssertionsHold {
       ;
     resolved = r.system.config.services.resolved.enable;
   }) rendered;
+  # Option paths nixos/ defines that nothing declares (see lib/check-options.nix).
+  undeclared = {
+    host = checkOptions eval.options (
+      (import ../module.nix {
+        inherit (eval) config options;
+        inherit lib;
+        pkgs = eval.config._module.args.pkgs;
+      }).config
+    );
+    guest = lib.mapAttrs (
+      name: r:
+      checkOptions r.system.options (
+        (I.guestModule name cfg.nixos.containers.instances.${name} [ ] hostPlatform {
+          inherit lib;
+          inherit (r.system) options;
+        }).config
+      )
+    ) rendered;
+  };
   assertions = failedAssertions;
   inherit (cfg) warnings;
 }
