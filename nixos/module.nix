@@ -194,7 +194,8 @@ let
     };
 
   # Host interfaces on which networkd runs a DHCPv4 server for containers: the NixOS firewall
-  # (iptables before nixpkgs 25.11 and nftables) drops UDP 67 on them unless opened.
+  # drops UDP 67 on them unless opened (nftables always; iptables in nixpkgs versions without
+  # its own ve-+/vz-+ DHCP rule).
   dhcpInterfaces =
     mapAttrsToList (n: _: "ve-${n}") (
       filterAttrs (
@@ -486,11 +487,10 @@ in
       systemd.services =
         mapAttrs' (name: inst: nameValuePair "systemd-nspawn@${name}" (dropinOf name inst)) instances
         // {
+          # The template drop-in nspawn.nix adds (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY) is read
+          # together with each instance's: keep store paths out of it too (see noDefaultPath).
           "systemd-nspawn@" = lib.mapAttrs (_: lib.mkDefault) noDefaultPath;
         };
-
-      # The template drop-in nspawn.nix adds (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY) is read
-      # together with each instance's: keep store paths out of it too (see noDefaultPath).
 
       environment.etc = mkMerge (mapAttrsToList hookFiles instances);
 

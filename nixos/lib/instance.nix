@@ -115,10 +115,11 @@ rec {
         NotifyReady = "yes";
         PrivateUsers = inst.privateUsers.mode;
       }
-      # The stock systemd-nspawn@.service passes --link-journal=try-guest, which nspawn refuses
-      # together with Ephemeral= (systemd before 252: "--ephemeral and --link-journal= may not
-      # be combined"). The file wins over the command line (--settings=override); `auto` is
-      # what legacy ephemeral containers ran with (it drops the flag). A default: a raw
+      # The stock systemd-nspawn@.service passes --link-journal=try-guest; systemd-nspawn
+      # refuses Ephemeral= with a journal link ("--ephemeral and --link-journal= may not be
+      # combined"; systemd 252 still takes try-guest but refuses guest and host). The file wins
+      # over the command line (--settings=override); `auto` is what legacy ephemeral containers
+      # ran with (legacy drops the flag). A default: a raw
       # systemd.nspawn.<name>.execConfig.LinkJournal (a legacy --link-journal= flag) replaces it.
       // optionalAttrs inst.ephemeral {
         Ephemeral = "yes";

@@ -12,7 +12,11 @@
 # systemd, nspawn, networkd, firewall, nsswitch and networking modules (./stub/host.nix); each
 # container's `nixpkgs` defaults to the stub tree in ./stub/fake-nixpkgs, whose eval-config.nix
 # evaluates system-config with nixpkgs' container-config.nix, networking and networkd modules and
-# fakes only the toplevel. Packages are fake derivations (./stub/fake.nix).
+# fakes only the toplevel. Packages are fake derivations (./stub/fake.nix): their paths are a
+# hash of name and content; NIXOS_NSPAWN_FAKE_SALT=<anything> changes them all (a nixpkgs
+# update), NIXOS_NSPAWN_FAKE_PKGS="a b" adds packages a guest configuration names. Without a
+# full checkout's nixos/modules/services/networking/helpers.nix the harness writes a shimmed
+# firewall-iptables.nix into the store, hence --read-write-mode (lib/firewall-iptables.nix).
 #
 # Result:
 #   nspawn.<name>           text of /etc/systemd/nspawn/<name>.nspawn (nixpkgs' nspawn.nix)

@@ -173,8 +173,8 @@ pub fn module_settings(name: &str, spec: &InstanceSpec) -> NspawnSettings {
     push(&mut s.exec, "PrivateUsers", mode);
     if spec.ephemeral {
         push(&mut s.exec, "Ephemeral", "yes");
-        // The stock template's --link-journal=try-guest and Ephemeral= may not be combined
-        // (systemd before 252); the file wins (`--settings=override`), `auto` is legacy's.
+        // nspawn refuses Ephemeral= with the stock template's journal link (try-guest, or
+        // guest/host on systemd 252); the file wins (`--settings=override`), `auto` is legacy's.
         push(&mut s.exec, "LinkJournal", "auto");
     }
 
