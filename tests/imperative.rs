@@ -1036,6 +1036,11 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         "{out}"
     );
     assert!(
+        out.contains("warning: the installed files were written by `nixos-nspawn migrate`")
+            && out.contains("[Exec] ResolvConf= removed"),
+        "{out}"
+    );
+    assert!(
         out.contains("- ResolvConf=copy-host"),
         "the diff shows what migrate's file had: {out}"
     );

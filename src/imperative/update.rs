@@ -62,6 +62,29 @@ pub fn update(ctx: &mut Ctx<'_>, args: &UpdateArgs) -> Result<(), Error> {
     let changes = activation::changes(&old, &new, &nspawn_key);
     let decision = activation::decide(&changes, &rendered.strategy(), args.over);
     ctx.say(format!("update {name}: {decision}"));
+    // The installed files were written by `migrate` (no record of ours yet): settings the
+    // legacy translation had and a container file cannot give would be lost without a word.
+    let migrated = generations::current(&fs, name)
+        .and_then(|g| generations::read_record(&fs, name, g))
+        .is_none();
+    let dropped: Vec<&String> = changes
+        .restart_reasons
+        .iter()
+        .filter(|r| r.ends_with(" removed"))
+        .collect();
+    if migrated && !dropped.is_empty() {
+        ctx.say(format!(
+            "  warning: the installed files were written by `nixos-nspawn migrate`; the new ones \
+             from the container file do not have: {}. Container files have no raw .nspawn keys: \
+             if {name} needs them, keep it as it is (no update) or declare it in the host \
+             configuration (systemd.nspawn.{name})",
+            dropped
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if changes.is_empty() && args.over.is_none() && !args.dry_run {
         // The same system and units: nothing to build, write or activate.
         return Ok(());
