@@ -425,3 +425,24 @@ pub fn run(root: &Path, verbose: bool, cmd: crate::cli::ImperativeCommand) -> Re
     }
     Ok(crate::error::exit::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verbs_header_is_told_apart_from_migrates() {
+        let ours = format!("{}[Exec]\nBoot=no\n", nspawn_header("web"));
+        assert!(ours.starts_with(MARKER));
+        assert!(written_by_imperative_verbs(ours.as_bytes()));
+        let migrated = "# Imperative container web, managed by nixos-nspawn (migrated from nixos-container).\n[Exec]\n";
+        assert!(
+            migrated.starts_with(MARKER),
+            "list/presence see both as imperative"
+        );
+        assert!(!written_by_imperative_verbs(migrated.as_bytes()));
+        assert!(!written_by_imperative_verbs(
+            b"[Exec]\n# change it with `nixos-nspawn update web`\n"
+        ));
+    }
+}
