@@ -413,9 +413,9 @@ fn preflight(
     m: &Migration,
     opts: &ExecOptions,
     runner: &Runner,
-    checked: Checked,
+    mut checked: Checked,
 ) -> Result<BTreeMap<PathBuf, FileTarget>, StepError> {
-    let mut problems = checked.problems;
+    let mut problems = std::mem::take(&mut checked.problems);
     for cp in &m.plan.containers {
         for step in &cp.steps {
             if let Step::StopLegacy { unit } = step
@@ -426,19 +426,7 @@ fn preflight(
             }
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (dir, what) in &checked.dirs {
-        if !seen.insert(dir.clone()) {
-            continue;
-        }
-        match host.dir_writable(dir) {
-            Ok((Ok(()), _)) => {}
-            Ok((Err(e), _)) | Err(e) => problems.push(format!(
-                "{what}: cannot write to {} ({e}); make it writable (is the filesystem mounted read-only?) and retry",
-                dir.display()
-            )),
-        }
-    }
+    problems.extend(writability_problems(host, &checked));
     if let Some(dir) = &checked.space_dir
         && checked.need > 0
         && let Ok((_, free)) = host.dir_writable(dir)
@@ -476,6 +464,27 @@ fn redirect(redirects: &mut Vec<(PathBuf, PathBuf)>, host_path: &Path, resolved:
     if host_path != resolved {
         redirects.push((host_path.to_path_buf(), resolved.to_path_buf()));
     }
+}
+
+/// The directories the plan creates entries in that cannot be written (a read-only
+/// filesystem, an immutable directory, no permission), one line each. Asked of the tree as
+/// mounted, so a dry run can report them too.
+pub fn writability_problems(host: &HostRoot, checked: &Checked) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (dir, what) in &checked.dirs {
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        match host.dir_writable(dir) {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) | Err(e) => problems.push(format!(
+                "{what}: cannot write to {} ({e}); make it writable (is the filesystem mounted read-only?) and retry",
+                dir.display()
+            )),
+        }
+    }
+    problems
 }
 
 /// Two steps must never write the same place (e.g. `--output` aimed at a container's file).
