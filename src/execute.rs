@@ -93,6 +93,8 @@ const NIXOS_MANAGED: &[(&str, &str)] = &[
         "NixOS's generated /etc (replaced by every nixos-rebuild)",
     ),
 ];
+/// Where the containers' root file systems go.
+const MACHINES: &str = "/var/lib/machines";
 /// Where carried profiles go (the one place under /nix/var/nix/profiles we write).
 const NEW_PROFILES: &str = "/nix/var/nix/profiles/per-nspawn";
 
@@ -332,6 +334,15 @@ pub fn check_destinations(
 ) -> Checked {
     let mut c = Checked::default();
     let legacy_roots = legacy_locations(host, m);
+    // Files are also never written into a container's root file system: links there are the
+    // guest's, and a write through them would land wherever its root wants.
+    let mut file_forbidden = legacy_roots.clone();
+    if let Ok(machines) = host.resolve(Path::new(MACHINES)) {
+        file_forbidden.push((
+            machines,
+            format!("{MACHINES} (the containers' root file systems, controlled by whoever is root inside them)"),
+        ));
+    }
     let mut claimed: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut files: Vec<(Option<&str>, &Path)> = Vec::new();
     for cp in &m.plan.containers {
@@ -389,7 +400,7 @@ pub fn check_destinations(
     }
     for (container, path) in files {
         let who = container.unwrap_or("the declarative containers' file");
-        match check_file_dest(host, path, &legacy_roots, opts.force, container.is_none()) {
+        match check_file_dest(host, path, &file_forbidden, opts.force, container.is_none()) {
             Err(p) => c.problems.push(match container {
                 Some(name) => format!("container {name}: {p}"),
                 None => p,
@@ -565,8 +576,8 @@ fn forbidden(
     for (prefix, what) in legacy {
         if resolved.starts_with(prefix) {
             return Some(format!(
-                "{}{via} is inside {what}; legacy files are only ever read, so that the old containers keep working. \
-                 {fix}",
+                "{}{via} is inside {what}, where this tool never writes a file: legacy files are only ever read \
+                 (so that the old containers keep working), and a container's root belongs to its guest. {fix}",
                 host_path.display()
             ));
         }

@@ -121,6 +121,12 @@ fn output_over_a_legacy_conf_or_state_is_refused_even_with_force() {
         &["--force", "--output", "/etc/nixos/legacy/new.nix"],
         &["it leads to /var/lib/nixos-containers/new.nix", "legacy"],
     );
+    // A container's new root (written by the copy, its links are the guest's).
+    refused(
+        &root,
+        &["--force", "--output", "/var/lib/machines/web/etc/x.nix"],
+        &["/var/lib/machines (the containers' root file systems"],
+    );
     // The store, through /etc/static.
     refused(
         &root,
