@@ -776,6 +776,17 @@ fn write_file(
     } else {
         format!("{} (→ {})", path.display(), target.resolved.display())
     };
+    // The place checked before the first write must still be the place written.
+    match host.resolve(&target.resolved) {
+        Ok(now) if now == target.resolved => {}
+        Ok(now) => {
+            return Err(fail(format!(
+                "{shown} now leads to {} (a link changed during the run); nothing was written there. Check the link and run again",
+                now.display()
+            )));
+        }
+        Err(e) => return Err(fail(format!("cannot resolve {shown}: {e}"))),
+    }
     // A file with other content is kept before it is replaced; the same bytes need nothing.
     let same = host
         .read(&target.resolved)
