@@ -62,6 +62,15 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     if !n.veth {
         out.push_str("veth = false;\n");
     }
+    if !n.masquerade {
+        out.push_str("masquerade = false;\n");
+    }
+    if !n.router_advertisements {
+        out.push_str("routerAdvertisements = false;\n");
+    }
+    if n.point_to_point {
+        out.push_str("pointToPoint = true;\n");
+    }
     for (fam, st) in [("v4", &n.v4), ("v6", &n.v6)] {
         if !st.host_addresses.is_empty() || !st.container_pool.is_empty() {
             out.push_str(&format!("{fam}.static = {};\n", static_addresses(st)));

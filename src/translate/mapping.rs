@@ -298,7 +298,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.hostAddresses",
         [sets("I.network.v4.static.hostAddresses")],
         network::host_address,
-        "Legacy point-to-point /32 with host routes becomes a subnet on `ve-<name>`: given prefixes are kept when both addresses fit them, otherwise the smallest subnet holding both as host addresses is chosen (/30 for the usual x.1/x.2 pair) and reported.",
+        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported.",
         [
             P2P_PREFIX_CHOSEN,
             INVALID_ADDRESS,
@@ -306,10 +306,15 @@ pub const MAPPINGS: &[Mapping] = &[
         ],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; }"#,
         [
-            "instance.network.v4.static.hostAddresses = [ \"10.233.1.1/30\" ]",
-            "warning p2p-prefix-chosen",
-            "networkd host 20-ve-web.network: [Network] Address=10.233.1.1/30",
-            "networkd guest 20-host0.network: [Network] Gateway=10.233.1.1"
+            "instance.network.v4.static.hostAddresses = [ \"10.233.1.1/32\" ]",
+            "instance.network.pointToPoint = true",
+            "instance.network.masquerade = false",
+            "instance.network.routerAdvertisements = false",
+            "!warning p2p-prefix-chosen",
+            "networkd host 20-ve-web.network: [Address] Address=10.233.1.1/32",
+            "networkd host 20-ve-web.network: [Address] Peer=10.233.1.2/32",
+            "!networkd host 20-ve-web.network: [Network] IPMasquerade=both",
+            "!~ IPv6SendRA"
         ]
     ),
     opt!(
@@ -317,7 +322,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v6.static.hostAddresses",
         [sets("I.network.v6.static.hostAddresses")],
         network::host_address6,
-        "As hostAddress: /128 pairs become the smallest common subnet (a /127 pair or wider).",
+        "As hostAddress: a /128 pair stays point-to-point (`Peer=`).",
         [
             P2P_PREFIX_CHOSEN,
             INVALID_ADDRESS,
@@ -325,8 +330,9 @@ pub const MAPPINGS: &[Mapping] = &[
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fc00::1"; localAddress6 = "fc00::2"; }"#,
         [
-            "instance.network.v6.static.hostAddresses = [ \"fc00::1/126\" ]",
-            "warning p2p-prefix-chosen"
+            "instance.network.v6.static.hostAddresses = [ \"fc00::1/128\" ]",
+            "networkd host 20-ve-web.network: [Address] Peer=fc00::2/128",
+            "!warning p2p-prefix-chosen"
         ]
     ),
     opt!(
@@ -334,7 +340,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.containerPool",
         [sets("I.network.v4.static.containerPool")],
         network::local_address,
-        "The guest's address on host0, with the prefix chosen as for hostAddress (bridged: the given prefix).",
+        "The guest's address on host0. Point-to-point (no prefixes): its /32 with the host address as `Peer=` and the default route through it with `GatewayOnLink=yes`, as legacy's container init did, also on a bridge. With prefixes: as given (bridged: its prefix is the bridge's subnet).",
         [
             P2P_PREFIX_CHOSEN,
             INVALID_ADDRESS,
@@ -344,6 +350,7 @@ pub const MAPPINGS: &[Mapping] = &[
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1/24"; localAddress = "10.0.0.5/24"; }"#,
         [
             "instance.network.v4.static.containerPool = [ \"10.0.0.5/24\" ]",
+            "instance.network.pointToPoint = false",
             "!warning p2p-prefix-chosen",
             "networkd guest 20-host0.network: [Network] Address=10.0.0.5/24"
         ]
@@ -1163,6 +1170,15 @@ pub fn outcome(i: &Instance) -> Vec<String> {
         None => out.push("instance.network = null".into()),
         Some(n) => {
             out.push(format!("instance.network.veth = {}", n.veth));
+            out.push(format!("instance.network.masquerade = {}", n.masquerade));
+            out.push(format!(
+                "instance.network.routerAdvertisements = {}",
+                n.router_advertisements
+            ));
+            out.push(format!(
+                "instance.network.pointToPoint = {}",
+                n.point_to_point
+            ));
             if let Some(z) = &n.zone {
                 out.push(format!("instance.network.zone = {}", string_literal(z)));
             }
@@ -1570,6 +1586,7 @@ mod tests {
         // These need inputs the row examples do not cover; they have dedicated tests.
         let covered_elsewhere = [
             "unresolved-expression",
+            "p2p-prefix-chosen",
             "bridge-address-without-prefix",
             "invalid-address",
             "addresses-without-private-network",

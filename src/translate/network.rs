@@ -2,8 +2,12 @@
 //! `interfaces`, `macvlans`, `extraVeths`, `localMacAddress`, `networkNamespace`.
 //!
 //! The legacy model is a point-to-point veth: `/32` (`/128`) addresses on both ends plus host
-//! routes, all set up by shell scripts. networkd wants subnets, so a prefix is chosen
-//! deliberately ([`choose_prefix`]) and the choice is reported (`p2p-prefix-chosen`).
+//! routes and an on-link default route, all set up by shell scripts, and nothing else (no NAT,
+//! no router advertisements). A pair without prefixes is carried as exactly that
+//! (`network.pointToPoint`, rendered as networkd `[Address] Peer=` and `GatewayOnLink=`), so
+//! containers may share a host address as they did. Only pairs that already carried prefixes
+//! (which legacy's own route commands refused unless they fit) go through [`choose_prefix`],
+//! which keeps fitting prefixes and reports any other choice (`p2p-prefix-chosen`).
 
 use super::*;
 use crate::legacy::Origin;
@@ -217,8 +221,18 @@ pub fn private_network(tx: &mut Tx) {
         tx.applied("privateNetwork", "nixos.containers.instances.<name>.network = null ([Network] Private=no, VirtualEthernet=no)");
         return;
     }
+    // Legacy only put addresses and routes on ve-<name> (nixos-containers.nix, postStart): no
+    // NAT, no forwarding, no router advertisements. Keep it that way for static addresses; a
+    // veth without addresses gets the module's DHCP mode, which is reported (see
+    // `veth_without_addresses`).
+    let legacy_static = is_set(tx, o.host_address.as_ref(), "hostAddress")
+        || is_set(tx, o.host_address6.as_ref(), "hostAddress6")
+        || is_set(tx, o.local_address.as_ref(), "localAddress")
+        || is_set(tx, o.local_address6.as_ref(), "localAddress6");
     tx.i.spec.network = Some(NetworkSpec {
         veth,
+        masquerade: !legacy_static,
+        router_advertisements: !legacy_static,
         ..NetworkSpec::default()
     });
     tx.applied(
@@ -246,6 +260,8 @@ fn ignored_without_private(tx: &mut Tx, option: &str, origin: &Origin) {
 struct Family {
     host: Option<String>,
     local: Option<String>,
+    /// Render as legacy did (`network.pointToPoint`): both addresses full-length.
+    p2p: bool,
     /// (row that reports it, warning, message)
     warning: Option<(&'static str, &'static WarningSpec, String)>,
 }
@@ -273,6 +289,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
     let mut f = Family {
         host: None,
         local: None,
+        p2p: false,
         warning: None,
     };
     for (c, name) in [(&hc, hn), (&lc, ln)] {
@@ -296,6 +313,20 @@ fn family(tx: &Tx, v6: bool) -> Family {
     if unresolved(hn) || unresolved(ln) {
         f.host = hc.as_ref().map(with_prefix);
         f.local = lc.as_ref().map(with_prefix);
+        return f;
+    }
+    // Both ends without a prefix (or full-length): legacy's point-to-point pair, kept as it
+    // was: each end's /32 (/128) with the other as peer, on a plain veth or a bridge alike
+    // (the guest side of legacy's container init did not depend on the bridge).
+    if let (Some(h), Some(l)) = (&hc, &lc)
+        && h.addr.is_ipv4() == l.addr.is_ipv4()
+        && h.addr != l.addr
+        && h.prefix.is_none_or(|p| p == full(h.addr))
+        && l.prefix.is_none_or(|p| p == full(l.addr))
+    {
+        f.host = Some(with_prefix(h));
+        f.local = Some(with_prefix(l));
+        f.p2p = true;
         return f;
     }
     if let Some(br) = bridge {
@@ -398,12 +429,16 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
     {
         tx.warn(spec, name, Some(&src.origin), msg);
     }
+    let p2p = f.p2p;
     let value = if host_side { f.host } else { f.local };
     let Some(value) = value else { return };
     let fam = if v6 { "v6" } else { "v4" };
     let Some(net) = tx.i.spec.network.as_mut() else {
         return;
     };
+    if p2p {
+        net.point_to_point = true;
+    }
     let st = if v6 { &mut net.v6 } else { &mut net.v4 };
     let (list, what) = if host_side {
         (&mut st.host_addresses, "hostAddresses")
@@ -415,7 +450,14 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
     }
     tx.applied(
         name,
-        format!("network.{fam}.static.{what} = [ \"{value}\" ]"),
+        format!(
+            "network.{fam}.static.{what} = [ \"{value}\" ]{}",
+            if p2p {
+                " (network.pointToPoint = true: point-to-point with the other end as Peer=, as legacy)"
+            } else {
+                ""
+            }
+        ),
     );
 }
 

@@ -121,14 +121,11 @@ fn host_network_ignores_addresses_and_ports_with_warnings() {
 
 #[test]
 fn bridge_without_prefix_is_reported() {
-    let i = run(
-        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20"; hostAddress = "192.168.1.1"; }"#,
-    );
+    let i = run(r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20"; }"#);
     assert_has(
         &i,
         &[
             "instance.network.v4.static.containerPool = [ \"192.168.1.20/32\" ]",
-            "networkd guest 20-host0.network: [Network] Gateway=192.168.1.1",
             "warning bridge-address-without-prefix",
             "!warning p2p-prefix-chosen",
         ],
@@ -249,7 +246,8 @@ fn imperative_containers_use_their_rootfs_config() {
         f.contains("system-config = /var/lib/machines/web/etc/nixos/configuration.nix;"),
         "{f}"
     );
-    assert!(f.contains("hostAddresses = [ \"10.233.1.1/30\" ]"), "{f}");
+    assert!(f.contains("hostAddresses = [ \"10.233.1.1/32\" ]"), "{f}");
+    assert!(f.contains("pointToPoint = true;"), "{f}");
     // Not part of the host file.
     assert!(!crate::render::nix::host_file(std::slice::from_ref(&i)).contains("instances.web"));
 }
@@ -478,7 +476,7 @@ fn unreadable_private_network_and_auto_start() {
     assert_has(
         &i,
         &[
-            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/30\" ]",
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
             "!warning addresses-without-private-network",
             "!warning not-auto-started",
             "instance.autoStart = false",

@@ -1,0 +1,408 @@
+//! A migrated container behaves like the legacy one (issue 13, and issue 9's point-to-point
+//! veths): each test writes a small legacy host (`etc/nixos/configuration.nix` under a temporary
+//! `--root`), runs `migrate --dry-run --json`, and checks the emitted units, the warnings, and —
+//! where the module judges the result — that the emitted Nix evaluates under the NixOS module
+//! without a failing assertion (`nixos/tests/render.nix`, needs `NIXPKGS_LIB`). The network
+//! tests then run the units the module rendered in real systemd-networkd instances, one network
+//! namespace per side, and ping across the veth.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use util::*;
+
+fn require_real_tools() -> bool {
+    std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1")
+}
+
+/// A legacy host whose configuration.nix is `config`; the dry-run report.
+fn dry_run(config: &str) -> Value {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/nixos");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("configuration.nix"), config).unwrap();
+    let out = nixos_nspawn(root.path(), &["migrate", "--dry-run", "--json"]);
+    json(&out)
+}
+
+fn container<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {report:#}"))
+}
+
+fn codes(c: &Value) -> Vec<String> {
+    c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn warning_text(c: &Value, code: &str) -> String {
+    c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["code"] == code)
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no {code} warning: {:#}", c["warnings"]))
+}
+
+/// The preview of one networkd unit (`host: 20-ve-a.network`).
+fn unit<'a>(c: &'a Value, key: &str) -> &'a str {
+    c["networkd"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no unit {key}: {:#}", c["networkd"]))
+}
+
+/// Evaluate the emitted host file with the module (render.nix, the host as the administrator
+/// finishes it: networkd on). Fails on an evaluation error or a failing assertion; `None` when
+/// `NIXPKGS_LIB` is not set (said on stderr).
+fn module_eval(report: &Value) -> Option<Value> {
+    let lib = nixpkgs_lib()?;
+    let nix = report["nix_file"].as_str().expect("a declarative Nix file");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("containers.nix"), nix).unwrap();
+    let conf = dir.path().join("host.nix");
+    std::fs::write(
+        &conf,
+        "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
+    )
+    .unwrap();
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("nixos/tests/render.nix"))
+        .args(["--arg", "nixpkgsLib", &lib])
+        .arg("--arg")
+        .arg("configuration")
+        .arg(&conf)
+        .env("NIXPKGS_LIB", &lib)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the module cannot evaluate the emitted Nix:\n{}\n--- emitted\n{nix}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = v["assertions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "module assertions fail: {failed:#?}\n--- emitted\n{nix}"
+    );
+    Some(v)
+}
+
+fn units_at(v: &Value, path: &[&str]) -> BTreeMap<String, String> {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, b)| (k.clone(), b.as_str().unwrap().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What one side of the network looked like once networkd had configured it.
+struct SideState {
+    /// `ip -br addr`, `ip route`, `ip -6 route`.
+    state: String,
+    /// Output of the probe command (guests only), with its exit status last.
+    probe: String,
+}
+
+/// Run real systemd-networkd on a host namespace holding one veth per guest (`ve-<name>`),
+/// and in one namespace per guest (`host0`), each with the given units; after `secs`, record
+/// the addresses and routes and run each guest's probe command. `None` (after saying why) when
+/// the tools or root are missing.
+fn networkd_net(
+    host_units: &BTreeMap<String, String>,
+    guests: &[(&str, BTreeMap<String, String>, &str)],
+    secs: u32,
+) -> Option<(String, Vec<SideState>)> {
+    let networkd = Path::new("/lib/systemd/systemd-networkd");
+    let busybox = Path::new("/bin/busybox");
+    for (p, what) in [(networkd, "systemd-networkd"), (busybox, "busybox")] {
+        if !p.exists() {
+            assert!(!require_real_tools(), "{} missing", p.display());
+            eprintln!("skipped: {what} missing");
+            return None;
+        }
+    }
+    if !is_root() {
+        assert!(!require_real_tools(), "networkd in namespaces needs root");
+        eprintln!("skipped: networkd in namespaces needs root");
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().display().to_string();
+    let write_units = |dir: &str, units: &BTreeMap<String, String>| {
+        let p = t.path().join(dir);
+        std::fs::create_dir_all(&p).unwrap();
+        for (name, body) in units {
+            std::fs::write(p.join(name), body).unwrap();
+        }
+    };
+    write_units("h", host_units);
+    for (n, (_, units, probe)) in guests.iter().enumerate() {
+        write_units(&format!("g{n}"), units);
+        std::fs::write(t.path().join(format!("g{n}.probe")), probe).unwrap();
+    }
+    std::fs::create_dir_all(t.path().join("empty")).unwrap();
+    std::fs::write(
+        t.path().join("side.sh"),
+        format!(
+            r#"set -e
+mount -t sysfs -o ro sysfs /sys
+mkdir -p /run/systemd/netif
+mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif 2>/dev/null || true
+mount --bind {d}/$1 /etc/systemd/network
+mount --bind {d}/empty /lib/systemd/network
+if [ -d /run/systemd/network ]; then mount --bind {d}/empty /run/systemd/network; fi
+ip link set lo up
+SYSTEMD_LOG_TARGET=console /lib/systemd/systemd-networkd >{d}/$1.log 2>&1 &
+P=$!
+sleep {secs}
+{{ ip -br addr; ip route; ip -6 route; }} >{d}/$1.state
+if [ -f {d}/$1.probe ]; then
+  set +e
+  sh {d}/$1.probe >{d}/$1.probe.out 2>&1
+  echo "exit=$?" >>{d}/$1.probe.out
+fi
+# Keep the link configured until every side has probed.
+sleep 6
+kill $P
+wait $P || true
+"#
+        ),
+    )
+    .unwrap();
+    let ns = format!("nn-lb-{}-{}", std::process::id(), guests[0].0);
+    let mut outer = format!("set -e\nip netns add {ns}h\n");
+    let mut cleanup = format!("ip netns del {ns}h");
+    for (n, _) in guests.iter().enumerate() {
+        outer.push_str(&format!("ip netns add {ns}g{n}\n"));
+        cleanup.push_str(&format!("; ip netns del {ns}g{n}"));
+    }
+    outer.push_str(&format!("trap '{cleanup}' EXIT\n"));
+    for (n, (ifname, _, _)) in guests.iter().enumerate() {
+        outer.push_str(&format!(
+            "ip -n {ns}h link add {ifname} type veth peer name host0 netns {ns}g{n}\n"
+        ));
+    }
+    for (n, _) in guests.iter().enumerate() {
+        outer.push_str(&format!(
+            "nsenter --net=/run/netns/{ns}g{n} unshare -m --propagation private sh {d}/side.sh g{n} &\n"
+        ));
+    }
+    outer.push_str(&format!(
+        "nsenter --net=/run/netns/{ns}h unshare -m --propagation private sh {d}/side.sh h\nwait\n"
+    ));
+    std::fs::write(t.path().join("outer.sh"), outer).unwrap();
+    let st = Command::new("timeout")
+        .arg(format!("{}", secs + 40))
+        .arg("sh")
+        .arg(t.path().join("outer.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "networkd sandbox failed");
+    let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+    let mut sides = vec!["h".to_string()];
+    sides.extend((0..guests.len()).map(|n| format!("g{n}")));
+    for side in &sides {
+        let log = read(&format!("{side}.log"));
+        let complaints: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("/etc/systemd/network/"))
+            .collect();
+        assert!(
+            complaints.is_empty(),
+            "{side}: networkd complains about the units:\n{}\n--- log\n{log}",
+            complaints.join("\n")
+        );
+    }
+    let guests = (0..guests.len())
+        .map(|n| SideState {
+            state: read(&format!("g{n}.state")),
+            probe: read(&format!("g{n}.probe.out")),
+        })
+        .collect();
+    Some((read("h.state"), guests))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9 (6): point-to-point veths, faithfully
+
+/// The manual's example: three containers share `hostAddress = "192.168.100.10"`. Legacy put
+/// 192.168.100.10/32 on each `ve-*` with a host route to each container; the translation must
+/// do the same (no subnet, no overlapping routes, no prefix warning), and in real networkd each
+/// container reaches the host through its own link.
+#[test]
+fn containers_sharing_a_host_address_stay_point_to_point() {
+    let report = dry_run(
+        r#"{ ... }: {
+  containers.a = { privateNetwork = true; hostAddress = "192.168.100.10"; localAddress = "192.168.100.11"; config = { }; };
+  containers.b = { privateNetwork = true; hostAddress = "192.168.100.10"; localAddress = "192.168.100.12"; config = { }; };
+  containers.c = { privateNetwork = true; hostAddress = "192.168.100.10"; localAddress = "192.168.100.13"; config = { }; };
+}"#,
+    );
+    for (name, local) in [("a", "11"), ("b", "12"), ("c", "13")] {
+        let c = container(&report, name);
+        assert!(
+            !codes(c).contains(&"p2p-prefix-chosen".to_string()),
+            "{name}: {:?}",
+            codes(c)
+        );
+        assert_eq!(
+            unit(c, &format!("host: 20-ve-{name}.network")),
+            format!(
+                "[Match]\nName=ve-{name}\n\n[Network]\n\n[Address]\nAddress=192.168.100.10/32\nPeer=192.168.100.{local}/32\n\n"
+            )
+        );
+        assert_eq!(
+            unit(c, "guest: 20-host0.network"),
+            format!(
+                "[Match]\nName=host0\n\n[Network]\n\n[Address]\nAddress=192.168.100.{local}/32\nPeer=192.168.100.10/32\n\n\
+                 [Route]\nGateway=192.168.100.10\nGatewayOnLink=yes\n\n"
+            )
+        );
+    }
+    let Some(v) = module_eval(&report) else {
+        return;
+    };
+    let host = units_at(&v, &["network"]);
+    // The preview is what the module renders.
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            host[&format!("20-ve-{name}.network")],
+            unit(
+                container(&report, name),
+                &format!("host: 20-ve-{name}.network")
+            )
+        );
+    }
+    let guests: Vec<(&str, BTreeMap<String, String>, &str)> =
+        [("ve-a", "a"), ("ve-b", "b"), ("ve-c", "c")]
+            .iter()
+            .map(|(ifname, name)| {
+                (
+                    *ifname,
+                    units_at(&v, &["guest", name]),
+                    "/bin/busybox ping -c 1 -W 3 192.168.100.10",
+                )
+            })
+            .collect();
+    let Some((host_state, guest_states)) = networkd_net(&host, &guests, 4) else {
+        return;
+    };
+    for (n, local) in ["11", "12", "13"].iter().enumerate() {
+        let ifname = guests[n].0;
+        assert!(
+            host_state.contains(&format!(
+                "192.168.100.{local} dev {ifname} proto kernel scope link src 192.168.100.10"
+            )),
+            "no host route to .{local} on {ifname}:\n{host_state}"
+        );
+        let g = &guest_states[n];
+        assert!(
+            g.state
+                .contains("default via 192.168.100.10 dev host0 proto static onlink"),
+            "{ifname}: no on-link default route:\n{}",
+            g.state
+        );
+        assert!(
+            g.probe.contains("exit=0"),
+            "{ifname}: the container cannot reach the host:\n{}\n--- guest\n{}\n--- host\n{host_state}",
+            g.probe,
+            g.state
+        );
+    }
+    // No subnet anywhere: every address is a /32 with a peer.
+    for l in host_state.lines().filter(|l| l.starts_with("ve-")) {
+        assert!(
+            !l.contains("/29") && !l.contains("/31") && !l.contains("/30"),
+            "{l}"
+        );
+    }
+}
+
+/// Far-apart addresses (legacy allowed any pair): no enclosing subnet such as 10.0.0.0/12 is
+/// claimed on the host; IPv6 likewise.
+#[test]
+fn far_apart_point_to_point_addresses_claim_no_subnet() {
+    let report = dry_run(
+        r#"{ ... }: {
+  containers.far = {
+    privateNetwork = true;
+    hostAddress = "10.0.0.1"; localAddress = "10.9.9.9";
+    hostAddress6 = "fc00::1"; localAddress6 = "fd00::9";
+    config = { };
+  };
+}"#,
+    );
+    let c = container(&report, "far");
+    assert!(
+        !codes(c).iter().any(|w| w == "p2p-prefix-chosen"),
+        "{:?}",
+        codes(c)
+    );
+    let host = unit(c, "host: 20-ve-far.network");
+    assert!(
+        host.contains("Address=10.0.0.1/32\nPeer=10.9.9.9/32\n"),
+        "{host}"
+    );
+    assert!(
+        host.contains("Address=fc00::1/128\nPeer=fd00::9/128\n"),
+        "{host}"
+    );
+    assert!(
+        !host.contains("IPMasquerade") && !host.contains("IPv6SendRA"),
+        "legacy had no NAT and no RA:\n{host}"
+    );
+    let Some(v) = module_eval(&report) else {
+        return;
+    };
+    let guests = vec![(
+        "ve-far",
+        units_at(&v, &["guest", "far"]),
+        "/bin/busybox ping -c 1 -W 3 10.0.0.1 && /bin/busybox ping -c 1 -W 3 fc00::1",
+    )];
+    let Some((host_state, g)) = networkd_net(&units_at(&v, &["network"]), &guests, 5) else {
+        return;
+    };
+    assert!(
+        host_state.contains("10.9.9.9 dev ve-far proto kernel scope link src 10.0.0.1"),
+        "{host_state}"
+    );
+    assert!(!host_state.contains("10.0.0.0/"), "{host_state}");
+    assert!(
+        g[0].state.contains("default via fc00::1 dev host0"),
+        "{}",
+        g[0].state
+    );
+    assert!(
+        g[0].probe.contains("exit=0"),
+        "{}\n--- guest\n{}\n--- host\n{host_state}",
+        g[0].probe,
+        g[0].state
+    );
+}
