@@ -404,7 +404,6 @@ fn every_assertion_fires_with_numbered_ways_out() {
         "static addresses collide: 10.1.0.2 (containerPool of a and of b), 10.1.0.2 (containerPool of a, hostAddresses of c), 10.1.0.2 (containerPool of b, hostAddresses of c)",
         "need systemd-networkd on the host",
         "Container name(s) old are declared both in the legacy `containers`",
-        "averyveryverylongname: the interface name",
         "mv: network.veth = false cannot be",
         "hp: forwardPorts need a private",
         "\"mymachines\" is missing from system.nssDatabases.hosts",

@@ -108,10 +108,6 @@ let
       message = "invalid container name \"${name}\": use letters, digits, \"-\", \"_\" and dots, at most 64 characters";
     }
     {
-      assertion = !(inst.network != null && inst.network.zone == null && inst.network.bridge == null && inst.network.veth) || I.vethNameFits name;
-      message = "container name \"${name}\" is longer than 12 characters: its interface ve-${name} would be renamed by systemd-nspawn; use a shorter name or a zone";
-    }
-    {
       assertion = inst.forwardPorts == [ ] || I.hasVeth inst;
       message = "container ${name}: forwardPorts need `network = { };` (a private network with a veth)";
     }

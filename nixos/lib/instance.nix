@@ -32,9 +32,11 @@ rec {
     builtins.stringLength name <= 64
     && builtins.match "[a-zA-Z0-9_-]+(\\.[a-zA-Z0-9_-]+)*" name != null;
 
-  # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
-  # which a `Name=ve-<name>` match can then never find.
-  vethNameFits = name: builtins.stringLength "ve-${name}" <= 15;
+  # No length limit for `ve-<name>`: when it is longer than an interface name may be (15
+  # bytes), systemd-nspawn (since systemd 247) names the link with a hash and gives it the full
+  # name as an alternative name, and networkd's `[Match] Name=` matches alternative names too
+  # (checked with systemd-networkd 252 in tests/legacy_behaviour.rs). Legacy containers with
+  # such names ran the same way on kernels with altnames (Linux 5.5+).
 
   portSpec =
     p:
@@ -69,6 +71,17 @@ rec {
         Peer = "${withoutPrefix (head other)}/${fullLength a}";
       }
     ) own;
+  # `[Address]` / `[Route]` sections as unit text, appended through `extraConfig`: the
+  # `addresses` / `routes` options changed shape between nixpkgs releases (`addressConfig`
+  # wrappers before 24.05, plain attribute sets since), extraConfig reads the same in all of
+  # them, and networkd treats the sections alike wherever they stand.
+  sectionsText =
+    section: entries:
+    lib.concatMapStrings (
+      e:
+      "[${section}]\n" + lib.concatStrings (lib.mapAttrsToList (k: v: "${k}=${v}\n") e) + "\n"
+    ) entries;
+
   # The host route to the other end when the own address is not full-length (with a peer
   # the kernel adds that route itself).
   p2pRoutes =
@@ -167,9 +180,13 @@ rec {
           };
       }
       // optionalAttrs p2p {
-        addresses =
-          p2pAddresses v4.hostAddresses v4.containerPool ++ p2pAddresses v6.hostAddresses v6.containerPool;
-        routes = p2pRoutes v4.hostAddresses v4.containerPool ++ p2pRoutes v6.hostAddresses v6.containerPool;
+        extraConfig =
+          sectionsText "Address" (
+            p2pAddresses v4.hostAddresses v4.containerPool ++ p2pAddresses v6.hostAddresses v6.containerPool
+          )
+          + sectionsText "Route" (
+            p2pRoutes v4.hostAddresses v4.containerPool ++ p2pRoutes v6.hostAddresses v6.containerPool
+          );
       };
     };
 
@@ -242,13 +259,16 @@ rec {
         inherit networkConfig;
       }
       // optionalAttrs p2p {
-        addresses =
-          p2pAddresses v4.containerPool v4.hostAddresses ++ p2pAddresses v6.containerPool v6.hostAddresses;
-        routes =
-          p2pRoutes v4.containerPool v4.hostAddresses
-          ++ p2pRoutes v6.containerPool v6.hostAddresses
-          ++ p2pGateways v4 gw4
-          ++ p2pGateways v6 gw6;
+        extraConfig =
+          sectionsText "Address" (
+            p2pAddresses v4.containerPool v4.hostAddresses ++ p2pAddresses v6.containerPool v6.hostAddresses
+          )
+          + sectionsText "Route" (
+            p2pRoutes v4.containerPool v4.hostAddresses
+            ++ p2pRoutes v6.containerPool v6.hostAddresses
+            ++ p2pGateways v4 gw4
+            ++ p2pGateways v6 gw6
+          );
       };
     };
 

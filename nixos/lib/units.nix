@@ -65,7 +65,7 @@ rec {
       ${attrsToSection def.matchConfig}
     '';
 
-  # Sections supported: Match, Link, Network (+ address, gateway, dns), Address, Route, DHCPv4,
+  # Sections supported: Match, Link, Network (+ address, gateway, dns, routes), DHCPv4,
   # DHCPServer, IPv6SendRA, extraConfig. Same order and spacing as nixpkgs.
   networkText =
     def:
@@ -88,15 +88,9 @@ rec {
     + lines "Gateway" (get "gateway")
     + lines "DNS" (get "dns")
     + "\n"
-    # Sub-sections are plain attribute sets in current nixpkgs (`{ Address = …; Peer = …; }`);
-    # older releases wrapped them in addressConfig / routeConfig.
-    + concatMapStrings (x: ''
-      [Address]
-      ${attrsToSection (x.addressConfig or x)}
-    '') (get "addresses")
     + concatMapStrings (x: ''
       [Route]
-      ${attrsToSection (x.routeConfig or x)}
+      ${attrsToSection x.routeConfig}
     '') (get "routes")
     + optionalString (get "dhcpV4Config" != { }) ''
       [DHCPv4]

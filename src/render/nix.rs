@@ -350,6 +350,22 @@ fn bindings(i: &Instance) -> String {
     out
 }
 
+/// Zones the instances join (`--network-zone=`), each once: the module asserts that a zone an
+/// instance names is declared. Declared with the module's defaults; the translator reports
+/// what that changes (`network-zone-declared`).
+fn zone_bindings(is: &[&Instance]) -> String {
+    let mut zones: Vec<&str> = is
+        .iter()
+        .filter_map(|i| i.spec.network.as_ref()?.zone.as_deref())
+        .collect();
+    zones.sort();
+    zones.dedup();
+    zones
+        .iter()
+        .map(|z| format!("nixos.containers.zones.{} = {{ }};\n", attr_name(z)))
+        .collect()
+}
+
 /// Names the copied code of `i` uses but does not bind, other than `config`, `lib`, `pkgs`
 /// (as the readers found them): the host file takes them as module arguments.
 pub fn module_args(i: &Instance) -> Vec<String> {
@@ -380,9 +396,10 @@ pub fn instance_snippet(i: &Instance) -> String {
         }
     }
     format(format!(
-        "{{ {}, ... }}:\n{{\n{}}}\n",
+        "{{ {}, ... }}:\n{{\n{}{}}}\n",
         args.join(", "),
-        bindings(i)
+        bindings(i),
+        zone_bindings(&[i])
     ))
 }
 
@@ -410,9 +427,10 @@ pub fn host_file(is: &[Instance]) -> String {
         ));
     }
     out.push_str(&format!("{{ {}, ... }}:\n{{\n", args.join(", ")));
-    for i in declarative {
+    for i in &declarative {
         out.push_str(&bindings(i));
     }
+    out.push_str(&zone_bindings(&declarative));
     out.push_str("}\n");
     format(out)
 }

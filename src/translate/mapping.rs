@@ -132,7 +132,9 @@ pub const MAPPINGS: &[Mapping] = &[
             FREE_VARIABLE,
             GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
-            GUEST_CONFIG_UNPARSABLE
+            GUEST_CONFIG_UNPARSABLE,
+            GUEST_HOST0_SHADOWED,
+            GUEST_GATEWAY_WITHOUT_INTERFACE
         ],
         r#"{ config = { ... }: { networking.interfaces.eth0.useDHCP = true; networking.useHostResolvConf = false; }; }"#,
         [
@@ -230,7 +232,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.timeoutStartSec",
         [sets("I.timeoutStartSec")],
         options::timeout_start_sec,
-        "Same value, on systemd-nspawn@<name>.service.",
+        "Same value, on systemd-nspawn@<name>.service. Unset: the legacy default `1min` is written (the stock unit would wait systemd's 90 s).",
         [INVALID_VALUE],
         r#"{ timeoutStartSec = "5min"; }"#,
         ["instance.timeoutStartSec = \"5min\""]
@@ -240,10 +242,14 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.ephemeral (N[Exec] Ephemeral=yes)",
         [sets("I.ephemeral")],
         options::ephemeral,
-        "Same meaning: the root is a throw-away snapshot.",
+        "Same meaning: every boot starts from the empty root legacy had (`/run/nixos-containers/<name>`); a leftover `/var/lib/nixos-containers/<name>` is not copied, so it cannot become the snapshot source.",
         [],
         r#"{ ephemeral = true; }"#,
-        ["instance.ephemeral = true", "[Exec] Ephemeral=yes"]
+        [
+            "instance.ephemeral = true",
+            "[Exec] Ephemeral=yes",
+            "state - -> /var/lib/machines/web"
+        ]
     ),
     opt!(
         "enableTun",
@@ -379,17 +385,21 @@ pub const MAPPINGS: &[Mapping] = &[
         [],
         network::local_mac_address,
         "nspawn has no key for the veth's MAC (it derives a stable one from the machine name); set it in the guest.",
-        [LOCAL_MAC_ADDRESS],
+        [LOCAL_MAC_ADDRESS, VETH_WITHOUT_ADDRESSES],
         r#"{ privateNetwork = true; localMacAddress = "02:00:00:00:00:01"; }"#,
-        ["warning local-mac-address", "instance.network.veth = true"]
+        [
+            "warning local-mac-address",
+            "instance.network.veth = true",
+            "warning veth-without-addresses"
+        ]
     ),
     opt!(
         "forwardPorts",
         "I.forwardPorts (N[Network] Port=)",
         [sets("I.forwardPorts")],
         network::forward_ports,
-        "Same shape; containerPort defaults to hostPort. Without privateNetwork legacy ignored them silently: still ignored, now with a warning.",
-        [FORWARD_PORTS_IGNORED],
+        "Same shape; containerPort defaults to hostPort. Without privateNetwork legacy ignored them silently: still ignored, now with a warning. With a private network but no veth (macvlans only) the module cannot forward them: dropped, and the warning gives the raw `Port=` keys that keep nspawn's forwarding.",
+        [FORWARD_PORTS_IGNORED, FORWARD_PORTS_WITHOUT_VETH],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; forwardPorts = [ { hostPort = 8080; containerPort = 80; } ]; }"#,
         [
             "instance.forwardPorts: tcp 8080 -> 80",
@@ -467,7 +477,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.privateUsers (N[Exec] PrivateUsers=, N[Files] PrivateUsersOwnership=)",
         [sets("I.privateUsers")],
         options::private_users,
-        "Always explicit, even \"no\": systemd-nspawn@.service passes -U, which would chown the legacy rootfs. pick or a base UID keep ownership auto (the legacy tree is already shifted).",
+        "Always explicit, even \"no\": systemd-nspawn@.service passes -U, which would chown the legacy rootfs. Ownership as nspawn implied it for legacy's flag: `auto` for pick, `off` for a base UID (the tree stays as it is on disk).",
         [],
         r#"{ privateUsers = "pick"; }"#,
         [
@@ -482,7 +492,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "N[Exec] ResolvConf=",
         [sets("N[Exec] ResolvConf")],
         options::copy_resolv_conf,
-        "copy-host when legacy copied the host's resolv.conf (the default) and the guest did not opt out; off when copyResolvConf = false, a bind mount provides /etc/resolv.conf, the guest set useHostResolvConf = false, or it runs resolved.",
+        "copy-host when legacy copied the host's resolv.conf (the Nix default; a deployed `.conf` says so with COPY_RESOLV_CONF=1) and the guest did not opt out; off when copyResolvConf = false, a `.conf` without COPY_RESOLV_CONF=1 (imperative containers: the start script copied nothing), a bind mount provides /etc/resolv.conf, the guest set useHostResolvConf = false, or it runs resolved.",
         [],
         r#"{ copyResolvConf = true; }"#,
         ["[Exec] ResolvConf=copy-host"]
@@ -506,7 +516,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "D DeviceAllow=",
         [appends("D[Service] DeviceAllow")],
         options::allowed_devices,
-        "Appended to the stock unit's DeviceAllow= list (DevicePolicy=closed stays).",
+        "Appended to the stock unit's DeviceAllow= list. DevicePolicy=closed stays, but the stock list already allows more than legacy did (see “What changes even when nothing is reported”).",
         [INVALID_VALUE],
         r#"{ allowedDevices = [ { node = "/dev/fuse"; modifier = "rw"; } ]; }"#,
         ["drop-in [Service] DeviceAllow=/dev/fuse rw"]
@@ -814,12 +824,13 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.veth = true",
         [overrides("I.network")],
         flags::network_veth,
-        "A veth to the host (DHCP from the module when no addresses are set).",
-        [],
+        "A veth to the host (DHCP from the module when no addresses are set, where legacy configured nothing: reported).",
+        [VETH_WITHOUT_ADDRESSES],
         r#"{ extraFlags = [ "-n" ]; }"#,
         [
             "[Network] VirtualEthernet=yes",
-            "networkd host 20-ve-web.network: [Network] DHCPServer=yes"
+            "networkd host 20-ve-web.network: [Network] DHCPServer=yes",
+            "warning veth-without-addresses"
         ]
     ),
     flag!(
@@ -841,10 +852,10 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.zone",
         [sets("I.network.zone")],
         flags::network_zone,
-        "Joins the nspawn zone bridge vz-<zone>.",
-        [INVALID_VALUE],
+        "Joins the nspawn zone bridge vz-<zone>; the zone is declared in the emitted file (the module requires it) with the module's defaults, which is reported.",
+        [INVALID_VALUE, NETWORK_ZONE_DECLARED],
         r#"{ extraFlags = [ "--network-zone=lab" ]; }"#,
-        ["[Network] Zone=lab"]
+        ["[Network] Zone=lab", "warning network-zone-declared"]
     ),
     flag!(
         "--port= / -p",
@@ -853,8 +864,12 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.forwardPorts",
         [appends("I.forwardPorts")],
         flags::port,
-        "[proto:]host[:container]; needs a veth, bridge or zone.",
-        [FORWARD_PORTS_IGNORED, INVALID_VALUE],
+        "[proto:]host[:container]; needs a private network (nspawn refuses it otherwise) and, for the module, a veth, bridge or zone.",
+        [
+            FORWARD_PORTS_IGNORED,
+            FORWARD_PORTS_WITHOUT_VETH,
+            INVALID_VALUE
+        ],
         r#"{ privateNetwork = true; hostBridge = "br0"; extraFlags = [ "-p" "udp:53:5353" ]; }"#,
         ["[Network] Port=udp:53:5353"]
     ),
@@ -1587,6 +1602,9 @@ mod tests {
         let covered_elsewhere = [
             "unresolved-expression",
             "p2p-prefix-chosen",
+            "forward-ports-without-veth",
+            "guest-host0-shadowed",
+            "guest-gateway-without-interface",
             "bridge-address-without-prefix",
             "invalid-address",
             "addresses-without-private-network",

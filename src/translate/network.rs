@@ -801,3 +801,166 @@ pub fn network_namespace_warning(tx: &mut Tx, option: &str, path: &str, origin: 
         ),
     );
 }
+
+/// Checks after every row (and `extraFlags`) ran, on the network as it was finally decided.
+pub fn after_rows(tx: &mut Tx) {
+    ports_without_veth(tx);
+    veth_without_addresses(tx);
+    zone_declared(tx);
+    guest_host0_settings(tx);
+}
+
+/// The guest's own host0 settings next to the module's 20-host0.network. Legacy's container
+/// init added its addresses and routes and the guest's scripted networking added its own, both
+/// applied; networkd applies the first matching unit only (nixpkgs renders the guest's
+/// `networking.interfaces.host0` / `defaultGateway` as 40-host0.network). And NixOS refuses a
+/// `defaultGateway` without `interface` under networkd, which the module turns on.
+fn guest_host0_settings(tx: &mut Tx) {
+    let Some(net) = &tx.i.spec.network else {
+        return;
+    };
+    if !net.veth {
+        return;
+    }
+    let Some(text) = tx.i.spec.system_config.as_ref().map(|e| e.text.clone()) else {
+        return;
+    };
+    let compact: String = text.split_whitespace().collect();
+    let configures_host0 = compact.contains("interfaces.host0")
+        || compact.contains("interfaces.\"host0\"")
+        || compact.contains("defaultGateway");
+    let module_unit = crate::render::networkd::module_networks(&tx.i.name, &tx.i.spec)
+        .iter()
+        .any(|u| u.side == Side::Guest && u.file_name == "20-host0.network");
+    let name = crate::nixtext::attr_name(&tx.c.name);
+    if configures_host0 && module_unit {
+        tx.warn(
+            &GUEST_HOST0_SHADOWED,
+            "config",
+            tx.c.options.config.as_ref().map(|s| &s.origin),
+            format!(
+                "the guest configures host0 itself (networking.interfaces.host0 or defaultGateway), and the module writes \
+                 20-host0.network from the legacy addresses; networkd uses only the first matching unit, so the guest's \
+                 40-host0.network is ignored, where legacy applied both. Put everything in one place: either move the \
+                 guest's host0 settings into the instance's network.v4/v6.static options, or keep the guest's and add \
+                 systemd.network.networks.\"20-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config"
+            ),
+        );
+    }
+    // `defaultGateway = "…"` (the string form), `defaultGateway.address = …` or `{ address = …; }`
+    // without an interface. (The names do not prefix-match: `defaultGateway=` is not
+    // `defaultGateway6=`.)
+    let bare: Vec<&str> = ["defaultGateway", "defaultGateway6"]
+        .into_iter()
+        .filter(|gw| {
+            compact.contains(&format!("{gw}=\""))
+                || (compact.contains(&format!("{gw}.address"))
+                    && !compact.contains(&format!("{gw}.interface")))
+                || (compact.contains(&format!("{gw}={{")) && !compact.contains("interface="))
+        })
+        .collect();
+    if !bare.is_empty() {
+        let gws = bare
+            .iter()
+            .map(|g| format!("networking.{g}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        tx.warn(
+            &GUEST_GATEWAY_WITHOUT_INTERFACE,
+            "config",
+            tx.c.options.config.as_ref().map(|s| &s.origin),
+            format!(
+                "the guest sets {gws} without an interface; legacy's guest used scripted networking, but the container \
+                 now runs systemd-networkd, where NixOS refuses that (\"….interface is not optional when using networkd\"). \
+                 Write it as {{ address = \"…\"; interface = \"host0\"; }}"
+            ),
+        );
+    }
+}
+
+/// The module forwards ports over its veth only (and asserts so). Legacy passed `--port=` to
+/// nspawn with any private network; with only a macvlan or a moved interface nspawn's DNAT
+/// pointed at that link's address.
+fn ports_without_veth(tx: &mut Tx) {
+    let no_veth = tx.i.spec.network.as_ref().is_some_and(|n| !n.veth);
+    if !no_veth || tx.i.spec.forward_ports.is_empty() {
+        return;
+    }
+    let ports: Vec<String> = std::mem::take(&mut tx.i.spec.forward_ports)
+        .iter()
+        .map(|p| {
+            format!(
+                "\"{}:{}:{}\"",
+                p.protocol,
+                p.host_port,
+                p.container_port.unwrap_or(p.host_port)
+            )
+        })
+        .collect();
+    let origin =
+        tx.c.options
+            .forward_ports
+            .as_ref()
+            .map(|s| s.origin.clone());
+    let option = if origin.is_some() {
+        "forwardPorts"
+    } else {
+        "extraFlags"
+    };
+    tx.warn(
+        &FORWARD_PORTS_WITHOUT_VETH,
+        option,
+        origin.as_ref(),
+        format!(
+            "the container has a private network but no veth (only macvlans or moved interfaces), and the module \
+             forwards ports over its veth only, so the forwards were dropped. Legacy passed them to nspawn, which \
+             DNATs to the container's own address; to keep that, add systemd.nspawn.{}.networkConfig.Port = [ {} ];",
+            crate::nixtext::attr_name(&tx.c.name),
+            ports.join(" ")
+        ),
+    );
+}
+
+/// A veth the legacy module never configured (no host/local address: `localMacAddress`, a
+/// `--network-veth` flag, or addresses it could not read) now gets the module's default mode.
+fn veth_without_addresses(tx: &mut Tx) {
+    let Some(n) = &tx.i.spec.network else { return };
+    let st = |s: &StaticAddresses| s.host_addresses.is_empty() && s.container_pool.is_empty();
+    if !n.veth || n.zone.is_some() || n.bridge.is_some() || !st(&n.v4) || !st(&n.v6) {
+        return;
+    }
+    let name = crate::nixtext::attr_name(&tx.c.name);
+    tx.warn(
+        &VETH_WITHOUT_ADDRESSES,
+        "privateNetwork",
+        tx.c.options.private_network.as_ref().map(|s| &s.origin),
+        format!(
+            "the container has a veth but no hostAddress/localAddress, so legacy left ve-{0} and the guest's eth0 \
+             unconfigured; the module now serves DHCP, NAT (IPMasquerade) and IPv6 router advertisements on ve-{0} and \
+             runs DHCP on host0, so the container gets an address and a route to the outside. To keep both ends \
+             unconfigured, add systemd.network.networks.\"20-ve-{0}\".enable = lib.mkForce false; on the host and \
+             systemd.network.networks.\"20-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config",
+            tx.c.name
+        ),
+    );
+}
+
+/// `--network-zone=` names a zone the module must have declared (it asserts so): the
+/// emitted file declares it (render::nix), with the module's zone defaults.
+fn zone_declared(tx: &mut Tx) {
+    let Some(zone) = tx.i.spec.network.as_ref().and_then(|n| n.zone.clone()) else {
+        return;
+    };
+    tx.warn(
+        &NETWORK_ZONE_DECLARED,
+        "extraFlags",
+        None,
+        format!(
+            "--network-zone={zone}: the module needs the zone declared, so nixos.containers.zones.{z} = {{ }}; is emitted. \
+             Legacy's nspawn created the bridge vz-{zone} and left it unconfigured (the zone's containers reached only each \
+             other); the declared zone's bridge serves DHCP, NAT and IPv6 router advertisements. To keep it without \
+             addresses, declare nixos.containers.zones.{z} = {{ v4.addrPool = [ ]; v6.addrPool = [ ]; }};",
+            z = crate::nixtext::attr_name(&zone)
+        ),
+    );
+}

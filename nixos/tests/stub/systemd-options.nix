@@ -37,13 +37,8 @@ let
       address = strList;
       gateway = strList;
       dns = strList;
-      # As nixpkgs: `[Address]` / `[Route]` sections as plain attribute sets.
-      addresses = mkOption {
-        type = types.listOf (types.attrsOf unitOption);
-        default = [ ];
-      };
       routes = mkOption {
-        type = types.listOf (types.attrsOf unitOption);
+        type = types.listOf (types.submodule { options.routeConfig = section; });
         default = [ ];
       };
       extraConfig = mkOption {
