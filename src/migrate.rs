@@ -147,10 +147,16 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         let disk = disk_by_name.remove(&name);
         containers.push(assemble(name, disk, configured));
     }
+    let gcroots_dirs = containers
+        .iter()
+        .map(|c| (c.name.clone(), crate::plan::legacy_gcroots_dir(&c.name)))
+        .filter(|(_, p)| host.kind(p).ok().flatten() == Some(crate::host::Kind::Dir))
+        .collect();
     LegacyHost {
         containers,
         problems,
         files_read,
+        gcroots_dirs,
     }
 }
 
@@ -238,13 +244,18 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         .iter()
         .map(|c| translate::translate(c, &ctx))
         .collect();
+    // Declarative containers' profiles too: their guests' per-user profiles live there.
     let profiles: BTreeMap<String, PathBuf> = legacy
         .containers
         .iter()
-        .filter(|c| c.has_profile_generations)
         .filter_map(|c| Some((c.name.clone(), c.profile_dir.clone()?)))
         .collect();
-    let plan = plan::plan(&instances, &|n| profiles.get(n).cloned(), output);
+    let plan = plan::plan(
+        &instances,
+        &|n| profiles.get(n).cloned(),
+        &|n| legacy.gcroots_dirs.get(n).cloned(),
+        output,
+    );
     // Blocked containers stay out of the file: one invalid name would fail the whole rebuild.
     let declarative: Vec<Instance> = instances
         .iter()

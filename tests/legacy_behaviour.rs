@@ -553,3 +553,83 @@ fn long_container_names_match_their_veth_by_altname() {
     );
     assert!(g[0].probe.contains("exit=0"), "{}", g[0].probe);
 }
+
+/// 13.7: a declarative container's per-container profile and GC-root directories (bound
+/// read-write into the guest by legacy: the guest's per-user profiles live there) are carried to
+/// the directories the module binds, as links, not only an imperative container's.
+#[test]
+fn declarative_profiles_and_gcroots_are_carried() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/nixos")).unwrap();
+    std::fs::write(
+        r.join("etc/nixos/configuration.nix"),
+        "{ ... }: { containers.web = { autoStart = true; config = { }; }; }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("etc/nixos-containers")).unwrap();
+    std::fs::write(
+        r.join("etc/nixos-containers/web.conf"),
+        "SYSTEM_PATH=/nix/store/00000000000000000000000000000000-nixos-system-web\nCOPY_RESOLV_CONF=1\nPRIVATE_USERS=no\nAUTO_START=1\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("var/lib/nixos-containers/web/etc")).unwrap();
+    std::fs::write(r.join("var/lib/nixos-containers/web/etc/hostname"), "web\n").unwrap();
+    let prof = r.join("nix/var/nix/profiles/per-container/web/per-user/root");
+    std::fs::create_dir_all(&prof).unwrap();
+    std::os::unix::fs::symlink(
+        "/nix/store/11111111111111111111111111111111-user-environment",
+        prof.join("profile-1-link"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("profile-1-link", prof.join("profile")).unwrap();
+    let roots = r.join("nix/var/nix/gcroots/per-container/web/auto");
+    std::fs::create_dir_all(&roots).unwrap();
+    std::os::unix::fs::symlink("/root/result", roots.join("abc")).unwrap();
+
+    let report = json(&nixos_nspawn(r, &["migrate", "--dry-run", "--json"]));
+    let plan = container(&report, "web")["plan"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let carried: Vec<(&str, &str)> = plan
+        .iter()
+        .filter(|s| s["step"] == "carry-profile")
+        .map(|s| (s["from"].as_str().unwrap(), s["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        carried,
+        vec![
+            (
+                "/nix/var/nix/profiles/per-container/web",
+                "/nix/var/nix/profiles/per-nspawn/web"
+            ),
+            (
+                "/nix/var/nix/gcroots/per-container/web",
+                "/nix/var/nix/gcroots/per-nspawn/web"
+            ),
+        ],
+        "{plan:#?}"
+    );
+    let out = nixos_nspawn(r, &["migrate", "--yes"]);
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = r.join("nix/var/nix/profiles/per-nspawn/web/per-user/root");
+    assert_eq!(
+        std::fs::read_link(new.join("profile")).unwrap(),
+        Path::new("profile-1-link")
+    );
+    assert_eq!(
+        std::fs::read_link(new.join("profile-1-link")).unwrap(),
+        Path::new("/nix/store/11111111111111111111111111111111-user-environment")
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("nix/var/nix/gcroots/per-nspawn/web/auto/abc")).unwrap(),
+        Path::new("/root/result")
+    );
+    // The legacy directories stay as they were.
+    assert!(prof.join("profile").is_symlink());
+}

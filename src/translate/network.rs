@@ -826,8 +826,15 @@ fn guest_host0_settings(tx: &mut Tx) {
         return;
     };
     let compact: String = text.split_whitespace().collect();
-    let configures_host0 = compact.contains("interfaces.host0")
-        || compact.contains("interfaces.\"host0\"")
+    // `networking.interfaces.host0…` (also nested as `networking = { interfaces.host0 … }`),
+    // not `networking.firewall.interfaces.host0`, which is no network unit setting.
+    let interface_setting = |pat: &str| {
+        compact
+            .match_indices(pat)
+            .any(|(at, _)| !compact[..at].ends_with("firewall."))
+    };
+    let configures_host0 = interface_setting("interfaces.host0")
+        || interface_setting("interfaces.\"host0\"")
         || compact.contains("defaultGateway");
     let module_unit = crate::render::networkd::module_networks(&tx.i.name, &tx.i.spec)
         .iter()

@@ -703,6 +703,7 @@ fn ephemeral_container_starts_empty_as_legacy_did() {
     let plan = crate::plan::plan(
         &[run(r#"{ ephemeral = true; }"#)],
         &|_| None,
+        &|_| None,
         std::path::Path::new("/etc/nixos/nspawn-containers.nix"),
     );
     assert!(
@@ -787,6 +788,11 @@ fn guest_host0_settings_are_not_shadowed_silently() {
             .message
             .contains("\"20-host0\".enable = lib.mkForce false")
     );
+    // The firewall's per-interface settings are no network unit settings.
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; config = { networking.firewall.interfaces.eth0.allowedTCPPorts = [ 80 ]; }; }"#,
+    );
+    assert_has(&i, &["!warning guest-host0-shadowed"]);
     // With an interface and no module unit (bridge, no address): nothing to report.
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.defaultGateway = { address = "192.168.1.1"; interface = "eth0"; }; }; }"#,
