@@ -109,9 +109,11 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
+    let mut nix_files: Vec<PathBuf> = Vec::new();
     if let Some(r) = nix {
         configured = r.facts;
         problems.extend(r.problems);
+        nix_files = r.files_read.clone();
         files_read.extend(r.files_read);
     }
     if let Some(json) = &opts.from_json {
@@ -146,6 +148,25 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         let configured = by_name.remove(&name).unwrap_or_default();
         let disk = disk_by_name.remove(&name);
         containers.push(assemble(name, disk, configured));
+    }
+    // Host settings that target the legacy units (container@<name>): they stop applying.
+    let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+    let outside_root = opts
+        .config
+        .as_ref()
+        .is_some_and(|p| host_path_of(host, p).is_none());
+    for f in nix_files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "nix"))
+    {
+        let text = if outside_root {
+            std::fs::read_to_string(f)
+        } else {
+            host.read_to_string(f)
+        };
+        if let Ok(text) = text {
+            problems.extend(crate::translate::host_refs::scan(f, &text, &names));
+        }
     }
     let gcroots_dirs = containers
         .iter()

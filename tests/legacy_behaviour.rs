@@ -633,3 +633,29 @@ fn declarative_profiles_and_gcroots_are_carried() {
     // The legacy directories stay as they were.
     assert!(prof.join("profile").is_symlink());
 }
+
+/// 13.2: host settings on the legacy unit (`systemd.services."container@<name>"`) would stop
+/// applying silently; they are reported with where to move them.
+#[test]
+fn overrides_of_the_legacy_unit_are_reported() {
+    let report = dry_run(
+        r#"{ lib, ... }: {
+  containers.web = { autoStart = true; config = { }; };
+  systemd.services."container@web".serviceConfig.MemoryMax = "2G";
+  networking.nat = { enable = true; internalInterfaces = [ "ve-+" ]; };
+}"#,
+    );
+    let problems: Vec<&Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["code"] == "container-unit-override")
+        .collect();
+    assert_eq!(problems.len(), 1, "{:#}", report["problems"]);
+    let m = problems[0]["message"].as_str().unwrap();
+    assert!(
+        m.contains("configuration.nix:3") && m.contains("systemd.services.\"systemd-nspawn@web\""),
+        "{m}"
+    );
+    assert_eq!(problems[0]["category"], "needs-human");
+}

@@ -1605,6 +1605,7 @@ mod tests {
             "forward-ports-without-veth",
             "guest-host0-shadowed",
             "guest-gateway-without-interface",
+            "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",
             "addresses-without-private-network",

@@ -14,6 +14,7 @@
 pub mod example;
 pub mod flags;
 pub mod guest;
+pub mod host_refs;
 pub mod mapping;
 pub mod model;
 pub mod network;
@@ -231,6 +232,12 @@ spec!(
     "the guest sets networking.defaultGateway(6) without an interface; the container now runs systemd-networkd, where NixOS requires defaultGateway.interface (\"host0\")"
 );
 spec!(
+    CONTAINER_UNIT_OVERRIDE,
+    "container-unit-override",
+    NeedsHuman,
+    "the host configuration overrides systemd.services.\"container@<name>\" (or the container@ template); the migrated container runs as systemd-nspawn@<name>.service, so those settings stop applying: move them"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -270,6 +277,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &NETWORK_ZONE_DECLARED,
     &GUEST_HOST0_SHADOWED,
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
+    &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,
 ];
 
