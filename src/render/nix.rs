@@ -80,10 +80,24 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     out
 }
 
-/// A networkd unit as a `systemd.network.networks.<name>` value.
+/// A networkd unit as a `systemd.network.networks.<name>` value. Repeatable sections
+/// (`[Address]`, `[Route]`) go into `extraConfig` as unit text: the `addresses` / `routes`
+/// options changed shape between nixpkgs releases, extraConfig reads the same in all of them
+/// (as the module does for `network.pointToPoint`).
 fn networkd_value(u: &NetworkdUnit) -> String {
     let mut out = String::from("{\n");
+    let mut extra = String::new();
     for (sec, keys) in &u.sections {
+        if sec == "Address" || sec == "Route" {
+            extra.push_str(&format!("[{sec}]\n"));
+            let mut sorted: Vec<&(String, String)> = keys.iter().collect();
+            sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            for (k, v) in sorted {
+                extra.push_str(&format!("{k}={v}\n"));
+            }
+            extra.push('\n');
+            continue;
+        }
         let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in keys {
             grouped.entry(k.clone()).or_default().push(v.clone());
@@ -100,6 +114,9 @@ fn networkd_value(u: &NetworkdUnit) -> String {
             _ => name,
         };
         out.push_str(&format!("{}Config = {};\n", name, section_attrs(&grouped)));
+    }
+    if !extra.is_empty() {
+        out.push_str(&format!("extraConfig = {};\n", string_literal(&extra)));
     }
     out.push('}');
     out

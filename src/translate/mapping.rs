@@ -448,7 +448,7 @@ pub const MAPPINGS: &[Mapping] = &[
             sets("networkd 30-<veth>.network")
         ],
         network::extra_veths,
-        "Same-named veth on both sides; the legacy address/route scripts become networkd units: host side Address= (or Bridge=), guest side Address=, no default route.",
+        "Same-named veth on both sides; the legacy address/route scripts become networkd units: host side Address= (or Bridge=), guest side Address=, no default route. A pair without prefixes stays point-to-point (`[Address]` with `Peer=`, as legacy's `ip addr` + `ip route`).",
         [
             EXTRA_VETH_UNITS,
             P2P_PREFIX_CHOSEN,

@@ -674,6 +674,10 @@ pub fn extra_veths(tx: &mut Tx) {
         names.push(vname.clone());
         let mut host_net: Vec<(String, String)> = Vec::new();
         let mut guest_net: Vec<(String, String)> = Vec::new();
+        // Point-to-point pairs, as legacy's scripts set them up (`ip addr add <own>` and
+        // `ip route add <other>` on each side): `[Address]` sections with `Peer=`.
+        let mut host_p2p: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        let mut guest_p2p: Vec<(String, Vec<(String, String)>)> = Vec::new();
         for (h, l) in [
             (&ev.host_address, &ev.local_address),
             (&ev.host_address6, &ev.local_address6),
@@ -700,6 +704,27 @@ pub fn extra_veths(tx: &mut Tx) {
                         ),
                     }
                 }
+                continue;
+            }
+            let full_pair =
+                |a: &str| Cidr::parse(a).filter(|c| c.prefix.is_none_or(|p| p == full(c.addr)));
+            if let (Some(hc), Some(lc)) = (
+                h.as_deref().and_then(full_pair),
+                l.as_deref().and_then(full_pair),
+            ) && hc.addr.is_ipv4() == lc.addr.is_ipv4()
+                && hc.addr != lc.addr
+            {
+                let addr = |own: &Cidr, other: &Cidr| {
+                    (
+                        "Address".to_string(),
+                        vec![
+                            ("Address".to_string(), with_prefix(own)),
+                            ("Peer".to_string(), with_prefix(other)),
+                        ],
+                    )
+                };
+                host_p2p.push(addr(&hc, &lc));
+                guest_p2p.push(addr(&lc, &hc));
                 continue;
             }
             match (h, l) {
@@ -750,15 +775,19 @@ pub fn extra_veths(tx: &mut Tx) {
             "Match".to_string(),
             vec![("Name".to_string(), vname.clone())],
         );
+        let mut host_sections = vec![m.clone(), ("Network".to_string(), host_net)];
+        host_sections.extend(host_p2p);
+        let mut guest_sections = vec![m, ("Network".to_string(), guest_net)];
+        guest_sections.extend(guest_p2p);
         tx.i.host_networks.push(NetworkdUnit {
             file_name: file.clone(),
             side: Side::Host,
-            sections: vec![m.clone(), ("Network".to_string(), host_net)],
+            sections: host_sections,
         });
         tx.i.guest_networks.push(NetworkdUnit {
             file_name: file,
             side: Side::Guest,
-            sections: vec![m, ("Network".to_string(), guest_net)],
+            sections: guest_sections,
         });
     }
     if !names.is_empty() {
@@ -767,8 +796,9 @@ pub fn extra_veths(tx: &mut Tx) {
             "extraVeths",
             Some(&src.origin),
             format!(
-                "{} became [Network] VirtualEthernetExtra= with networkd units on the host and in the guest (addresses as \
-                 subnets, no routes); the guest must use systemd-networkd (the module enables it for veth containers) — check them",
+                "{} became [Network] VirtualEthernetExtra= with networkd units on the host and in the guest (point-to-point \
+                 pairs as legacy set them, /32 with the other end as Peer=; addresses with a prefix as subnets); the guest \
+                 must use systemd-networkd (the module enables it for veth containers) — check them",
                 names.join(", ")
             ),
         );

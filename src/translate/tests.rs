@@ -805,3 +805,27 @@ fn guest_host0_settings_are_not_shadowed_silently() {
         ],
     );
 }
+
+/// Issue 9 (6) for extraVeths: a pair without prefixes stays point-to-point on both ends, no
+/// prefix is chosen; the emitted Nix carries the sections through extraConfig.
+#[test]
+fn extra_veth_pairs_stay_point_to_point() {
+    let i = run(
+        r#"{ privateNetwork = true; extraVeths.web-ext = { hostAddress = "10.9.0.1"; localAddress = "10.9.9.9"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "networkd host 30-web-ext.network: [Address] Address=10.9.0.1/32",
+            "networkd host 30-web-ext.network: [Address] Peer=10.9.9.9/32",
+            "networkd guest 30-web-ext.network: [Address] Address=10.9.9.9/32",
+            "networkd guest 30-web-ext.network: [Address] Peer=10.9.0.1/32",
+            "!warning p2p-prefix-chosen",
+        ],
+    );
+    let f = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(
+        f.contains(r#"extraConfig = "[Address]\nAddress=10.9.0.1/32\nPeer=10.9.9.9/32\n\n";"#),
+        "{f}"
+    );
+}
