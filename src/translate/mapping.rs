@@ -307,6 +307,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported.",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
         ],
@@ -331,6 +332,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "As hostAddress: a /128 pair stays point-to-point (`Peer=`).",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
         ],
@@ -349,6 +351,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "The guest's address on host0. Point-to-point (no prefixes): its /32 with the host address as `Peer=` and the default route through it with `GatewayOnLink=yes`, as legacy's container init did, also on a bridge. With prefixes: as given (bridged: its prefix is the bridge's subnet).",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
@@ -369,6 +372,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "As localAddress, for IPv6.",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
@@ -1602,6 +1606,7 @@ mod tests {
         let covered_elsewhere = [
             "unresolved-expression",
             "p2p-prefix-chosen",
+            "address-pair-incomplete",
             "forward-ports-without-veth",
             "guest-host0-shadowed",
             "guest-gateway-without-interface",

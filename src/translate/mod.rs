@@ -55,7 +55,13 @@ spec!(
     P2P_PREFIX_CHOSEN,
     "p2p-prefix-chosen",
     ChangedMeaning,
-    "legacy point-to-point /32 (/128) addresses became a subnet on the veth; the chosen prefix is named in the message"
+    "a host/local address pair written with prefixes that differ or do not hold both addresses became one subnet on the veth; the chosen prefix is named in the message (pairs without prefixes stay point-to-point and are not reported)"
+);
+spec!(
+    ADDRESS_PAIR_INCOMPLETE,
+    "address-pair-incomplete",
+    ChangedMeaning,
+    "only one end of a point-to-point pair is set (hostAddress without localAddress or the reverse): that end keeps its /32 (/128), but the routes legacy's scripts added towards the missing end are gone; the message says what to add"
 );
 spec!(
     BRIDGE_ADDRESS_WITHOUT_PREFIX,
@@ -248,6 +254,7 @@ spec!(
 pub const WARNINGS: &[&WarningSpec] = &[
     &UNRESOLVED_EXPRESSION,
     &P2P_PREFIX_CHOSEN,
+    &ADDRESS_PAIR_INCOMPLETE,
     &BRIDGE_ADDRESS_WITHOUT_PREFIX,
     &INVALID_ADDRESS,
     &ADDRESSES_WITHOUT_PRIVATE_NETWORK,

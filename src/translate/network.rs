@@ -161,8 +161,9 @@ pub fn choose_prefix(host: &str, local: &str) -> Result<PrefixChoice, String> {
         p -= 1;
     }
     let reason = format!(
-        "legacy used point-to-point /{w} addresses with host routes; networkd needs a subnet on the veth, \
-         so /{p} ({}) was chosen: the smallest subnet holding both {} and {} as host addresses",
+        "the prefixes written on this pair do not describe one subnet holding both addresses, so /{p} ({}) was \
+         chosen: the smallest subnet holding both {} and {} as host addresses (legacy's own route commands refuse a \
+         route with host bits set; write both addresses without a prefix to keep them point-to-point)",
         network_of(h.addr, p),
         h.addr,
         l.addr
@@ -385,10 +386,15 @@ fn family(tx: &Tx, v6: bool) -> Family {
             f.host = Some(with_prefix(&hc));
             f.warning = Some((
                 hn,
-                &P2P_PREFIX_CHOSEN,
+                &ADDRESS_PAIR_INCOMPLETE,
                 format!(
-                    "there is no {ln}: the host side gets {} and the guest no static address; set {ln} or use DHCP (network = {{ }})",
-                    with_prefix(&hc)
+                    "there is no {ln}: ve-{name} gets {} as in legacy, but legacy's container init also added a route to {a} \
+                     and a default route through it on eth0, which nothing adds now. Set {ln} (the container then gets \
+                     both routes), or give the guest networking.defaultGateway = {{ address = \"{a}\"; interface = \"host0\"; }} \
+                     with its own address",
+                    with_prefix(&hc),
+                    name = tx.c.name,
+                    a = hc.addr
                 ),
             ));
         }
@@ -396,10 +402,11 @@ fn family(tx: &Tx, v6: bool) -> Family {
             f.local = Some(with_prefix(&lc));
             f.warning = Some((
                 ln,
-                &P2P_PREFIX_CHOSEN,
+                &ADDRESS_PAIR_INCOMPLETE,
                 format!(
-                    "there is no {hn}: the guest gets {} but the host has no address or route on ve-{}; legacy added a host \
-                     route. Set {hn} so a subnet can be chosen",
+                    "there is no {hn}: the container gets {} as in legacy, but legacy also added a host route to it on \
+                     ve-{}, which nothing adds now (the module warns that the container has no gateway). Set {hn} and \
+                     re-run: the pair then stays point-to-point",
                     with_prefix(&lc),
                     tx.c.name
                 ),

@@ -829,3 +829,31 @@ fn extra_veth_pairs_stay_point_to_point() {
         "{f}"
     );
 }
+
+/// Half a point-to-point pair: the end that is set keeps its /32, and what legacy's scripts
+/// did towards the missing end is reported as such (not as a prefix choice).
+#[test]
+fn half_pairs_are_reported_as_incomplete() {
+    let i = run(r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
+            "warning address-pair-incomplete",
+            "!warning p2p-prefix-chosen",
+        ],
+    );
+    assert!(
+        warning(&i, "address-pair-incomplete")
+            .message
+            .contains("interface = \"host0\"")
+    );
+    let i = run(r#"{ privateNetwork = true; localAddress6 = "fd00::2"; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network.v6.static.containerPool = [ \"fd00::2/128\" ]",
+            "warning address-pair-incomplete",
+        ],
+    );
+}
