@@ -535,12 +535,22 @@ pub fn forward_ports(tx: &mut Tx) {
         return;
     }
     if !tx.private_network {
+        let o = &tx.c.options;
+        let own_links = o.macvlans.as_ref().is_some_and(|m| !m.value.is_empty())
+            || o.interfaces.as_ref().is_some_and(|i| !i.value.is_empty());
+        let msg = if own_links {
+            "privateNetwork is false, so the legacy module wrote no HOST_PORT and silently ignored forwardPorts \
+             (the container's macvlans or moved interfaces give it its own namespace, but nothing forwarded to it); \
+             they stay ignored"
+        } else {
+            "the container uses the host's network (privateNetwork = false), where the legacy module silently \
+             ignored forwardPorts; they stay ignored. The services already listen on the host's ports"
+        };
         tx.warn(
             &FORWARD_PORTS_IGNORED,
             "forwardPorts",
             Some(&src.origin),
-            "the container uses the host's network (privateNetwork = false), where the legacy module silently \
-             ignored forwardPorts; they stay ignored. The services already listen on the host's ports",
+            msg,
         );
         return;
     }
