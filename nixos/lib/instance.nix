@@ -249,12 +249,18 @@ rec {
       networkConfig =
         optionalAttrs (pool != [ ] && !p2p) { Address = pool; }
         // optionalAttrs (gateways != [ ] && !p2p) { Gateway = gateways; }
-        // optionalAttrs (noStatic && n.bridge == null) { DHCP = "yes"; };
+        # mkDefault: the guest's own networking.interfaces.host0 (useDHCP, static addresses)
+        # decides when it says something.
+        // optionalAttrs (noStatic && n.bridge == null) { DHCP = lib.mkDefault "yes"; };
     in
-    # Nothing to say about host0 (a bridged container without static addresses): no unit, so
-    # that the guest's own networking.interfaces.host0 (rendered as 40-host0.network) applies.
+    # `40-host0`: the name nixpkgs gives the unit of the guest's own `networking.interfaces.host0`
+    # and `defaultGateway` (network-interfaces-systemd.nix), so both are merged into one unit by
+    # the module system. networkd applies only the first unit matching a link; under separate
+    # names the guest's settings would be ignored, where legacy applied its own addresses and
+    # routes and the guest's scripted networking alike. Nothing to say (a bridged container
+    # without static addresses): no unit of ours.
     optionalAttrs (hasVeth inst && (networkConfig != { } || p2p)) {
-      "20-host0" = {
+      "40-host0" = {
         matchConfig.Name = "host0";
         inherit networkConfig;
       }

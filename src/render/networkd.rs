@@ -60,8 +60,9 @@ fn p2p_routes(own: &[String], other: &[String]) -> Vec<Section> {
 }
 
 /// The networkd units the module generates for instance `name`: the host side of the veth
-/// (`20-ve-<name>.network`) and the guest's `20-host0.network` (only when it configures
-/// something, so that the guest's own `networking.interfaces.host0` applies otherwise).
+/// (`20-ve-<name>.network`) and the guest's `40-host0.network` (only when it configures
+/// something; the name is the one nixpkgs gives the guest's own `networking.interfaces.host0`,
+/// so that NixOS merges the two into one unit).
 pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
     let mut out = Vec::new();
     let Some(n) = &spec.network else {
@@ -158,7 +159,7 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
         }
     }
     out.push(NetworkdUnit {
-        file_name: "20-host0.network".to_string(),
+        file_name: "40-host0.network".to_string(),
         side: Side::Guest,
         sections,
     });

@@ -133,7 +133,6 @@ pub const MAPPINGS: &[Mapping] = &[
             GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
             GUEST_CONFIG_UNPARSABLE,
-            GUEST_HOST0_SHADOWED,
             GUEST_GATEWAY_WITHOUT_INTERFACE
         ],
         r#"{ config = { ... }: { networking.interfaces.eth0.useDHCP = true; networking.useHostResolvConf = false; }; }"#,
@@ -361,7 +360,7 @@ pub const MAPPINGS: &[Mapping] = &[
             "instance.network.v4.static.containerPool = [ \"10.0.0.5/24\" ]",
             "instance.network.pointToPoint = false",
             "!warning p2p-prefix-chosen",
-            "networkd guest 20-host0.network: [Network] Address=10.0.0.5/24"
+            "networkd guest 40-host0.network: [Network] Address=10.0.0.5/24"
         ]
     ),
     opt!(
@@ -1608,7 +1607,6 @@ mod tests {
             "p2p-prefix-chosen",
             "address-pair-incomplete",
             "forward-ports-without-veth",
-            "guest-host0-shadowed",
             "guest-gateway-without-interface",
             "container-unit-override",
             "bridge-address-without-prefix",

@@ -226,12 +226,6 @@ spec!(
     "--network-zone= needs the zone declared for the module: nixos.containers.zones.<zone> is emitted, whose bridge serves DHCP, NAT and router advertisements where legacy's bridge was left unconfigured"
 );
 spec!(
-    GUEST_HOST0_SHADOWED,
-    "guest-host0-shadowed",
-    ChangedMeaning,
-    "the guest configures host0 itself (networking.interfaces, defaultGateway) while the module writes 20-host0.network from the legacy addresses: networkd applies only the first matching unit, so the guest's own host0 settings no longer apply"
-);
-spec!(
     GUEST_GATEWAY_WITHOUT_INTERFACE,
     "guest-gateway-without-interface",
     NeedsHuman,
@@ -282,7 +276,6 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &FORWARD_PORTS_WITHOUT_VETH,
     &VETH_WITHOUT_ADDRESSES,
     &NETWORK_ZONE_DECLARED,
-    &GUEST_HOST0_SHADOWED,
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
     &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,

@@ -854,15 +854,13 @@ pub fn after_rows(tx: &mut Tx) {
     ports_without_veth(tx);
     veth_without_addresses(tx);
     zone_declared(tx);
-    guest_host0_settings(tx);
+    guest_default_gateway(tx);
 }
 
-/// The guest's own host0 settings next to the module's 20-host0.network. Legacy's container
-/// init added its addresses and routes and the guest's scripted networking added its own, both
-/// applied; networkd applies the first matching unit only (nixpkgs renders the guest's
-/// `networking.interfaces.host0` / `defaultGateway` as 40-host0.network). And NixOS refuses a
-/// `defaultGateway` without `interface` under networkd, which the module turns on.
-fn guest_host0_settings(tx: &mut Tx) {
+/// NixOS refuses a guest `defaultGateway` without `interface` under networkd, which the
+/// module turns on for a private network (legacy's guest used scripted networking). (The
+/// guest's own host0 settings are merged with the module's: both use `40-host0`.)
+fn guest_default_gateway(tx: &mut Tx) {
     let Some(net) = &tx.i.spec.network else {
         return;
     };
@@ -873,34 +871,6 @@ fn guest_host0_settings(tx: &mut Tx) {
         return;
     };
     let compact: String = text.split_whitespace().collect();
-    // `networking.interfaces.host0…` (also nested as `networking = { interfaces.host0 … }`),
-    // not `networking.firewall.interfaces.host0`, which is no network unit setting.
-    let interface_setting = |pat: &str| {
-        compact
-            .match_indices(pat)
-            .any(|(at, _)| !compact[..at].ends_with("firewall."))
-    };
-    let configures_host0 = interface_setting("interfaces.host0")
-        || interface_setting("interfaces.\"host0\"")
-        || compact.contains("defaultGateway");
-    let module_unit = crate::render::networkd::module_networks(&tx.i.name, &tx.i.spec)
-        .iter()
-        .any(|u| u.side == Side::Guest && u.file_name == "20-host0.network");
-    let name = crate::nixtext::attr_name(&tx.c.name);
-    if configures_host0 && module_unit {
-        tx.warn(
-            &GUEST_HOST0_SHADOWED,
-            "config",
-            tx.c.options.config.as_ref().map(|s| &s.origin),
-            format!(
-                "the guest configures host0 itself (networking.interfaces.host0 or defaultGateway), and the module writes \
-                 20-host0.network from the legacy addresses; networkd uses only the first matching unit, so the guest's \
-                 40-host0.network is ignored, where legacy applied both. Put everything in one place: either move the \
-                 guest's host0 settings into the instance's network.v4/v6.static options, or keep the guest's and add \
-                 systemd.network.networks.\"20-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config"
-            ),
-        );
-    }
     // `defaultGateway = "…"` (the string form), `defaultGateway.address = …` or `{ address = …; }`
     // without an interface. (The names do not prefix-match: `defaultGateway=` is not
     // `defaultGateway6=`.)
@@ -993,7 +963,7 @@ fn veth_without_addresses(tx: &mut Tx) {
              unconfigured; the module now serves DHCP, NAT (IPMasquerade) and IPv6 router advertisements on ve-{0} and \
              runs DHCP on host0, so the container gets an address and a route to the outside. To keep both ends \
              unconfigured, add systemd.network.networks.\"20-ve-{0}\".enable = lib.mkForce false; on the host and \
-             systemd.network.networks.\"20-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config",
+             systemd.network.networks.\"40-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config",
             tx.c.name
         ),
     );

@@ -563,7 +563,7 @@ fn bridged_container_without_address_leaves_host0_to_the_guest() {
         &[
             "[Network] Bridge=br0",
             "~ networking.interfaces.host0.ipv4.addresses",
-            "!~ networkd guest 20-host0.network",
+            "!~ networkd guest 40-host0.network",
             "!warning veth-without-addresses",
         ],
     );
@@ -580,10 +580,10 @@ fn bridged_point_to_point_pair_keeps_the_on_link_gateway() {
         &i,
         &[
             "instance.network.pointToPoint = true",
-            "networkd guest 20-host0.network: [Address] Address=192.168.1.20/32",
-            "networkd guest 20-host0.network: [Address] Peer=192.168.1.1/32",
-            "networkd guest 20-host0.network: [Route] Gateway=192.168.1.1",
-            "networkd guest 20-host0.network: [Route] GatewayOnLink=yes",
+            "networkd guest 40-host0.network: [Address] Address=192.168.1.20/32",
+            "networkd guest 40-host0.network: [Address] Peer=192.168.1.1/32",
+            "networkd guest 40-host0.network: [Route] Gateway=192.168.1.1",
+            "networkd guest 40-host0.network: [Route] GatewayOnLink=yes",
             "!warning bridge-address-without-prefix",
             "!warning p2p-prefix-chosen",
             "!~ networkd host",
@@ -769,41 +769,23 @@ fn unset_timeout_start_sec_keeps_the_legacy_default() {
     );
 }
 
-/// 13.1: the guest's own host0 settings next to the module's 20-host0.network are reported,
-/// and a string defaultGateway (refused by NixOS under networkd) needs a human.
+/// 13.1: a string defaultGateway (refused by NixOS under networkd, which the container now
+/// runs) needs a human; with an interface it is fine.
 #[test]
-fn guest_host0_settings_are_not_shadowed_silently() {
+fn guest_gateway_without_interface_needs_a_human() {
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; config = { networking.defaultGateway = "192.168.1.1"; networking.interfaces.eth0.mtu = 1400; }; }"#,
     );
-    assert_has(
-        &i,
-        &[
-            "warning guest-host0-shadowed",
-            "warning guest-gateway-without-interface",
-        ],
-    );
+    assert_has(&i, &["warning guest-gateway-without-interface"]);
     assert!(
-        warning(&i, "guest-host0-shadowed")
+        warning(&i, "guest-gateway-without-interface")
             .message
-            .contains("\"20-host0\".enable = lib.mkForce false")
+            .contains("interface = \"host0\"")
     );
-    // The firewall's per-interface settings are no network unit settings.
-    let i = run(
-        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; config = { networking.firewall.interfaces.eth0.allowedTCPPorts = [ 80 ]; }; }"#,
-    );
-    assert_has(&i, &["!warning guest-host0-shadowed"]);
-    // With an interface and no module unit (bridge, no address): nothing to report.
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.defaultGateway = { address = "192.168.1.1"; interface = "eth0"; }; }; }"#,
     );
-    assert_has(
-        &i,
-        &[
-            "!warning guest-host0-shadowed",
-            "!warning guest-gateway-without-interface",
-        ],
-    );
+    assert_has(&i, &["!warning guest-gateway-without-interface"]);
 }
 
 /// Issue 9 (6) for extraVeths: a pair without prefixes stays point-to-point on both ends, no
