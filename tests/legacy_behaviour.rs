@@ -64,11 +64,52 @@ fn unit<'a>(c: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no unit {key}: {:#}", c["networkd"]))
 }
 
+/// How nixos/tests/render.nix is run: on nixpkgs' own files (`nixos/tests/lib/nixpkgs.nix`:
+/// `$NIXPKGS` or the vendored `../shared/nixpkgs`), or, in the older stub harness, with
+/// nixpkgs' lib from `NIXPKGS_LIB`. `None` (said on stderr) when neither is available.
+fn render_command(conf: &Path) -> Option<Command> {
+    let mut cmd = Command::new("nix-instantiate");
+    if repo().join("nixos/tests/lib/nixpkgs.nix").is_file() {
+        let dir = match std::env::var("NIXPKGS") {
+            Ok(p) if !p.is_empty() => std::path::PathBuf::from(p),
+            _ => repo().join("../shared/nixpkgs"),
+        };
+        if !dir.join("lib/default.nix").is_file() {
+            assert!(!require_real_tools(), "no nixpkgs at {}", dir.display());
+            eprintln!("skipped: no nixpkgs at {}", dir.display());
+            return None;
+        }
+        cmd.args(["--eval", "--read-write-mode", "--strict", "--json"])
+            .arg(repo().join("nixos/tests/render.nix"))
+            .arg("--arg")
+            .arg("configuration")
+            .arg(conf)
+            .env("NIXPKGS", dir);
+    } else {
+        let lib = match std::env::var("NIXPKGS_LIB") {
+            Ok(l) if !l.is_empty() => l,
+            _ => {
+                eprintln!(
+                    "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to evaluate the module"
+                );
+                return None;
+            }
+        };
+        cmd.args(["--eval", "--strict", "--json"])
+            .arg(repo().join("nixos/tests/render.nix"))
+            .args(["--arg", "nixpkgsLib", &lib])
+            .arg("--arg")
+            .arg("configuration")
+            .arg(conf)
+            .env("NIXPKGS_LIB", &lib);
+    }
+    Some(cmd)
+}
+
 /// Evaluate the emitted host file with the module (render.nix, the host as the administrator
 /// finishes it: networkd on). Fails on an evaluation error or a failing assertion; `None` when
-/// `NIXPKGS_LIB` is not set (said on stderr).
+/// no nixpkgs is available (said on stderr).
 fn module_eval(report: &Value) -> Option<Value> {
-    let lib = nixpkgs_lib()?;
     let nix = report["nix_file"].as_str().expect("a declarative Nix file");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("containers.nix"), nix).unwrap();
@@ -78,16 +119,7 @@ fn module_eval(report: &Value) -> Option<Value> {
         "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
     )
     .unwrap();
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(repo().join("nixos/tests/render.nix"))
-        .args(["--arg", "nixpkgsLib", &lib])
-        .arg("--arg")
-        .arg("configuration")
-        .arg(&conf)
-        .env("NIXPKGS_LIB", &lib)
-        .output()
-        .unwrap();
+    let out = render_command(&conf)?.output().unwrap();
     assert!(
         out.status.success(),
         "the module cannot evaluate the emitted Nix:\n{}\n--- emitted\n{nix}",
