@@ -251,6 +251,38 @@ mod tests {
     }
 
     #[test]
+    fn point_to_point_without_nat_or_router_advertisements() {
+        let n = NetworkSpec {
+            masquerade: false,
+            router_advertisements: false,
+            point_to_point: true,
+            v4: StaticAddresses {
+                host_addresses: vec!["192.168.100.10/32".into()],
+                container_pool: vec!["192.168.100.11/32".into()],
+            },
+            v6: StaticAddresses {
+                host_addresses: vec!["fc00::1/64".into()],
+                container_pool: vec!["fc00::2/128".into()],
+            },
+            ..NetworkSpec::default()
+        };
+        let units = module_networks("a", &spec(Some(n)));
+        // A full-length address gets the other end as peer; a shorter one a host route to it.
+        assert_eq!(
+            render(&units[0]),
+            "[Match]\nName=ve-a\n\n[Network]\n\n[Address]\nAddress=192.168.100.10/32\nPeer=192.168.100.11/32\n\n\
+             [Address]\nAddress=fc00::1/64\n\n[Route]\nDestination=fc00::2/128\n\n"
+        );
+        assert_eq!(units[1].file_name, "40-host0.network");
+        assert_eq!(
+            render(&units[1]),
+            "[Match]\nName=host0\n\n[Network]\n\n[Address]\nAddress=192.168.100.11/32\nPeer=192.168.100.10/32\n\n\
+             [Address]\nAddress=fc00::2/128\nPeer=fc00::1/128\n\n[Route]\nGateway=192.168.100.10\nGatewayOnLink=yes\n\n\
+             [Route]\nGateway=fc00::1\nGatewayOnLink=yes\n\n"
+        );
+    }
+
+    #[test]
     fn bridge_zone_host_network_and_no_veth() {
         let bridged = NetworkSpec {
             bridge: Some("br0".into()),
