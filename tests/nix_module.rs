@@ -509,7 +509,7 @@ fn every_option_evaluates_with_the_real_nixpkgs_files() {
     );
     // Zone members get the zone's gateway; nothing opens DHCP on a zone without a v4 pool.
     assert!(
-        text(&v, &["guest", "full", "20-host0.network"]).contains("Gateway=10.250.0.1\n"),
+        text(&v, &["guest", "full", "40-host0.network"]).contains("Gateway=10.250.0.1\n"),
         "{}",
         v["guest"]["full"]
     );
@@ -556,7 +556,7 @@ fn every_assertion_fires_with_numbered_ways_out() {
     let all = render_full(&lib, &case("bad"), &[("ignoreAssertions", "true")], &[]);
     assert_eq!(
         all["nspawn"].as_object().expect("nspawn").len(),
-        11,
+        10,
         "{}",
         all["nspawn"]
     );

@@ -1,5 +1,6 @@
 //! Host configuration that refers to the legacy world itself, outside `containers.<name>`:
-//! `systemd.services."container@<name>"` (or the `container@` template) overrides, which stop
+//! `systemd.services."container@<name>"` / `systemd.units."container@<name>.service"` (or the
+//! `container@` template) overrides, which stop
 //! applying once the container runs as `systemd-nspawn@<name>.service`. Pure: the caller reads
 //! the host's Nix files (the ones the reader read) and passes their text.
 //!
@@ -87,10 +88,11 @@ pub fn scan(file: &Path, text: &str, names: &[String]) -> Vec<Warning> {
         // systemd.services."container@…" anywhere but inside a container's own config.
         let Some(at) = path
             .windows(2)
-            .position(|w| w[0] == "systemd" && w[1] == "services")
+            .position(|w| w[0] == "systemd" && (w[1] == "services" || w[1] == "units"))
         else {
             continue;
         };
+        let coll = path[at + 1].clone();
         if path[..at].iter().any(|k| k == "containers") {
             continue;
         }
@@ -100,7 +102,12 @@ pub fn scan(file: &Path, text: &str, names: &[String]) -> Vec<Warning> {
         let Some(instance) = unit.strip_prefix("container@") else {
             continue;
         };
-        let instance = instance.trim_end_matches(".service");
+        let Some(instance) = instance
+            .strip_suffix(".service")
+            .or((coll == "services").then_some(instance))
+        else {
+            continue;
+        };
         if !seen.insert(unit.clone()) {
             continue;
         }
@@ -123,9 +130,9 @@ pub fn scan(file: &Path, text: &str, names: &[String]) -> Vec<Warning> {
         out.push(
             Warning::new(
                 &CONTAINER_UNIT_OVERRIDE,
-                format!("systemd.services.\"{unit}\""),
+                format!("systemd.{coll}.\"{unit}\""),
                 format!(
-                    "{}:{line}: systemd.services.\"{unit}\" configures the legacy unit, which no longer runs the migrated \
+                    "{}:{line}: systemd.{coll}.\"{unit}\" configures the legacy unit, which no longer runs the migrated \
                      container{}: its settings stop applying. Move them to {targets} (the new unit is the stock \
                      systemd-nspawn@.service with a drop-in: check that each setting still makes sense there)",
                     file.display(),
@@ -159,6 +166,7 @@ mod tests {
             r#"{ config, ... }: { systemd.services."container@web".serviceConfig.MemoryMax = "2G"; }"#,
             r#"{ systemd = { services = { "container@web" = { after = [ "x.service" ]; }; }; }; }"#,
             r#"let x = 1; in { systemd.services."container@web.service".wants = [ ]; }"#,
+            r#"{ systemd.units."container@web.service".text = "…"; }"#,
         ] {
             let m = codes(text);
             assert_eq!(m.len(), 1, "{text}: {m:?}");
