@@ -953,6 +953,19 @@ fn veth_without_addresses(tx: &mut Tx) {
     if !n.veth || n.zone.is_some() || n.bridge.is_some() || !st(&n.v4) || !st(&n.v6) {
         return;
     }
+    // Addresses the reader could not read are reported as such (unresolved-expression):
+    // legacy did configure them.
+    let unresolved = [
+        "hostAddress",
+        "hostAddress6",
+        "localAddress",
+        "localAddress6",
+    ]
+    .iter()
+    .any(|o| tx.c.options.unresolved.contains_key(*o));
+    if unresolved {
+        return;
+    }
     let name = crate::nixtext::attr_name(&tx.c.name);
     tx.warn(
         &VETH_WITHOUT_ADDRESSES,
