@@ -117,13 +117,24 @@ fn contains_expr(v: &Value) -> bool {
 }
 
 /// The free variables of every expression inside the value.
-fn nested_free_vars(v: &Value, out: &mut Vec<String>) {
+fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
     match v {
-        Value::Expr(e) => out.extend(e.free_vars.iter().cloned()),
-        Value::List(l) => l.iter().for_each(|x| nested_free_vars(x, out)),
-        Value::Attrs(a) => a.values().for_each(|x| nested_free_vars(x, out)),
+        Value::Expr(e) => out.push(e),
+        Value::List(l) => l.iter().for_each(|x| nested_exprs(x, out)),
+        Value::Attrs(a) => a.values().for_each(|x| nested_exprs(x, out)),
         _ => {}
     }
+}
+
+/// Data with code inside, as one expression: its text, and the free names, carried `let`
+/// bindings and module arguments of every piece of code in it (so that
+/// `specialArgs = { inherit inputs; }` still says it needs `inputs`).
+fn data_with_code(v: &Value, origin: &Origin) -> NixExpr {
+    let mut parts = Vec::new();
+    nested_exprs(v, &mut parts);
+    let mut e = NixExpr::plain(value_to_nix(v), origin.clone(), 1, Vec::new());
+    e.absorb(parts);
+    e
 }
 
 fn describe(v: &Value) -> String {
@@ -164,17 +175,7 @@ impl Merger<'_> {
                 Value::Expr(e) => expr = Some((e.clone(), origin.clone())),
                 // Data with code inside is unresolved as a whole, not of the wrong type.
                 v if contains_expr(v) => {
-                    let mut free_vars = Vec::new();
-                    nested_free_vars(v, &mut free_vars);
-                    free_vars.sort();
-                    free_vars.dedup();
-                    let e = NixExpr {
-                        text: value_to_nix(v),
-                        origin: origin.clone(),
-                        column: 1,
-                        free_vars,
-                    };
-                    expr = Some((e, origin.clone()));
+                    expr = Some((data_with_code(v, origin), origin.clone()));
                 }
                 v => match conv(v) {
                     Ok(t) => ok.push((t, origin.clone())),
@@ -263,13 +264,15 @@ impl Merger<'_> {
             Value::Expr(e) => return Some(Sourced::new(e.clone(), origin)),
             Value::Null => return None,
             Value::Str(s) if option == "nixpkgs" && is_plain_path(s) => s.clone(),
-            other => value_to_nix(other),
+            other => return Some(Sourced::new(data_with_code(other, &origin), origin)),
         };
         let expr = NixExpr {
             text,
             origin: origin.clone(),
             column: 1,
             free_vars: Vec::new(),
+            lets: Vec::new(),
+            module_args: Vec::new(),
         };
         Some(Sourced::new(expr, origin))
     }
@@ -738,6 +741,8 @@ mod tests {
             ),
             column: 5,
             free_vars: vec![],
+            lets: Vec::new(),
+            module_args: Vec::new(),
         })
     }
 
@@ -1095,6 +1100,8 @@ mod one_warning_per_problem {
             origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
             column: 5,
             free_vars: vec!["addr".to_string()],
+            lets: Vec::new(),
+            module_args: Vec::new(),
         })
     }
 

@@ -172,6 +172,8 @@ pub fn example_container(src: &str) -> Result<LegacyContainer, String> {
             origin: Origin::new(SourceKind::NixSource, EXAMPLE_FILE, Some(line_of(start))),
             column: 1,
             free_vars: crate::translate::guest::free_variables(&text),
+            lets: Vec::new(),
+            module_args: Vec::new(),
         };
         let value = lit(&v);
         if keys.len() == 1 {

@@ -1582,6 +1582,7 @@ mod tests {
             "invalid-value",
             "internal-key-conflict",
             "guest-files-not-rewritten",
+            "module-argument",
         ];
         for c in not_in_examples {
             assert!(

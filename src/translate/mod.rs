@@ -168,7 +168,13 @@ spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
-    "copied Nix text uses names that were bound in the legacy host file (let bindings, function arguments); bind them in the new file"
+    "copied Nix text uses names the legacy host file binds in a way that cannot be carried over (parameters of a function around the module, `a.b = …` bindings, one name bound twice); bind them in the new file"
+);
+spec!(
+    MODULE_ARGUMENT,
+    "module-argument",
+    ChangedMeaning,
+    "copied Nix text uses arguments of the host's module function (inputs, specialArgs); the generated module takes them the same way, so it must be imported into that configuration"
 );
 spec!(
     GUEST_CONFIG_UNPARSABLE,
@@ -229,6 +235,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &ETH0_REFERENCE,
     &USE_HOST_RESOLV_CONF_REMOVED,
     &FREE_VARIABLE,
+    &MODULE_ARGUMENT,
     &GUEST_FILES_NOT_REWRITTEN,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,

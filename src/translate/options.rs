@@ -5,33 +5,94 @@ use super::guest::{self, ChangeKind, Paths};
 use super::*;
 use crate::legacy::{NixExpr, Origin, PrivateUsers, SourceKind};
 
-/// Warn about free variables of a copied expression (other than config/lib/pkgs, which the
-/// new file binds).
+/// Report the names a copied expression uses that the generated file does not bind itself:
+/// `config`, `lib` and `pkgs` are its own module arguments, the host file's `let` bindings it
+/// needs travel with it ([`NixExpr::lets`]). Arguments of the host's module function reach the
+/// generated module the same way (it is imported into the same configuration), so they are
+/// noted, not left to a human; anything else is a true limit.
 fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
-    let unbound: Vec<&String> = e
+    let own = |v: &&String| !matches!(v.as_str(), "config" | "lib" | "pkgs");
+    let quoted = |vs: &[&String]| {
+        vs.iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (args, unbound): (Vec<&String>, Vec<&String>) = e
         .free_vars
         .iter()
-        .filter(|v| !matches!(v.as_str(), "config" | "lib" | "pkgs"))
-        .collect();
+        .filter(own)
+        .partition(|v| e.module_args.contains(v));
+    if !args.is_empty() {
+        tx.warn(
+            &MODULE_ARGUMENT,
+            option,
+            Some(&e.origin),
+            format!(
+                "the copied expression uses {}, argument(s) of the host file's module function ({}); the generated file \
+                 takes them as module arguments too, so import it into the same configuration (the one that passes them, \
+                 e.g. through specialArgs)",
+                quoted(&args),
+                e.origin.file.display()
+            ),
+        );
+    }
     if unbound.is_empty() {
         return;
     }
-    let names = unbound
-        .iter()
-        .map(|s| format!("`{s}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
     tx.warn(
         &FREE_VARIABLE,
         option,
         Some(&e.origin),
         format!(
-            "the copied expression uses {names}, bound in the legacy host file ({}) but not in the generated file; \
-             the generated file takes them as module arguments, which works for arguments the host passes \
-             (flake `inputs` via specialArgs); for let bindings, define them there or inline their values",
+            "the copied expression uses {}, which {} binds in a way that cannot be copied: a parameter of a function \
+             around the module, a binding built by `a.b = …`, or two different bindings of one name. The generated \
+             file takes them as module arguments, which fails unless the configuration provides them; define them \
+             there or replace them by their values",
+            quoted(&unbound),
             e.origin.file.display()
         ),
     );
+}
+
+/// The carried `let` bindings of `e`, with relative paths rewritten for the new file.
+fn copy_lets(tx: &mut Tx, option: &str, e: &NixExpr) -> Vec<crate::legacy::LetBinding> {
+    let mut out = Vec::new();
+    const HEAD: &str = "let\n";
+    const TAIL: &str = "\nin null";
+    for l in &e.lets {
+        // A binding alone is not an expression: rewrite it inside one, then take it back out.
+        let r = guest::rewrite_paths(
+            &format!("{HEAD}{}{TAIL}", l.text),
+            &Paths {
+                origin_file: &e.origin.file,
+                first_line: l.line.saturating_sub(1).max(1),
+                output_file: &tx.ctx.output_file,
+            },
+        );
+        let text = r
+            .text
+            .strip_prefix(HEAD)
+            .and_then(|t| t.strip_suffix(TAIL))
+            .map(str::to_string);
+        let Some(text) = text else {
+            out.push(l.clone());
+            continue;
+        };
+        report_paths(tx, option, &e.origin, &r.changes);
+        out.push(crate::legacy::LetBinding { text, ..l.clone() });
+    }
+    if !out.is_empty() {
+        let names: Vec<&str> = out.iter().map(|l| l.name.as_str()).collect();
+        tx.applied(
+            option,
+            format!(
+                "carried the host file's let binding(s) {} with it",
+                names.join(", ")
+            ),
+        );
+    }
+    out
 }
 
 /// Copy an expression other than the guest config: relative paths rewritten, free variables
@@ -49,6 +110,7 @@ pub fn copy_expr(tx: &mut Tx, option: &str, e: &NixExpr) -> NixExpr {
     free_vars(tx, option, e);
     NixExpr {
         text: r.text,
+        lets: copy_lets(tx, option, e),
         ..e.clone()
     }
 }
@@ -90,6 +152,8 @@ pub fn config(tx: &mut Tx) {
             origin: origin.clone(),
             column: 1,
             free_vars: Vec::new(),
+            lets: Vec::new(),
+            module_args: Vec::new(),
         });
         tx.applied(
             "config",
@@ -220,6 +284,7 @@ pub fn config(tx: &mut Tx) {
     free_vars(tx, "config", e);
     tx.i.spec.system_config = Some(NixExpr {
         text: r.text,
+        lets: copy_lets(tx, "config", e),
         ..e.clone()
     });
     tx.applied("config", "system-config");

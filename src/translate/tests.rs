@@ -263,6 +263,8 @@ fn unparsable_guest_config_is_copied_and_reported() {
             origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
             column: 1,
             free_vars: vec![],
+            lets: Vec::new(),
+            module_args: Vec::new(),
         },
         Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
     ));
@@ -287,6 +289,8 @@ fn relative_paths_and_free_variables_in_copied_code() {
             origin: origin.clone(),
             column: 5,
             free_vars: vec!["hostName".into(), "name".into(), "pkgs".into()],
+            lets: Vec::new(),
+            module_args: Vec::new(),
         },
         origin,
     ));
@@ -438,6 +442,8 @@ fn conditions_are_kept() {
         ),
         column: 1,
         free_vars: vec!["config".into()],
+        lets: Vec::new(),
+        module_args: Vec::new(),
     });
     let i = translate(&c, &ctx());
     let s = crate::render::nix::instance_snippet(&i);
@@ -528,4 +534,62 @@ fn every_emitted_nspawn_key_is_accepted_by_nixpkgs() {
             }
         }
     }
+}
+
+/// Issue 9: the host file's `let` bindings travel with the copied text (relative paths in them
+/// rewritten too), module arguments are noted, not left to a human, and the generated file
+/// parses with real Nix (which also resolves every name).
+#[test]
+fn carried_let_bindings_and_module_arguments() {
+    let mut c = example_container("{ }").unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/hosts/web.nix", Some(9));
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text: "{ imports = [ common ]; networking.hostName = name; environment.etc.x.text = inputs.self.rev; }"
+                .into(),
+            origin: origin.clone(),
+            column: 5,
+            free_vars: vec!["inputs".into()],
+            lets: vec![
+                crate::legacy::LetBinding {
+                    name: "name".into(),
+                    text: r#"name = "web";"#.into(),
+                    line: 2,
+                },
+                crate::legacy::LetBinding {
+                    name: "common".into(),
+                    text: "common = ./common.nix;".into(),
+                    line: 3,
+                },
+            ],
+            module_args: vec!["inputs".into()],
+        },
+        origin,
+    ));
+    let i = translate(&c, &ctx());
+    assert!(
+        !i.warnings.iter().any(|w| w.code == "free-variable"),
+        "{:?}",
+        i.warnings
+    );
+    let w = warning(&i, "module-argument");
+    assert!(!w.needs_human());
+    assert!(w.message.contains("`inputs`"), "{}", w.message);
+    let lets = &i.spec.system_config.as_ref().unwrap().lets;
+    assert_eq!(lets[1].text, "common = ./hosts/common.nix;");
+    let host = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(host.contains(r#"name = "web";"#), "{host}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("host.nix");
+    std::fs::write(&p, &host).unwrap();
+    let out = std::process::Command::new("nix-instantiate")
+        .arg("--parse")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{host}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
