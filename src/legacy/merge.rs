@@ -107,7 +107,7 @@ struct Merger<'a> {
 }
 
 /// True when an expression sits anywhere inside the value (e.g. one bind mount's `hostPath`).
-fn contains_expr(v: &Value) -> bool {
+pub(crate) fn contains_expr(v: &Value) -> bool {
     match v {
         Value::Expr(_) => true,
         Value::List(l) => l.iter().any(contains_expr),

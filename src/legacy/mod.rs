@@ -5,6 +5,7 @@
 pub mod conf;
 pub mod discover;
 pub mod eval;
+pub mod host_eval;
 pub mod merge;
 pub mod model;
 pub mod names;

@@ -320,6 +320,9 @@ pub struct NixSourceResult {
     pub problems: Vec<Warning>,
     /// Every file read, in reading order.
     pub files_read: Vec<PathBuf>,
+    /// How this configuration is evaluated with Nix (the command warnings name, and what
+    /// [`crate::legacy::host_eval`] runs on a live host).
+    pub eval: Option<EvalCommand>,
 }
 
 /// How a file named by another is to be read.
@@ -617,7 +620,10 @@ const MAX_FILES: usize = 2000;
 
 /// Read several module files as one configuration (as `imports = [ … ]` would).
 pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
-    let mut out = NixSourceResult::default();
+    let mut out = NixSourceResult {
+        eval: Some(eval.clone()),
+        ..NixSourceResult::default()
+    };
     let mut queue: VecDeque<(NixImport, Option<(PathBuf, usize)>)> = VecDeque::new();
     for entry in entries {
         queue.push_back((
