@@ -167,14 +167,17 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
-    if let Some(r) = nix {
-        configured = r.facts;
-        problems.extend(r.problems);
-        files_read.extend(r.files_read);
+    if let Some(mut r) = nix {
+        configured = std::mem::take(&mut r.facts);
+        problems.append(&mut r.problems);
+        files_read.append(&mut r.files_read);
         match &opts.evaluated {
-            Some(Ok(Some(facts))) => {
-                crate::legacy::host_eval::absorb(facts.clone(), &mut configured, &mut problems)
-            }
+            Some(Ok(Some(facts))) => crate::legacy::host_eval::absorb(
+                facts.clone(),
+                &r.container_sets,
+                &mut configured,
+                &mut problems,
+            ),
             Some(Err(w)) => problems.push(w.clone()),
             Some(Ok(None)) | None => {}
         }

@@ -231,6 +231,33 @@ fn live_host_evaluates_generated_containers_with_its_own_nix() {
         String::from_utf8_lossy(&parse.stderr)
     );
 
+    // A generated container's guest config is the legacy code itself, with the bindings it
+    // needs: evaluating the emitted file gives alpha's own module.
+    assert!(
+        !codes(alpha).contains(&"missing-system-config".to_string()),
+        "{:?}",
+        codes(alpha)
+    );
+    let host_name = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "-E"])
+        .arg(format!(
+            "let m = import {} {{ config = {{ }}; lib = import {}; pkgs = {{ }}; }}; \
+             in (m.nixos.containers.instances.alpha.system-config {{ }}).networking.hostName",
+            file.display(),
+            lib.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        host_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&host_name.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&host_name.stdout).trim(),
+        "\"alpha\""
+    );
+
     // --no-eval: today's behaviour, the source text only.
     let out = run(
         &[

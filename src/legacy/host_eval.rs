@@ -12,7 +12,7 @@
 //! The only effect is the command, run through [`crate::runner`]; the rest is pure.
 
 use crate::legacy::eval::read_eval_json;
-use crate::legacy::model::SourceFacts;
+use crate::legacy::model::{NixExpr, SourceFacts, Value};
 use crate::legacy::nix_source::{EvalCommand, NIX_DYNAMIC_CONTAINERS, NIX_UNRESOLVED_VALUE};
 use crate::nixtext;
 use crate::runner::{Cmd, Runner};
@@ -191,8 +191,13 @@ pub fn evaluate(
 /// value" warnings for options the evaluation supplied are dropped, and a note lists which
 /// values came from evaluation. Generated container sets are then known by name, so the
 /// `nix-dynamic-containers` problems are replaced by the containers themselves.
+///
+/// `sets` are the computed `containers = <expr>` sites of the source text: a container known
+/// only from evaluation takes its guest `config` from there, as `(<expr>).<name>.config` with
+/// the `let` bindings the expression needs (the same code the legacy module evaluated).
 pub fn absorb(
     evaluated: Vec<SourceFacts>,
+    sets: &[NixExpr],
     configured: &mut Vec<SourceFacts>,
     problems: &mut Vec<Warning>,
 ) {
@@ -216,6 +221,19 @@ pub fn absorb(
             }
         }
         let known = configured.iter().any(|f| f.container == name);
+        let mut config_note = "the guest `config` still comes from the source text";
+        if !known && let [set] = sets {
+            let mut config = NixExpr::plain(
+                format!("({}).{quoted}.config or {{ }}", set.text),
+                set.origin.clone(),
+                1,
+                Vec::new(),
+            );
+            config.absorb([set]);
+            e.set("config", Value::Expr(config), set.origin.line);
+            config_note = "its guest `config` is taken from the expression that builds it in the \
+                           source text (the same code, evaluated by the new module)";
+        }
         let which = if !known {
             "all its options (the source text builds this container with code)".to_string()
         } else if from_eval.is_empty() {
@@ -237,7 +255,7 @@ pub fn absorb(
             format!("containers.{quoted}"),
             format!(
                 "container {name}: {which} were taken from evaluating the host configuration with its own Nix \
-                 (read-only); the guest `config` still comes from the source text"
+                 (read-only); {config_note}"
             ),
         ));
         configured.push(e);

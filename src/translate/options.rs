@@ -55,21 +55,33 @@ fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
     );
 }
 
-/// The carried `let` bindings of `e`, with relative paths rewritten for the new file.
-fn copy_lets(tx: &mut Tx, option: &str, e: &NixExpr) -> Vec<crate::legacy::LetBinding> {
-    let mut out = Vec::new();
+/// The carried `let` bindings of `e`, rewritten for the new file: relative paths, and for the
+/// guest config (`guest`) the same eth0 → host0 / useHostResolvConf rules as its text, since
+/// they are part of it. Returns the bindings and what was changed in them (lines of the host
+/// file).
+fn rewrite_lets(
+    tx: &mut Tx,
+    option: &str,
+    e: &NixExpr,
+    guest: bool,
+) -> (Vec<crate::legacy::LetBinding>, Vec<guest::Change>) {
     const HEAD: &str = "let\n";
     const TAIL: &str = "\nin null";
+    let mut out = Vec::new();
+    let mut changes = Vec::new();
     for l in &e.lets {
         // A binding alone is not an expression: rewrite it inside one, then take it back out.
-        let r = guest::rewrite_paths(
-            &format!("{HEAD}{}{TAIL}", l.text),
-            &Paths {
-                origin_file: &e.origin.file,
-                first_line: l.line.saturating_sub(1).max(1),
-                output_file: &tx.ctx.output_file,
-            },
-        );
+        let wrapped = format!("{HEAD}{}{TAIL}", l.text);
+        let paths = Paths {
+            origin_file: &e.origin.file,
+            first_line: l.line.saturating_sub(1).max(1),
+            output_file: &tx.ctx.output_file,
+        };
+        let r = if guest {
+            guest::rewrite_guest(&wrapped, &paths)
+        } else {
+            guest::rewrite_paths(&wrapped, &paths)
+        };
         let text = r
             .text
             .strip_prefix(HEAD)
@@ -79,7 +91,7 @@ fn copy_lets(tx: &mut Tx, option: &str, e: &NixExpr) -> Vec<crate::legacy::LetBi
             out.push(l.clone());
             continue;
         };
-        report_paths(tx, option, &e.origin, &r.changes);
+        changes.extend(r.changes);
         out.push(crate::legacy::LetBinding { text, ..l.clone() });
     }
     if !out.is_empty() {
@@ -92,7 +104,7 @@ fn copy_lets(tx: &mut Tx, option: &str, e: &NixExpr) -> Vec<crate::legacy::LetBi
             ),
         );
     }
-    out
+    (out, changes)
 }
 
 /// Copy an expression other than the guest config: relative paths rewritten, free variables
@@ -108,9 +120,11 @@ pub fn copy_expr(tx: &mut Tx, option: &str, e: &NixExpr) -> NixExpr {
     );
     report_paths(tx, option, &e.origin, &r.changes);
     free_vars(tx, option, e);
+    let (lets, changes) = rewrite_lets(tx, option, e, false);
+    report_paths(tx, option, &e.origin, &changes);
     NixExpr {
         text: r.text,
-        lets: copy_lets(tx, option, e),
+        lets,
         ..e.clone()
     }
 }
@@ -198,9 +212,10 @@ pub fn config(tx: &mut Tx) {
         );
     }
     tx.guest_resolv = r.resolv.clone();
+    let (lets, let_changes) = rewrite_lets(tx, "config", e, true);
     let mut eth0_lines = Vec::new();
     let mut resolv_lines = Vec::new();
-    for ch in &r.changes {
+    for ch in r.changes.iter().chain(&let_changes) {
         match ch.what {
             ChangeKind::Eth0 => {
                 eth0_lines.push(ch.line);
@@ -235,6 +250,7 @@ pub fn config(tx: &mut Tx) {
         }
     }
     report_paths(tx, "config", &e.origin, &r.changes);
+    report_paths(tx, "config", &e.origin, &let_changes);
     let lines = |v: &[usize]| {
         v.iter()
             .map(|l| l.to_string())
@@ -284,7 +300,7 @@ pub fn config(tx: &mut Tx) {
     free_vars(tx, "config", e);
     tx.i.spec.system_config = Some(NixExpr {
         text: r.text,
-        lets: copy_lets(tx, "config", e),
+        lets,
         ..e.clone()
     });
     tx.applied("config", "system-config");

@@ -67,6 +67,10 @@ pub(crate) struct Extract<'t> {
     bases: Vec<Vec<String>>,
     pub(crate) imports: Vec<NixImport>,
     pub(crate) problems: Vec<Warning>,
+    /// `containers = <expr>` where the expression is not a literal set (`lib.mapAttrs mk
+    /// hosts`, `a // listToAttrs …`), verbatim with the `let` bindings it needs: an evaluated
+    /// container's guest `config` is `(<expr>).<name>.config`.
+    pub(crate) container_sets: Vec<NixExpr>,
     /// Source ranges the walk has read (or warned about) as container definitions; the final
     /// sweep ([`Extract::sweep`]) looks for `containers` attributes outside them.
     covered: Vec<rowan::TextRange>,
@@ -201,6 +205,7 @@ impl<'t> Extract<'t> {
             bases: Vec::new(),
             imports: Vec::new(),
             problems: Vec::new(),
+            container_sets: Vec::new(),
             covered: Vec::new(),
             noting: None,
             budget: Cell::new(BUDGET),
@@ -976,6 +981,12 @@ impl<'t> Extract<'t> {
                 }
                 match (name.as_str(), rest.is_empty()) {
                     ("containers", true) => {
+                        let mut peeled = Vec::new();
+                        let inner = unparen(self.peel_conditions(value.clone(), &mut peeled));
+                        if !matches!(inner, ast::Expr::AttrSet(_)) {
+                            let e = self.nix_expr_in(inner.syntax(), scope);
+                            self.container_sets.push(e);
+                        }
                         self.visit(value, scope, conds, Level::Containers, false, d)
                     }
                     ("containers", false) => {

@@ -323,6 +323,10 @@ pub struct NixSourceResult {
     /// How this configuration is evaluated with Nix (the command warnings name, and what
     /// [`crate::legacy::host_eval`] runs on a live host).
     pub eval: Option<EvalCommand>,
+    /// Every `containers = <expr>` whose value is computed (`mapAttrs`, `listToAttrs`, …),
+    /// verbatim with the `let` bindings it needs: where the guest `config` of a container
+    /// known only from evaluation comes from.
+    pub container_sets: Vec<NixExpr>,
 }
 
 /// How a file named by another is to be read.
@@ -360,6 +364,8 @@ pub struct FileFacts {
     /// configuration (one container's value, or a set of them); `problems` then holds the
     /// warning saying so.
     pub fragment: Option<Fragment>,
+    /// `containers = <expr>` sites whose value is computed ([`NixSourceResult::container_sets`]).
+    pub container_sets: Vec<NixExpr>,
 }
 
 /// Pure: one file's text → its containers and the files it names. `Err` when the file does not
@@ -528,6 +534,7 @@ fn read_nix_file_classified(
         imports: ex.imports,
         problems: ex.problems,
         fragment,
+        container_sets: ex.container_sets,
     })
 }
 
@@ -732,6 +739,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             queue.push_back((NixImport { condition, ..next }, Some((path.clone(), line))));
         }
         out.problems.extend(ff.problems);
+        out.container_sets.extend(ff.container_sets);
     }
     out
 }
