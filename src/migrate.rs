@@ -168,6 +168,13 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
     if let Some(mut r) = nix {
+        if let Some(entry) = &opts.config
+            && r.facts.is_empty()
+            && r.problems.is_empty()
+            && opts.evaluated.is_none()
+        {
+            problems.push(nix_source::no_containers_warning(entry, &r));
+        }
         configured = std::mem::take(&mut r.facts);
         problems.append(&mut r.problems);
         files_read.append(&mut r.files_read);

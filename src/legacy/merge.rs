@@ -606,8 +606,17 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
     let reported_unresolved = warnings
         .iter()
         .filter(|w| w.code == crate::legacy::nix_source::NIX_UNRESOLVED_VALUE.code)
-        // The option's own name: container names may be quoted differently in the two places.
-        .filter_map(|w| w.option.rsplit('.').next().map(str::to_string))
+        // Every segment of the path after `containers.`: the option's own name is among them
+        // (container names may be quoted differently in the two places, and the warning may be
+        // about a part, `bindMounts.x`).
+        .flat_map(|w| {
+            w.option
+                .strip_prefix("containers.")
+                .unwrap_or(&w.option)
+                .split('.')
+                .map(|s| s.trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut m = Merger {
         name,

@@ -295,14 +295,17 @@ impl<'t> Extract<'t> {
             }
             match found {
                 Some((_, Binding::Expr(v, s))) => {
-                    let Some(apv) = v.syntax().parent().and_then(ast::AttrpathValue::cast) else {
-                        free.push(name);
-                        continue;
-                    };
+                    // A `let` binding, or a parameter bound to its argument by [`Extract::beta`].
+                    let at = v
+                        .syntax()
+                        .parent()
+                        .and_then(ast::AttrpathValue::cast)
+                        .map(|apv| apv.syntax().clone())
+                        .unwrap_or_else(|| v.syntax().clone());
                     lets.push(LetBinding {
                         name: name.clone(),
                         text: format!("{name} = {};", v.syntax()),
-                        line: self.line(apv.syntax()),
+                        line: self.line(&at),
                     });
                     for n in text::free_vars(v.syntax()) {
                         queue.push_back((n, s));
@@ -651,6 +654,12 @@ impl<'t> Extract<'t> {
                 match head_name(&head)?.as_str() {
                     "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore"
                     | "mkAfter" | "mkOrder" => self.try_value(args.last()?, scope, d),
+                    // `"${prefix}.${toString i}"`: numbers in addresses.
+                    "toString" if args.len() == 1 => match self.try_value(&args[0], scope, d)? {
+                        Value::Int(i) => Some(Value::Str(i.to_string())),
+                        Value::Str(s) => Some(Value::Str(s)),
+                        _ => None,
+                    },
                     _ => None,
                 }
             }
@@ -920,7 +929,27 @@ impl<'t> Extract<'t> {
                 }
                 None => self.dynamic(level, e, "an `import` of a computed path"),
             },
+            ("mapAttrs", 2) if !matches!(level, Level::Module) => {
+                if !self.map_attrs(&args[0], &args[1], scope, conds, depth) {
+                    self.dynamic(level, e, "a call of `mapAttrs`")
+                }
+            }
+            ("listToAttrs", 1) if !matches!(level, Level::Module) => {
+                if !self.list_to_attrs(&args[0], scope, conds, depth) {
+                    self.dynamic(level, e, "a call of `listToAttrs`")
+                }
+            }
             _ => {
+                // A function of this file applied to its arguments (`dmzClient "web" { … }`):
+                // read its body with the parameters bound to the arguments.
+                let scoped: Vec<(ast::Expr, Scope)> =
+                    args.iter().map(|a| (a.clone(), scope)).collect();
+                if !matches!(level, Level::Module)
+                    && let Some((body, s)) = self.beta(&head, scope, &scoped, depth)
+                {
+                    self.visit(body, s, conds, level, false, depth);
+                    return;
+                }
                 let what = match name.as_str() {
                     "" => "a function call".to_string(),
                     n => format!("a call of `{n}`"),
@@ -928,6 +957,179 @@ impl<'t> Extract<'t> {
                 self.dynamic(level, e, &what)
             }
         }
+    }
+
+    /// `f a b …` where `f` is a function of this file (through `let` bindings): its body with a
+    /// frame binding each parameter to its argument (`{ x, y ? d, ... }@all` patterns take the
+    /// entries of a literal set argument). `None` when `f` is not such a function, when an
+    /// argument does not fit its pattern, or when arguments are missing (a partial
+    /// application is a function, not a value).
+    pub(super) fn beta(
+        &mut self,
+        head: &ast::Expr,
+        scope: Scope,
+        args: &[(ast::Expr, Scope)],
+        depth: usize,
+    ) -> Option<(ast::Expr, Scope)> {
+        let (mut f, mut fscope) = self.deref(head.clone(), scope, depth + 1)?;
+        for (arg, scope) in args {
+            let scope = *scope;
+            let ast::Expr::Lambda(l) = unparen(f.clone()) else {
+                return None;
+            };
+            let mut names = HashMap::new();
+            let id = self.frames.len();
+            match l.param()? {
+                ast::Param::IdentParam(p) => {
+                    let n = p.ident()?.syntax().text().to_string();
+                    names.insert(n, Binding::Expr(arg.clone(), scope));
+                }
+                ast::Param::Pattern(p) => {
+                    let (set, sscope) = self.deref(arg.clone(), scope, depth + 1)?;
+                    let ast::Expr::AttrSet(set) = set else {
+                        return None;
+                    };
+                    if set.rec_token().is_some() {
+                        return None;
+                    }
+                    for e in p.pat_entries() {
+                        let n = e.ident()?.syntax().text().to_string();
+                        let given = set.attrpath_values().find_map(|apv| {
+                            let attrs: Vec<ast::Attr> = apv.attrpath()?.attrs().collect();
+                            match attrs.as_slice() {
+                                [a] if text::attr_name(a).as_deref() == Some(n.as_str()) => {
+                                    apv.value()
+                                }
+                                _ => None,
+                            }
+                        });
+                        let b = match (given, e.default()) {
+                            (Some(v), _) => Binding::Expr(v, sscope),
+                            // A default sees the other parameters.
+                            (None, Some(d)) => Binding::Expr(d, Some(id)),
+                            (None, None) => return None,
+                        };
+                        names.insert(n, b);
+                    }
+                    if let Some(i) = p.pat_bind().and_then(|b| b.ident()) {
+                        names.insert(
+                            i.syntax().text().to_string(),
+                            Binding::Expr(arg.clone(), scope),
+                        );
+                    }
+                }
+            }
+            self.frames.push(Frame {
+                names,
+                parent: fscope,
+                module_args: false,
+            });
+            f = l.body()?;
+            fscope = Some(id);
+        }
+        if matches!(unparen(f.clone()), ast::Expr::Lambda(_)) {
+            return None;
+        }
+        Some((f, fscope))
+    }
+
+    /// `mapAttrs f { a = …; b = …; }` over a literal set: container `a` is `f "a" <value>`.
+    fn map_attrs(
+        &mut self,
+        f: &ast::Expr,
+        set: &ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) -> bool {
+        let Some((ast::Expr::AttrSet(set), sscope)) = self.deref(set.clone(), scope, depth + 1)
+        else {
+            return false;
+        };
+        if set.rec_token().is_some() || set.inherits().next().is_some() {
+            return false;
+        }
+        let mut entries = Vec::new();
+        for apv in set.attrpath_values() {
+            let attrs: Vec<ast::Attr> = apv
+                .attrpath()
+                .map(|p| p.attrs().collect())
+                .unwrap_or_default();
+            let ([a], Some(v)) = (attrs.as_slice(), apv.value()) else {
+                return false;
+            };
+            let Some(n) = self.attr_name_in(a, sscope) else {
+                return false;
+            };
+            entries.push((n, v));
+        }
+        for (n, v) in entries {
+            // The name is a string the source states only as an attribute name: a literal.
+            let Some(name_expr) = string_expr(&n) else {
+                return false;
+            };
+            // Arguments in their own scopes: the name is closed, the value is the set's.
+            let args = [(name_expr, None), (v, sscope)];
+            let Some((body, s)) = self.beta(f, scope, &args, depth) else {
+                return false;
+            };
+            let idx = self.container(&n, conds);
+            self.visit(body, s, conds, Level::Container(idx), false, depth + 1);
+        }
+        true
+    }
+
+    /// `listToAttrs (map f [ … ])` over a literal list, `f` returning `{ name = "…"; value = …; }`.
+    fn list_to_attrs(
+        &mut self,
+        arg: &ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) -> bool {
+        let Some((ast::Expr::Apply(a), s)) = self.deref(arg.clone(), scope, depth + 1) else {
+            return false;
+        };
+        let Some((head, margs)) = uncurry(&a) else {
+            return false;
+        };
+        if head_name(&head).as_deref() != Some("map") || margs.len() != 2 {
+            return false;
+        }
+        let Some((ast::Expr::List(list), ls)) = self.deref(margs[1].clone(), s, depth + 1) else {
+            return false;
+        };
+        let items: Vec<ast::Expr> = list.items().collect();
+        let mut found = Vec::new();
+        for item in items {
+            let Some((body, bs)) = self.beta(&margs[0], s, &[(item, ls)], depth) else {
+                return false;
+            };
+            let Some((ast::Expr::AttrSet(pair), ps)) = self.deref(body, bs, depth + 1) else {
+                return false;
+            };
+            let get = |k: &str| {
+                pair.attrpath_values().find_map(|apv| {
+                    let attrs: Vec<ast::Attr> = apv.attrpath()?.attrs().collect();
+                    match attrs.as_slice() {
+                        [a] if text::attr_name(a).as_deref() == Some(k) => apv.value(),
+                        _ => None,
+                    }
+                })
+            };
+            let (Some(n), Some(v)) = (get("name"), get("value")) else {
+                return false;
+            };
+            let Some(Value::Str(n)) = self.try_value(&n, ps, depth + 1) else {
+                return false;
+            };
+            found.push((n, v, ps));
+        }
+        for (n, v, ps) in found {
+            let idx = self.container(&n, conds);
+            self.visit(v, ps, conds, Level::Container(idx), false, depth + 1);
+        }
+        true
     }
 
     fn attrset(
@@ -1444,6 +1646,11 @@ impl<'t> Extract<'t> {
             }
         }
     }
+}
+
+/// A string literal expression for `s` (a tree of its own: only its text is used).
+fn string_expr(s: &str) -> Option<ast::Expr> {
+    rnix::Root::parse(&nixtext::string_literal(s)).tree().expr()
 }
 
 /// Third-party modules from flake inputs (`inputs.sops-nix.nixosModules.sops`) define no

@@ -107,6 +107,11 @@ pub const NIX_FLAKE_MODULES_DYNAMIC: WarningSpec = WarningSpec {
               evaluate with nix and use --from-json",
 };
 
+pub const NIX_NO_CONTAINERS: WarningSpec = WarningSpec {
+    code: "nix-no-containers",
+    category: Category::NeedsHuman,
+    summary: "the configuration given with --config (and every file it imports) defines no legacy container",
+};
 pub const NIX_CONTAINER_FRAGMENT: WarningSpec = WarningSpec {
     code: "nix-container-fragment",
     category: Category::NeedsHuman,
@@ -152,6 +157,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &NIX_CONTAINER_FRAGMENT,
     &NIX_CONTAINERS_SET_FRAGMENT,
     &NIX_CONTAINERS_SET_READ,
+    &NIX_NO_CONTAINERS,
     &NIX_NESTED_CONTAINERS,
     &NIX_CONTAINERS_NOT_READ,
 ];
@@ -511,6 +517,15 @@ fn read_nix_file_classified(
                     // A set is only a guess: what the module reading said comes first.
                     matches!(f, Fragment::Container { .. }) || ex.problems.is_empty()
                 });
+                // Nothing container-shaped at first sight, but maybe a set whose values are
+                // calls of this file's own functions (`web = mkWeb "10.0.0.2";`): read it as
+                // the value of `containers` and keep that reading only if it is clean.
+                if fragment.is_none()
+                    && ex.problems.is_empty()
+                    && let Some(ff) = trial_set_read(file, text, eval, None)
+                {
+                    return Ok(ff);
+                }
             }
             match &fragment {
                 Some(f) => {
@@ -778,6 +793,10 @@ fn set_fragment(
         }
     }
     if !verified {
+        let names: Vec<String> = entries.iter().map(|(n, _, _)| n.clone()).collect();
+        if !refuted && let Some(ff) = trial_set_read(path, text, eval, Some(&names)) {
+            return Some(ff);
+        }
         if refuted && !literal {
             // Not a set of containers: read it as the module it is, without the guess.
             return read_nix_file_classified(path, text, &Start::Module, eval, false).ok();
@@ -802,6 +821,80 @@ fn set_fragment(
                 ),
             )
             .at(path.to_path_buf(), Some(line)),
+        );
+    }
+    ff.fragment = None;
+    Some(ff)
+}
+
+/// The finding for a configuration given with `--config` in which nothing was found and
+/// nothing was reported: say so, with what was read, rather than "no containers" in silence.
+pub fn no_containers_warning(entry: &Path, r: &NixSourceResult) -> Warning {
+    let others = r.files_read.len().saturating_sub(1);
+    let read = if others == 0 {
+        String::new()
+    } else {
+        format!(" and the {others} file(s) it imports")
+    };
+    Warning::new(
+        &NIX_NO_CONTAINERS,
+        entry.display().to_string(),
+        format!(
+            "{}{read} define no `containers.<name>` (no container definition, no set of them, no \
+             computed `containers` value), so there is nothing to migrate from it. Pass the file that \
+             defines the containers with --config, or the host configuration that imports it",
+            entry.display()
+        ),
+    )
+    .at(entry.to_path_buf(), None)
+}
+
+/// Read a file that is no module as the value of `containers`, and keep the result only when
+/// it is a clean set of containers: at least one, each one container-shaped
+/// ([`fragment::container_keys`]), nothing left unread, and (when `names` are given) exactly
+/// those entries. Each container gets the `nix-containers-set-read` note.
+fn trial_set_read(
+    path: &Path,
+    text: &str,
+    eval: &EvalCommand,
+    names: Option<&[String]>,
+) -> Option<FileFacts> {
+    let mut ff = read_nix_file_classified(path, text, &Start::Containers, eval, false).ok()?;
+    if ff.containers.is_empty() || !ff.problems.is_empty() {
+        return None;
+    }
+    let shaped = ff.containers.iter().all(|c| {
+        let keys: Vec<String> = c.options.keys().cloned().collect();
+        fragment::container_keys(&keys).is_some()
+    });
+    if !shaped {
+        return None;
+    }
+    if let Some(names) = names {
+        let mut got: Vec<&String> = ff.containers.iter().map(|c| &c.container).collect();
+        let mut want: Vec<&String> = names.iter().collect();
+        got.sort();
+        want.sort();
+        if got != want {
+            return None;
+        }
+    }
+    for c in &mut ff.containers {
+        let name = c.container.clone();
+        c.warnings.push(
+            Warning::new(
+                &NIX_CONTAINERS_SET_READ,
+                format!("containers.{}", crate::nixtext::attr_name(&name)),
+                format!(
+                    "{}: this file is not a host configuration but the value of `containers` (a set of \
+                     container definitions); container {name} was read from it as if the host said \
+                     `containers = import {} …;`. Check that the host really imports it, and remove that \
+                     import when the migrated definitions replace it",
+                    path.display(),
+                    path.display()
+                ),
+            )
+            .at(path.to_path_buf(), None),
         );
     }
     ff.fragment = None;
