@@ -273,6 +273,7 @@ impl Merger<'_> {
             free_vars: Vec::new(),
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         };
         Some(Sourced::new(expr, origin))
     }
@@ -752,6 +753,7 @@ mod tests {
             free_vars: vec![],
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         })
     }
 
@@ -1111,6 +1113,7 @@ mod one_warning_per_problem {
             free_vars: vec!["addr".to_string()],
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         })
     }
 

@@ -83,6 +83,20 @@ pub struct NixExpr {
     /// generated file (imported into the same configuration) does too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub module_args: Vec<String>,
+    /// For a guest `config`: the files of the host's configuration tree its relative paths
+    /// name (transitively, through their own relative paths), as read, so that the translator
+    /// can apply the guest rules to them too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guest_files: Vec<GuestFile>,
+}
+
+/// A file a guest `config` names by a relative path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestFile {
+    /// Host path (a directory's `default.nix` when the path names a directory).
+    pub path: PathBuf,
+    /// The text, or why it could not be read.
+    pub content: Result<String, String>,
 }
 
 impl NixExpr {
@@ -95,6 +109,7 @@ impl NixExpr {
             free_vars,
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         }
     }
 
@@ -115,6 +130,11 @@ impl NixExpr {
             for v in &o.free_vars {
                 if !self.free_vars.contains(v) && !self.lets.iter().any(|l| &l.name == v) {
                     self.free_vars.push(v.clone());
+                }
+            }
+            for g in &o.guest_files {
+                if !self.guest_files.iter().any(|h| h.path == g.path) {
+                    self.guest_files.push(g.clone());
                 }
             }
         }

@@ -174,6 +174,7 @@ pub fn example_container(src: &str) -> Result<LegacyContainer, String> {
             free_vars: crate::translate::guest::free_variables(&text),
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         };
         let value = lit(&v);
         if keys.len() == 1 {

@@ -370,7 +370,7 @@ pub fn replace_eth0_words(s: &str) -> Option<String> {
 }
 
 /// Lexically normalise an absolute path (`.` and `..` removed).
-fn normalize(p: &Path) -> PathBuf {
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in p.components() {
         match c {
@@ -655,4 +655,63 @@ mod tests {
         assert!(r.parse_error.is_some());
         assert_eq!(r.text, "{ a = ; }");
     }
+}
+
+/// What one file a guest config imports needs, by the guest rules (issue 9: the same rules as
+/// the config text itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestFileFinding {
+    /// Read, and nothing in it changes under systemd-nspawn@.
+    Clean(std::path::PathBuf),
+    /// Read, and these lines must change (eth0 → host0, useHostResolvConf, boot.isContainer).
+    NeedsRewrite(std::path::PathBuf, Vec<Change>),
+    /// Not read: why.
+    Unreadable(std::path::PathBuf, String),
+    /// Read, but it does not parse: the rules could not be applied.
+    Unparsable(std::path::PathBuf, String),
+}
+
+/// Apply the guest rules to the files a guest config imports (as the reader found them).
+pub fn check_guest_files(
+    files: &[crate::legacy::GuestFile],
+    output_file: &Path,
+) -> Vec<GuestFileFinding> {
+    let mut out = Vec::new();
+    for f in files {
+        match &f.content {
+            Err(why) => out.push(GuestFileFinding::Unreadable(f.path.clone(), why.clone())),
+            Ok(text) => {
+                let r = rewrite_guest(
+                    text,
+                    &Paths {
+                        origin_file: &f.path,
+                        first_line: 1,
+                        output_file,
+                    },
+                );
+                if let Some(err) = r.parse_error {
+                    out.push(GuestFileFinding::Unparsable(f.path.clone(), err));
+                    continue;
+                }
+                let needed: Vec<Change> = r
+                    .changes
+                    .into_iter()
+                    .filter(|c| {
+                        matches!(
+                            c.what,
+                            ChangeKind::Eth0
+                                | ChangeKind::UseHostResolvConfRemoved
+                                | ChangeKind::IsContainerRemoved
+                        )
+                    })
+                    .collect();
+                if needed.is_empty() {
+                    out.push(GuestFileFinding::Clean(f.path.clone()));
+                } else {
+                    out.push(GuestFileFinding::NeedsRewrite(f.path.clone(), needed));
+                }
+            }
+        }
+    }
+    out
 }

@@ -168,6 +168,7 @@ pub fn config(tx: &mut Tx) {
             free_vars: Vec::new(),
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         });
         tx.applied(
             "config",
@@ -283,20 +284,7 @@ pub fn config(tx: &mut Tx) {
             ),
         );
     }
-    let files = referenced_files(&r.text);
-    if !files.is_empty() {
-        tx.warn(
-            &GUEST_FILES_NOT_REWRITTEN,
-            "config",
-            Some(&e.origin),
-            format!(
-                "the guest config refers to {}; the tool rewrote only the text inside containers.{}.config, so check \
-                 those files for eth0 (now host0), networking.useHostResolvConf and boot.isContainer",
-                files.join(", "),
-                crate::nixtext::attr_name(&tx.c.name)
-            ),
-        );
-    }
+    guest_files(tx, e);
     free_vars(tx, "config", e);
     tx.i.spec.system_config = Some(NixExpr {
         text: r.text,
@@ -306,7 +294,100 @@ pub fn config(tx: &mut Tx) {
     tx.applied("config", "system-config");
 }
 
-/// Path literals in (rewritten) Nix text: files whose content the rewrite did not see.
+/// The files the guest config imports get the same rules as its text: the reader read the
+/// relative `.nix` paths of the host's configuration tree ([`NixExpr::guest_files`]); a file
+/// that needs a change, or could not be read, is a finding. Other paths (absolute, `<…>`,
+/// `~/…`) were not read and are named as such.
+fn guest_files(tx: &mut Tx, e: &NixExpr) {
+    use guest::GuestFileFinding as F;
+    let mut needs = Vec::new();
+    let mut clean = Vec::new();
+    for f in guest::check_guest_files(&e.guest_files, &tx.ctx.output_file) {
+        match f {
+            F::Clean(p) => clean.push(p.display().to_string()),
+            F::NeedsRewrite(p, changes) => {
+                let what: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        if c.after.trim().is_empty() {
+                            format!("line {}: remove `{}`", c.line, c.before.trim())
+                        } else {
+                            format!(
+                                "line {}: `{}` → `{}`",
+                                c.line,
+                                c.before.trim(),
+                                c.after.trim()
+                            )
+                        }
+                    })
+                    .collect();
+                needs.push(format!("{} ({})", p.display(), what.join("; ")));
+            }
+            F::Unreadable(p, why) => needs.push(format!("{} (not read: {why})", p.display())),
+            F::Unparsable(p, why) => needs.push(format!(
+                "{} (does not parse: {why}; check it by hand)",
+                p.display()
+            )),
+        }
+    }
+    // Paths whose content was not seen: not relative (absolute, `<…>`, `~/…`), or relative
+    // Nix files the reader did not give (data files, `./key.pem`, are not Nix code).
+    let dir = e.origin.file.parent().unwrap_or(std::path::Path::new("/"));
+    let unread: Vec<String> = referenced_files(&e.text)
+        .into_iter()
+        .filter_map(|p| {
+            if !p.starts_with("./") && !p.starts_with("../") {
+                return Some(p);
+            }
+            let abs = guest::normalize(&dir.join(&p));
+            let nix_like = abs.extension().is_none_or(|x| x == "nix");
+            let seen = e
+                .guest_files
+                .iter()
+                .any(|g| g.path == abs || g.path == abs.join("default.nix"));
+            (nix_like && !seen).then(|| abs.display().to_string())
+        })
+        .collect();
+    if !clean.is_empty() {
+        tx.applied(
+            "config",
+            format!(
+                "imported guest file(s) checked, nothing to rewrite: {}",
+                clean.join(", ")
+            ),
+        );
+    }
+    if needs.is_empty() && unread.is_empty() {
+        return;
+    }
+    let mut parts = Vec::new();
+    if !needs.is_empty() {
+        parts.push(format!(
+            "files it imports need changes under systemd-nspawn@, which the tool does not make in files of the \
+             host configuration: {}",
+            needs.join("; ")
+        ));
+    }
+    if !unread.is_empty() {
+        parts.push(format!(
+            "it refers to {}, which the tool did not read (it reads the relative paths of the configuration \
+             directory); check them for eth0 (now host0), networking.useHostResolvConf and boot.isContainer",
+            unread.join(", ")
+        ));
+    }
+    tx.warn(
+        &GUEST_FILES_NOT_REWRITTEN,
+        "config",
+        Some(&e.origin),
+        format!(
+            "the guest config of containers.{}: {}",
+            crate::nixtext::attr_name(&tx.c.name),
+            parts.join(". ")
+        ),
+    );
+}
+
+/// Path literals in Nix text.
 fn referenced_files(text: &str) -> Vec<String> {
     use rnix::SyntaxKind;
     use rowan::ast::AstNode;

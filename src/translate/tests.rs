@@ -265,6 +265,7 @@ fn unparsable_guest_config_is_copied_and_reported() {
             free_vars: vec![],
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         },
         Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
     ));
@@ -291,6 +292,7 @@ fn relative_paths_and_free_variables_in_copied_code() {
             free_vars: vec!["hostName".into(), "name".into(), "pkgs".into()],
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         },
         origin,
     ));
@@ -315,7 +317,7 @@ fn relative_paths_and_free_variables_in_copied_code() {
     assert!(host.contains("hostName,"), "{host}");
     let files = warning(&i, "guest-files-not-rewritten");
     assert!(
-        files.message.contains("./hosts/web-guest.nix"),
+        files.message.contains("/etc/nixos/hosts/web-guest.nix"),
         "{}",
         files.message
     );
@@ -444,6 +446,7 @@ fn conditions_are_kept() {
         free_vars: vec!["config".into()],
         lets: Vec::new(),
         module_args: Vec::new(),
+        guest_files: Vec::new(),
     });
     let i = translate(&c, &ctx());
     let s = crate::render::nix::instance_snippet(&i);
@@ -563,6 +566,7 @@ fn carried_let_bindings_and_module_arguments() {
                 },
             ],
             module_args: vec!["inputs".into()],
+            guest_files: Vec::new(),
         },
         origin,
     ));

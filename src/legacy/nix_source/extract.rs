@@ -244,6 +244,7 @@ impl<'t> Extract<'t> {
             free_vars: text::free_vars(node),
             lets: Vec::new(),
             module_args: Vec::new(),
+            guest_files: Vec::new(),
         }
     }
 

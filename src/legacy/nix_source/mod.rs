@@ -47,7 +47,7 @@ pub use flake::{FlakeResult, read_flake};
 pub use fragment::{CONTAINER_KEYS, Fragment, SetEntry};
 
 use crate::host::HostRoot;
-use crate::legacy::model::{NixExpr, SourceFacts};
+use crate::legacy::model::{GuestFile, NixExpr, SourceFacts, Value};
 use crate::warnings::{Category, Warning, WarningSpec};
 use extract::{Extract, Start};
 use rowan::ast::AstNode;
@@ -624,7 +624,8 @@ pub fn read_flake_config(
         dir: flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf(),
         host: host_name.map(str::to_string),
     });
-    let mut out = read_entries(fs, &fr.entries, &eval);
+    let tree = flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut out = read_entries_in(fs, &fr.entries, &eval, &tree);
     out.files_read.insert(0, flake_nix.to_path_buf());
     let mut problems = fr.problems;
     problems.append(&mut out.problems);
@@ -640,8 +641,95 @@ pub fn read_flake_config(
 /// symlink such as `sub -> .` could otherwise make `./sub/x.nix` imports go on forever.
 const MAX_FILES: usize = 2000;
 
-/// Read several module files as one configuration (as `imports = [ … ]` would).
+/// Read several module files as one configuration (as `imports = [ … ]` would). The
+/// configuration tree (where guest files may be read from, [`attach_guest_files`]) is the
+/// directory of the first entry.
 pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
+    let tree = entries
+        .first()
+        .and_then(|e| e.parent())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    read_entries_in(fs, entries, eval, &tree)
+}
+
+/// The most guest files read for one container's `config`.
+const MAX_GUEST_FILES: usize = 200;
+
+/// The `.nix` files (or directories, for their `default.nix`) that relative path literals in
+/// `text` name, resolved from `file`.
+fn relative_nix_paths(file: &Path, text: &str) -> Vec<PathBuf> {
+    use rowan::ast::AstNode;
+    let parse = rnix::Root::parse(text);
+    let mut out = Vec::new();
+    for n in parse.tree().syntax().descendants() {
+        if n.kind() != rnix::SyntaxKind::NODE_PATH_REL {
+            continue;
+        }
+        let Some(e) = rnix::ast::Expr::cast(n) else {
+            continue;
+        };
+        if let Some(p) = extract::literal_path(file, &e)
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Read the files a guest `config` names by relative paths, transitively, inside `tree` (the
+/// host's configuration directory) and through `fs` only: what the translator needs to apply
+/// the guest rules (eth0 → host0, useHostResolvConf) to them. A path outside the tree, a
+/// missing or unreadable file is recorded with the reason. Paths that are not `.nix` files or
+/// directories (data files: keys, templates) are not Nix code and are left alone.
+fn attach_guest_files(fs: &dyn SourceFs, tree: &Path, c: &mut SourceFacts) {
+    let Some((Value::Expr(e), _)) = c.options.get_mut("config") else {
+        return;
+    };
+    let mut queue: VecDeque<PathBuf> = relative_nix_paths(&e.origin.file, &e.text).into();
+    let mut files: Vec<GuestFile> = Vec::new();
+    while let Some(p) = queue.pop_front() {
+        if files.len() >= MAX_GUEST_FILES {
+            break;
+        }
+        let path = if fs.is_dir(&p) {
+            p.join("default.nix")
+        } else {
+            p.clone()
+        };
+        if files.iter().any(|f| f.path == path) {
+            continue;
+        }
+        let is_nix = path.extension().is_some_and(|x| x == "nix");
+        if !is_nix {
+            continue;
+        }
+        let content = if !path.starts_with(tree) {
+            Err(format!(
+                "it lies outside the configuration directory {}, which is all the tool reads",
+                tree.display()
+            ))
+        } else if !fs.is_file(&path) {
+            Err("no such file".to_string())
+        } else {
+            fs.read_to_string(&path).map_err(|e| e.to_string())
+        };
+        if let Ok(text) = &content {
+            queue.extend(relative_nix_paths(&path, text));
+        }
+        files.push(GuestFile { path, content });
+    }
+    e.guest_files = files;
+}
+
+/// [`read_entries`] with the configuration tree given (a flake's directory).
+pub fn read_entries_in(
+    fs: &dyn SourceFs,
+    entries: &[PathBuf],
+    eval: &EvalCommand,
+    tree: &Path,
+) -> NixSourceResult {
     let mut out = NixSourceResult {
         eval: Some(eval.clone()),
         ..NixSourceResult::default()
@@ -735,6 +823,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             _ => ff,
         };
         for mut c in ff.containers {
+            attach_guest_files(fs, tree, &mut c);
             if !matches!(imp.role, ImportRole::Container(_)) {
                 c.condition = match (imp.condition.clone(), c.condition.take()) {
                     (None, c) => c,
