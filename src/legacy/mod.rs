@@ -10,6 +10,7 @@ pub mod merge;
 pub mod model;
 pub mod names;
 pub mod nix_source;
+pub mod options;
 pub mod unit;
 
 pub use model::*;

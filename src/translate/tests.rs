@@ -166,6 +166,20 @@ fn unresolved_options_are_reported_once() {
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "${prefix}.2"; }"#,
     )
     .unwrap();
+    // The reader reports it (`nix-unresolved-value`); the translator does not again.
+    let i = translate(&c, &ctx());
+    assert_eq!(
+        c.warnings
+            .iter()
+            .chain(&i.warnings)
+            .filter(|w| w.code == "unresolved-expression" || w.code == "nix-unresolved-value")
+            .count(),
+        1,
+        "{:#?}",
+        i.warnings
+    );
+    // A source that did not report it (evaluated JSON, say): the translator does, once.
+    c.warnings.retain(|w| w.code != "nix-unresolved-value");
     let i = translate(&c, &ctx());
     assert_eq!(
         i.warnings
@@ -481,9 +495,11 @@ fn never_panics_on_odd_input() {
 
 #[test]
 fn unreadable_private_network_and_auto_start() {
-    let i = run(
+    let c = example_container(
         r#"{ privateNetwork = cfg.isolated; autoStart = cfg.start; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
-    );
+    )
+    .unwrap();
+    let i = translate(&c, &ctx());
     assert_has(
         &i,
         &[
@@ -494,9 +510,10 @@ fn unreadable_private_network_and_auto_start() {
         ],
     );
     assert_eq!(
-        i.warnings
+        c.warnings
             .iter()
-            .filter(|w| w.code == "unresolved-expression")
+            .chain(&i.warnings)
+            .filter(|w| w.code == "unresolved-expression" || w.code == "nix-unresolved-value")
             .count(),
         2,
         "{:#?}",

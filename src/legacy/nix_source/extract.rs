@@ -1294,6 +1294,13 @@ impl<'t> Extract<'t> {
                 .join(".")
         );
         let extra = self.extra_conditions(idx, conds);
+        // `specialArgs = { inherit inputs; … }` is code handed to the guest's evaluation: kept
+        // verbatim (with the bindings it needs) like `config`, not read as data.
+        if option == "specialArgs" && names.len() == 1 && extra.is_empty() {
+            let expr = self.nix_expr_in(value.syntax(), scope);
+            self.set_option(idx, "specialArgs", Value::Expr(expr), line);
+            return;
+        }
         if option == "config" {
             let mut expr = self.nix_expr_in(value.syntax(), scope);
             if !rest.is_empty() {

@@ -553,6 +553,21 @@ fn read_nix_file_classified(
     })
 }
 
+/// One container's value (`containers.<name> = <text>`), as the reader reads it in a host file:
+/// for the translation table's examples, which run through the real reader.
+pub(crate) fn read_container_value(
+    file: &Path,
+    text: &str,
+    name: &str,
+) -> Result<FileFacts, Warning> {
+    read_nix_file_as(
+        file,
+        text,
+        &Start::Container(name.to_string()),
+        &EvalCommand::for_config(file),
+    )
+}
+
 /// Read the configuration starting at `entry` and every file it imports (literal paths),
 /// including files that hold `containers` or one container's value. Cycles are read once.
 /// The commands named in warnings are those for a classic host with this entry file.

@@ -360,8 +360,10 @@ let mkAddr = n: "10.0.0.${toString n}"; in
     assert_eq!(la.origin.line, Some(5));
     assert_eq!(la.column, 20);
     assert_eq!(expr(opt(x, "nixpkgs")).free_vars, ["pkgs"]);
-    let sa = attrs(opt(x, "specialArgs"));
-    assert_eq!(expr(&sa["parentConfig"]).free_vars, ["config"]);
+    // specialArgs is code for the guest's evaluation: verbatim.
+    let sa = expr(opt(x, "specialArgs"));
+    assert_eq!(sa.text, "{ parentConfig = config; }");
+    assert_eq!(sa.free_vars, ["config"]);
     // `{ ... }:` does not bind `config`: this is the host's config, so it is free.
     assert_eq!(expr(opt(x, "config")).free_vars, ["config"]);
     assert_eq!(codes(&x.warnings), ["nix-unresolved-value"]);
