@@ -395,7 +395,12 @@ impl<'a> Tx<'a> {
     /// Was this option already reported by a reader (same option path)?
     pub fn reader_warned(&self, option: &str) -> bool {
         let opt = self.opt(option);
-        self.c.warnings.iter().any(|w| w.option == opt)
+        // A reader's warning about a part (`bindMounts."/x"`) is about the option too.
+        let part = format!("{opt}.");
+        self.c
+            .warnings
+            .iter()
+            .any(|w| w.option == opt || w.option.starts_with(&part))
     }
 }
 

@@ -301,6 +301,7 @@ pub fn config(tx: &mut Tx) {
 fn guest_files(tx: &mut Tx, e: &NixExpr) {
     use guest::GuestFileFinding as F;
     let mut needs = Vec::new();
+    let mut unreadable = Vec::new();
     let mut clean = Vec::new();
     for f in guest::check_guest_files(&e.guest_files, &tx.ctx.output_file) {
         match f {
@@ -323,31 +324,30 @@ fn guest_files(tx: &mut Tx, e: &NixExpr) {
                     .collect();
                 needs.push(format!("{} ({})", p.display(), what.join("; ")));
             }
-            F::Unreadable(p, why) => needs.push(format!("{} (not read: {why})", p.display())),
-            F::Unparsable(p, why) => needs.push(format!(
-                "{} (does not parse: {why}; check it by hand)",
-                p.display()
-            )),
+            F::Unreadable(p, why) => unreadable.push(format!("{} ({why})", p.display())),
+            F::Unparsable(p, why) => {
+                unreadable.push(format!("{} (does not parse: {why})", p.display()))
+            }
         }
     }
     // Paths whose content was not seen: not relative (absolute, `<…>`, `~/…`), or relative
     // Nix files the reader did not give (data files, `./key.pem`, are not Nix code).
     let dir = e.origin.file.parent().unwrap_or(std::path::Path::new("/"));
-    let unread: Vec<String> = referenced_files(&e.text)
-        .into_iter()
-        .filter_map(|p| {
-            if !p.starts_with("./") && !p.starts_with("../") {
-                return Some(p);
-            }
-            let abs = guest::normalize(&dir.join(&p));
-            let nix_like = abs.extension().is_none_or(|x| x == "nix");
-            let seen = e
-                .guest_files
-                .iter()
-                .any(|g| g.path == abs || g.path == abs.join("default.nix"));
-            (nix_like && !seen).then(|| abs.display().to_string())
-        })
-        .collect();
+    for p in referenced_files(&e.text) {
+        if !p.starts_with("./") && !p.starts_with("../") {
+            unreadable.push(format!("{p} (not a relative path, not read)"));
+            continue;
+        }
+        let abs = guest::normalize(&dir.join(&p));
+        let nix_like = abs.extension().is_none_or(|x| x == "nix");
+        let seen = e
+            .guest_files
+            .iter()
+            .any(|g| g.path == abs || g.path == abs.join("default.nix"));
+        if nix_like && !seen {
+            unreadable.push(format!("{} (not read)", abs.display()));
+        }
+    }
     if !clean.is_empty() {
         tx.applied(
             "config",
@@ -357,7 +357,7 @@ fn guest_files(tx: &mut Tx, e: &NixExpr) {
             ),
         );
     }
-    if needs.is_empty() && unread.is_empty() {
+    if needs.is_empty() && unreadable.is_empty() {
         return;
     }
     let mut parts = Vec::new();
@@ -368,11 +368,11 @@ fn guest_files(tx: &mut Tx, e: &NixExpr) {
             needs.join("; ")
         ));
     }
-    if !unread.is_empty() {
+    if !unreadable.is_empty() {
         parts.push(format!(
-            "it refers to {}, which the tool did not read (it reads the relative paths of the configuration \
-             directory); check them for eth0 (now host0), networking.useHostResolvConf and boot.isContainer",
-            unread.join(", ")
+            "files it imports could not be checked: {}; check them for eth0 (now host0), \
+             networking.useHostResolvConf and boot.isContainer",
+            unreadable.join("; ")
         ));
     }
     tx.warn(

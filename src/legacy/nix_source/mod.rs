@@ -662,10 +662,29 @@ const MAX_FILES: usize = 2000;
 pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
     let tree = entries
         .first()
-        .and_then(|e| e.parent())
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
+        .map(|e| config_tree(fs, e))
+        .unwrap_or_else(|| PathBuf::from("/"));
     read_entries_in(fs, entries, eval, &tree)
+}
+
+/// The host's configuration tree around `entry`: `/etc/nixos` for a file in it, else the
+/// nearest directory above that holds a `flake.nix` or `.git` (a configuration repository,
+/// whose hosts import `../../modules/…`), else the entry's own directory.
+fn config_tree(fs: &dyn SourceFs, entry: &Path) -> PathBuf {
+    let etc = Path::new("/etc/nixos");
+    if entry.starts_with(etc) {
+        return etc.to_path_buf();
+    }
+    let dir = entry.parent().unwrap_or(Path::new("/"));
+    for d in dir.ancestors().take(6) {
+        if d == Path::new("/") {
+            break;
+        }
+        if fs.is_file(&d.join("flake.nix")) || fs.is_dir(&d.join(".git")) {
+            return d.to_path_buf();
+        }
+    }
+    dir.to_path_buf()
 }
 
 /// The most guest files read for one container's `config`.
