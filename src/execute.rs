@@ -127,7 +127,8 @@ pub fn execute(
                 }
                 Step::WriteContainerFile { path }
                 | Step::WriteNspawn { path }
-                | Step::WriteDropin { path } => {
+                | Step::WriteDropin { path }
+                | Step::WriteGuestFile { path } => {
                     let text = file_text(step, inst);
                     write_file(
                         host,
@@ -178,6 +179,7 @@ fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
             crate::render::nspawn::preview(inst)
         ),
         Step::WriteDropin { .. } => crate::render::nspawn::dropin(inst),
+        Step::WriteGuestFile { path } => inst.guest_files.get(path).cloned().unwrap_or_default(),
         _ => crate::render::nix::imperative_file(inst),
     }
 }

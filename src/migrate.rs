@@ -415,6 +415,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         nspawn: render::nspawn::preview(i),
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
+        guest_files: i
+            .guest_files
+            .iter()
+            .map(|(p, t)| (p.display().to_string(), t.clone()))
+            .collect(),
         translated: i.applied.clone(),
         warnings,
         plan: steps,

@@ -250,7 +250,9 @@ fn containers_generated_from_literal_data_are_read() {
 }
 
 /// Issue 9 (observed): `guest-files-not-rewritten` was emitted even when the imported guest
-/// file contained nothing to rewrite.
+/// file contained nothing to rewrite. Now: a clean file is only checked; files that need the
+/// guest rules are copied, rewritten, next to the output (the originals untouched) and imported
+/// instead; only a file that cannot be read is left to a human.
 #[test]
 fn imported_guest_files_are_checked_with_the_guest_rules() {
     if !have_tool("nix-instantiate", "nix-bin") {
@@ -259,27 +261,70 @@ fn imported_guest_files_are_checked_with_the_guest_rules() {
     let r = report("guest-imports.nix");
     let clean = container(&r, "clean");
     assert!(needs_human(clean).is_empty(), "{:#}", clean["warnings"]);
+    assert!(clean.get("guest_files").is_none());
     let dirty = container(&r, "dirty");
-    let w = warning(dirty, "guest-files-not-rewritten").unwrap();
-    let msg = w["message"].as_str().unwrap();
     let guest = fixture("guest");
     let at = |f: &str| guest.join(f).display().to_string();
-    assert!(msg.contains(&at("dirty.nix")), "{msg}");
+    // Only the missing file needs a human.
+    let w = warning(dirty, "guest-files-not-rewritten").unwrap();
+    let msg = w["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("{} (no such file)", at("missing.nix"))),
+        "{msg}"
+    );
+    assert!(!msg.contains(&at("dirty.nix")), "{msg}");
+    // The two files that need the rules (one imported by the other) are copied, rewritten.
+    let copied = warning(dirty, "guest-files-copied").unwrap();
+    let msg = copied["message"].as_str().unwrap();
     assert!(msg.contains("line 6: `eth0` → `host0`"), "{msg}");
     assert!(
         msg.contains("line 5: remove `networking.useHostResolvConf"),
         "{msg}"
     );
-    // Followed through the imported file's own import.
-    assert!(msg.contains(&at("dirty-net.nix")), "{msg}");
-    assert!(
-        msg.contains(&format!("{} (no such file)", at("missing.nix"))),
-        "{msg}"
+    let copy_of = |f: &str| format!("/etc/nixos/nspawn-guests/dirty{}", at(f));
+    let files = dirty["guest_files"].as_object().unwrap();
+    let d = files[&copy_of("dirty.nix")].as_str().unwrap();
+    assert!(d.contains("interfaces.host0.allowedTCPPorts"), "{d}");
+    assert!(!d.contains("useHostResolvConf ="), "{d}");
+    assert!(d.contains("./dirty-net.nix"), "{d}");
+    let n = files[&copy_of("dirty-net.nix")].as_str().unwrap();
+    assert!(n.contains("interfaces.host0.ipv4"), "{n}");
+    assert!(!files.contains_key(&copy_of("clean.nix")));
+    // The new system-config imports the copy; the plan writes it.
+    let nix = dirty["nix"].as_str().unwrap();
+    assert!(nix.contains("./nspawn-guests/dirty/"), "{nix}");
+    let steps: Vec<&str> = dirty["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps.iter().filter(|s| **s == "write-guest-file").count(),
+        2
     );
-    assert!(!msg.contains(&at("clean.nix")), "{msg}");
-    // The originals are untouched.
-    let text = std::fs::read_to_string(guest.join("dirty.nix")).unwrap();
-    assert!(text.contains("interfaces.eth0"));
+    // Carried out: the copies are written under the root, byte for byte as previewed, and
+    // the originals are untouched.
+    let root = tempfile::tempdir().unwrap();
+    let before = std::fs::read(guest.join("dirty.nix")).unwrap();
+    let out = nixos_nspawn(
+        root.path(),
+        &[
+            "migrate",
+            "--yes",
+            "--json",
+            "--config",
+            fixture("guest-imports.nix").to_str().unwrap(),
+        ],
+    );
+    let _ = json(&out);
+    let copy = root
+        .path()
+        .join(copy_of("dirty.nix").trim_start_matches('/'));
+    assert_eq!(std::fs::read_to_string(copy).unwrap(), d);
+    assert_eq!(std::fs::read(guest.join("dirty.nix")).unwrap(), before);
+    let host = root.path().join("etc/nixos/nspawn-containers.nix");
+    parses(&std::fs::read_to_string(host).unwrap()).unwrap();
 }
 
 /// Guest files outside the configuration directory are not read (the tree is the directory

@@ -1582,6 +1582,7 @@ mod tests {
             "internal-key-conflict",
             "guest-files-not-rewritten",
             "module-argument",
+            "guest-files-copied",
         ];
         for c in not_in_examples {
             assert!(

@@ -165,6 +165,12 @@ spec!(
     "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
 );
 spec!(
+    GUEST_FILES_COPIED,
+    "guest-files-copied",
+    ChangedMeaning,
+    "files the guest config imports needed eth0/useHostResolvConf rewrites: rewritten copies are written next to the output and imported instead (originals unchanged)"
+);
+spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
@@ -237,6 +243,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &FREE_VARIABLE,
     &MODULE_ARGUMENT,
     &GUEST_FILES_NOT_REWRITTEN,
+    &GUEST_FILES_COPIED,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,
     &EXTRA_VETH_UNITS,
@@ -297,6 +304,7 @@ impl<'a> Tx<'a> {
             dropin: Dropin::default(),
             host_networks: Vec::new(),
             guest_networks: Vec::new(),
+            guest_files: std::collections::BTreeMap::new(),
             applied: Vec::new(),
             warnings: Vec::new(),
         };

@@ -284,10 +284,21 @@ pub fn config(tx: &mut Tx) {
             ),
         );
     }
-    guest_files(tx, e);
+    let copies = guest_files(tx, e);
     free_vars(tx, "config", e);
+    // The config imports the rewritten copies instead of the originals.
+    let text = if copies.is_empty() {
+        r.text
+    } else {
+        guest::retarget_paths(&r.text, &tx.ctx.output_file, &|abs| {
+            copies.get(abs).map(|(c, _)| c.clone())
+        })
+    };
+    for (copy, text) in copies.into_values() {
+        tx.i.guest_files.insert(copy, text);
+    }
     tx.i.spec.system_config = Some(NixExpr {
-        text: r.text,
+        text,
         lets,
         ..e.clone()
     });
@@ -298,7 +309,10 @@ pub fn config(tx: &mut Tx) {
 /// relative `.nix` paths of the host's configuration tree ([`NixExpr::guest_files`]); a file
 /// that needs a change, or could not be read, is a finding. Other paths (absolute, `<…>`,
 /// `~/…`) were not read and are named as such.
-fn guest_files(tx: &mut Tx, e: &NixExpr) {
+fn guest_files(
+    tx: &mut Tx,
+    e: &NixExpr,
+) -> std::collections::BTreeMap<std::path::PathBuf, (std::path::PathBuf, String)> {
     use guest::GuestFileFinding as F;
     let mut needs = Vec::new();
     let mut unreadable = Vec::new();
@@ -357,14 +371,37 @@ fn guest_files(tx: &mut Tx, e: &NixExpr) {
             ),
         );
     }
-    if needs.is_empty() && unreadable.is_empty() {
-        return;
+    // Files that need the rules are copied (with everything they are imported with) next to
+    // the output, rewritten; the originals stay as they are for the legacy container.
+    let copies = if needs.is_empty() {
+        std::collections::BTreeMap::new()
+    } else {
+        guest::guest_copies(&e.guest_files, &tx.ctx.output_file, &tx.c.name)
+    };
+    if !copies.is_empty() {
+        let list: Vec<String> = copies
+            .iter()
+            .map(|(o, (c, _))| format!("{} → {}", o.display(), c.display()))
+            .collect();
+        tx.warn(
+            &GUEST_FILES_COPIED,
+            "config",
+            Some(&e.origin),
+            format!(
+                "imported guest files need the guest rules ({}); rewritten copies are written next to the output and \
+                 the new system-config imports them: {}. The originals are unchanged (the legacy container still uses them)",
+                needs.join("; "),
+                list.join(", ")
+            ),
+        );
+    }
+    if unreadable.is_empty() {
+        return copies;
     }
     let mut parts = Vec::new();
-    if !needs.is_empty() {
+    if !needs.is_empty() && copies.is_empty() {
         parts.push(format!(
-            "files it imports need changes under systemd-nspawn@, which the tool does not make in files of the \
-             host configuration: {}",
+            "files it imports need changes under systemd-nspawn@ and could not be copied: {}",
             needs.join("; ")
         ));
     }
@@ -385,6 +422,7 @@ fn guest_files(tx: &mut Tx, e: &NixExpr) {
             parts.join(". ")
         ),
     );
+    copies
 }
 
 /// Path literals in Nix text.
