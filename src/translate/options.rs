@@ -99,7 +99,7 @@ fn rewrite_lets(
         tx.applied(
             option,
             format!(
-                "carried the host file's let binding(s) {} with it",
+                "carried what it uses from the host file with it: {} (its let bindings, or the arguments a function of the file was called with)",
                 names.join(", ")
             ),
         );
