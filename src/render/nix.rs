@@ -5,6 +5,7 @@
 //! inserted verbatim (already rewritten by the translator) and the result is formatted with
 //! nixfmt.
 
+use super::unit::{self, File};
 use crate::legacy::{Kind, NixExpr};
 use crate::nixtext::{self, attr_name, string_list, string_literal};
 use crate::translate::{Instance, NetworkSpec, NetworkdUnit, NspawnSettings, StaticAddresses};
@@ -33,10 +34,33 @@ fn values(vs: &[String]) -> String {
     }
 }
 
-fn section_attrs(map: &BTreeMap<String, Vec<String>>) -> String {
+/// The values of one section as NixOS will copy them into the file: escaped by the
+/// unit-value writer (NixOS itself escapes nothing). A value the writer refuses (the
+/// translator already warned) is left out with a comment saying so.
+fn unit_values(file: File, section: &str, key: &str, vs: &[String]) -> (Vec<String>, String) {
+    let mut ok = Vec::new();
+    let mut comments = String::new();
+    for v in vs {
+        match unit::value(file, section, key, v) {
+            Ok(t) => ok.push(t),
+            Err(r) => comments.push_str(&format!(
+                "# nixos-nspawn: {}= not written: {}\n",
+                unit::shown(key),
+                r.reason
+            )),
+        }
+    }
+    (ok, comments)
+}
+
+fn section_attrs(file: File, section: &str, map: &BTreeMap<String, Vec<String>>) -> String {
     let mut out = String::from("{\n");
     for (k, vs) in map {
-        out.push_str(&format!("{} = {};\n", attr_name(k), values(vs)));
+        let (vs, comments) = unit_values(file, section, k, vs);
+        out.push_str(&comments);
+        if !vs.is_empty() {
+            out.push_str(&format!("{} = {};\n", attr_name(k), values(&vs)));
+        }
     }
     out.push('}');
     out
@@ -90,7 +114,11 @@ fn networkd_value(u: &NetworkdUnit) -> String {
             "DHCPv6" => "dhcpV6".into(),
             _ => name,
         };
-        out.push_str(&format!("{}Config = {};\n", name, section_attrs(&grouped)));
+        out.push_str(&format!(
+            "{}Config = {};\n",
+            name,
+            section_attrs(File::Networkd, sec, &grouped)
+        ));
     }
     out.push('}');
     out
@@ -242,13 +270,16 @@ fn raw_nspawn_value(s: &NspawnSettings) -> Option<String> {
         return None;
     }
     let mut out = String::from("{\n");
-    for (attr, map) in [
-        ("execConfig", &s.exec),
-        ("filesConfig", &s.files),
-        ("networkConfig", &s.network),
+    for (attr, sec, map) in [
+        ("execConfig", "Exec", &s.exec),
+        ("filesConfig", "Files", &s.files),
+        ("networkConfig", "Network", &s.network),
     ] {
         if !map.is_empty() {
-            out.push_str(&format!("{attr} = {};\n", section_attrs(map)));
+            out.push_str(&format!(
+                "{attr} = {};\n",
+                section_attrs(File::Nspawn, sec, map)
+            ));
         }
     }
     out.push('}');
@@ -264,10 +295,12 @@ fn dropin_value(i: &Instance) -> Option<String> {
     for (k, vs) in &i.dropin.unit {
         match k.as_str() {
             "After" | "Wants" | "Requires" | "Before" | "BindsTo" | "PartOf" => {
+                let (vs, comments) = unit_values(File::Unit, "Unit", k, vs);
+                out.push_str(&comments);
                 out.push_str(&format!(
                     "{} = {};\n",
                     k.to_ascii_lowercase(),
-                    string_list(vs)
+                    string_list(&vs)
                 ));
             }
             _ => {
@@ -276,12 +309,15 @@ fn dropin_value(i: &Instance) -> Option<String> {
         }
     }
     if !unit_config.is_empty() {
-        out.push_str(&format!("unitConfig = {};\n", section_attrs(&unit_config)));
+        out.push_str(&format!(
+            "unitConfig = {};\n",
+            section_attrs(File::Unit, "Unit", &unit_config)
+        ));
     }
     if !i.dropin.service.is_empty() {
         out.push_str(&format!(
             "serviceConfig = {};\n",
-            section_attrs(&i.dropin.service)
+            section_attrs(File::Unit, "Service", &i.dropin.service)
         ));
     }
     if !i.spec.auto_start {

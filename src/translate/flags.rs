@@ -262,11 +262,8 @@ pub fn capability(tx: &mut Tx, f: &FlagUse) {
 }
 
 fn bind(tx: &mut Tx, f: &FlagUse, read_only: bool) {
-    let v = f.v();
-    let mut parts = v.splitn(3, ':');
-    let src = parts.next().unwrap_or("").to_string();
-    let dst = parts.next().map(str::to_string);
-    let opts = parts.next().map(str::to_string);
+    // nspawn's syntax: `\:` and `\\` escape inside the paths; the model holds plain paths.
+    let (src, dst, opts) = crate::render::unit::split_bind_spec(f.v());
     let path_ok = |p: &str| (p.starts_with('/') || p.starts_with('+')) && p.len() > 1;
     if !path_ok(&src) || dst.as_deref().is_some_and(|d| !d.starts_with('/')) {
         return invalid(
@@ -354,8 +351,8 @@ fn credential(tx: &mut Tx, f: &FlagUse, key: &str) {
     if !f.v().contains(':') {
         return invalid(tx, f, "needs ID:VALUE");
     }
-    // Credential settings expand `%` specifiers in unit files.
-    tx.dropin_service(key, f.v().replace('%', "%%"));
+    // Credential settings expand `%` specifiers in unit files: the unit-value writer doubles `%`.
+    tx.dropin_service(key, f.v());
     let origin = f.origin.clone();
     let id = f.v().split(':').next().unwrap_or("").to_string();
     tx.warn(

@@ -433,6 +433,8 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
         }
     }
 
+    refuse_unwritable(&mut tx);
+
     let module = crate::render::nspawn::module_settings(&tx.i.name, &tx.i.spec);
     let clashes = crate::render::nspawn::conflicts(&module, &tx.i.raw_nspawn);
     for k in clashes {
@@ -451,6 +453,34 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
         map.remove(key);
     }
     tx.i
+}
+
+/// Values systemd would misread (a control character ends a line and so injects one) are
+/// taken out by the unit-value writer's check; each becomes a warning on the option that
+/// produced it, whose "applied" record goes away (it was not applied).
+fn refuse_unwritable(tx: &mut Tx) {
+    use crate::render::unit::{UNIT_VALUE_REFUSED, refuse_unwritable};
+    for r in refuse_unwritable(&mut tx.i) {
+        let from =
+            tx.i.applied
+                .iter()
+                .position(|a| !r.value.is_empty() && a.target.contains(&r.value));
+        let option = match from {
+            Some(pos) => tx.i.applied.remove(pos).option,
+            None => format!("containers.{}", nixtext::attr_name(&tx.c.name)),
+        };
+        tx.i.applied
+            .retain(|a| r.value.is_empty() || !a.target.contains(&r.value));
+        tx.i.warnings.push(Warning::new(
+            &UNIT_VALUE_REFUSED,
+            option.clone(),
+            format!(
+                "{option}: {}: {}; it was not carried over. Fix: remove the character from the legacy \
+                 definition and migrate again, or add the setting by hand to the generated configuration",
+                r.target, r.reason
+            ),
+        ));
+    }
 }
 
 #[cfg(test)]
