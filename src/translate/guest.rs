@@ -75,6 +75,15 @@ fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
 }
 
 fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
+    // Before rnix, which overflows the stack (an abort) on some deep nestings.
+    if let Err(deep) = crate::nixtext::check_nesting(text) {
+        let (line, col) = crate::nixtext::line_col(text, deep.offset);
+        return Rewrite {
+            text: text.to_string(),
+            parse_error: Some(format!("line {line}, column {col}: {}", deep.message)),
+            ..Rewrite::default()
+        };
+    }
     let parse = rnix::Root::parse(text);
     if let Some(e) = parse.errors().first() {
         return Rewrite {
@@ -466,6 +475,10 @@ pub fn free_variables(text: &str) -> Vec<String> {
         "placeholder",
         "__curPos",
     ];
+    // Too deep to parse safely: the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
     let parse = rnix::Root::parse(text);
     let root = parse.tree();
     let root = root.syntax();

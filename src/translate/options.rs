@@ -229,8 +229,12 @@ pub fn config(tx: &mut Tx) {
 fn referenced_files(text: &str) -> Vec<String> {
     use rnix::SyntaxKind;
     use rowan::ast::AstNode;
-    let parse = rnix::Root::parse(text);
     let mut out = Vec::new();
+    // Too deep to parse safely (an abort in rnix): the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return out;
+    }
+    let parse = rnix::Root::parse(text);
     for n in parse.tree().syntax().descendants() {
         if matches!(
             n.kind(),
