@@ -1,0 +1,447 @@
+//! Every value that reaches a `.nspawn` file, a networkd unit or the service drop-in goes through
+//! one writer (src/render/unit.rs) that refuses control characters and escapes what systemd
+//! interprets (issue 7, items 2 and 7). Checked end to end through the CLI on hostile `.conf`
+//! files, against the real `systemd-nspawn` parser (and a real container where root), against
+//! `systemd-analyze verify`, and against the NixOS module's own bind rendering.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use nixos_nspawn::render::unit::{File, bind_spec, split_bind_spec, value};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use util::*;
+
+/// A host with one imperative container `evil` whose `.conf` carries `flags` (raw bytes).
+fn hostile_root(flags: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("etc/nixos-containers")).unwrap();
+    std::fs::create_dir_all(root.join("etc/nixos")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/nixos-containers/evil/etc")).unwrap();
+    std::fs::write(
+        root.join("var/lib/nixos-containers/evil/etc/os-release"),
+        "ID=nixos\n",
+    )
+    .unwrap();
+    let mut conf = b"PRIVATE_NETWORK=0\nAUTO_START=0\nEXTRA_NSPAWN_FLAGS=\"".to_vec();
+    conf.extend_from_slice(flags);
+    conf.extend_from_slice(b"\"\n");
+    std::fs::write(root.join("etc/nixos-containers/evil.conf"), conf).unwrap();
+    dir
+}
+
+/// The issue's two payloads, plus an escaped `:` in a bind path so that a drop-in is written.
+const INJECTION: &[u8] = b"--property=CPUQuota=50%\0ExecStartPre=/x --setenv=A=1\0[Files]\0Bind=/:/hostroot --bind=/srv/a\\:b:/c";
+
+/// systemd's line reader: NUL, CR and LF all end a line. Returns the `Key=value` lines (comments,
+/// blank lines and section headers dropped) as (section, key, value).
+fn systemd_lines(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    for l in text.split(['\n', '\r', '\0']) {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if l.starts_with('[') && l.ends_with(']') {
+            section = l[1..l.len() - 1].to_string();
+            continue;
+        }
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+    }
+    out
+}
+
+fn assert_not_injected(what: &str, text: &str) {
+    for (sec, k, v) in systemd_lines(text) {
+        assert!(
+            !(k == "ExecStartPre" || (sec == "Files" && v.contains("/hostroot"))),
+            "{what}: injected line [{sec}] {k}={v} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(['\0', '\r']),
+        "{what}: control character in\n{text:?}"
+    );
+}
+
+/// `systemd-analyze verify` on a drop-in for `systemd-nspawn@NAME.service`: its complaints
+/// about the drop-in (rc stays 0 for warnings, so stderr is what counts).
+fn analyze_dropin(name: &str, dropin: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = format!("systemd-nspawn@{name}.service");
+    std::fs::create_dir_all(dir.path().join(format!("{unit}.d"))).unwrap();
+    std::fs::copy(
+        "/lib/systemd/system/systemd-nspawn@.service",
+        dir.path().join(&unit),
+    )
+    .unwrap();
+    let conf = dir.path().join(format!("{unit}.d/override.conf"));
+    std::fs::write(&conf, dropin).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join(&unit))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let prefix = conf.display().to_string();
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn nul_in_conf_flags_injects_nothing_in_the_dry_run_and_is_reported() {
+    let dir = hostile_root(INJECTION);
+    let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report = json(&out);
+    let c = &report["containers"][0];
+    assert_eq!(c["name"], "evil");
+    let nspawn = c["nspawn"].as_str().unwrap();
+    let dropin = c["dropin"].as_str().unwrap_or("");
+    assert_not_injected(".nspawn", nspawn);
+    assert_not_injected("drop-in", dropin);
+    assert_not_injected("nix", c["nix"].as_str().unwrap());
+    assert!(
+        nspawn.contains("Bind=/srv/a\\:b:/c\n"),
+        "the escaped bind is kept:\n{nspawn}"
+    );
+    let refused: Vec<&serde_json::Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "unit-value-refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{}", c["warnings"]);
+    let text = serde_json::to_string(&refused).unwrap();
+    for needle in [
+        "containers.evil.extraFlags",
+        "CPUQuota=",
+        "Environment=",
+        "NUL byte",
+        "50%\\\\0ExecStartPre=/x",
+        "Fix:",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in {text}");
+    }
+    // Nothing claims the refused values were applied.
+    assert!(!c["translated"].to_string().contains("ExecStartPre"));
+    if have_tool("systemd-nspawn", "systemd-container") {
+        assert_eq!(nspawn_parse("evil", nspawn), Ok(()));
+    }
+    if have_tool("systemd-analyze", "systemd") && !dropin.is_empty() {
+        assert_eq!(analyze_dropin("evil", dropin), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn nul_in_conf_flags_injects_nothing_in_the_written_files() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the state copy keeps ownership)");
+        return;
+    }
+    let dir = hostile_root(INJECTION);
+    let stand_ins = StandIns::new(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(dir.path())
+        .args(["migrate", "--yes", "--json"])
+        .env("PATH", stand_ins.path_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    assert!(
+        report.to_string().contains("unit-value-refused"),
+        "{report}"
+    );
+    let nspawn =
+        std::fs::read_to_string(dir.path().join("etc/systemd/nspawn/evil.nspawn")).unwrap();
+    assert_not_injected("written .nspawn", &nspawn);
+    assert!(nspawn.contains("Bind=/srv/a\\:b:/c\n"), "{nspawn}");
+    let dropin_path = dir
+        .path()
+        .join("etc/systemd/system/systemd-nspawn@evil.service.d/nixos-nspawn.conf");
+    let dropin = std::fs::read_to_string(&dropin_path).unwrap_or_default();
+    assert_not_injected("written drop-in", &dropin);
+    let container_file =
+        std::fs::read_to_string(dir.path().join("etc/nixos-nspawn/evil.nix")).unwrap();
+    assert_not_injected("written container file", &container_file);
+    if have_tool("systemd-nspawn", "systemd-container") {
+        assert_eq!(nspawn_parse("evil", &nspawn), Ok(()));
+    }
+    if have_tool("systemd-analyze", "systemd") && !dropin.is_empty() {
+        assert_eq!(analyze_dropin("evil", &dropin), Vec::<String>::new());
+    }
+}
+
+/// Every C0 control character and DEL in an extraFlags value is refused; a CR (which bash does
+/// not split on) in a declarative `extraFlags` string too.
+#[test]
+fn every_control_character_is_refused() {
+    for c in (0u8..0x20).chain([0x7f]) {
+        if matches!(c, b' ' | b'\t' | b'\n') {
+            continue; // bash splits words there: no value holds them
+        }
+        let mut flags = b"--property=TasksMax=10".to_vec();
+        flags.push(c);
+        flags.extend_from_slice(b"ExecStartPre=/x");
+        let dir = hostile_root(&flags);
+        let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+        let report = json(&out);
+        let c0 = &report["containers"][0];
+        assert_not_injected("drop-in", c0["dropin"].as_str().unwrap_or(""));
+        assert!(
+            c0["warnings"].to_string().contains("unit-value-refused"),
+            "byte {c:#x}: {}",
+            c0["warnings"]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/nixos")).unwrap();
+    std::fs::write(
+        dir.path().join("etc/nixos/configuration.nix"),
+        "{ containers.web = { config = { }; extraFlags = [ \"--property=CPUQuota=5%\\rExecStartPre=/x\" \"--setenv=B=1\\r[Files]\" ]; }; }\n",
+    )
+    .unwrap();
+    let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+    let report = json(&out);
+    let c = &report["containers"][0];
+    assert_not_injected(".nspawn", c["nspawn"].as_str().unwrap());
+    let nix = c["nix"].as_str().unwrap();
+    // Only the "needs a human" comments show it (escaped); no Nix value holds it.
+    assert!(
+        !nix.lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("\\r")),
+        "the CR reached a Nix value:\n{nix}"
+    );
+    assert_eq!(
+        c["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["code"] == "unit-value-refused")
+            .count(),
+        2,
+        "{}",
+        c["warnings"]
+    );
+    assert_eq!(nix_parse(nix), Ok(()));
+}
+
+/// `Bind=/srv/a:b:/c` must be `Bind=/srv/a\:b:/c`: from a legacy `.conf` (already escaped), from
+/// a declarative `hostPath` written with `\:` (legacy pasted it into `--bind=`), and from one
+/// written with a bare `:` (legacy broke it; now it works, with a warning).
+#[test]
+fn colons_in_bind_paths_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/nixos")).unwrap();
+    std::fs::write(
+        dir.path().join("etc/nixos/configuration.nix"),
+        r#"{ containers.esc = { config = { }; bindMounts."/c" = { hostPath = "/srv/a\\:b"; isReadOnly = false; }; };
+  containers.bare = { config = { }; bindMounts."/d" = { hostPath = "/srv/x:y"; }; }; }
+"#,
+    )
+    .unwrap();
+    let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+    let report = json(&out);
+    let by_name = |n: &str| {
+        report["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let esc = by_name("esc");
+    let nspawn = esc["nspawn"].as_str().unwrap();
+    assert!(nspawn.contains("\nBind=/srv/a\\:b:/c\n"), "{nspawn}");
+    assert!(
+        esc["nix"]
+            .as_str()
+            .unwrap()
+            .contains("hostPath = \"/srv/a:b\""),
+        "{}",
+        esc["nix"]
+    );
+    assert!(!esc["warnings"].to_string().contains("bind-path-colon"));
+    let bare = by_name("bare");
+    let nspawn = bare["nspawn"].as_str().unwrap();
+    assert!(
+        nspawn.contains("\nBindReadOnly=/srv/x\\:y:/d\n"),
+        "{nspawn}"
+    );
+    assert!(
+        bare["warnings"].to_string().contains("bind-path-colon"),
+        "{}",
+        bare["warnings"]
+    );
+    if have_tool("systemd-nspawn", "systemd-container") {
+        assert_eq!(nspawn_parse("esc", esc["nspawn"].as_str().unwrap()), Ok(()));
+        assert_eq!(nspawn_parse("bare", nspawn), Ok(()));
+    }
+
+    let conf = hostile_root(b"--bind=/srv/a\\:b:/c --bind-ro=/x\\\\y:/z");
+    let out = nixos_nspawn(conf.path(), &["migrate", "--dry-run", "--json"]);
+    let nspawn = json(&out)["containers"][0]["nspawn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(nspawn.contains("\nBind=/srv/a\\:b:/c\n"), "{nspawn}");
+}
+
+/// The NixOS module renders a declarative `hostPath` with `:` or `\` exactly as the migrator's
+/// preview does (nixos/lib/instance.nix `bindSpec`).
+#[test]
+fn module_bind_spec_equals_the_writer() {
+    let lib = repo().join("../shared/nixpkgs/lib");
+    if !lib.join("default.nix").exists() || !have_tool("nix-instantiate", "nix-bin") {
+        eprintln!("skipped: needs ../shared/nixpkgs/lib and nix-instantiate");
+        return;
+    }
+    let cases: &[(Option<&str>, &str, Option<&str>)] = &[
+        (Some("/srv/a:b"), "/c", None),
+        (Some("/srv/a\\b"), "/c:d", Some("rbind")),
+        (None, "/m:n", None),
+        (Some("/plain"), "/p", Some("norbind,idmap")),
+        (Some("/pct%d and space"), "/q", None),
+    ];
+    let nix_str = |s: &str| nixos_nspawn::nixtext::string_literal(s);
+    let items: Vec<String> = cases
+        .iter()
+        .map(|(h, m, o)| {
+            format!(
+                "{{ hostPath = {}; mountPoint = {}; options = {}; }}",
+                h.map(nix_str).unwrap_or_else(|| "null".into()),
+                nix_str(m),
+                o.map(nix_str).unwrap_or_else(|| "null".into())
+            )
+        })
+        .collect();
+    let expr = format!(
+        "map (import {}/nixos/lib/instance.nix {{ lib = import {}; }}).bindSpec [ {} ]",
+        repo().display(),
+        lib.display(),
+        items.join(" ")
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<String> = cases.iter().map(|(h, m, o)| bind_spec(*h, m, *o)).collect();
+    assert_eq!(got, want);
+}
+
+/// A real container sees what the writer meant: bind sources whose names hold `:` and `\`, and
+/// environment values with spaces, quotes, backslashes and `%` (nspawn expands no specifiers).
+#[test]
+fn real_nspawn_reads_back_binds_and_environment() {
+    if !is_root() || !have_tool("systemd-nspawn", "systemd-container") {
+        eprintln!("skipped: needs root and systemd-nspawn");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("uv{}", std::process::id());
+    let rootfs = dir.path().join(&name);
+    for d in [
+        "bin", "usr/lib", "etc", "proc", "sys", "dev", "run", "tmp", "mnt",
+    ] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(busybox) = busybox else {
+        eprintln!("skipped: busybox-static not installed");
+        return;
+    };
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for c in ["sh", "ls", "env"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/os-release"), "ID=test\n").unwrap();
+    std::fs::write(rootfs.join("etc/machine-id"), "").unwrap();
+    let src = dir.path().join("src");
+    let odd = [("a:b", "x"), ("c\\d", "y"), ("e:f\\:g", "z")];
+    for (n, _) in odd {
+        std::fs::create_dir_all(src.join(n)).unwrap();
+        std::fs::write(src.join(n).join("MARK"), n).unwrap();
+    }
+    let env = [
+        "S=one two",
+        "Q=say \"hi\" 'there'",
+        "B=back\\slash\\",
+        "P=50% %H %%",
+        "E=",
+    ];
+    let mut text = String::from("[Exec]\n");
+    for e in env {
+        text.push_str(&format!(
+            "Environment={}\n",
+            value(File::Nspawn, "Exec", "Environment", e).unwrap()
+        ));
+    }
+    text.push_str("[Files]\n");
+    for (n, mp) in odd {
+        let host = src.join(n);
+        let spec = bind_spec(Some(host.to_str().unwrap()), &format!("/mnt/{mp}"), None);
+        assert_eq!(split_bind_spec(&spec).0, host.to_str().unwrap());
+        text.push_str(&format!("BindReadOnly={spec}\n"));
+    }
+    std::fs::write(dir.path().join(format!("{name}.nspawn")), &text).unwrap();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg("systemd-nspawn")
+        .args([
+            "--register=no",
+            "--keep-unit",
+            "-q",
+            "--settings=trusted",
+            "-D",
+        ])
+        .arg(&rootfs)
+        .args([
+            "/bin/sh",
+            "-c",
+            "env; cat /mnt/x/MARK; echo; cat /mnt/y/MARK; echo; cat /mnt/z/MARK; echo",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains(".nspawn:"),
+        "nspawn complained about\n{text}\n{stderr}"
+    );
+    for e in env {
+        assert!(
+            stdout.lines().any(|l| l == e),
+            "{e:?} not seen in the container\n{text}\n{stdout}"
+        );
+    }
+    for (n, _) in odd {
+        assert!(stdout.lines().any(|l| l == n), "{n} not bound\n{stdout}");
+    }
+}
