@@ -9,9 +9,9 @@
 //!
 //! - a NUL, CR or LF ends the line (`read_line()`): anything after it is a new line, i.e. an
 //!   injected key or `[Section]`. Every C0 control character and DEL is **refused**.
-//! - a line ending in `\` continues on the next line, swallowing it; leading and trailing
-//!   whitespace of a value is stripped. Such values are quoted where the key splits words and
-//!   refused elsewhere.
+//! - a line ending in an odd number of `\` continues on the next line, swallowing it; leading
+//!   and trailing whitespace of a value is stripped. Such values are quoted where the key splits
+//!   words and refused elsewhere (any trailing `\`, to stay clear of the parity rule).
 //! - unit files (the drop-in) expand `%` specifiers in most settings (`Environment=`,
 //!   `DeviceAllow=`, `RequiresMountsFor=`, `After=`, `LoadCredential=`, `Exec*=`, …) but not
 //!   in those where `%` is part of the syntax (`CPUQuota=50%`, `MemoryMax=10%`): `%` is
