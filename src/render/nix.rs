@@ -22,8 +22,10 @@ fn verbatim(e: &NixExpr) -> String {
     format!("(\n{}\n)", e.text)
 }
 
+/// Text for a `#` comment or a `throw` message: one line, control characters escaped (a
+/// newline or CR would end the comment and start code; a NUL ends what Nix reads of the file).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    unit::shown(&s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// `"a"` for one value, `[ "a" "b" ]` for several.
@@ -156,7 +158,7 @@ fn missing_config_message(i: &Instance) -> String {
         .unwrap_or_else(|| "no guest configuration was found".into());
     format!(
         "nixos-nspawn: container {} has no system-config yet: {reason}",
-        i.name
+        unit::shown(&i.name)
     )
 }
 
@@ -342,7 +344,7 @@ fn bindings(i: &Instance) -> String {
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
         out.push_str(&format!(
             "# {} needs a human ({}): {}\n",
-            i.name,
+            unit::shown(&i.name),
             w.code,
             one_line(&w.message).replace('\n', " ")
         ));
@@ -450,7 +452,8 @@ pub fn imperative_file(i: &Instance) -> String {
     let mut out = format!(
         "# Imperative container {}, migrated from nixos-container by nixos-nspawn.\n\
          # Rebuild with: nixos-nspawn update {} --config <this file>\n",
-        i.name, i.name
+        unit::shown(&i.name),
+        unit::shown(&i.name)
     );
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
         out.push_str(&format!(
@@ -462,10 +465,10 @@ pub fn imperative_file(i: &Instance) -> String {
     let raw = crate::render::nspawn::render(&i.raw_nspawn);
     if raw.lines().any(|l| l.contains('=')) {
         out.push_str("# Raw keys in /etc/systemd/nspawn/");
-        out.push_str(&i.name);
+        out.push_str(&unit::shown(&i.name));
         out.push_str(".nspawn besides the ones these options give:\n");
         for l in raw.lines().filter(|l| l.contains('=')) {
-            out.push_str(&format!("#   {l}\n"));
+            out.push_str(&format!("#   {}\n", one_line(l)));
         }
     }
     out.push_str(&instance_value(i));

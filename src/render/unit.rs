@@ -334,6 +334,47 @@ pub fn unescape_bind_path(p: &str) -> String {
     out
 }
 
+/// Is `mode` a `PrivateUsers=` value systemd-nspawn accepts? Checked with nspawn 252: a base
+/// UID other than 65535 and 4294967295 (the 16- and 32-bit "invalid" UIDs), a range (default
+/// 65536) of at least 1, and the last UID of the range below 4294967295.
+pub fn private_users_valid(mode: &str) -> Result<(), String> {
+    if matches!(mode, "no" | "yes" | "pick" | "identity") {
+        return Ok(());
+    }
+    let (base, range) = match mode.split_once(':') {
+        Some((b, r)) => (b, Some(r)),
+        None => (mode, None),
+    };
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let bad = |why: &str| {
+        Err(format!(
+            "`{}` is not a PrivateUsers= value systemd-nspawn accepts: {why}",
+            shown(mode)
+        ))
+    };
+    let Some(b) = num(base) else {
+        return bad("not no, yes, pick, identity or UID[:RANGE]");
+    };
+    let r = match range {
+        None => 65536,
+        Some(r) => match num(r) {
+            Some(r) => r,
+            None => return bad("the range is not a number"),
+        },
+    };
+    if b == 65535 || b >= 4_294_967_295 {
+        return bad("65535 and 4294967295 are not valid UIDs");
+    }
+    if r == 0 || b + r > 4_294_967_295 {
+        return bad("the range is empty or runs past the last valid UID (4294967294)");
+    }
+    Ok(())
+}
+
 /// One value [`refuse_unwritable`] took out of an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -342,7 +383,12 @@ pub struct Refusal {
     /// The value as the model held it (raw: print it with [`shown`]).
     pub value: String,
     pub reason: String,
+    /// What the administrator should do, completing "Fix: ".
+    pub fix: &'static str,
 }
+
+const FIX_CHARS: &str = "remove the character from the legacy definition and migrate again, or add the \
+                         setting by hand to the generated configuration";
 
 fn retain_section(
     file: File,
@@ -359,6 +405,7 @@ fn retain_section(
                     target: format!("[{section}] {}= of {place}", shown(k)),
                     value: v.clone(),
                     reason: r.reason,
+                    fix: FIX_CHARS,
                 });
                 false
             }
@@ -382,6 +429,7 @@ fn check_one(
                 target: format!("[{section}] {key}= of {place}"),
                 value: v.to_string(),
                 reason: r.reason,
+                fix: FIX_CHARS,
             });
             false
         }
@@ -416,6 +464,7 @@ pub fn refuse_unwritable(i: &mut Instance) -> Vec<Refusal> {
                     target: format!("networkd unit {}", shown(&u.file_name)),
                     value: u.file_name.clone(),
                     reason: format!("its file name holds {}", control_name(c)),
+                    fix: FIX_CHARS,
                 });
                 return false;
             }
@@ -447,6 +496,19 @@ pub fn refuse_unwritable(i: &mut Instance) -> Vec<Refusal> {
         )
     {
         i.spec.timeout_start_sec = None;
+    }
+    if let Err(reason) = private_users_valid(&i.spec.private_users.mode) {
+        out.push(Refusal {
+            target: format!("[Exec] PrivateUsers= of {nspawn}"),
+            value: i.spec.private_users.mode.clone(),
+            reason,
+            fix: "privateUsers is now \"no\" (legacy's --private-users= flag failed the same way, so the \
+                  legacy container could not start; in a .nspawn file nspawn would ignore the line and \
+                  systemd-nspawn@.service's own -U would pick a range and chown the tree); choose a valid \
+                  base UID, \"pick\" or \"identity\" if the container needs user namespacing",
+        });
+        i.spec.private_users.mode = "no".into();
+        i.spec.private_users.ownership = None;
     }
     if let Some(n) = &mut i.spec.network {
         for st in [&mut n.v4, &mut n.v6] {
@@ -570,6 +632,39 @@ mod tests {
         assert!(has_bare_colon("/srv/a:b"));
         assert!(!has_bare_colon("/srv/a\\:b"));
         assert_eq!(unescape_bind_path("/srv/a\\:b\\\\c"), "/srv/a:b\\c");
+    }
+
+    #[test]
+    fn private_users_range_as_nspawn_checks_it() {
+        for ok in [
+            "no",
+            "pick",
+            "identity",
+            "yes",
+            "0",
+            "524288",
+            "524288:65536",
+            "4294967294:1",
+            "1:65535",
+            "65534:2",
+            "2147483648",
+        ] {
+            assert_eq!(private_users_valid(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "4294967295",
+            "4294967294",
+            "65535",
+            "65535:1",
+            "1:0",
+            "4294901760:65536",
+            "1:4294967295",
+            "99999999999",
+            "x",
+            "1:",
+        ] {
+            assert!(private_users_valid(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -475,9 +475,8 @@ fn refuse_unwritable(tx: &mut Tx) {
             &UNIT_VALUE_REFUSED,
             option.clone(),
             format!(
-                "{option}: {}: {}; it was not carried over. Fix: remove the character from the legacy \
-                 definition and migrate again, or add the setting by hand to the generated configuration",
-                r.target, r.reason
+                "{option}: {}: {}; it was not carried over. Fix: {}",
+                r.target, r.reason, r.fix
             ),
         ));
     }
