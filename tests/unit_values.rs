@@ -818,3 +818,207 @@ fn emitted_nix_values_equal_the_written_text() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// Control characters in every `.conf` variable that can reach a generated file: no generated
+/// file (`.nspawn`, drop-in, networkd units, Nix) carries an injected line or the raw character;
+/// checked with systemd-nspawn's parser too.
+#[test]
+fn control_characters_in_every_conf_variable_inject_nothing() {
+    let base: &[(&str, &str)] = &[
+        ("PRIVATE_NETWORK", "1"),
+        ("HOST_ADDRESS", "10.231.0.1"),
+        ("LOCAL_ADDRESS", "10.231.0.2"),
+        ("HOST_ADDRESS6", "fc00::1"),
+        ("LOCAL_ADDRESS6", "fc00::2"),
+        ("HOST_BRIDGE", ""),
+        ("HOST_PORT", "tcp:8080:80"),
+        ("INTERFACES", "eth1"),
+        ("MACVLANS", "eth2"),
+        ("LOCAL_MAC_ADDRESS", "02:00:00:00:00:01"),
+        ("PRIVATE_USERS", "no"),
+        (
+            "SYSTEM_PATH",
+            "/nix/store/0hqa7vqsbwm1j3sxb1ax3sxm7b5w5w3d-nixos-system-x",
+        ),
+        ("EXTRA_NSPAWN_FLAGS", "--setenv=A=1"),
+        ("AUTO_START", "1"),
+        ("NETWORK_NAMESPACE_PATH", ""),
+    ];
+    for (var, _) in base {
+        for payload in ["\0", "\r", "\x1b", "\x0b"] {
+            let mut conf = Vec::new();
+            for (k, v) in base {
+                let v = if k == var {
+                    let mid = v.len() / 2;
+                    format!("{}{payload}ExecStartPre=/x{}", &v[..mid], &v[mid..])
+                } else {
+                    v.to_string()
+                };
+                conf.extend_from_slice(format!("{k}=\"{v}\"\n").as_bytes());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("etc/nixos-containers")).unwrap();
+            std::fs::write(dir.path().join("etc/nixos-containers/c.conf"), &conf).unwrap();
+            let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+            assert!(
+                matches!(out.status.code(), Some(0 | 1 | 3)),
+                "{var} {payload:?}: {out:?}"
+            );
+            let report = json(&out);
+            let Some(c) = report["containers"].as_array().unwrap().first() else {
+                continue; // the file was not read as a container (reported as a problem)
+            };
+            let what = format!("{var} with {payload:?}");
+            assert_not_injected(&format!("{what}: .nspawn"), c["nspawn"].as_str().unwrap());
+            assert_not_injected(
+                &format!("{what}: drop-in"),
+                c["dropin"].as_str().unwrap_or(""),
+            );
+            for (f, t) in c["networkd"].as_object().unwrap() {
+                assert_not_injected(&format!("{what}: {f}"), t.as_str().unwrap());
+            }
+            let nix = c["nix"].as_str().unwrap();
+            for l in nix.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                assert!(
+                    !l.contains(['\0', '\r', '\x1b', '\x0b']),
+                    "{what}: raw control character in the Nix: {l:?}"
+                );
+            }
+            if have_tool("systemd-nspawn", "systemd-container") {
+                assert_eq!(
+                    nspawn_parse("c", c["nspawn"].as_str().unwrap()),
+                    Ok(()),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// Control characters in every declarative Nix string that can reach a generated file.
+#[test]
+fn control_characters_in_every_nix_string_inject_nothing() {
+    // (option text with @ where the payload goes)
+    let options: &[&str] = &[
+        "privateNetwork = true; hostAddress = \"10.231.0.1@\"; localAddress = \"10.231.0.2\";",
+        "privateNetwork = true; hostAddress = \"10.231.0.1\"; localAddress = \"10.231.0.2@\";",
+        "privateNetwork = true; hostAddress6 = \"fc00::1@\"; localAddress6 = \"fc00::2\";",
+        "privateNetwork = true; hostBridge = \"br0@\"; localAddress = \"10.231.0.2/24\";",
+        "privateNetwork = true; interfaces = [ \"eth1@\" ];",
+        "privateNetwork = true; macvlans = [ \"eth2@\" ];",
+        "bindMounts.\"/mnt\" = { hostPath = \"/srv@\"; };",
+        "bindMounts.\"/mnt@\" = { hostPath = \"/srv\"; };",
+        "allowedDevices = [ { node = \"/dev/net/tun@\"; modifier = \"rw\"; } ];",
+        "allowedDevices = [ { node = \"/dev/net/tun\"; modifier = \"rw@\"; } ];",
+        "tmpfs = [ \"/tmp/x@\" ];",
+        "timeoutStartSec = \"1min@\";",
+        "extraFlags = [ \"--setenv=A=1@\" ];",
+        "extraFlags = [ \"--property=TasksMax=5@\" ];",
+        "extraFlags = [ \"--hostname=h@\" ];",
+        "additionalCapabilities = [ \"CAP_NET_ADMIN@\" ];",
+        "privateNetwork = true; hostAddress = \"10.231.0.1\"; localAddress = \"10.231.0.2\"; forwardPorts = [ { protocol = \"tcp@\"; hostPort = 8080; containerPort = 80; } ];",
+        "privateNetwork = true; localMacAddress = \"02:00:00:00:00:01@\";",
+        "networkNamespace = \"/run/netns/x@\";",
+    ];
+    for opt in options {
+        for payload in ["\\r", "\\u001b", "\\u000b", "\\n"] {
+            let o = opt.replace('@', &format!("{payload}ExecStartPre=/x"));
+            // Nix strings spell control characters as escapes only for \n \r \t; others are raw.
+            let o = o.replace("\\u001b", "\u{1b}").replace("\\u000b", "\u{b}");
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("etc/nixos")).unwrap();
+            std::fs::write(
+                dir.path().join("etc/nixos/configuration.nix"),
+                format!("{{ containers.c = {{ config = {{ }}; {o} }}; }}\n"),
+            )
+            .unwrap();
+            let out = nixos_nspawn(dir.path(), &["migrate", "--dry-run", "--json"]);
+            let what = format!("{opt} with {payload}");
+            assert!(
+                matches!(out.status.code(), Some(0 | 1 | 3)),
+                "{what}: {out:?}"
+            );
+            let report = json(&out);
+            let Some(c) = report["containers"].as_array().unwrap().first() else {
+                panic!("{what}: no container\n{report}");
+            };
+            assert_not_injected(&format!("{what}: .nspawn"), c["nspawn"].as_str().unwrap());
+            assert_not_injected(
+                &format!("{what}: drop-in"),
+                c["dropin"].as_str().unwrap_or(""),
+            );
+            for (f, t) in c["networkd"].as_object().unwrap() {
+                assert_not_injected(&format!("{what}: {f}"), t.as_str().unwrap());
+                assert!(!t.as_str().unwrap().contains('\x1b'), "{what}: {f}");
+            }
+            let nix = c["nix"].as_str().unwrap();
+            for l in nix.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                assert!(
+                    !l.contains(['\0', '\r', '\x1b', '\x0b']),
+                    "{what}: raw control character in the Nix: {l:?}"
+                );
+            }
+            // What NixOS copies into the files (systemd.*) and what the module renders from
+            // (the instance options): evaluated, no string holds a control character.
+            if let Some(vals) = evaluated_unit_values(nix) {
+                assert!(
+                    !vals.chars().any(|ch| ch.is_control()),
+                    "{what}: a control character reaches NixOS:\n{vals:?}"
+                );
+            }
+            let nspawn = c["nspawn"].as_str().unwrap();
+            assert!(
+                !nspawn.contains('\x1b') && !nspawn.contains('\x0b'),
+                "{what}:\n{nspawn:?}"
+            );
+            if have_tool("systemd-nspawn", "systemd-container") {
+                assert_eq!(nspawn_parse("c", nspawn), Ok(()), "{what}");
+            }
+        }
+    }
+}
+
+/// Every string under `systemd.*` and `nixos.containers.instances.*` (but `system-config`) of
+/// an emitted snippet, evaluated by nix-instantiate, as JSON text; `None` when nixpkgs' lib or
+/// nix-instantiate is not there.
+fn evaluated_unit_values(snippet: &str) -> Option<String> {
+    let lib = repo().join("../shared/nixpkgs/lib");
+    if !lib.join("default.nix").exists() || !have_tool("nix-instantiate", "nix-bin") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("snippet.nix");
+    std::fs::write(&f, snippet).unwrap();
+    let expr = format!(
+        "let m = import {} {{ config = {{ }}; lib = import {}; pkgs = {{ }}; }}; in \
+         {{ systemd = m.systemd or {{ }}; \
+            instances = builtins.mapAttrs (_: i: removeAttrs i [ \"system-config\" ]) (m.nixos.containers.instances or {{ }}); }}",
+        f.display(),
+        lib.display()
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{snippet}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut all = String::new();
+    fn strings(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push(' ');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    strings(&v, &mut all);
+    Some(all)
+}
