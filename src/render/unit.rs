@@ -533,6 +533,28 @@ pub fn refuse_unwritable(i: &mut Instance) -> Vec<Refusal> {
             }
         }
     }
+    // Whatever else the module renders from the options (names, ports, modes): nothing left
+    // to take out here, but never silent. (An invalid container name also blocks the plan.)
+    let module = super::nspawn::module_settings(&i.name, &i.spec);
+    for (sec, map) in [
+        ("Exec", &module.exec),
+        ("Files", &module.files),
+        ("Network", &module.network),
+    ] {
+        for (k, vs) in map {
+            for v in vs {
+                check_one(File::Nspawn, sec, k, v, &nspawn, &mut out);
+            }
+        }
+    }
+    for u in super::networkd::module_networks(&i.name, &i.spec) {
+        let place = shown(&u.file_name);
+        for (sec, keys) in &u.sections {
+            for (k, v) in keys {
+                check_one(File::Networkd, sec, k, v, &place, &mut out);
+            }
+        }
+    }
     out
 }
 
