@@ -80,7 +80,6 @@ pub fn all_specs() -> Vec<&'static WarningSpec> {
         crate::legacy::discover::WARNINGS,
         crate::legacy::merge::WARNINGS,
         crate::translate::WARNINGS,
-        crate::render::unit::WARNINGS,
         crate::migrate::WARNINGS,
     ];
     lists.iter().flat_map(|l| l.iter().copied()).collect()

@@ -44,8 +44,6 @@ pub const BIND_PATH_COLON: WarningSpec = WarningSpec {
               failed); the new module escapes it and binds the path as written",
 };
 
-pub const WARNINGS: &[&WarningSpec] = &[&UNIT_VALUE_REFUSED, &BIND_PATH_COLON];
-
 /// Which kind of file a value goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum File {

@@ -236,6 +236,9 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &INTERFACE_NAME_TOO_LONG,
     &INVALID_VALUE,
     &INTERNAL_KEY_CONFLICT,
+    // Declared with the unit-value writer whose rules they report; emitted by the translator.
+    &crate::render::unit::UNIT_VALUE_REFUSED,
+    &crate::render::unit::BIND_PATH_COLON,
 ];
 
 /// What the guest config says about name resolution (found by the `config` row, used by the
