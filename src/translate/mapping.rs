@@ -1582,6 +1582,9 @@ mod tests {
             "invalid-value",
             "internal-key-conflict",
             "guest-files-not-rewritten",
+            // tests/unit_values.rs and tests/robustness.rs
+            "unit-value-refused",
+            "bind-path-colon",
         ];
         for c in not_in_examples {
             assert!(
