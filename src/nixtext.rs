@@ -246,9 +246,9 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
             | K::TOKEN_PIPE_RIGHT
             | K::TOKEN_COLON
             | K::TOKEN_AT
-            | K::TOKEN_IF
-            | K::TOKEN_THEN
-            | K::TOKEN_ELSE => {
+            // One level per `if` (its `then`/`else` do not add one: an `else if` chain of a
+            // hundred branches is still readable).
+            | K::TOKEN_IF => {
                 if let Some(l) = levels.last_mut() {
                     l.chain += 1;
                     depth += 1;
@@ -349,6 +349,11 @@ mod tests {
             .map(|i| format!("a{i} = let z = x.y + 1; in with z; assert z; z;"))
             .collect();
         assert_eq!(check_nesting(&format!("{{ {wide} }}")), Ok(()));
+        // A long `else if` chain, as hand-written host configurations have them.
+        let chain: String = (0..100)
+            .map(|i| format!("if x.y == \"v{i}\" then {i} else "))
+            .collect();
+        assert_eq!(check_nesting(&format!("{chain}0")), Ok(()));
         assert_eq!(line_col("a\nbc", 3), (2, 2));
     }
 
