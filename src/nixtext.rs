@@ -84,8 +84,10 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
         /// Operators and keywords chained at this level since the last `;`/`,`.
         chain: usize,
         kind: LevelKind,
-        /// `with x;` / `assert x;` whose `;` does not end the chain (the body follows).
-        pending_with: usize,
+        /// Open `with x;` / `assert x;`: the chain when each started. Their `;` does not end
+        /// the chain (the body follows) but ends the operand: the chain goes back to one level
+        /// more than at the keyword.
+        pending_with: Vec<usize>,
     }
     #[derive(PartialEq)]
     enum LevelKind {
@@ -98,7 +100,7 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
     let bracket = || Level {
         chain: 0,
         kind: LevelKind::Bracket,
-        pending_with: 0,
+        pending_with: Vec::new(),
     };
     let mut levels: Vec<Level> = vec![bracket()];
     let mut depth = 1usize;
@@ -163,7 +165,7 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
                 levels.push(Level {
                     chain: 0,
                     kind: LevelKind::List,
-                    pending_with: 0,
+                    pending_with: Vec::new(),
                 });
                 depth += 1;
             }
@@ -185,7 +187,7 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
                 levels.push(Level {
                     chain: 0,
                     kind: LevelKind::LetBindings,
-                    pending_with: 0,
+                    pending_with: Vec::new(),
                 });
                 depth += 1;
             }
@@ -208,17 +210,19 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
                     }
                 }
                 if let Some(l) = levels.last_mut() {
-                    if kind == K::TOKEN_SEMICOLON && l.pending_with > 0 {
-                        l.pending_with -= 1;
+                    let keep = if kind == K::TOKEN_SEMICOLON {
+                        l.pending_with.pop().map(|start| start + 1)
                     } else {
-                        depth -= l.chain;
-                        l.chain = 0;
-                    }
+                        None
+                    };
+                    let keep = keep.unwrap_or(0).min(l.chain);
+                    depth -= l.chain - keep;
+                    l.chain = keep;
                 }
             }
             K::TOKEN_WITH | K::TOKEN_ASSERT => {
                 if let Some(l) = levels.last_mut() {
-                    l.pending_with += 1;
+                    l.pending_with.push(l.chain);
                     l.chain += 1;
                     depth += 1;
                 }

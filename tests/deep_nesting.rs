@@ -234,3 +234,32 @@ fn mixed_nesting_is_read_or_refused() {
         }
     }
 }
+
+/// The bound never refuses real code: every file of the vendored nixpkgs (lib/ and the NixOS
+/// modules, some of the most deeply nested Nix there is) passes.
+#[test]
+fn real_nixpkgs_files_are_within_the_bound() {
+    let base = util::repo().join("../shared/nixpkgs");
+    if !base.is_dir() {
+        eprintln!("skipped: ../shared/nixpkgs is not there");
+        return;
+    }
+    let mut stack = vec![base];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "nix") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if let Err(e) = nixos_nspawn::nixtext::check_nesting(&text) {
+                    let (l, c) = nixos_nspawn::nixtext::line_col(&text, e.offset);
+                    panic!("{}:{l}:{c}: {}", p.display(), e.message);
+                }
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 50, "only {n} files");
+}
