@@ -11,6 +11,9 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+# nft: checks the firewall rules the module gets from nixpkgs' firewall-nftables.nix, and loads
+# them for the DHCP-through-the-firewall test.
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -19,6 +22,13 @@ if ((${#need[@]})); then
     echo "test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
     exit 1
   fi
+fi
+# The NixOS module is evaluated with nixpkgs' real files: $NIXPKGS (a checkout) or the vendored
+# copies in ../shared/nixpkgs. Without them the module tests would fail (REQUIRE_REAL_TOOLS);
+# say why up front.
+if [ -z "${NIXPKGS:-}" ] && [ ! -f ../shared/nixpkgs/nixos/lib/systemd-lib.nix ]; then
+  echo "test.sh: no nixpkgs files: set NIXPKGS to a nixpkgs checkout or provide ../shared/nixpkgs" >&2
+  exit 1
 fi
 export NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1
 cargo fmt --all -- --check
