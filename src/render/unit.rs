@@ -240,6 +240,12 @@ pub fn line(file: File, section: &str, key: &str, v: &str) -> String {
     }
 }
 
+/// A `# …` comment line for a unit or `.nspawn` file: control characters shown escaped, so
+/// the text (which may hold a container name) cannot end the comment and start a setting.
+pub fn comment(text: &str) -> String {
+    format!("# {}\n", shown(text))
+}
+
 /// Escape a path for a bind spec: `\` → `\\`, `:` → `\:`.
 fn bind_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
