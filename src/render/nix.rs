@@ -25,7 +25,13 @@ fn verbatim(e: &NixExpr) -> String {
 /// Text for a `#` comment or a `throw` message: one line, control characters escaped (a
 /// newline or CR would end the comment and start code; a NUL ends what Nix reads of the file).
 fn one_line(s: &str) -> String {
-    unit::shown(&s.split_whitespace().collect::<Vec<_>>().join(" "))
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Only control characters need escaping in a comment (a `\` is harmless there).
+    joined
+        .split('\\')
+        .map(unit::shown)
+        .collect::<Vec<_>>()
+        .join("\\")
 }
 
 /// `"a"` for one value, `[ "a" "b" ]` for several.

@@ -474,14 +474,31 @@ fn refuse_unwritable(tx: &mut Tx) {
         };
         tx.i.applied
             .retain(|a| r.value.is_empty() || !a.target.contains(&r.value));
-        tx.i.warnings.push(Warning::new(
+        // Where the value came from, so that the fix names the file to edit.
+        let o = &tx.c.options;
+        let origin = match option.rsplit('.').next().unwrap_or("") {
+            "extraFlags" => o.extra_flags.as_ref().map(|s| s.origin.clone()),
+            "privateUsers" => o.private_users.as_ref().map(|s| s.origin.clone()),
+            "bindMounts" => o.bind_mounts.as_ref().map(|s| s.origin.clone()),
+            "timeoutStartSec" => o.timeout_start_sec.as_ref().map(|s| s.origin.clone()),
+            _ => None,
+        };
+        let loc = origin
+            .as_ref()
+            .map(|o| format!(" ({})", o.location()))
+            .unwrap_or_default();
+        let mut w = Warning::new(
             &UNIT_VALUE_REFUSED,
             option.clone(),
             format!(
-                "{option}: {}: {}; it was not carried over. Fix: {}",
+                "{option}{loc}: {}: {}; it was not carried over. Fix: {}",
                 r.target, r.reason, r.fix
             ),
-        ));
+        );
+        if let Some(o) = origin {
+            w = w.at(o.file, o.line);
+        }
+        tx.i.warnings.push(w);
     }
 }
 
