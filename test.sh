@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 need=()
 command -v nix-instantiate >/dev/null || need+=(nix-bin)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
