@@ -394,6 +394,7 @@ fn ports_binds_userns_and_raw_keys_merge() {
         "After=network-online.target\n",
         "DeviceAllow=/dev/fuse rwm\n",
         "TimeoutStartSec=3min\n",
+        "Restart=on-failure\n",
         "ExecStart=\n",
         "--settings=override --machine=%i --load-credential=db:/run/keys/db\n",
     ] {
@@ -1598,7 +1599,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
     std::fs::write(
         &h,
         format!(
-            "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; \
+            "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; restart = \"always\"; \
              credentials = [ {{ id = \"db\"; path = \"/run/keys/db\"; }} ]; }}",
             repo().join("nixos/tests/stub/fake-nixpkgs").display()
         ),
@@ -1611,6 +1612,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         "{dropin}"
     );
     assert!(dropin.contains("TimeoutStartSec=5min\n"), "{dropin}");
+    assert!(dropin.contains("\nRestart=always\n"), "{dropin}");
     if let Some(analyze) = tool("systemd-analyze")
         && Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
     {

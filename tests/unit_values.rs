@@ -648,6 +648,7 @@ fn instance() -> nixos_nspawn::translate::Instance {
             bind_mounts: vec![],
             auto_start: true,
             timeout_start_sec: None,
+            restart: None,
             private_users: PrivateUsersSpec {
                 mode: "no".into(),
                 ownership: None,

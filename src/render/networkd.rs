@@ -203,6 +203,7 @@ mod tests {
             bind_mounts: vec![],
             auto_start: true,
             timeout_start_sec: None,
+            restart: None,
             private_users: PrivateUsersSpec {
                 mode: "no".into(),
                 ownership: None,
