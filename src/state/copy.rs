@@ -117,9 +117,9 @@ struct DirNode {
     /// Unfinished children, plus one while the walker is still listing this directory.
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
-    /// The copy's directory; `None` while the walker is far below it (reopened through `..`).
-    dst: Mutex<Option<Arc<OwnedFd>>>,
-    /// (dev, ino) of the copy's directory, to check a reopened descriptor.
+    /// (dev, ino) of the copy's directory. A node keeps no descriptor: whoever finishes it has
+    /// it open (the walker leaving it, or a worker that copied its last file) or reaches it
+    /// through `..` of the child just finished, checked against this.
     dst_id: (u64, u64),
     meta: Meta,
     xattrs: Xattrs,
@@ -129,6 +129,20 @@ struct DirNode {
     flags_want: u32,
     /// Its flags as they are while its children are created.
     flags_now: u32,
+}
+
+/// Iterative: the parent chain of a tree 100,000 levels deep would overflow the stack if each
+/// node dropped its parent recursively.
+impl Drop for DirNode {
+    fn drop(&mut self) {
+        let mut up = self.parent.take();
+        while let Some(p) = up {
+            match Arc::try_unwrap(p) {
+                Ok(mut n) => up = n.parent.take(),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 impl DirNode {
@@ -221,14 +235,13 @@ impl Shared<'_> {
             if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
                 return Ok(());
             }
-            let kept = n.dst.lock().ok().and_then(|mut d| d.take());
-            let fd = match (kept, known.take(), &below) {
-                (Some(fd), _, _) | (None, Some(fd), _) => fd,
-                (None, None, Some(b)) => Arc::new(
+            let fd = match (known.take(), &below) {
+                (Some(fd), _) => fd,
+                (None, Some(b)) => Arc::new(
                     sys::open_parent(b.as_fd(), n.dst_id)
                         .map_err(|e| self.write_err("go back up to", &n.rel(), e))?,
                 ),
-                (None, None, None) => {
+                (None, None) => {
                     return Err(StateError::invalid(
                         self.dst_label,
                         "internal error: a finished directory has no descriptor",
@@ -663,7 +676,6 @@ pub(crate) fn copy_tree(
     let root = Arc::new(DirNode {
         pending: AtomicUsize::new(1),
         parent: None,
-        dst: Mutex::new(Some(Arc::clone(&dst_root))),
         dst_id: (dst_root_meta.dev, dst_root_meta.ino),
         meta: root_meta,
         xattrs: root_xattrs,
@@ -672,7 +684,7 @@ pub(crate) fn copy_tree(
         flags_now: root_now,
     });
 
-    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(16);
+    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(8);
     let rx = Mutex::new(rx);
     let mut report = CopyReport::default();
     let walk_result = std::thread::scope(|scope| {
@@ -757,9 +769,6 @@ fn reopen_up(sh: &Shared<'_>, done: &Frame, up: &mut Frame, rel: &Path) -> Resul
             .and_then(|c| sys::open_parent(c.as_fd(), up.node.dst_id))
             .map(Arc::new)
             .map_err(|e| sh.write_err("go back up to", rel, e))?;
-        if let Ok(mut d) = up.node.dst.lock() {
-            *d = Some(Arc::clone(&fd));
-        }
         up.dst = Some(fd);
     }
     Ok(())
@@ -858,7 +867,6 @@ fn walk(
                 let placeholder = DirNode {
                     pending: AtomicUsize::new(0),
                     parent: Some(Arc::clone(&node)),
-                    dst: Mutex::new(None),
                     dst_id: (0, 0),
                     meta,
                     xattrs: Vec::new(),
@@ -928,7 +936,6 @@ fn walk(
                 let child = Arc::new(DirNode {
                     pending: AtomicUsize::new(1),
                     parent: Some(node),
-                    dst: Mutex::new(Some(Arc::clone(&dfd))),
                     dst_id: (dm.dev, dm.ino),
                     meta: sm,
                     xattrs,
@@ -953,9 +960,6 @@ fn walk(
                     let old = &mut stack[n - sys::FD_WINDOW - 1];
                     old.src = None;
                     old.dst = None;
-                    if let Ok(mut d) = old.node.dst.lock() {
-                        *d = None;
-                    }
                 }
             }
             _ if meta.nlink > 1
@@ -1022,6 +1026,17 @@ fn walk(
                             meta,
                             rel,
                         };
+                        // One directory per batch: a job holds its directories' descriptors,
+                        // and the queue is bounded, so the descriptors in flight are too.
+                        if batch
+                            .last()
+                            .is_some_and(|l| !Arc::ptr_eq(&l.parent, &job.parent))
+                        {
+                            if tx.send(std::mem::take(&mut batch)).is_err() {
+                                return Ok(());
+                            }
+                            batch_bytes = 0;
+                        }
                         batch_bytes += job.meta.size;
                         batch.push(job);
                         if (batch.len() >= BATCH_JOBS || batch_bytes >= BATCH_BYTES)

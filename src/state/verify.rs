@@ -635,6 +635,15 @@ fn walk(
             ctx.diffs.add(&erel, "in the copy but not in the source");
             continue;
         }
+        // One directory per batch: a job holds its directories' descriptors, and the queue is
+        // bounded, so the descriptors in flight are too.
+        if batch
+            .last()
+            .is_some_and(|l| !Arc::ptr_eq(&l.src_dir, &fsrc))
+            && tx.send(std::mem::take(&mut batch)).is_err()
+        {
+            return Ok(());
+        }
         if !maybe_dir {
             batch.push(Job {
                 src_dir: fsrc,
