@@ -107,6 +107,10 @@ pub fn execute(
                     .map_err(|e| step_err(&cp.name, format!("{e}")))?;
                     progress.finish();
                     done.push(describe_outcome(&outcome, from, to));
+                    if let Some(c) = m.report.containers.get_mut(idx) {
+                        c.state_result = Some(outcome.summary());
+                        c.warnings.extend(outcome.warnings(&cp.name));
+                    }
                 }
                 Step::NoState { reason } => done.push(format!("no state: {reason}")),
                 Step::CarryProfile { from, to } => {
@@ -144,6 +148,8 @@ pub fn execute(
             c.done = done;
         }
     }
+    // Warnings found while copying (inode flags) count too.
+    m.report.finish_summary();
     if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
         let mut done = Vec::new();
         write_file(
@@ -206,6 +212,14 @@ fn preflight(
                     match state::required_space(&host.real(from)) {
                         Ok(n) => need = need.saturating_add(n.allocated),
                         Err(e) => problems.push(format!("container {}: {e}", cp.name)),
+                    }
+                }
+                // A move is a rename: refused across filesystems before anything is written.
+                Step::CopyState { from, to }
+                    if opts.state == StateArg::Move && host.kind(to).ok().flatten().is_none() =>
+                {
+                    if let Err(e) = state::check_move(&host.real(from), &host.real(to)) {
+                        problems.push(format!("container {}: {e}", cp.name));
                     }
                 }
                 _ => {}
@@ -272,6 +286,23 @@ fn describe_outcome(o: &state::StateOutcome, from: &Path, to: &Path) -> String {
                 verify.entries,
                 verify.differences
             );
+            let methods = verify.methods();
+            if !methods.is_empty() {
+                s.push_str(&format!("; {methods}"));
+            }
+            if copy.files_reflinked > 0 {
+                s.push_str(&format!(
+                    "; {} files cloned (reflink)",
+                    copy.files_reflinked
+                ));
+            }
+            if copy.flags_copied > 0 {
+                s.push_str(&format!(
+                    "; inode flags kept on {} entries",
+                    copy.flags_copied
+                ));
+            }
+            s.push_str(&format!("; {} is untouched", from.display()));
             if let Some(r) = replaced {
                 s.push_str(&format!(
                     "; the previous destination was kept as {}",
@@ -280,7 +311,13 @@ fn describe_outcome(o: &state::StateOutcome, from: &Path, to: &Path) -> String {
             }
             s
         }
-        state::StateOutcome::Moved => format!("state moved {} → {}", from.display(), to.display()),
+        state::StateOutcome::Moved => format!(
+            "state moved {} → {} (a rename on one filesystem: nothing was copied, {} no longer exists; \
+             to go back, stop the new container and move it back with mv)",
+            from.display(),
+            to.display(),
+            from.display()
+        ),
         state::StateOutcome::AlreadyDone { .. } => format!("state already at {}", to.display()),
         state::StateOutcome::Skipped => format!("state left in {}", from.display()),
     }

@@ -81,6 +81,7 @@ pub fn all_specs() -> Vec<&'static WarningSpec> {
         crate::legacy::merge::WARNINGS,
         crate::translate::WARNINGS,
         crate::migrate::WARNINGS,
+        crate::state::WARNINGS,
     ];
     lists.iter().flat_map(|l| l.iter().copied()).collect()
 }

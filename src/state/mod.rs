@@ -183,6 +183,137 @@ pub enum StateOutcome {
     Skipped,
 }
 
+/// The destination filesystem cannot hold some inode flags of the legacy state (`+C` on XFS or
+/// ext4, …), or the state has flags the engine does not copy.
+pub const INODE_FLAGS_LOST: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
+    code: "inode-flags-lost",
+    category: crate::warnings::Category::ChangedMeaning,
+    summary: "some inode flags (chattr) of the legacy state could not be kept by the new location",
+};
+
+pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[&INODE_FLAGS_LOST];
+
+/// What the state step did, for the report and `--json` (`containers[].state_result`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateSummary {
+    /// `copied`, `moved`, `already-done` or `skipped`.
+    pub outcome: &'static str,
+    /// What is at the legacy path now.
+    pub legacy_left: &'static str,
+    pub entries: u64,
+    /// File data bytes written (cloned ones included).
+    pub bytes: u64,
+    pub files_reflinked: u64,
+    pub resumed: bool,
+    /// `full`, `metadata` or `none`.
+    pub verify: &'static str,
+    pub entries_verified: u64,
+    pub differences: u64,
+    /// Regular files whose contents were proven equal by shared extents, not read.
+    pub files_by_extents: u64,
+    pub bytes_by_extents: u64,
+    /// Regular files whose contents were read and hashed on both sides.
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    pub flags_copied: u64,
+    pub flags_lost_count: u64,
+    /// The first entries with lost flags: `path: +C (why)`.
+    pub flags_lost: Vec<String>,
+}
+
+impl StateOutcome {
+    /// The outcome as report data.
+    pub fn summary(&self) -> StateSummary {
+        let verified = |v: &VerifyReport, s: &mut StateSummary| {
+            s.verify = v.level.name();
+            s.entries_verified = v.entries;
+            s.differences = v.differences;
+            s.files_by_extents = v.files_by_extents;
+            s.bytes_by_extents = v.bytes_by_extents;
+            s.files_hashed = v.files_hashed;
+            s.bytes_hashed = v.bytes_hashed;
+        };
+        let mut s = StateSummary {
+            verify: "none",
+            legacy_left: "untouched",
+            ..StateSummary::default()
+        };
+        match self {
+            StateOutcome::Copied {
+                copy,
+                verify,
+                resumed,
+                ..
+            } => {
+                s.outcome = "copied";
+                s.entries = copy.entries;
+                s.bytes = copy.bytes;
+                s.files_reflinked = copy.files_reflinked;
+                s.resumed = *resumed;
+                s.flags_copied = copy.flags_copied;
+                s.flags_lost_count = copy.flags_lost_count;
+                s.flags_lost = copy
+                    .flags_lost
+                    .iter()
+                    .map(|l| format!("{}: {} ({})", l.path.display(), l.flags, l.why))
+                    .collect();
+                verified(verify, &mut s);
+            }
+            StateOutcome::Moved => {
+                s.outcome = "moved";
+                s.legacy_left = "gone: renamed to the new location";
+            }
+            StateOutcome::AlreadyDone { verify } => {
+                s.outcome = "already-done";
+                if verify.level == Verify::None {
+                    s.legacy_left = "gone: renamed to the new location";
+                }
+                verified(verify, &mut s);
+            }
+            StateOutcome::Skipped => s.outcome = "skipped",
+        }
+        s
+    }
+
+    /// Warnings for the report: inode flags the copy could not keep.
+    pub fn warnings(&self, container: &str) -> Vec<crate::warnings::Warning> {
+        let StateOutcome::Copied { copy, .. } = self else {
+            return Vec::new();
+        };
+        if copy.flags_lost_count == 0 {
+            return Vec::new();
+        }
+        let list: Vec<String> = copy
+            .flags_lost
+            .iter()
+            .map(|l| format!("{} {} ({})", l.path.display(), l.flags, l.why))
+            .collect();
+        let more = copy.flags_lost_count.saturating_sub(list.len() as u64);
+        vec![crate::warnings::Warning::new(
+            &INODE_FLAGS_LOST,
+            format!("containers.{container} state"),
+            format!(
+                "{} entr{} of the state lost inode flags in the copy: {}{}. Without +C a database \
+                 file is copy-on-write again (slower, fragments), without +i/+a a file can be \
+                 changed; set them again with chattr where they matter, or keep the state on a \
+                 filesystem that holds them",
+                copy.flags_lost_count,
+                if copy.flags_lost_count == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                list.join("; "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        )]
+    }
+}
+
 /// Data workers for copying and hashing: one per CPU, at least 2.
 fn workers() -> usize {
     std::env::var("NIXOS_NSPAWN_STATE_WORKERS")
