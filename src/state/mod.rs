@@ -3,6 +3,8 @@
 //!
 //! # API
 //!
+//! - [`check_move`]`(src, dest)`: can `--state move` rename it (same mount, same filesystem,
+//!   same btrfs subvolume)? Writes nothing.
 //! - [`migrate_state`]`(src, dest, &`[`MigrateStateOptions`]`)` → [`StateOutcome`]: copy (or, on
 //!   request, move) `src` to `dest` through a staging directory `dest.parent/.NAME.partial`
 //!   (holding `tree/` and `journal`), verify, then rename into place. Idempotent: when `dest` is
@@ -26,8 +28,10 @@
 //! included), hard links (a `(dev, ino)` map), fifos, sockets, character and block devices;
 //! uid/gid (any 32-bit value), all mode bits including setuid/setgid/sticky, every extended
 //! attribute (`trusted.*`, `security.capability`, `user.*`, POSIX ACLs), ns atime/mtime on
-//! files, symlinks and directories. Not kept: inode flags (`chattr +i`/`+a`; NixOS sets
-//! `/var/empty` immutable again at boot), ctime (cannot be set). Mount points inside the source
+//! files, symlinks and directories, the inode flags of the table in `flags.rs` (`+C` early,
+//! `+i`/`+a` last; the root's `+i`/`+a` after the final rename, which they would forbid); flags
+//! the destination cannot hold are reported ([`CopyReport::flags_lost`], the warning
+//! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Mount points inside the source
 //! (another `st_dev`, or a mount root according to `statx`, which also catches bind mounts from
 //! the same filesystem) are not crossed: an empty directory stands in for a directory mount, a
 //! bind-mounted file is left out, and the reports list them.
@@ -42,7 +46,9 @@
 //!
 //! # Resume and atomicity
 //!
-//! The journal records the source's identity and checkpoints (`syncfs`). A re-run after a crash
+//! The journal records the source's identity (its path relative to the destination's parent,
+//! and the inode of its root: a tree mounted elsewhere is still recognised) and checkpoints
+//! (`syncfs`). A re-run after a crash
 //! or kill -9 keeps entries whose type, owner, mode, size and mtime match (the mtime is set
 //! last), removes leftovers the source no longer has, and copies the rest. Nothing is renamed
 //! into place before `syncfs` and verification; after a failed verification the next run
@@ -51,9 +57,15 @@
 //! # Performance and memory
 //!
 //! Copy: one walker thread (directories, metadata, symlinks, special files, hard links) plus a
-//! pool of data workers for regular files, fed in batches. Verification: one walker listing
-//! directories (entry types come from `readdir`), workers comparing and hashing everything
-//! else. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//! pool of data workers for regular files, fed in batches (one directory per batch). Data is
+//! cloned (FICLONE) where the filesystem can. Verification: one walker listing directories
+//! (entry types come from `readdir`), workers comparing everything else; contents are proven
+//! equal by shared extents (`FIEMAP`) where source and copy share them, else hashed on both
+//! sides. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//!
+//! Open files do not grow with depth: only the deepest `sys::FD_WINDOW` directories of a walk
+//! keep descriptors, and walks go back up through `..`, checked against the identity of the
+//! directory they came from (`sys::open_parent`); the jobs in flight are bounded.
 //!
 //! Memory does not grow per plain file: the walker keeps the entry names of the directories on
 //! its current path, a small node (fd, stat, xattrs, ~150 bytes) per directory with unfinished
@@ -102,7 +114,8 @@ use journal::{Event, Journal, SourceId};
 /// How thoroughly to compare the copy with the source before it is renamed into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Metadata and BLAKE3 of every file's contents.
+    /// Metadata, and every file's contents: proven equal by shared extents where source and copy
+    /// share them (a reflink copy), else BLAKE3 of both sides.
     Full,
     /// Types, owners, modes, sizes, times, link targets, xattrs, hard links; no contents.
     Metadata,
