@@ -208,6 +208,51 @@ mod tests {
         }
     }
 
+    /// Issue 7, item 10: a disk migrated at /mnt and checked again elsewhere (another device
+    /// number too) is the same source; a version-1 record still matches only exactly.
+    #[test]
+    fn a_relative_record_matches_by_path_and_inode_whatever_the_device() {
+        let rec = SourceId {
+            src: "../nixos-containers/web".into(),
+            dev: 0x801,
+            ino: 42,
+        };
+        let now = SourceId {
+            dev: 0x700,
+            ..rec.clone()
+        };
+        assert!(rec.matches(&now, "/var/lib/nixos-containers/web"));
+        assert!(!rec.matches(
+            &SourceId {
+                ino: 43,
+                ..now.clone()
+            },
+            "/x"
+        ));
+        let other = SourceId {
+            src: "../nixos-containers/db".into(),
+            ..now.clone()
+        };
+        assert!(!rec.matches(&other, "/x"));
+        let v1 = SourceId {
+            src: "/mnt/var/lib/nixos-containers/web".into(),
+            dev: 0x801,
+            ino: 42,
+        };
+        assert!(v1.matches(
+            &SourceId {
+                dev: 0x801,
+                ..now.clone()
+            },
+            "/mnt/var/lib/nixos-containers/web"
+        ));
+        assert!(!v1.matches(&now, "/mnt/var/lib/nixos-containers/web"));
+        assert_eq!(
+            rec.display(Path::new("/mnt/var/lib/machines")),
+            "/mnt/var/lib/nixos-containers/web"
+        );
+    }
+
     #[test]
     fn a_torn_last_line_is_ignored_and_done_belongs_to_the_last_start() {
         let t = tempfile::tempdir().unwrap();

@@ -1173,3 +1173,26 @@ pub fn copy_tree_raw(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_names_the_source_relative_to_the_destination_parent() {
+        let r = |p: &str, s: &str| relative_source(Path::new(p), Path::new(s));
+        assert_eq!(
+            r("/mnt/var/lib/machines", "/mnt/var/lib/nixos-containers/web"),
+            "../nixos-containers/web"
+        );
+        assert_eq!(
+            r("/var/lib/machines", "/var/lib/nixos-containers/web"),
+            "../nixos-containers/web"
+        );
+        assert_eq!(
+            r("/srv/m", "/var/lib/containers/x"),
+            "../../var/lib/containers/x"
+        );
+        assert_eq!(r("/var/lib/machines", "/var/lib/machines/web"), "web");
+    }
+}

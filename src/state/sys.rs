@@ -527,6 +527,19 @@ pub(crate) enum FsId {
 }
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+/// Filesystems whose files can share extents (reflink): only there is `FIEMAP` worth asking.
+const SHARING_FILESYSTEMS: &[i64] = &[
+    BTRFS_SUPER_MAGIC,
+    0x5846_5342, // XFS
+    0xCA45_1A4E, // bcachefs
+    0x7461_636F, // OCFS2
+];
+
+/// Can files on the filesystem of `fd` share extents (btrfs, XFS, bcachefs, OCFS2)?
+pub(crate) fn can_share_extents(fd: BorrowedFd<'_>) -> bool {
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    rfs::fstatfs(fd).is_ok_and(|st| SHARING_FILESYSTEMS.contains(&(st.f_type as i64)))
+}
 /// `BTRFS_IOC_FS_INFO`: `_IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)` (1024 bytes).
 const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941F;
 

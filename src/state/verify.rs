@@ -227,10 +227,12 @@ pub(crate) fn verify_fds(
     let root_dev = sys::fstat(src_root.as_fd())
         .map_err(|e| StateError::io("stat", src_label, e))?
         .dev;
-    let same_fs = match (sys::fs_id(src_root.as_fd()), sys::fs_id(dst_root.as_fd())) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
+    // Extents are worth asking for only where files can share them (not on ext4, tmpfs, …).
+    let same_fs = sys::can_share_extents(dst_root.as_fd())
+        && match (sys::fs_id(src_root.as_fd()), sys::fs_id(dst_root.as_fd())) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
     let ctx = Ctx {
         level,
         src_label,
