@@ -265,6 +265,8 @@ let
   list = ns: concatStringsSep ", " ns;
 in
 {
+  imports = [ ./lib/imperative-paths.nix ];
+
   options.nixos.containers = {
     instances = mkOption {
       type = types.attrsOf (types.submodule instanceOptions);

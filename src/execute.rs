@@ -1,18 +1,30 @@
 //! Carrying out a plan: the only part of `migrate` with side effects.
 //!
-//! For each container, in order: make sure the legacy unit is stopped, bring the state across
-//! with the state engine (staging directory, journal, verification, rename), carry an
-//! imperative container's profile generations, write its container file and trusted `.nspawn`
-//! file; finally write the declarative Nix file. Every write is atomic and skipped when the
-//! content is already there, so a second run changes nothing. Legacy state is only ever read.
+//! First [`preflight`] checks every step of every container before anything is written: that
+//! no legacy container runs (on the live machine only), that there is room for the copies, and
+//! that every destination is a place we may write (resolved inside `--root`, never the Nix
+//! store or a NixOS-managed `/etc` link, never a legacy location, never a file we did not write
+//! unless `--force`, its directory writable). A refusal leaves the host exactly as it was.
+//!
+//! Then, for each container, in order: make sure the legacy unit is stopped, bring the state
+//! across with the state engine (staging directory, journal, verification, rename), carry an
+//! imperative container's profile generations, write its container file, trusted `.nspawn`
+//! file and drop-in; finally write the declarative Nix file. Every path goes through
+//! [`HostRoot`] (confined to the root), every write is atomic and skipped when the content is
+//! already there, so a second run changes nothing; a file that is replaced is kept as
+//! `FILE.bak-UNIXTIME`. Legacy state is only ever read.
+//!
+//! With `--root` other than `/` the tree is another machine's disk: the live systemd is never
+//! asked about its containers, and nothing is stopped (`--stop` is refused by `main`).
 
-use crate::atomic::{Written, write_atomic};
+use crate::atomic::Written;
 use crate::cli::{StateArg, VerifyArg};
-use crate::host::HostRoot;
+use crate::host::{HostRoot, Kind};
 use crate::migrate::Migration;
 use crate::plan::Step;
 use crate::runner::{Cmd, Runner};
 use crate::state;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,35 +39,87 @@ pub struct ExecOptions {
     pub force: bool,
 }
 
-/// Failure of one step, with what to do about it.
-#[derive(Debug, thiserror::Error)]
-#[error("container {container}: {message}")]
+/// Failure of one step (or of the checks before the first step), with what to do about it.
+#[derive(Debug)]
 pub struct StepError {
-    pub container: String,
+    /// The container the failure belongs to; `None` for the host-wide checks and files.
+    pub container: Option<String>,
     pub message: String,
 }
 
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.container {
+            Some(c) => write!(f, "container {c}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
 fn step_err(container: &str, message: impl Into<String>) -> StepError {
     StepError {
-        container: container.to_string(),
+        container: Some(container.to_string()),
         message: message.into(),
     }
 }
 
+/// Where legacy data lives: never a destination of ours.
+const LEGACY_ROOTS: &[(&str, &str)] = &[
+    (
+        "/etc/nixos-containers",
+        "where legacy containers are configured",
+    ),
+    (
+        "/etc/containers",
+        "where legacy containers (and podman) are configured",
+    ),
+    ("/var/lib/nixos-containers", "the legacy containers' state"),
+    (
+        "/var/lib/containers",
+        "the legacy containers' (and podman's) state",
+    ),
+    (
+        "/nix/var/nix/profiles",
+        "the system's and the legacy containers' profiles",
+    ),
+];
+/// Read-only, or rewritten by every `nixos-rebuild`: a file written there is lost or fails.
+const NIXOS_MANAGED: &[(&str, &str)] = &[
+    ("/nix/store", "the read-only Nix store"),
+    (
+        "/etc/static",
+        "NixOS's generated /etc (replaced by every nixos-rebuild)",
+    ),
+];
+/// Where carried profiles go (the one place under /nix/var/nix/profiles we write).
+const NEW_PROFILES: &str = "/nix/var/nix/profiles/per-nspawn";
+
+/// What one file step will do, decided by [`preflight`].
+#[derive(Clone, Debug)]
+struct FileTarget {
+    /// Where it really lands (host path, links resolved inside the root).
+    resolved: PathBuf,
+    /// An existing file with other content is kept as `FILE.bak-TIME` before it is replaced.
+    backup: bool,
+}
+
 /// Carry out the plan.
 ///
-/// First every check, for every container, before anything is written: invalid names are
-/// skipped (the report says why), running legacy containers are refused unless `--stop`, and
-/// the free space for all copies together is checked. Then, per container, the steps; a failure
-/// stops the run there (a partial copy stays in its staging directory and the next run resumes
-/// it; containers done before stay done).
+/// First every check, for every container and every file, before anything is written (see
+/// the module doc). Then, per container, the steps; a failure stops the run there (a partial
+/// copy stays in its staging directory and the next run resumes it; containers done before
+/// stay done).
 pub fn execute(
     host: &HostRoot,
     m: &mut Migration,
     opts: &ExecOptions,
     runner: &Runner,
+    checked: Checked,
 ) -> Result<(), StepError> {
-    preflight(host, m, opts, runner)?;
+    let targets = preflight(host, m, opts, runner, checked)?;
+    let stamp = now();
     let progress = make_progress();
     for (idx, cp) in m.plan.containers.iter().enumerate() {
         let inst = &m.instances[idx];
@@ -81,32 +145,53 @@ pub fn execute(
                             continue;
                         }
                     };
-                    let src = host.real(from);
                     if mode == state::StateMode::Copy {
                         // The kernel now refuses any write to the legacy state, and reading it
                         // changes no access time. Best effort: without privileges the copy
                         // engine still never writes to the source.
                         protect(host, from, &mut done);
                     }
+                    // The engine takes real paths: both are resolved inside the root first
+                    // (and checked to hold no symlink), and the destination's parent is made
+                    // here, one component at a time, never through a link.
+                    let src = real_path(host, &cp.name, from)?;
+                    let dest_parent = to.parent().unwrap_or(Path::new("/"));
+                    host.create_dir_all(dest_parent, 0o700).map_err(|e| {
+                        step_err(
+                            &cp.name,
+                            format!("cannot create {}: {e}", dest_parent.display()),
+                        )
+                    })?;
+                    let dest = real_path(host, &cp.name, to)?;
                     let verify = match opts.verify {
                         VerifyArg::Full => state::Verify::Full,
                         VerifyArg::Metadata => state::Verify::Metadata,
                         VerifyArg::None => state::Verify::None,
                     };
                     progress.start(&cp.name);
+                    let totals = Totals {
+                        inner: progress.as_progress(),
+                        bytes: AtomicU64::new(0),
+                    };
                     let outcome = state::migrate_state(
                         &src,
-                        &host.real(to),
+                        &dest,
                         &state::MigrateStateOptions {
                             mode,
                             verify,
                             force: opts.force,
-                            progress: progress.as_progress(),
+                            progress: &totals,
                         },
                     )
                     .map_err(|e| step_err(&cp.name, format!("{e}")))?;
                     progress.finish();
-                    done.push(describe_outcome(&outcome, from, to));
+                    done.push(describe_outcome(
+                        &outcome,
+                        &shown(host, from),
+                        &shown(host, to),
+                        totals.bytes.load(Ordering::Relaxed),
+                        host,
+                    ));
                     if let Some(c) = m.report.containers.get_mut(idx) {
                         c.state_result = Some(outcome.summary());
                         c.warnings.extend(outcome.warnings(&cp.name));
@@ -116,15 +201,21 @@ pub fn execute(
                 Step::CarryProfile { from, to } => {
                     // The legacy profile stays as it is, access times included.
                     protect(host, from, &mut done);
-                    let o = state::carry_profile(&host.real(from), &host.real(to))
+                    let src = real_path(host, &cp.name, from)?;
+                    let parent = to.parent().unwrap_or(Path::new("/"));
+                    host.create_dir_all(parent, 0o755).map_err(|e| {
+                        step_err(&cp.name, format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                    let dest = real_path(host, &cp.name, to)?;
+                    let o = state::carry_profile(&src, &dest)
                         .map_err(|e| step_err(&cp.name, format!("{e}")))?;
                     done.push(if o.already_done {
-                        format!("profile {} already carried", to.display())
+                        format!("profile {} already carried", shown(host, to))
                     } else {
                         format!(
                             "profile {} → {}: generations {:?} linked (the store was not copied)",
-                            from.display(),
-                            to.display(),
+                            shown(host, from),
+                            shown(host, to),
                             o.generations
                         )
                     });
@@ -135,9 +226,11 @@ pub fn execute(
                     let text = file_text(step, inst);
                     write_file(
                         host,
-                        &cp.name,
+                        Some(&cp.name),
                         path,
+                        targets.get(path),
                         &text,
+                        stamp,
                         &mut done,
                         &mut m.report.files_written,
                     )?;
@@ -152,22 +245,47 @@ pub fn execute(
     m.report.finish_summary();
     if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
         let mut done = Vec::new();
-        write_file(
+        let r = write_file(
             host,
-            "(the declarative containers)",
+            None,
             &out,
+            targets.get(&out),
             &text,
+            stamp,
             &mut done,
             &mut m.report.files_written,
-        )?;
+        );
+        m.report.done.extend(done);
+        r?;
     }
     Ok(())
+}
+
+/// A host path for a message: itself, plus where it really leads when a link redirects it.
+fn shown(host: &HostRoot, p: &Path) -> String {
+    match host.resolve(p) {
+        Ok(r) if r != p => format!("{} (→ {})", p.display(), r.display()),
+        _ => p.display().to_string(),
+    }
+}
+
+/// The real path of a host path for the state engine, confined to the root.
+fn real_path(host: &HostRoot, container: &str, p: &Path) -> Result<PathBuf, StepError> {
+    host.confined_real_path(p)
+        .map_err(|e| step_err(container, format!("cannot resolve {}: {e}", p.display())))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Make legacy data read-only (and noatime) for this process while we read it; without the
 /// privileges for that, say so: our code still only reads it.
 fn protect(host: &HostRoot, legacy: &Path, done: &mut Vec<String>) {
-    if let Err(e) = crate::host::protect_read_only(&host.real(legacy)) {
+    if let Err(e) = host.protect_read_only(legacy) {
         done.push(format!(
             "note: could not make {} read-only while reading it ({e}); it is still only read",
             legacy.display()
@@ -175,95 +293,429 @@ fn protect(host: &HostRoot, legacy: &Path, done: &mut Vec<String>) {
     }
 }
 
-/// The content of a file an imperative container's plan writes.
+/// The first line of every file we write says so; a file without it is not ours to replace.
+fn is_ours(text: &[u8]) -> bool {
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    first.starts_with(b"# ") && first.windows(12).any(|w| w == b"nixos-nspawn")
+}
+
+/// The content of a file an imperative container's plan writes (the report shows the same
+/// bytes, see [`crate::plan::imperative_nspawn_text`]).
 fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
     match step {
-        Step::WriteNspawn { .. } => format!(
-            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-            inst.name,
-            crate::render::nspawn::preview(inst)
-        ),
-        Step::WriteDropin { .. } => crate::render::nspawn::dropin(inst),
+        Step::WriteNspawn { .. } => crate::plan::imperative_nspawn_text(inst),
+        Step::WriteDropin { .. } => crate::plan::imperative_dropin_text(inst),
         _ => crate::render::nix::imperative_file(inst),
     }
 }
 
-/// Every check that can fail, for every container, before anything is written.
+/// What the read-only checks of every destination found ([`check_destinations`]).
+#[derive(Debug, Default)]
+pub struct Checked {
+    targets: BTreeMap<PathBuf, FileTarget>,
+    /// Directories something will be created in: (nearest existing directory, what for).
+    dirs: Vec<(PathBuf, String)>,
+    /// Bytes the state copies allocate, and the directory whose filesystem receives them.
+    need: u64,
+    space_dir: Option<PathBuf>,
+    /// Why the plan cannot be carried out as it is, one line each (empty when it can).
+    pub problems: Vec<String>,
+    /// Destinations that a link sends elsewhere (inside the root): (host path, where it leads).
+    pub redirects: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Check every destination of the plan without writing anything: resolved inside the root,
+/// never in the Nix store, a NixOS-managed `/etc` link or a legacy location, never a file we
+/// did not write (unless `--force`), never written twice; with `space`, also how much the
+/// state copies need. Run while the host is seen through the read-only, `noatime` view, so
+/// that resolving links and reading existing files changes no access time; `--dry-run`
+/// reports the problems, `--yes` refuses to start on them.
+pub fn check_destinations(
+    host: &HostRoot,
+    m: &Migration,
+    opts: &ExecOptions,
+    space: bool,
+) -> Checked {
+    let mut c = Checked::default();
+    let legacy_roots = legacy_locations(host, m);
+    let mut claimed: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut files: Vec<(Option<&str>, &Path)> = Vec::new();
+    for cp in &m.plan.containers {
+        let name = cp.name.as_str();
+        for step in &cp.steps {
+            match step {
+                Step::CopyState { from, to } if opts.state != StateArg::Skip => {
+                    match check_dir_dest(host, to, &legacy_roots, &[], false) {
+                        Err(p) => c.problems.push(format!("container {name}: {p}")),
+                        Ok(probe) => {
+                            claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
+                            c.dirs.push((
+                                probe.nearest_dir.clone(),
+                                format!("container {name}: {}", to.display()),
+                            ));
+                            // A finished copy needs nothing more; otherwise the whole tree.
+                            if space && opts.state == StateArg::Copy && probe.existing.is_none() {
+                                match host
+                                    .confined_real_path(from)
+                                    .map_err(|e| format!("cannot resolve {}: {e}", from.display()))
+                                    .and_then(|real| {
+                                        state::required_space(&real).map_err(|e| e.to_string())
+                                    }) {
+                                    Ok(n) => c.need = c.need.saturating_add(n.allocated),
+                                    Err(e) => c.problems.push(format!("container {name}: {e}")),
+                                }
+                                c.space_dir.get_or_insert(probe.nearest_dir.clone());
+                            }
+                        }
+                    }
+                }
+                Step::CarryProfile { to, .. } => {
+                    match check_dir_dest(host, to, &legacy_roots, &[NEW_PROFILES], false) {
+                        Err(p) => c.problems.push(format!("container {name}: {p}")),
+                        Ok(probe) => {
+                            claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
+                            c.dirs.push((
+                                probe.nearest_dir,
+                                format!("container {name}: {}", to.display()),
+                            ));
+                        }
+                    }
+                }
+                Step::WriteContainerFile { path }
+                | Step::WriteNspawn { path }
+                | Step::WriteDropin { path } => files.push((Some(name), path)),
+                _ => {}
+            }
+        }
+    }
+    if let Some(out) = &m.plan.nix_output {
+        files.push((None, out));
+    }
+    for (container, path) in files {
+        let who = container.unwrap_or("the declarative containers' file");
+        match check_file_dest(host, path, &legacy_roots, opts.force, container.is_none()) {
+            Err(p) => c.problems.push(match container {
+                Some(name) => format!("container {name}: {p}"),
+                None => p,
+            }),
+            Ok((t, nearest)) => {
+                claim(&mut claimed, &t.resolved, who, &mut c.problems);
+                redirect(&mut c.redirects, path, &t.resolved);
+                c.dirs.push((nearest, path.display().to_string()));
+                c.targets.insert(path.to_path_buf(), t);
+            }
+        }
+    }
+    c
+}
+
+/// Every check that can fail, for every container and every destination, before anything is
+/// written: the read-only checks of [`check_destinations`], then those that must see the real
+/// mounts (writable directories, free space) and the live systemd (running containers).
 fn preflight(
     host: &HostRoot,
     m: &Migration,
     opts: &ExecOptions,
     runner: &Runner,
-) -> Result<(), StepError> {
-    let mut problems = Vec::new();
-    let mut need: u64 = 0;
+    checked: Checked,
+) -> Result<BTreeMap<PathBuf, FileTarget>, StepError> {
+    let mut problems = checked.problems;
     for cp in &m.plan.containers {
         for step in &cp.steps {
-            match step {
-                Step::StopLegacy { unit } if !opts.stop => {
-                    if let Err(e) = check_not_running(&cp.name, unit, host, runner) {
-                        problems.push(e.to_string());
+            if let Step::StopLegacy { unit } = step
+                && !opts.stop
+                && let Err(e) = check_not_running(&cp.name, unit, host, runner)
+            {
+                problems.push(e.to_string());
+            }
+            // A move is a rename: refused across filesystems (or mounts, or btrfs subvolumes)
+            // before anything is written, with the reason.
+            if let Step::CopyState { from, to } = step
+                && opts.state == StateArg::Move
+                && host.kind(to).ok().flatten().is_none()
+            {
+                let paths = host
+                    .confined_real_path(from)
+                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
+                match paths {
+                    Ok((f, t)) => {
+                        if let Err(e) = state::check_move(&f, &t) {
+                            problems.push(format!("container {}: {e}", cp.name));
+                        }
                     }
+                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
                 }
-                // A finished copy needs nothing more; otherwise the whole tree.
-                Step::CopyState { from, to }
-                    if opts.state == StateArg::Copy && host.kind(to).ok().flatten().is_none() =>
-                {
-                    match state::required_space(&host.real(from)) {
-                        Ok(n) => need = need.saturating_add(n.allocated),
-                        Err(e) => problems.push(format!("container {}: {e}", cp.name)),
-                    }
-                }
-                // A move is a rename: refused across filesystems before anything is written.
-                Step::CopyState { from, to }
-                    if opts.state == StateArg::Move && host.kind(to).ok().flatten().is_none() =>
-                {
-                    if let Err(e) = state::check_move(&host.real(from), &host.real(to)) {
-                        problems.push(format!("container {}: {e}", cp.name));
-                    }
-                }
-                _ => {}
             }
         }
     }
-    if need > 0 {
-        let machines = Path::new("/var/lib/machines");
-        // The nearest existing ancestor tells which filesystem the copies land on.
-        let mut probe = host.real(machines);
-        while !probe.exists() {
-            if !probe.pop() {
-                break;
-            }
+    let mut seen = std::collections::BTreeSet::new();
+    for (dir, what) in &checked.dirs {
+        if !seen.insert(dir.clone()) {
+            continue;
         }
-        match state::free_space(&probe) {
-            Ok(free) if free < need => problems.push(format!(
-                "not enough free space for the copies: {} MiB needed under {} (the filesystem of {}), {} MiB free\n\n\
-                 Free some space there, copy fewer containers at a time (--only NAME), or use --state move \
-                 (a rename, when the legacy state is on the same filesystem)",
-                need.div_ceil(1 << 20),
-                machines.display(),
-                probe.display(),
-                free >> 20
+        match host.dir_writable(dir) {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) | Err(e) => problems.push(format!(
+                "{what}: cannot write to {} ({e}); make it writable (is the filesystem mounted read-only?) and retry",
+                dir.display()
             )),
-            Ok(_) => {}
-            Err(e) => problems.push(format!("{e}")),
         }
+    }
+    if let Some(dir) = &checked.space_dir
+        && checked.need > 0
+        && let Ok((_, free)) = host.dir_writable(dir)
+        && checked.need > free
+    {
+        problems.push(format!(
+            "not enough free space for the copies: {} needed under /var/lib/machines (the filesystem of {}), {} free\n\n\
+             Free some space there, copy fewer containers at a time (--only NAME), or use --state move \
+             (a rename, when the legacy state is on the same filesystem)",
+            crate::report::human_size(checked.need),
+            dir.display(),
+            crate::report::human_size(free)
+        ));
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(checked.targets)
     } else {
+        let n = problems.len();
         Err(StepError {
-            container: if problems.len() == 1 {
-                "check".into()
-            } else {
-                format!("{} checks", problems.len())
-            },
-            message: format!("nothing was changed:\n{}", problems.join("\n")),
+            container: None,
+            message: format!(
+                "nothing was changed: {} found before the first write:\n- {}",
+                if n == 1 {
+                    "1 problem was".to_string()
+                } else {
+                    format!("{n} problems were")
+                },
+                problems.join("\n- ")
+            ),
         })
     }
 }
 
-fn describe_outcome(o: &state::StateOutcome, from: &Path, to: &Path) -> String {
+fn redirect(redirects: &mut Vec<(PathBuf, PathBuf)>, host_path: &Path, resolved: &Path) {
+    if host_path != resolved {
+        redirects.push((host_path.to_path_buf(), resolved.to_path_buf()));
+    }
+}
+
+/// Two steps must never write the same place (e.g. `--output` aimed at a container's file).
+fn claim(
+    claimed: &mut BTreeMap<PathBuf, String>,
+    resolved: &Path,
+    who: &str,
+    problems: &mut Vec<String>,
+) {
+    match claimed.get(resolved) {
+        Some(other) => problems.push(format!(
+            "{} would be written twice (for {other} and for {who}); choose another --output",
+            resolved.display()
+        )),
+        None => {
+            claimed.insert(resolved.to_path_buf(), who.to_string());
+        }
+    }
+}
+
+/// The legacy locations, resolved: the fixed roots and every container's own files.
+fn legacy_locations(host: &HostRoot, m: &Migration) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut add = |p: &Path, what: String| {
+        if let Ok(r) = host.resolve(p) {
+            out.push((r, what));
+        }
+    };
+    for (r, what) in LEGACY_ROOTS {
+        add(Path::new(r), format!("{r} ({what})"));
+    }
+    for c in &m.legacy.containers {
+        for p in [&c.conf_file, &c.state_dir, &c.profile_dir]
+            .into_iter()
+            .flatten()
+        {
+            add(
+                p,
+                format!("{} (legacy files of container {})", p.display(), c.name),
+            );
+        }
+    }
+    out
+}
+
+/// Why `resolved` is not a place we may write, if it is not.
+fn forbidden(
+    resolved: &Path,
+    host_path: &Path,
+    legacy: &[(PathBuf, String)],
+    allowed: &[PathBuf],
+    is_output: bool,
+) -> Option<String> {
+    let via = if resolved == host_path {
+        String::new()
+    } else {
+        format!(" (it leads to {})", resolved.display())
+    };
+    let fix = if is_output {
+        "Choose another --output"
+    } else {
+        "A link on the way leads there: point it elsewhere (or remove it) and run again"
+    };
+    for (prefix, what) in NIXOS_MANAGED {
+        if resolved.starts_with(prefix) {
+            return Some(format!(
+                "{}{via} is inside {what}; nothing may be written there. On NixOS this path is managed by the system \
+                 configuration: see nixos/README.md (\"Where imperative containers live\") for where nixos-nspawn keeps \
+                 its files. {fix}",
+                host_path.display()
+            ));
+        }
+    }
+    if allowed.iter().any(|a| resolved.starts_with(a)) {
+        return None;
+    }
+
+    for (prefix, what) in legacy {
+        if resolved.starts_with(prefix) {
+            return Some(format!(
+                "{}{via} is inside {what}; legacy files are only ever read, so that the old containers keep working. \
+                 {fix}",
+                host_path.display()
+            ));
+        }
+    }
+    None
+}
+
+/// A destination directory (state, profile): resolvable, not forbidden, its parent writable.
+fn check_dir_dest(
+    host: &HostRoot,
+    to: &Path,
+    legacy: &[(PathBuf, String)],
+    allowed: &[&str],
+    is_output: bool,
+) -> Result<crate::host::WriteProbe, String> {
+    let probe = host.probe_write(to).map_err(|e| {
+        format!(
+            "{} cannot be created: {e}. A link on its path may lead to the wrong place: fix it and run again",
+            to.display()
+        )
+    })?;
+    // Allowed places are compared where they really are, like everything else.
+    let allowed: Vec<PathBuf> = allowed
+        .iter()
+        .filter_map(|a| host.resolve(Path::new(a)).ok())
+        .collect();
+    if let Some(why) = forbidden(&probe.resolved, to, legacy, &allowed, is_output) {
+        return Err(why);
+    }
+    Ok(probe)
+}
+
+/// A file we write: also never a file somebody else wrote, unless `--force` (then backed up).
+fn check_file_dest(
+    host: &HostRoot,
+    path: &Path,
+    legacy: &[(PathBuf, String)],
+    force: bool,
+    is_output: bool,
+) -> Result<(FileTarget, PathBuf), String> {
+    let probe = check_dir_dest(host, path, legacy, &[], is_output)?;
+    let backup = match probe.existing {
+        None => false,
+        Some(Kind::File) => {
+            let old = host
+                .read(&probe.resolved)
+                .map_err(|e| format!("cannot read {} to check it: {e}", path.display()))?;
+            if !is_ours(&old) && !force {
+                return Err(format!(
+                    "{}{} exists and was not written by nixos-nspawn (its first line is not our `# … nixos-nspawn` header); \
+                     it is not replaced. {}move the file away, or pass --force to replace it \
+                     (the old file is kept as {}.bak-TIME)",
+                    path.display(),
+                    if probe.resolved == path {
+                        String::new()
+                    } else {
+                        format!(" (→ {})", probe.resolved.display())
+                    },
+                    if is_output {
+                        "Choose another --output, "
+                    } else {
+                        "Check what it is, "
+                    },
+                    probe.resolved.display()
+                ));
+            }
+            true
+        }
+        Some(k) => {
+            return Err(format!(
+                "{} exists and is {}, not a file; move it away{}",
+                path.display(),
+                match k {
+                    Kind::Dir => "a directory",
+                    Kind::Symlink => "a symlink that leads nowhere",
+                    _ => "a special file",
+                },
+                if is_output {
+                    " or choose another --output"
+                } else {
+                    ""
+                }
+            ));
+        }
+    };
+    Ok((
+        FileTarget {
+            resolved: probe.resolved,
+            backup,
+        },
+        probe.nearest_dir,
+    ))
+}
+
+/// Forwards progress and keeps the total file size (holes included) for the summary line.
+struct Totals<'a> {
+    inner: &'a dyn state::Progress,
+    bytes: AtomicU64,
+}
+
+impl state::Progress for Totals<'_> {
+    fn total(&self, entries: u64, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.inner.total(entries, bytes);
+    }
+    fn entry_done(&self) {
+        self.inner.entry_done();
+    }
+    fn bytes_done(&self, n: u64) {
+        self.inner.bytes_done(n);
+    }
+}
+
+/// "100.0 MiB" for the files of a copy, and how much of it was data actually written: a sparse
+/// file's holes stay holes, so "4.0 KiB written" alone would wrongly suggest a tiny tree.
+fn sizes(total: u64, written: u64) -> String {
+    if written >= total {
+        format!("{} of files", crate::report::human_size(total))
+    } else {
+        format!(
+            "{} of files ({} of data written; the rest are holes of sparse files, kept as holes, or data an interrupted run had copied)",
+            crate::report::human_size(total),
+            crate::report::human_size(written)
+        )
+    }
+}
+
+fn describe_outcome(
+    o: &state::StateOutcome,
+    from: &str,
+    to: &str,
+    total_bytes: u64,
+    host: &HostRoot,
+) -> String {
     match o {
         state::StateOutcome::Copied {
             copy,
@@ -272,11 +724,9 @@ fn describe_outcome(o: &state::StateOutcome, from: &Path, to: &Path) -> String {
             replaced,
         } => {
             let mut s = format!(
-                "state copied {} → {}: {} entries, {} MiB{}; verified ({:?}): {} entries, {} differences",
-                from.display(),
-                to.display(),
+                "state copied {from} → {to}: {} entries, {}{}; verified ({:?}): {} entries, {} differences",
                 copy.entries,
-                copy.bytes >> 20,
+                sizes(total_bytes, copy.bytes),
                 if *resumed {
                     ", resumed an interrupted run"
                 } else {
@@ -302,53 +752,83 @@ fn describe_outcome(o: &state::StateOutcome, from: &Path, to: &Path) -> String {
                     copy.flags_copied
                 ));
             }
-            s.push_str(&format!("; {} is untouched", from.display()));
+            s.push_str(&format!("; {from} is untouched"));
             if let Some(r) = replaced {
+                let shown = r
+                    .strip_prefix(host.root())
+                    .map(|p| Path::new("/").join(p))
+                    .unwrap_or_else(|_| r.clone());
                 s.push_str(&format!(
                     "; the previous destination was kept as {}",
-                    r.display()
+                    shown.display()
                 ));
             }
             s
         }
         state::StateOutcome::Moved => format!(
-            "state moved {} → {} (a rename on one filesystem: nothing was copied, {} no longer exists; \
-             to go back, stop the new container and move it back with mv)",
-            from.display(),
-            to.display(),
-            from.display()
+            "state moved {from} → {to} (a rename on one filesystem: nothing was copied, {from} no longer exists; \
+             to go back, stop the new container and move it back with mv)"
         ),
-        state::StateOutcome::AlreadyDone { .. } => format!("state already at {}", to.display()),
-        state::StateOutcome::Skipped => format!("state left in {}", from.display()),
+        state::StateOutcome::AlreadyDone { .. } => format!("state already at {to}"),
+        state::StateOutcome::Skipped => format!("state left in {from}"),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     host: &HostRoot,
-    container: &str,
+    container: Option<&str>,
     path: &Path,
+    target: Option<&FileTarget>,
     text: &str,
+    stamp: u64,
     done: &mut Vec<String>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), StepError> {
-    match write_atomic(&host.real(path), text.as_bytes(), 0o644) {
-        Ok(Written::Changed) => {
-            done.push(format!("wrote {}", path.display()));
-            written.push(path.to_path_buf());
+    let fail = |message: String| StepError {
+        container: container.map(str::to_string),
+        message,
+    };
+    let Some(target) = target else {
+        return Err(fail(format!(
+            "{} was not checked before the first write (a bug); nothing more was written",
+            path.display()
+        )));
+    };
+    let shown = if target.resolved == path {
+        path.display().to_string()
+    } else {
+        format!("{} (→ {})", path.display(), target.resolved.display())
+    };
+    // A file with other content is kept before it is replaced; the same bytes need nothing.
+    let same = host
+        .read(&target.resolved)
+        .is_ok_and(|old| old == text.as_bytes());
+    if target.backup && !same {
+        let bak = host
+            .backup(&target.resolved, &stamp.to_string())
+            .map_err(|e| {
+                fail(format!(
+                    "cannot keep a backup of {shown}: {e}; it was not replaced"
+                ))
+            })?;
+        done.push(format!("kept the previous {shown} as {}", bak.display()));
+    }
+    match host.write_atomic(&target.resolved, text.as_bytes(), 0o644) {
+        Ok((Written::Changed, resolved)) => {
+            done.push(format!("wrote {shown}"));
+            written.push(resolved);
             Ok(())
         }
-        Ok(Written::Unchanged) => {
-            done.push(format!("{} already up to date", path.display()));
+        Ok((Written::Unchanged, _)) => {
+            done.push(format!("{shown} already up to date"));
             Ok(())
         }
-        Err(e) => Err(step_err(
-            container,
-            format!("cannot write {}: {e}", path.display()),
-        )),
+        Err(e) => Err(fail(format!("cannot write {shown}: {e}"))),
     }
 }
 
-/// Whether the legacy unit runs: `Ok` when stopped (or when nobody can tell on an offline root).
+/// Whether the legacy unit runs: `Ok` when stopped, or on an offline root (not asked).
 fn check_not_running(
     name: &str,
     unit: &str,
@@ -367,18 +847,20 @@ fn check_not_running(
     }
 }
 
-/// `Some(state)` when the unit is running in some way, `None` when it is stopped.
+/// `Some(state)` when the unit is running in some way, `None` when it is stopped. On an
+/// offline root nobody is asked: the live systemd knows nothing about that disk's containers,
+/// and a container of the same name on this machine is another container.
 fn unit_state(
     name: &str,
     unit: &str,
     host: &HostRoot,
     runner: &Runner,
 ) -> Result<Option<String>, StepError> {
-    let live_root = host.root() == Path::new("/");
+    if !host.is_live() {
+        return Ok(None);
+    }
     let out = match runner.output(&Cmd::new("systemctl", &["is-active", unit])) {
         Ok(o) => o,
-        // A mounted disk of another machine: no container of it can run here.
-        Err(e) if e.is_not_found() && !live_root => return Ok(None),
         Err(e) => {
             return Err(step_err(
                 name,
@@ -514,11 +996,11 @@ impl LineProgress {
     fn print(&self) {
         let name = self.name.lock().map(|n| n.clone()).unwrap_or_default();
         eprintln!(
-            "nixos-nspawn: {name}: {}/{} entries, {}/{} MiB",
+            "nixos-nspawn: {name}: {}/{} entries, {} of {} written (holes of sparse files are not written)",
             self.entries.load(Ordering::Relaxed),
             self.total_entries.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed) >> 20,
-            self.total_bytes.load(Ordering::Relaxed) >> 20
+            crate::report::human_size(self.bytes.load(Ordering::Relaxed)),
+            crate::report::human_size(self.total_bytes.load(Ordering::Relaxed))
         );
     }
 }

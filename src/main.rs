@@ -46,10 +46,23 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
+    let mut host = HostRoot::new(root).map_err(|e| {
+        Error::Usage(format!(
+            "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
+            root.display()
+        ))
+    })?;
     for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
-        if let Some(p) = path
-            && !p.is_file()
-        {
+        let Some(p) = path else { continue };
+        // A --config inside the root is the tree's file, its links resolved inside the root.
+        let is_file = match migrate::host_path_of(&host, p).filter(|_| flag == "--config") {
+            Some(hp) => matches!(
+                host.kind_followed(&hp),
+                Ok(Some(nixos_nspawn::host::Kind::File))
+            ),
+            None => p.is_file(),
+        };
+        if !is_file {
             return Err(Error::Usage(format!(
                 "{flag} {}: no such file\n\nPaths given on the command line are ordinary paths, \
                  not paths inside --root.",
@@ -57,12 +70,15 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             )));
         }
     }
-    let host = HostRoot::new(root).map_err(|e| {
-        Error::Usage(format!(
-            "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
-            root.display()
-        ))
-    })?;
+    if args.stop && !host.is_live() {
+        return Err(Error::Usage(format!(
+            "--stop cannot be used with --root {}: that tree is another machine's disk, and its containers \
+             are not running here (stopping container@NAME on this machine would stop a different container)\n\n\
+             Make sure the tree is not in use (the machine it belongs to is shut down, nothing runs from it), \
+             then run again without --stop.",
+            host.root().display()
+        )));
+    }
     // With --yes: our own mount namespace (before any thread exists), so that the host can be
     // read through a read-only noatime view while it is scanned, and each legacy state dir made
     // read-only for this process alone while it is copied (see execute).
@@ -109,7 +125,20 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         }
         legacy.containers.retain(|c| args.only.contains(&c.name));
     }
-    let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run);
+    let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());
+    let opts = execute::ExecOptions {
+        state: args.state,
+        verify: args.verify,
+        stop: args.stop,
+        force: args.force,
+    };
+    // Every destination is checked while the tree is still seen read-only and noatime:
+    // resolving links and reading existing files must not change the host either.
+    let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
+    migrate::add_redirects(&mut migration, &checked.redirects);
+    if args.dry_run {
+        migrate::add_refusals(&mut migration, &checked.problems);
+    }
     let mut failure = None;
     if view && let Err(e) = host.end_read_only_view() {
         return Err(Error::Other(format!(
@@ -117,16 +146,10 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             root.display()
         )));
     }
-    if args.yes {
-        let opts = execute::ExecOptions {
-            state: args.state,
-            verify: args.verify,
-            stop: args.stop,
-            force: args.force,
-        };
-        if let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }) {
-            failure = Some(e);
-        }
+    if args.yes
+        && let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }, checked)
+    {
+        failure = Some(e);
     }
     let report = &migration.report;
     let text = if args.json {

@@ -35,8 +35,22 @@ pub const HOST_NETWORKD_REQUIRED: WarningSpec = WarningSpec {
     summary: "containers with a private network need systemd-networkd on the host (networking.useNetworkd = true)",
 };
 
+pub const OFFLINE_ROOT: WarningSpec = WarningSpec {
+    code: "offline-root",
+    category: Category::ChangedMeaning,
+    summary: "--root is not /: the tree is treated as another machine's disk; the live systemd is never asked about or told to stop its containers",
+};
+
+pub const WOULD_REFUSE: WarningSpec = WarningSpec {
+    code: "would-refuse",
+    category: Category::NeedsHuman,
+    summary: "`migrate --yes` would refuse to start: a destination is not a place it may write (nothing would be written)",
+};
+
 pub const WARNINGS: &[&WarningSpec] = &[
     &NO_NIX_CONFIG,
+    &OFFLINE_ROOT,
+    &WOULD_REFUSE,
     &NOT_DEPLOYED,
     &FROM_JSON_UNREADABLE,
     &HOST_NETWORKD_REQUIRED,
@@ -214,11 +228,49 @@ fn assemble(
     }
 }
 
-/// The host path of an ordinary path that lies inside the host root.
-fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
-    let canon = std::fs::canonicalize(path).ok()?;
-    let rel = canon.strip_prefix(host.root()).ok()?;
+/// The host path of an ordinary path that lies inside the host root. Decided on the path as
+/// written (made absolute, `.`/`..` folded): `ROOT/etc/nixos/configuration.nix` is the tree's
+/// file even when `ROOT/etc/nixos` links to `/persist/…`, which only the confined reads
+/// resolve correctly (to `ROOT/persist/…`, not the live machine's `/persist`).
+pub fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let mut lexical = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            std::path::Component::Normal(n) => lexical.push(n),
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            _ => {}
+        }
+    }
+    let rel = match lexical.strip_prefix(host.root()) {
+        Ok(rel) => rel.to_path_buf(),
+        // A path that reaches the tree through a link of its own (e.g. a shortcut to ROOT).
+        Err(_) => std::fs::canonicalize(path)
+            .ok()?
+            .strip_prefix(host.root())
+            .ok()?
+            .to_path_buf(),
+    };
     Some(Path::new("/").join(rel))
+}
+
+/// For `--dry-run`: each reason `--yes` would refuse to start becomes a needs-a-human warning.
+pub fn add_refusals(m: &mut Migration, problems: &[String]) {
+    for p in problems {
+        m.report.problems.push(Warning::new(
+            &WOULD_REFUSE,
+            "--yes",
+            format!("migrate --yes would refuse to start (nothing would be written): {p}"),
+        ));
+    }
+    m.report.finish_summary();
+}
+
+/// Record where links inside the tree send the plan's destinations, for the report.
+pub fn add_redirects(m: &mut Migration, redirects: &[(PathBuf, PathBuf)]) {
+    m.report.redirects.extend(redirects.iter().cloned());
 }
 
 /// Translate every container and build the plan and the report.
@@ -229,7 +281,14 @@ pub struct Migration {
     pub report: Report,
 }
 
-pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) -> Migration {
+/// `live` is true when the host tree is the running system (`--root /`).
+pub fn prepare(
+    root: &Path,
+    legacy: LegacyHost,
+    output: &Path,
+    dry_run: bool,
+    live: bool,
+) -> Migration {
     let ctx = translate::Context {
         output_file: output.to_path_buf(),
     };
@@ -278,6 +337,16 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
             ),
         ));
     }
+    if !live {
+        problems.push(Warning::new(
+            &OFFLINE_ROOT,
+            "--root",
+            "the tree given with --root is treated as another machine's disk: whether its legacy containers run is \
+             not checked, and nothing is stopped (the systemd of this machine knows nothing about them). The tree \
+             must not be in use while it is migrated: shut down the machine it belongs to, and do not boot it or a \
+             container from it meanwhile",
+        ));
+    }
     let mut report = Report {
         version: crate::report::REPORT_VERSION,
         tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
@@ -288,6 +357,8 @@ pub fn prepare(root: &Path, legacy: LegacyHost, output: &Path, dry_run: bool) ->
         containers,
         problems,
         files_written: Vec::new(),
+        done: Vec::new(),
+        redirects: BTreeMap::new(),
         files_read: legacy.files_read.clone(),
         // Counted from the warnings by finish_summary below.
         summary: Summary::default(),
@@ -309,7 +380,13 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             warnings.push(w.clone());
         }
     }
-    let dropin = render::nspawn::dropin(i);
+    // Imperative containers' files are written by migrate itself: show their exact bytes.
+    let imperative = i.kind == crate::legacy::Kind::Imperative;
+    let dropin = match render::nspawn::dropin(i) {
+        d if d.is_empty() => d,
+        _ if imperative => plan::imperative_dropin_text(i),
+        d => d,
+    };
     let nix = match i.kind {
         crate::legacy::Kind::Imperative => render::nix::imperative_file(i),
         crate::legacy::Kind::Declarative => render::nix::instance_snippet(i),
@@ -337,7 +414,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             to: i.state.to.clone(),
         },
         nix,
-        nspawn: render::nspawn::preview(i),
+        nspawn: if imperative {
+            plan::imperative_nspawn_text(i)
+        } else {
+            render::nspawn::preview(i)
+        },
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
         translated: i.applied.clone(),

@@ -68,9 +68,20 @@ pub struct Plan {
     pub nix_output: Option<PathBuf>,
 }
 
-/// Where an imperative container's new files live.
+/// Where imperative containers' trusted `.nspawn` files live (see nixos/README.md, "Where
+/// imperative containers live"). Not `/etc/systemd/nspawn`: NixOS turns that into a link into
+/// the read-only store as soon as anything is declared there. The nixos-nspawn module makes
+/// this directory `/run/systemd/nspawn` at boot, which systemd-nspawn trusts like `/etc`.
+pub const IMPERATIVE_NSPAWN_DIR: &str = "/var/lib/nixos-nspawn/imperative/nspawn";
+
+/// Where imperative containers' unit drop-ins live: `system.control` is searched by PID 1 before
+/// `/etc/systemd/system` (a store link on NixOS), persists across reboots, and is not touched
+/// by `nixos-rebuild`.
+pub const IMPERATIVE_UNIT_DIR: &str = "/etc/systemd/system.control";
+
+/// Where an imperative container's trusted settings file lives.
 pub fn nspawn_file(name: &str) -> PathBuf {
-    PathBuf::from(format!("/etc/systemd/nspawn/{name}.nspawn"))
+    PathBuf::from(format!("{IMPERATIVE_NSPAWN_DIR}/{name}.nspawn"))
 }
 
 /// The RFC imperative container file, next to where `nixos-nspawn create` keeps them.
@@ -81,8 +92,27 @@ pub fn container_file(name: &str) -> PathBuf {
 /// Declarative containers get their drop-in from NixOS; imperative ones need a file.
 pub fn dropin_file(name: &str) -> PathBuf {
     PathBuf::from(format!(
-        "/etc/systemd/system/systemd-nspawn@{name}.service.d/nixos-nspawn.conf"
+        "{IMPERATIVE_UNIT_DIR}/systemd-nspawn@{name}.service.d/nixos-nspawn.conf"
     ))
+}
+
+/// The exact bytes of an imperative container's trusted `.nspawn` file: a header that marks it
+/// as ours (so a later run may replace it), then the settings.
+pub fn imperative_nspawn_text(i: &Instance) -> String {
+    format!(
+        "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
+        i.name,
+        crate::render::nspawn::preview(i)
+    )
+}
+
+/// The exact bytes of an imperative container's unit drop-in (empty settings: no file).
+pub fn imperative_dropin_text(i: &Instance) -> String {
+    format!(
+        "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
+        i.name,
+        crate::render::nspawn::dropin(i)
+    )
 }
 
 pub fn profile_dir(name: &str) -> PathBuf {

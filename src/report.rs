@@ -71,9 +71,17 @@ pub struct Report {
     pub containers: Vec<ContainerReport>,
     /// Findings not tied to one container.
     pub problems: Vec<Warning>,
-    /// Files written by a real run (host paths).
+    /// Files written by a real run (host paths, as resolved inside the root: a file written
+    /// through an impermanence link is listed where it really is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_written: Vec<PathBuf>,
+    /// Destinations that a link inside the tree sends elsewhere (host path → where it really
+    /// leads, also a host path): e.g. `/etc/nixos/…` → `/persist/etc/nixos/…`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub redirects: BTreeMap<PathBuf, PathBuf>,
+    /// What a real run did outside any one container (the declarative Nix file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
     pub files_read: Vec<PathBuf>,
     pub summary: Summary,
 }
@@ -185,14 +193,22 @@ impl Report {
                 indent(&mut o, text, "    ");
             }
             if let Some(d) = &c.dropin {
-                let _ = writeln!(o, "\n  systemd-nspawn@{}.service.d/overrides.conf:", c.name);
+                let _ = writeln!(o, "\n  drop-in for systemd-nspawn@{}.service:", c.name);
                 indent(&mut o, d, "    ");
             }
         }
-        if !self.problems.is_empty() {
+        if !self.problems.is_empty() || !self.redirects.is_empty() {
             let _ = writeln!(o, "\n━━ host ━━");
             for w in &self.problems {
                 write_warning(&mut o, w);
+            }
+            for (from, to) in &self.redirects {
+                let _ = writeln!(
+                    o,
+                    "    {} is reached through a link: it is {}",
+                    from.display(),
+                    to.display()
+                );
             }
         }
         if let Some(out) = &self.output {
@@ -215,8 +231,8 @@ impl Report {
                     .unwrap_or_default()
             );
         }
-        for f in &self.files_written {
-            let _ = writeln!(o, "wrote {}", f.display());
+        for d in &self.done {
+            let _ = writeln!(o, "done: {d}");
         }
         let s = &self.summary;
         let _ = writeln!(
@@ -256,5 +272,37 @@ fn indent(o: &mut String, text: &str, pad: &str) {
         } else {
             let _ = writeln!(o, "{pad}{line}");
         }
+    }
+}
+
+/// A byte count for people: `0 bytes`, `512 bytes`, `4.0 KiB`, `100.0 MiB`, `2.5 GiB`. Never
+/// rounds a non-zero amount down to zero (a sparse 100 MiB file is not "0 MiB").
+pub fn human_size(n: u64) -> String {
+    const UNITS: &[&str] = &["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_never_round_to_zero() {
+        assert_eq!(human_size(0), "0 bytes");
+        assert_eq!(human_size(4096), "4.0 KiB");
+        assert_eq!(human_size(100 << 20), "100.0 MiB");
+        assert_eq!(human_size((5 << 30) / 2), "2.5 GiB");
     }
 }

@@ -182,17 +182,15 @@ fn apply_copies_faithfully_and_a_second_run_is_a_no_op() {
         "second run wrote files: {}",
         r2["files_written"]
     );
-    // The stand-in saw the running-state checks.
-    assert!(
-        stand_ins
-            .calls()
-            .iter()
-            .any(|c| c.starts_with("systemctl is-active container@"))
-    );
+    // An offline root: the live systemd was never asked about its containers.
+    assert_eq!(stand_ins.calls(), Vec::<String>::new());
 }
 
+/// Issue 7 item 4: with `--root` other than `/`, the live systemd is never asked whether a
+/// container runs and never told to stop one (a container of the same name on this machine is
+/// another container); `--stop` is a usage error that changes nothing.
 #[test]
-fn a_running_legacy_container_is_refused_without_stop() {
+fn an_offline_root_never_asks_or_stops_the_live_systemd() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
@@ -205,25 +203,41 @@ fn a_running_legacy_container_is_refused_without_stop() {
         .to_string_lossy()
         .into_owned();
     let unit = format!("container@{name}.service");
+    // The live machine has a running unit of that name: it must not matter.
     let stand_ins = StandIns::new(&[&unit]);
-    let out = apply(root.path(), &stand_ins, &["--only", &name]);
-    assert_eq!(out.status.code(), Some(1));
+    let before = snapshot(root.path());
+    let out = apply(root.path(), &stand_ins, &["--only", &name, "--stop"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&name) && err.contains("--stop") && err.contains("systemctl stop"),
+        err.contains("--stop cannot be used with --root") && err.contains("not in use"),
         "{err}"
     );
-    assert!(!root.path().join("var/lib/machines").join(&name).exists());
-    let out = apply(root.path(), &stand_ins, &["--only", &name, "--stop"]);
+    assert_same("after a refused --stop", &before, &snapshot(root.path()));
+    let out = apply(root.path(), &stand_ins, &["--only", &name]);
     assert!(
         matches!(out.status.code(), Some(0) | Some(3)),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report = json(&out);
     assert!(
-        stand_ins
-            .calls()
-            .contains(&format!("systemctl stop {unit}"))
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["code"] == "offline-root"),
+        "{report}"
+    );
+    assert_eq!(
+        stand_ins.calls(),
+        Vec::<String>::new(),
+        "systemctl was called"
     );
     assert!(
         root.path()
@@ -285,10 +299,9 @@ fn imperative_profile_generations_are_carried_as_links() {
         }
         // The legacy profile stays until the user removes it.
         assert!(old.join("system").symlink_metadata().is_ok());
-        let nspawn = std::fs::read_to_string(
-            root.path()
-                .join(format!("etc/systemd/nspawn/{name}.nspawn")),
-        )
+        let nspawn = std::fs::read_to_string(root.path().join(format!(
+            "var/lib/nixos-nspawn/imperative/nspawn/{name}.nspawn"
+        )))
         .unwrap();
         assert!(nspawn.contains("Boot=no"), "{nspawn}");
     }

@@ -425,9 +425,10 @@ pub fn imperative_file(i: &Instance) -> String {
     }
     let raw = crate::render::nspawn::render(&i.raw_nspawn);
     if raw.lines().any(|l| l.contains('=')) {
-        out.push_str("# Raw keys in /etc/systemd/nspawn/");
-        out.push_str(&i.name);
-        out.push_str(".nspawn besides the ones these options give:\n");
+        out.push_str(&format!(
+            "# Raw keys in {} besides the ones these options give:\n",
+            crate::plan::nspawn_file(&i.name).display()
+        ));
         for l in raw.lines().filter(|l| l.contains('=')) {
             out.push_str(&format!("#   {l}\n"));
         }
