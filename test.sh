@@ -10,6 +10,12 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+# The state tests make small btrfs and XFS filesystems on loop devices (tests/state_fs.rs …)
+# and check inode flags with chattr/lsattr.
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
