@@ -273,6 +273,9 @@ impl Shared<'_> {
         if n.flags_want != 0 || n.inherits() {
             self.set_flags(fd, n.flags_now, n.flags_want, || n.rel())?;
         }
+        if n.flags_want != 0 {
+            self.flags_copied.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -329,9 +332,6 @@ impl Shared<'_> {
             .map_err(|e| self.write_err("set the inode flags of", &rel(), e))?;
         if lost != 0 {
             self.lose(rel(), lost, "the destination filesystem refused it");
-        }
-        if want & !lost != 0 {
-            self.flags_copied.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -419,6 +419,9 @@ impl Shared<'_> {
         if want & !flags::EARLY != 0 {
             // Last: +i/+a would forbid everything above.
             self.set_flags(dst.as_fd(), now, want, || rel.to_path_buf())?;
+        }
+        if want != 0 {
+            self.flags_copied.fetch_add(1, Ordering::Relaxed);
         }
         self.files.fetch_add(1, Ordering::Relaxed);
         Ok(sm)
