@@ -748,8 +748,9 @@ fn describe_outcome(
             }
             if copy.flags_copied > 0 {
                 s.push_str(&format!(
-                    "; inode flags kept on {} entries",
-                    copy.flags_copied
+                    "; inode flags kept on {} entr{}",
+                    copy.flags_copied,
+                    if copy.flags_copied == 1 { "y" } else { "ies" }
                 ));
             }
             s.push_str(&format!("; {from} is untouched"));

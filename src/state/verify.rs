@@ -92,20 +92,25 @@ impl VerifyReport {
         self.differences == 0
     }
 
-    /// `contents: 12 files (1.2 GiB) by shared extents, 3400 files hashed (45.0 MiB read)`;
-    /// empty below [`Verify::Full`].
+    /// `contents: 12 files (1.2 GiB) proven equal by shared extents, not read; 3400 files
+    /// hashed (45.0 MiB read)`; empty below [`Verify::Full`].
     pub fn methods(&self) -> String {
         if self.level != Verify::Full {
             return String::new();
         }
+        let files = |n: u64| format!("{n} file{}", if n == 1 { "" } else { "s" });
+        let hashed = format!(
+            "{} hashed ({} read)",
+            files(self.files_hashed),
+            super::error::human_bytes(self.bytes_hashed)
+        );
+        if self.files_by_extents == 0 {
+            return format!("contents: {hashed}");
+        }
         format!(
-            "contents: {} file{} ({}) proven equal by shared extents, not read; {} file{} hashed ({} read)",
-            self.files_by_extents,
-            if self.files_by_extents == 1 { "" } else { "s" },
+            "contents: {} ({}) proven equal by shared extents, not read; {hashed}",
+            files(self.files_by_extents),
             super::error::human_bytes(self.bytes_by_extents),
-            self.files_hashed,
-            if self.files_hashed == 1 { "" } else { "s" },
-            super::error::human_bytes(self.bytes_hashed),
         )
     }
 
