@@ -16,6 +16,9 @@ command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v chattr >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
+# nft: checks the firewall rules the module gets from nixpkgs' firewall-nftables.nix, and loads
+# them for the DHCP-through-the-firewall test.
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -24,6 +27,13 @@ if ((${#need[@]})); then
     echo "test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
     exit 1
   fi
+fi
+# The NixOS module is evaluated with nixpkgs' real files: $NIXPKGS (a checkout) or the vendored
+# copies in ../shared/nixpkgs. Without them the module tests would fail (REQUIRE_REAL_TOOLS);
+# say why up front.
+if [ -z "${NIXPKGS:-}" ] && [ ! -f ../shared/nixpkgs/nixos/lib/systemd-lib.nix ]; then
+  echo "test.sh: no nixpkgs files: set NIXPKGS to a nixpkgs checkout or provide ../shared/nixpkgs" >&2
+  exit 1
 fi
 export NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1
 cargo fmt --all -- --check

@@ -46,6 +46,11 @@ pub struct HostRoot {
     root: PathBuf,
     /// `O_PATH` descriptor of `root`; every host path is resolved relative to it.
     fd: Arc<OwnedFd>,
+    /// `O_PATH` descriptor of `root` as it was before any read-only view covered it: only for
+    /// asking whether a directory could be written ([`HostRoot::dir_writable`]), so that a dry
+    /// run can tell, through its own read-only view, what `--yes` would find. Never written
+    /// through.
+    underlying: Arc<OwnedFd>,
 }
 
 /// What kind of thing a host path names (without following a final symlink).
@@ -104,6 +109,7 @@ impl HostRoot {
         }
         Ok(HostRoot {
             root,
+            underlying: Arc::new(dup(&fd)?),
             fd: Arc::new(fd),
         })
     }
@@ -309,8 +315,14 @@ impl HostRoot {
 
     /// Whether this process may create entries in the directory `host` (`Err` on a read-only
     /// filesystem or without permission), and the bytes available to us on its filesystem.
+    /// Asked of the tree as mounted, not of our own read-only view of it.
     pub fn dir_writable(&self, host: &Path) -> io::Result<(io::Result<()>, u64)> {
-        let dir = self.open(host, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let dir = openat_confined(
+            self.underlying.as_fd(),
+            host,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
         let writable = rfs::accessat(
             &dir,
             c".",

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Migrate(args) => run_migrate(&cli.root, &args, cli.verbose),
+        Command::Imperative(cmd) => nixos_nspawn::imperative::run(&cli.root, cli.verbose, cmd),
     }
 }
 
@@ -137,7 +138,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
     migrate::add_redirects(&mut migration, &checked.redirects);
     if args.dry_run {
-        migrate::add_refusals(&mut migration, &checked.problems);
+        let mut problems = checked.problems.clone();
+        problems.extend(execute::writability_problems(&host, &checked));
+        migrate::add_refusals(&mut migration, &problems);
     }
     let mut failure = None;
     if view && let Err(e) = host.end_read_only_view() {

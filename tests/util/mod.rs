@@ -215,20 +215,33 @@ pub fn nix_parse(text: &str) -> Result<(), String> {
     }
 }
 
-/// nixpkgs' lib directory from `NIXPKGS_LIB` (never committed), or `None` after saying, visibly,
-/// that the test is skipped without it.
-pub fn nixpkgs_lib() -> Option<String> {
-    match std::env::var("NIXPKGS_LIB") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to run the module evaluation tests"
-            );
-            None
-        }
+/// The real nixpkgs files the module is evaluated with: `$NIXPKGS` (a nixpkgs checkout) when
+/// set, otherwise the vendored copies in `../shared/nixpkgs` next to the repository. Missing:
+/// a failure when `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` (CI), otherwise `None` after saying,
+/// visibly, that the test is skipped.
+pub fn nixpkgs() -> Option<String> {
+    let dir = match std::env::var("NIXPKGS") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo().join("../shared/nixpkgs"),
+    };
+    if dir.join("lib/default.nix").is_file() && dir.join("nixos/lib/systemd-lib.nix").is_file() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        return Some(dir.display().to_string());
     }
+    if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+        panic!(
+            "no nixpkgs at {} (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): the module tests evaluate \
+             nixos/ with nixpkgs' real files; set NIXPKGS to a nixpkgs checkout",
+            dir.display()
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped: no nixpkgs at {}; set NIXPKGS to a nixpkgs checkout to run the module evaluation tests",
+        dir.display()
+    );
+    None
 }
 
 pub fn is_root() -> bool {
@@ -475,4 +488,100 @@ pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, String>, b: &BTreeMap<PathB
         diffs.truncate(8);
         panic!("{what}: {n} differences, first ones:\n{}", diffs.join("\n"));
     }
+}
+
+/// Run systemd-networkd over `files` in private mount and network namespaces; the
+/// `FILE:LINE:` complaints, or `None` when the check cannot run here (after saying why).
+pub fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
+    let networkd_bin = Path::new("/lib/systemd/systemd-networkd");
+    if !networkd_bin.exists() || !have_tool("unshare", "util-linux") {
+        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+            panic!(
+                "systemd-networkd is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install systemd"
+            );
+        }
+        eprintln!(
+            "skipped: install systemd (/lib/systemd/systemd-networkd) and util-linux (unshare)"
+        );
+        return None;
+    }
+    if !is_root() {
+        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+            panic!("the networkd check needs root (namespaces and mounts)");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipped: the networkd check needs root"
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("network");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    for (name, text) in files {
+        std::fs::write(cfg.join(name), text).unwrap();
+    }
+    // A canary that matches `lo`: networkd logs its path once it has loaded the directory,
+    // which proves the files were read even when none of them matches a link here.
+    std::fs::write(
+        cfg.join("000-canary.network"),
+        "[Match]\nName=lo\n\n[Network]\nKeepConfiguration=yes\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "set -e\n\
+         mount -t sysfs -o ro sysfs /sys\n\
+         mkdir -p /run/systemd/netif\n\
+         mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif\n\
+         chown systemd-network:systemd-network /run/systemd/netif\n\
+         mount --bind {cfg} /etc/systemd/network\n\
+         mount --bind {empty} /lib/systemd/network\n\
+         if [ -d /run/systemd/network ]; then mount --bind {empty} /run/systemd/network; fi\n\
+         ip link set lo up\n\
+         SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console /lib/systemd/systemd-networkd >{log} 2>&1 & P=$!\n\
+         sleep 2\n\
+         kill $P\n\
+         wait $P || true\n",
+        cfg = cfg.display(),
+        empty = empty.display(),
+        log = log.display()
+    );
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "unshare",
+            "-m",
+            "-n",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "networkd harness failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("/etc/systemd/network/000-canary.network"),
+        "networkd did not read the units:\n{log}"
+    );
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.starts_with("/etc/systemd/network/")
+                && l.split(':')
+                    .nth(1)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    Some(bad.into_iter().map(str::to_string).collect())
 }
