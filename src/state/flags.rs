@@ -180,9 +180,9 @@ pub(crate) fn apply(fd: BorrowedFd<'_>, cur: u32, want: u32) -> Result<u32, Errn
 }
 
 /// Which copied flags the filesystem of the directory `dir` can hold, tried on an unnamed
-/// temporary file (`O_TMPFILE`: nothing appears in the directory, nothing stays). When the
-/// probe itself is impossible, every flag counts as supported, so that verification stays
-/// strict.
+/// temporary file (`O_TMPFILE`: nothing appears in the directory, nothing stays). Where no file
+/// can be made (a read-only mount being checked again), the filesystem type decides
+/// ([`known_support`]).
 pub(crate) fn probe(dir: BorrowedFd<'_>) -> u32 {
     let fd: OwnedFd = match rfs::openat(
         dir,
@@ -191,12 +191,12 @@ pub(crate) fn probe(dir: BorrowedFd<'_>) -> u32 {
         Mode::from_raw_mode(0o600),
     ) {
         Ok(fd) => fd,
-        Err(_) => return COPYABLE,
+        Err(_) => return known_support(dir),
     };
     let base = match rfs::ioctl_getflags(fd.as_fd()) {
         Ok(f) => f.bits(),
         Err(Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => return 0,
-        Err(_) => return COPYABLE,
+        Err(_) => return known_support(dir),
     };
     let mut supported = 0;
     for f in COPIED {
@@ -213,6 +213,19 @@ pub(crate) fn probe(dir: BorrowedFd<'_>) -> u32 {
         }
     }
     supported
+}
+
+/// The copied flags a filesystem type is known to hold (Linux 6.x): every one on btrfs; `aAdSi`
+/// on XFS and ext2/3/4, `aAdi` on tmpfs (no `+C`, no compression flags); all of them, so that
+/// verification stays strict, for a type not in this list.
+fn known_support(dir: BorrowedFd<'_>) -> u32 {
+    const TMPFS: u32 = APPEND | IMMUTABLE | 0x40 | 0x80;
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    match rfs::fstatfs(dir).map(|s| s.f_type as i64) {
+        Ok(0x5846_5342) | Ok(0xEF53) => TMPFS | 0x08,
+        Ok(0x0102_1994) => TMPFS,
+        _ => COPYABLE,
+    }
 }
 
 #[cfg(test)]
