@@ -282,6 +282,12 @@ fn inode_flags_are_copied_verified_and_reported_where_lost() {
         matches!(again, StateOutcome::AlreadyDone { .. }),
         "{again:?}"
     );
+    // Checked again with the destination mounted read-only (no probe file can be made there):
+    // still the finished copy, the missing +C is not held against it.
+    run("mount", &["-o", "remount,ro", xfs.mnt.to_str().unwrap()]);
+    let ro = state::migrate_state(&src, &dest, &opts(StateMode::Copy, Verify::Full));
+    run("mount", &["-o", "remount,rw", xfs.mnt.to_str().unwrap()]);
+    assert!(matches!(ro.unwrap(), StateOutcome::AlreadyDone { .. }));
     // A flag removed behind the tool's back is a difference.
     chattr("-i", &dest.join("etc/locked"));
     let v = state::verify_tree(&src, &dest, Verify::Metadata).unwrap();
