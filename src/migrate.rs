@@ -65,6 +65,64 @@ pub struct ScanOptions {
     pub from_json: Option<PathBuf>,
     /// `--host NAME` for flake hosts.
     pub host_name: Option<String>,
+    /// What evaluating the containers with the host's own Nix gave ([`evaluate_host`]; a live
+    /// host, `--root /`, without `--no-eval`): the facts, `None` inside when Nix is not
+    /// installed, or why it failed. Merged over the source text by [`scan`].
+    pub evaluated: Option<Result<Option<Vec<SourceFacts>>, Warning>>,
+}
+
+/// The evaluation command for the configuration [`scan`] reads (the same choice: `--config`,
+/// else the host's flake, else configuration.nix), or `None` when there is none.
+pub fn host_eval_command(host: &HostRoot, opts: &ScanOptions) -> Option<nix_source::EvalCommand> {
+    use nix_source::EvalCommand;
+    let (fs, entry): (&dyn SourceFs, PathBuf) = match &opts.config {
+        Some(path) => match host_path_of(host, path) {
+            Some(hp) => (&HostFs(host), hp),
+            None => (&PlainFs, path.clone()),
+        },
+        None => {
+            let flake = Path::new("/etc/nixos/flake.nix");
+            let conf = Path::new("/etc/nixos/configuration.nix");
+            if host.exists(flake) {
+                (&HostFs(host), flake.to_path_buf())
+            } else if host.exists(conf) {
+                return Some(EvalCommand::Nixos {
+                    configuration: None,
+                });
+            } else {
+                return None;
+            }
+        }
+    };
+    if entry.file_name().is_some_and(|n| n == "flake.nix") {
+        let fr = nix_source::read_flake(fs, &entry, opts.host_name.as_deref());
+        return Some(fr.eval_command.unwrap_or(EvalCommand::Flake {
+            dir: entry.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            host: opts.host_name.clone(),
+        }));
+    }
+    Some(EvalCommand::for_config(&entry))
+}
+
+/// Evaluate the containers on the running machine with its own Nix (read-only, time-limited),
+/// for [`ScanOptions::evaluated`]. Runs before the host is sealed read-only: Nix itself must be
+/// able to open its store. `None` when there is no configuration to evaluate.
+pub fn evaluate_host(
+    host: &HostRoot,
+    opts: &ScanOptions,
+) -> Option<Result<Option<Vec<SourceFacts>>, Warning>> {
+    use crate::legacy::host_eval;
+    let cmd = host_eval_command(host, opts)?;
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string());
+    let host_name = opts.host_name.clone().or(machine);
+    Some(host_eval::evaluate(
+        &crate::runner::Runner::default(),
+        &cmd,
+        host_name.as_deref(),
+        host_eval::TIMEOUT,
+    ))
 }
 
 /// Read everything the host says about its legacy containers and merge it per container.
@@ -123,10 +181,29 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
-    if let Some(r) = nix {
-        configured = r.facts;
-        problems.extend(r.problems);
-        files_read.extend(r.files_read);
+    let mut nix_files: Vec<PathBuf> = Vec::new();
+    if let Some(mut r) = nix {
+        if let Some(entry) = &opts.config
+            && r.facts.is_empty()
+            && r.problems.is_empty()
+            && opts.evaluated.is_none()
+        {
+            problems.push(nix_source::no_containers_warning(entry, &r));
+        }
+        configured = std::mem::take(&mut r.facts);
+        problems.append(&mut r.problems);
+        nix_files = r.files_read.clone();
+        files_read.append(&mut r.files_read);
+        match &opts.evaluated {
+            Some(Ok(Some(facts))) => crate::legacy::host_eval::absorb(
+                facts.clone(),
+                &r.container_sets,
+                &mut configured,
+                &mut problems,
+            ),
+            Some(Err(w)) => problems.push(w.clone()),
+            Some(Ok(None)) | None => {}
+        }
     }
     if let Some(json) = &opts.from_json {
         match std::fs::read_to_string(json) {
@@ -161,10 +238,35 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         let disk = disk_by_name.remove(&name);
         containers.push(assemble(name, disk, configured));
     }
+    // Host settings that target the legacy units (container@<name>): they stop applying.
+    let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+    let outside_root = opts
+        .config
+        .as_ref()
+        .is_some_and(|p| host_path_of(host, p).is_none());
+    for f in nix_files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "nix"))
+    {
+        let text = if outside_root {
+            std::fs::read_to_string(f)
+        } else {
+            host.read_to_string(f)
+        };
+        if let Ok(text) = text {
+            problems.extend(crate::translate::host_refs::scan(f, &text, &names));
+        }
+    }
+    let gcroots_dirs = containers
+        .iter()
+        .map(|c| (c.name.clone(), crate::plan::legacy_gcroots_dir(&c.name)))
+        .filter(|(_, p)| host.kind(p).ok().flatten() == Some(crate::host::Kind::Dir))
+        .collect();
     LegacyHost {
         containers,
         problems,
         files_read,
+        gcroots_dirs,
     }
 }
 
@@ -297,13 +399,18 @@ pub fn prepare(
         .iter()
         .map(|c| translate::translate(c, &ctx))
         .collect();
+    // Declarative containers' profiles too: their guests' per-user profiles live there.
     let profiles: BTreeMap<String, PathBuf> = legacy
         .containers
         .iter()
-        .filter(|c| c.has_profile_generations)
         .filter_map(|c| Some((c.name.clone(), c.profile_dir.clone()?)))
         .collect();
-    let plan = plan::plan(&instances, &|n| profiles.get(n).cloned(), output);
+    let plan = plan::plan(
+        &instances,
+        &|n| profiles.get(n).cloned(),
+        &|n| legacy.gcroots_dirs.get(n).cloned(),
+        output,
+    );
     // Blocked containers stay out of the file: one invalid name would fail the whole rebuild.
     let declarative: Vec<Instance> = instances
         .iter()
@@ -421,6 +528,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         },
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
+        guest_files: i
+            .guest_files
+            .iter()
+            .map(|(p, t)| (p.display().to_string(), t.clone()))
+            .collect(),
         translated: i.applied.clone(),
         warnings,
         plan: steps,

@@ -14,6 +14,7 @@
 pub mod example;
 pub mod flags;
 pub mod guest;
+pub mod host_refs;
 pub mod mapping;
 pub mod model;
 pub mod network;
@@ -54,7 +55,13 @@ spec!(
     P2P_PREFIX_CHOSEN,
     "p2p-prefix-chosen",
     ChangedMeaning,
-    "legacy point-to-point /32 (/128) addresses became a subnet on the veth; the chosen prefix is named in the message"
+    "a host/local address pair written with prefixes that differ or do not hold both addresses became one subnet on the veth; the chosen prefix is named in the message (pairs without prefixes stay point-to-point and are not reported)"
+);
+spec!(
+    ADDRESS_PAIR_INCOMPLETE,
+    "address-pair-incomplete",
+    ChangedMeaning,
+    "only one end of a point-to-point pair is set (hostAddress without localAddress or the reverse): that end keeps its /32 (/128), but the routes legacy's scripts added towards the missing end are gone; the message says what to add"
 );
 spec!(
     BRIDGE_ADDRESS_WITHOUT_PREFIX,
@@ -165,10 +172,22 @@ spec!(
     "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
 );
 spec!(
+    GUEST_FILES_COPIED,
+    "guest-files-copied",
+    ChangedMeaning,
+    "files the guest config imports needed eth0/useHostResolvConf rewrites: rewritten copies are written next to the output and imported instead (originals unchanged)"
+);
+spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
-    "copied Nix text uses names that were bound in the legacy host file (let bindings, function arguments); bind them in the new file"
+    "copied Nix text uses names the legacy host file binds in a way that cannot be carried over (parameters of a function around the module, `a.b = …` bindings, one name bound twice); bind them in the new file"
+);
+spec!(
+    MODULE_ARGUMENT,
+    "module-argument",
+    ChangedMeaning,
+    "copied Nix text uses arguments of the host's module function (inputs, specialArgs); the generated module takes them the same way, so it must be imported into that configuration"
 );
 spec!(
     GUEST_CONFIG_UNPARSABLE,
@@ -201,6 +220,36 @@ spec!(
     "an option value is malformed for its new key and was not carried over"
 );
 spec!(
+    FORWARD_PORTS_WITHOUT_VETH,
+    "forward-ports-without-veth",
+    ChangedMeaning,
+    "forwardPorts on a private network without a veth (macvlan or moved interfaces only): the module forwards ports over its veth only, so they were dropped; the message names the raw Port= keys that keep nspawn's own forwarding"
+);
+spec!(
+    VETH_WITHOUT_ADDRESSES,
+    "veth-without-addresses",
+    ChangedMeaning,
+    "a veth without host or local addresses: legacy left both ends unconfigured, the module's default mode runs a DHCP server, NAT and router advertisements on ve-<name> and DHCP in the guest; the message says how to keep the links unconfigured"
+);
+spec!(
+    NETWORK_ZONE_DECLARED,
+    "network-zone-declared",
+    ChangedMeaning,
+    "--network-zone= needs the zone declared for the module: nixos.containers.zones.<zone> is emitted, whose bridge serves DHCP, NAT and router advertisements where legacy's bridge was left unconfigured"
+);
+spec!(
+    GUEST_GATEWAY_WITHOUT_INTERFACE,
+    "guest-gateway-without-interface",
+    NeedsHuman,
+    "the guest sets networking.defaultGateway(6) without an interface; the container now runs systemd-networkd, where NixOS requires defaultGateway.interface (\"host0\")"
+);
+spec!(
+    CONTAINER_UNIT_OVERRIDE,
+    "container-unit-override",
+    NeedsHuman,
+    "the host configuration overrides systemd.services.\"container@<name>\" (or the container@ template); the migrated container runs as systemd-nspawn@<name>.service, so those settings stop applying: move them"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -211,6 +260,7 @@ spec!(
 pub const WARNINGS: &[&WarningSpec] = &[
     &UNRESOLVED_EXPRESSION,
     &P2P_PREFIX_CHOSEN,
+    &ADDRESS_PAIR_INCOMPLETE,
     &BRIDGE_ADDRESS_WITHOUT_PREFIX,
     &INVALID_ADDRESS,
     &ADDRESSES_WITHOUT_PRIVATE_NETWORK,
@@ -229,12 +279,19 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &ETH0_REFERENCE,
     &USE_HOST_RESOLV_CONF_REMOVED,
     &FREE_VARIABLE,
+    &MODULE_ARGUMENT,
     &GUEST_FILES_NOT_REWRITTEN,
+    &GUEST_FILES_COPIED,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,
     &EXTRA_VETH_UNITS,
     &INTERFACE_NAME_TOO_LONG,
     &INVALID_VALUE,
+    &FORWARD_PORTS_WITHOUT_VETH,
+    &VETH_WITHOUT_ADDRESSES,
+    &NETWORK_ZONE_DECLARED,
+    &GUEST_GATEWAY_WITHOUT_INTERFACE,
+    &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,
 ];
 
@@ -290,6 +347,7 @@ impl<'a> Tx<'a> {
             dropin: Dropin::default(),
             host_networks: Vec::new(),
             guest_networks: Vec::new(),
+            guest_files: std::collections::BTreeMap::new(),
             applied: Vec::new(),
             warnings: Vec::new(),
         };
@@ -388,7 +446,36 @@ impl<'a> Tx<'a> {
     /// Was this option already reported by a reader (same option path)?
     pub fn reader_warned(&self, option: &str) -> bool {
         let opt = self.opt(option);
-        self.c.warnings.iter().any(|w| w.option == opt)
+        // A reader's warning about a part (`bindMounts."/x"`) is about the option too.
+        let part = format!("{opt}.");
+        self.c
+            .warnings
+            .iter()
+            .any(|w| w.option == opt || w.option.starts_with(&part))
+    }
+}
+
+/// What the legacy `container@.service` had and the stock `systemd-nspawn@.service` lacks,
+/// independent of any option (nixos-containers.nix, `serviceDirectives`), and the state rule of
+/// ephemeral containers.
+fn service_defaults(tx: &mut Tx) {
+    // A crashed container was restarted; the stock unit has no Restart= at all.
+    tx.dropin_service("Restart", "on-failure");
+    // Legacy ran an ephemeral container from /run/nixos-containers/<name>, empty at every
+    // boot, never from /var/lib/nixos-containers/<name>: that directory (if any, e.g. from
+    // before the container was made ephemeral) must not become the snapshot source of every
+    // boot. The new root starts empty, as legacy's did; the old directory is left untouched.
+    if tx.i.spec.ephemeral
+        && let Some(old) = tx.i.state.from.take()
+    {
+        tx.applied(
+            "ephemeral",
+            format!(
+                "{} is not copied: legacy ran the ephemeral container from an empty /run/nixos-containers/{}",
+                old.display(),
+                tx.c.name
+            ),
+        );
     }
 }
 
@@ -432,6 +519,9 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
             f(&mut tx);
         }
     }
+    // Decisions that depend on several rows (and on extraFlags, which run last).
+    network::after_rows(&mut tx);
+    service_defaults(&mut tx);
 
     let module = crate::render::nspawn::module_settings(&tx.i.name, &tx.i.spec);
     let clashes = crate::render::nspawn::conflicts(&module, &tx.i.raw_nspawn);
