@@ -123,7 +123,17 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
+    let mut nix_sites = Vec::new();
+    let mut nix_option_lines: BTreeMap<String, Vec<(PathBuf, usize)>> = BTreeMap::new();
     if let Some(r) = nix {
+        // For `--rewrite`: where each container is defined, and where each option was read.
+        nix_sites = r.sites;
+        for f in &r.facts {
+            let lines = nix_option_lines.entry(f.container.clone()).or_default();
+            for (_, origin) in f.options.values() {
+                lines.push((origin.file.clone(), origin.line.unwrap_or(0)));
+            }
+        }
         configured = r.facts;
         problems.extend(r.problems);
         files_read.extend(r.files_read);
@@ -165,6 +175,8 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         containers,
         problems,
         files_read,
+        nix_sites,
+        nix_option_lines,
     }
 }
 

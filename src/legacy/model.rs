@@ -299,4 +299,11 @@ pub struct LegacyHost {
     pub problems: Vec<Warning>,
     /// Host paths of every file that was read, in reading order (for the report).
     pub files_read: Vec<PathBuf>,
+    /// Every binding of the Nix source that defines a container (for `migrate --rewrite`).
+    #[serde(skip)]
+    pub nix_sites: Vec<crate::legacy::nix_source::DefinitionSite>,
+    /// Per container: the file and line of every option the Nix source reader read for it
+    /// (`migrate --rewrite` checks that each lies inside a binding it replaces).
+    #[serde(skip)]
+    pub nix_option_lines: BTreeMap<String, Vec<(PathBuf, usize)>>,
 }

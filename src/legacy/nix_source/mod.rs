@@ -327,6 +327,23 @@ impl SourceFs for PlainFs {
     }
 }
 
+/// A binding that defines (part of) one container: `containers.x = …;`, `containers.x.opt =
+/// …;`, `config.containers.x = …;` or the member `x = …;` of `containers = { … }` (byte range
+/// of the whole binding, `;` included). What `migrate --rewrite` replaces.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DefinitionSite {
+    pub container: String,
+    /// Host path of the file.
+    pub file: PathBuf,
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line of the binding.
+    pub line: usize,
+    /// False when the file was read as the value of `containers` or of one container (a file
+    /// imported as `containers = import ./c.nix;`), not as a module.
+    pub in_module: bool,
+}
+
 /// What the whole configuration tree says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NixSourceResult {
@@ -337,6 +354,8 @@ pub struct NixSourceResult {
     pub problems: Vec<Warning>,
     /// Every file read, in reading order.
     pub files_read: Vec<PathBuf>,
+    /// Every binding that defines a container, in reading order (for `migrate --rewrite`).
+    pub sites: Vec<DefinitionSite>,
 }
 
 /// How a file named by another is to be read.
@@ -374,6 +393,8 @@ pub struct FileFacts {
     /// configuration (one container's value, or a set of them); `problems` then holds the
     /// warning saying so.
     pub fragment: Option<Fragment>,
+    /// Every binding that defines a container ([`DefinitionSite`]).
+    pub sites: Vec<DefinitionSite>,
 }
 
 /// Pure: one file's text → its containers and the files it names. `Err` when the file does not
@@ -542,6 +563,7 @@ fn read_nix_file_classified(
         imports: ex.imports,
         problems: ex.problems,
         fragment,
+        sites: ex.sites,
     })
 }
 
@@ -721,6 +743,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             }
             _ => ff,
         };
+        out.sites.extend(ff.sites.iter().cloned());
         for mut c in ff.containers {
             if !matches!(imp.role, ImportRole::Container(_)) {
                 c.condition = match (imp.condition.clone(), c.condition.take()) {
