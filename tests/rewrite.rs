@@ -76,7 +76,11 @@ fn render(nixpkgs: &str, configuration: &Path, attr: &str) -> serde_json::Value 
         .arg("--arg")
         .arg("configuration")
         .arg(configuration)
-        .args(["-A", attr])
+        .args(if attr.is_empty() {
+            vec![]
+        } else {
+            vec!["-A", attr]
+        })
         .env("NIXPKGS", nixpkgs)
         .stdin(Stdio::null())
         .output()
@@ -352,4 +356,75 @@ fn a_file_changed_after_reading_is_not_written() {
     assert!(err.contains("changed since it was read"), "{err}");
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), changed);
     assert!(backups(t.path()).is_empty());
+}
+
+#[test]
+fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
+    let t = tree("shapes");
+    let files = ["configuration.nix", "prefixed.nix", "merged.nix", "q.nix"];
+    let before: Vec<String> = files
+        .iter()
+        .map(|f| read(t.path(), &format!("/etc/nixos/{f}")))
+        .collect();
+    let out = nixos_nspawn(t.path(), &["migrate", "--yes", "--rewrite"]);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (name, why) in [
+        ("stopped", "already defines `systemd.services`"),
+        ("q", "/etc/nixos/q.nix:2, outside the bindings"),
+        ("m", "not written directly as `containers = { … };`"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("container {name} is not rewritten in place")))
+            .unwrap_or_else(|| panic!("no refusal for {name}: {}", text(&out)));
+        assert!(line.contains(why), "{line}");
+    }
+    let after: Vec<String> = files
+        .iter()
+        .map(|f| read(t.path(), &format!("/etc/nixos/{f}")))
+        .collect();
+    for (f, a) in files.iter().zip(&after) {
+        nix_parse(a).unwrap_or_else(|e| panic!("{f}: {e}\n{a}"));
+    }
+    // `config.containers."my-web"` keeps its `config.` prefix; merged.nix and q.nix untouched.
+    assert!(
+        after[1].contains("  config.nixos.containers.instances.my-web = {\n"),
+        "{}",
+        after[1]
+    );
+    assert_eq!(after[2], before[2]);
+    assert_eq!(after[3], before[3]);
+    // p left the set (q stays in it), stopped stays as it was; both (mkMerge) was replaced.
+    let conf = &after[0];
+    assert!(conf.contains("  containers = {\n    # p is rewritten, q is not (its options are in q.nix): p moves out of the set\n    q = import ./q.nix;\n  };\n  nixos.containers.instances.p = {\n"), "{conf}");
+    assert!(
+        conf.contains("  containers.stopped = {\n    autoStart = false;\n"),
+        "{conf}"
+    );
+    assert!(!conf.contains("containers.both"), "{conf}");
+
+    let Some(lib) = nixpkgs() else { return };
+    // The host files alone: the rewritten containers are new instances, the refused ones are
+    // still legacy containers, and the module finds no name in both.
+    let conf_path = t.path().join("etc/nixos/configuration.nix");
+    let all = render(&lib, &conf_path, "");
+    assert_eq!(all["assertions"], serde_json::json!([]), "{all}");
+    let names: Vec<&String> = all["description"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["both", "my-web", "p"]);
+    // With the separate file too, exactly the refused ones are defined twice (legacy and new):
+    // they went to the output file and are still in the host files.
+    let wrap = t.path().join("wrap.nix");
+    std::fs::write(
+        &wrap,
+        format!(
+            "{{ imports = [ {} {} ]; }}\n",
+            conf_path.display(),
+            t.path().join("etc/nixos/nspawn-containers.nix").display()
+        ),
+    )
+    .unwrap();
+    let both = render(&lib, &wrap, "");
+    let a = both["assertions"].to_string();
+    assert!(a.contains("m, q, stopped are declared both"), "{a}");
 }
