@@ -428,3 +428,38 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     let a = both["assertions"].to_string();
     assert!(a.contains("m, q, stopped are declared both"), "{a}");
 }
+
+/// The codes of the warnings the JSON report gives container `name`.
+fn codes(report: &serde_json::Value, name: &str) -> Vec<String> {
+    report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn in_place_the_let_bindings_are_no_free_variables() {
+    let t = tree("basic");
+    let plain = nixos_nspawn(t.path(), &["migrate", "--dry-run", "--json"]);
+    let plain = util::json(&plain);
+    assert!(codes(&plain, "web").contains(&"free-variable".to_string()));
+    let out = nixos_nspawn(t.path(), &["migrate", "--dry-run", "--json", "--rewrite"]);
+    // stdout stays one JSON document; the diff is on stderr.
+    let report = util::json(&out);
+    assert!(!codes(&report, "web").contains(&"free-variable".to_string()));
+    assert!(!codes(&report, "b-2").contains(&"free-variable".to_string()));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("+  nixos.containers.instances.web = {"),
+        "{}",
+        text(&out)
+    );
+    // Everything is rewritten in place: no separate file is planned.
+    assert!(report["output"].is_null(), "{report}");
+}
