@@ -403,6 +403,12 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
         "{conf}"
     );
     assert!(!conf.contains("containers.both"), "{conf}");
+    assert!(
+        conf.contains(
+            "  nixos.containers.instances.cond = lib.mkIf (config.networking.useNetworkd) {\n"
+        ),
+        "{conf}"
+    );
 
     let Some(lib) = nixpkgs() else { return };
     // The host files alone: the rewritten containers are new instances, the refused ones are
@@ -411,7 +417,7 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     let all = render(&lib, &conf_path, "");
     assert_eq!(all["assertions"], serde_json::json!([]), "{all}");
     let names: Vec<&String> = all["description"].as_object().unwrap().keys().collect();
-    assert_eq!(names, ["both", "my-web", "p"]);
+    assert_eq!(names, ["both", "cond", "my-web", "p"]);
     // With the separate file too, exactly the refused ones are defined twice (legacy and new):
     // they went to the output file and are still in the host files.
     let wrap = t.path().join("wrap.nix");
