@@ -35,6 +35,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Migrate(args) => run_migrate(&cli.root, &args, cli.verbose),
+        Command::Imperative(cmd) => nixos_nspawn::imperative::run(&cli.root, cli.verbose, cmd),
     }
 }
 
