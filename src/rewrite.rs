@@ -992,12 +992,13 @@ pub fn unified_diff(name: &str, old: &str, new: &str) -> String {
                 ops.push((' ', am[x]));
                 x += 1;
                 y += 1;
-            } else if y < m && (x == n || t[x * (m + 1) + y + 1] >= t[(x + 1) * (m + 1) + y]) {
-                ops.push(('+', bm[y]));
-                y += 1;
-            } else {
+            } else if x < n && (y == m || t[(x + 1) * (m + 1) + y] >= t[x * (m + 1) + y + 1]) {
+                // Removed lines before added ones, as diff(1) shows them.
                 ops.push(('-', am[x]));
                 x += 1;
+            } else {
+                ops.push(('+', bm[y]));
+                y += 1;
             }
         }
     } else {
@@ -1175,6 +1176,17 @@ mod tests {
         assert_eq!(
             d,
             "--- f\n+++ f (rewritten)\n@@ -1,7 +1,7 @@\n a\n b\n c\n-d\n+D\n e\n f\n g\n"
+        );
+    }
+
+    #[test]
+    fn edit_diff_shows_whole_old_lines_then_new_ones() {
+        let old = "{\n  # keep\n  a = 1; b = 2;\n  c = 3;\n}\n";
+        let a = old.find("a = 1;").unwrap_or(0);
+        let d = edit_diff("f", old, &[(a..a + 6, "x = 1;".into())]);
+        assert_eq!(
+            d,
+            "--- f\n+++ f (rewritten)\n@@ -1,5 +1,5 @@\n {\n   # keep\n-  a = 1; b = 2;\n+  x = 1; b = 2;\n   c = 3;\n }\n"
         );
     }
 
