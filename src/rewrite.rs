@@ -49,6 +49,10 @@ pub struct Refusal {
 pub struct RewritePlan {
     pub edits: Vec<FileEdit>,
     pub refused: Vec<Refusal>,
+    /// Containers with no legacy definition left in the source that are already defined in the
+    /// new form (`nixos.containers.instances.NAME`, e.g. by an earlier `--rewrite`), with where:
+    /// they stay out of the separate output file, which would define them a second time.
+    pub in_place: Vec<(String, PathBuf, usize)>,
 }
 
 impl RewritePlan {
@@ -57,6 +61,7 @@ impl RewritePlan {
         self.edits
             .iter()
             .flat_map(|e| e.containers.iter().cloned())
+            .chain(self.in_place.iter().map(|(n, _, _)| n.clone()))
             .collect()
     }
 
@@ -75,6 +80,14 @@ impl RewritePlan {
                  import the nixos-nspawn module (nixos/README.md: `imports = [ \
                  /path/to/nixos-nspawn/nixos ];`, or the flake's nixosModules.default)\n",
             );
+        }
+        for (name, file, line) in &self.in_place {
+            out.push_str(&format!(
+                "--rewrite: container {name} is already defined in the new form at {}:{line} \
+                 (nixos.containers.instances.{}); it is left out of the output file\n",
+                file.display(),
+                crate::nixtext::attr_name(name)
+            ));
         }
         for r in &self.refused {
             out.push_str(&format!(
@@ -97,6 +110,7 @@ pub fn plan(
     read: &dyn Fn(&Path) -> std::io::Result<String>,
 ) -> RewritePlan {
     let mut out = RewritePlan::default();
+    let new_form = new_form_definitions(&legacy.files_read, read);
     let mut by_file: BTreeMap<PathBuf, Vec<(Instance, Vec<&DefinitionSite>)>> = BTreeMap::new();
     for i in instances {
         let sites: Vec<&DefinitionSite> = legacy
@@ -106,6 +120,11 @@ pub fn plan(
             .collect();
         if sites.is_empty() {
             // Nothing in the source to replace (already rewritten, or only on disk).
+            if i.kind == Kind::Declarative
+                && let Some((f, l)) = new_form.get(&i.name)
+            {
+                out.in_place.push((i.name.clone(), f.clone(), *l));
+            }
             continue;
         }
         let refuse = |reason: String| Refusal {
@@ -212,6 +231,51 @@ pub fn plan(
         out.refused.extend(refused);
         if let Some(e) = edit {
             out.edits.push(e);
+        }
+    }
+    out
+}
+
+/// Where the Nix files read define `nixos.containers.instances.NAME` (dotted, or as a member
+/// of `nixos.containers.instances = { … };`): container name → file and line of the first.
+fn new_form_definitions(
+    files: &[PathBuf],
+    read: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> BTreeMap<String, (PathBuf, usize)> {
+    const NEW: [&str; 3] = ["nixos", "containers", "instances"];
+    let mut out = BTreeMap::new();
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "nix"))
+    {
+        let Ok(text) = read(f) else { continue };
+        let parsed = rnix::Root::parse(&text);
+        let line = |off: usize| text[..off.min(text.len())].matches('\n').count() + 1;
+        for apv in parsed
+            .syntax()
+            .descendants()
+            .filter(|n| n.kind() == K::NODE_ATTRPATH_VALUE)
+        {
+            let texts = path_texts(&apv);
+            let Some(k) = texts.windows(3).position(|w| w == NEW) else {
+                continue;
+            };
+            let mut found: Vec<(String, usize)> = Vec::new();
+            if let Some(name) = texts.get(k + 3) {
+                found.push((name.clone(), usize::from(apv.text_range().start())));
+            } else if let Some(set) = rnix::ast::AttrpathValue::cast(apv.clone())
+                .and_then(|a| a.value())
+                .and_then(|v| rnix::ast::AttrSet::cast(v.syntax().clone()))
+            {
+                for m in set.attrpath_values() {
+                    if let Some(n) = path_texts(m.syntax()).first() {
+                        found.push((n.clone(), usize::from(m.syntax().text_range().start())));
+                    }
+                }
+            }
+            for (name, off) in found {
+                out.entry(name).or_insert_with(|| (f.clone(), line(off)));
+            }
         }
     }
     out

@@ -469,3 +469,58 @@ fn in_place_the_let_bindings_are_no_free_variables() {
     // Everything is rewritten in place: no separate file is planned.
     assert!(report["output"].is_null(), "{report}");
 }
+
+/// Deploy container `name` in the tree as the legacy module would have: its `.conf` a link
+/// through `/etc/static` into a store path.
+fn deploy(root: &Path, name: &str, conf: &str) {
+    let store = root.join("nix/store/00000000000000000000000000000000-etc/etc/nixos-containers");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join(format!("{name}.conf")), conf).unwrap();
+    let stat = root.join("etc/static");
+    if !stat.exists() {
+        std::os::unix::fs::symlink("/nix/store/00000000000000000000000000000000-etc/etc", &stat)
+            .unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc/nixos-containers")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/etc/static/nixos-containers/{name}.conf"),
+        root.join(format!("etc/nixos-containers/{name}.conf")),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_deployed_container_rewritten_earlier_is_not_written_twice() {
+    let t = tree("basic");
+    deploy(
+        t.path(),
+        "web",
+        "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.0.0.1\nLOCAL_ADDRESS=10.0.0.2\n",
+    );
+    let out = nixos_nspawn(t.path(), &["migrate", "--yes", "--rewrite"]);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    let after = read(t.path(), "/etc/nixos/configuration.nix");
+    assert!(!t.path().join("etc/nixos/nspawn-containers.nix").exists());
+    // Before nixos-rebuild the legacy .conf is still there: a second run finds web on disk
+    // only, and must not write a second definition of it into the output file.
+    let again = nixos_nspawn(t.path(), &["migrate", "--yes", "--rewrite"]);
+    assert!(
+        matches!(again.status.code(), Some(0 | 3)),
+        "{}",
+        text(&again)
+    );
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains(
+            "container web is already defined in the new form at /etc/nixos/configuration.nix:"
+        ),
+        "{}",
+        text(&again)
+    );
+    assert!(
+        !t.path().join("etc/nixos/nspawn-containers.nix").exists(),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(read(t.path(), "/etc/nixos/configuration.nix"), after);
+}
