@@ -185,6 +185,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         failure = Some(e);
     }
     // The host's files are rewritten last, once everything else was done.
+    let mut rewrite_failure = None;
     if args.yes
         && failure.is_none()
         && let Some(p) = &rewrite
@@ -202,7 +203,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                     .files_written
                     .extend(p.edits.iter().map(|e| e.file.clone()));
             }
-            Err(e) => return Err(Error::Other(e)),
+            Err(e) => rewrite_failure = Some(e),
         }
     }
     if let Some(p) = &rewrite {
@@ -229,6 +230,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     }
     if let Some(e) = failure {
         return Err(Error::Other(e.to_string()));
+    }
+    if let Some(e) = rewrite_failure {
+        return Err(Error::Other(format!("--rewrite: {e}")));
     }
     Ok(report.summary.exit_code)
 }

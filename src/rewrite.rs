@@ -330,6 +330,14 @@ fn shape_of(apv: &SyntaxNode, name: &str) -> Result<Shape, String> {
                 .parent()
                 .filter(|p| p.kind() == K::NODE_ATTR_SET)
                 .ok_or("the binding is not in an attribute set")?;
+            if rnix::ast::AttrSet::cast(parent.clone()).is_some_and(|s| s.rec_token().is_some()) {
+                // New names (`nixos`, `systemd`) in a `rec` set would be seen by its members.
+                return Err(
+                    "the binding is in a `rec` set, where new names would be seen by \
+                            the other bindings"
+                        .into(),
+                );
+            }
             let prefix: Vec<String> = attrs[..k]
                 .iter()
                 .map(|a| a.syntax().text().to_string())
@@ -378,8 +386,16 @@ fn shape_of(apv: &SyntaxNode, name: &str) -> Result<Shape, String> {
                 if texts.last().map(String::as_str) != Some("containers") {
                     return Err(direct.into());
                 }
-                if parent.parent().map(|p| p.kind()) != Some(K::NODE_ATTR_SET) {
-                    return Err("the `containers` binding is not in an attribute set".into());
+                let outer = parent
+                    .parent()
+                    .and_then(rnix::ast::AttrSet::cast)
+                    .ok_or("the `containers` binding is not in an attribute set")?;
+                if outer.rec_token().is_some() {
+                    return Err(
+                        "the `containers` binding is in a `rec` set, where new names \
+                                would be seen by the other bindings"
+                            .into(),
+                    );
                 }
                 let attrs = attrs_of(&parent);
                 let prefix: Vec<String> = attrs[..attrs.len() - 1]

@@ -524,3 +524,25 @@ fn a_deployed_container_rewritten_earlier_is_not_written_twice() {
     );
     assert_eq!(read(t.path(), "/etc/nixos/configuration.nix"), after);
 }
+
+#[test]
+fn a_definition_in_a_rec_set_is_refused_and_its_file_left_alone() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("etc/nixos")).unwrap();
+    let conf =
+        "{ config, lib, ... }:\nrec {\n  containers.r = { autoStart = true; config = { }; };\n}\n";
+    std::fs::write(t.path().join("etc/nixos/configuration.nix"), conf).unwrap();
+    let out = nixos_nspawn(t.path(), &["migrate", "--yes", "--rewrite"]);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "container r is not rewritten in place: at /etc/nixos/configuration.nix:3: the binding is in a `rec` set"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(read(t.path(), "/etc/nixos/configuration.nix"), conf);
+    assert!(backups(t.path()).is_empty());
+    let sep = read(t.path(), "/etc/nixos/nspawn-containers.nix");
+    assert!(sep.contains("nixos.containers.instances.r ="), "{sep}");
+}
