@@ -216,7 +216,7 @@ fn host_file_evaluates_as_a_module_body() {
     );
     assert!(stdout.contains("[ \"web\" ]"), "{stdout}");
     assert!(
-        stdout.contains("hostAddresses = [ \"10.233.1.1/30\" ]"),
+        stdout.contains("hostAddresses = [ \"10.233.1.1/32\" ]"),
         "{stdout}"
     );
     assert!(stdout.contains("ResolvConf = \"off\""), "{stdout}");

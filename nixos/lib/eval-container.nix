@@ -120,10 +120,6 @@ let
       message = "invalid container name \"${name}\": use 1 to 63 letters, digits and \"-\", not starting or ending with \"-\" (no \".\" or \"_\")";
     }
     {
-      assertion = !(inst.network != null && inst.network.zone == null && inst.network.bridge == null && inst.network.veth) || I.vethNameFits name;
-      message = "container name \"${name}\" is longer than 12 characters: its interface ve-${name} would be renamed by systemd-nspawn; use a shorter name or a zone";
-    }
-    {
       assertion = inst.forwardPorts == [ ] || I.hasVeth inst;
       message = "container ${name}: forwardPorts need `network = { };` (a private network with a veth)";
     }

@@ -299,6 +299,9 @@ pub struct LegacyHost {
     pub problems: Vec<Warning>,
     /// Host paths of every file that was read, in reading order (for the report).
     pub files_read: Vec<PathBuf>,
+    /// Per container name: its legacy GC-root directory
+    /// (`/nix/var/nix/gcroots/per-container/NAME`), when it is a directory.
+    pub gcroots_dirs: BTreeMap<String, PathBuf>,
     /// Every binding of the Nix source that defines a container (for `migrate --rewrite`).
     #[serde(skip)]
     pub nix_sites: Vec<crate::legacy::nix_source::DefinitionSite>,
