@@ -617,44 +617,67 @@ fn top_paths(rendered: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Why the new bindings cannot go into `parent` (which keeps the entries not in `removed`):
-/// Nix refuses `a = …;` beside `a.b = …;` unless `a`'s value is a literal set.
+/// Why the new bindings cannot go into `parent` (which keeps the entries not in `removed`).
+/// Nix merges `a.b = …;` into a literal `a = { … };` beside it, but refuses it beside any
+/// other value of `a` (`a = x;`, `a = lib.mkIf …;`) and refuses the same name twice.
 fn collision(parent: &SyntaxNode, removed: &[Range<usize>], new: &[Vec<String>]) -> Option<String> {
-    for child in parent.children() {
+    new.iter().find_map(|p| clash(parent, removed, p, p))
+}
+
+/// [`collision`] for one new path `p` (the rest of `full` that falls into `set`).
+fn clash(
+    set: &SyntaxNode,
+    removed: &[Range<usize>],
+    p: &[String],
+    full: &[String],
+) -> Option<String> {
+    for child in set.children() {
         let r = child.text_range();
         let r = usize::from(r.start())..usize::from(r.end());
         if removed.iter().any(|x| x.start <= r.start && r.end <= x.end) {
             continue;
         }
-        let existing = match child.kind() {
-            K::NODE_ATTRPATH_VALUE => path_texts(&child),
-            K::NODE_INHERIT => {
-                let Some(inh) = rnix::ast::Inherit::cast(child.clone()) else {
-                    continue;
-                };
-                let names: Vec<String> = inh.attrs().filter_map(|a| attr_text(&a)).collect();
-                if let Some(n) = names
-                    .iter()
-                    .find(|n| new.iter().any(|p| p.first() == Some(n)))
-                {
-                    return Some(format!("the same set inherits `{n}`"));
-                }
-                continue;
+        if child.kind() == K::NODE_INHERIT {
+            let inh = rnix::ast::Inherit::cast(child.clone())?;
+            if let Some(n) = inh
+                .attrs()
+                .filter_map(|a| attr_text(&a))
+                .find(|n| p.first() == Some(n))
+            {
+                return Some(format!("an `inherit` there already defines `{n}`"));
             }
-            _ => continue,
-        };
-        for p in new {
-            let k = existing.len().min(p.len());
-            if existing[..k] == p[..k] && existing.len() != p.len() || existing == *p {
-                return Some(format!(
-                    "the same set already defines `{}`, which the new `{}` would clash with; \
-                     write that binding as `{}.… = …;` (dotted) and run again",
-                    existing.join("."),
-                    p.join("."),
-                    existing.join(".")
-                ));
+            continue;
+        }
+        if child.kind() != K::NODE_ATTRPATH_VALUE {
+            continue;
+        }
+        let existing = path_texts(&child);
+        let k = existing.len().min(p.len());
+        if existing[..k] != p[..k] {
+            continue;
+        }
+        if existing.len() < p.len() {
+            // `systemd.services = { … };` takes `systemd.services.x = …;` when it is a plain
+            // literal set: look inside it.
+            let inner = rnix::ast::AttrpathValue::cast(child.clone())
+                .and_then(|a| a.value())
+                .and_then(|v| rnix::ast::AttrSet::cast(v.syntax().clone()))
+                .filter(|s| s.rec_token().is_none());
+            if let Some(inner) = inner {
+                match clash(inner.syntax(), removed, &p[existing.len()..], full) {
+                    Some(w) => return Some(w),
+                    None => continue,
+                }
             }
         }
+        return Some(format!(
+            "the same set already defines `{}` (not as a plain `{{ … }}`), which the new `{}` \
+             would clash with; write that binding as `{}.… = …;` (dotted) or as a plain set, \
+             and run again",
+            existing.join("."),
+            full.join("."),
+            existing.join(".")
+        ));
     }
     None
 }

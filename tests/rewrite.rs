@@ -199,7 +199,7 @@ fn rewrite_parses_evaluates_and_changes_only_the_definitions() {
     assert_eq!(d["db"]["ephemeral"], true);
     assert_eq!(
         d["web"]["network"]["v4"]["static"]["hostAddresses"],
-        serde_json::json!(["10.0.0.1/30"])
+        serde_json::json!(["10.0.0.1/32"])
     );
     // The guest config still sees the host's `config` (same scope).
     let g = render(&lib, &conf_path, "guestSettings");
@@ -361,7 +361,13 @@ fn a_file_changed_after_reading_is_not_written() {
 #[test]
 fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     let t = tree("shapes");
-    let files = ["configuration.nix", "prefixed.nix", "merged.nix", "q.nix"];
+    let files = [
+        "configuration.nix",
+        "prefixed.nix",
+        "merged.nix",
+        "q.nix",
+        "clash.nix",
+    ];
     let before: Vec<String> = files
         .iter()
         .map(|f| read(t.path(), &format!("/etc/nixos/{f}")))
@@ -370,7 +376,7 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (name, why) in [
-        ("stopped", "already defines `systemd.services`"),
+        ("stopped", "already defines `systemd.services` (not as a plain `{ … }`)"),
         ("q", "/etc/nixos/q.nix:2, outside the bindings"),
         ("m", "not written directly as `containers = { … };`"),
     ] {
@@ -395,13 +401,12 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     );
     assert_eq!(after[2], before[2]);
     assert_eq!(after[3], before[3]);
+    assert_eq!(after[4], before[4]);
     // p left the set (q stays in it), stopped stays as it was; both (mkMerge) was replaced.
     let conf = &after[0];
     assert!(conf.contains("  containers = {\n    # p is rewritten, q is not (its options are in q.nix): p moves out of the set\n    q = import ./q.nix;\n  };\n  nixos.containers.instances.p = {\n"), "{conf}");
-    assert!(
-        conf.contains("  containers.stopped = {\n    autoStart = false;\n"),
-        "{conf}"
-    );
+    // The new drop-ins merged into the plain `systemd.services = { … };`.
+    assert!(conf.contains("  systemd.services.\"systemd-nspawn@p\" = {"), "{conf}");
     assert!(!conf.contains("containers.both"), "{conf}");
     assert!(
         conf.contains(
