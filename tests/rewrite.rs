@@ -376,7 +376,10 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (name, why) in [
-        ("stopped", "already defines `systemd.services` (not as a plain `{ … }`)"),
+        (
+            "stopped",
+            "already defines `systemd.services` (not as a plain `{ … }`)",
+        ),
         ("q", "/etc/nixos/q.nix:2, outside the bindings"),
         ("m", "not written directly as `containers = { … };`"),
     ] {
@@ -406,7 +409,10 @@ fn shapes_are_rewritten_or_refused_and_the_result_evaluates() {
     let conf = &after[0];
     assert!(conf.contains("  containers = {\n    # p is rewritten, q is not (its options are in q.nix): p moves out of the set\n    q = import ./q.nix;\n  };\n  nixos.containers.instances.p = {\n"), "{conf}");
     // The new drop-ins merged into the plain `systemd.services = { … };`.
-    assert!(conf.contains("  systemd.services.\"systemd-nspawn@p\" = {"), "{conf}");
+    assert!(
+        conf.contains("  systemd.services.\"systemd-nspawn@p\" = {"),
+        "{conf}"
+    );
     assert!(!conf.contains("containers.both"), "{conf}");
     assert!(
         conf.contains(
