@@ -220,7 +220,8 @@ pub fn execute(
                 }
                 Step::WriteContainerFile { path }
                 | Step::WriteNspawn { path }
-                | Step::WriteDropin { path } => {
+                | Step::WriteDropin { path }
+                | Step::WriteGuestFile { path } => {
                     let text = file_text(step, inst);
                     write_file(
                         host,
@@ -301,6 +302,7 @@ fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
     match step {
         Step::WriteNspawn { .. } => crate::plan::imperative_nspawn_text(inst),
         Step::WriteDropin { .. } => crate::plan::imperative_dropin_text(inst),
+        Step::WriteGuestFile { path } => inst.guest_files.get(path).cloned().unwrap_or_default(),
         _ => crate::render::nix::imperative_file(inst),
     }
 }
@@ -390,7 +392,8 @@ pub fn check_destinations(
                 }
                 Step::WriteContainerFile { path }
                 | Step::WriteNspawn { path }
-                | Step::WriteDropin { path } => files.push((Some(name), path)),
+                | Step::WriteDropin { path }
+                | Step::WriteGuestFile { path } => files.push((Some(name), path)),
                 _ => {}
             }
         }

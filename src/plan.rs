@@ -29,6 +29,8 @@ pub enum Step {
     WriteContainerFile { path: PathBuf },
     /// Write the `systemd-nspawn@NAME.service` drop-in of an imperative container.
     WriteDropin { path: PathBuf },
+    /// Write a rewritten copy of a file the guest config imports (the original stays).
+    WriteGuestFile { path: PathBuf },
 }
 
 impl Step {
@@ -49,6 +51,10 @@ impl Step {
             Step::WriteNspawn { path } => format!("write {}", path.display()),
             Step::WriteContainerFile { path } => format!("write {}", path.display()),
             Step::WriteDropin { path } => format!("write {}", path.display()),
+            Step::WriteGuestFile { path } => format!(
+                "write {} (a rewritten copy of a file the guest config imports)",
+                path.display()
+            ),
         }
     }
 }
@@ -201,6 +207,9 @@ pub fn plan(
                 }
             }
             Kind::Declarative => any_declarative = true,
+        }
+        for path in i.guest_files.keys() {
+            steps.push(Step::WriteGuestFile { path: path.clone() });
         }
         containers.push(ContainerPlan {
             name: i.name.clone(),

@@ -36,6 +36,9 @@ pub struct ContainerReport {
     pub networkd: BTreeMap<String, String>,
     /// The `systemd-nspawn@NAME.service` drop-in, when one is needed.
     pub dropin: Option<String>,
+    /// Rewritten copies of files the guest config imports: host path → text (what is written).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub guest_files: BTreeMap<String, String>,
     /// What each legacy option became.
     pub translated: Vec<Applied>,
     pub warnings: Vec<Warning>,

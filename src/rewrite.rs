@@ -178,10 +178,25 @@ pub fn plan(
         let ctx = crate::translate::Context {
             output_file: sites[0].file.clone(),
         };
+        let placed = crate::translate::translate(c, &ctx);
+        if !placed.guest_files.is_empty() {
+            // Those rewritten copies are written next to --output by the plan, not here.
+            let files: Vec<String> = placed
+                .guest_files
+                .keys()
+                .map(|p| p.display().to_string())
+                .collect();
+            out.refused.push(refuse(format!(
+                "its guest configuration imports files that need rewriting for the new \
+                 container ({}); those rewritten copies come with the separate output file",
+                files.join(", ")
+            )));
+            continue;
+        }
         by_file
             .entry(sites[0].file.clone())
             .or_default()
-            .push((crate::translate::translate(c, &ctx), sites));
+            .push((placed, sites));
     }
     for (file, items) in by_file {
         let text = match read(&file) {
@@ -453,6 +468,20 @@ const NOT_IN_PLACE: &[&str] = &["free-variable", "module-argument"];
 fn in_scope(i: &Instance, cond: &[String]) -> Instance {
     let mut i = i.clone();
     i.warnings.retain(|w| !NOT_IN_PLACE.contains(&w.code));
+    // The reader carries the host file's `let` bindings (and notes module arguments) for a
+    // copy that lands in another file; in place, the names are bound where they were.
+    for e in [
+        &mut i.spec.system_config,
+        &mut i.spec.nixpkgs,
+        &mut i.spec.special_args,
+        &mut i.spec.condition,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        e.lets.clear();
+        e.module_args.clear();
+    }
     i.spec.condition = match (i.spec.condition.take(), cond) {
         (_, []) => None,
         (Some(mut c), [one]) => {

@@ -466,7 +466,8 @@ fn in_place_the_let_bindings_are_no_free_variables() {
     let t = tree("basic");
     let plain = nixos_nspawn(t.path(), &["migrate", "--dry-run", "--json"]);
     let plain = util::json(&plain);
-    assert!(codes(&plain, "web").contains(&"free-variable".to_string()));
+    // The separate file cannot bind the `let`-bound name b-2's condition uses.
+    assert!(codes(&plain, "b-2").contains(&"free-variable".to_string()));
     let out = nixos_nspawn(t.path(), &["migrate", "--dry-run", "--json", "--rewrite"]);
     // stdout stays one JSON document; the diff is on stderr.
     let report = util::json(&out);
@@ -476,6 +477,14 @@ fn in_place_the_let_bindings_are_no_free_variables() {
         String::from_utf8_lossy(&out.stderr).contains("+  nixos.containers.instances.web = {"),
         "{}",
         text(&out)
+    );
+    // Nothing is carried: the names are bound where the definitions are.
+    let diff = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !diff
+            .lines()
+            .any(|l| l.starts_with('+') && l.contains("webPort = 8080")),
+        "{diff}"
     );
     // Everything is rewritten in place: no separate file is planned.
     assert!(report["output"].is_null(), "{report}");

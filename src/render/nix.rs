@@ -16,9 +16,14 @@ fn format(text: String) -> String {
     nixtext::format(&text).unwrap_or(text)
 }
 
-/// Verbatim Nix code, on its own lines so that a trailing comment cannot swallow what follows.
+/// Verbatim Nix code, on its own lines so that a trailing comment cannot swallow what follows,
+/// preceded by the `let` bindings of the host file it needs (carried by the reader).
 fn verbatim(e: &NixExpr) -> String {
-    format!("(\n{}\n)", e.text)
+    if e.lets.is_empty() {
+        return format!("(\n{}\n)", e.text);
+    }
+    let lets: Vec<&str> = e.lets.iter().map(|l| l.text.as_str()).collect();
+    format!("(\nlet\n{}\nin\n{}\n)", lets.join("\n"), e.text)
 }
 
 fn one_line(s: &str) -> String {
@@ -438,8 +443,8 @@ pub fn host_file(is: &[Instance]) -> String {
     );
     if args.len() > 3 {
         out.push_str(&format!(
-            "# {} were free names in the copied code: they are taken as module arguments here\n\
-             # (as flake `inputs` passed through specialArgs are); define any that were let bindings.\n",
+            "# {} are used by the copied code and not bound in it: they are taken as module\n\
+             # arguments here, as the legacy host module took them (specialArgs, _module.args).\n",
             args[3..].join(", ")
         ));
     }

@@ -172,10 +172,22 @@ spec!(
     "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
 );
 spec!(
+    GUEST_FILES_COPIED,
+    "guest-files-copied",
+    ChangedMeaning,
+    "files the guest config imports needed eth0/useHostResolvConf rewrites: rewritten copies are written next to the output and imported instead (originals unchanged)"
+);
+spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
-    "copied Nix text uses names that were bound in the legacy host file (let bindings, function arguments); bind them in the new file"
+    "copied Nix text uses names the legacy host file binds in a way that cannot be carried over (parameters of a function around the module, `a.b = …` bindings, one name bound twice); bind them in the new file"
+);
+spec!(
+    MODULE_ARGUMENT,
+    "module-argument",
+    ChangedMeaning,
+    "copied Nix text uses arguments of the host's module function (inputs, specialArgs); the generated module takes them the same way, so it must be imported into that configuration"
 );
 spec!(
     GUEST_CONFIG_UNPARSABLE,
@@ -267,7 +279,9 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &ETH0_REFERENCE,
     &USE_HOST_RESOLV_CONF_REMOVED,
     &FREE_VARIABLE,
+    &MODULE_ARGUMENT,
     &GUEST_FILES_NOT_REWRITTEN,
+    &GUEST_FILES_COPIED,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,
     &EXTRA_VETH_UNITS,
@@ -333,6 +347,7 @@ impl<'a> Tx<'a> {
             dropin: Dropin::default(),
             host_networks: Vec::new(),
             guest_networks: Vec::new(),
+            guest_files: std::collections::BTreeMap::new(),
             applied: Vec::new(),
             warnings: Vec::new(),
         };
@@ -431,7 +446,12 @@ impl<'a> Tx<'a> {
     /// Was this option already reported by a reader (same option path)?
     pub fn reader_warned(&self, option: &str) -> bool {
         let opt = self.opt(option);
-        self.c.warnings.iter().any(|w| w.option == opt)
+        // A reader's warning about a part (`bindMounts."/x"`) is about the option too.
+        let part = format!("{opt}.");
+        self.c
+            .warnings
+            .iter()
+            .any(|w| w.option == opt || w.option.starts_with(&part))
     }
 }
 
