@@ -106,8 +106,11 @@ pub fn dropin_file(name: &str) -> PathBuf {
 /// as ours (so a later run may replace it), then the settings.
 pub fn imperative_nspawn_text(i: &Instance) -> String {
     format!(
-        "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-        i.name,
+        "{}{}",
+        crate::render::unit::comment(&format!(
+            "Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).",
+            i.name
+        )),
         crate::render::nspawn::preview(i)
     )
 }
@@ -115,8 +118,11 @@ pub fn imperative_nspawn_text(i: &Instance) -> String {
 /// The exact bytes of an imperative container's unit drop-in (empty settings: no file).
 pub fn imperative_dropin_text(i: &Instance) -> String {
     format!(
-        "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
-        i.name,
+        "{}{}",
+        crate::render::unit::comment(&format!(
+            "systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.",
+            i.name
+        )),
         crate::render::nspawn::dropin(i)
     )
 }

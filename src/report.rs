@@ -47,6 +47,9 @@ pub struct ContainerReport {
     /// What happened (filled by a real run; absent in a dry run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
+    /// What the state step did: counts, verification by method, inode flags (real run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_result: Option<crate::state::StateSummary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -131,29 +134,29 @@ impl Report {
         let _ = writeln!(
             o,
             "nixos-nspawn migrate ({what}) on {}",
-            self.root.display()
+            safe_path(&self.root)
         );
         if self.containers.is_empty() {
             let _ = writeln!(o, "\nNo legacy containers found.");
         }
         for c in &self.containers {
-            let _ = writeln!(o, "\n━━ {} ({}) ━━", c.name, c.kind);
+            let _ = writeln!(o, "\n━━ {} ({}) ━━", safe(&c.name), c.kind);
             match &c.state.from {
                 Some(f) => {
-                    let _ = writeln!(o, "state: {} → {}", f.display(), c.state.to.display());
+                    let _ = writeln!(o, "state: {} → {}", safe_path(f), safe_path(&c.state.to));
                 }
                 None => {
                     let _ = writeln!(
                         o,
                         "state: none (→ {} is created on first start)",
-                        c.state.to.display()
+                        safe_path(&c.state.to)
                     );
                 }
             }
             if !c.translated.is_empty() {
                 let _ = writeln!(o, "\n  translated:");
                 for a in &c.translated {
-                    let _ = writeln!(o, "    {} → {}", a.option, a.target);
+                    let _ = writeln!(o, "    {} → {}", safe(&a.option), safe(&a.target));
                 }
             }
             for (cat, title) in [
@@ -166,15 +169,15 @@ impl Report {
                 }
                 let _ = writeln!(o, "\n  {title}:");
                 for w in ws {
-                    write_warning(&mut o, w);
+                    write_warning(&mut o, w, Some(&c.name));
                 }
             }
             let _ = writeln!(o, "\n  plan:");
             for (n, s) in c.plan.iter().enumerate() {
-                let _ = writeln!(o, "    {}. {}", n + 1, s.describe());
+                let _ = writeln!(o, "    {}. {}", n + 1, safe(&s.describe()));
             }
             for d in &c.done {
-                let _ = writeln!(o, "    done: {d}");
+                let _ = writeln!(o, "    done: {}", safe(&d.to_string()));
             }
             let _ = writeln!(
                 o,
@@ -186,28 +189,32 @@ impl Report {
                 }
             );
             indent(&mut o, &c.nix, "    ");
-            let _ = writeln!(o, "\n  {}.nspawn:", c.name);
+            let _ = writeln!(o, "\n  {}.nspawn:", safe(&c.name));
             indent(&mut o, &c.nspawn, "    ");
             for (file, text) in &c.networkd {
-                let _ = writeln!(o, "\n  {file}:");
+                let _ = writeln!(o, "\n  {}:", safe(&file.to_string()));
                 indent(&mut o, text, "    ");
             }
             if let Some(d) = &c.dropin {
-                let _ = writeln!(o, "\n  drop-in for systemd-nspawn@{}.service:", c.name);
+                let _ = writeln!(
+                    o,
+                    "\n  drop-in for systemd-nspawn@{}.service:",
+                    safe(&c.name)
+                );
                 indent(&mut o, d, "    ");
             }
         }
         if !self.problems.is_empty() || !self.redirects.is_empty() {
             let _ = writeln!(o, "\n━━ host ━━");
             for w in &self.problems {
-                write_warning(&mut o, w);
+                write_warning(&mut o, w, None);
             }
             for (from, to) in &self.redirects {
                 let _ = writeln!(
                     o,
                     "    {} is reached through a link: it is {}",
-                    from.display(),
-                    to.display()
+                    safe_path(from),
+                    safe_path(to)
                 );
             }
         }
@@ -220,7 +227,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "\nThe declarative configuration {verb} {}.",
-                out.display()
+                safe_path(out)
             );
             let _ = writeln!(
                 o,
@@ -232,7 +239,7 @@ impl Report {
             );
         }
         for d in &self.done {
-            let _ = writeln!(o, "done: {d}");
+            let _ = writeln!(o, "done: {}", safe(&d.to_string()));
         }
         let s = &self.summary;
         let _ = writeln!(
@@ -244,24 +251,31 @@ impl Report {
     }
 }
 
-fn write_warning(o: &mut String, w: &Warning) {
+/// `name` is the container the warning is about: a control character in it (a file
+/// `/etc/nixos-containers/a<newline>b.conf`) is escaped wherever the message quotes it, so that
+/// it does not break the message into lines of its own.
+fn write_warning(o: &mut String, w: &Warning, name: Option<&str>) {
     let loc = match (&w.file, w.line) {
-        (Some(f), Some(l)) => format!("{}:{}", f.display(), l),
-        (Some(f), None) => f.display().to_string(),
+        (Some(f), Some(l)) => format!("{}:{}", safe_path(f), l),
+        (Some(f), None) => safe_path(f),
         _ => String::new(),
     };
     // Messages usually start with the option and its location already; do not repeat them.
     let mut head = format!("    [{}]", w.code);
     if !w.message.starts_with(&w.option) {
         head.push(' ');
-        head.push_str(&w.option);
+        head.push_str(&safe(&w.option));
         if !loc.is_empty() && !w.message.contains(&loc) {
             head.push_str(&format!(" ({loc})"));
         }
     }
     let _ = writeln!(o, "{head}");
-    for line in w.message.lines() {
-        let _ = writeln!(o, "        {line}");
+    let message = match name {
+        Some(n) if n.chars().any(char::is_control) => w.message.replace(n, &safe(n)),
+        _ => w.message.clone(),
+    };
+    for line in message.lines() {
+        let _ = writeln!(o, "        {}", safe(line));
     }
 }
 
@@ -270,9 +284,34 @@ fn indent(o: &mut String, text: &str, pad: &str) {
         if line.is_empty() {
             o.push('\n');
         } else {
-            let _ = writeln!(o, "{pad}{line}");
+            let _ = writeln!(o, "{pad}{}", safe(line));
         }
     }
+}
+
+/// `s` for a terminal: control characters (a newline or an escape sequence in a container
+/// name, a path or a value read from a legacy file) shown as escapes, so that what the report
+/// prints cannot fake a line, a heading or terminal output. The JSON report escapes them itself.
+fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn safe_path(p: &std::path::Path) -> String {
+    safe(&p.display().to_string()).into_owned()
 }
 
 /// A byte count for people: `0 bytes`, `512 bytes`, `4.0 KiB`, `100.0 MiB`, `2.5 GiB`. Never

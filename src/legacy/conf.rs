@@ -37,8 +37,41 @@ pub const CONF_DUPLICATE_KEY: WarningSpec = WarningSpec {
     summary: "a container .conf file sets the same variable twice; the last one wins, as in systemd",
 };
 
+pub const CONF_NOT_TEXT: WarningSpec = WarningSpec {
+    code: "conf-not-text",
+    category: Category::NeedsHuman,
+    summary: "a file in the legacy .conf directory is not a text file (binary content); it is not read as a container",
+};
+
+/// Does `text` (a `.conf` read lossily) look like binary content rather than an env file?
+/// An env file is text: a control character (other than tab and CR) on its first line, or in
+/// more than 1 in 10 of its bytes, means something else was put there (a core dump, an
+/// editor's swap file, an executable). A single NUL inside a value of an otherwise normal file
+/// is not binary: that value is reported (and refused by the unit-value writer) instead.
+/// Returns a description for the warning: where, and the first bytes, escaped.
+pub fn binary_content(text: &str) -> Option<String> {
+    let is_ctl = |c: char| c.is_control() && !matches!(c, '\n' | '\t' | '\r');
+    let first_line = text.split('\n').next().unwrap_or("");
+    let total = text.chars().count();
+    let ctl = text
+        .chars()
+        .filter(|&c| is_ctl(c) || c == '\u{FFFD}')
+        .count();
+    let binary =
+        first_line.chars().any(|c| is_ctl(c) || c == '\u{FFFD}') || (total > 0 && ctl * 10 > total);
+    if !binary {
+        return None;
+    }
+    let head: String = text.chars().take(24).collect();
+    Some(format!(
+        "{ctl} of its {total} characters are control characters or not UTF-8; it starts with `{}`",
+        crate::render::unit::shown(&head)
+    ))
+}
+
 /// Warning codes owned by this reader.
 pub const WARNINGS: &[&WarningSpec] = &[
+    &CONF_NOT_TEXT,
     &CONF_MALFORMED_LINE,
     &CONF_UNKNOWN_KEY,
     &CONF_BAD_VALUE,

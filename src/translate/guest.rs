@@ -75,6 +75,15 @@ fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
 }
 
 fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
+    // Before rnix, which overflows the stack (an abort) on some deep nestings.
+    if let Err(deep) = crate::nixtext::check_nesting(text) {
+        let (line, col) = crate::nixtext::line_col(text, deep.offset);
+        return Rewrite {
+            text: text.to_string(),
+            parse_error: Some(format!("line {line}, column {col}: {}", deep.message)),
+            ..Rewrite::default()
+        };
+    }
     let parse = rnix::Root::parse(text);
     if let Some(e) = parse.errors().first() {
         return Rewrite {
@@ -466,6 +475,10 @@ pub fn free_variables(text: &str) -> Vec<String> {
         "placeholder",
         "__curPos",
     ];
+    // Too deep to parse safely: the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
     let parse = rnix::Root::parse(text);
     let root = parse.tree();
     let root = root.syntax();
@@ -728,6 +741,9 @@ pub fn copy_path(output_file: &Path, container: &str, original: &Path) -> PathBu
 /// `map` gives a new place for is re-expressed, relative to `file`, to point there. Literals
 /// with interpolation are left alone.
 pub fn retarget_paths(text: &str, file: &Path, map: &dyn Fn(&Path) -> Option<PathBuf>) -> String {
+    if crate::nixtext::check_nesting(text).is_err() {
+        return text.to_string();
+    }
     let parse = rnix::Root::parse(text);
     if !parse.errors().is_empty() {
         return text.to_string();

@@ -293,6 +293,9 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
     &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,
+    // Declared with the unit-value writer whose rules they report; emitted by the translator.
+    &crate::render::unit::UNIT_VALUE_REFUSED,
+    &crate::render::unit::BIND_PATH_COLON,
 ];
 
 /// What the guest config says about name resolution (found by the `config` row, used by the
@@ -523,6 +526,8 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     network::after_rows(&mut tx);
     service_defaults(&mut tx);
 
+    refuse_unwritable(&mut tx);
+
     let module = crate::render::nspawn::module_settings(&tx.i.name, &tx.i.spec);
     let clashes = crate::render::nspawn::conflicts(&module, &tx.i.raw_nspawn);
     for k in clashes {
@@ -541,6 +546,50 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
         map.remove(key);
     }
     tx.i
+}
+
+/// Values systemd would misread (a control character ends a line and so injects one) are
+/// taken out by the unit-value writer's check; each becomes a warning on the option that
+/// produced it, whose "applied" record goes away (it was not applied).
+fn refuse_unwritable(tx: &mut Tx) {
+    use crate::render::unit::{UNIT_VALUE_REFUSED, refuse_unwritable};
+    for r in refuse_unwritable(&mut tx.i) {
+        let from =
+            tx.i.applied
+                .iter()
+                .position(|a| !r.value.is_empty() && a.target.contains(&r.value));
+        let option = match from {
+            Some(pos) => tx.i.applied.remove(pos).option,
+            None => format!("containers.{}", nixtext::attr_name(&tx.c.name)),
+        };
+        tx.i.applied
+            .retain(|a| r.value.is_empty() || !a.target.contains(&r.value));
+        // Where the value came from, so that the fix names the file to edit.
+        let o = &tx.c.options;
+        let origin = match option.rsplit('.').next().unwrap_or("") {
+            "extraFlags" => o.extra_flags.as_ref().map(|s| s.origin.clone()),
+            "privateUsers" => o.private_users.as_ref().map(|s| s.origin.clone()),
+            "bindMounts" => o.bind_mounts.as_ref().map(|s| s.origin.clone()),
+            "timeoutStartSec" => o.timeout_start_sec.as_ref().map(|s| s.origin.clone()),
+            _ => None,
+        };
+        let loc = origin
+            .as_ref()
+            .map(|o| format!(" ({})", o.location()))
+            .unwrap_or_default();
+        let mut w = Warning::new(
+            &UNIT_VALUE_REFUSED,
+            option.clone(),
+            format!(
+                "{option}{loc}: {}: {}; it was not carried over. Fix: {}",
+                r.target, r.reason, r.fix
+            ),
+        );
+        if let Some(o) = origin {
+            w = w.at(o.file, o.line);
+        }
+        tx.i.warnings.push(w);
+    }
 }
 
 #[cfg(test)]

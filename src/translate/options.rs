@@ -441,8 +441,12 @@ fn guest_files(
 fn referenced_files(text: &str) -> Vec<String> {
     use rnix::SyntaxKind;
     use rowan::ast::AstNode;
-    let parse = rnix::Root::parse(text);
     let mut out = Vec::new();
+    // Too deep to parse safely (an abort in rnix): the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return out;
+    }
+    let parse = rnix::Root::parse(text);
     for n in parse.tree().syntax().descendants() {
         if matches!(
             n.kind(),
@@ -736,12 +740,12 @@ pub fn add_bind(tx: &mut Tx, mut b: crate::legacy::BindMount) {
         b.host_path = Some(b.mount_point.clone());
     }
     // Order the unit after the mounts holding the source, as legacy did. Unit files split this
-    // key on whitespace and expand `%` specifiers: skip paths that would need quoting, double `%`.
+    // key on whitespace: skip paths that would need quoting (the unit-value writer doubles `%`).
     let source = b.host_path.as_deref().unwrap_or(&b.mount_point);
     if source.starts_with('/')
         && !source.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
     {
-        tx.dropin_unit("RequiresMountsFor", source.replace('%', "%%"));
+        tx.dropin_unit("RequiresMountsFor", source.to_string());
     }
     tx.i.spec
         .bind_mounts
@@ -753,27 +757,65 @@ fn bind_ok(s: &str) -> bool {
     s.starts_with('/') && !s.chars().any(|c| c.is_control())
 }
 
+/// One legacy bind mount (plain paths): carried over when both paths are absolute.
+fn add_bind_checked(tx: &mut Tx, origin: &crate::legacy::Origin, b: crate::legacy::BindMount) {
+    let host_ok = b.host_path.as_deref().is_none_or(bind_ok);
+    if !bind_ok(&b.mount_point) || !host_ok {
+        tx.warn(
+            &INVALID_VALUE,
+            "bindMounts",
+            Some(origin),
+            format!(
+                "bind mount {} → {} needs absolute paths; it was not carried over",
+                crate::render::unit::shown(b.host_path.as_deref().unwrap_or(&b.mount_point)),
+                crate::render::unit::shown(&b.mount_point)
+            ),
+        );
+        return;
+    }
+    add_bind(tx, b);
+}
+
 /// Row `bindMounts`.
 pub fn bind_mounts(tx: &mut Tx) {
     let Some(src) = tx.c.options.bind_mounts.clone() else {
         return;
     };
+    // The legacy module pasted both paths into `--bind=HOST:MOUNT` unescaped, so nspawn read
+    // `\:` as a `:` in the path and a bare `:` as a separator; the new module escapes plain
+    // paths itself. Paths read from a `.conf` were already split and unescaped by its reader.
+    let from_conf = src.origin.file.extension().is_some_and(|e| e == "conf");
     for b in &src.value {
-        let host_ok = b.host_path.as_deref().is_none_or(bind_ok);
-        if !bind_ok(&b.mount_point) || !host_ok {
+        if from_conf {
+            add_bind_checked(tx, &src.origin, b.clone());
+            continue;
+        }
+        let paths = [b.host_path.as_deref(), Some(b.mount_point.as_str())];
+        if let Some(p) = paths
+            .into_iter()
+            .flatten()
+            .find(|p| crate::render::unit::has_bare_colon(p))
+        {
             tx.warn(
-                &INVALID_VALUE,
+                &crate::render::unit::BIND_PATH_COLON,
                 "bindMounts",
                 Some(&src.origin),
                 format!(
-                    "bind mount {} → {} needs absolute paths; it was not carried over",
-                    b.host_path.as_deref().unwrap_or(&b.mount_point),
-                    b.mount_point
+                    "the bind path `{}` holds a `:` that the legacy `--bind=` flag read as a separator \
+                     (nspawn refused the mount, so the container could not start); it is now bound as the \
+                     path `{}`. Write `\\:` in a legacy path only to mean a literal `:`",
+                    crate::render::unit::shown(p),
+                    crate::render::unit::shown(p)
                 ),
             );
-            continue;
         }
-        add_bind(tx, b.clone());
+        let mut b = b.clone();
+        b.host_path = b
+            .host_path
+            .as_deref()
+            .map(crate::render::unit::unescape_bind_path);
+        b.mount_point = crate::render::unit::unescape_bind_path(&b.mount_point);
+        add_bind_checked(tx, &src.origin, b);
     }
     if !src.value.is_empty() {
         tx.applied(

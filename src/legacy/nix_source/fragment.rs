@@ -314,6 +314,7 @@ pub(crate) fn file_is_container(fs: &dyn super::SourceFs, path: &Path) -> Option
         return None;
     }
     let text = fs.read_to_string(&path).ok()?;
+    crate::nixtext::check_nesting(&text).ok()?;
     let parse = rnix::Root::parse(&text);
     if !parse.errors().is_empty() {
         return None;

@@ -426,6 +426,20 @@ pub fn read_nix_file(file: &Path, text: &str) -> Result<FileFacts, Warning> {
 }
 
 fn parse(file: &Path, text: &str) -> Result<rnix::Root, Warning> {
+    // Before rnix, which overflows the stack (an abort) on some deep nestings.
+    if let Err(deep) = crate::nixtext::check_nesting(text) {
+        let (line, col) = crate::nixtext::line_col(text, deep.offset);
+        return Err(Warning::new(
+            &NIX_PARSE_ERROR,
+            file.display().to_string(),
+            format!(
+                "{}:{line}:{col}: {}; the file was not read, so containers it defines are missing",
+                file.display(),
+                deep.message
+            ),
+        )
+        .at(file, Some(line)));
+    }
     let parse = rnix::Root::parse(text);
     if let Some(err) = parse.errors().first() {
         let lines = text::Lines::new(text);
@@ -733,6 +747,10 @@ const MAX_GUEST_FILES: usize = 200;
 /// `text` name, resolved from `file`.
 fn relative_nix_paths(file: &Path, text: &str) -> Vec<PathBuf> {
     use rowan::ast::AstNode;
+    // Too deep to parse safely: the guest rules report the text itself (guest.rs).
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
     let parse = rnix::Root::parse(text);
     let mut out = Vec::new();
     for n in parse.tree().syntax().descendants() {
