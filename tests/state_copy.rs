@@ -768,3 +768,94 @@ fn a_torn_file_with_finished_metadata_is_caught_by_full_verification_and_recopie
     );
     assert_eq!(rsync_diff(&src, &dest), "");
 }
+
+/// Issue 7, item 11: running out of inodes was reported as "about 409 bytes more is needed".
+#[test]
+fn inode_exhaustion_is_reported_as_such_before_and_during_the_copy() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_bulk_tree(&src, 4, 30, 0, 0);
+    // Plenty of bytes, 64 inodes.
+    let fs = Tmpfs::mount(&t.path().join("few-inodes"), "64m,nr_inodes=64");
+    let dest = fs.0.join("machines/web");
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err.kind(), StateErrorKind::NoInodes { during: None, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("not enough free inodes on the filesystem of")
+            && msg.contains("more files and directories to create")
+            && msg.contains("inodes free")
+            && !msg.contains("bytes"),
+        "{msg}"
+    );
+    assert!(!dest.exists());
+
+    // During the copy (a resumed run is not checked up front): the source grew after an
+    // interrupted run, and the inodes run out while creating a file.
+    let fs2 = Tmpfs::mount(&t.path().join("few-inodes-2"), "64m,nr_inodes=200");
+    let small = t.path().join("small");
+    build_bulk_tree(&small, 2, 10, 0, 0);
+    let dest = fs2.0.join("machines/web");
+    state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap();
+    let staging = fs2.0.join("machines/.web.partial");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::rename(&dest, staging.join("tree")).unwrap();
+    std::fs::rename(fs2.0.join("machines/.web.journal"), staging.join("journal")).unwrap();
+    build_bulk_tree(&small.join("more"), 4, 60, 0, 0);
+    let err = state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err.kind(),
+            StateErrorKind::NoInodes {
+                during: Some(_),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("out of inodes while trying to ")
+            && msg.contains("the next run resumes it")
+            && !msg.contains("bytes"),
+        "{msg}"
+    );
+}
+
+/// The engine gets paths that `execute` resolved inside the host root. A symlink put into such
+/// a path afterwards (here: the legacy directory replaced by a link to a tree elsewhere) must
+/// not be followed: the copy is refused, nothing is created, and the other tree is not read.
+#[test]
+fn a_symlink_among_the_parent_directories_is_refused() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let elsewhere = t.path().join("elsewhere/web");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret"), b"outside the root").unwrap();
+    std::os::unix::fs::symlink(
+        t.path().join("elsewhere"),
+        t.path().join("nixos-containers"),
+    )
+    .unwrap();
+    let src = t.path().join("nixos-containers/web");
+    let dest = t.path().join("machines/web");
+    std::fs::create_dir_all(t.path().join("machines")).unwrap();
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("symlink among its parent directories"),
+        "{msg}"
+    );
+    assert!(!dest.exists(), "nothing was created: {msg}");
+    assert_eq!(
+        std::fs::read_dir(t.path().join("machines"))
+            .unwrap()
+            .count(),
+        0,
+        "no staging or journal left behind"
+    );
+}
