@@ -8,12 +8,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (with --dry-run: everything can be migrated without follow-up)
-  1  error: nothing more was done after it; the message says what and how to fix it
-  2  usage error (bad command line)
-  3  done (or, with --dry-run, translatable), but some containers need manual follow-up:
-     see the warnings marked \"needs a human\" (category \"needs-human\" in --json)";
+Exit codes (\"summary.outcome\" in --json says the same in words):
+  0  success: done (with --dry-run: everything can be migrated) without follow-up
+  1  failed: a step failed after the checks passed; nothing more was done after it. What was
+     done before stays done (listed in the report); a partial copy waits in its staging
+     directory: run again to resume, or `migrate --rollback NAME` to go back
+  2  usage error (bad command line; or neither --dry-run nor --yes without a terminal)
+  3  success with follow-up: done (or, with --dry-run, translatable), but some containers
+     need a human: see the warnings marked \"needs a human\" (category \"needs-human\")
+  4  refused: a precondition failed before the first write (a legacy container runs, a
+     destination is not ours, not enough space, the host changed since --plan-out, …);
+     nothing was written. The report lists every problem (\"error.problems\" in --json)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,9 +59,15 @@ pub struct MigrateArgs {
     #[arg(long, short = 'y', conflicts_with = "dry_run")]
     pub yes: bool,
 
-    /// Print one JSON object on stdout instead of the human report.
+    /// Print one JSON document on stdout instead of the human report: per container what
+    /// was done, every file written (and its exact content), bytes copied, the verification
+    /// outcome and the warnings; `summary.outcome` and `error` say how the run ended.
     #[arg(long)]
     pub json: bool,
+
+    /// Print no report and no progress (only errors on stderr); the exit code tells the outcome.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 
     /// The host's NixOS configuration to read container definitions from (an ordinary path).
     /// Default: /etc/nixos/configuration.nix under --root, or the modules of /etc/nixos/flake.nix.
@@ -82,6 +93,10 @@ pub struct MigrateArgs {
     /// Only these containers (repeatable). Default: all.
     #[arg(long = "only", value_name = "NAME")]
     pub only: Vec<String>,
+
+    /// Leave these containers alone (repeatable): not translated, not touched.
+    #[arg(long = "exclude", value_name = "NAME")]
+    pub exclude: Vec<String>,
 
     /// What to do with each container's state directory.
     #[arg(long, value_enum, default_value_t = StateArg::Copy)]
@@ -134,7 +149,7 @@ mod tests {
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
         assert!(
-            help.contains("Exit codes:") && help.contains("3  done"),
+            help.contains("Exit codes") && help.contains("3  success with follow-up") && help.contains("4  refused"),
             "{help}"
         );
     }

@@ -37,6 +37,17 @@ pub struct ExecOptions {
     pub verify: VerifyArg,
     pub stop: bool,
     pub force: bool,
+    /// How the copy shows progress.
+    pub progress: ProgressKind,
+}
+
+/// How a state copy shows its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressKind {
+    /// Bars on a terminal, a line every few seconds otherwise.
+    Auto,
+    /// Nothing (`--quiet`).
+    None,
 }
 
 /// Failure of one step (or of the checks before the first step), with what to do about it.
@@ -45,6 +56,25 @@ pub struct StepError {
     /// The container the failure belongs to; `None` for the host-wide checks and files.
     pub container: Option<String>,
     pub message: String,
+    /// For a refusal before the first write: every problem found, one line each (the exit
+    /// code tells a refusal from a failure: see [`StepError::is_refusal`]).
+    pub refused: Option<Vec<String>>,
+}
+
+impl StepError {
+    /// Refused before anything was written (exit code 4), not failed midway (exit code 1).
+    pub fn is_refusal(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// The error as the report carries it.
+    pub fn to_run_error(&self) -> crate::report::RunError {
+        crate::report::RunError {
+            container: self.container.clone(),
+            message: self.to_string(),
+            problems: self.refused.clone().unwrap_or_default(),
+        }
+    }
 }
 
 impl std::fmt::Display for StepError {
@@ -62,16 +92,29 @@ fn step_err(container: &str, message: impl Into<String>) -> StepError {
     StepError {
         container: Some(container.to_string()),
         message: message.into(),
+        refused: None,
     }
 }
 
 /// Where legacy data lives: never a destination of ours.
 const LEGACY_ROOTS: &[(&str, &str)] = &[
-    ("/etc/nixos-containers", "where legacy containers are configured"),
-    ("/etc/containers", "where legacy containers (and podman) are configured"),
+    (
+        "/etc/nixos-containers",
+        "where legacy containers are configured",
+    ),
+    (
+        "/etc/containers",
+        "where legacy containers (and podman) are configured",
+    ),
     ("/var/lib/nixos-containers", "the legacy containers' state"),
-    ("/var/lib/containers", "the legacy containers' (and podman's) state"),
-    ("/nix/var/nix/profiles", "the system's and the legacy containers' profiles"),
+    (
+        "/var/lib/containers",
+        "the legacy containers' (and podman's) state",
+    ),
+    (
+        "/nix/var/nix/profiles",
+        "the system's and the legacy containers' profiles",
+    ),
 ];
 /// Read-only, or rewritten by every `nixos-rebuild`: a file written there is lost or fails.
 const NIXOS_MANAGED: &[(&str, &str)] = &[
@@ -106,136 +149,238 @@ pub fn execute(
     runner: &Runner,
     checked: Checked,
 ) -> Result<(), StepError> {
-    let targets = preflight(host, m, opts, runner, checked)?;
-    let stamp = now();
-    let progress = make_progress();
-    for (idx, cp) in m.plan.containers.iter().enumerate() {
-        let inst = &m.instances[idx];
-        let mut done = Vec::new();
-        for step in &cp.steps {
-            match step {
-                Step::Blocked { reason } => done.push(format!("skipped: {reason}")),
-                Step::StopLegacy { unit } => {
-                    if let Some(note) = ensure_stopped(&cp.name, unit, opts.stop, host, runner)? {
-                        done.push(note);
-                    }
-                }
-                Step::CopyState { from, to } => {
-                    let mode = match opts.state {
-                        StateArg::Copy => state::StateMode::Copy,
-                        StateArg::Move => state::StateMode::Move,
-                        StateArg::Skip => {
-                            done.push(format!(
-                                "state left in {} (--state skip); move it to {} yourself",
-                                from.display(),
-                                to.display()
-                            ));
-                            continue;
-                        }
-                    };
-                    if mode == state::StateMode::Copy {
-                        // The kernel now refuses any write to the legacy state, and reading it
-                        // changes no access time. Best effort: without privileges the copy
-                        // engine still never writes to the source.
-                        protect(host, from, &mut done);
-                    }
-                    // The engine takes real paths: both are resolved inside the root first
-                    // (and checked to hold no symlink), and the destination's parent is made
-                    // here, one component at a time, never through a link.
-                    let src = real_path(host, &cp.name, from)?;
-                    let dest_parent = to.parent().unwrap_or(Path::new("/"));
-                    host.create_dir_all(dest_parent, 0o700).map_err(|e| {
-                        step_err(
-                            &cp.name,
-                            format!("cannot create {}: {e}", dest_parent.display()),
-                        )
-                    })?;
-                    let dest = real_path(host, &cp.name, to)?;
-                    let verify = match opts.verify {
-                        VerifyArg::Full => state::Verify::Full,
-                        VerifyArg::Metadata => state::Verify::Metadata,
-                        VerifyArg::None => state::Verify::None,
-                    };
-                    progress.start(&cp.name);
-                    let outcome = state::migrate_state(
-                        &src,
-                        &dest,
-                        &state::MigrateStateOptions {
-                            mode,
-                            verify,
-                            force: opts.force,
-                            progress: progress.as_progress(),
-                        },
-                    )
-                    .map_err(|e| step_err(&cp.name, format!("{e}")))?;
-                    progress.finish();
-                    done.push(describe_outcome(
-                        &outcome,
-                        &shown(host, from),
-                        &shown(host, to),
-                        host,
-                    ));
-                }
-                Step::NoState { reason } => done.push(format!("no state: {reason}")),
-                Step::CarryProfile { from, to } => {
-                    // The legacy profile stays as it is, access times included.
-                    protect(host, from, &mut done);
-                    let src = real_path(host, &cp.name, from)?;
-                    let parent = to.parent().unwrap_or(Path::new("/"));
-                    host.create_dir_all(parent, 0o755).map_err(|e| {
-                        step_err(&cp.name, format!("cannot create {}: {e}", parent.display()))
-                    })?;
-                    let dest = real_path(host, &cp.name, to)?;
-                    let o = state::carry_profile(&src, &dest)
-                        .map_err(|e| step_err(&cp.name, format!("{e}")))?;
-                    done.push(if o.already_done {
-                        format!("profile {} already carried", shown(host, to))
-                    } else {
-                        format!(
-                            "profile {} → {}: generations {:?} linked (the store was not copied)",
-                            shown(host, from),
-                            shown(host, to),
-                            o.generations
-                        )
-                    });
-                }
-                Step::WriteContainerFile { path }
-                | Step::WriteNspawn { path }
-                | Step::WriteDropin { path } => {
-                    let text = file_text(step, inst);
-                    write_file(
-                        host,
-                        Some(&cp.name),
-                        path,
-                        targets.get(path),
-                        &text,
-                        stamp,
-                        &mut done,
-                        &mut m.report.files_written,
-                    )?;
-                }
-            }
-        }
-        if let Some(c) = m.report.containers.get_mut(idx) {
-            c.done = done;
+    use crate::report::ContainerStatus;
+    for c in &mut m.report.containers {
+        if c.status == ContainerStatus::Planned {
+            c.status = ContainerStatus::NotReached;
         }
     }
-    if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
-        let mut done = Vec::new();
-        let r = write_file(
+    let targets = preflight(host, m, opts, runner, checked)?;
+    let stamp = now();
+    let progress = make_progress(opts.progress);
+    for (idx, cp) in m.plan.containers.iter().enumerate() {
+        let Some(report) = m.report.containers.get_mut(idx) else {
+            continue;
+        };
+        if report.status != ContainerStatus::NotReached {
+            continue;
+        }
+        let mut rec = Record::default();
+        let r = run_container(
             host,
-            None,
-            &out,
-            targets.get(&out),
-            &text,
+            cp,
+            &report.files,
+            opts,
+            runner,
+            &targets,
             stamp,
-            &mut done,
-            &mut m.report.files_written,
+            progress.as_ref(),
+            &mut rec,
         );
-        m.report.done.extend(done);
+        report.done = rec.done;
+        report.state_result = rec.state;
+        report.status = if r.is_ok() {
+            ContainerStatus::Done
+        } else {
+            ContainerStatus::Failed
+        };
+        m.report.files_written.extend(rec.files.iter().cloned());
+        report.files_written = rec.files;
+        r?;
+    }
+    if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
+        let mut rec = Record::default();
+        let r = write_file(host, None, &out, targets.get(&out), &text, stamp, &mut rec);
+        m.report.done.extend(rec.done);
+        m.report.files_written.extend(rec.files);
         r?;
     }
     Ok(())
+}
+
+/// What the steps of one container did, for the report.
+#[derive(Default)]
+struct Record {
+    done: Vec<String>,
+    files: Vec<PathBuf>,
+    state: Option<crate::report::StateResult>,
+}
+
+/// The steps of one container, in order; the first failure ends them.
+#[allow(clippy::too_many_arguments)]
+fn run_container(
+    host: &HostRoot,
+    cp: &crate::plan::ContainerPlan,
+    files: &BTreeMap<PathBuf, String>,
+    opts: &ExecOptions,
+    runner: &Runner,
+    targets: &BTreeMap<PathBuf, FileTarget>,
+    stamp: u64,
+    progress: &dyn CopyProgress,
+    rec: &mut Record,
+) -> Result<(), StepError> {
+    for step in &cp.steps {
+        match step {
+            Step::Blocked { reason } => rec.done.push(format!("skipped: {reason}")),
+            Step::StopLegacy { unit } => {
+                if let Some(note) = ensure_stopped(&cp.name, unit, opts.stop, host, runner)? {
+                    rec.done.push(note);
+                }
+            }
+            Step::CopyState { from, to } => {
+                let mode = match opts.state {
+                    StateArg::Copy => state::StateMode::Copy,
+                    StateArg::Move => state::StateMode::Move,
+                    StateArg::Skip => {
+                        rec.done.push(format!(
+                            "state left in {} (--state skip); move it to {} yourself",
+                            from.display(),
+                            to.display()
+                        ));
+                        rec.state = Some(crate::report::StateResult {
+                            action: "skipped",
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                };
+                if mode == state::StateMode::Copy {
+                    // The kernel now refuses any write to the legacy state, and reading it
+                    // changes no access time. Best effort: without privileges the copy
+                    // engine still never writes to the source.
+                    protect(host, from, &mut rec.done);
+                }
+                // The engine takes real paths: both are resolved inside the root first
+                // (and checked to hold no symlink), and the destination's parent is made
+                // here, one component at a time, never through a link.
+                let src = real_path(host, &cp.name, from)?;
+                let dest_parent = to.parent().unwrap_or(Path::new("/"));
+                host.create_dir_all(dest_parent, 0o700).map_err(|e| {
+                    step_err(
+                        &cp.name,
+                        format!("cannot create {}: {e}", dest_parent.display()),
+                    )
+                })?;
+                let dest = real_path(host, &cp.name, to)?;
+                let verify = match opts.verify {
+                    VerifyArg::Full => state::Verify::Full,
+                    VerifyArg::Metadata => state::Verify::Metadata,
+                    VerifyArg::None => state::Verify::None,
+                };
+                progress.start(&cp.name);
+                let outcome = state::migrate_state(
+                    &src,
+                    &dest,
+                    &state::MigrateStateOptions {
+                        mode,
+                        verify,
+                        force: opts.force,
+                        progress: progress.as_progress(),
+                    },
+                )
+                .map_err(|e| step_err(&cp.name, format!("{e}")))?;
+                progress.finish();
+                rec.state = Some(state_result(&outcome));
+                rec.done.push(describe_outcome(
+                    &outcome,
+                    &shown(host, from),
+                    &shown(host, to),
+                    host,
+                ));
+            }
+            Step::NoState { reason } => rec.done.push(format!("no state: {reason}")),
+            Step::CarryProfile { from, to } => {
+                // The legacy profile stays as it is, access times included.
+                protect(host, from, &mut rec.done);
+                let src = real_path(host, &cp.name, from)?;
+                let parent = to.parent().unwrap_or(Path::new("/"));
+                host.create_dir_all(parent, 0o755).map_err(|e| {
+                    step_err(&cp.name, format!("cannot create {}: {e}", parent.display()))
+                })?;
+                let dest = real_path(host, &cp.name, to)?;
+                let o = state::carry_profile(&src, &dest)
+                    .map_err(|e| step_err(&cp.name, format!("{e}")))?;
+                rec.done.push(if o.already_done {
+                    format!("profile {} already carried", shown(host, to))
+                } else {
+                    format!(
+                        "profile {} → {}: generations {:?} linked (the store was not copied)",
+                        shown(host, from),
+                        shown(host, to),
+                        o.generations
+                    )
+                });
+            }
+            Step::WriteContainerFile { path }
+            | Step::WriteNspawn { path }
+            | Step::WriteDropin { path } => {
+                // The bytes the report showed (rendered once, in `migrate`).
+                let Some(text) = files.get(path) else {
+                    return Err(step_err(
+                        &cp.name,
+                        format!(
+                            "no content was prepared for {} (a bug); nothing more was written",
+                            path.display()
+                        ),
+                    ));
+                };
+                write_file(
+                    host,
+                    Some(&cp.name),
+                    path,
+                    targets.get(path),
+                    text,
+                    stamp,
+                    rec,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state engine's outcome as the report carries it.
+fn state_result(o: &state::StateOutcome) -> crate::report::StateResult {
+    let verification = |v: &state::VerifyReport| {
+        (v.level != state::Verify::None).then(|| crate::report::Verification {
+            level: format!("{:?}", v.level).to_lowercase(),
+            entries: v.entries,
+            bytes_hashed: v.bytes_hashed,
+            differences: v.differences,
+            outcome: if v.differences == 0 {
+                "passed"
+            } else {
+                "failed"
+            },
+        })
+    };
+    match o {
+        state::StateOutcome::Copied {
+            copy,
+            verify,
+            resumed,
+            ..
+        } => crate::report::StateResult {
+            action: "copied",
+            entries: copy.entries,
+            bytes_copied: copy.bytes,
+            resumed: *resumed,
+            verification: verification(verify),
+        },
+        state::StateOutcome::Moved => crate::report::StateResult {
+            action: "moved",
+            ..Default::default()
+        },
+        state::StateOutcome::AlreadyDone { verify } => crate::report::StateResult {
+            action: "already-done",
+            verification: verification(verify),
+            ..Default::default()
+        },
+        _ => crate::report::StateResult {
+            action: "skipped",
+            ..Default::default()
+        },
+    }
 }
 
 /// A host path for a message: itself, plus where it really leads when a link redirects it.
@@ -274,23 +419,6 @@ fn protect(host: &HostRoot, legacy: &Path, done: &mut Vec<String>) {
 fn is_ours(text: &[u8]) -> bool {
     let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
     first.starts_with(b"# ") && first.windows(12).any(|w| w == b"nixos-nspawn")
-}
-
-/// The content of a file an imperative container's plan writes.
-fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
-    match step {
-        Step::WriteNspawn { .. } => format!(
-            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-            inst.name,
-            crate::render::nspawn::preview(inst)
-        ),
-        Step::WriteDropin { .. } => format!(
-            "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
-            inst.name,
-            crate::render::nspawn::dropin(inst)
-        ),
-        _ => crate::render::nix::imperative_file(inst),
-    }
 }
 
 /// What the read-only checks of every destination found ([`check_destinations`]).
@@ -444,6 +572,7 @@ fn preflight(
         let n = problems.len();
         Err(StepError {
             container: None,
+            refused: Some(problems.clone()),
             message: format!(
                 "nothing was changed: {} found before the first write:\n- {}",
                 if n == 1 {
@@ -667,7 +796,6 @@ fn describe_outcome(o: &state::StateOutcome, from: &str, to: &str, host: &HostRo
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_file(
     host: &HostRoot,
     container: Option<&str>,
@@ -675,13 +803,14 @@ fn write_file(
     target: Option<&FileTarget>,
     text: &str,
     stamp: u64,
-    done: &mut Vec<String>,
-    written: &mut Vec<PathBuf>,
+    rec: &mut Record,
 ) -> Result<(), StepError> {
     let fail = |message: String| StepError {
         container: container.map(str::to_string),
         message,
+        refused: None,
     };
+    let done = &mut rec.done;
     let Some(target) = target else {
         return Err(fail(format!(
             "{} was not checked before the first write (a bug); nothing more was written",
@@ -710,7 +839,7 @@ fn write_file(
     match host.write_atomic(&target.resolved, text.as_bytes(), 0o644) {
         Ok((Written::Changed, resolved)) => {
             done.push(format!("wrote {shown}"));
-            written.push(resolved);
+            rec.files.push(resolved);
             Ok(())
         }
         Ok((Written::Unchanged, _)) => {
@@ -799,7 +928,10 @@ pub trait CopyProgress: state::Progress {
     fn as_progress(&self) -> &dyn state::Progress;
 }
 
-fn make_progress() -> Box<dyn CopyProgress> {
+fn make_progress(kind: ProgressKind) -> Box<dyn CopyProgress> {
+    if kind == ProgressKind::None {
+        return Box::new(Silent);
+    }
     let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
     if interactive {
         Box::new(BarProgress::new())
@@ -926,6 +1058,23 @@ impl CopyProgress for LineProgress {
     fn finish(&self) {
         self.print();
     }
+    fn as_progress(&self) -> &dyn state::Progress {
+        self
+    }
+}
+
+/// `--quiet`: no progress at all.
+struct Silent;
+
+impl state::Progress for Silent {
+    fn total(&self, _: u64, _: u64) {}
+    fn entry_done(&self) {}
+    fn bytes_done(&self, _: u64) {}
+}
+
+impl CopyProgress for Silent {
+    fn start(&self, _: &str) {}
+    fn finish(&self) {}
     fn as_progress(&self) -> &dyn state::Progress {
         self
     }

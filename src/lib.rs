@@ -18,6 +18,7 @@ pub mod cli;
 pub mod error;
 pub mod execute;
 pub mod host;
+pub mod interactive;
 pub mod legacy;
 pub mod migrate;
 pub mod nixtext;

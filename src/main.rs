@@ -40,11 +40,18 @@ fn run(cli: Cli) -> Result<u8, Error> {
 
 fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
     if !args.dry_run && !args.yes {
-        return Err(Error::Usage(
-            "migrate needs --dry-run (show the plan) or --yes (carry it out without asking)\n\n\
-             The interactive mode that asks before each step is not available yet."
-                .to_string(),
-        ));
+        use std::io::IsTerminal;
+        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            // Never wait for an answer nobody can give, never guess one.
+            return Err(Error::Usage(
+                "migrate without --dry-run or --yes asks before each step, but there is no terminal \
+                 to ask on (stdin or stderr is not a terminal)\n\n\
+                 Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
+                 fleets), or run it from a terminal."
+                    .to_string(),
+            ));
+        }
+        return nixos_nspawn::interactive::run(root, args, verbose);
     }
     for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
         if let Some(p) = path
@@ -102,12 +109,12 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         host_name: args.host.clone(),
     };
     let mut legacy = migrate::scan(&host, &opts);
-    if !args.only.is_empty() {
-        let known: Vec<String> = legacy.containers.iter().map(|c| c.name.clone()).collect();
-        for want in &args.only {
+    let known: Vec<String> = legacy.containers.iter().map(|c| c.name.clone()).collect();
+    for (flag, names) in [("--only", &args.only), ("--exclude", &args.exclude)] {
+        for want in names {
             if !known.contains(want) {
                 return Err(Error::Usage(format!(
-                    "--only {want}: no legacy container of that name\n\nKnown containers: {}",
+                    "{flag} {want}: no legacy container of that name\n\nKnown containers: {}",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
@@ -116,14 +123,21 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 )));
             }
         }
-        legacy.containers.retain(|c| args.only.contains(&c.name));
     }
+    legacy.containers.retain(|c| {
+        (args.only.is_empty() || args.only.contains(&c.name)) && !args.exclude.contains(&c.name)
+    });
     let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());
     let opts = execute::ExecOptions {
         state: args.state,
         verify: args.verify,
         stop: args.stop,
         force: args.force,
+        progress: if args.quiet {
+            execute::ProgressKind::None
+        } else {
+            execute::ProgressKind::Auto
+        },
     };
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
@@ -131,33 +145,42 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     if args.dry_run {
         migrate::add_refusals(&mut migration, &checked.problems);
     }
-    let mut failure = None;
     if view && let Err(e) = host.end_read_only_view() {
         return Err(Error::Other(format!(
             "cannot lift the read-only view of {} after reading it: {e}; nothing was changed",
             root.display()
         )));
     }
+    let mut failure = None;
     if args.yes
         && let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }, checked)
     {
+        // The report carries the error too, so that a fleet reading --json sees why.
+        migration.report.set_error(e.to_run_error(), e.is_refusal());
         failure = Some(e);
     }
     let report = &migration.report;
     let text = if args.json {
         report.to_json()
+    } else if args.quiet {
+        String::new()
     } else {
         report.to_text()
     };
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}") {
+    let printed = if text.is_empty() {
+        Ok(())
+    } else {
+        writeln!(out, "{text}")
+    };
+    match printed {
         Ok(()) => {}
         // A closed pipe (`| head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
         Err(e) => return Err(Error::Other(format!("cannot write the report: {e}"))),
     }
     if let Some(e) = failure {
-        return Err(Error::Other(e.to_string()));
+        return Err(Error::Step(e));
     }
     Ok(report.summary.exit_code)
 }

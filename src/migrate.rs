@@ -333,6 +333,7 @@ pub fn prepare(
         files_written: Vec::new(),
         done: Vec::new(),
         files_read: legacy.files_read.clone(),
+        error: None,
         // Counted from the warnings by finish_summary below.
         summary: Summary::default(),
     };
@@ -386,7 +387,40 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         dropin: (!dropin.is_empty()).then_some(dropin),
         translated: i.applied.clone(),
         warnings,
+        status: if steps
+            .iter()
+            .any(|s| matches!(s, plan::Step::Blocked { .. }))
+        {
+            crate::report::ContainerStatus::Blocked
+        } else {
+            crate::report::ContainerStatus::Planned
+        },
+        files: steps
+            .iter()
+            .filter_map(|s| Some((s.written_file()?.to_path_buf(), file_text(s, i)?)))
+            .collect(),
         plan: steps,
         done: Vec::new(),
+        files_written: Vec::new(),
+        state_result: None,
     }
+}
+
+/// The exact content a file-writing step writes. Rendered once, here: the report shows these
+/// bytes and `execute` writes them, so what was reviewed is what lands on disk.
+fn file_text(step: &plan::Step, inst: &Instance) -> Option<String> {
+    Some(match step {
+        plan::Step::WriteNspawn { .. } => format!(
+            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
+            inst.name,
+            render::nspawn::preview(inst)
+        ),
+        plan::Step::WriteDropin { .. } => format!(
+            "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
+            inst.name,
+            render::nspawn::dropin(inst)
+        ),
+        plan::Step::WriteContainerFile { .. } => render::nix::imperative_file(inst),
+        _ => return None,
+    })
 }
