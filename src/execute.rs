@@ -268,6 +268,10 @@ fn run_container(
                     VerifyArg::None => state::Verify::None,
                 };
                 progress.start(&cp.name);
+                let totals = Totals {
+                    inner: progress.as_progress(),
+                    bytes: AtomicU64::new(0),
+                };
                 let outcome = state::migrate_state(
                     &src,
                     &dest,
@@ -275,7 +279,7 @@ fn run_container(
                         mode,
                         verify,
                         force: opts.force,
-                        progress: progress.as_progress(),
+                        progress: &totals,
                     },
                 )
                 .map_err(|e| step_err(&cp.name, format!("{e}")))?;
@@ -285,6 +289,7 @@ fn run_container(
                     &outcome,
                     &shown(host, from),
                     &shown(host, to),
+                    totals.bytes.load(Ordering::Relaxed),
                     host,
                 ));
             }
@@ -432,6 +437,8 @@ pub struct Checked {
     space_dir: Option<PathBuf>,
     /// Why the plan cannot be carried out as it is, one line each (empty when it can).
     pub problems: Vec<String>,
+    /// Destinations that a link sends elsewhere (inside the root): (host path, where it leads).
+    pub redirects: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Check every destination of the plan without writing anything: resolved inside the root,
@@ -459,6 +466,7 @@ pub fn check_destinations(
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
                             c.dirs.push((
                                 probe.nearest_dir.clone(),
                                 format!("container {name}: {}", to.display()),
@@ -484,6 +492,7 @@ pub fn check_destinations(
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
                             claim(&mut claimed, &probe.resolved, name, &mut c.problems);
+                            redirect(&mut c.redirects, to, &probe.resolved);
                             c.dirs.push((
                                 probe.nearest_dir,
                                 format!("container {name}: {}", to.display()),
@@ -510,6 +519,7 @@ pub fn check_destinations(
             }),
             Ok((t, nearest)) => {
                 claim(&mut claimed, &t.resolved, who, &mut c.problems);
+                redirect(&mut c.redirects, path, &t.resolved);
                 c.dirs.push((nearest, path.display().to_string()));
                 c.targets.insert(path.to_path_buf(), t);
             }
@@ -583,6 +593,12 @@ fn preflight(
                 problems.join("\n- ")
             ),
         })
+    }
+}
+
+fn redirect(redirects: &mut Vec<(PathBuf, PathBuf)>, host_path: &Path, resolved: &Path) {
+    if host_path != resolved {
+        redirects.push((host_path.to_path_buf(), resolved.to_path_buf()));
     }
 }
 
@@ -681,9 +697,12 @@ fn check_dir_dest(
     allowed: &[&str],
     is_output: bool,
 ) -> Result<crate::host::WriteProbe, String> {
-    let probe = host
-        .probe_write(to)
-        .map_err(|e| format!("cannot resolve {}: {e}", to.display()))?;
+    let probe = host.probe_write(to).map_err(|e| {
+        format!(
+            "{} cannot be created: {e}. A link on its path may lead to the wrong place: fix it and run again",
+            to.display()
+        )
+    })?;
     // Allowed places are compared where they really are, like everything else.
     let allowed: Vec<PathBuf> = allowed
         .iter()
@@ -757,7 +776,46 @@ fn check_file_dest(
     ))
 }
 
-fn describe_outcome(o: &state::StateOutcome, from: &str, to: &str, host: &HostRoot) -> String {
+/// Forwards progress and keeps the total file size (holes included) for the summary line.
+struct Totals<'a> {
+    inner: &'a dyn state::Progress,
+    bytes: AtomicU64,
+}
+
+impl state::Progress for Totals<'_> {
+    fn total(&self, entries: u64, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.inner.total(entries, bytes);
+    }
+    fn entry_done(&self) {
+        self.inner.entry_done();
+    }
+    fn bytes_done(&self, n: u64) {
+        self.inner.bytes_done(n);
+    }
+}
+
+/// "100.0 MiB" for the files of a copy, and how much of it was data actually written: a sparse
+/// file's holes stay holes, so "4.0 KiB written" alone would wrongly suggest a tiny tree.
+fn sizes(total: u64, written: u64) -> String {
+    if written >= total {
+        format!("{} of files", crate::report::human_size(total))
+    } else {
+        format!(
+            "{} of files ({} of data written; the rest are holes of sparse files, kept as holes, or data an interrupted run had copied)",
+            crate::report::human_size(total),
+            crate::report::human_size(written)
+        )
+    }
+}
+
+fn describe_outcome(
+    o: &state::StateOutcome,
+    from: &str,
+    to: &str,
+    total_bytes: u64,
+    host: &HostRoot,
+) -> String {
     match o {
         state::StateOutcome::Copied {
             copy,
@@ -766,9 +824,9 @@ fn describe_outcome(o: &state::StateOutcome, from: &str, to: &str, host: &HostRo
             replaced,
         } => {
             let mut s = format!(
-                "state copied {from} → {to}: {} entries, {} of file data written{}; verified ({:?}): {} entries, {} differences",
+                "state copied {from} → {to}: {} entries, {}{}; verified ({:?}): {} entries, {} differences",
                 copy.entries,
-                crate::report::human_size(copy.bytes),
+                sizes(total_bytes, copy.bytes),
                 if *resumed {
                     ", resumed an interrupted run"
                 } else {
@@ -1021,7 +1079,7 @@ impl LineProgress {
     fn print(&self) {
         let name = self.name.lock().map(|n| n.clone()).unwrap_or_default();
         eprintln!(
-            "nixos-nspawn: {name}: {}/{} entries, {} of file data written ({} in all, holes of sparse files not counted as written)",
+            "nixos-nspawn: {name}: {}/{} entries, {} of {} written (holes of sparse files are not written)",
             self.entries.load(Ordering::Relaxed),
             self.total_entries.load(Ordering::Relaxed),
             crate::report::human_size(self.bytes.load(Ordering::Relaxed)),

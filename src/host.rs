@@ -181,6 +181,21 @@ impl HostRoot {
         }
     }
 
+    /// Why `host` cannot be read as a file, for a message: "it does not exist", "it is a FIFO
+    /// (named pipe), not a regular file", "it is a symlink loop", …
+    pub fn why_not_a_file(&self, host: &Path) -> String {
+        match self.open(host, OFlags::PATH) {
+            Ok(fd) => match rfs::fstat(&fd) {
+                Ok(st) => format!(
+                    "it is {}, not a regular file",
+                    type_name(FileType::from_raw_mode(st.st_mode))
+                ),
+                Err(e) => format!("it cannot be examined ({e})"),
+            },
+            Err(e) => why_not_found(&e),
+        }
+    }
+
     /// True when the host path exists (following symlinks inside the root).
     pub fn exists(&self, host: &Path) -> bool {
         matches!(self.kind_followed(host), Ok(Some(_)))
@@ -681,6 +696,16 @@ fn kind_of_type(t: FileType) -> Kind {
         FileType::Directory => Kind::Dir,
         FileType::RegularFile => Kind::File,
         _ => Kind::Other,
+    }
+}
+
+/// The reason an open failed, for a message about a file that was expected.
+pub fn why_not_found(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "it does not exist".to_string(),
+        Some(libc::ELOOP) => "it is a symlink loop (too many levels of symbolic links)".to_string(),
+        Some(libc::ENOTDIR) => "it does not exist (a directory on its path is a file)".to_string(),
+        _ => format!("it cannot be opened ({e})"),
     }
 }
 

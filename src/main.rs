@@ -142,6 +142,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
+    migrate::add_redirects(&mut migration, &checked.redirects);
     if args.dry_run {
         migrate::add_refusals(&mut migration, &checked.problems);
     }

@@ -228,10 +228,31 @@ fn assemble(
     }
 }
 
-/// The host path of an ordinary path that lies inside the host root.
+/// The host path of an ordinary path that lies inside the host root. Decided on the path as
+/// written (made absolute, `.`/`..` folded): `ROOT/etc/nixos/configuration.nix` is the tree's
+/// file even when `ROOT/etc/nixos` links to `/persist/…`, which only the confined reads
+/// resolve correctly (to `ROOT/persist/…`, not the live machine's `/persist`).
 fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
-    let canon = std::fs::canonicalize(path).ok()?;
-    let rel = canon.strip_prefix(host.root()).ok()?;
+    let abs = std::path::absolute(path).ok()?;
+    let mut lexical = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            std::path::Component::Normal(n) => lexical.push(n),
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            _ => {}
+        }
+    }
+    let rel = match lexical.strip_prefix(host.root()) {
+        Ok(rel) => rel.to_path_buf(),
+        // A path that reaches the tree through a link of its own (e.g. a shortcut to ROOT).
+        Err(_) => std::fs::canonicalize(path)
+            .ok()?
+            .strip_prefix(host.root())
+            .ok()?
+            .to_path_buf(),
+    };
     Some(Path::new("/").join(rel))
 }
 
@@ -245,6 +266,11 @@ pub fn add_refusals(m: &mut Migration, problems: &[String]) {
         ));
     }
     m.report.finish_summary();
+}
+
+/// Record where links inside the tree send the plan's destinations, for the report.
+pub fn add_redirects(m: &mut Migration, redirects: &[(PathBuf, PathBuf)]) {
+    m.report.redirects.extend(redirects.iter().cloned());
 }
 
 /// Translate every container and build the plan and the report.
@@ -332,6 +358,7 @@ pub fn prepare(
         problems,
         files_written: Vec::new(),
         done: Vec::new(),
+        redirects: BTreeMap::new(),
         files_read: legacy.files_read.clone(),
         error: None,
         // Counted from the warnings by finish_summary below.

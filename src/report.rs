@@ -165,6 +165,10 @@ pub struct Report {
     /// through an impermanence link is listed where it really is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_written: Vec<PathBuf>,
+    /// Destinations that a link inside the tree sends elsewhere (host path → where it really
+    /// leads, also a host path): e.g. `/etc/nixos/…` → `/persist/etc/nixos/…`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub redirects: BTreeMap<PathBuf, PathBuf>,
     /// What a real run did outside any one container (the declarative Nix file).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
@@ -308,10 +312,18 @@ impl Report {
                 let _ = writeln!(o, "\n  status: {}", c.status.as_str());
             }
         }
-        if !self.problems.is_empty() {
+        if !self.problems.is_empty() || !self.redirects.is_empty() {
             let _ = writeln!(o, "\n━━ host ━━");
             for w in &self.problems {
                 write_warning(&mut o, w);
+            }
+            for (from, to) in &self.redirects {
+                let _ = writeln!(
+                    o,
+                    "    {} is reached through a link: it is {}",
+                    from.display(),
+                    to.display()
+                );
             }
         }
         if let Some(out) = &self.output {

@@ -180,6 +180,19 @@ fn check_one(c: &str, relative: bool) {
         "{what}: {}",
         report["problems"]
     );
+    // The dry run already says where a destination behind the link really is.
+    if let Ok(rest) = Path::new("etc/nixos/nspawn-containers.nix").strip_prefix(c) {
+        let want = Path::new("/")
+            .join(h.canary().strip_prefix("/").unwrap())
+            .join(c)
+            .join(rest);
+        assert_eq!(
+            report["redirects"]["/etc/nixos/nspawn-containers.nix"],
+            want.display().to_string(),
+            "{what}: {}",
+            report["redirects"]
+        );
+    }
     assert_same(
         &format!("{what}: canary after --dry-run"),
         &canary_before,
@@ -375,4 +388,113 @@ fn nixos_managed_etc_links_are_never_written_through() {
     let out = run(&r, &stand_ins, &["--yes", "--json", "--only", "scratch"]);
     assert!(matches!(out.status.code(), Some(0 | 3)));
     assert!(json(&out)["files_written"].is_null());
+}
+
+/// A guest-controlled symlink never reaches the host (issue 7, item 9): an imperative guest
+/// whose `etc/nixos/configuration.nix` links to `/etc/shadow` (absolute, or climbing out with
+/// `..`) gets the link resolved inside its own root; the emitted `system-config` names the
+/// guest's file under the new state directory, never a path Nix would follow on the host.
+#[test]
+fn a_guest_config_symlink_is_resolved_inside_the_guest() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for target in ["/etc/shadow", "../../../../../../../../etc/shadow"] {
+        let h = Hostile::new();
+        let r = h.root();
+        let guest = r.join("var/lib/nixos-containers/scratch");
+        std::fs::write(guest.join("etc/shadow"), "{ guest = true; }\n").unwrap();
+        let cfg = guest.join("etc/nixos/configuration.nix");
+        std::fs::remove_file(&cfg).unwrap();
+        symlink(target, &cfg).unwrap();
+        let stand_ins = StandIns::new(&[]);
+        let out = run(
+            &r,
+            &stand_ins,
+            &["--dry-run", "--json", "--only", "scratch"],
+        );
+        assert!(matches!(out.status.code(), Some(0 | 3)));
+        let j = json(&out);
+        let nix = j["containers"][0]["nix"].as_str().unwrap();
+        assert!(
+            nix.contains("system-config = /var/lib/machines/scratch/etc/shadow;"),
+            "{target}: {nix}"
+        );
+        assert!(
+            !nix.contains("system-config = /var/lib/machines/scratch/etc/nixos/configuration.nix"),
+            "{target}: {nix}"
+        );
+        assert!(
+            j["containers"][0]["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["code"] == "rootfs-config-symlink"),
+            "{target}"
+        );
+        // After the copy, Nix reads the guest's own file through that path.
+        let out = run(&r, &stand_ins, &["--yes", "--only", "scratch"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let copied = r.join("var/lib/machines/scratch/etc/shadow");
+        assert_eq!(
+            std::fs::read_to_string(copied).unwrap(),
+            "{ guest = true; }\n"
+        );
+        // The path holds no symlink at all.
+        let mut cur = r.clone();
+        for c in ["var", "lib", "machines", "scratch", "etc", "shadow"] {
+            cur.push(c);
+            assert!(
+                !cur.symlink_metadata().unwrap().file_type().is_symlink(),
+                "{}",
+                cur.display()
+            );
+        }
+    }
+}
+
+/// `--config ROOT/etc/nixos/configuration.nix` is the tree's file: with `ROOT/etc/nixos` a link
+/// to an absolute path, the file is read at the re-rooted place, never where the link points on
+/// the machine running the tool.
+#[test]
+fn a_config_path_inside_the_root_is_read_confined() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let h = Hostile::new();
+    h.link_out("etc/nixos", false);
+    std::fs::write(
+        h.canary().join("etc/nixos/configuration.nix"),
+        "{ containers.decoy = { config = { }; }; }\n",
+    )
+    .unwrap();
+    age_atimes(&h.canary());
+    let canary_before = snapshot(&h.canary());
+    let config = h.root().join("etc/nixos/configuration.nix");
+    let stand_ins = StandIns::new(&[]);
+    let out = run(
+        &h.root(),
+        &stand_ins,
+        &["--dry-run", "--json", "--config", config.to_str().unwrap()],
+    );
+    let j = json(&out);
+    let names: Vec<&str> = j["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"decoy"), "{names:?}");
+    assert!(names.contains(&"web"), "{names:?}");
+    assert_same(
+        "canary after --config",
+        &canary_before,
+        &snapshot(&h.canary()),
+    );
 }

@@ -83,7 +83,19 @@ pub fn config(tx: &mut Tx) {
         let Some(file) = tx.c.rootfs_config.clone() else {
             return; // path/flake rows report what the container runs instead
         };
-        let new_path = tx.i.state.to.join("etc/nixos/configuration.nix");
+        // `file` was resolved inside the guest's root (discovery), so it holds no symlink: the
+        // same path under the new state dir is the file itself. The literal
+        // `etc/nixos/configuration.nix` could be a guest-planted link that Nix, evaluating on
+        // the host, would follow to the host's own files.
+        let Some(in_guest) =
+            tx.c.state_dir
+                .as_ref()
+                .and_then(|st| file.strip_prefix(st).ok())
+                .map(Path::to_path_buf)
+        else {
+            return;
+        };
+        let new_path = tx.i.state.to.join(in_guest);
         let origin = Origin::new(SourceKind::Conf, file.clone(), None);
         tx.i.spec.system_config = Some(NixExpr {
             text: new_path.to_string_lossy().to_string(),

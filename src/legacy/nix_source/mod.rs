@@ -278,6 +278,9 @@ pub trait SourceFs {
     fn read_to_string(&self, p: &Path) -> std::io::Result<String>;
     fn is_file(&self, p: &Path) -> bool;
     fn is_dir(&self, p: &Path) -> bool;
+    /// Why `p` is not a readable file ("it does not exist", "it is a FIFO (named pipe), not a
+    /// regular file", "it is a symlink loop"), for the warning that names it.
+    fn why_not_a_file(&self, p: &Path) -> String;
 }
 
 /// Host paths, resolved under `--root` (symlinks followed inside the root).
@@ -293,6 +296,9 @@ impl SourceFs for HostFs<'_> {
     fn is_dir(&self, p: &Path) -> bool {
         matches!(self.0.kind_followed(p), Ok(Some(crate::host::Kind::Dir)))
     }
+    fn why_not_a_file(&self, p: &Path) -> String {
+        self.0.why_not_a_file(p)
+    }
 }
 
 /// Ordinary paths (a `--config FILE` outside the host root).
@@ -307,6 +313,17 @@ impl SourceFs for PlainFs {
     }
     fn is_dir(&self, p: &Path) -> bool {
         p.is_dir()
+    }
+    fn why_not_a_file(&self, p: &Path) -> String {
+        match std::fs::metadata(p) {
+            Ok(m) => format!(
+                "it is {}, not a regular file",
+                crate::host::type_name(rustix::fs::FileType::from_raw_mode(
+                    std::os::unix::fs::MetadataExt::mode(&m)
+                ))
+            ),
+            Err(e) => crate::host::why_not_found(&e),
+        }
     }
 }
 
@@ -660,10 +677,8 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             None => String::new(),
         };
         let text = if !fs.is_file(&path) {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such file",
-            ))
+            // Checked before opening: a FIFO must not block the scan, a device is never opened.
+            Err(std::io::Error::other(fs.why_not_a_file(&path)))
         } else {
             fs.read_to_string(&path)
         };
