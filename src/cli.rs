@@ -49,7 +49,7 @@ pub enum Command {
     Migrate(MigrateArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct MigrateArgs {
     /// Change nothing: print the plan, the new configuration and everything that needs a human.
     #[arg(long, short = 'n')]
@@ -113,6 +113,22 @@ pub struct MigrateArgs {
     /// Replace a destination that already holds a different machine (never merges).
     #[arg(long)]
     pub force: bool,
+
+    /// With --dry-run: save the plan (its options, steps, the exact bytes of every file, and a
+    /// fingerprint of everything it was derived from) to FILE, for review and --plan-in.
+    #[arg(long, value_name = "FILE", conflicts_with = "yes")]
+    pub plan_out: Option<PathBuf>,
+
+    /// Carry out exactly the plan saved with --plan-out (with --yes; with --dry-run: check that
+    /// it still applies). Refused, nothing written (exit 4), when the host changed since, the
+    /// plan comes from another machine or another version of this tool. The plan's options are
+    /// used; options that would change it cannot be given.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["config", "from_json", "host", "only", "exclude", "state", "verify", "stop", "force", "plan_out"]
+    )]
+    pub plan_in: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +165,9 @@ mod tests {
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
         assert!(
-            help.contains("Exit codes") && help.contains("3  success with follow-up") && help.contains("4  refused"),
+            help.contains("Exit codes")
+                && help.contains("3  success with follow-up")
+                && help.contains("4  refused"),
             "{help}"
         );
     }

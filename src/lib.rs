@@ -23,6 +23,7 @@ pub mod legacy;
 pub mod migrate;
 pub mod nixtext;
 pub mod plan;
+pub mod plan_file;
 pub mod render;
 pub mod report;
 pub mod runner;

@@ -6,6 +6,7 @@ use nixos_nspawn::error::{Error, exit};
 use nixos_nspawn::execute;
 use nixos_nspawn::host::HostRoot;
 use nixos_nspawn::migrate;
+use nixos_nspawn::plan_file;
 use nixos_nspawn::runner::Runner;
 use std::io::Write;
 use std::process::ExitCode;
@@ -39,6 +40,43 @@ fn run(cli: Cli) -> Result<u8, Error> {
 }
 
 fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
+    // A plan file brings its own options: the run is derived exactly as the plan was.
+    let (plan_in, args) = match &args.plan_in {
+        None => (None, args.clone()),
+        Some(path) => {
+            if !args.dry_run && !args.yes {
+                return Err(Error::Usage(
+                    "--plan-in needs --yes (carry the plan out) or --dry-run (check that it still applies)"
+                        .to_string(),
+                ));
+            }
+            let plan = plan_file::load(path)
+                .map_err(|e| Error::Refused(format!("--plan-in {}: {e}", path.display())))?;
+            let o = &plan.options;
+            let bad = |e: String| Error::Refused(format!("--plan-in {}: {e}", path.display()));
+            let args = MigrateArgs {
+                config: o.config.clone(),
+                from_json: o.from_json.clone(),
+                host: o.host.clone(),
+                output: o.output.clone(),
+                only: o.only.clone(),
+                exclude: o.exclude.clone(),
+                state: o.state_arg().map_err(bad)?,
+                verify: o.verify_arg().map_err(bad)?,
+                stop: o.stop,
+                force: o.force,
+                ..args.clone()
+            };
+            (Some((path.clone(), plan)), args)
+        }
+    };
+    let args = &args;
+    if args.plan_out.is_some() && !args.dry_run {
+        return Err(Error::Usage(
+            "--plan-out saves the plan of a dry run: add --dry-run (then apply it with --yes --plan-in FILE)"
+                .to_string(),
+        ));
+    }
     if !args.dry_run && !args.yes {
         use std::io::IsTerminal;
         if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
@@ -146,6 +184,31 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     if args.dry_run {
         migrate::add_refusals(&mut migration, &checked.problems);
     }
+    // The plan file is made (or compared) while the host is still seen read-only and noatime.
+    let ordinary: Vec<std::path::PathBuf> = args
+        .config
+        .iter()
+        .chain(args.from_json.iter())
+        .cloned()
+        .collect();
+    let derived = (args.plan_out.is_some() || plan_in.is_some())
+        .then(|| plan_file::make(&host, &migration, plan_options(args), &ordinary));
+    let mut refusal = None;
+    if let (Some((path, plan)), Some(now)) = (&plan_in, &derived) {
+        let why = plan_file::differences(plan, now);
+        if !why.is_empty() {
+            refusal = Some(execute::StepError {
+                container: None,
+                message: format!(
+                    "nothing was changed: the plan {} does not apply to this host as it is now:\n- {}\n\n\
+                     Make a new plan (migrate --dry-run --plan-out FILE), review it, and apply that one.",
+                    path.display(),
+                    why.join("\n- ")
+                ),
+                refused: Some(why),
+            });
+        }
+    }
     if view && let Err(e) = host.end_read_only_view() {
         return Err(Error::Other(format!(
             "cannot lift the read-only view of {} after reading it: {e}; nothing was changed",
@@ -153,12 +216,36 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         )));
     }
     let mut failure = None;
-    if args.yes
+    if let Some(e) = refusal {
+        migration.report.set_error(e.to_run_error(), true);
+        failure = Some(e);
+    } else if args.yes
         && let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }, checked)
     {
         // The report carries the error too, so that a fleet reading --json sees why.
         migration.report.set_error(e.to_run_error(), e.is_refusal());
         failure = Some(e);
+    }
+    if let (Some(path), Some(plan)) = (&args.plan_out, &derived) {
+        plan_file::save(plan, path).map_err(|e| {
+            Error::Other(format!(
+                "--plan-out {}: cannot write the plan: {e}",
+                path.display()
+            ))
+        })?;
+        if !args.quiet && !args.json {
+            eprintln!(
+                "nixos-nspawn: plan saved to {}; review it, then apply exactly it with: \
+                 nixos-nspawn{} migrate --yes --plan-in {}",
+                path.display(),
+                if root == std::path::Path::new("/") {
+                    String::new()
+                } else {
+                    format!(" --root {}", root.display())
+                },
+                path.display()
+            );
+        }
     }
     let report = &migration.report;
     let text = if args.json {
@@ -184,4 +271,20 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         return Err(Error::Step(e));
     }
     Ok(report.summary.exit_code)
+}
+
+/// The options a plan is derived with (saved in the plan file).
+fn plan_options(args: &MigrateArgs) -> plan_file::PlanOptions {
+    plan_file::PlanOptions {
+        config: args.config.clone(),
+        from_json: args.from_json.clone(),
+        host: args.host.clone(),
+        output: args.output.clone(),
+        only: args.only.clone(),
+        exclude: args.exclude.clone(),
+        state: plan_file::state_name(args.state).to_string(),
+        verify: plan_file::verify_name(args.verify).to_string(),
+        stop: args.stop,
+        force: args.force,
+    }
 }
