@@ -39,6 +39,15 @@ pub struct ExecOptions {
     pub force: bool,
     /// How the copy shows progress.
     pub progress: ProgressKind,
+    /// Per container, a state mode other than `state` (the interactive mode asks each).
+    pub state_for: BTreeMap<String, StateArg>,
+}
+
+impl ExecOptions {
+    /// The state mode for one container.
+    pub fn state_of(&self, name: &str) -> StateArg {
+        self.state_for.get(name).copied().unwrap_or(self.state)
+    }
 }
 
 /// How a state copy shows its progress.
@@ -228,7 +237,7 @@ fn run_container(
                 }
             }
             Step::CopyState { from, to } => {
-                let mode = match opts.state {
+                let mode = match opts.state_of(&cp.name) {
                     StateArg::Copy => state::StateMode::Copy,
                     StateArg::Move => state::StateMode::Move,
                     StateArg::Skip => {
@@ -461,7 +470,7 @@ pub fn check_destinations(
         let name = cp.name.as_str();
         for step in &cp.steps {
             match step {
-                Step::CopyState { from, to } if opts.state != StateArg::Skip => {
+                Step::CopyState { from, to } if opts.state_of(name) != StateArg::Skip => {
                     match check_dir_dest(host, to, &legacy_roots, &[], false) {
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
@@ -472,7 +481,10 @@ pub fn check_destinations(
                                 format!("container {name}: {}", to.display()),
                             ));
                             // A finished copy needs nothing more; otherwise the whole tree.
-                            if space && opts.state == StateArg::Copy && probe.existing.is_none() {
+                            if space
+                                && opts.state_of(name) == StateArg::Copy
+                                && probe.existing.is_none()
+                            {
                                 match host
                                     .confined_real_path(from)
                                     .map_err(|e| format!("cannot resolve {}: {e}", from.display()))
@@ -930,7 +942,7 @@ fn check_not_running(
 /// `Some(state)` when the unit is running in some way, `None` when it is stopped. On an
 /// offline root nobody is asked: the live systemd knows nothing about that disk's containers,
 /// and a container of the same name on this machine is another container.
-fn unit_state(
+pub fn unit_state(
     name: &str,
     unit: &str,
     host: &HostRoot,

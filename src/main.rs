@@ -147,24 +147,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         host_name: args.host.clone(),
     };
     let mut legacy = migrate::scan(&host, &opts);
-    let known: Vec<String> = legacy.containers.iter().map(|c| c.name.clone()).collect();
-    for (flag, names) in [("--only", &args.only), ("--exclude", &args.exclude)] {
-        for want in names {
-            if !known.contains(want) {
-                return Err(Error::Usage(format!(
-                    "{flag} {want}: no legacy container of that name\n\nKnown containers: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            }
-        }
-    }
-    legacy.containers.retain(|c| {
-        (args.only.is_empty() || args.only.contains(&c.name)) && !args.exclude.contains(&c.name)
-    });
+    nixos_nspawn::interactive::select(&mut legacy, &args.only, &args.exclude)?;
     let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());
     let opts = execute::ExecOptions {
         state: args.state,
@@ -176,6 +159,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         } else {
             execute::ProgressKind::Auto
         },
+        state_for: Default::default(),
     };
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
