@@ -55,7 +55,8 @@ pub struct MigrateArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
 
-    /// Carry out the plan without asking (for scripts and fleets; no terminal needed).
+    /// Carry out the plan (or --rollback, --cleanup) without asking (for scripts and fleets;
+    /// no terminal needed).
     #[arg(long, short = 'y', conflicts_with = "dry_run")]
     pub yes: bool,
 
@@ -129,6 +130,31 @@ pub struct MigrateArgs {
         conflicts_with_all = ["config", "from_json", "host", "only", "exclude", "state", "verify", "stop", "force", "plan_out"]
     )]
     pub plan_in: Option<PathBuf>,
+
+    /// Undo the migration of these containers (not yet cleaned up): remove the new state, the
+    /// files written (restoring the ones replaced from their backups), the profile links and
+    /// their entries in the Nix file. The legacy containers are left exactly as they are.
+    /// Refused when a new container has run since (its new data would be lost) unless --force.
+    /// Asks first (or --yes).
+    #[arg(
+        long,
+        value_name = "NAME",
+        num_args = 1..,
+        conflicts_with_all = ["dry_run", "plan_in", "plan_out", "cleanup"]
+    )]
+    pub rollback: Vec<String>,
+
+    /// The last step, after the new containers have booted: remove the legacy state, `.conf`,
+    /// profile and GC roots of these containers. Refused while a new container has never run,
+    /// and while a declarative container's old definition is still in the configuration.
+    /// Asks first (or --yes). There is no rollback afterwards.
+    #[arg(
+        long,
+        value_name = "NAME",
+        num_args = 1..,
+        conflicts_with_all = ["dry_run", "plan_in", "plan_out"]
+    )]
+    pub cleanup: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

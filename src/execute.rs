@@ -174,6 +174,18 @@ pub fn execute(
         if report.status != ContainerStatus::NotReached {
             continue;
         }
+        if let Some(legacy) = m.legacy.containers.get(idx) {
+            record_start(
+                host,
+                m.plan.nix_output.as_deref(),
+                legacy,
+                cp,
+                report.kind,
+                opts,
+                &targets,
+                stamp,
+            )?;
+        }
         let mut rec = Record::default();
         let r = run_container(
             host,
@@ -196,6 +208,7 @@ pub fn execute(
         m.report.files_written.extend(rec.files.iter().cloned());
         report.files_written = rec.files;
         r?;
+        record_finish(host, &cp.name)?;
     }
     if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
         let mut rec = Record::default();
@@ -203,6 +216,120 @@ pub fn execute(
         m.report.done.extend(rec.done);
         m.report.files_written.extend(rec.files);
         r?;
+    }
+    Ok(())
+}
+
+/// Write (or, on a re-run, update) the record `--rollback` and `--cleanup` work from, before
+/// the first step of a container (see `rollback`).
+#[allow(clippy::too_many_arguments)]
+fn record_start(
+    host: &HostRoot,
+    nix_output: Option<&Path>,
+    legacy: &crate::legacy::LegacyContainer,
+    cp: &crate::plan::ContainerPlan,
+    kind: &str,
+    opts: &ExecOptions,
+    targets: &BTreeMap<PathBuf, FileTarget>,
+    stamp: u64,
+) -> Result<(), StepError> {
+    use crate::rollback::{FileRecord, Record};
+    if cp.steps.iter().any(|s| matches!(s, Step::Blocked { .. })) {
+        return Ok(());
+    }
+    let file_record = |path: &Path| {
+        targets.get(path).map(|t| FileRecord {
+            path: t.resolved.clone(),
+            backup: t.backup.then(|| {
+                let name = t
+                    .resolved
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                t.resolved.with_file_name(format!("{name}.bak-{stamp}"))
+            }),
+        })
+    };
+    let old = crate::rollback::load(host, &cp.name).ok().flatten();
+    let keep_backup = |f: FileRecord| -> FileRecord {
+        // A re-run replaces nothing new: the backup of the first run is what rollback restores.
+        let earlier = old
+            .as_ref()
+            .and_then(|o| {
+                o.files
+                    .iter()
+                    .chain(o.nix_output.iter())
+                    .find(|x| x.path == f.path)
+            })
+            .and_then(|x| x.backup.clone())
+            .filter(|b| host.exists(b));
+        FileRecord {
+            backup: earlier.or(f.backup),
+            ..f
+        }
+    };
+    let mut r = Record {
+        name: cp.name.clone(),
+        kind: kind.to_string(),
+        tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
+        started_ns: crate::rollback::now_ns(),
+        finished_ns: None,
+        legacy_state: legacy.state_dir.clone(),
+        legacy_conf: legacy.conf_file.clone(),
+        legacy_profile: legacy.profile_dir.clone(),
+        state_to: None,
+        state_mode: crate::plan_file::state_name(opts.state_of(&cp.name)).to_string(),
+        profile_to: None,
+        files: Vec::new(),
+        nix_output: None,
+    };
+    for step in &cp.steps {
+        match step {
+            Step::CopyState { to, .. } => r.state_to = Some(to.clone()),
+            Step::CarryProfile { to, .. } => r.profile_to = Some(to.clone()),
+            s => {
+                if let Some(f) = s.written_file().and_then(file_record) {
+                    r.files.push(keep_backup(f));
+                }
+            }
+        }
+    }
+    if kind == "declarative" {
+        r.nix_output = nix_output.and_then(file_record).map(keep_backup);
+    }
+    if let Some(o) = &old {
+        r.started_ns = o.started_ns;
+        r.finished_ns = o.finished_ns;
+    }
+    crate::rollback::save(host, &r).map_err(|e| {
+        step_err(
+            &cp.name,
+            format!(
+                "cannot write the migration record {} ({e}); nothing was done for this container",
+                crate::rollback::record_path(&cp.name).display()
+            ),
+        )
+    })
+}
+
+/// Note in the record that every step of the container finished (kept from an earlier run).
+fn record_finish(host: &HostRoot, name: &str) -> Result<(), StepError> {
+    let mut r = match crate::rollback::load(host, name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(step_err(name, e)),
+    };
+    if r.finished_ns.is_none() {
+        r.finished_ns = Some(crate::rollback::now_ns());
+        crate::rollback::save(host, &r).map_err(|e| {
+            step_err(
+                name,
+                format!(
+                    "cannot update the migration record {}: {e}",
+                    crate::rollback::record_path(name).display()
+                ),
+            )
+        })?;
     }
     Ok(())
 }

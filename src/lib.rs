@@ -28,6 +28,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod render;
 pub mod report;
+pub mod rollback;
 pub mod runner;
 pub mod state;
 pub mod textdiff;

@@ -40,6 +40,17 @@ fn run(cli: Cli) -> Result<u8, Error> {
 }
 
 fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
+    use nixos_nspawn::rollback;
+    for (names, command) in [
+        (&args.rollback, rollback::Command::Rollback),
+        (&args.cleanup, rollback::Command::Cleanup),
+    ] {
+        if !names.is_empty() {
+            return rollback::run(
+                root, names, command, args.yes, args.force, args.json, args.quiet, verbose,
+            );
+        }
+    }
     // A plan file brings its own options: the run is derived exactly as the plan was.
     let (plan_in, args) = match &args.plan_in {
         None => (None, args.clone()),

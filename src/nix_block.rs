@@ -118,6 +118,78 @@ pub fn find(text: &str, name: &str) -> Vec<Definition> {
     out
 }
 
+/// The entries of `nixos-nspawn migrate`'s own Nix file that belong to container `name`
+/// (`nixos.containers.instances.NAME`, `systemd.nspawn.NAME`,
+/// `systemd.services."systemd-nspawn@NAME"`), removed, each with its indentation, its line
+/// end and the comment lines directly above it. Returns the new text and how many other
+/// instances remain. For `migrate --rollback`; `None` when the file does not parse.
+pub fn remove_instance(text: &str, name: &str) -> Option<(String, usize)> {
+    let parsed = rnix::Root::parse(text);
+    if !parsed.errors().is_empty() {
+        return None;
+    }
+    let unit = format!("systemd-nspawn@{name}");
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut others = std::collections::BTreeSet::new();
+    for node in parsed.tree().syntax().descendants() {
+        let Some(apv) = ast::AttrpathValue::cast(node) else {
+            continue;
+        };
+        let (path, outer) = full_path(&apv);
+        if outer != 0 {
+            continue;
+        }
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        let mine = match p.as_slice() {
+            ["nixos", "containers", "instances", n, ..] => {
+                if *n != name {
+                    others.insert(n.to_string());
+                }
+                *n == name
+            }
+            ["systemd", "nspawn", n, ..] => *n == name,
+            ["systemd", "services", u, ..] => *u == unit,
+            _ => false,
+        };
+        if !mine {
+            continue;
+        }
+        let r = apv.syntax().text_range();
+        let (mut start, mut end) = (usize::from(r.start()), usize::from(r.end()));
+        // Whole lines: from the start of the first line to after the line end.
+        start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        if text[start..usize::from(r.start())].trim().is_empty() {
+            // Comment lines directly above belong to the entry (the generator puts them there).
+            while start > 0 {
+                let prev_start = text[..start - 1].rfind('\n').map_or(0, |i| i + 1);
+                if text[prev_start..start].trim_start().starts_with('#') {
+                    start = prev_start;
+                } else {
+                    break;
+                }
+            }
+        } else {
+            start = usize::from(r.start());
+        }
+        if text[end..].starts_with('\n') {
+            end += 1;
+        }
+        ranges.push(start..end);
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in ranges {
+        if r.start < at {
+            continue;
+        }
+        out.push_str(&text[at..r.start]);
+        at = r.end;
+    }
+    out.push_str(&text[at..]);
+    Some((out, others.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +229,20 @@ let port = 8080; in
         assert_eq!(find(HOST, "lan")[0].text, "containers.lan = { };");
         assert!(find(HOST, "nope").is_empty());
         assert!(find("{ broken", "web").is_empty());
+    }
+
+    #[test]
+    fn an_instance_is_removed_from_our_file_and_the_rest_kept() {
+        let file = "# header\n{ config, ... }:\n{\n  nixos.containers.instances.db = {\n    x = 1;\n  };\n  systemd.nspawn.db = { };\n  # needs a human: check web\n  nixos.containers.instances.web = { };\n  systemd.services.\"systemd-nspawn@web\" = { };\n  systemd.nspawn.web = { };\n}\n";
+        let (rest, others) = remove_instance(file, "web").unwrap();
+        assert_eq!(others, 1);
+        assert_eq!(
+            rest,
+            "# header\n{ config, ... }:\n{\n  nixos.containers.instances.db = {\n    x = 1;\n  };\n  systemd.nspawn.db = { };\n}\n"
+        );
+        let (empty, others) = remove_instance(&rest, "db").unwrap();
+        assert_eq!(others, 0);
+        assert_eq!(empty, "# header\n{ config, ... }:\n{\n}\n");
+        assert!(rnix::Root::parse(&empty).errors().is_empty());
     }
 }

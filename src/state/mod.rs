@@ -182,6 +182,17 @@ pub enum StateOutcome {
     Skipped,
 }
 
+/// Remove `name` in the directory `dir`, whatever it is: directories recursively, never
+/// following a symlink, one fd-relative step at a time. For `migrate --rollback` and
+/// `--cleanup`, which remove trees the migration made or the administrator asked to remove.
+///
+/// # Errors
+///
+/// The first `unlinkat` that fails (e.g. `EPERM` on a `chattr +i` file).
+pub fn remove_tree_at(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    sys::remove_all_at(dir, name).map_err(Into::into)
+}
+
 /// Data workers for copying and hashing: one per CPU, at least 2.
 fn workers() -> usize {
     std::env::var("NIXOS_NSPAWN_STATE_WORKERS")
