@@ -10,6 +10,8 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+command -v tmux >/dev/null || need+=(tmux)
+command -v patch >/dev/null || need+=(patch)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -133,6 +133,8 @@ const NIXOS_MANAGED: &[(&str, &str)] = &[
         "NixOS's generated /etc (replaced by every nixos-rebuild)",
     ),
 ];
+/// Where the containers' root file systems go.
+const MACHINES: &str = "/var/lib/machines";
 /// Where carried profiles go (the one place under /nix/var/nix/profiles we write).
 const NEW_PROFILES: &str = "/nix/var/nix/profiles/per-nspawn";
 
@@ -591,6 +593,15 @@ pub fn check_destinations(
 ) -> Checked {
     let mut c = Checked::default();
     let legacy_roots = legacy_locations(host, m);
+    // Files are also never written into a container's root file system: links there are the
+    // guest's, and a write through them would land wherever its root wants.
+    let mut file_forbidden = legacy_roots.clone();
+    if let Ok(machines) = host.resolve(Path::new(MACHINES)) {
+        file_forbidden.push((
+            machines,
+            format!("{MACHINES} (the containers' root file systems, controlled by whoever is root inside them)"),
+        ));
+    }
     let mut claimed: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut files: Vec<(Option<&str>, &Path)> = Vec::new();
     for cp in &m.plan.containers {
@@ -651,7 +662,7 @@ pub fn check_destinations(
     }
     for (container, path) in files {
         let who = container.unwrap_or("the declarative containers' file");
-        match check_file_dest(host, path, &legacy_roots, opts.force, container.is_none()) {
+        match check_file_dest(host, path, &file_forbidden, opts.force, container.is_none()) {
             Err(p) => c.problems.push(match container {
                 Some(name) => format!("container {name}: {p}"),
                 None => p,
@@ -675,9 +686,9 @@ fn preflight(
     m: &Migration,
     opts: &ExecOptions,
     runner: &Runner,
-    checked: Checked,
+    mut checked: Checked,
 ) -> Result<BTreeMap<PathBuf, FileTarget>, StepError> {
-    let mut problems = checked.problems;
+    let mut problems = std::mem::take(&mut checked.problems);
     for cp in &m.plan.containers {
         for step in &cp.steps {
             if let Step::StopLegacy { unit } = step
@@ -688,19 +699,7 @@ fn preflight(
             }
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (dir, what) in &checked.dirs {
-        if !seen.insert(dir.clone()) {
-            continue;
-        }
-        match host.dir_writable(dir) {
-            Ok((Ok(()), _)) => {}
-            Ok((Err(e), _)) | Err(e) => problems.push(format!(
-                "{what}: cannot write to {} ({e}); make it writable (is the filesystem mounted read-only?) and retry",
-                dir.display()
-            )),
-        }
-    }
+    problems.extend(writability_problems(host, &checked));
     if let Some(dir) = &checked.space_dir
         && checked.need > 0
         && let Ok((_, free)) = host.dir_writable(dir)
@@ -739,6 +738,27 @@ fn redirect(redirects: &mut Vec<(PathBuf, PathBuf)>, host_path: &Path, resolved:
     if host_path != resolved {
         redirects.push((host_path.to_path_buf(), resolved.to_path_buf()));
     }
+}
+
+/// The directories the plan creates entries in that cannot be written (a read-only
+/// filesystem, an immutable directory, no permission), one line each. Asked of the tree as
+/// mounted, so a dry run can report them too.
+pub fn writability_problems(host: &HostRoot, checked: &Checked) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (dir, what) in &checked.dirs {
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        match host.dir_writable(dir) {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) | Err(e) => problems.push(format!(
+                "{what}: cannot write to {} ({e}); make it writable (is the filesystem mounted read-only?) and retry",
+                dir.display()
+            )),
+        }
+    }
+    problems
 }
 
 /// Two steps must never write the same place (e.g. `--output` aimed at a container's file).
@@ -819,8 +839,8 @@ fn forbidden(
     for (prefix, what) in legacy {
         if resolved.starts_with(prefix) {
             return Some(format!(
-                "{}{via} is inside {what}; legacy files are only ever read, so that the old containers keep working. \
-                 {fix}",
+                "{}{via} is inside {what}, where this tool never writes a file: legacy files are only ever read \
+                 (so that the old containers keep working), and a container's root belongs to its guest. {fix}",
                 host_path.display()
             ));
         }
@@ -1019,6 +1039,17 @@ fn write_file(
     } else {
         format!("{} (→ {})", path.display(), target.resolved.display())
     };
+    // The place checked before the first write must still be the place written.
+    match host.resolve(&target.resolved) {
+        Ok(now) if now == target.resolved => {}
+        Ok(now) => {
+            return Err(fail(format!(
+                "{shown} now leads to {} (a link changed during the run); nothing was written there. Check the link and run again",
+                now.display()
+            )));
+        }
+        Err(e) => return Err(fail(format!("cannot resolve {shown}: {e}"))),
+    }
     // A file with other content is kept before it is replaced; the same bytes need nothing.
     let same = host
         .read(&target.resolved)

@@ -46,6 +46,11 @@ pub struct HostRoot {
     root: PathBuf,
     /// `O_PATH` descriptor of `root`; every host path is resolved relative to it.
     fd: Arc<OwnedFd>,
+    /// `O_PATH` descriptor of `root` as it was before any read-only view covered it: only for
+    /// asking whether a directory could be written ([`HostRoot::dir_writable`]), so that a dry
+    /// run can tell, through its own read-only view, what `--yes` would find. Never written
+    /// through.
+    underlying: Arc<OwnedFd>,
 }
 
 /// What kind of thing a host path names (without following a final symlink).
@@ -87,8 +92,24 @@ impl HostRoot {
             ));
         }
         let fd = open_root_fd(&root)?;
+        // Every host path goes through openat2(2) (Linux 5.6): say so once, plainly, instead
+        // of "Function not implemented" on the first read.
+        if let Err(Errno::NOSYS) = rfs::openat2(
+            &fd,
+            c".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            CONFINED,
+        ) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel has no openat2(2), which nixos-nspawn needs to keep every path inside the host root; \
+                 run it on Linux 5.6 or newer",
+            ));
+        }
         Ok(HostRoot {
             root,
+            underlying: Arc::new(dup(&fd)?),
             fd: Arc::new(fd),
         })
     }
@@ -294,8 +315,14 @@ impl HostRoot {
 
     /// Whether this process may create entries in the directory `host` (`Err` on a read-only
     /// filesystem or without permission), and the bytes available to us on its filesystem.
+    /// Asked of the tree as mounted, not of our own read-only view of it.
     pub fn dir_writable(&self, host: &Path) -> io::Result<(io::Result<()>, u64)> {
-        let dir = self.open(host, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let dir = openat_confined(
+            self.underlying.as_fd(),
+            host,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
         let writable = rfs::accessat(
             &dir,
             c".",
@@ -864,6 +891,102 @@ mod tests {
                 .unwrap();
             assert_eq!(got, b"guest file", "link {l} escaped the jail");
         }
+    }
+
+    /// Writes through links (absolute and `../`) land inside the root, parents are made
+    /// inside the root, and the canary outside is never touched.
+    #[test]
+    fn writes_through_links_stay_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("root");
+        let canary = t.path().join("canary");
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::create_dir_all(&canary).unwrap();
+        symlink(&canary, r.join("etc/abs")).unwrap();
+        symlink("../../../../../../../../..", r.join("etc/rel")).unwrap();
+        let h = HostRoot::new(&r).unwrap();
+        let (w, at) = h
+            .write_atomic(Path::new("/etc/abs/sub/a.nix"), b"a", 0o644)
+            .unwrap();
+        assert_eq!(w, crate::atomic::Written::Changed);
+        assert_eq!(
+            at,
+            canary
+                .strip_prefix("/")
+                .map(|p| Path::new("/").join(p).join("sub/a.nix"))
+                .unwrap()
+        );
+        let (_, at) = h
+            .write_atomic(Path::new("/etc/rel/b.nix"), b"b", 0o644)
+            .unwrap();
+        assert_eq!(at, PathBuf::from("/b.nix"));
+        assert_eq!(std::fs::read(r.join("b.nix")).unwrap(), b"b");
+        assert_eq!(
+            std::fs::read(r.join(canary.strip_prefix("/").unwrap()).join("sub/a.nix")).unwrap(),
+            b"a"
+        );
+        assert_eq!(
+            std::fs::read_dir(&canary).unwrap().count(),
+            0,
+            "the canary was written"
+        );
+        // Backups are hard links next to the file; remove and rename stay inside too.
+        let bak = h.backup(Path::new("/etc/rel/b.nix"), "1").unwrap();
+        assert_eq!(bak, PathBuf::from("/b.nix.bak-1"));
+        h.rename(Path::new("/b.nix.bak-1"), Path::new("/etc/rel/c.nix"))
+            .unwrap();
+        assert_eq!(std::fs::read(r.join("c.nix")).unwrap(), b"b");
+        h.remove_file(Path::new("/etc/rel/c.nix")).unwrap();
+        assert!(!r.join("c.nix").exists());
+    }
+
+    /// Something that is not a regular file is named by its kind, and never opened for
+    /// reading (a FIFO would block).
+    #[test]
+    fn non_files_are_refused_by_kind() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir(r.join("dir")).unwrap();
+        symlink("loop", r.join("loop")).unwrap();
+        let h = HostRoot::new(r).unwrap();
+        let e = h.read(Path::new("/fifo")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a FIFO (named pipe), not a regular file"),
+            "{e}"
+        );
+        let e = h.read(Path::new("/dir")).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        assert!(
+            h.why_not_a_file(Path::new("/loop"))
+                .contains("symlink loop")
+        );
+        assert!(
+            h.why_not_a_file(Path::new("/nope"))
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn confined_real_paths_hold_no_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("persist/etc/nixos")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        symlink("/persist/etc/nixos", r.join("etc/nixos")).unwrap();
+        let h = HostRoot::new(r).unwrap();
+        assert_eq!(
+            h.confined_real_path(Path::new("/etc/nixos/x.nix")).unwrap(),
+            h.root().join("persist/etc/nixos/x.nix")
+        );
     }
 
     #[test]

@@ -100,18 +100,6 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                     .to_string(),
             ));
         }
-        return nixos_nspawn::interactive::run(root, args, verbose);
-    }
-    for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
-        if let Some(p) = path
-            && !p.is_file()
-        {
-            return Err(Error::Usage(format!(
-                "{flag} {}: no such file\n\nPaths given on the command line are ordinary paths, \
-                 not paths inside --root.",
-                p.display()
-            )));
-        }
     }
     let mut host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
@@ -119,6 +107,28 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             root.display()
         ))
     })?;
+    for (flag, path) in [("--config", &args.config), ("--from-json", &args.from_json)] {
+        let Some(p) = path else { continue };
+        // A --config inside the root is the tree's file, its links resolved inside the root.
+        let is_file = match migrate::host_path_of(&host, p).filter(|_| flag == "--config") {
+            Some(hp) => matches!(
+                host.kind_followed(&hp),
+                Ok(Some(nixos_nspawn::host::Kind::File))
+            ),
+            None => p.is_file(),
+        };
+        if !is_file {
+            return Err(Error::Usage(format!(
+                "{flag} {}: no such file\n\nPaths given on the command line are ordinary paths, \
+                 not paths inside --root.",
+                p.display()
+            )));
+        }
+    }
+    if !args.dry_run && !args.yes {
+        // A terminal (checked above): ask before each step.
+        return nixos_nspawn::interactive::run(root, args, verbose);
+    }
     if args.stop && !host.is_live() {
         return Err(Error::Usage(format!(
             "--stop cannot be used with --root {}: that tree is another machine's disk, and its containers \
@@ -177,7 +187,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
     migrate::add_redirects(&mut migration, &checked.redirects);
     if args.dry_run {
-        migrate::add_refusals(&mut migration, &checked.problems);
+        let mut problems = checked.problems.clone();
+        problems.extend(execute::writability_problems(&host, &checked));
+        migrate::add_refusals(&mut migration, &problems);
     }
     // The plan file is made (or compared) while the host is still seen read-only and noatime.
     let ordinary: Vec<std::path::PathBuf> = args

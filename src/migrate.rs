@@ -232,7 +232,7 @@ fn assemble(
 /// written (made absolute, `.`/`..` folded): `ROOT/etc/nixos/configuration.nix` is the tree's
 /// file even when `ROOT/etc/nixos` links to `/persist/…`, which only the confined reads
 /// resolve correctly (to `ROOT/persist/…`, not the live machine's `/persist`).
-fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
+pub fn host_path_of(host: &HostRoot, path: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(path).ok()?;
     let mut lexical = PathBuf::from("/");
     for c in abs.components() {
@@ -381,7 +381,13 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             warnings.push(w.clone());
         }
     }
-    let dropin = render::nspawn::dropin(i);
+    // Imperative containers' files are written by migrate itself: show their exact bytes.
+    let imperative = i.kind == crate::legacy::Kind::Imperative;
+    let dropin = match render::nspawn::dropin(i) {
+        d if d.is_empty() => d,
+        _ if imperative => plan::imperative_dropin_text(i),
+        d => d,
+    };
     let nix = match i.kind {
         crate::legacy::Kind::Imperative => render::nix::imperative_file(i),
         crate::legacy::Kind::Declarative => render::nix::instance_snippet(i),
@@ -409,7 +415,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             to: i.state.to.clone(),
         },
         nix,
-        nspawn: render::nspawn::preview(i),
+        nspawn: if imperative {
+            plan::imperative_nspawn_text(i)
+        } else {
+            render::nspawn::preview(i)
+        },
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
         translated: i.applied.clone(),
@@ -437,16 +447,8 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
 /// bytes and `execute` writes them, so what was reviewed is what lands on disk.
 fn file_text(step: &plan::Step, inst: &Instance) -> Option<String> {
     Some(match step {
-        plan::Step::WriteNspawn { .. } => format!(
-            "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-            inst.name,
-            render::nspawn::preview(inst)
-        ),
-        plan::Step::WriteDropin { .. } => format!(
-            "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
-            inst.name,
-            render::nspawn::dropin(inst)
-        ),
+        plan::Step::WriteNspawn { .. } => plan::imperative_nspawn_text(inst),
+        plan::Step::WriteDropin { .. } => plan::imperative_dropin_text(inst),
         plan::Step::WriteContainerFile { .. } => render::nix::imperative_file(inst),
         _ => return None,
     })

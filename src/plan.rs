@@ -106,6 +106,25 @@ pub fn dropin_file(name: &str) -> PathBuf {
     ))
 }
 
+/// The exact bytes of an imperative container's trusted `.nspawn` file: a header that marks it
+/// as ours (so a later run may replace it), then the settings.
+pub fn imperative_nspawn_text(i: &Instance) -> String {
+    format!(
+        "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
+        i.name,
+        crate::render::nspawn::preview(i)
+    )
+}
+
+/// The exact bytes of an imperative container's unit drop-in (empty settings: no file).
+pub fn imperative_dropin_text(i: &Instance) -> String {
+    format!(
+        "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
+        i.name,
+        crate::render::nspawn::dropin(i)
+    )
+}
+
 pub fn profile_dir(name: &str) -> PathBuf {
     PathBuf::from(format!("/nix/var/nix/profiles/per-nspawn/{name}"))
 }

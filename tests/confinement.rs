@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use util::*;
 
+/// The name of the marker file in every directory of a decoy.
+const MARKER: &str = "canary-marker";
+
 /// A fixture host at `base/root`, and a canary directory `base/canary` beside it.
 struct Hostile {
     base: tempfile::TempDir,
@@ -26,6 +29,11 @@ impl Hostile {
         std::fs::create_dir(base.path().join("root")).unwrap();
         std::fs::create_dir(base.path().join("canary")).unwrap();
         cp_a(&src, &base.path().join("root"));
+        // scratch gets a unit drop-in too (a --property flag becomes a [Service] setting).
+        let conf = base.path().join("root/etc/nixos-containers/scratch.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("EXTRA_NSPAWN_FLAGS=\"--property=CPUQuota=50%\"\n");
+        std::fs::write(&conf, text).unwrap();
         Hostile { base }
     }
     fn root(&self) -> PathBuf {
@@ -56,6 +64,14 @@ impl Hostile {
             std::fs::create_dir_all(&decoy).unwrap();
             std::fs::create_dir_all(&real).unwrap();
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        }
+        // Every directory of the decoy gets a marker: anything copied from the canary (even
+        // through a mount that hides the reads' atimes) carries one into the root.
+        for e in walkdir::WalkDir::new(&decoy).follow_links(false) {
+            let e = e.unwrap();
+            if e.file_type().is_dir() {
+                std::fs::write(e.path().join(MARKER), "decoy\n").unwrap();
+            }
         }
         let target = if relative {
             // Enough `..` to reach the real `/` from anywhere, then down into the canary: a
@@ -99,6 +115,7 @@ const COMPONENTS: &[&str] = &[
     "etc/nixos-containers",
     "etc/nixos-nspawn",
     "etc/systemd",
+    "etc/systemd/system.control",
     "var",
     "var/lib",
     "var/lib/nixos-containers",
@@ -116,6 +133,7 @@ const PRODUCED: &[&str] = &[
     "var/lib/nixos-nspawn/imperative/nspawn/scratch.nspawn",
     "etc/nixos-nspawn/scratch.nix",
     "nix/var/nix/profiles/per-nspawn/scratch/system",
+    "etc/systemd/system.control/systemd-nspawn@scratch.service.d/nixos-nspawn.conf",
 ];
 
 /// No component of `p` below `root` is a symlink.
@@ -223,6 +241,15 @@ fn check_one(c: &str, relative: bool) {
         Vec::<String>::new(),
         "{what}: systemctl was called"
     );
+    for e in walkdir::WalkDir::new(h.root()).follow_links(false) {
+        let e = e.unwrap();
+        assert_ne!(
+            e.file_name(),
+            MARKER,
+            "{what}: {} was copied from the canary",
+            e.path().display()
+        );
+    }
     for p in PRODUCED {
         let real = match Path::new(p).strip_prefix(c) {
             Ok(rest) => h.rerooted(c).join(rest),
@@ -346,11 +373,7 @@ fn nixos_managed_etc_links_are_never_written_through() {
     let store_etc = r.join(store_etc.strip_prefix("/").unwrap());
     std::fs::create_dir_all(store_etc.join("systemd/nspawn")).unwrap();
     symlink("/etc/static/systemd/nspawn", r.join("etc/systemd/nspawn")).unwrap();
-    // scratch gets a drop-in (a --property flag becomes a [Service] setting).
-    let conf = r.join("etc/nixos-containers/scratch.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("EXTRA_NSPAWN_FLAGS=\"--property=CPUQuota=50%\"\n");
-    std::fs::write(&conf, text).unwrap();
+    // scratch has a drop-in (see Hostile::new).
     // The live machine's /etc/static must not be reached either (with --root, /etc/static
     // is the tree's own).
     age_atimes(&r.join("nix/store"));
@@ -384,6 +407,12 @@ fn nixos_managed_etc_links_are_never_written_through() {
     .unwrap();
     assert!(dropin.contains("CPUQuota=50%"), "{dropin}");
     assert!(dropin.starts_with("# "), "{dropin}");
+    // The report shows exactly the bytes written.
+    assert_eq!(report["containers"][0]["dropin"], dropin.as_str());
+    let nspawn =
+        std::fs::read_to_string(r.join("var/lib/nixos-nspawn/imperative/nspawn/scratch.nspawn"))
+            .unwrap();
+    assert_eq!(report["containers"][0]["nspawn"], nspawn.as_str());
     // A second run changes nothing and fails nowhere.
     let out = run(&r, &stand_ins, &["--yes", "--json", "--only", "scratch"]);
     assert!(matches!(out.status.code(), Some(0 | 3)));
@@ -474,6 +503,33 @@ fn a_config_path_inside_the_root_is_read_confined() {
         "{ containers.decoy = { config = { }; }; }\n",
     )
     .unwrap();
+    // Also when the link's target does not exist on this machine at all.
+    std::fs::create_dir_all(h.rerooted("etc/persist-only")).unwrap();
+    cp_a(&h.rerooted("etc/nixos"), &h.rerooted("etc/persist-only"));
+    symlink(
+        h.canary().join("etc/persist-only"),
+        h.root().join("etc/persist-only"),
+    )
+    .unwrap();
+    let out = run(
+        &h.root(),
+        &StandIns::new(&[]),
+        &[
+            "--dry-run",
+            "--json",
+            "--config",
+            h.root()
+                .join("etc/persist-only/configuration.nix")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(json(&out)["containers"].as_array().unwrap().len() > 1);
     age_atimes(&h.canary());
     let canary_before = snapshot(&h.canary());
     let config = h.root().join("etc/nixos/configuration.nix");

@@ -122,6 +122,12 @@ fn output_over_a_legacy_conf_or_state_is_refused_even_with_force() {
         &["--force", "--output", "/etc/nixos/legacy/new.nix"],
         &["it leads to /var/lib/nixos-containers/new.nix", "legacy"],
     );
+    // A container's new root (written by the copy, its links are the guest's).
+    refused(
+        &root,
+        &["--force", "--output", "/var/lib/machines/web/etc/x.nix"],
+        &["/var/lib/machines (the containers' root file systems"],
+    );
     // The store, through /etc/static.
     refused(
         &root,
@@ -256,7 +262,23 @@ fn an_unwritable_destination_is_found_before_anything_is_written() {
         return;
     }
     let err = std::panic::catch_unwind(|| {
-        refused_aged(&root, &[], &["/etc/nixos", "cannot write to", "read-only"])
+        refused_aged(&root, &[], &["/etc/nixos", "cannot write to", "read-only"]);
+        // The dry run sees it too, through its own read-only view.
+        let out = root.run(&["migrate", "--dry-run", "--json"]);
+        let j = json(&out);
+        assert!(
+            j["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["code"] == "would-refuse"
+                    && w["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("cannot write to /etc/nixos")),
+            "{}",
+            j["problems"]
+        );
     });
     let _ = Command::new("chattr").arg("-i").arg(&dir).status();
     err.unwrap();
