@@ -30,10 +30,7 @@ impl Tmux {
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
         let exit_file = dir.path().join("exit");
-        let mut cmd = format!(
-            "env PATH='{}' TERM=xterm-256color",
-            stand_ins.path_env()
-        );
+        let mut cmd = format!("env PATH='{}' TERM=xterm-256color", stand_ins.path_env());
         for (k, v) in env {
             cmd.push_str(&format!(" {k}='{v}'"));
         }
@@ -47,7 +44,18 @@ impl Tmux {
         }
         cmd.push_str(&format!("; echo $? > '{}'; sleep 600", exit_file.display()));
         let st = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "50"])
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "200",
+                "-y",
+                "50",
+            ])
             .arg(cmd)
             .status()
             .unwrap();
@@ -62,7 +70,17 @@ impl Tmux {
     /// Everything the terminal showed so far (scrollback included), without escapes.
     fn screen(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-J", "-S", "-", "-E", "-"])
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-J",
+                "-S",
+                "-",
+                "-E",
+                "-",
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -71,7 +89,17 @@ impl Tmux {
     /// The screen with its escape sequences (colours).
     fn screen_escaped(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-e", "-S", "-", "-E", "-"])
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-e",
+                "-S",
+                "-",
+                "-E",
+                "-",
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -117,7 +145,10 @@ impl Tmux {
                 return n;
             }
             if start.elapsed() > Duration::from_secs(120) {
-                panic!("the run did not end; the terminal shows:\n{}", self.screen());
+                panic!(
+                    "the run did not end; the terminal shows:\n{}",
+                    self.screen()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -208,9 +239,15 @@ fn accept_one_decline_the_other_and_get_the_next_steps() {
     assert!(root.path().join("var/lib/machines/db").is_dir());
     assert!(!root.path().join("var/lib/machines/web").exists());
     let nix = std::fs::read_to_string(root.path().join("etc/nixos/nspawn-containers.nix")).unwrap();
-    assert!(nix.contains("instances.db") && !nix.contains("instances.web"), "{nix}");
+    assert!(
+        nix.contains("instances.db") && !nix.contains("instances.web"),
+        "{nix}"
+    );
     // NO_COLOR: no colour escapes anywhere on the screen.
-    assert!(!t.screen_escaped().contains("\x1b[3"), "colours despite NO_COLOR");
+    assert!(
+        !t.screen_escaped().contains("\x1b[3"),
+        "colours despite NO_COLOR"
+    );
 }
 
 #[test]
@@ -230,7 +267,11 @@ fn ctrl_c_at_a_question_changes_nothing_and_says_so() {
     t.keys(&["C-c"]);
     let s = t.wait_for("Interrupted at a question: nothing was changed");
     assert_eq!(t.exit_code(), 130, "{s}");
-    assert_same("after Ctrl-C at a question", &before, &snapshot(root.path()));
+    assert_same(
+        "after Ctrl-C at a question",
+        &before,
+        &snapshot(root.path()),
+    );
 }
 
 #[test]
@@ -260,7 +301,9 @@ fn ctrl_c_during_the_copy_then_resume_then_rollback() {
     t.keys(&["Enter"]);
     t.wait_for("Carry this out now?");
     t.keys(&["Enter"]);
-    let staging = root.path().join("var/lib/machines/.db.partial/tree/var/lib/many");
+    let staging = root
+        .path()
+        .join("var/lib/machines/.db.partial/tree/var/lib/many");
     let start = Instant::now();
     while !staging.exists() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(10));
@@ -269,7 +312,9 @@ fn ctrl_c_during_the_copy_then_resume_then_rollback() {
     let code = t.exit_code();
     let s = t.screen();
     if code != 130 {
-        eprintln!("the copy finished before Ctrl-C arrived (exit {code}); interrupt case not reached");
+        eprintln!(
+            "the copy finished before Ctrl-C arrived (exit {code}); interrupt case not reached"
+        );
         return;
     }
     for needle in [
@@ -287,7 +332,10 @@ fn ctrl_c_during_the_copy_then_resume_then_rollback() {
     let t = Tmux::start(root.path(), &stand_ins, &["--only", "db"], &env);
     let s = t.wait_for("Migrate db now?");
     assert!(s.contains("copy interrupted"), "{s}");
-    assert!(s.contains("an interrupted copy of db waits to be resumed"), "{s}");
+    assert!(
+        s.contains("an interrupted copy of db waits to be resumed"),
+        "{s}"
+    );
     t.keys(&["y", "Enter"]);
     t.wait_for("How should the state of db come across?");
     t.keys(&["Enter"]);
@@ -296,7 +344,11 @@ fn ctrl_c_during_the_copy_then_resume_then_rollback() {
     let s = t.wait_for("Next steps");
     assert!(s.contains("resumed an interrupted run"), "{s}");
     assert!(matches!(t.exit_code(), 0 | 3));
-    assert!(root.path().join("var/lib/machines/db/var/lib/many/d59/f99").is_file());
+    assert!(
+        root.path()
+            .join("var/lib/machines/db/var/lib/many/d59/f99")
+            .is_file()
+    );
     assert!(!root.path().join("var/lib/machines/.db.partial").exists());
     drop(t);
 
@@ -308,9 +360,18 @@ fn ctrl_c_during_the_copy_then_resume_then_rollback() {
         .env("PATH", stand_ins.path_env())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!root.path().join("var/lib/machines/db").exists());
-    assert_same("legacy after Ctrl-C, resume and rollback", &legacy_before, &legacy_snapshot(root.path()));
+    assert_same(
+        "legacy after Ctrl-C, resume and rollback",
+        &legacy_before,
+        &legacy_snapshot(root.path()),
+    );
 }
 
 #[test]
