@@ -12,6 +12,7 @@ command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
 command -v tmux >/dev/null || need+=(tmux)
 command -v patch >/dev/null || need+=(patch)
+command -v groff >/dev/null || need+=(groff-base)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

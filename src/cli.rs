@@ -44,9 +44,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Find every legacy container, translate it, and show (--dry-run) or carry out the plan.
+    /// Find every legacy container, translate it, and show (--dry-run) or carry out the plan;
+    /// at a terminal without --dry-run/--yes, ask before each step.
     #[command(after_help = EXIT_CODES)]
     Migrate(MigrateArgs),
+    /// Print a shell completion script, generated from this command line's definition
+    /// (e.g. `nixos-nspawn completions bash > /etc/bash_completion.d/nixos-nspawn`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition
+    /// (e.g. `nixos-nspawn man > nixos-nspawn.1; man -l nixos-nspawn.1`).
+    Man,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -175,6 +185,44 @@ pub enum VerifyArg {
     Metadata,
     /// No verification.
     None,
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "nixos-nspawn", &mut out);
+    out
+}
+
+/// The man page: the top-level page, then one section per subcommand (its options and exit
+/// codes), so `man nixos-nspawn` documents `migrate` in full.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands() {
+        let title = format!("nixos-nspawn {}", sub.get_name()).to_uppercase();
+        let name = format!("nixos-nspawn {}", sub.get_name());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name));
+        out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        man.render_extra_section(&mut out)?;
+    }
+    // The help texts use a few non-ASCII characters (…, →); roff wants them as escapes.
+    let text = String::from_utf8_lossy(&out);
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            escaped.push(c);
+        } else {
+            escaped.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    Ok(escaped.into_bytes())
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Migrate(args) => run_migrate(&cli.root, &args, cli.verbose),
+        Command::Completions { shell } => print(&nixos_nspawn::cli::completions(shell)),
+        Command::Man => print(
+            &nixos_nspawn::cli::man_page()
+                .map_err(|e| Error::Other(format!("cannot render the man page: {e}")))?,
+        ),
     }
 }
 
@@ -278,6 +283,15 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         return Err(Error::Step(e));
     }
     Ok(report.summary.exit_code)
+}
+
+/// Write generated text to stdout; a closed pipe is not an error.
+fn print(bytes: &[u8]) -> Result<u8, Error> {
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => Ok(exit::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
+        Err(e) => Err(Error::Other(format!("cannot write to stdout: {e}"))),
+    }
 }
 
 /// The options a plan is derived with (saved in the plan file).
