@@ -176,7 +176,10 @@ pub fn execute(
         if report.status != ContainerStatus::NotReached {
             continue;
         }
-        if let Some(legacy) = m.legacy.containers.get(idx) {
+        if let Some(legacy) = m.legacy.containers.get(idx)
+            && !cp.steps.iter().any(|s| matches!(s, Step::Blocked { .. }))
+        {
+            report.record = Some(crate::rollback::record_path(&cp.name));
             record_start(
                 host,
                 m.plan.nix_output.as_deref(),

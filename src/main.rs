@@ -131,6 +131,12 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         }
     }
     if !args.dry_run && !args.yes {
+        if args.json || args.plan_in.is_some() {
+            return Err(Error::Usage(
+                "--json and --plan-in are for runs without questions: add --dry-run (show) or --yes (carry out)"
+                    .to_string(),
+            ));
+        }
         // A terminal (checked above): ask before each step.
         return nixos_nspawn::interactive::run(root, args, verbose);
     }

@@ -439,6 +439,7 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         plan: steps,
         done: Vec::new(),
         files_written: Vec::new(),
+        record: None,
         state_result: None,
     }
 }

@@ -53,6 +53,10 @@ pub struct ContainerReport {
     pub status: ContainerStatus,
     /// Files a real run wrote for this container (as resolved inside the root).
     pub files_written: Vec<PathBuf>,
+    /// The migration record `--rollback`/`--cleanup` work from (written by a real run before
+    /// the container's first step; not a configuration file, so not in `files_written`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<PathBuf>,
     /// What happened to the state directory in a real run: action, bytes, verification.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_result: Option<StateResult>,

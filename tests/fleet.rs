@@ -81,6 +81,13 @@ fn success_is_exit_0_with_every_file_bytes_and_verification() {
     assert_eq!(st["verification"]["outcome"], "passed");
     assert_eq!(st["verification"]["differences"], 0);
     assert!(db["warnings"].is_array());
+    // The record rollback and cleanup work from is named, and is there.
+    assert_eq!(db["record"], "/var/lib/nixos-nspawn/migrations/db.json");
+    assert!(
+        root.path()
+            .join("var/lib/nixos-nspawn/migrations/db.json")
+            .is_file()
+    );
     // Every file written is listed, and is there.
     let written: Vec<&str> = doc["files_written"]
         .as_array()
