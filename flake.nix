@@ -72,24 +72,25 @@
             static = ./nixos/tests/cases/static.nix;
             ports-binds = ./nixos/tests/cases/ports-binds.nix;
             hostnet = ./nixos/tests/cases/hostnet.nix;
+            everything = ./nixos/tests/cases/everything.nix;
           };
         in
         vmTests
         // evalChecks
         // {
           package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-          # The offline evaluation tests (render.nix against the stub host) with nix itself.
+          # The offline evaluation tests (render.nix: the module with nixpkgs' own systemd,
+          # nspawn, networkd, firewall and networking modules) with nix itself.
           render = pkgs.runCommand "nixos-nspawn-render" { nativeBuildInputs = [ pkgs.nix ]; } ''
             export NIX_STATE_DIR=$TMPDIR/nix NIX_STORE_DIR=$TMPDIR/store HOME=$TMPDIR
-            export NIXPKGS_LIB=${nixpkgs}/lib
+            export NIXPKGS=${nixpkgs}
             for c in default-network zone static ports-binds hostnet; do
-              nix-instantiate --eval --strict --json ${./nixos}/tests/render.nix \
-                --arg nixpkgsLib $NIXPKGS_LIB --arg configuration ${./nixos}/tests/cases/$c.nix \
-                > $c.json
+              nix-instantiate --eval --read-write-mode --strict --json ${./nixos}/tests/render.nix \
+                --arg configuration ${./nixos}/tests/cases/$c.nix > $c.json
               grep -q '"assertions":\[\]' $c.json
             done
-            nix-instantiate --eval --strict --json ${./nixos}/tests/render.nix \
-              --arg nixpkgsLib $NIXPKGS_LIB --arg configuration ${./nixos}/tests/cases/bad.nix > bad.json
+            nix-instantiate --eval --read-write-mode --strict --json ${./nixos}/tests/render.nix \
+              --arg configuration ${./nixos}/tests/cases/bad.nix > bad.json
             ! grep -q '"assertions":\[\]' bad.json
             mkdir $out; cp *.json $out/
           '';

@@ -10,9 +10,14 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+# tmux: the interactive migrate is driven in a real terminal; patch checks our unified diffs;
+# groff checks the generated man page.
 command -v tmux >/dev/null || need+=(tmux)
 command -v patch >/dev/null || need+=(patch)
 command -v groff >/dev/null || need+=(groff-base)
+# nft: checks the firewall rules the module gets from nixpkgs' firewall-nftables.nix, and loads
+# them for the DHCP-through-the-firewall test.
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -21,6 +26,13 @@ if ((${#need[@]})); then
     echo "test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
     exit 1
   fi
+fi
+# The NixOS module is evaluated with nixpkgs' real files: $NIXPKGS (a checkout) or the vendored
+# copies in ../shared/nixpkgs. Without them the module tests would fail (REQUIRE_REAL_TOOLS);
+# say why up front.
+if [ -z "${NIXPKGS:-}" ] && [ ! -f ../shared/nixpkgs/nixos/lib/systemd-lib.nix ]; then
+  echo "test.sh: no nixpkgs files: set NIXPKGS to a nixpkgs checkout or provide ../shared/nixpkgs" >&2
+  exit 1
 fi
 export NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1
 cargo fmt --all -- --check

@@ -139,7 +139,20 @@ let
 
   sed = "${pkgs.gnused}/bin/sed";
   systemdRun = "${config.systemd.package}/bin/systemd-run";
-  systemdNspawn = "${config.systemd.package}/bin/systemd-nspawn";
+
+  # The drop-ins must not change when only nixpkgs does: switch-to-configuration-ng restarts a
+  # unit for any other [Service] difference (main.rs compare_units), which would turn every
+  # nixpkgs bump into a restart of every container. So no store path in them: the scripts are
+  # called through stable /etc paths (the files behind them change, the unit text does not),
+  # ExecStart= names systemd-nspawn as the stock template does, and the default PATH that
+  # NixOS gives every service (coreutils, findutils, grep, sed, systemd store paths) is off for
+  # the instances and the template drop-in that nspawn.nix creates. Where a nixpkgs is too
+  # old to have `enableDefaultPath`, the PATH stays (README: "Activation").
+  hookDir = name: "nixos-nspawn/hooks/${name}";
+  serviceOptions = options.systemd.services.type.getSubOptions [ ];
+  noDefaultPath = lib.optionalAttrs (serviceOptions ? enableDefaultPath) {
+    enableDefaultPath = false;
+  };
 
   reloadScriptOf =
     name: inst:
@@ -156,19 +169,40 @@ let
     {
       overrideStrategy = "asDropin";
       wantedBy = lib.optional inst.autoStart "machines.target";
-      preStart = I.preStart name;
       serviceConfig = {
-        ExecReload = "${reloadScriptOf name inst}";
+        ExecStartPre = [ "/etc/${hookDir name}/pre-start" ];
+        ExecReload = "/etc/${hookDir name}/reload";
       }
       // optionalAttrs (inst.timeoutStartSec != null) { TimeoutStartSec = inst.timeoutStartSec; }
       // optionalAttrs (inst.credentials != [ ]) {
         ExecStart = [
           ""
-          (I.templateExecStart systemdNspawn inst)
+          (I.templateExecStart "systemd-nspawn" inst)
         ];
       };
     }
+    // noDefaultPath
     // I.activationSettings inst (toplevelOf name) (restartHashOf name inst);
+
+  hookFiles =
+    name: inst:
+    {
+      "${hookDir name}/pre-start".source = pkgs.writeShellScript "nspawn-${name}-pre-start" ''
+        set -e
+        ${I.preStart name}'';
+      "${hookDir name}/reload".source = reloadScriptOf name inst;
+    };
+
+  # Host interfaces on which networkd runs a DHCPv4 server for containers: the NixOS firewall
+  # drops UDP 67 on them unless opened (nftables always; iptables in nixpkgs versions without
+  # its own ve-+/vz-+ DHCP rule).
+  dhcpInterfaces =
+    mapAttrsToList (n: _: "ve-${n}") (
+      filterAttrs (
+        _: i: I.hasVeth i && i.network.zone == null && i.network.bridge == null && I.staticAddresses i == [ ]
+      ) instances
+    )
+    ++ map (z: "vz-${z}") (attrNames (filterAttrs (_: z: z.v4.addrPool != [ ]) cfg.zones));
 
   # ---- assertions -----------------------------------------------------------------------
 
@@ -330,8 +364,9 @@ in
           assertion = badNames == [ ];
           message = ''
             nixos.containers.instances: invalid container name(s): ${list badNames}.
-            A name must be a valid host name of at most 64 characters: letters, digits, "-" and
-            "_", in dot-separated labels. Ways out:
+            A name is one host name label of 1 to 63 characters: letters, digits and "-", not
+            starting or ending with "-" (no "." and no "_": the container's networking.hostName,
+            systemd-nspawn and switch-to-configuration refuse or mis-parse them). Ways out:
               1. rename the instance (its state lives in /var/lib/machines/<name>), or
               2. for a migrated legacy container, pass a new name to the migrator.
           '';
@@ -443,7 +478,7 @@ in
         + "Add options = \"idmap\"; (or \"noidmap\" to keep it as it is and silence this)."
       ) unmappedBinds;
 
-      systemd.nspawn = mapAttrs (name: inst: I.nspawnSettings name inst (toplevelOf name)) instances;
+      systemd.nspawn = mapAttrs (name: inst: I.nspawnDefinitions name inst (toplevelOf name)) instances;
 
       systemd.network.networks = mkMerge (
         mapAttrsToList (name: inst: if inst.network == null then { } else I.hostNetworks name inst) instances
@@ -451,13 +486,24 @@ in
       );
       systemd.network.netdevs = mkMerge (mapAttrsToList I.zoneNetdevs cfg.zones);
 
-      systemd.services = mapAttrs' (
-        name: inst: nameValuePair "systemd-nspawn@${name}" (dropinOf name inst)
-      ) instances;
+      systemd.services =
+        mapAttrs' (name: inst: nameValuePair "systemd-nspawn@${name}" (dropinOf name inst)) instances
+        // {
+          # The template drop-in nspawn.nix adds (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY) is read
+          # together with each instance's: keep store paths out of it too (see noDefaultPath).
+          "systemd-nspawn@" = lib.mapAttrs (_: lib.mkDefault) noDefaultPath;
+        };
 
-      # /var/lib/machines must exist for RequiresMountsFor= and the ExecStartPre script.
+      environment.etc = mkMerge (mapAttrsToList hookFiles instances);
+
+      networking.firewall.interfaces = lib.genAttrs dhcpInterfaces (_: {
+        allowedUDPPorts = [ 67 ];
+      });
+
+      # /var/lib/machines itself comes from systemd's tmpfiles.d/systemd-nspawn.conf
+      # (`Q /var/lib/machines 0700`: a btrfs subvolume where possible, which ephemeral
+      # containers snapshot); a `d` line here would win over it and make it a plain directory.
       systemd.tmpfiles.rules = [
-        "d /var/lib/machines 0700 root root -"
         "d /nix/var/nix/profiles/per-nspawn 0755 root root -"
         "d /nix/var/nix/gcroots/per-nspawn 0755 root root -"
       ];

@@ -2,8 +2,9 @@
 //! text and networkd units shown by `migrate --dry-run` are exactly what `nixos/` renders from
 //! the Nix file the migration emits (issue: "Equivalence with the migrator's preview").
 //!
-//! Needs nixpkgs' lib: set `NIXPKGS_LIB` to its `lib` directory (never committed); without it
-//! the test says so and is skipped.
+//! The module is evaluated with nixpkgs' real files (`$NIXPKGS`, or the vendored
+//! `../shared/nixpkgs`): the text comes from nixpkgs' nspawn.nix and networkd.nix. Without
+//! them the test says so and is skipped; with `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` it fails.
 #![allow(clippy::unwrap_used)]
 
 mod util;
@@ -51,13 +52,12 @@ fn render_module(lib: &str, scenario: &str, name: &str, nix: &str) -> serde_json
     fake_pkgs.sort();
     fake_pkgs.dedup();
     let eval = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
+        .args(["--eval", "--read-write-mode", "--strict", "--json"])
         .arg(repo().join("nixos/tests/render.nix"))
-        .args(["--arg", "nixpkgsLib", lib])
         .arg("--arg")
         .arg("configuration")
         .arg(&conf)
-        .env("NIXPKGS_LIB", lib)
+        .env("NIXPKGS", lib)
         .env("NIXOS_NSPAWN_FAKE_PKGS", fake_pkgs.join(" "))
         .output()
         .unwrap();
@@ -82,7 +82,7 @@ fn render_module(lib: &str, scenario: &str, name: &str, nix: &str) -> serde_json
 
 #[test]
 fn preview_equals_what_the_module_renders_for_the_emitted_nix() {
-    let Some(lib) = nixpkgs_lib() else { return };
+    let Some(lib) = nixpkgs() else { return };
     if !have_tool("nix-instantiate", "nix-bin") {
         return;
     }

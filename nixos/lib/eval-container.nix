@@ -105,7 +105,7 @@ let
   failed = lib'.filter (a: !a.assertion) [
     {
       assertion = I.validName name;
-      message = "invalid container name \"${name}\": use letters, digits, \"-\", \"_\" and dots, at most 64 characters";
+      message = "invalid container name \"${name}\": use 1 to 63 letters, digits and \"-\", not starting or ending with \"-\" (no \".\" or \"_\")";
     }
     {
       assertion = !(inst.network != null && inst.network.zone == null && inst.network.bridge == null && inst.network.veth) || I.vethNameFits name;

@@ -26,11 +26,33 @@ in
 rec {
   inherit units;
 
-  # systemd's machine_name_is_valid(): a valid host name of at most 64 characters.
-  validName =
+  # A name that every consumer takes: systemd-nspawn's machine name (hostname_is_valid: no
+  # "_" since systemd 247), the guest's networking.hostName (nixpkgs network-interfaces.nix: one
+  # DNS label, 1-63 characters, alphanumeric at both ends) and switch-to-configuration-ng, whose
+  # template-instance regex `^(.*)@[^\.]*\.(.*)$` (main.rs, TEMPLATE_UNIT_RE) mis-parses
+  # systemd-nspawn@a.b.service, so a dotted instance would never be reloaded or restarted.
+  # Same rule as the migrator's src/legacy/names.rs.
+  validName = name: builtins.match "[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?" name != null;
+
+  # The guest's default networking.hostName: the name itself. An invalid name fails the
+  # module's assertion; until then (anything that reads the container's system before the
+  # assertions, e.g. `nix eval` of a unit) the guest gets a cleaned-up name instead of a raw
+  # type error from networking.hostName.
+  guestHostName =
     name:
-    builtins.stringLength name <= 64
-    && builtins.match "[a-zA-Z0-9_-]+(\\.[a-zA-Z0-9_-]+)*" name != null;
+    let
+      dashed = lib.concatMapStrings (c: if builtins.match "[a-zA-Z0-9]" c != null then c else "-") (
+        lib.stringToCharacters name
+      );
+      trimmed = builtins.match "-*([a-zA-Z0-9](.*[a-zA-Z0-9])?)-*" (builtins.substring 0 63 dashed);
+      candidate = if trimmed == null then "" else builtins.head trimmed;
+    in
+    if validName name then
+      name
+    else if validName candidate then
+      candidate
+    else
+      "container";
 
   # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
   # which a `Name=ve-<name>` match can then never find.
@@ -67,9 +89,17 @@ rec {
       ++ n.v4.static.containerPool
       ++ n.v6.static.containerPool;
 
-  # The three sections of <name>.nspawn, as `systemd.nspawn.<name>.*Config` values.
-  # `toplevel` is the container's system (a store path, or any string in previews).
+  # The three sections of <name>.nspawn as plain data (defaults resolved), for the imperative
+  # files and the introspection data; the module assigns nspawnDefinitions.
   nspawnSettings =
+    name: inst: toplevel:
+    lib.mapAttrs (
+      _: lib.mapAttrs (_: v: if lib.isAttrs v && (v._type or null) == "override" then v.content else v)
+    ) (nspawnDefinitions name inst toplevel);
+
+  # The three sections of <name>.nspawn, as `systemd.nspawn.<name>.*Config` definitions.
+  # `toplevel` is the container's system (a store path, or any string in previews).
+  nspawnDefinitions =
     name: inst: toplevel:
     let
       idmap = p: if idmapped inst then "${p}:${p}:idmap" else p;
@@ -85,7 +115,16 @@ rec {
         NotifyReady = "yes";
         PrivateUsers = inst.privateUsers.mode;
       }
-      // optionalAttrs inst.ephemeral { Ephemeral = "yes"; };
+      # The stock systemd-nspawn@.service passes --link-journal=try-guest; systemd-nspawn
+      # refuses Ephemeral= with a journal link ("--ephemeral and --link-journal= may not be
+      # combined"; systemd 252 still takes try-guest but refuses guest and host). The file wins
+      # over the command line (--settings=override); `auto` is what legacy ephemeral containers
+      # ran with (legacy drops the flag). A default: a raw
+      # systemd.nspawn.<name>.execConfig.LinkJournal (a legacy --link-journal= flag) replaces it.
+      // optionalAttrs inst.ephemeral {
+        Ephemeral = "yes";
+        LinkJournal = lib.mkDefault "auto";
+      };
 
       filesConfig = {
         BindReadOnly =
@@ -208,11 +247,17 @@ rec {
       config = lib.mkMerge [
         {
           boot.isContainer = true;
-          networking.hostName = lib.mkDefault name;
-          # nspawn's ResolvConf= and resolved replace the legacy host resolv.conf copy.
-          networking.useHostResolvConf = lib.mkDefault false;
+          networking.hostName = lib.mkDefault (guestHostName name);
         }
+        # DNS. nixpkgs' container-config.nix sets useHostResolvConf = mkDefault true for every
+        # container. With the host's network that is what the container needs (nspawn's
+        # ResolvConf=auto gives it the host's resolver), so it stays. With a private network the
+        # container runs networkd, and networkd.nix enables resolved, which learns the servers
+        # by DHCP (or from the guest's own units): the container manages its resolv.conf. Beat
+        # container-config's mkDefault (1000) without a second mkDefault (two different
+        # mkDefaults are a conflict) and still below anything the user sets (100).
         (lib.mkIf (inst.network != null) {
+          networking.useHostResolvConf = lib.mkOverride 900 false;
           networking.useNetworkd = true;
           networking.useDHCP = lib.mkDefault false;
           systemd.network.networks = guestNetworks name inst zoneHostAddresses;
@@ -334,9 +379,19 @@ rec {
         ];
         reloadTriggers = [ ];
       };
+      # Not restartTriggers/reloadTriggers: systemd-lib writes those into a writeText file
+      # whose store path changes with every nixpkgs update (its builder changes), and a changed
+      # X-Restart-Triggers= path is a restart. The values themselves go into the unit instead:
+      # X-Reload-Triggers= is the container's system (a reload exactly when it changes),
+      # X-NixOS-Nspawn-Settings= the hash of everything that needs a restart (any other [Unit]
+      # key that changes is a restart for switch-to-configuration; systemd ignores X- keys).
       dynamic = {
-        restartTriggers = [ restartHash ];
-        reloadTriggers = [ toplevel ];
+        restartTriggers = [ ];
+        reloadTriggers = [ ];
+        unitConfig = {
+          X-Reload-Triggers = [ "${toplevel}" ];
+          X-NixOS-Nspawn-Settings = restartHash;
+        };
       };
     }
     .${inst.activation.strategy};

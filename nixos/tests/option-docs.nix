@@ -1,14 +1,16 @@
 # Every option of nixos.containers documents itself: a description, an example, and a default
 # (or defaultText) unless it must be set. Returns the list of problems (empty = fine).
-#   nix-instantiate --eval --strict --json nixos/tests/option-docs.nix --arg nixpkgsLib PATH
-{ nixpkgsLib }:
+#   NIXPKGS=PATH nix-instantiate --eval --read-write-mode --strict --json nixos/tests/option-docs.nix
+{
+  nixpkgs ? import ./lib/nixpkgs.nix,
+}:
 
 let
-  lib = import nixpkgsLib;
+  lib = import "${nixpkgs}/lib";
   fake = import ./stub/fake.nix { inherit lib; };
   eval = lib.evalModules {
     modules = [
-      ./stub/host.nix
+      (import ./stub/host.nix nixpkgs)
       ../default.nix
       { _module.args.pkgs = fake.pkgs ./stub/fake-nixpkgs { system = "x86_64-linux"; }; }
     ];

@@ -30,7 +30,7 @@ pub const DISK_UNREADABLE: WarningSpec = WarningSpec {
 pub const INVALID_MACHINE_NAME: WarningSpec = WarningSpec {
     code: "invalid-machine-name",
     category: Category::NeedsHuman,
-    summary: "a legacy container name is not a valid systemd machine name; the container must be renamed",
+    summary: "a legacy container name is not one the new world takes (a systemd machine name that is also one host-name label: no `.`, no `_`, at most 63 characters); the container must be renamed",
 };
 pub const RISKY_MACHINE_NAME: WarningSpec = WarningSpec {
     code: "risky-machine-name",
@@ -1033,7 +1033,7 @@ mod tests {
             "{}",
             w.message
         );
-        assert!(w.message.contains("\"bad.name\""), "{}", w.message);
+        assert!(w.message.contains("\"bad-name\""), "{}", w.message);
         assert!(codes(by_name(&scan, "under_score")).contains(&"invalid-machine-name"));
         assert!(codes(by_name(&scan, "dangling")).contains(&"disk-unreadable"));
         assert_eq!(by_name(&scan, "dangling").kind, Some(Kind::Declarative));

@@ -14,10 +14,16 @@ pub const MACHINE_NAME_MAX: usize = 64;
 /// under the legacy assertion (`privateNetwork` on kernels ≤ 5.8, and `nixos-container create`).
 pub const LEGACY_VETH_NAME_MAX: usize = 11;
 
-/// Check `name` the way systemd-nspawn checks `--machine=`. The error says what is wrong and
-/// what to rename the container to.
+/// Longest name the NixOS module takes: the guest's `networking.hostName` is one DNS label.
+pub const MODULE_NAME_MAX: usize = 63;
+
+/// Check `name` the way systemd-nspawn checks `--machine=`, and the NixOS module's rule on top
+/// (`validName` in nixos/lib/instance.nix): one host-name label, no `.`, at most 63
+/// characters, because the guest's `networking.hostName` type refuses more and
+/// switch-to-configuration-ng mis-parses `systemd-nspawn@a.b.service`. The error says what is
+/// wrong and what to rename the container to.
 pub fn check_machine_name(name: &str) -> Result<(), String> {
-    let problem = machine_name_problem(name);
+    let problem = machine_name_problem(name).or_else(|| module_name_problem(name));
     match problem {
         None => Ok(()),
         Some(p) => {
@@ -26,7 +32,7 @@ pub fn check_machine_name(name: &str) -> Result<(), String> {
                 None => "rename the container".to_string(),
             };
             Err(format!(
-                "{:?} is not a valid machine name: {p}; systemd-nspawn refuses it. Machine names are 1-{MACHINE_NAME_MAX} characters: ASCII letters, digits, `-` and `.`, not starting or ending with `-` or `.`; {fix}",
+                "{:?} is not a valid container name: {p}. Container names are 1-{MODULE_NAME_MAX} characters: ASCII letters, digits and `-`, not starting or ending with `-` (systemd-nspawn, the container's networking.hostName and switch-to-configuration all take such a name); {fix}",
                 name
             ))
         }
@@ -96,6 +102,23 @@ fn machine_name_problem(name: &str) -> Option<String> {
     None
 }
 
+/// What the NixOS module refuses beyond systemd's rule.
+fn module_name_problem(name: &str) -> Option<String> {
+    if let Some(i) = name.find('.') {
+        return Some(format!(
+            "it contains `.` at character {} (switch-to-configuration-ng mis-parses systemd-nspawn@<name>.service with a dot, and networking.hostName takes no domain)",
+            i + 1
+        ));
+    }
+    let n = name.chars().count();
+    if n > MODULE_NAME_MAX {
+        return Some(format!(
+            "it is {n} characters long, more than {MODULE_NAME_MAX} (networking.hostName)"
+        ));
+    }
+    None
+}
+
 /// A valid name close to `name` (invalid characters become `-`, empty labels and edge
 /// hyphens dropped, cut to the length limit), or `None` when nothing usable is left.
 pub fn suggest_machine_name(name: &str) -> Option<String> {
@@ -116,10 +139,10 @@ pub fn suggest_machine_name(name: &str) -> Option<String> {
             labels.push(t.to_string());
         }
     }
-    let mut out = labels.join(".");
-    out.truncate(MACHINE_NAME_MAX);
+    let mut out = labels.join("-");
+    out.truncate(MODULE_NAME_MAX);
     let out = out.trim_end_matches(['-', '.']).to_string();
-    (!out.is_empty() && machine_name_problem(&out).is_none()).then_some(out)
+    (!out.is_empty() && check_machine_name(&out).is_ok()).then_some(out)
 }
 
 /// Notes about names that are legal but risky in the new world (each a full sentence).
@@ -129,11 +152,6 @@ pub fn legacy_name_notes(name: &str, private_network: bool) -> Vec<String> {
     if private_network && len > LEGACY_VETH_NAME_MAX {
         notes.push(format!(
             "container {name:?} has {len} characters: the host-side interface `ve-{name}` is longer than the 15-character limit, so systemd-nspawn names it with a hash and sets `ve-{name}` only as an alternative name; match it by that altname in networkd and firewall rules, and expect older kernels (before 5.8) or tools without altname support to fail"
-        ));
-    }
-    if name.contains('.') {
-        notes.push(format!(
-            "container {name:?} contains `.`: valid for systemd, but unit names (`systemd-nspawn@{name}.service`), interface names (`ve-{name}`) and `/etc/hosts` entries with dots are easy to mistake for domains; consider renaming it"
         ));
     }
     if name.contains('_') {
@@ -186,15 +204,8 @@ mod tests {
     fn verdicts_table() {
         let long64 = "a".repeat(64);
         let long65 = "a".repeat(65);
-        for ok in [
-            "web",
-            "A1",
-            "web-1",
-            "my.container",
-            "0",
-            "a--b",
-            long64.as_str(),
-        ] {
+        let long63 = "a".repeat(63);
+        for ok in ["web", "A1", "web-1", "0", "a--b", long63.as_str()] {
             assert_eq!(check_machine_name(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -207,6 +218,8 @@ mod tests {
             "ab-",
             ".host",
             "a.",
+            "my.container",
+            long64.as_str(),
             long65.as_str(),
         ] {
             let e = check_machine_name(bad).unwrap_err();
@@ -217,6 +230,16 @@ mod tests {
             check_machine_name(&long65)
                 .unwrap_err()
                 .contains("65 characters")
+        );
+        assert!(
+            check_machine_name(&long64)
+                .unwrap_err()
+                .contains("more than 63")
+        );
+        assert!(
+            check_machine_name("my.container")
+                .unwrap_err()
+                .contains("\"my-container\"")
         );
         assert!(check_machine_name("a/b").unwrap_err().contains('/'));
         assert!(
@@ -246,8 +269,9 @@ mod tests {
             if n.contains('\0') {
                 continue;
             }
+            // systemd's own rule; check_machine_name adds the module's on top.
             assert_eq!(
-                check_machine_name(n).is_ok(),
+                machine_name_problem(n).is_none(),
                 sd.hostname_is_valid(n),
                 "name {n:?}"
             );
@@ -273,7 +297,7 @@ mod tests {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 err.contains("Invalid machine name"),
-                check_machine_name(n).is_err(),
+                machine_name_problem(n).is_some(),
                 "{n}: {err}"
             );
         }
@@ -289,10 +313,10 @@ mod tests {
         assert_eq!(suggest_machine_name("../x").as_deref(), Some("x"));
         assert_eq!(
             suggest_machine_name("bad..name").as_deref(),
-            Some("bad.name")
+            Some("bad-name")
         );
         assert_eq!(suggest_machine_name("").as_deref(), None);
-        assert_eq!(suggest_machine_name(&"b".repeat(70)).unwrap().len(), 64);
+        assert_eq!(suggest_machine_name(&"b".repeat(70)).unwrap().len(), 63);
     }
 
     #[test]
@@ -302,7 +326,9 @@ mod tests {
         let n = legacy_name_notes("averylongname", true);
         assert_eq!(n.len(), 1);
         assert!(n[0].contains("ve-averylongname"));
-        assert_eq!(legacy_name_notes("my.box", false).len(), 1);
+        // Dots are no longer a note: check_machine_name refuses them.
+        assert!(legacy_name_notes("my.box", false).is_empty());
+        assert!(check_machine_name("my.box").is_err());
         assert!(legacy_name_notes("nginx_pw", false)[0].contains("nginx-pw"));
     }
 }

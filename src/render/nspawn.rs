@@ -114,6 +114,17 @@ pub fn nixpkgs_accepts(section: &str, key: &str) -> bool {
         .any(|(s, keys)| *s == section && keys.contains(&key))
 }
 
+/// Keys the module only sets as a default (`mkDefault`): a raw key of the same name replaces
+/// the module's value instead of clashing with it. `LinkJournal=auto` for ephemeral
+/// instances, where a legacy `--link-journal=` flag is kept as the administrator wrote it.
+pub const MODULE_DEFAULT_KEYS: &[(&str, &str)] = &[("Exec", "LinkJournal")];
+
+fn is_module_default_key(section: &str, key: &str) -> bool {
+    MODULE_DEFAULT_KEYS
+        .iter()
+        .any(|(s, k)| *s == section && *k == key)
+}
+
 /// Is `Section.Key` one the module renders from the instance options?
 pub fn is_module_key(section: &str, key: &str) -> bool {
     MODULE_KEYS.iter().any(|(s, k)| *s == section && *k == key)
@@ -162,6 +173,9 @@ pub fn module_settings(name: &str, spec: &InstanceSpec) -> NspawnSettings {
     push(&mut s.exec, "PrivateUsers", mode);
     if spec.ephemeral {
         push(&mut s.exec, "Ephemeral", "yes");
+        // nspawn refuses Ephemeral= with the stock template's journal link (try-guest, or
+        // guest/host on systemd 252); the file wins (`--settings=override`), `auto` is legacy's.
+        push(&mut s.exec, "LinkJournal", "auto");
     }
 
     for p in [
@@ -248,7 +262,7 @@ pub fn conflicts(a: &NspawnSettings, b: &NspawnSettings) -> Vec<String> {
         ("Network", &a.network, &b.network),
     ] {
         for k in x.keys() {
-            if y.contains_key(k) {
+            if y.contains_key(k) && !is_module_default_key(sec, k) {
                 out.push(format!("{sec}.{k}"));
             }
         }
@@ -273,13 +287,17 @@ pub fn merged(i: &Instance) -> NspawnSettings {
         "raw .nspawn keys clash with module keys: {:?}",
         conflicts(&s, &i.raw_nspawn)
     );
-    for (dst, src) in [
-        (&mut s.exec, &i.raw_nspawn.exec),
-        (&mut s.files, &i.raw_nspawn.files),
-        (&mut s.network, &i.raw_nspawn.network),
+    for (sec, dst, src) in [
+        ("Exec", &mut s.exec, &i.raw_nspawn.exec),
+        ("Files", &mut s.files, &i.raw_nspawn.files),
+        ("Network", &mut s.network, &i.raw_nspawn.network),
     ] {
         for (k, v) in src {
-            dst.entry(k.clone()).or_insert_with(|| v.clone());
+            if is_module_default_key(sec, k) {
+                dst.insert(k.clone(), v.clone());
+            } else {
+                dst.entry(k.clone()).or_insert_with(|| v.clone());
+            }
         }
     }
     s
@@ -413,6 +431,7 @@ mod tests {
         let m = module_settings("db", &s);
         assert_eq!(m.exec["PrivateUsers"], vec!["pick"]);
         assert_eq!(m.exec["Ephemeral"], vec!["yes"]);
+        assert_eq!(m.exec["LinkJournal"], vec!["auto"]);
         assert_eq!(
             m.files["BindReadOnly"],
             vec![

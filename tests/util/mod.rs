@@ -215,20 +215,33 @@ pub fn nix_parse(text: &str) -> Result<(), String> {
     }
 }
 
-/// nixpkgs' lib directory from `NIXPKGS_LIB` (never committed), or `None` after saying, visibly,
-/// that the test is skipped without it.
-pub fn nixpkgs_lib() -> Option<String> {
-    match std::env::var("NIXPKGS_LIB") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "skipped: set NIXPKGS_LIB to nixpkgs' lib directory to run the module evaluation tests"
-            );
-            None
-        }
+/// The real nixpkgs files the module is evaluated with: `$NIXPKGS` (a nixpkgs checkout) when
+/// set, otherwise the vendored copies in `../shared/nixpkgs` next to the repository. Missing:
+/// a failure when `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` (CI), otherwise `None` after saying,
+/// visibly, that the test is skipped.
+pub fn nixpkgs() -> Option<String> {
+    let dir = match std::env::var("NIXPKGS") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo().join("../shared/nixpkgs"),
+    };
+    if dir.join("lib/default.nix").is_file() && dir.join("nixos/lib/systemd-lib.nix").is_file() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        return Some(dir.display().to_string());
     }
+    if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+        panic!(
+            "no nixpkgs at {} (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): the module tests evaluate \
+             nixos/ with nixpkgs' real files; set NIXPKGS to a nixpkgs checkout",
+            dir.display()
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped: no nixpkgs at {}; set NIXPKGS to a nixpkgs checkout to run the module evaluation tests",
+        dir.display()
+    );
+    None
 }
 
 pub fn is_root() -> bool {

@@ -8,6 +8,11 @@
   nixos.containers.instances = {
     old.network = { };
     "bad name" = { };
+    # Dots: switch-to-configuration-ng mis-parses systemd-nspawn@a.b.service; "_" and edge
+    # hyphens: the guest's networking.hostName type refuses them (issue 8 #5).
+    "a.b" = { };
+    x_y = { };
+    "-lead" = { };
     a.network = { zone = "nowhere"; v4.static.containerPool = [ "10.1.0.2/24" ]; };
     b.network.v4.static = { containerPool = [ "10.1.0.2/24" ]; };
     c.network.v4.static.hostAddresses = [ "10.1.0.2/24" ];

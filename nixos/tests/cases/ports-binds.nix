@@ -25,4 +25,5 @@
   systemd.nspawn.web.networkConfig.MACVLAN = "eth1";
   systemd.services."systemd-nspawn@web".serviceConfig.DeviceAllow = [ "/dev/fuse rwm" ];
   systemd.services."systemd-nspawn@web".after = [ "network-online.target" ];
+  systemd.services."systemd-nspawn@web".wants = [ "network-online.target" ];
 }

@@ -1,5 +1,6 @@
 # activation.strategy: what `switch-to-configuration test` on the host does with a running
-# container whose configuration changed (restartTriggers/reloadTriggers of the drop-in).
+# container whose configuration changed (the triggers in its drop-in), and with a container
+# that was removed from the configuration (stopped, not restarted on the bare template).
 { lib, ... }:
 let
   container = strategy: motd: {
@@ -25,6 +26,9 @@ in
     };
     specialisation.bind-added.configuration = {
       nixos.containers.instances = lib.mkForce (instances "one" true);
+    };
+    specialisation.res-removed.configuration = {
+      nixos.containers.instances = lib.mkForce (removeAttrs (instances "one" false) [ "res" ]);
     };
   };
 
@@ -66,5 +70,14 @@ in
     out = switch("bind-added")
     assert "systemd-nspawn@dyn.service" in units(out, "restarting") + units(out, "starting"), out
     inside_eventually(machine, "dyn", "test -e /mnt/host-etc/hostname")
+
+    # Removing an instance stops its container and does not start it again.
+    machine.succeed("/run/booted-system/bin/switch-to-configuration test")
+    for c in containers:
+        wait_for_container(machine, c)
+    out = switch("res-removed")
+    assert "systemd-nspawn@res.service" in units(out, "stopping"), out
+    assert "systemd-nspawn@res.service" not in units(out, "starting") + units(out, "restarting"), out
+    machine.fail("systemctl is-active systemd-nspawn@res.service")
   '';
 }

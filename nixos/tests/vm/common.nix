@@ -3,12 +3,9 @@
 {
   networking.useNetworkd = true;
   networking.useDHCP = false;
-  # Containers reach the outside through the host; the test VMs have no uplink anyway.
-  networking.firewall.trustedInterfaces = [
-    "ve-+"
-    "vz-+"
-    "vb-+"
-  ];
+  # The firewall stays as a real host has it (no trusted ve-+/vz-+): the containers' DHCP
+  # leases must come through the port the module opens (issue 8 #3).
+  networking.firewall.enable = true;
   environment.systemPackages = [ pkgs.curl ];
   virtualisation.memorySize = 2048;
   virtualisation.writableStore = true;

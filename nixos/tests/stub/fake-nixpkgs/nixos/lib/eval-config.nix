@@ -1,8 +1,10 @@
 # Test stub of nixpkgs' nixos/lib/eval-config.nix: evaluates a container's system-config like
-# the real one (same arguments, same module system, `config`/`options` in the result) but
-# against a tiny option set (../../../systemd-options.nix plus the handful of options the
-# module sets) with everything else accepted as free-form data. Nothing is built:
-# system.build.toplevel is a fake store path that changes whenever the configuration does.
+# the real one (same arguments, same module system, `config`/`options`/`pkgs` in the result)
+# with nixpkgs' real modules for what a container's networking is made of: container-config.nix,
+# nixos-containers.nix (boot.isContainer/isNspawnContainer), network-interfaces*.nix (the
+# networking options and their types, networking.hostName included), networkd.nix, systemd.nix.
+# The rest of NixOS is ../../../base.nix. Nothing is built: system.build.toplevel is a fake store
+# path that changes whenever the configuration does.
 {
   system ? null,
   modules,
@@ -13,52 +15,25 @@
 }:
 
 let
+  nixpkgs = import ../../../../lib/nixpkgs.nix;
   fake = import ../../../fake.nix { inherit lib; };
   inherit (lib) mkOption types;
 
   base =
-    { config, ... }:
+    { config, ... }@args:
     {
-      imports = [ ../../../systemd-options.nix ];
-      freeformType = types.attrsOf types.anything;
+      imports = [
+        (import ../../../base.nix nixpkgs)
+        "${nixpkgs}/nixos/modules/virtualisation/container-config.nix"
+        "${nixpkgs}/nixos/modules/virtualisation/nixos-containers.nix"
+        "${nixpkgs}/nixos/modules/tasks/network-interfaces.nix"
+        "${nixpkgs}/nixos/modules/tasks/network-interfaces-systemd.nix"
+        "${nixpkgs}/nixos/modules/system/boot/networkd.nix"
+        "${nixpkgs}/nixos/modules/system/boot/systemd.nix"
+      ];
       options = {
-        # As nixos/modules/virtualisation/nixos-containers.nix (current nixpkgs).
-        boot.isContainer = mkOption {
-          type = types.bool;
-          default = config.boot.isNspawnContainer;
-        };
-        boot.isNspawnContainer = mkOption {
-          type = types.bool;
-          default = false;
-        };
-        networking = {
-          hostName = mkOption {
-            type = types.str;
-            default = "nixos";
-          };
-          useNetworkd = mkOption {
-            type = types.bool;
-            default = false;
-          };
-          useDHCP = mkOption {
-            type = types.bool;
-            default = true;
-          };
-          useHostResolvConf = mkOption {
-            type = types.bool;
-            default = config.boot.isContainer;
-          };
-        };
         nixpkgs.hostPlatform = mkOption {
           type = types.unspecified;
-        };
-        environment.systemPackages = mkOption {
-          type = types.listOf types.unspecified;
-          default = [ ];
-        };
-        assertions = mkOption {
-          type = types.listOf types.unspecified;
-          default = [ ];
         };
         system.build.toplevel = mkOption {
           type = types.str;
@@ -69,9 +44,16 @@ let
         _module.args.pkgs = fake.pkgs ../.. config.nixpkgs.hostPlatform;
         system.build.toplevel =
           let
-            data = builtins.toJSON (
-              fake.plain (removeAttrs config [ "_module" "system" ])
-            );
+            data = builtins.toJSON {
+              inherit (config.networking) hostName;
+              units = lib.mapAttrs (_: u: u.text) config.systemd.network.units;
+              # What the modules define, modules that are functions called with the module
+              # arguments (options no module here declares are ignored by the evaluation, so
+              # the configuration itself has to be part of the fake system).
+              definitions = fake.plain (
+                map (m: if lib.isFunction m then m (args // { inherit lib; }) else m) modules
+              );
+            };
           in
           fake.storePath "nixos-system-${config.networking.hostName}" data;
       };
@@ -81,7 +63,7 @@ let
     inherit prefix;
     modules = [ base ] ++ modules;
     specialArgs = {
-      modulesPath = toString ../../nixos/modules;
+      modulesPath = "${nixpkgs}/nixos/modules";
     }
     // specialArgs;
   };
