@@ -183,6 +183,7 @@ pub fn execute(
             record_start(
                 host,
                 m.plan.nix_output.as_deref(),
+                m.instances.get(idx),
                 legacy,
                 cp,
                 report.kind,
@@ -231,6 +232,7 @@ pub fn execute(
 fn record_start(
     host: &HostRoot,
     nix_output: Option<&Path>,
+    inst: Option<&crate::translate::Instance>,
     legacy: &crate::legacy::LegacyContainer,
     cp: &crate::plan::ContainerPlan,
     kind: &str,
@@ -287,6 +289,25 @@ fn record_start(
         profile_to: None,
         files: Vec::new(),
         nix_output: None,
+        // The entries the Nix file gets for the container's own networkd units (see
+        // render::nix): rollback removes them with the container.
+        networkd_units: inst
+            .map(|i| {
+                i.host_networks
+                    .iter()
+                    .map(|u| match u.file_name.strip_suffix(".netdev") {
+                        Some(stem) => ("netdevs".to_string(), stem.to_string()),
+                        None => (
+                            "networks".to_string(),
+                            u.file_name
+                                .strip_suffix(".network")
+                                .unwrap_or(&u.file_name)
+                                .to_string(),
+                        ),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     for step in &cp.steps {
         match step {

@@ -122,8 +122,14 @@ pub fn find(text: &str, name: &str) -> Vec<Definition> {
 /// (`nixos.containers.instances.NAME`, `systemd.nspawn.NAME`,
 /// `systemd.services."systemd-nspawn@NAME"`), removed, each with its indentation, its line
 /// end and the comment lines directly above it. Returns the new text and how many other
-/// instances remain. For `migrate --rollback`; `None` when the file does not parse.
-pub fn remove_instance(text: &str, name: &str) -> Option<(String, usize)> {
+/// instances remain. `networkd` names the container's own networkd units as
+/// (`networks`|`netdevs`, unit name without suffix): their `systemd.network.*` entries go too.
+/// For `migrate --rollback`; `None` when the file does not parse.
+pub fn remove_instance(
+    text: &str,
+    name: &str,
+    networkd: &[(String, String)],
+) -> Option<(String, usize)> {
     let parsed = rnix::Root::parse(text);
     if !parsed.errors().is_empty() {
         return None;
@@ -149,6 +155,9 @@ pub fn remove_instance(text: &str, name: &str) -> Option<(String, usize)> {
             }
             ["systemd", "nspawn", n, ..] => *n == name,
             ["systemd", "services", u, ..] => *u == unit,
+            ["systemd", "network", coll, stem, ..] => {
+                networkd.iter().any(|(c, s)| c == coll && s == stem)
+            }
             _ => false,
         };
         if !mine {
@@ -233,14 +242,15 @@ let port = 8080; in
 
     #[test]
     fn an_instance_is_removed_from_our_file_and_the_rest_kept() {
-        let file = "# header\n{ config, ... }:\n{\n  nixos.containers.instances.db = {\n    x = 1;\n  };\n  systemd.nspawn.db = { };\n  # needs a human: check web\n  nixos.containers.instances.web = { };\n  systemd.services.\"systemd-nspawn@web\" = { };\n  systemd.nspawn.web = { };\n}\n";
-        let (rest, others) = remove_instance(file, "web").unwrap();
+        let file = "# header\n{ config, ... }:\n{\n  nixos.containers.instances.db = {\n    x = 1;\n  };\n  systemd.nspawn.db = { };\n  # needs a human: check web\n  nixos.containers.instances.web = { };\n  systemd.services.\"systemd-nspawn@web\" = { };\n  systemd.nspawn.web = { };\n  systemd.network.networks.\"30-web-dmz\" = { };\n}\n";
+        let web_units = [("networks".to_string(), "30-web-dmz".to_string())];
+        let (rest, others) = remove_instance(file, "web", &web_units).unwrap();
         assert_eq!(others, 1);
         assert_eq!(
             rest,
             "# header\n{ config, ... }:\n{\n  nixos.containers.instances.db = {\n    x = 1;\n  };\n  systemd.nspawn.db = { };\n}\n"
         );
-        let (empty, others) = remove_instance(&rest, "db").unwrap();
+        let (empty, others) = remove_instance(&rest, "db", &[]).unwrap();
         assert_eq!(others, 0);
         assert_eq!(empty, "# header\n{ config, ... }:\n{\n}\n");
         assert!(rnix::Root::parse(&empty).errors().is_empty());

@@ -78,6 +78,9 @@ pub struct Record {
     pub files: Vec<FileRecord>,
     /// The declarative Nix file this container has entries in.
     pub nix_output: Option<FileRecord>,
+    /// The container's own networkd units declared in that file: (`networks`|`netdevs`, name).
+    #[serde(default)]
+    pub networkd_units: Vec<(String, String)>,
 }
 
 pub fn now_ns() -> u128 {
@@ -324,7 +327,7 @@ pub fn rollback(host: &HostRoot, r: &Record, out: &mut Outcome) -> Result<(), St
             .push(format!("removed the profile links {}", p.display()));
     }
     if let Some(nix) = &r.nix_output {
-        remove_from_nix_file(host, name, nix, out)?;
+        remove_from_nix_file(host, r, nix, out)?;
     }
     host.remove_file(&record_path(name))
         .map_err(|e| format!("cannot remove {}: {e}", record_path(name).display()))?;
@@ -402,10 +405,11 @@ fn restore_or_remove(host: &HostRoot, f: &FileRecord, out: &mut Outcome) -> Resu
 
 fn remove_from_nix_file(
     host: &HostRoot,
-    name: &str,
+    r: &Record,
     nix: &FileRecord,
     out: &mut Outcome,
 ) -> Result<(), String> {
+    let name = &r.name;
     let Ok(text) = host.read_to_string(&nix.path) else {
         return Ok(());
     };
@@ -416,7 +420,8 @@ fn remove_from_nix_file(
         ));
         return Ok(());
     }
-    let Some((rest, others)) = crate::nix_block::remove_instance(&text, name) else {
+    let Some((rest, others)) = crate::nix_block::remove_instance(&text, name, &r.networkd_units)
+    else {
         out.done.push(format!(
             "left {}: it does not parse any more; remove nixos.containers.instances.{name} from it yourself",
             nix.path.display()

@@ -298,3 +298,25 @@ fn cleanup_needs_a_boot_and_removes_only_legacy_files() {
         stand_ins.calls()
     );
 }
+
+/// Regression: a container's own networkd units (`systemd.network.networks."30-NAME-…"` in the
+/// Nix file) went unremoved when it was rolled back while other containers stayed in the file.
+#[test]
+fn rollback_removes_the_containers_networkd_entries_from_the_nix_file() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::fixture("broken");
+    let stand_ins = StandIns::new(&[]);
+    migrate(root.path(), &stand_ins, &["good", "orphan"]);
+    let file = root.path().join("etc/nixos/nspawn-containers.nix");
+    let before = std::fs::read_to_string(&file).unwrap();
+    assert!(before.contains("30-good-dmz"), "{before}");
+    let out = run(root.path(), &stand_ins, &["--rollback", "good", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert!(after.contains("instances.orphan"), "{after}");
+    assert!(!after.contains("good"), "{after}");
+    nix_parse(&after).unwrap();
+}
