@@ -86,6 +86,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             (Some((path.clone(), plan)), args)
         }
     };
+    // Ordinary paths made absolute once: a plan saved from one directory applies from another,
+    // and the files read are named the same way in both.
+    let mut args = args;
+    for p in [&mut args.config, &mut args.from_json]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(abs) = std::path::absolute(&*p) {
+            *p = abs;
+        }
+    }
     let args = &args;
     if args.plan_out.is_some() && !args.dry_run {
         return Err(Error::Usage(

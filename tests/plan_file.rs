@@ -260,3 +260,74 @@ fn an_unchanged_host_passes_the_check_and_options_cannot_override_the_plan() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("add --dry-run"), "{}", stderr(&out));
 }
+
+/// A `--config` outside the root, given relative: the plan names it absolutely, applies from
+/// another working directory, and notices when it changes.
+#[test]
+fn a_relative_config_outside_the_root_is_fingerprinted_and_applies_from_anywhere() {
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.path().join("etc/nixos/configuration.nix"),
+        work.path().join("host.nix"),
+    )
+    .unwrap();
+    let plan = work.path().join("plan.json");
+    let made = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .current_dir(work.path())
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "migrate",
+            "--dry-run",
+            "-q",
+            "--config",
+            "host.nix",
+            "--plan-out",
+            "plan.json",
+        ])
+        .env("PATH", stand_ins.path_env())
+        .output()
+        .unwrap();
+    assert!(
+        matches!(made.status.code(), Some(0 | 3)),
+        "{}",
+        stderr(&made)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+    let config = work.path().join("host.nix");
+    assert_eq!(v["options"]["config"], config.to_str().unwrap());
+    assert!(
+        v["inputs"]
+            .as_object()
+            .unwrap()
+            .contains_key(&format!("file {}", config.display())),
+        "{v:#}"
+    );
+    let p = plan.to_str().unwrap();
+    let check = run(
+        root.path(),
+        &stand_ins,
+        &["--dry-run", "-q", "--plan-in", p],
+    );
+    assert!(
+        matches!(check.status.code(), Some(0 | 3)),
+        "{}",
+        stderr(&check)
+    );
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("# changed\n");
+    std::fs::write(&config, t).unwrap();
+    let check = run(
+        root.path(),
+        &stand_ins,
+        &["--dry-run", "-q", "--plan-in", p],
+    );
+    assert_eq!(check.status.code(), Some(4), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("host.nix changed"),
+        "{}",
+        stderr(&check)
+    );
+}
