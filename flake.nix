@@ -39,6 +39,12 @@
           # Everything tracked: the tests need fixtures/ and nixos/ next to the sources.
           src = lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
+          # `create`/`update` evaluate nixos/lib/eval-container.nix; the binary finds it in
+          # share/nixos-nspawn/nixos next to itself.
+          postInstall = ''
+            mkdir -p $out/share/nixos-nspawn
+            cp -r nixos $out/share/nixos-nspawn/
+          '';
           # The Nix and systemd tests need root, nix-instantiate and systemd-nspawn; in the
           # sandbox they print "skipped: …" and pass. The VM tests below cover the module.
           meta = {

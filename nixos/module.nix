@@ -249,13 +249,6 @@ let
 
   badNames = lib.filter (n: !I.validName n) names;
   badZones = lib.filter (z: builtins.match "[a-zA-Z0-9_-]{1,12}" z == null) (attrNames cfg.zones);
-  longVeth = lib.filter (
-    n:
-    let
-      i = instances.${n};
-    in
-    I.hasVeth i && i.network.zone == null && i.network.bridge == null && !I.vethNameFits n
-  ) names;
   missingZones = lib.filter (n: zoneOf instances.${n} != null && !(cfg.zones ? ${zoneOf instances.${n}})) names;
   vethConflicts = lib.filter (
     n:
@@ -422,17 +415,6 @@ in
                  /var/lib/nixos-containers/<name> stays untouched), or
               2. keep the legacy container for now and remove nixos.containers.instances.<name>, or
               3. give the new instance another name.
-          '';
-        }
-        {
-          assertion = longVeth == [ ];
-          message = ''
-            nixos.containers.instances: ${list longVeth}: the interface name "ve-<name>" would
-            be longer than 15 bytes, so systemd-nspawn replaces it with a hash and the generated
-            20-ve-<name>.network never matches. Ways out:
-              1. use a name of at most 12 characters,
-              2. put the container into a zone (network.zone), or
-              3. use the host network (network = null).
           '';
         }
         {

@@ -59,6 +59,8 @@ pub enum Command {
     /// Print the man page (roff), generated from this command line's definition
     /// (e.g. `nixos-nspawn man > nixos-nspawn.1; man -l nixos-nspawn.1`).
     Man,
+    #[command(flatten)]
+    Imperative(ImperativeCommand),
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -225,6 +227,82 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
         }
     }
     Ok(escaped.into_bytes())
+}
+
+/// The imperative verbs (RFC 0108 "Imperative management"). Start, stop and log in with
+/// machinectl; these build, install and activate.
+#[derive(Debug, Subcommand)]
+pub enum ImperativeCommand {
+    /// Build a container from a container file and install it (refuses a name in use).
+    Create {
+        /// The machine name.
+        name: String,
+        /// The container file (the options of nixos.containers.instances.<name>, plus nixpkgs).
+        #[arg(value_name = "FILE.nix")]
+        file: Option<PathBuf>,
+        /// Build from a flake output instead (its value is what a container file holds);
+        /// REF alone means REF#nixosNspawnContainers.NAME.
+        #[arg(long, value_name = "REF#attr", conflicts_with = "file")]
+        flake: Option<String>,
+        /// Use a system that is already built (a store path); FILE.nix, if given, supplies the
+        /// other options (network, bind mounts, …).
+        #[arg(long, value_name = "PATH", conflicts_with = "flake")]
+        profile: Option<PathBuf>,
+        /// Start the container (also done when the file sets autoStart, the default).
+        #[arg(long)]
+        start: bool,
+    },
+    /// Rebuild an imperative container and activate it: reload when only its system changed,
+    /// restart when anything else did (and say why).
+    Update {
+        /// The container's machine name.
+        name: String,
+        /// The container file (default: the one it was last built from).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Build from a flake output instead.
+        #[arg(long, value_name = "REF#attr", conflicts_with = "config")]
+        flake: Option<String>,
+        /// Reload (switch-to-configuration test inside), whatever changed.
+        #[arg(long, conflicts_with = "restart")]
+        reload: bool,
+        /// Restart, whatever changed.
+        #[arg(long)]
+        restart: bool,
+        /// Show the decision and the diff of every unit; build, write and activate nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Remove an imperative container; its state (/var/lib/machines/NAME) is kept.
+    Remove {
+        /// The container's machine name.
+        name: String,
+        /// Also delete its state, profile and gcroots.
+        #[arg(long)]
+        delete_state: bool,
+    },
+    /// List every container: legacy, declarative, imperative and unmanaged machines.
+    List {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the generations of an imperative container's profile.
+    ListGenerations {
+        /// The container's machine name.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the previous generation: profile, .nspawn file and network units together.
+    Rollback {
+        /// The container's machine name.
+        name: String,
+        #[arg(long, conflicts_with = "restart")]
+        reload: bool,
+        #[arg(long)]
+        restart: bool,
+    },
 }
 
 #[cfg(test)]

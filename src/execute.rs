@@ -912,6 +912,18 @@ fn check_file_dest(
             let old = host
                 .read(&probe.resolved)
                 .map_err(|e| format!("cannot read {} to check it: {e}", path.display()))?;
+            // Managed by `nixos-nspawn update` since it was migrated: a second migrate would
+            // put the legacy translation back over the newer configuration.
+            if crate::imperative::written_by_imperative_verbs(&old) && !force {
+                return Err(format!(
+                    "{} is managed with `nixos-nspawn update` since this container was migrated; \
+                     migrate does not replace it with the legacy translation. Leave this container \
+                     out (--only for the others), or pass --force to replace it (the old file is \
+                     kept as {}.bak-TIME)",
+                    path.display(),
+                    probe.resolved.display()
+                ));
+            }
             if !is_ours(&old) && !force {
                 return Err(format!(
                     "{}{} exists and was not written by nixos-nspawn (its first line is not our `# … nixos-nspawn` header); \

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod error;
 pub mod execute;
 pub mod host;
+pub mod imperative;
 pub mod interactive;
 pub mod interrupt;
 pub mod legacy;

@@ -41,6 +41,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             &nixos_nspawn::cli::man_page()
                 .map_err(|e| Error::Other(format!("cannot render the man page: {e}")))?,
         ),
+        Command::Imperative(cmd) => nixos_nspawn::imperative::run(&cli.root, cli.verbose, cmd),
     }
 }
 

@@ -123,9 +123,11 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
+    let mut nix_files: Vec<PathBuf> = Vec::new();
     if let Some(r) = nix {
         configured = r.facts;
         problems.extend(r.problems);
+        nix_files = r.files_read.clone();
         files_read.extend(r.files_read);
     }
     if let Some(json) = &opts.from_json {
@@ -161,10 +163,35 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         let disk = disk_by_name.remove(&name);
         containers.push(assemble(name, disk, configured));
     }
+    // Host settings that target the legacy units (container@<name>): they stop applying.
+    let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+    let outside_root = opts
+        .config
+        .as_ref()
+        .is_some_and(|p| host_path_of(host, p).is_none());
+    for f in nix_files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "nix"))
+    {
+        let text = if outside_root {
+            std::fs::read_to_string(f)
+        } else {
+            host.read_to_string(f)
+        };
+        if let Ok(text) = text {
+            problems.extend(crate::translate::host_refs::scan(f, &text, &names));
+        }
+    }
+    let gcroots_dirs = containers
+        .iter()
+        .map(|c| (c.name.clone(), crate::plan::legacy_gcroots_dir(&c.name)))
+        .filter(|(_, p)| host.kind(p).ok().flatten() == Some(crate::host::Kind::Dir))
+        .collect();
     LegacyHost {
         containers,
         problems,
         files_read,
+        gcroots_dirs,
     }
 }
 
@@ -297,13 +324,18 @@ pub fn prepare(
         .iter()
         .map(|c| translate::translate(c, &ctx))
         .collect();
+    // Declarative containers' profiles too: their guests' per-user profiles live there.
     let profiles: BTreeMap<String, PathBuf> = legacy
         .containers
         .iter()
-        .filter(|c| c.has_profile_generations)
         .filter_map(|c| Some((c.name.clone(), c.profile_dir.clone()?)))
         .collect();
-    let plan = plan::plan(&instances, &|n| profiles.get(n).cloned(), output);
+    let plan = plan::plan(
+        &instances,
+        &|n| profiles.get(n).cloned(),
+        &|n| legacy.gcroots_dirs.get(n).cloned(),
+        output,
+    );
     // Blocked containers stay out of the file: one invalid name would fail the whole rebuild.
     let declarative: Vec<Instance> = instances
         .iter()

@@ -129,6 +129,17 @@ pub fn profile_dir(name: &str) -> PathBuf {
     PathBuf::from(format!("/nix/var/nix/profiles/per-nspawn/{name}"))
 }
 
+/// The GC-root directory the module binds to the container's `/nix/var/nix/gcroots`.
+pub fn gcroots_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/nix/var/nix/gcroots/per-nspawn/{name}"))
+}
+
+/// The legacy GC-root directory of a container (bound read-write as its
+/// `/nix/var/nix/gcroots`, declarative and imperative alike).
+pub fn legacy_gcroots_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/nix/var/nix/gcroots/per-container/{name}"))
+}
+
 /// Why a container cannot be migrated as it is, if it cannot: its name is not a valid machine
 /// name, so no `/var/lib/machines/<name>`, unit or `.nspawn` file can be made for it.
 pub fn blocked(i: &Instance) -> Option<String> {
@@ -137,11 +148,14 @@ pub fn blocked(i: &Instance) -> Option<String> {
         .map(|e| format!("{e}; then run the migration again"))
 }
 
-/// Derive the plan. `legacy_profiles` gives, per container name, the legacy profile dir when it
-/// holds generations.
+/// Derive the plan. `legacy_profile` gives, per container name, the legacy profile dir
+/// (`/nix/var/nix/profiles/per-container/NAME`) when it exists, `legacy_gcroots` its GC-root
+/// dir likewise. Both are carried for every kind: legacy bound them read-write into declarative
+/// containers too (per-user profiles made inside the guest live there).
 pub fn plan(
     instances: &[Instance],
     legacy_profile: &dyn Fn(&str) -> Option<PathBuf>,
+    legacy_gcroots: &dyn Fn(&str) -> Option<PathBuf>,
     nix_output: &std::path::Path,
 ) -> Plan {
     let mut containers = Vec::new();
@@ -170,14 +184,20 @@ pub fn plan(
                 },
             }),
         }
+        if let Some(p) = legacy_profile(&i.name) {
+            steps.push(Step::CarryProfile {
+                from: p,
+                to: profile_dir(&i.name),
+            });
+        }
+        if let Some(g) = legacy_gcroots(&i.name) {
+            steps.push(Step::CarryProfile {
+                from: g,
+                to: gcroots_dir(&i.name),
+            });
+        }
         match i.kind {
             Kind::Imperative => {
-                if let Some(p) = legacy_profile(&i.name) {
-                    steps.push(Step::CarryProfile {
-                        from: p,
-                        to: profile_dir(&i.name),
-                    });
-                }
                 steps.push(Step::WriteContainerFile {
                     path: container_file(&i.name),
                 });

@@ -23,16 +23,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use util::{have_tool, is_root, nix_parse, nspawn_parse_errors};
-
-/// Say that a check was skipped, visibly: straight to the process's stderr, which the test
-/// harness does not capture (it captures `eprintln!`).
-macro_rules! skip {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr().lock(), $($t)*);
-    }};
-}
+use util::{have_tool, networkd_parse_errors, nix_parse, nspawn_parse_errors};
 
 fn ctx() -> Context {
     Context {
@@ -225,7 +216,7 @@ fn host_file_evaluates_as_a_module_body() {
     );
     assert!(stdout.contains("[ \"web\" ]"), "{stdout}");
     assert!(
-        stdout.contains("hostAddresses = [ \"10.233.1.1/30\" ]"),
+        stdout.contains("hostAddresses = [ \"10.233.1.1/32\" ]"),
         "{stdout}"
     );
     assert!(stdout.contains("ResolvConf = \"off\""), "{stdout}");
@@ -344,98 +335,6 @@ fn networkd_check_is_not_vacuous() {
     if let Some(bad) = networkd_parse_errors(&files) {
         assert_eq!(bad.len(), 2, "{bad:?}");
     }
-}
-
-/// Run systemd-networkd over `files` in private mount and network namespaces; the
-/// `FILE:LINE:` complaints, or `None` when the check cannot run here (after saying why).
-fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
-    let networkd_bin = Path::new("/lib/systemd/systemd-networkd");
-    if !networkd_bin.exists() || !have_tool("unshare", "util-linux") {
-        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
-            panic!(
-                "systemd-networkd is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install systemd"
-            );
-        }
-        eprintln!(
-            "skipped: install systemd (/lib/systemd/systemd-networkd) and util-linux (unshare)"
-        );
-        return None;
-    }
-    if !is_root() {
-        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
-            panic!("the networkd check needs root (namespaces and mounts)");
-        }
-        skip!("skipped: the networkd check needs root");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("network");
-    let empty = dir.path().join("empty");
-    std::fs::create_dir_all(&cfg).unwrap();
-    std::fs::create_dir_all(&empty).unwrap();
-    for (name, text) in files {
-        std::fs::write(cfg.join(name), text).unwrap();
-    }
-    // A canary that matches `lo`: networkd logs its path once it has loaded the directory,
-    // which proves the files were read even when none of them matches a link here.
-    std::fs::write(
-        cfg.join("000-canary.network"),
-        "[Match]\nName=lo\n\n[Network]\nKeepConfiguration=yes\n",
-    )
-    .unwrap();
-    let log = dir.path().join("log");
-    let script = format!(
-        "set -e\n\
-         mount -t sysfs -o ro sysfs /sys\n\
-         mkdir -p /run/systemd/netif\n\
-         mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif\n\
-         chown systemd-network:systemd-network /run/systemd/netif\n\
-         mount --bind {cfg} /etc/systemd/network\n\
-         mount --bind {empty} /lib/systemd/network\n\
-         if [ -d /run/systemd/network ]; then mount --bind {empty} /run/systemd/network; fi\n\
-         ip link set lo up\n\
-         SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console /lib/systemd/systemd-networkd >{log} 2>&1 & P=$!\n\
-         sleep 2\n\
-         kill $P\n\
-         wait $P || true\n",
-        cfg = cfg.display(),
-        empty = empty.display(),
-        log = log.display()
-    );
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "unshare",
-            "-m",
-            "-n",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "networkd harness failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        log.contains("/etc/systemd/network/000-canary.network"),
-        "networkd did not read the units:\n{log}"
-    );
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.starts_with("/etc/systemd/network/")
-                && l.split(':')
-                    .nth(1)
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    Some(bad.into_iter().map(str::to_string).collect())
 }
 
 #[test]

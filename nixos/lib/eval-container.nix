@@ -14,6 +14,11 @@
 # Unlike declarative containers, `nixpkgs` has no default (there is no host configuration to
 # take it from) and `network` defaults to null (the host's network), as the RFC says.
 #
+# `activation.strategy` defaults to "dynamic", as for declarative containers: `nixos-nspawn
+# update` compares the installed `.nspawn` and network units with the new ones and reloads when
+# only `Parameters=` (the system) changed, restarts otherwise. (The RFC's text says imperative
+# containers restart by default because its script could not tell the difference; this one can.)
+#
 #   nix-build eval-container.nix --arg file ./c.nix --argstr name web -A toplevel
 #   nix-instantiate --eval --strict --json eval-container.nix --arg file ./c.nix \
 #     --argstr name web -A files
@@ -25,6 +30,8 @@
 #   system    platform of the container (default: the evaluating machine's)
 #   lib       nixpkgs' lib to evaluate the options with (default: the container's nixpkgs')
 #   zones     `nixos.containers.zones`-like data for a container in a zone (gateway fallback)
+#   prebuilt  a system already built (store path, `nixos-nspawn create --profile`): rendered
+#             into `Parameters=` instead of building system-config
 #
 # Result:
 #   toplevel       the container's NixOS system (a derivation with a real nixpkgs)
@@ -37,7 +44,8 @@
 #   reloadScript   body of the reload script (the CLI runs it for `update --reload`)
 #   dropin         text of a systemd-nspawn@<name>.service drop-in, or "" when none is needed
 #   json           JSON description of the container (options without system-config)
-#   files          { "<name>.nspawn" = text; "data.json" = json; <network units>; }
+#   files          { "<name>.nspawn" = text; "data.json" = json; <network units>;
+#                    "dropin.conf" = dropin (only when one is needed); }
 {
   file ? null,
   container ? if file == null then throw "eval-container.nix: pass --arg file ./container.nix" else import file,
@@ -46,6 +54,7 @@
   system ? builtins.currentSystem,
   lib ? null,
   zones ? { },
+  prebuilt ? null,
 }:
 
 let
@@ -55,6 +64,9 @@ let
       nixpkgs
     else if raw != null && raw ? nixpkgs then
       raw.nixpkgs
+    else if prebuilt != null then
+      # Only nixpkgs' lib is needed to evaluate the options of a prebuilt system.
+      <nixpkgs>
     else
       throw "eval-container.nix: container ${name}: set `nixpkgs = <nixpkgs>;` in the container file or pass --arg nixpkgs";
   lib' = if lib != null then lib else import (nixpkgsPath + "/lib");
@@ -71,7 +83,7 @@ let
         nixpkgs = lib'.mkForce nixpkgsPath;
         # Imperative default (RFC 0108): the host's network unless the file says otherwise.
         network = lib'.mkDefault null;
-        activation.strategy = lib'.mkDefault "restart";
+        activation.strategy = lib'.mkDefault "dynamic";
       }
       (
         if raw != null then
@@ -93,7 +105,7 @@ let
       [ ];
 
   sys = I.evalSystem name inst zoneHostAddresses system;
-  toplevel = sys.config.system.build.toplevel;
+  toplevel = if prebuilt != null then prebuilt else sys.config.system.build.toplevel;
 
   nspawnSettings = I.nspawnSettings name inst toplevel;
   nspawn = I.units.nspawnText nspawnSettings;
@@ -108,16 +120,8 @@ let
       message = "invalid container name \"${name}\": use 1 to 63 letters, digits and \"-\", not starting or ending with \"-\" (no \".\" or \"_\")";
     }
     {
-      assertion = !(inst.network != null && inst.network.zone == null && inst.network.bridge == null && inst.network.veth) || I.vethNameFits name;
-      message = "container name \"${name}\" is longer than 12 characters: its interface ve-${name} would be renamed by systemd-nspawn; use a shorter name or a zone";
-    }
-    {
       assertion = inst.forwardPorts == [ ] || I.hasVeth inst;
       message = "container ${name}: forwardPorts need `network = { };` (a private network with a veth)";
-    }
-    {
-      assertion = inst.activation.strategy != "dynamic";
-      message = "container ${name}: activation.strategy \"dynamic\" needs the host's switch-to-configuration; imperative containers support none, reload and restart";
     }
   ];
   checked =
@@ -177,5 +181,6 @@ checked {
     "${name}.nspawn" = nspawn;
     "data.json" = json;
   }
-  // networkUnits;
+  // networkUnits
+  // lib'.optionalAttrs (dropin != "") { "dropin.conf" = dropin; };
 }

@@ -81,6 +81,45 @@ let
           `systemd.nspawn.<name>.networkConfig.MACVLAN = "eth1";`.
         '';
       };
+      masquerade = mkOption {
+        type = types.bool;
+        default = true;
+        example = false;
+        description = ''
+          (Extension of RFC 0108.) Whether the host side of a plain veth (`ve-<name>`, no
+          `zone`, no `bridge`) masquerades the container's traffic (`IPMasquerade=both` in
+          {manpage}`systemd.network(5)`, which also turns on IP forwarding on the host).
+          `false` leaves forwarding and NAT to the host's own configuration, as a legacy
+          `nixos-container` did (it only added addresses and routes), for example
+          `networking.nat.internalInterfaces = [ "ve-+" ];`.
+        '';
+      };
+      routerAdvertisements = mkOption {
+        type = types.bool;
+        default = true;
+        example = false;
+        description = ''
+          (Extension of RFC 0108.) Whether the host side of a plain veth sends IPv6 router
+          advertisements (`IPv6SendRA=yes`) when the container has no static IPv6 address.
+          `false` sends none, as a legacy `nixos-container` did.
+        '';
+      };
+      pointToPoint = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          (Extension of RFC 0108.) Configure the static addresses of a plain veth the way a
+          legacy `nixos-container` did with `hostAddress`/`localAddress`: each end gets its
+          addresses exactly as given. A full-length address (`/32`, `/128`) becomes a
+          point-to-point address whose `Peer=` is the other end's first address of that
+          family (`[Address]` in {manpage}`systemd.network(5)`); a shorter one gets a host
+          route to the other end instead. The container's default route goes through the
+          first host address with `GatewayOnLink=yes`. No subnet is shared, so several
+          containers may use the same host address on their own `ve-<name>` links.
+          Needs a host address and a container address of the same family.
+        '';
+      };
       v4.static = staticOptions "4" {
         host = "10.231.136.1/24";
         container = "10.231.136.2/24";

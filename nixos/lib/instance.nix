@@ -54,9 +54,11 @@ rec {
     else
       "container";
 
-  # Interface names are at most 15 bytes; nspawn replaces a longer `ve-<name>` with a hash,
-  # which a `Name=ve-<name>` match can then never find.
-  vethNameFits = name: builtins.stringLength "ve-${name}" <= 15;
+  # No length limit for `ve-<name>`: when it is longer than an interface name may be (15
+  # bytes), systemd-nspawn (since systemd 247) names the link with a hash and gives it the full
+  # name as an alternative name, and networkd's `[Match] Name=` matches alternative names too
+  # (checked with systemd-networkd 252 in tests/legacy_behaviour.rs). Legacy containers with
+  # such names ran the same way on kernels with altnames (Linux 5.5+).
 
   portSpec =
     p:
@@ -75,6 +77,40 @@ rec {
     inst.privateUsers.mode == "pick" || builtins.match "[0-9]+(:[0-9]+)?" inst.privateUsers.mode != null;
 
   hasVeth = inst: inst.network != null && inst.network.veth;
+
+  # network.pointToPoint: a full-length address (/32, /128) is point-to-point.
+  fullLength = a: if isV6 a then "128" else "32";
+  isFullLength = a: lib.hasSuffix "/${fullLength a}" a;
+  # The `[Address]` sections of one end of a point-to-point veth, one address family: its own
+  # addresses as given, the first one with the other end's first address as `Peer=` when it is
+  # full-length (legacy: `ip addr add <own>` plus `ip route add <other>`).
+  p2pAddresses =
+    own: other:
+    lib.imap0 (
+      n: a:
+      { Address = a; }
+      // optionalAttrs (n == 0 && other != [ ] && isFullLength a) {
+        Peer = "${withoutPrefix (head other)}/${fullLength a}";
+      }
+    ) own;
+  # `[Address]` / `[Route]` sections as unit text, appended through `extraConfig`: the
+  # `addresses` / `routes` options changed shape between nixpkgs releases (`addressConfig`
+  # wrappers before 24.05, plain attribute sets since), extraConfig reads the same in all of
+  # them, and networkd treats the sections alike wherever they stand.
+  sectionsText =
+    section: entries:
+    lib.concatMapStrings (
+      e:
+      "[${section}]\n" + lib.concatStrings (lib.mapAttrsToList (k: v: "${k}=${v}\n") e) + "\n"
+    ) entries;
+
+  # The host route to the other end when the own address is not full-length (with a peer
+  # the kernel adds that route itself).
+  p2pRoutes =
+    own: other:
+    optional (own != [ ] && other != [ ] && !isFullLength (head own)) {
+      Destination = "${withoutPrefix (head other)}/${fullLength (head own)}";
+    };
 
   staticAddresses =
     inst:
@@ -162,21 +198,34 @@ rec {
       v6 = n.v6.static;
       noStatic = staticAddresses inst == [ ];
       hostAddrs = v4.hostAddresses ++ v6.hostAddresses;
+      p2p = n.pointToPoint && !noStatic;
     in
     optionalAttrs (hasVeth inst && n.zone == null && n.bridge == null) {
       "20-ve-${name}" = {
         matchConfig.Name = "ve-${name}";
-        networkConfig = {
-          # Without a static address, take a /28 and a /64 from networkd's pools, as
-          # systemd's own 80-container-ve.network does (DHCPServer= needs an address).
-          Address = if noStatic then [ "0.0.0.0/28" "::/64" ] else hostAddrs;
-          IPMasquerade = "both";
-        }
-        // optionalAttrs noStatic {
-          DHCPServer = "yes";
-          LinkLocalAddressing = "yes";
-        }
-        // optionalAttrs (v6.hostAddresses == [ ] && v6.containerPool == [ ]) { IPv6SendRA = "yes"; };
+        networkConfig =
+          optionalAttrs (!p2p) {
+            # Without a static address, take a /28 and a /64 from networkd's pools, as
+            # systemd's own 80-container-ve.network does (DHCPServer= needs an address).
+            Address = if noStatic then [ "0.0.0.0/28" "::/64" ] else hostAddrs;
+          }
+          // optionalAttrs n.masquerade { IPMasquerade = "both"; }
+          // optionalAttrs noStatic {
+            DHCPServer = "yes";
+            LinkLocalAddressing = "yes";
+          }
+          // optionalAttrs (n.routerAdvertisements && v6.hostAddresses == [ ] && v6.containerPool == [ ]) {
+            IPv6SendRA = "yes";
+          };
+      }
+      // optionalAttrs p2p {
+        extraConfig =
+          sectionsText "Address" (
+            p2pAddresses v4.hostAddresses v4.containerPool ++ p2pAddresses v6.hostAddresses v6.containerPool
+          )
+          + sectionsText "Route" (
+            p2pRoutes v4.hostAddresses v4.containerPool ++ p2pRoutes v6.hostAddresses v6.containerPool
+          );
       };
     };
 
@@ -228,14 +277,43 @@ rec {
         optional (v4.containerPool != [ ] && gw4 != [ ]) (withoutPrefix (head gw4))
         ++ optional (v6.containerPool != [ ] && gw6 != [ ]) (withoutPrefix (head gw6));
       noStatic = staticAddresses inst == [ ];
+      p2p = n.pointToPoint && pool != [ ];
+      # Legacy: `ip route add default via <hostAddress>` on a link without a shared subnet.
+      p2pGateways =
+        family: hostAddresses:
+        optional (family.containerPool != [ ] && hostAddresses != [ ]) {
+          Gateway = withoutPrefix (head hostAddresses);
+          GatewayOnLink = "yes";
+        };
+      networkConfig =
+        optionalAttrs (pool != [ ] && !p2p) { Address = pool; }
+        // optionalAttrs (gateways != [ ] && !p2p) { Gateway = gateways; }
+        # mkDefault: the guest's own networking.interfaces.host0 (useDHCP, static addresses)
+        # decides when it says something.
+        // optionalAttrs (noStatic && n.bridge == null) { DHCP = lib.mkDefault "yes"; };
     in
-    optionalAttrs (hasVeth inst) {
-      "20-host0" = {
+    # `40-host0`: the name nixpkgs gives the unit of the guest's own `networking.interfaces.host0`
+    # and `defaultGateway` (network-interfaces-systemd.nix), so both are merged into one unit by
+    # the module system. networkd applies only the first unit matching a link; under separate
+    # names the guest's settings would be ignored, where legacy applied its own addresses and
+    # routes and the guest's scripted networking alike. Nothing to say (a bridged container
+    # without static addresses): no unit of ours.
+    optionalAttrs (hasVeth inst && (networkConfig != { } || p2p)) {
+      "40-host0" = {
         matchConfig.Name = "host0";
-        networkConfig =
-          optionalAttrs (pool != [ ]) { Address = pool; }
-          // optionalAttrs (gateways != [ ]) { Gateway = gateways; }
-          // optionalAttrs (noStatic && n.bridge == null) { DHCP = "yes"; };
+        inherit networkConfig;
+      }
+      // optionalAttrs p2p {
+        extraConfig =
+          sectionsText "Address" (
+            p2pAddresses v4.containerPool v4.hostAddresses ++ p2pAddresses v6.containerPool v6.hostAddresses
+          )
+          + sectionsText "Route" (
+            p2pRoutes v4.containerPool v4.hostAddresses
+            ++ p2pRoutes v6.containerPool v6.hostAddresses
+            ++ p2pGateways v4 gw4
+            ++ p2pGateways v6 gw6
+          );
       };
     };
 

@@ -299,4 +299,7 @@ pub struct LegacyHost {
     pub problems: Vec<Warning>,
     /// Host paths of every file that was read, in reading order (for the report).
     pub files_read: Vec<PathBuf>,
+    /// Per container name: its legacy GC-root directory
+    /// (`/nix/var/nix/gcroots/per-container/NAME`), when it is a directory.
+    pub gcroots_dirs: BTreeMap<String, PathBuf>,
 }

@@ -62,6 +62,15 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     if !n.veth {
         out.push_str("veth = false;\n");
     }
+    if !n.masquerade {
+        out.push_str("masquerade = false;\n");
+    }
+    if !n.router_advertisements {
+        out.push_str("routerAdvertisements = false;\n");
+    }
+    if n.point_to_point {
+        out.push_str("pointToPoint = true;\n");
+    }
     for (fam, st) in [("v4", &n.v4), ("v6", &n.v6)] {
         if !st.host_addresses.is_empty() || !st.container_pool.is_empty() {
             out.push_str(&format!("{fam}.static = {};\n", static_addresses(st)));
@@ -71,10 +80,24 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     out
 }
 
-/// A networkd unit as a `systemd.network.networks.<name>` value.
+/// A networkd unit as a `systemd.network.networks.<name>` value. Repeatable sections
+/// (`[Address]`, `[Route]`) go into `extraConfig` as unit text: the `addresses` / `routes`
+/// options changed shape between nixpkgs releases, extraConfig reads the same in all of them
+/// (as the module does for `network.pointToPoint`).
 fn networkd_value(u: &NetworkdUnit) -> String {
     let mut out = String::from("{\n");
+    let mut extra = String::new();
     for (sec, keys) in &u.sections {
+        if sec == "Address" || sec == "Route" {
+            extra.push_str(&format!("[{sec}]\n"));
+            let mut sorted: Vec<&(String, String)> = keys.iter().collect();
+            sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            for (k, v) in sorted {
+                extra.push_str(&format!("{k}={v}\n"));
+            }
+            extra.push('\n');
+            continue;
+        }
         let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in keys {
             grouped.entry(k.clone()).or_default().push(v.clone());
@@ -91,6 +114,9 @@ fn networkd_value(u: &NetworkdUnit) -> String {
             _ => name,
         };
         out.push_str(&format!("{}Config = {};\n", name, section_attrs(&grouped)));
+    }
+    if !extra.is_empty() {
+        out.push_str(&format!("extraConfig = {};\n", string_literal(&extra)));
     }
     out.push('}');
     out
@@ -341,6 +367,22 @@ fn bindings(i: &Instance) -> String {
     out
 }
 
+/// Zones the instances join (`--network-zone=`), each once: the module asserts that a zone an
+/// instance names is declared. Declared with the module's defaults; the translator reports
+/// what that changes (`network-zone-declared`).
+fn zone_bindings(is: &[&Instance]) -> String {
+    let mut zones: Vec<&str> = is
+        .iter()
+        .filter_map(|i| i.spec.network.as_ref()?.zone.as_deref())
+        .collect();
+    zones.sort();
+    zones.dedup();
+    zones
+        .iter()
+        .map(|z| format!("nixos.containers.zones.{} = {{ }};\n", attr_name(z)))
+        .collect()
+}
+
 /// Names the copied code of `i` uses but does not bind, other than `config`, `lib`, `pkgs`
 /// (as the readers found them): the host file takes them as module arguments.
 pub fn module_args(i: &Instance) -> Vec<String> {
@@ -371,9 +413,10 @@ pub fn instance_snippet(i: &Instance) -> String {
         }
     }
     format(format!(
-        "{{ {}, ... }}:\n{{\n{}}}\n",
+        "{{ {}, ... }}:\n{{\n{}{}}}\n",
         args.join(", "),
-        bindings(i)
+        bindings(i),
+        zone_bindings(&[i])
     ))
 }
 
@@ -401,9 +444,10 @@ pub fn host_file(is: &[Instance]) -> String {
         ));
     }
     out.push_str(&format!("{{ {}, ... }}:\n{{\n", args.join(", ")));
-    for i in declarative {
+    for i in &declarative {
         out.push_str(&bindings(i));
     }
+    out.push_str(&zone_bindings(&declarative));
     out.push_str("}\n");
     format(out)
 }

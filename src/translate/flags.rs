@@ -190,10 +190,13 @@ pub fn private_users(tx: &mut Tx, f: &FlagUse) {
     }
     let pu = &mut tx.i.spec.private_users;
     pu.mode = v.to_string();
+    // nspawn implies ownership `auto` for `pick` only, `off` otherwise; an ownership chosen
+    // explicitly (chown, map) stays. Written out, as the stock unit's `-U` implies `auto`.
+    let implied = matches!(pu.ownership.as_deref(), None | Some("auto") | Some("off"));
     if v == "no" {
         pu.ownership = None;
-    } else if pu.ownership.is_none() && v != "identity" {
-        pu.ownership = Some("auto".into());
+    } else if implied && v != "identity" {
+        pu.ownership = Some(if v == "pick" { "auto" } else { "off" }.into());
     }
     applied(tx, f, &format!("privateUsers.mode = \"{v}\""));
 }
@@ -425,19 +428,22 @@ pub fn port(tx: &mut Tx, f: &FlagUse) {
     let Some((host_port, container_port)) = parsed else {
         return invalid(tx, f, "not [PROTOCOL:]HOSTPORT[:CONTAINERPORT]");
     };
-    if tx.i.spec.network.as_ref().is_none_or(|n| !n.veth) {
+    if tx.i.spec.network.is_none() {
         let origin = f.origin.clone();
         tx.warn(
             &FORWARD_PORTS_IGNORED,
             "extraFlags",
             Some(&origin),
             format!(
-                "`{}` needs a veth, bridge or zone (nspawn refuses it otherwise); dropped",
+                "`{}` needs a private network: nspawn refuses --port= without one, so the legacy container \
+                 could not even start with it; dropped (set privateNetwork = true to forward ports)",
                 f.written
             ),
         );
         return;
     }
+    // A private network without a veth (macvlan, interfaces) is handled with the forwardPorts
+    // option, after every row ran (network::ports_without_veth).
     let p = ForwardPort {
         protocol: proto.to_string(),
         host_port,

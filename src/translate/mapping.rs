@@ -132,7 +132,8 @@ pub const MAPPINGS: &[Mapping] = &[
             FREE_VARIABLE,
             GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
-            GUEST_CONFIG_UNPARSABLE
+            GUEST_CONFIG_UNPARSABLE,
+            GUEST_GATEWAY_WITHOUT_INTERFACE
         ],
         r#"{ config = { ... }: { networking.interfaces.eth0.useDHCP = true; networking.useHostResolvConf = false; }; }"#,
         [
@@ -230,7 +231,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.timeoutStartSec",
         [sets("I.timeoutStartSec")],
         options::timeout_start_sec,
-        "Same value, on systemd-nspawn@<name>.service.",
+        "Same value, on systemd-nspawn@<name>.service. Unset: the legacy default `1min` is written (the stock unit would wait systemd's 90 s).",
         [INVALID_VALUE],
         r#"{ timeoutStartSec = "5min"; }"#,
         ["instance.timeoutStartSec = \"5min\""]
@@ -240,10 +241,14 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.ephemeral (N[Exec] Ephemeral=yes)",
         [sets("I.ephemeral")],
         options::ephemeral,
-        "Same meaning: the root is a throw-away snapshot.",
+        "Same meaning: every boot starts from the empty root legacy had (`/run/nixos-containers/<name>`); a leftover `/var/lib/nixos-containers/<name>` is not copied, so it cannot become the snapshot source.",
         [],
         r#"{ ephemeral = true; }"#,
-        ["instance.ephemeral = true", "[Exec] Ephemeral=yes"]
+        [
+            "instance.ephemeral = true",
+            "[Exec] Ephemeral=yes",
+            "state - -> /var/lib/machines/web"
+        ]
     ),
     opt!(
         "enableTun",
@@ -298,18 +303,24 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.hostAddresses",
         [sets("I.network.v4.static.hostAddresses")],
         network::host_address,
-        "Legacy point-to-point /32 with host routes becomes a subnet on `ve-<name>`: given prefixes are kept when both addresses fit them, otherwise the smallest subnet holding both as host addresses is chosen (/30 for the usual x.1/x.2 pair) and reported.",
+        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported.",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
         ],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; }"#,
         [
-            "instance.network.v4.static.hostAddresses = [ \"10.233.1.1/30\" ]",
-            "warning p2p-prefix-chosen",
-            "networkd host 20-ve-web.network: [Network] Address=10.233.1.1/30",
-            "networkd guest 20-host0.network: [Network] Gateway=10.233.1.1"
+            "instance.network.v4.static.hostAddresses = [ \"10.233.1.1/32\" ]",
+            "instance.network.pointToPoint = true",
+            "instance.network.masquerade = false",
+            "instance.network.routerAdvertisements = false",
+            "!warning p2p-prefix-chosen",
+            "networkd host 20-ve-web.network: [Address] Address=10.233.1.1/32",
+            "networkd host 20-ve-web.network: [Address] Peer=10.233.1.2/32",
+            "!networkd host 20-ve-web.network: [Network] IPMasquerade=both",
+            "!~ IPv6SendRA"
         ]
     ),
     opt!(
@@ -317,16 +328,18 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v6.static.hostAddresses",
         [sets("I.network.v6.static.hostAddresses")],
         network::host_address6,
-        "As hostAddress: /128 pairs become the smallest common subnet (a /127 pair or wider).",
+        "As hostAddress: a /128 pair stays point-to-point (`Peer=`).",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fc00::1"; localAddress6 = "fc00::2"; }"#,
         [
-            "instance.network.v6.static.hostAddresses = [ \"fc00::1/126\" ]",
-            "warning p2p-prefix-chosen"
+            "instance.network.v6.static.hostAddresses = [ \"fc00::1/128\" ]",
+            "networkd host 20-ve-web.network: [Address] Peer=fc00::2/128",
+            "!warning p2p-prefix-chosen"
         ]
     ),
     opt!(
@@ -334,9 +347,10 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.containerPool",
         [sets("I.network.v4.static.containerPool")],
         network::local_address,
-        "The guest's address on host0, with the prefix chosen as for hostAddress (bridged: the given prefix).",
+        "The guest's address on host0. Point-to-point (no prefixes): its /32 with the host address as `Peer=` and the default route through it with `GatewayOnLink=yes`, as legacy's container init did, also on a bridge. With prefixes: as given (bridged: its prefix is the bridge's subnet).",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
@@ -344,8 +358,9 @@ pub const MAPPINGS: &[Mapping] = &[
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1/24"; localAddress = "10.0.0.5/24"; }"#,
         [
             "instance.network.v4.static.containerPool = [ \"10.0.0.5/24\" ]",
+            "instance.network.pointToPoint = false",
             "!warning p2p-prefix-chosen",
-            "networkd guest 20-host0.network: [Network] Address=10.0.0.5/24"
+            "networkd guest 40-host0.network: [Network] Address=10.0.0.5/24"
         ]
     ),
     opt!(
@@ -356,6 +371,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "As localAddress, for IPv6.",
         [
             P2P_PREFIX_CHOSEN,
+            ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
             ADDRESSES_WITHOUT_PRIVATE_NETWORK
@@ -372,17 +388,21 @@ pub const MAPPINGS: &[Mapping] = &[
         [],
         network::local_mac_address,
         "nspawn has no key for the veth's MAC (it derives a stable one from the machine name); set it in the guest.",
-        [LOCAL_MAC_ADDRESS],
+        [LOCAL_MAC_ADDRESS, VETH_WITHOUT_ADDRESSES],
         r#"{ privateNetwork = true; localMacAddress = "02:00:00:00:00:01"; }"#,
-        ["warning local-mac-address", "instance.network.veth = true"]
+        [
+            "warning local-mac-address",
+            "instance.network.veth = true",
+            "warning veth-without-addresses"
+        ]
     ),
     opt!(
         "forwardPorts",
         "I.forwardPorts (N[Network] Port=)",
         [sets("I.forwardPorts")],
         network::forward_ports,
-        "Same shape; containerPort defaults to hostPort. Without privateNetwork legacy ignored them silently: still ignored, now with a warning.",
-        [FORWARD_PORTS_IGNORED],
+        "Same shape; containerPort defaults to hostPort. Without privateNetwork legacy ignored them silently: still ignored, now with a warning. With a private network but no veth (macvlans only) the module cannot forward them: dropped, and the warning gives the raw `Port=` keys that keep nspawn's forwarding.",
+        [FORWARD_PORTS_IGNORED, FORWARD_PORTS_WITHOUT_VETH],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; forwardPorts = [ { hostPort = 8080; containerPort = 80; } ]; }"#,
         [
             "instance.forwardPorts: tcp 8080 -> 80",
@@ -431,7 +451,7 @@ pub const MAPPINGS: &[Mapping] = &[
             sets("networkd 30-<veth>.network")
         ],
         network::extra_veths,
-        "Same-named veth on both sides; the legacy address/route scripts become networkd units: host side Address= (or Bridge=), guest side Address=, no default route.",
+        "Same-named veth on both sides; the legacy address/route scripts become networkd units: host side Address= (or Bridge=), guest side Address=, no default route. A pair without prefixes stays point-to-point (`[Address]` with `Peer=`, as legacy's `ip addr` + `ip route`).",
         [
             EXTRA_VETH_UNITS,
             P2P_PREFIX_CHOSEN,
@@ -460,7 +480,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.privateUsers (N[Exec] PrivateUsers=, N[Files] PrivateUsersOwnership=)",
         [sets("I.privateUsers")],
         options::private_users,
-        "Always explicit, even \"no\": systemd-nspawn@.service passes -U, which would chown the legacy rootfs. pick or a base UID keep ownership auto (the legacy tree is already shifted).",
+        "Always explicit, even \"no\": systemd-nspawn@.service passes -U, which would chown the legacy rootfs. Ownership as nspawn implied it for legacy's flag: `auto` for pick, `off` for a base UID (the tree stays as it is on disk).",
         [],
         r#"{ privateUsers = "pick"; }"#,
         [
@@ -475,7 +495,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "N[Exec] ResolvConf=",
         [sets("N[Exec] ResolvConf")],
         options::copy_resolv_conf,
-        "copy-host when legacy copied the host's resolv.conf (the default) and the guest did not opt out; off when copyResolvConf = false, a bind mount provides /etc/resolv.conf, the guest set useHostResolvConf = false, or it runs resolved.",
+        "copy-host when legacy copied the host's resolv.conf (the Nix default; a deployed `.conf` says so with COPY_RESOLV_CONF=1) and the guest did not opt out; off when copyResolvConf = false, a `.conf` without COPY_RESOLV_CONF=1 (imperative containers: the start script copied nothing), a bind mount provides /etc/resolv.conf, the guest set useHostResolvConf = false, or it runs resolved.",
         [],
         r#"{ copyResolvConf = true; }"#,
         ["[Exec] ResolvConf=copy-host"]
@@ -499,7 +519,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "D DeviceAllow=",
         [appends("D[Service] DeviceAllow")],
         options::allowed_devices,
-        "Appended to the stock unit's DeviceAllow= list (DevicePolicy=closed stays).",
+        "Appended to the stock unit's DeviceAllow= list. DevicePolicy=closed stays, but the stock list already allows more than legacy did (see “What changes even when nothing is reported”).",
         [INVALID_VALUE],
         r#"{ allowedDevices = [ { node = "/dev/fuse"; modifier = "rw"; } ]; }"#,
         ["drop-in [Service] DeviceAllow=/dev/fuse rw"]
@@ -807,12 +827,13 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.veth = true",
         [overrides("I.network")],
         flags::network_veth,
-        "A veth to the host (DHCP from the module when no addresses are set).",
-        [],
+        "A veth to the host (DHCP from the module when no addresses are set, where legacy configured nothing: reported).",
+        [VETH_WITHOUT_ADDRESSES],
         r#"{ extraFlags = [ "-n" ]; }"#,
         [
             "[Network] VirtualEthernet=yes",
-            "networkd host 20-ve-web.network: [Network] DHCPServer=yes"
+            "networkd host 20-ve-web.network: [Network] DHCPServer=yes",
+            "warning veth-without-addresses"
         ]
     ),
     flag!(
@@ -834,10 +855,10 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.zone",
         [sets("I.network.zone")],
         flags::network_zone,
-        "Joins the nspawn zone bridge vz-<zone>.",
-        [INVALID_VALUE],
+        "Joins the nspawn zone bridge vz-<zone>; the zone is declared in the emitted file (the module requires it) with the module's defaults, which is reported.",
+        [INVALID_VALUE, NETWORK_ZONE_DECLARED],
         r#"{ extraFlags = [ "--network-zone=lab" ]; }"#,
-        ["[Network] Zone=lab"]
+        ["[Network] Zone=lab", "warning network-zone-declared"]
     ),
     flag!(
         "--port= / -p",
@@ -846,8 +867,12 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.forwardPorts",
         [appends("I.forwardPorts")],
         flags::port,
-        "[proto:]host[:container]; needs a veth, bridge or zone.",
-        [FORWARD_PORTS_IGNORED, INVALID_VALUE],
+        "[proto:]host[:container]; needs a private network (nspawn refuses it otherwise) and, for the module, a veth, bridge or zone.",
+        [
+            FORWARD_PORTS_IGNORED,
+            FORWARD_PORTS_WITHOUT_VETH,
+            INVALID_VALUE
+        ],
         r#"{ privateNetwork = true; hostBridge = "br0"; extraFlags = [ "-p" "udp:53:5353" ]; }"#,
         ["[Network] Port=udp:53:5353"]
     ),
@@ -1163,6 +1188,15 @@ pub fn outcome(i: &Instance) -> Vec<String> {
         None => out.push("instance.network = null".into()),
         Some(n) => {
             out.push(format!("instance.network.veth = {}", n.veth));
+            out.push(format!("instance.network.masquerade = {}", n.masquerade));
+            out.push(format!(
+                "instance.network.routerAdvertisements = {}",
+                n.router_advertisements
+            ));
+            out.push(format!(
+                "instance.network.pointToPoint = {}",
+                n.point_to_point
+            ));
             if let Some(z) = &n.zone {
                 out.push(format!("instance.network.zone = {}", string_literal(z)));
             }
@@ -1570,6 +1604,11 @@ mod tests {
         // These need inputs the row examples do not cover; they have dedicated tests.
         let covered_elsewhere = [
             "unresolved-expression",
+            "p2p-prefix-chosen",
+            "address-pair-incomplete",
+            "forward-ports-without-veth",
+            "guest-gateway-without-interface",
+            "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",
             "addresses-without-private-network",

@@ -14,6 +14,7 @@
 pub mod example;
 pub mod flags;
 pub mod guest;
+pub mod host_refs;
 pub mod mapping;
 pub mod model;
 pub mod network;
@@ -54,7 +55,13 @@ spec!(
     P2P_PREFIX_CHOSEN,
     "p2p-prefix-chosen",
     ChangedMeaning,
-    "legacy point-to-point /32 (/128) addresses became a subnet on the veth; the chosen prefix is named in the message"
+    "a host/local address pair written with prefixes that differ or do not hold both addresses became one subnet on the veth; the chosen prefix is named in the message (pairs without prefixes stay point-to-point and are not reported)"
+);
+spec!(
+    ADDRESS_PAIR_INCOMPLETE,
+    "address-pair-incomplete",
+    ChangedMeaning,
+    "only one end of a point-to-point pair is set (hostAddress without localAddress or the reverse): that end keeps its /32 (/128), but the routes legacy's scripts added towards the missing end are gone; the message says what to add"
 );
 spec!(
     BRIDGE_ADDRESS_WITHOUT_PREFIX,
@@ -201,6 +208,36 @@ spec!(
     "an option value is malformed for its new key and was not carried over"
 );
 spec!(
+    FORWARD_PORTS_WITHOUT_VETH,
+    "forward-ports-without-veth",
+    ChangedMeaning,
+    "forwardPorts on a private network without a veth (macvlan or moved interfaces only): the module forwards ports over its veth only, so they were dropped; the message names the raw Port= keys that keep nspawn's own forwarding"
+);
+spec!(
+    VETH_WITHOUT_ADDRESSES,
+    "veth-without-addresses",
+    ChangedMeaning,
+    "a veth without host or local addresses: legacy left both ends unconfigured, the module's default mode runs a DHCP server, NAT and router advertisements on ve-<name> and DHCP in the guest; the message says how to keep the links unconfigured"
+);
+spec!(
+    NETWORK_ZONE_DECLARED,
+    "network-zone-declared",
+    ChangedMeaning,
+    "--network-zone= needs the zone declared for the module: nixos.containers.zones.<zone> is emitted, whose bridge serves DHCP, NAT and router advertisements where legacy's bridge was left unconfigured"
+);
+spec!(
+    GUEST_GATEWAY_WITHOUT_INTERFACE,
+    "guest-gateway-without-interface",
+    NeedsHuman,
+    "the guest sets networking.defaultGateway(6) without an interface; the container now runs systemd-networkd, where NixOS requires defaultGateway.interface (\"host0\")"
+);
+spec!(
+    CONTAINER_UNIT_OVERRIDE,
+    "container-unit-override",
+    NeedsHuman,
+    "the host configuration overrides systemd.services.\"container@<name>\" (or the container@ template); the migrated container runs as systemd-nspawn@<name>.service, so those settings stop applying: move them"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -211,6 +248,7 @@ spec!(
 pub const WARNINGS: &[&WarningSpec] = &[
     &UNRESOLVED_EXPRESSION,
     &P2P_PREFIX_CHOSEN,
+    &ADDRESS_PAIR_INCOMPLETE,
     &BRIDGE_ADDRESS_WITHOUT_PREFIX,
     &INVALID_ADDRESS,
     &ADDRESSES_WITHOUT_PRIVATE_NETWORK,
@@ -235,6 +273,11 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &EXTRA_VETH_UNITS,
     &INTERFACE_NAME_TOO_LONG,
     &INVALID_VALUE,
+    &FORWARD_PORTS_WITHOUT_VETH,
+    &VETH_WITHOUT_ADDRESSES,
+    &NETWORK_ZONE_DECLARED,
+    &GUEST_GATEWAY_WITHOUT_INTERFACE,
+    &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,
 ];
 
@@ -392,6 +435,30 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// What the legacy `container@.service` had and the stock `systemd-nspawn@.service` lacks,
+/// independent of any option (nixos-containers.nix, `serviceDirectives`), and the state rule of
+/// ephemeral containers.
+fn service_defaults(tx: &mut Tx) {
+    // A crashed container was restarted; the stock unit has no Restart= at all.
+    tx.dropin_service("Restart", "on-failure");
+    // Legacy ran an ephemeral container from /run/nixos-containers/<name>, empty at every
+    // boot, never from /var/lib/nixos-containers/<name>: that directory (if any, e.g. from
+    // before the container was made ephemeral) must not become the snapshot source of every
+    // boot. The new root starts empty, as legacy's did; the old directory is left untouched.
+    if tx.i.spec.ephemeral
+        && let Some(old) = tx.i.state.from.take()
+    {
+        tx.applied(
+            "ephemeral",
+            format!(
+                "{} is not copied: legacy ran the ephemeral container from an empty /run/nixos-containers/{}",
+                old.display(),
+                tx.c.name
+            ),
+        );
+    }
+}
+
 /// Translate one legacy container.
 pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     let mut tx = Tx::new(c, ctx);
@@ -432,6 +499,9 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
             f(&mut tx);
         }
     }
+    // Decisions that depend on several rows (and on extraFlags, which run last).
+    network::after_rows(&mut tx);
+    service_defaults(&mut tx);
 
     let module = crate::render::nspawn::module_settings(&tx.i.name, &tx.i.spec);
     let clashes = crate::render::nspawn::conflicts(&module, &tx.i.raw_nspawn);

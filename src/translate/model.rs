@@ -58,6 +58,16 @@ pub struct NetworkSpec {
     /// `network.veth` (our extension, default true): false = a private network namespace with
     /// no veth at all (macvlan- or interface-only containers).
     pub veth: bool,
+    /// `network.masquerade` (our extension, default true): `IPMasquerade=both` on `ve-<name>`.
+    /// Legacy never masqueraded; migrated veths set it to false.
+    pub masquerade: bool,
+    /// `network.routerAdvertisements` (our extension, default true): `IPv6SendRA=yes` on
+    /// `ve-<name>` without static IPv6 addresses. Legacy sent none.
+    pub router_advertisements: bool,
+    /// `network.pointToPoint` (our extension, default false): the static addresses are put on
+    /// each end as given, full-length ones with the other end as `Peer=`, and the guest's
+    /// default route is on-link: what legacy `hostAddress`/`localAddress` did.
+    pub point_to_point: bool,
     pub v4: StaticAddresses,
     pub v6: StaticAddresses,
 }
@@ -68,6 +78,9 @@ impl Default for NetworkSpec {
             zone: None,
             bridge: None,
             veth: true,
+            masquerade: true,
+            router_advertisements: true,
+            point_to_point: false,
             v4: StaticAddresses::default(),
             v6: StaticAddresses::default(),
         }

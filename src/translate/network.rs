@@ -2,8 +2,12 @@
 //! `interfaces`, `macvlans`, `extraVeths`, `localMacAddress`, `networkNamespace`.
 //!
 //! The legacy model is a point-to-point veth: `/32` (`/128`) addresses on both ends plus host
-//! routes, all set up by shell scripts. networkd wants subnets, so a prefix is chosen
-//! deliberately ([`choose_prefix`]) and the choice is reported (`p2p-prefix-chosen`).
+//! routes and an on-link default route, all set up by shell scripts, and nothing else (no NAT,
+//! no router advertisements). A pair without prefixes is carried as exactly that
+//! (`network.pointToPoint`, rendered as networkd `[Address] Peer=` and `GatewayOnLink=`), so
+//! containers may share a host address as they did. Only pairs that already carried prefixes
+//! (which legacy's own route commands refused unless they fit) go through [`choose_prefix`],
+//! which keeps fitting prefixes and reports any other choice (`p2p-prefix-chosen`).
 
 use super::*;
 use crate::legacy::Origin;
@@ -157,8 +161,9 @@ pub fn choose_prefix(host: &str, local: &str) -> Result<PrefixChoice, String> {
         p -= 1;
     }
     let reason = format!(
-        "legacy used point-to-point /{w} addresses with host routes; networkd needs a subnet on the veth, \
-         so /{p} ({}) was chosen: the smallest subnet holding both {} and {} as host addresses",
+        "the prefixes written on this pair do not describe one subnet holding both addresses, so /{p} ({}) was \
+         chosen: the smallest subnet holding both {} and {} as host addresses (legacy's own route commands refuse a \
+         route with host bits set; write both addresses without a prefix to keep them point-to-point)",
         network_of(h.addr, p),
         h.addr,
         l.addr
@@ -217,8 +222,18 @@ pub fn private_network(tx: &mut Tx) {
         tx.applied("privateNetwork", "nixos.containers.instances.<name>.network = null ([Network] Private=no, VirtualEthernet=no)");
         return;
     }
+    // Legacy only put addresses and routes on ve-<name> (nixos-containers.nix, postStart): no
+    // NAT, no forwarding, no router advertisements. Keep it that way for static addresses; a
+    // veth without addresses gets the module's DHCP mode, which is reported (see
+    // `veth_without_addresses`).
+    let legacy_static = is_set(tx, o.host_address.as_ref(), "hostAddress")
+        || is_set(tx, o.host_address6.as_ref(), "hostAddress6")
+        || is_set(tx, o.local_address.as_ref(), "localAddress")
+        || is_set(tx, o.local_address6.as_ref(), "localAddress6");
     tx.i.spec.network = Some(NetworkSpec {
         veth,
+        masquerade: !legacy_static,
+        router_advertisements: !legacy_static,
         ..NetworkSpec::default()
     });
     tx.applied(
@@ -246,6 +261,8 @@ fn ignored_without_private(tx: &mut Tx, option: &str, origin: &Origin) {
 struct Family {
     host: Option<String>,
     local: Option<String>,
+    /// Render as legacy did (`network.pointToPoint`): both addresses full-length.
+    p2p: bool,
     /// (row that reports it, warning, message)
     warning: Option<(&'static str, &'static WarningSpec, String)>,
 }
@@ -273,6 +290,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
     let mut f = Family {
         host: None,
         local: None,
+        p2p: false,
         warning: None,
     };
     for (c, name) in [(&hc, hn), (&lc, ln)] {
@@ -296,6 +314,20 @@ fn family(tx: &Tx, v6: bool) -> Family {
     if unresolved(hn) || unresolved(ln) {
         f.host = hc.as_ref().map(with_prefix);
         f.local = lc.as_ref().map(with_prefix);
+        return f;
+    }
+    // Both ends without a prefix (or full-length): legacy's point-to-point pair, kept as it
+    // was: each end's /32 (/128) with the other as peer, on a plain veth or a bridge alike
+    // (the guest side of legacy's container init did not depend on the bridge).
+    if let (Some(h), Some(l)) = (&hc, &lc)
+        && h.addr.is_ipv4() == l.addr.is_ipv4()
+        && h.addr != l.addr
+        && h.prefix.is_none_or(|p| p == full(h.addr))
+        && l.prefix.is_none_or(|p| p == full(l.addr))
+    {
+        f.host = Some(with_prefix(h));
+        f.local = Some(with_prefix(l));
+        f.p2p = true;
         return f;
     }
     if let Some(br) = bridge {
@@ -354,10 +386,15 @@ fn family(tx: &Tx, v6: bool) -> Family {
             f.host = Some(with_prefix(&hc));
             f.warning = Some((
                 hn,
-                &P2P_PREFIX_CHOSEN,
+                &ADDRESS_PAIR_INCOMPLETE,
                 format!(
-                    "there is no {ln}: the host side gets {} and the guest no static address; set {ln} or use DHCP (network = {{ }})",
-                    with_prefix(&hc)
+                    "there is no {ln}: ve-{name} gets {} as in legacy, but legacy's container init also added a route to {a} \
+                     and a default route through it on eth0, which nothing adds now. Set {ln} (the container then gets \
+                     both routes), or give the guest networking.defaultGateway = {{ address = \"{a}\"; interface = \"host0\"; }} \
+                     with its own address",
+                    with_prefix(&hc),
+                    name = tx.c.name,
+                    a = hc.addr
                 ),
             ));
         }
@@ -365,10 +402,11 @@ fn family(tx: &Tx, v6: bool) -> Family {
             f.local = Some(with_prefix(&lc));
             f.warning = Some((
                 ln,
-                &P2P_PREFIX_CHOSEN,
+                &ADDRESS_PAIR_INCOMPLETE,
                 format!(
-                    "there is no {hn}: the guest gets {} but the host has no address or route on ve-{}; legacy added a host \
-                     route. Set {hn} so a subnet can be chosen",
+                    "there is no {hn}: the container gets {} as in legacy, but legacy also added a host route to it on \
+                     ve-{}, which nothing adds now (the module warns that the container has no gateway). Set {hn} and \
+                     re-run: the pair then stays point-to-point",
                     with_prefix(&lc),
                     tx.c.name
                 ),
@@ -398,12 +436,16 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
     {
         tx.warn(spec, name, Some(&src.origin), msg);
     }
+    let p2p = f.p2p;
     let value = if host_side { f.host } else { f.local };
     let Some(value) = value else { return };
     let fam = if v6 { "v6" } else { "v4" };
     let Some(net) = tx.i.spec.network.as_mut() else {
         return;
     };
+    if p2p {
+        net.point_to_point = true;
+    }
     let st = if v6 { &mut net.v6 } else { &mut net.v4 };
     let (list, what) = if host_side {
         (&mut st.host_addresses, "hostAddresses")
@@ -415,7 +457,14 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
     }
     tx.applied(
         name,
-        format!("network.{fam}.static.{what} = [ \"{value}\" ]"),
+        format!(
+            "network.{fam}.static.{what} = [ \"{value}\" ]{}",
+            if p2p {
+                " (network.pointToPoint = true: point-to-point with the other end as Peer=, as legacy)"
+            } else {
+                ""
+            }
+        ),
     );
 }
 
@@ -486,12 +535,22 @@ pub fn forward_ports(tx: &mut Tx) {
         return;
     }
     if !tx.private_network {
+        let o = &tx.c.options;
+        let own_links = o.macvlans.as_ref().is_some_and(|m| !m.value.is_empty())
+            || o.interfaces.as_ref().is_some_and(|i| !i.value.is_empty());
+        let msg = if own_links {
+            "privateNetwork is false, so the legacy module wrote no HOST_PORT and silently ignored forwardPorts \
+             (the container's macvlans or moved interfaces give it its own namespace, but nothing forwarded to it); \
+             they stay ignored"
+        } else {
+            "the container uses the host's network (privateNetwork = false), where the legacy module silently \
+             ignored forwardPorts; they stay ignored. The services already listen on the host's ports"
+        };
         tx.warn(
             &FORWARD_PORTS_IGNORED,
             "forwardPorts",
             Some(&src.origin),
-            "the container uses the host's network (privateNetwork = false), where the legacy module silently \
-             ignored forwardPorts; they stay ignored. The services already listen on the host's ports",
+            msg,
         );
         return;
     }
@@ -632,6 +691,10 @@ pub fn extra_veths(tx: &mut Tx) {
         names.push(vname.clone());
         let mut host_net: Vec<(String, String)> = Vec::new();
         let mut guest_net: Vec<(String, String)> = Vec::new();
+        // Point-to-point pairs, as legacy's scripts set them up (`ip addr add <own>` and
+        // `ip route add <other>` on each side): `[Address]` sections with `Peer=`.
+        let mut host_p2p: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        let mut guest_p2p: Vec<(String, Vec<(String, String)>)> = Vec::new();
         for (h, l) in [
             (&ev.host_address, &ev.local_address),
             (&ev.host_address6, &ev.local_address6),
@@ -658,6 +721,27 @@ pub fn extra_veths(tx: &mut Tx) {
                         ),
                     }
                 }
+                continue;
+            }
+            let full_pair =
+                |a: &str| Cidr::parse(a).filter(|c| c.prefix.is_none_or(|p| p == full(c.addr)));
+            if let (Some(hc), Some(lc)) = (
+                h.as_deref().and_then(full_pair),
+                l.as_deref().and_then(full_pair),
+            ) && hc.addr.is_ipv4() == lc.addr.is_ipv4()
+                && hc.addr != lc.addr
+            {
+                let addr = |own: &Cidr, other: &Cidr| {
+                    (
+                        "Address".to_string(),
+                        vec![
+                            ("Address".to_string(), with_prefix(own)),
+                            ("Peer".to_string(), with_prefix(other)),
+                        ],
+                    )
+                };
+                host_p2p.push(addr(&hc, &lc));
+                guest_p2p.push(addr(&lc, &hc));
                 continue;
             }
             match (h, l) {
@@ -708,15 +792,19 @@ pub fn extra_veths(tx: &mut Tx) {
             "Match".to_string(),
             vec![("Name".to_string(), vname.clone())],
         );
+        let mut host_sections = vec![m.clone(), ("Network".to_string(), host_net)];
+        host_sections.extend(host_p2p);
+        let mut guest_sections = vec![m, ("Network".to_string(), guest_net)];
+        guest_sections.extend(guest_p2p);
         tx.i.host_networks.push(NetworkdUnit {
             file_name: file.clone(),
             side: Side::Host,
-            sections: vec![m.clone(), ("Network".to_string(), host_net)],
+            sections: host_sections,
         });
         tx.i.guest_networks.push(NetworkdUnit {
             file_name: file,
             side: Side::Guest,
-            sections: vec![m, ("Network".to_string(), guest_net)],
+            sections: guest_sections,
         });
     }
     if !names.is_empty() {
@@ -725,8 +813,9 @@ pub fn extra_veths(tx: &mut Tx) {
             "extraVeths",
             Some(&src.origin),
             format!(
-                "{} became [Network] VirtualEthernetExtra= with networkd units on the host and in the guest (addresses as \
-                 subnets, no routes); the guest must use systemd-networkd (the module enables it for veth containers) — check them",
+                "{} became [Network] VirtualEthernetExtra= with networkd units on the host and in the guest (point-to-point \
+                 pairs as legacy set them, /32 with the other end as Peer=; addresses with a prefix as subnets); the guest \
+                 must use systemd-networkd (the module enables it for veth containers) — check them",
                 names.join(", ")
             ),
         );
@@ -756,6 +845,159 @@ pub fn network_namespace_warning(tx: &mut Tx, option: &str, path: &str, origin: 
              namespace (only lo) instead of sharing the host's. Override ExecStart= of systemd-nspawn@{}.service with --network-namespace-path={path}, or \
              rework the networking",
             tx.c.name
+        ),
+    );
+}
+
+/// Checks after every row (and `extraFlags`) ran, on the network as it was finally decided.
+pub fn after_rows(tx: &mut Tx) {
+    ports_without_veth(tx);
+    veth_without_addresses(tx);
+    zone_declared(tx);
+    guest_default_gateway(tx);
+}
+
+/// NixOS refuses a guest `defaultGateway` without `interface` under networkd, which the
+/// module turns on for a private network (legacy's guest used scripted networking). (The
+/// guest's own host0 settings are merged with the module's: both use `40-host0`.)
+fn guest_default_gateway(tx: &mut Tx) {
+    let Some(net) = &tx.i.spec.network else {
+        return;
+    };
+    if !net.veth {
+        return;
+    }
+    let Some(text) = tx.i.spec.system_config.as_ref().map(|e| e.text.clone()) else {
+        return;
+    };
+    let compact: String = text.split_whitespace().collect();
+    // `defaultGateway = "…"` (the string form), `defaultGateway.address = …` or `{ address = …; }`
+    // without an interface. (The names do not prefix-match: `defaultGateway=` is not
+    // `defaultGateway6=`.)
+    let bare: Vec<&str> = ["defaultGateway", "defaultGateway6"]
+        .into_iter()
+        .filter(|gw| {
+            compact.contains(&format!("{gw}=\""))
+                || (compact.contains(&format!("{gw}.address"))
+                    && !compact.contains(&format!("{gw}.interface")))
+                || (compact.contains(&format!("{gw}={{")) && !compact.contains("interface="))
+        })
+        .collect();
+    if !bare.is_empty() {
+        let gws = bare
+            .iter()
+            .map(|g| format!("networking.{g}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        tx.warn(
+            &GUEST_GATEWAY_WITHOUT_INTERFACE,
+            "config",
+            tx.c.options.config.as_ref().map(|s| &s.origin),
+            format!(
+                "the guest sets {gws} without an interface; legacy's guest used scripted networking, but the container \
+                 now runs systemd-networkd, where NixOS refuses that (\"….interface is not optional when using networkd\"). \
+                 Write it as {{ address = \"…\"; interface = \"host0\"; }}"
+            ),
+        );
+    }
+}
+
+/// The module forwards ports over its veth only (and asserts so). Legacy passed `--port=` to
+/// nspawn with any private network; with only a macvlan or a moved interface nspawn's DNAT
+/// pointed at that link's address.
+fn ports_without_veth(tx: &mut Tx) {
+    let no_veth = tx.i.spec.network.as_ref().is_some_and(|n| !n.veth);
+    if !no_veth || tx.i.spec.forward_ports.is_empty() {
+        return;
+    }
+    let ports: Vec<String> = std::mem::take(&mut tx.i.spec.forward_ports)
+        .iter()
+        .map(|p| {
+            format!(
+                "\"{}:{}:{}\"",
+                p.protocol,
+                p.host_port,
+                p.container_port.unwrap_or(p.host_port)
+            )
+        })
+        .collect();
+    let origin =
+        tx.c.options
+            .forward_ports
+            .as_ref()
+            .map(|s| s.origin.clone());
+    let option = if origin.is_some() {
+        "forwardPorts"
+    } else {
+        "extraFlags"
+    };
+    tx.warn(
+        &FORWARD_PORTS_WITHOUT_VETH,
+        option,
+        origin.as_ref(),
+        format!(
+            "the container has a private network but no veth (only macvlans or moved interfaces), and the module \
+             forwards ports over its veth only, so the forwards were dropped. Legacy passed them to nspawn, which \
+             DNATs to the container's own address; to keep that, add systemd.nspawn.{}.networkConfig.Port = [ {} ];",
+            crate::nixtext::attr_name(&tx.c.name),
+            ports.join(" ")
+        ),
+    );
+}
+
+/// A veth the legacy module never configured (no host/local address: `localMacAddress`, a
+/// `--network-veth` flag, or addresses it could not read) now gets the module's default mode.
+fn veth_without_addresses(tx: &mut Tx) {
+    let Some(n) = &tx.i.spec.network else { return };
+    let st = |s: &StaticAddresses| s.host_addresses.is_empty() && s.container_pool.is_empty();
+    if !n.veth || n.zone.is_some() || n.bridge.is_some() || !st(&n.v4) || !st(&n.v6) {
+        return;
+    }
+    // Addresses the reader could not read are reported as such (unresolved-expression):
+    // legacy did configure them.
+    let unresolved = [
+        "hostAddress",
+        "hostAddress6",
+        "localAddress",
+        "localAddress6",
+    ]
+    .iter()
+    .any(|o| tx.c.options.unresolved.contains_key(*o));
+    if unresolved {
+        return;
+    }
+    let name = crate::nixtext::attr_name(&tx.c.name);
+    tx.warn(
+        &VETH_WITHOUT_ADDRESSES,
+        "privateNetwork",
+        tx.c.options.private_network.as_ref().map(|s| &s.origin),
+        format!(
+            "the container has a veth but no hostAddress/localAddress, so legacy left ve-{0} and the guest's eth0 \
+             unconfigured; the module now serves DHCP, NAT (IPMasquerade) and IPv6 router advertisements on ve-{0} and \
+             runs DHCP on host0, so the container gets an address and a route to the outside. To keep both ends \
+             unconfigured, add systemd.network.networks.\"20-ve-{0}\".enable = lib.mkForce false; on the host and \
+             systemd.network.networks.\"40-host0\".enable = lib.mkForce false; to nixos.containers.instances.{name}.system-config",
+            tx.c.name
+        ),
+    );
+}
+
+/// `--network-zone=` names a zone the module must have declared (it asserts so): the
+/// emitted file declares it (render::nix), with the module's zone defaults.
+fn zone_declared(tx: &mut Tx) {
+    let Some(zone) = tx.i.spec.network.as_ref().and_then(|n| n.zone.clone()) else {
+        return;
+    };
+    tx.warn(
+        &NETWORK_ZONE_DECLARED,
+        "extraFlags",
+        None,
+        format!(
+            "--network-zone={zone}: the module needs the zone declared, so nixos.containers.zones.{z} = {{ }}; is emitted. \
+             Legacy's nspawn created the bridge vz-{zone} and left it unconfigured (the zone's containers reached only each \
+             other); the declared zone's bridge serves DHCP, NAT and IPv6 router advertisements. To keep it without \
+             addresses, declare nixos.containers.zones.{z} = {{ v4.addrPool = [ ]; v6.addrPool = [ ]; }};",
+            z = crate::nixtext::attr_name(&zone)
         ),
     );
 }

@@ -413,8 +413,18 @@ pub fn restart_if_changed(tx: &mut Tx) {
 }
 
 /// Row `timeoutStartSec`.
+/// The legacy option's default (nixos-containers.nix: `timeoutStartSec = "1min"`, on the
+/// declarative units and on the `container@.service` template alike). The stock
+/// `systemd-nspawn@.service` has none (systemd's default, 90 s), so it is always written.
+pub const LEGACY_TIMEOUT_START_SEC: &str = "1min";
+
 pub fn timeout_start_sec(tx: &mut Tx) {
     let Some(src) = tx.c.options.timeout_start_sec.clone() else {
+        tx.i.spec.timeout_start_sec = Some(LEGACY_TIMEOUT_START_SEC.to_string());
+        tx.applied(
+            "timeoutStartSec",
+            format!("timeoutStartSec = \"{LEGACY_TIMEOUT_START_SEC}\" (the legacy default)"),
+        );
         return;
     };
     let v = src.value.trim();
@@ -458,7 +468,11 @@ pub fn enable_tun(tx: &mut Tx) {
 /// Row `copyResolvConf` (with what the guest says about `useHostResolvConf` / resolved).
 pub fn copy_resolv_conf(tx: &mut Tx) {
     let src = tx.c.options.copy_resolv_conf.clone();
-    let copy = src.as_ref().map(|s| s.value).unwrap_or(true);
+    // Unset: the Nix option defaults to true, and the module writes COPY_RESOLV_CONF=1 into the
+    // .conf. A deployed .conf without it (written by `nixos-container create`) means the start
+    // script's `[ "$COPY_RESOLV_CONF" = 1 ]` was false: nothing was copied.
+    let from_conf = tx.c.sources.contains(&SourceKind::Conf);
+    let copy = src.as_ref().map(|s| s.value).unwrap_or(!from_conf);
     let g = tx.guest_resolv.clone();
     // A bind mount onto /etc/resolv.conf (a common legacy workaround) provides the file itself;
     // nspawn must not also write one there.
@@ -467,7 +481,12 @@ pub fn copy_resolv_conf(tx: &mut Tx) {
             .iter()
             .any(|m| m.mount_point.trim_end_matches('/') == "/etc/resolv.conf")
     });
-    let (mode, why) = if !copy {
+    let (mode, why) = if !copy && src.is_none() {
+        (
+            "off",
+            "the .conf has no COPY_RESOLV_CONF=1, so the legacy start script did not copy resolv.conf",
+        )
+    } else if !copy {
         ("off", "copyResolvConf = false")
     } else if bound {
         ("off", "a bind mount provides /etc/resolv.conf")
@@ -495,7 +514,10 @@ pub fn private_users(tx: &mut Tx) {
         None | Some(PrivateUsers::No) => ("no".to_string(), None),
         Some(PrivateUsers::Identity) => ("identity".to_string(), None),
         Some(PrivateUsers::Pick) => ("pick".to_string(), Some("auto".to_string())),
-        Some(PrivateUsers::Base(n)) => (n.to_string(), Some("auto".to_string())),
+        // nspawn implies ownership `auto` only for `pick`; legacy passed no ownership flag, so
+        // a fixed base ran with `off` (an already shifted tree stays as it is). Explicit,
+        // because the stock unit's `-U` would otherwise imply `auto`.
+        Some(PrivateUsers::Base(n)) => (n.to_string(), Some("off".to_string())),
     };
     tx.applied(
         "privateUsers",

@@ -121,14 +121,11 @@ fn host_network_ignores_addresses_and_ports_with_warnings() {
 
 #[test]
 fn bridge_without_prefix_is_reported() {
-    let i = run(
-        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20"; hostAddress = "192.168.1.1"; }"#,
-    );
+    let i = run(r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20"; }"#);
     assert_has(
         &i,
         &[
             "instance.network.v4.static.containerPool = [ \"192.168.1.20/32\" ]",
-            "networkd guest 20-host0.network: [Network] Gateway=192.168.1.1",
             "warning bridge-address-without-prefix",
             "!warning p2p-prefix-chosen",
         ],
@@ -249,7 +246,8 @@ fn imperative_containers_use_their_rootfs_config() {
         f.contains("system-config = /var/lib/machines/web/etc/nixos/configuration.nix;"),
         "{f}"
     );
-    assert!(f.contains("hostAddresses = [ \"10.233.1.1/30\" ]"), "{f}");
+    assert!(f.contains("hostAddresses = [ \"10.233.1.1/32\" ]"), "{f}");
+    assert!(f.contains("pointToPoint = true;"), "{f}");
     // Not part of the host file.
     assert!(!crate::render::nix::host_file(std::slice::from_ref(&i)).contains("instances.web"));
 }
@@ -478,7 +476,7 @@ fn unreadable_private_network_and_auto_start() {
     assert_has(
         &i,
         &[
-            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/30\" ]",
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
             "!warning addresses-without-private-network",
             "!warning not-auto-started",
             "instance.autoStart = false",
@@ -528,4 +526,318 @@ fn every_emitted_nspawn_key_is_accepted_by_nixpkgs() {
             }
         }
     }
+}
+
+// ---- issue 13: a migrated container behaves like the legacy one ----------------------------
+
+/// 13.2: legacy put only addresses and routes on a static veth: no NAT, no forwarding, no RA.
+#[test]
+fn static_veth_gets_no_nat_and_no_router_advertisements() {
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.masquerade = false",
+            "instance.network.routerAdvertisements = false",
+            "!~ IPMasquerade",
+            "!~ IPv6SendRA",
+            "!~ DHCPServer",
+        ],
+    );
+    let f = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(f.contains("masquerade = false;"), "{f}");
+    assert!(f.contains("routerAdvertisements = false;"), "{f}");
+}
+
+/// 13.1: a bridged container without a localAddress gets no guest host0 unit from the module,
+/// so the guest's own networking.interfaces.host0 (40-host0.network) is not shadowed.
+#[test]
+fn bridged_container_without_address_leaves_host0_to_the_guest() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.interfaces.eth0.ipv4.addresses = [ { address = "192.168.1.5"; prefixLength = 24; } ]; }; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "[Network] Bridge=br0",
+            "~ networking.interfaces.host0.ipv4.addresses",
+            "!~ networkd guest 40-host0.network",
+            "!warning veth-without-addresses",
+        ],
+    );
+}
+
+/// Issue 9 (6): a point-to-point pair on a bridge is kept as legacy's container init had it:
+/// the guest's /32 with the gateway as peer and an on-link default route.
+#[test]
+fn bridged_point_to_point_pair_keeps_the_on_link_gateway() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; hostAddress = "192.168.1.1"; localAddress = "192.168.1.20"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.pointToPoint = true",
+            "networkd guest 40-host0.network: [Address] Address=192.168.1.20/32",
+            "networkd guest 40-host0.network: [Address] Peer=192.168.1.1/32",
+            "networkd guest 40-host0.network: [Route] Gateway=192.168.1.1",
+            "networkd guest 40-host0.network: [Route] GatewayOnLink=yes",
+            "!warning bridge-address-without-prefix",
+            "!warning p2p-prefix-chosen",
+            "!~ networkd host",
+        ],
+    );
+}
+
+/// Pairs written with prefixes keep going through the prefix rules (and report a choice).
+#[test]
+fn prefixed_pair_that_needs_a_choice_still_reports_it() {
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1/24"; localAddress = "10.0.0.5"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.containerPool = [ \"10.0.0.5/24\" ]",
+            "instance.network.pointToPoint = false",
+            "warning p2p-prefix-chosen",
+        ],
+    );
+}
+
+/// 13.3: legacy passed `--private-users=<base>` without an ownership flag: nspawn used `off`.
+#[test]
+fn integer_private_users_keeps_ownership_off() {
+    for src in [
+        r#"{ privateUsers = 65536; }"#,
+        r#"{ extraFlags = [ "--private-users=65536" ]; }"#,
+    ] {
+        assert_has(
+            &run(src),
+            &[
+                "[Exec] PrivateUsers=65536",
+                "[Files] PrivateUsersOwnership=off",
+                "!~ PrivateUsersOwnership=auto",
+            ],
+        );
+    }
+    // pick (and -U) imply auto in nspawn; an explicit ownership flag stays.
+    assert_has(
+        &run(r#"{ privateUsers = "pick"; }"#),
+        &["[Files] PrivateUsersOwnership=auto"],
+    );
+    assert_has(
+        &run(r#"{ extraFlags = [ "--private-users-ownership=chown" "--private-users=65536" ]; }"#),
+        &["[Files] PrivateUsersOwnership=chown"],
+    );
+}
+
+/// 13.4: a veth without addresses was left unconfigured by legacy; now DHCP mode, reported
+/// with the way to keep the links unconfigured.
+#[test]
+fn veth_without_addresses_is_reported() {
+    let i = run(r#"{ privateNetwork = true; localMacAddress = "02:00:00:00:00:01"; }"#);
+    let w = warning(&i, "veth-without-addresses");
+    assert!(w.message.contains("unconfigured"), "{}", w.message);
+    assert!(
+        w.message
+            .contains("systemd.network.networks.\"20-ve-web\".enable = lib.mkForce false"),
+        "{}",
+        w.message
+    );
+    // Static addresses, a bridge, or addresses the reader could not read (reported as
+    // unresolved-expression): nothing to report.
+    for src in [
+        r#"{ privateNetwork = true; hostAddress = cfg.host; localAddress = cfg.local; }"#,
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
+        r#"{ privateNetwork = true; hostBridge = "br0"; }"#,
+    ] {
+        assert_has(&run(src), &["!warning veth-without-addresses"]);
+    }
+}
+
+/// 13.5: forwardPorts on a private network without a veth: the module would reject them; they
+/// are dropped with the raw keys that keep nspawn's forwarding. `-p` without a private network
+/// names the real reason.
+#[test]
+fn ports_without_a_veth_are_dropped_with_the_raw_alternative() {
+    let i = run(
+        r#"{ privateNetwork = true; macvlans = [ "eth1" ]; forwardPorts = [ { hostPort = 8080; containerPort = 80; } ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "!~ [Network] Port=",
+            "!~ instance.forwardPorts",
+            "warning forward-ports-without-veth",
+        ],
+    );
+    let w = warning(&i, "forward-ports-without-veth");
+    assert!(
+        w.message
+            .contains("systemd.nspawn.web.networkConfig.Port = [ \"tcp:8080:80\" ];"),
+        "{}",
+        w.message
+    );
+    let i = run(r#"{ extraFlags = [ "-p" "8080" ]; }"#);
+    let w = warning(&i, "forward-ports-ignored");
+    assert!(
+        w.message.contains("needs a private network"),
+        "{}",
+        w.message
+    );
+    assert!(!w.message.contains("veth"), "{}", w.message);
+}
+
+/// 13.6: an ephemeral container's old state directory is not the new snapshot source.
+#[test]
+fn ephemeral_container_starts_empty_as_legacy_did() {
+    for src in [r#"{ ephemeral = true; }"#, r#"{ extraFlags = [ "-x" ]; }"#] {
+        let i = run(src);
+        assert_eq!(i.state.from, None, "{src}");
+        assert_has(
+            &i,
+            &["[Exec] Ephemeral=yes", "state - -> /var/lib/machines/web"],
+        );
+    }
+    let plan = crate::plan::plan(
+        &[run(r#"{ ephemeral = true; }"#)],
+        &|_| None,
+        &|_| None,
+        std::path::Path::new("/etc/nixos/nspawn-containers.nix"),
+    );
+    assert!(
+        plan.containers[0]
+            .steps
+            .iter()
+            .all(|s| !matches!(s, crate::plan::Step::CopyState { .. })),
+        "{plan:?}"
+    );
+}
+
+/// 13.8: legacy's container@.service restarted a crashed container.
+#[test]
+fn every_container_restarts_on_failure_like_legacy() {
+    for src in [r#"{ }"#, r#"{ privateNetwork = true; autoStart = true; }"#] {
+        assert_has(&run(src), &["drop-in [Service] Restart=on-failure"]);
+    }
+}
+
+/// 13.10: a zone named in extraFlags is declared in the emitted file, once for all members.
+#[test]
+fn network_zone_is_declared_once_and_reported() {
+    let mut a = run(r#"{ extraFlags = [ "--network-zone=lab" ]; }"#);
+    let mut b = a.clone();
+    b.name = "db".into();
+    a.name = "web".into();
+    let f = crate::render::nix::host_file(&[a.clone(), b]);
+    assert_eq!(
+        f.matches("nixos.containers.zones.lab = { };").count(),
+        1,
+        "{f}"
+    );
+    assert!(crate::render::nix::instance_snippet(&a).contains("nixos.containers.zones.lab = { };"));
+    let w = warning(&a, "network-zone-declared");
+    assert!(w.message.contains("v4.addrPool = [ ]"), "{}", w.message);
+}
+
+/// 13.11: a .conf without COPY_RESOLV_CONF (nixos-container create) means nothing was copied.
+#[test]
+fn conf_without_copy_resolv_conf_gets_resolv_conf_off() {
+    let mut c = example_container(r#"{ _kind = "imperative"; }"#).unwrap();
+    c.sources = vec![SourceKind::Conf];
+    let i = translate(&c, &ctx());
+    assert_has(&i, &["[Exec] ResolvConf=off"]);
+    assert!(
+        i.applied
+            .iter()
+            .any(|a| a.target.contains("no COPY_RESOLV_CONF=1")),
+        "{:?}",
+        i.applied
+    );
+    // Read from Nix without the option: its default (true) applies.
+    assert_has(&run(r#"{ }"#), &["[Exec] ResolvConf=copy-host"]);
+}
+
+/// 13.12: legacy's timeoutStartSec defaults to 1min; the stock unit's would be 90 s.
+#[test]
+fn unset_timeout_start_sec_keeps_the_legacy_default() {
+    assert_has(&run(r#"{ }"#), &["instance.timeoutStartSec = \"1min\""]);
+    assert_has(
+        &run(r#"{ timeoutStartSec = "3min"; }"#),
+        &["instance.timeoutStartSec = \"3min\""],
+    );
+}
+
+/// 13.1: a string defaultGateway (refused by NixOS under networkd, which the container now
+/// runs) needs a human; with an interface it is fine.
+#[test]
+fn guest_gateway_without_interface_needs_a_human() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; config = { networking.defaultGateway = "192.168.1.1"; networking.interfaces.eth0.mtu = 1400; }; }"#,
+    );
+    assert_has(&i, &["warning guest-gateway-without-interface"]);
+    assert!(
+        warning(&i, "guest-gateway-without-interface")
+            .message
+            .contains("interface = \"host0\"")
+    );
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.defaultGateway = { address = "192.168.1.1"; interface = "eth0"; }; }; }"#,
+    );
+    assert_has(&i, &["!warning guest-gateway-without-interface"]);
+}
+
+/// Issue 9 (6) for extraVeths: a pair without prefixes stays point-to-point on both ends, no
+/// prefix is chosen; the emitted Nix carries the sections through extraConfig.
+#[test]
+fn extra_veth_pairs_stay_point_to_point() {
+    let i = run(
+        r#"{ privateNetwork = true; extraVeths.web-ext = { hostAddress = "10.9.0.1"; localAddress = "10.9.9.9"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "networkd host 30-web-ext.network: [Address] Address=10.9.0.1/32",
+            "networkd host 30-web-ext.network: [Address] Peer=10.9.9.9/32",
+            "networkd guest 30-web-ext.network: [Address] Address=10.9.9.9/32",
+            "networkd guest 30-web-ext.network: [Address] Peer=10.9.0.1/32",
+            "!warning p2p-prefix-chosen",
+        ],
+    );
+    let f = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(
+        f.contains(r#"extraConfig = "[Address]\nAddress=10.9.0.1/32\nPeer=10.9.9.9/32\n\n";"#),
+        "{f}"
+    );
+}
+
+/// Half a point-to-point pair: the end that is set keeps its /32, and what legacy's scripts
+/// did towards the missing end is reported as such (not as a prefix choice).
+#[test]
+fn half_pairs_are_reported_as_incomplete() {
+    let i = run(r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
+            "warning address-pair-incomplete",
+            "!warning p2p-prefix-chosen",
+        ],
+    );
+    assert!(
+        warning(&i, "address-pair-incomplete")
+            .message
+            .contains("interface = \"host0\"")
+    );
+    let i = run(r#"{ privateNetwork = true; localAddress6 = "fd00::2"; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network.v6.static.containerPool = [ \"fd00::2/128\" ]",
+            "warning address-pair-incomplete",
+        ],
+    );
 }

@@ -489,3 +489,99 @@ pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, String>, b: &BTreeMap<PathB
         panic!("{what}: {n} differences, first ones:\n{}", diffs.join("\n"));
     }
 }
+
+/// Run systemd-networkd over `files` in private mount and network namespaces; the
+/// `FILE:LINE:` complaints, or `None` when the check cannot run here (after saying why).
+pub fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> {
+    let networkd_bin = Path::new("/lib/systemd/systemd-networkd");
+    if !networkd_bin.exists() || !have_tool("unshare", "util-linux") {
+        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+            panic!(
+                "systemd-networkd is required (NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1): install systemd"
+            );
+        }
+        eprintln!(
+            "skipped: install systemd (/lib/systemd/systemd-networkd) and util-linux (unshare)"
+        );
+        return None;
+    }
+    if !is_root() {
+        if std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1") {
+            panic!("the networkd check needs root (namespaces and mounts)");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipped: the networkd check needs root"
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("network");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    for (name, text) in files {
+        std::fs::write(cfg.join(name), text).unwrap();
+    }
+    // A canary that matches `lo`: networkd logs its path once it has loaded the directory,
+    // which proves the files were read even when none of them matches a link here.
+    std::fs::write(
+        cfg.join("000-canary.network"),
+        "[Match]\nName=lo\n\n[Network]\nKeepConfiguration=yes\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "set -e\n\
+         mount -t sysfs -o ro sysfs /sys\n\
+         mkdir -p /run/systemd/netif\n\
+         mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif\n\
+         chown systemd-network:systemd-network /run/systemd/netif\n\
+         mount --bind {cfg} /etc/systemd/network\n\
+         mount --bind {empty} /lib/systemd/network\n\
+         if [ -d /run/systemd/network ]; then mount --bind {empty} /run/systemd/network; fi\n\
+         ip link set lo up\n\
+         SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console /lib/systemd/systemd-networkd >{log} 2>&1 & P=$!\n\
+         sleep 2\n\
+         kill $P\n\
+         wait $P || true\n",
+        cfg = cfg.display(),
+        empty = empty.display(),
+        log = log.display()
+    );
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "unshare",
+            "-m",
+            "-n",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "networkd harness failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("/etc/systemd/network/000-canary.network"),
+        "networkd did not read the units:\n{log}"
+    );
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.starts_with("/etc/systemd/network/")
+                && l.split(':')
+                    .nth(1)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    Some(bad.into_iter().map(str::to_string).collect())
+}

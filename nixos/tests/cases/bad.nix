@@ -16,7 +16,6 @@
     a.network = { zone = "nowhere"; v4.static.containerPool = [ "10.1.0.2/24" ]; };
     b.network.v4.static = { containerPool = [ "10.1.0.2/24" ]; };
     c.network.v4.static.hostAddresses = [ "10.1.0.2/24" ];
-    averyveryverylongname.network = { };
     mv.network = { veth = false; bridge = "br0"; };
     hp.forwardPorts = [ { hostPort = 80; } ];
   };

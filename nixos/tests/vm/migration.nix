@@ -31,10 +31,16 @@ in
     };
     specialisation.legacy.configuration = legacy;
     specialisation.migrated.configuration = {
+      # What the migrator emits for the legacy pair: point-to-point, no NAT, no RA.
       nixos.containers.instances.test2 = {
-        network.v4.static = {
-          hostAddresses = [ "10.231.136.1/24" ];
-          containerPool = [ "10.231.136.2/24" ];
+        network = {
+          pointToPoint = true;
+          masquerade = false;
+          routerAdvertisements = false;
+          v4.static = {
+            hostAddresses = [ "10.231.136.1/32" ];
+            containerPool = [ "10.231.136.2/32" ];
+          };
         };
         system-config = guest;
       };
