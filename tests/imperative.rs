@@ -1041,7 +1041,7 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         "{out}"
     );
     assert!(
-        out.contains("- ResolvConf=copy-host"),
+        out.contains("- ResolvConf=off"),
         "the diff shows what migrate's file had: {out}"
     );
     let (out, _) = ok(&h.run_on(
