@@ -286,7 +286,7 @@ fn record_start(
         legacy_profile: legacy.profile_dir.clone(),
         state_to: None,
         state_mode: crate::plan_file::state_name(opts.state_of(&cp.name)).to_string(),
-        profile_to: None,
+        links_to: Vec::new(),
         files: Vec::new(),
         nix_output: None,
         // The entries the Nix file gets for the container's own networkd units (see
@@ -312,7 +312,7 @@ fn record_start(
     for step in &cp.steps {
         match step {
             Step::CopyState { to, .. } => r.state_to = Some(to.clone()),
-            Step::CarryProfile { to, .. } => r.profile_to = Some(to.clone()),
+            Step::CarryProfile { to, .. } => r.links_to.push(to.clone()),
             s => {
                 if let Some(f) = s.written_file().and_then(file_record) {
                     r.files.push(keep_backup(f));

@@ -74,7 +74,9 @@ pub struct Record {
     pub state_to: Option<PathBuf>,
     /// `copy`, `move` or `skip`.
     pub state_mode: String,
-    pub profile_to: Option<PathBuf>,
+    /// Where profile generations and GC roots were carried as links (`per-nspawn/NAME`).
+    #[serde(default)]
+    pub links_to: Vec<PathBuf>,
     pub files: Vec<FileRecord>,
     /// The declarative Nix file this container has entries in.
     pub nix_output: Option<FileRecord>,
@@ -319,12 +321,12 @@ pub fn rollback(host: &HostRoot, r: &Record, out: &mut Outcome) -> Result<(), St
     for f in &r.files {
         restore_or_remove(host, f, out)?;
     }
-    if let Some(p) = &r.profile_to
-        && kind(host, p).is_some()
-    {
-        remove_tree(host, p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
-        out.done
-            .push(format!("removed the profile links {}", p.display()));
+    for p in &r.links_to {
+        if kind(host, p).is_some() {
+            remove_tree(host, p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+            out.done
+                .push(format!("removed the carried links {}", p.display()));
+        }
     }
     if let Some(nix) = &r.nix_output {
         remove_from_nix_file(host, r, nix, out)?;
@@ -354,6 +356,7 @@ fn remove_our_empty_dirs(host: &HostRoot, name: &str) {
         RECORD_DIR,
         "/var/lib/nixos-nspawn",
         "/nix/var/nix/profiles/per-nspawn",
+        "/nix/var/nix/gcroots/per-nspawn",
     ] {
         let p = Path::new(d);
         let (Some(parent), Some(n)) = (p.parent(), p.file_name()) else {
