@@ -692,6 +692,12 @@ pub fn check_destinations(
                 None => p,
             }),
             Ok((t, nearest)) => {
+                if container.is_none()
+                    && !opts.force
+                    && let Some(p) = would_drop(host, &t.resolved, path, m)
+                {
+                    c.problems.push(p);
+                }
                 claim(&mut claimed, &t.resolved, who, &mut c.problems);
                 redirect(&mut c.redirects, path, &t.resolved);
                 c.dirs.push((nearest, path.display().to_string()));
@@ -700,6 +706,34 @@ pub fn check_destinations(
         }
     }
     c
+}
+
+/// The declarative file of an earlier run holds containers this run would drop from it (a
+/// run writes the whole file from the containers it migrates): say which, and the ways out.
+fn would_drop(host: &HostRoot, resolved: &Path, shown: &Path, m: &Migration) -> Option<String> {
+    let old = host.read_to_string(resolved).ok()?;
+    let now: Vec<&str> = m
+        .report
+        .containers
+        .iter()
+        .filter(|c| c.kind == "declarative")
+        .map(|c| c.name.as_str())
+        .collect();
+    let dropped: Vec<String> = crate::nix_block::instance_names(&old)
+        .into_iter()
+        .filter(|n| !now.contains(&n.as_str()))
+        .collect();
+    (!dropped.is_empty()).then(|| {
+        format!(
+            "{} already holds the migrated container(s) {}, which this run would drop from it (a run writes the \
+             whole file from the containers it migrates). Include them (--only {} …) while their legacy definitions \
+             still exist, or write this batch to another file (--output /etc/nixos/nspawn-containers-2.nix) and \
+             import both; --force replaces the file anyway (the old one is kept as a backup)",
+            shown.display(),
+            dropped.join(", "),
+            dropped.join(" --only ")
+        )
+    })
 }
 
 /// Every check that can fail, for every container and every destination, before anything is

@@ -199,6 +199,29 @@ pub fn remove_instance(
     Some((out, others.len()))
 }
 
+/// The names of the `nixos.containers.instances.NAME` a Nix file of ours declares.
+pub fn instance_names(text: &str) -> Vec<String> {
+    let parsed = rnix::Root::parse(text);
+    let mut out = Vec::new();
+    for node in parsed.tree().syntax().descendants() {
+        let Some(apv) = ast::AttrpathValue::cast(node) else {
+            continue;
+        };
+        let (path, outer) = full_path(&apv);
+        if let (0, ["nixos", "containers", "instances", n, ..]) = (
+            outer,
+            path.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) && !out.iter().any(|o| o == n)
+        {
+            out.push(n.to_string());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

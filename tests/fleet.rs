@@ -302,3 +302,55 @@ fn help_documents_every_outcome() {
         assert!(help.contains(needle), "{needle} missing from\n{help}");
     }
 }
+
+/// Migrating in batches: a second run with other containers would have rewritten the
+/// declarative file without the first batch; it is refused (nothing written) and says how.
+#[test]
+fn a_second_batch_never_drops_the_first_from_the_nix_file() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let out = run(root.path(), &stand_ins, &["--yes", "-q", "--only", "db"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let file = root.path().join("etc/nixos/nspawn-containers.nix");
+    let first = std::fs::read_to_string(&file).unwrap();
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--yes", "--json", "--only", "web"],
+    );
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let doc = json(&out);
+    let problems = doc["error"]["problems"].to_string();
+    assert!(
+        problems.contains("already holds the migrated container(s) db"),
+        "{problems}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    assert!(!root.path().join("var/lib/machines/web").exists());
+    // Another file for the second batch works.
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &[
+            "--yes",
+            "-q",
+            "--only",
+            "web",
+            "--output",
+            "/etc/nixos/nspawn-containers-2.nix",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    // Both at once replace the file with both.
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--dry-run", "-q", "--only", "db", "--only", "web"],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+}
