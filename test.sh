@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 need=()
 command -v nix-instantiate >/dev/null || need+=(nix-bin)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
@@ -15,6 +16,12 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v tmux >/dev/null || need+=(tmux)
 command -v patch >/dev/null || need+=(patch)
 command -v groff >/dev/null || need+=(groff-base)
+# The state tests make small btrfs and XFS filesystems on loop devices (tests/state_fs.rs …)
+# and check inode flags with chattr/lsattr.
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
 # nft: checks the firewall rules the module gets from nixpkgs' firewall-nftables.nix, and loads
 # them for the DHCP-through-the-firewall test.
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)

@@ -93,6 +93,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "FILE")]
     pub from_json: Option<PathBuf>,
 
+    /// Do not evaluate the containers with the host's own Nix. By default, on the running
+    /// machine (--root /) with Nix installed, their options are evaluated read-only (no builds,
+    /// a time limit) and merged with what the source text says.
+    #[arg(long)]
+    pub no_eval: bool,
+
     /// With a flake host: which nixosConfigurations.<HOST> to follow.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,

@@ -206,6 +206,7 @@ pub fn execute(
         );
         report.done = rec.done;
         report.state_result = rec.state;
+        report.warnings.extend(rec.warnings);
         report.status = if r.is_ok() {
             ContainerStatus::Done
         } else {
@@ -365,7 +366,9 @@ fn record_finish(host: &HostRoot, name: &str) -> Result<(), StepError> {
 struct Record {
     done: Vec<String>,
     files: Vec<PathBuf>,
-    state: Option<crate::report::StateResult>,
+    state: Option<crate::state::StateSummary>,
+    /// Found while copying (inode flags the new place cannot keep).
+    warnings: Vec<crate::warnings::Warning>,
 }
 
 /// The steps of one container, in order; the first failure ends them.
@@ -399,10 +402,7 @@ fn run_container(
                             from.display(),
                             to.display()
                         ));
-                        rec.state = Some(crate::report::StateResult {
-                            action: "skipped",
-                            ..Default::default()
-                        });
+                        rec.state = Some(state::StateOutcome::Skipped.summary());
                         continue;
                     }
                 };
@@ -446,7 +446,8 @@ fn run_container(
                 )
                 .map_err(|e| step_err(&cp.name, format!("{e}")))?;
                 progress.finish();
-                rec.state = Some(state_result(&outcome));
+                rec.state = Some(outcome.summary());
+                rec.warnings.extend(outcome.warnings(&cp.name));
                 rec.done.push(describe_outcome(
                     &outcome,
                     &shown(host, from),
@@ -480,7 +481,8 @@ fn run_container(
             }
             Step::WriteContainerFile { path }
             | Step::WriteNspawn { path }
-            | Step::WriteDropin { path } => {
+            | Step::WriteDropin { path }
+            | Step::WriteGuestFile { path } => {
                 // The bytes the report showed (rendered once, in `migrate`).
                 let Some(text) = files.get(path) else {
                     return Err(step_err(
@@ -504,50 +506,6 @@ fn run_container(
         }
     }
     Ok(())
-}
-
-/// The state engine's outcome as the report carries it.
-fn state_result(o: &state::StateOutcome) -> crate::report::StateResult {
-    let verification = |v: &state::VerifyReport| {
-        (v.level != state::Verify::None).then(|| crate::report::Verification {
-            level: format!("{:?}", v.level).to_lowercase(),
-            entries: v.entries,
-            bytes_hashed: v.bytes_hashed,
-            differences: v.differences,
-            outcome: if v.differences == 0 {
-                "passed"
-            } else {
-                "failed"
-            },
-        })
-    };
-    match o {
-        state::StateOutcome::Copied {
-            copy,
-            verify,
-            resumed,
-            ..
-        } => crate::report::StateResult {
-            action: "copied",
-            entries: copy.entries,
-            bytes_copied: copy.bytes,
-            resumed: *resumed,
-            verification: verification(verify),
-        },
-        state::StateOutcome::Moved => crate::report::StateResult {
-            action: "moved",
-            ..Default::default()
-        },
-        state::StateOutcome::AlreadyDone { verify } => crate::report::StateResult {
-            action: "already-done",
-            verification: verification(verify),
-            ..Default::default()
-        },
-        _ => crate::report::StateResult {
-            action: "skipped",
-            ..Default::default()
-        },
-    }
 }
 
 /// A host path for a message: itself, plus where it really leads when a link redirects it.
@@ -676,7 +634,8 @@ pub fn check_destinations(
                 }
                 Step::WriteContainerFile { path }
                 | Step::WriteNspawn { path }
-                | Step::WriteDropin { path } => files.push((Some(name), path)),
+                | Step::WriteDropin { path }
+                | Step::WriteGuestFile { path } => files.push((Some(name), path)),
                 _ => {}
             }
         }
@@ -754,6 +713,24 @@ fn preflight(
                 && let Err(e) = check_not_running(&cp.name, unit, host, runner)
             {
                 problems.push(e.to_string());
+            }
+            // A move is a rename: refused across filesystems (or mounts, or btrfs subvolumes)
+            // before anything is written, with the reason.
+            if let Step::CopyState { from, to } = step
+                && opts.state == StateArg::Move
+                && host.kind(to).ok().flatten().is_none()
+            {
+                let paths = host
+                    .confined_real_path(from)
+                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
+                match paths {
+                    Ok((f, t)) => {
+                        if let Err(e) = state::check_move(&f, &t) {
+                            problems.push(format!("container {}: {e}", cp.name));
+                        }
+                    }
+                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
+                }
             }
         }
     }
@@ -1065,6 +1042,24 @@ fn describe_outcome(
                 verify.entries,
                 verify.differences
             );
+            let methods = verify.methods();
+            if !methods.is_empty() {
+                s.push_str(&format!("; {methods}"));
+            }
+            if copy.files_reflinked > 0 {
+                s.push_str(&format!(
+                    "; {} files cloned (reflink)",
+                    copy.files_reflinked
+                ));
+            }
+            if copy.flags_copied > 0 {
+                s.push_str(&format!(
+                    "; inode flags kept on {} entr{}",
+                    copy.flags_copied,
+                    if copy.flags_copied == 1 { "y" } else { "ies" }
+                ));
+            }
+            s.push_str(&format!("; {from} is untouched"));
             if let Some(r) = replaced {
                 let shown = r
                     .strip_prefix(host.root())
@@ -1077,7 +1072,10 @@ fn describe_outcome(
             }
             s
         }
-        state::StateOutcome::Moved => format!("state moved {from} → {to}"),
+        state::StateOutcome::Moved => format!(
+            "state moved {from} → {to} (a rename on one filesystem: nothing was copied, {from} no longer exists; \
+             to go back, stop the new container and move it back with mv)"
+        ),
         state::StateOutcome::AlreadyDone { .. } => format!("state already at {to}"),
         state::StateOutcome::Skipped => format!("state left in {from}"),
     }

@@ -118,16 +118,22 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             root.display()
         ))
     })?;
-    // As with --yes: read the host through a read-only, noatime view in our own mount
-    // namespace, and make each legacy state read-only for this process while it is copied.
-    let view = match crate::host::enter_private_mount_namespace() {
-        Ok(()) => host.read_only_view().is_ok(),
-        Err(_) => false,
-    };
-    let opts = migrate::ScanOptions {
+    let mut opts = migrate::ScanOptions {
         config: args.config.clone(),
         from_json: args.from_json.clone(),
         host_name: args.host.clone(),
+        evaluated: None,
+    };
+    // As with --yes: the running machine's containers are evaluated with its own Nix first
+    // (before the read-only view: Nix must open its store).
+    if !args.no_eval && args.from_json.is_none() && host.is_live() {
+        opts.evaluated = migrate::evaluate_host(&host, &opts);
+    }
+    // Then the host is read through a read-only, noatime view in our own mount namespace, and
+    // each legacy state made read-only for this process while it is copied.
+    let view = match crate::host::enter_private_mount_namespace() {
+        Ok(()) => host.read_only_view().is_ok(),
+        Err(_) => false,
     };
     let mut legacy = migrate::scan(&host, &opts);
     select(&mut legacy, &args.only, &args.exclude)?;

@@ -164,6 +164,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     // With --yes: our own mount namespace (before any thread exists), so that the host can be
     // read through a read-only noatime view while it is scanned, and each legacy state dir made
     // read-only for this process alone while it is copied (see execute).
+    let mut opts = migrate::ScanOptions {
+        config: args.config.clone(),
+        from_json: args.from_json.clone(),
+        host_name: args.host.clone(),
+        evaluated: None,
+    };
+    // Only the running machine is evaluated (an offline root's Nix is not this one's), and
+    // before the read-only view below: Nix must be able to open its own store.
+    if !args.no_eval && args.from_json.is_none() && host.root() == std::path::Path::new("/") {
+        opts.evaluated = migrate::evaluate_host(&host, &opts);
+    }
     let mut view = false;
     if args.yes {
         match nixos_nspawn::host::enter_private_mount_namespace() {
@@ -185,11 +196,6 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             );
         }
     }
-    let opts = migrate::ScanOptions {
-        config: args.config.clone(),
-        from_json: args.from_json.clone(),
-        host_name: args.host.clone(),
-    };
     let mut legacy = migrate::scan(&host, &opts);
     nixos_nspawn::interactive::select(&mut legacy, &args.only, &args.exclude)?;
     let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());

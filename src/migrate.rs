@@ -65,6 +65,64 @@ pub struct ScanOptions {
     pub from_json: Option<PathBuf>,
     /// `--host NAME` for flake hosts.
     pub host_name: Option<String>,
+    /// What evaluating the containers with the host's own Nix gave ([`evaluate_host`]; a live
+    /// host, `--root /`, without `--no-eval`): the facts, `None` inside when Nix is not
+    /// installed, or why it failed. Merged over the source text by [`scan`].
+    pub evaluated: Option<Result<Option<Vec<SourceFacts>>, Warning>>,
+}
+
+/// The evaluation command for the configuration [`scan`] reads (the same choice: `--config`,
+/// else the host's flake, else configuration.nix), or `None` when there is none.
+pub fn host_eval_command(host: &HostRoot, opts: &ScanOptions) -> Option<nix_source::EvalCommand> {
+    use nix_source::EvalCommand;
+    let (fs, entry): (&dyn SourceFs, PathBuf) = match &opts.config {
+        Some(path) => match host_path_of(host, path) {
+            Some(hp) => (&HostFs(host), hp),
+            None => (&PlainFs, path.clone()),
+        },
+        None => {
+            let flake = Path::new("/etc/nixos/flake.nix");
+            let conf = Path::new("/etc/nixos/configuration.nix");
+            if host.exists(flake) {
+                (&HostFs(host), flake.to_path_buf())
+            } else if host.exists(conf) {
+                return Some(EvalCommand::Nixos {
+                    configuration: None,
+                });
+            } else {
+                return None;
+            }
+        }
+    };
+    if entry.file_name().is_some_and(|n| n == "flake.nix") {
+        let fr = nix_source::read_flake(fs, &entry, opts.host_name.as_deref());
+        return Some(fr.eval_command.unwrap_or(EvalCommand::Flake {
+            dir: entry.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            host: opts.host_name.clone(),
+        }));
+    }
+    Some(EvalCommand::for_config(&entry))
+}
+
+/// Evaluate the containers on the running machine with its own Nix (read-only, time-limited),
+/// for [`ScanOptions::evaluated`]. Runs before the host is sealed read-only: Nix itself must be
+/// able to open its store. `None` when there is no configuration to evaluate.
+pub fn evaluate_host(
+    host: &HostRoot,
+    opts: &ScanOptions,
+) -> Option<Result<Option<Vec<SourceFacts>>, Warning>> {
+    use crate::legacy::host_eval;
+    let cmd = host_eval_command(host, opts)?;
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string());
+    let host_name = opts.host_name.clone().or(machine);
+    Some(host_eval::evaluate(
+        &crate::runner::Runner::default(),
+        &cmd,
+        host_name.as_deref(),
+        host_eval::TIMEOUT,
+    ))
 }
 
 /// Read everything the host says about its legacy containers and merge it per container.
@@ -124,11 +182,28 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
     let mut nix_files: Vec<PathBuf> = Vec::new();
-    if let Some(r) = nix {
-        configured = r.facts;
-        problems.extend(r.problems);
+    if let Some(mut r) = nix {
+        if let Some(entry) = &opts.config
+            && r.facts.is_empty()
+            && r.problems.is_empty()
+            && opts.evaluated.is_none()
+        {
+            problems.push(nix_source::no_containers_warning(entry, &r));
+        }
+        configured = std::mem::take(&mut r.facts);
+        problems.append(&mut r.problems);
         nix_files = r.files_read.clone();
-        files_read.extend(r.files_read);
+        files_read.append(&mut r.files_read);
+        match &opts.evaluated {
+            Some(Ok(Some(facts))) => crate::legacy::host_eval::absorb(
+                facts.clone(),
+                &r.container_sets,
+                &mut configured,
+                &mut problems,
+            ),
+            Some(Err(w)) => problems.push(w.clone()),
+            Some(Ok(None)) | None => {}
+        }
     }
     if let Some(json) = &opts.from_json {
         match std::fs::read_to_string(json) {
@@ -454,6 +529,11 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         },
         networkd,
         dropin: (!dropin.is_empty()).then_some(dropin),
+        guest_files: i
+            .guest_files
+            .iter()
+            .map(|(p, t)| (p.display().to_string(), t.clone()))
+            .collect(),
         translated: i.applied.clone(),
         warnings,
         status: if steps
@@ -483,6 +563,7 @@ fn file_text(step: &plan::Step, inst: &Instance) -> Option<String> {
         plan::Step::WriteNspawn { .. } => plan::imperative_nspawn_text(inst),
         plan::Step::WriteDropin { .. } => plan::imperative_dropin_text(inst),
         plan::Step::WriteContainerFile { .. } => render::nix::imperative_file(inst),
+        plan::Step::WriteGuestFile { path } => inst.guest_files.get(path)?.clone(),
         _ => return None,
     })
 }

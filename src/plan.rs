@@ -29,6 +29,8 @@ pub enum Step {
     WriteContainerFile { path: PathBuf },
     /// Write the `systemd-nspawn@NAME.service` drop-in of an imperative container.
     WriteDropin { path: PathBuf },
+    /// Write a rewritten copy of a file the guest config imports (the original stays).
+    WriteGuestFile { path: PathBuf },
 }
 
 impl Step {
@@ -37,7 +39,8 @@ impl Step {
         match self {
             Step::WriteNspawn { path }
             | Step::WriteContainerFile { path }
-            | Step::WriteDropin { path } => Some(path),
+            | Step::WriteDropin { path }
+            | Step::WriteGuestFile { path } => Some(path),
             _ => None,
         }
     }
@@ -59,6 +62,10 @@ impl Step {
             Step::WriteNspawn { path } => format!("write {}", path.display()),
             Step::WriteContainerFile { path } => format!("write {}", path.display()),
             Step::WriteDropin { path } => format!("write {}", path.display()),
+            Step::WriteGuestFile { path } => format!(
+                "write {} (a rewritten copy of a file the guest config imports)",
+                path.display()
+            ),
         }
     }
 }
@@ -110,8 +117,11 @@ pub fn dropin_file(name: &str) -> PathBuf {
 /// as ours (so a later run may replace it), then the settings.
 pub fn imperative_nspawn_text(i: &Instance) -> String {
     format!(
-        "# Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).\n{}",
-        i.name,
+        "{}{}",
+        crate::render::unit::comment(&format!(
+            "Imperative container {}, managed by nixos-nspawn (migrated from nixos-container).",
+            i.name
+        )),
         crate::render::nspawn::preview(i)
     )
 }
@@ -119,8 +129,11 @@ pub fn imperative_nspawn_text(i: &Instance) -> String {
 /// The exact bytes of an imperative container's unit drop-in (empty settings: no file).
 pub fn imperative_dropin_text(i: &Instance) -> String {
     format!(
-        "# systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.\n{}",
-        i.name,
+        "{}{}",
+        crate::render::unit::comment(&format!(
+            "systemd-nspawn@{}.service settings of an imperative container, managed by nixos-nspawn.",
+            i.name
+        )),
         crate::render::nspawn::dropin(i)
     )
 }
@@ -211,6 +224,9 @@ pub fn plan(
                 }
             }
             Kind::Declarative => any_declarative = true,
+        }
+        for path in i.guest_files.keys() {
+            steps.push(Step::WriteGuestFile { path: path.clone() });
         }
         containers.push(ContainerPlan {
             name: i.name.clone(),

@@ -5,6 +5,7 @@
 //! `PATH`; the product has no test-only branches.
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cmd {
@@ -85,6 +86,62 @@ impl Runner {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// [`Runner::output`] with a time limit: past `limit` the command is killed and the result
+    /// has no exit code (`code: None`), as for any command killed by a signal.
+    pub fn output_timeout(&self, cmd: &Cmd, limit: Duration) -> Result<CmdOutput, RunError> {
+        if self.verbose {
+            eprintln!("+ {} (time limit {} s)", cmd.display(), limit.as_secs());
+        }
+        let spawn_err = |source| RunError::Spawn {
+            cmd: cmd.display(),
+            source,
+        };
+        let mut child = Command::new(&cmd.program)
+            .args(&cmd.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        // Drain both pipes while waiting, so a chatty command cannot block on a full pipe.
+        let mut out_pipe = child.stdout.take();
+        let mut err_pipe = child.stderr.take();
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(p) = out_pipe.as_mut() {
+                let _ = std::io::Read::read_to_end(p, &mut buf);
+            }
+            buf
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(p) = err_pipe.as_mut() {
+                let _ = std::io::Read::read_to_end(p, &mut buf);
+            }
+            buf
+        });
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait().map_err(spawn_err)? {
+                Some(st) => break Some(st),
+                None if start.elapsed() >= limit => {
+                    // Ours to end: the child we spawned, by its id.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let stdout = out_reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok(CmdOutput {
+            code: status.and_then(|s| s.code()),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 

@@ -79,8 +79,10 @@ pub fn all_specs() -> Vec<&'static WarningSpec> {
         crate::legacy::eval::WARNINGS,
         crate::legacy::discover::WARNINGS,
         crate::legacy::merge::WARNINGS,
+        crate::legacy::host_eval::WARNINGS,
         crate::translate::WARNINGS,
         crate::migrate::WARNINGS,
+        crate::state::WARNINGS,
     ];
     lists.iter().flat_map(|l| l.iter().copied()).collect()
 }

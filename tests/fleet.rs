@@ -70,16 +70,16 @@ fn success_is_exit_0_with_every_file_bytes_and_verification() {
     let db = container(&doc, "db");
     assert_eq!(db["status"], "done");
     let st = &db["state_result"];
-    assert_eq!(st["action"], "copied", "{db:#}");
+    assert_eq!(st["outcome"], "copied", "{db:#}");
     assert_eq!(
-        st["bytes_copied"].as_u64().unwrap(),
+        st["bytes"].as_u64().unwrap(),
         file_bytes(&root.path().join("var/lib/nixos-containers/db")),
-        "bytes_copied is the file data of the legacy state"
+        "bytes is the file data of the legacy state"
     );
     assert!(st["entries"].as_u64().unwrap() > 0);
-    assert_eq!(st["verification"]["level"], "full");
-    assert_eq!(st["verification"]["outcome"], "passed");
-    assert_eq!(st["verification"]["differences"], 0);
+    assert_eq!(st["verify"], "full");
+    assert!(st["entries_verified"].as_u64().unwrap() > 0, "{st:#}");
+    assert_eq!(st["differences"], 0);
     assert!(db["warnings"].is_array());
     // The record rollback and cleanup work from is named, and is there.
     assert_eq!(db["record"], "/var/lib/nixos-nspawn/migrations/db.json");
@@ -209,7 +209,7 @@ fn failed_is_exit_1_and_what_was_done_before_stays_done() {
     assert_eq!(doc["error"]["container"], "web");
     assert!(doc["error"]["problems"].is_null());
     assert_eq!(container(&doc, "db")["status"], "done");
-    assert_eq!(container(&doc, "db")["state_result"]["action"], "copied");
+    assert_eq!(container(&doc, "db")["state_result"]["outcome"], "copied");
     assert_eq!(container(&doc, "web")["status"], "failed");
     assert_eq!(
         std::fs::read_to_string(occupied.join("somebody-elses-file")).unwrap(),

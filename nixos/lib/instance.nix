@@ -66,9 +66,17 @@ rec {
       toString (if p.containerPort == null then p.hostPort else p.containerPort)
     }";
 
+  # nspawn splits a bind spec on `:` and reads `\` as an escape: escape both in the paths
+  # (`/srv/a:b` → `/srv/a\:b`), as the migrator's unit-value writer does.
+  bindPath = builtins.replaceStrings [ "\\" ":" ] [ "\\\\" "\\:" ];
   bindSpec =
     b:
-    (if b.hostPath == null then b.mountPoint else "${b.hostPath}:${b.mountPoint}")
+    (
+      if b.hostPath == null then
+        bindPath b.mountPoint
+      else
+        "${bindPath b.hostPath}:${bindPath b.mountPoint}"
+    )
     + lib.optionalString (b.options != null) ":${b.options}";
 
   # `pick` or a base UID: the shared store and profile dirs need idmapped mounts.

@@ -37,8 +37,41 @@ pub const CONF_DUPLICATE_KEY: WarningSpec = WarningSpec {
     summary: "a container .conf file sets the same variable twice; the last one wins, as in systemd",
 };
 
+pub const CONF_NOT_TEXT: WarningSpec = WarningSpec {
+    code: "conf-not-text",
+    category: Category::NeedsHuman,
+    summary: "a file in the legacy .conf directory is not a text file (binary content); it is not read as a container",
+};
+
+/// Does `text` (a `.conf` read lossily) look like binary content rather than an env file?
+/// An env file is text: a control character (other than tab and CR) on its first line, or in
+/// more than 1 in 10 of its bytes, means something else was put there (a core dump, an
+/// editor's swap file, an executable). A single NUL inside a value of an otherwise normal file
+/// is not binary: that value is reported (and refused by the unit-value writer) instead.
+/// Returns a description for the warning: where, and the first bytes, escaped.
+pub fn binary_content(text: &str) -> Option<String> {
+    let is_ctl = |c: char| c.is_control() && !matches!(c, '\n' | '\t' | '\r');
+    let first_line = text.split('\n').next().unwrap_or("");
+    let total = text.chars().count();
+    let ctl = text
+        .chars()
+        .filter(|&c| is_ctl(c) || c == '\u{FFFD}')
+        .count();
+    let binary =
+        first_line.chars().any(|c| is_ctl(c) || c == '\u{FFFD}') || (total > 0 && ctl * 10 > total);
+    if !binary {
+        return None;
+    }
+    let head: String = text.chars().take(24).collect();
+    Some(format!(
+        "{ctl} of its {total} characters are control characters or not UTF-8; it starts with `{}`",
+        crate::render::unit::shown(&head)
+    ))
+}
+
 /// Warning codes owned by this reader.
 pub const WARNINGS: &[&WarningSpec] = &[
+    &CONF_NOT_TEXT,
     &CONF_MALFORMED_LINE,
     &CONF_UNKNOWN_KEY,
     &CONF_BAD_VALUE,
@@ -335,26 +368,9 @@ pub fn parse_env_file(text: &str) -> EnvFile {
     p.out
 }
 
-/// Variables the legacy start script (or `nixos-container`) reads, in template order.
-pub const KNOWN_KEYS: &[&str] = &[
-    "SYSTEM_PATH",
-    "FLAKE",
-    "COPY_RESOLV_CONF",
-    "PRIVATE_NETWORK",
-    "HOST_BRIDGE",
-    "HOST_PORT",
-    "HOST_ADDRESS",
-    "HOST_ADDRESS6",
-    "LOCAL_ADDRESS",
-    "LOCAL_ADDRESS6",
-    "LOCAL_MAC_ADDRESS",
-    "NETWORK_NAMESPACE_PATH",
-    "PRIVATE_USERS",
-    "INTERFACES",
-    "MACVLANS",
-    "AUTO_START",
-    "EXTRA_NSPAWN_FLAGS",
-];
+/// Variables the legacy start script (or `nixos-container`) reads: derived from the option
+/// table ([`crate::legacy::options::LEGACY_OPTIONS`]).
+pub use crate::legacy::options::CONF_KEYS as KNOWN_KEYS;
 
 struct ConfReader<'a> {
     name: &'a str,
@@ -657,45 +673,31 @@ pub fn read_conf(name: &str, file: &Path, text: &str) -> SourceFacts {
         }
         let line = Some(e.line);
         let nonempty = |v: &str| (!v.is_empty()).then(|| Value::Str(v.to_string()));
-        match e.key.as_str() {
-            "SYSTEM_PATH" => {
+        // The option table says which option each variable states and how its value reads.
+        use crate::legacy::options::ConfForm;
+        let Some((option, form)) = crate::legacy::options::conf_row(&e.key)
+            .and_then(|row| row.conf.map(|(_, form)| (row.name, form)))
+        else {
+            let msg = format!(
+                "container {}: {} sets {}, which the legacy start script does not read; it is not carried over. If something else on the host relies on it, move that setting by hand, then delete the line",
+                name,
+                r.loc(e.line),
+                e.key
+            );
+            r.warn(&CONF_UNKNOWN_KEY, "", e.line, msg);
+            continue;
+        };
+        match form {
+            ConfForm::Text => {
                 if let Some(v) = nonempty(&e.value) {
-                    r.facts.set("path", v, line);
+                    r.facts.set(option, v, line);
                 }
             }
-            "FLAKE" => {
-                if let Some(v) = nonempty(&e.value) {
-                    r.facts.set("flake", v, line);
-                }
+            ConfForm::Bool => {
+                let v = r.bool_value(e, option);
+                r.facts.set(option, v, line);
             }
-            "COPY_RESOLV_CONF" => {
-                let v = r.bool_value(e, "copyResolvConf");
-                r.facts.set("copyResolvConf", v, line);
-            }
-            "PRIVATE_NETWORK" => {
-                let v = r.bool_value(e, "privateNetwork");
-                r.facts.set("privateNetwork", v, line);
-            }
-            "AUTO_START" => {
-                let v = r.bool_value(e, "autoStart");
-                r.facts.set("autoStart", v, line);
-            }
-            "HOST_BRIDGE"
-            | "HOST_ADDRESS"
-            | "HOST_ADDRESS6"
-            | "LOCAL_ADDRESS"
-            | "LOCAL_ADDRESS6"
-            | "LOCAL_MAC_ADDRESS"
-            | "NETWORK_NAMESPACE_PATH" => {
-                let option = match e.key.as_str() {
-                    "HOST_BRIDGE" => "hostBridge",
-                    "HOST_ADDRESS" => "hostAddress",
-                    "HOST_ADDRESS6" => "hostAddress6",
-                    "LOCAL_ADDRESS" => "localAddress",
-                    "LOCAL_ADDRESS6" => "localAddress6",
-                    "LOCAL_MAC_ADDRESS" => "localMacAddress",
-                    _ => "networkNamespace",
-                };
+            ConfForm::Word => {
                 if e.value.contains(char::is_whitespace) {
                     let msg = format!(
                         "container {}: {} {}={:?} contains whitespace; the legacy scripts split it into several words. Fix the value",
@@ -710,32 +712,18 @@ pub fn read_conf(name: &str, file: &Path, text: &str) -> SourceFacts {
                     r.facts.set(option, v, line);
                 }
             }
-            "HOST_PORT" => {
+            ConfForm::Ports => {
                 if let Some(v) = r.ports(e) {
-                    r.facts.set("forwardPorts", v, line);
+                    r.facts.set(option, v, line);
                 }
             }
-            "PRIVATE_USERS" => {
+            ConfForm::PrivateUsers => {
                 if let Some(v) = r.private_users(e) {
-                    r.facts.set("privateUsers", v, line);
+                    r.facts.set(option, v, line);
                 }
             }
-            "INTERFACES" => r
-                .facts
-                .set("interfaces", ConfReader::str_list(&e.value), line),
-            "MACVLANS" => r
-                .facts
-                .set("macvlans", ConfReader::str_list(&e.value), line),
-            "EXTRA_NSPAWN_FLAGS" => r.extra_flags(e),
-            other => {
-                let msg = format!(
-                    "container {}: {} sets {}, which the legacy start script does not read; it is not carried over. If something else on the host relies on it, move that setting by hand, then delete the line",
-                    name,
-                    r.loc(e.line),
-                    other
-                );
-                r.warn(&CONF_UNKNOWN_KEY, "", e.line, msg);
-            }
+            ConfForm::Words => r.facts.set(option, ConfReader::str_list(&e.value), line),
+            ConfForm::Flags => r.extra_flags(e),
         }
     }
     let declarative_shape = ["INTERFACES", "MACVLANS", "EXTRA_NSPAWN_FLAGS"]

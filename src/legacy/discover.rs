@@ -263,6 +263,30 @@ pub fn discover_disk(host: &HostRoot) -> DiskScan {
         }
     }
     for (name, f) in found {
+        // A binary file in the .conf directory (and no state of that name) is not a
+        // container: report it once, as a host problem, instead of inventing a container.
+        if f.states.is_empty() && !f.confs.is_empty() {
+            let binary: Vec<(PathBuf, String)> = f
+                .confs
+                .iter()
+                .filter(|(_, _, k)| *k == host::Kind::File)
+                .filter_map(|(_, p, _)| {
+                    let (text, _) = s.read_text(p).ok()?;
+                    conf::binary_content(&text).map(|w| (p.clone(), w))
+                })
+                .collect();
+            if binary.len() == f.confs.len() {
+                for (p, what) in binary {
+                    let msg = format!(
+                        "{} is not a text file ({what}), so it is not a container definition and was not read. \
+                         Move it out of the directory, or restore the container's .conf from a backup",
+                        p.display()
+                    );
+                    s.problem(&conf::CONF_NOT_TEXT, &p.display().to_string(), &p, msg);
+                }
+                continue;
+            }
+        }
         if let Some(c) = container(&mut s, &name, f) {
             s.out.containers.push(c);
         }
@@ -402,6 +426,21 @@ fn container(s: &mut Scan<'_>, name: &str, f: Found) -> Option<DiskContainer> {
         };
         let read = readable.and_then(|()| s.read_text(path).map_err(|e| io_msg(&e)));
         match read {
+            Ok((text, _)) if conf::binary_content(&text).is_some() => {
+                let what = conf::binary_content(&text).unwrap_or_default();
+                warnings.push(
+                    Warning::new(
+                        &conf::CONF_NOT_TEXT,
+                        opt.clone(),
+                        format!(
+                            "{} is not a text file ({what}), so it is not a container definition and was not read. \
+                             Move it out of the directory, or restore the container's .conf from a backup",
+                            path.display(),
+                        ),
+                    )
+                    .at(path, None),
+                );
+            }
             Ok((text, utf8)) => {
                 let cf = conf::read_conf(name, path, &text);
                 if !utf8 {

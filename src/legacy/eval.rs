@@ -45,12 +45,19 @@ fn invalid(file: &Path, line: Option<usize>, what: String) -> Warning {
 
 /// `file` is the JSON file (named in origins and warnings), `text` its content.
 pub fn read_eval_json(file: &Path, text: &str) -> Result<Vec<SourceFacts>, Warning> {
+    // serde_json stops at 128 nested arrays/objects with an error (never a stack overflow);
+    // `convert` below recurses no deeper than that.
     let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        invalid(
-            file,
-            Some(e.line()).filter(|l| *l > 0),
-            format!("not valid JSON ({e})"),
-        )
+        let what = if e.to_string().starts_with("recursion limit exceeded") {
+            format!(
+                "nested more than 128 arrays/objects deep (at column {}); no container option nests \
+                 that deeply, so the file is not what `nix eval` of the containers writes",
+                e.column()
+            )
+        } else {
+            format!("not valid JSON ({e})")
+        };
+        invalid(file, Some(e.line()).filter(|l| *l > 0), what)
     })?;
     let serde_json::Value::Object(map) = json else {
         return Err(invalid(

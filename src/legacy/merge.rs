@@ -57,46 +57,16 @@ pub struct Merged {
     pub warnings: Vec<Warning>,
 }
 
-/// Every `containers.<name>` option the merge knows (the legacy option set).
-pub const OPTION_NAMES: &[&str] = &[
-    "config",
-    "path",
-    "flake",
-    "nixpkgs",
-    "specialArgs",
-    "autoStart",
-    "restartIfChanged",
-    "timeoutStartSec",
-    "ephemeral",
-    "enableTun",
-    "copyResolvConf",
-    "privateNetwork",
-    "networkNamespace",
-    "privateUsers",
-    "interfaces",
-    "macvlans",
-    "extraVeths",
-    "hostBridge",
-    "hostAddress",
-    "hostAddress6",
-    "localAddress",
-    "localAddress6",
-    "localMacAddress",
-    "forwardPorts",
-    "bindMounts",
-    "allowedDevices",
-    "tmpfs",
-    "additionalCapabilities",
-    "extraFlags",
-];
+/// Every `containers.<name>` option the merge knows: derived from the option table.
+pub use crate::legacy::options::OPTION_NAMES;
 
 type Cands = Vec<(Value, Origin)>;
 
 /// A conversion from an untyped value: `Ok(None)` is an explicit `null`; `Err` names the
 /// expected type.
-type Conv<T> = fn(&Value) -> Result<Option<T>, String>;
+pub(crate) type Conv<T> = fn(&Value) -> Result<Option<T>, String>;
 
-struct Merger<'a> {
+pub(crate) struct Merger<'a> {
     name: &'a str,
     by_option: BTreeMap<String, Cands>,
     warnings: Vec<Warning>,
@@ -107,7 +77,7 @@ struct Merger<'a> {
 }
 
 /// True when an expression sits anywhere inside the value (e.g. one bind mount's `hostPath`).
-fn contains_expr(v: &Value) -> bool {
+pub(crate) fn contains_expr(v: &Value) -> bool {
     match v {
         Value::Expr(_) => true,
         Value::List(l) => l.iter().any(contains_expr),
@@ -117,13 +87,24 @@ fn contains_expr(v: &Value) -> bool {
 }
 
 /// The free variables of every expression inside the value.
-fn nested_free_vars(v: &Value, out: &mut Vec<String>) {
+fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
     match v {
-        Value::Expr(e) => out.extend(e.free_vars.iter().cloned()),
-        Value::List(l) => l.iter().for_each(|x| nested_free_vars(x, out)),
-        Value::Attrs(a) => a.values().for_each(|x| nested_free_vars(x, out)),
+        Value::Expr(e) => out.push(e),
+        Value::List(l) => l.iter().for_each(|x| nested_exprs(x, out)),
+        Value::Attrs(a) => a.values().for_each(|x| nested_exprs(x, out)),
         _ => {}
     }
+}
+
+/// Data with code inside, as one expression: its text, and the free names, carried `let`
+/// bindings and module arguments of every piece of code in it (so that
+/// `specialArgs = { inherit inputs; }` still says it needs `inputs`).
+fn data_with_code(v: &Value, origin: &Origin) -> NixExpr {
+    let mut parts = Vec::new();
+    nested_exprs(v, &mut parts);
+    let mut e = NixExpr::plain(value_to_nix(v), origin.clone(), 1, Vec::new());
+    e.absorb(parts);
+    e
 }
 
 fn describe(v: &Value) -> String {
@@ -143,7 +124,7 @@ impl Merger<'_> {
     }
 
     /// Pick the typed value of `option`: the highest-priority candidate that converts.
-    fn pick<T, N>(
+    pub(crate) fn pick<T, N>(
         &mut self,
         option: &str,
         conv: Conv<T>,
@@ -164,17 +145,7 @@ impl Merger<'_> {
                 Value::Expr(e) => expr = Some((e.clone(), origin.clone())),
                 // Data with code inside is unresolved as a whole, not of the wrong type.
                 v if contains_expr(v) => {
-                    let mut free_vars = Vec::new();
-                    nested_free_vars(v, &mut free_vars);
-                    free_vars.sort();
-                    free_vars.dedup();
-                    let e = NixExpr {
-                        text: value_to_nix(v),
-                        origin: origin.clone(),
-                        column: 1,
-                        free_vars,
-                    };
-                    expr = Some((e, origin.clone()));
+                    expr = Some((data_with_code(v, origin), origin.clone()));
                 }
                 v => match conv(v) {
                     Ok(t) => ok.push((t, origin.clone())),
@@ -256,20 +227,23 @@ impl Merger<'_> {
     }
 
     /// `config`, `nixpkgs`, `specialArgs`: code, kept as Nix text.
-    fn pick_code(&mut self, option: &str) -> Option<Sourced<NixExpr>> {
+    pub(crate) fn pick_code(&mut self, option: &str) -> Option<Sourced<NixExpr>> {
         let cands = self.by_option.remove(option)?;
         let (v, origin) = cands.into_iter().last()?;
         let text = match &v {
             Value::Expr(e) => return Some(Sourced::new(e.clone(), origin)),
             Value::Null => return None,
             Value::Str(s) if option == "nixpkgs" && is_plain_path(s) => s.clone(),
-            other => value_to_nix(other),
+            other => return Some(Sourced::new(data_with_code(other, &origin), origin)),
         };
         let expr = NixExpr {
             text,
             origin: origin.clone(),
             column: 1,
             free_vars: Vec::new(),
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         };
         Some(Sourced::new(expr, origin))
     }
@@ -314,7 +288,7 @@ pub fn value_to_nix(v: &Value) -> String {
     }
 }
 
-fn conv_bool(v: &Value) -> Result<Option<bool>, String> {
+pub(crate) fn conv_bool(v: &Value) -> Result<Option<bool>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
@@ -326,7 +300,7 @@ fn conv_bool(v: &Value) -> Result<Option<bool>, String> {
     }
 }
 
-fn conv_str(v: &Value) -> Result<Option<String>, String> {
+pub(crate) fn conv_str(v: &Value) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Str(s) => Ok(Some(s.clone())),
@@ -334,7 +308,7 @@ fn conv_str(v: &Value) -> Result<Option<String>, String> {
     }
 }
 
-fn conv_str_list(v: &Value) -> Result<Option<Vec<String>>, String> {
+pub(crate) fn conv_str_list(v: &Value) -> Result<Option<Vec<String>>, String> {
     match v {
         Value::Null => Ok(None),
         Value::List(items) => items
@@ -349,7 +323,7 @@ fn conv_str_list(v: &Value) -> Result<Option<Vec<String>>, String> {
     }
 }
 
-fn conv_private_users(v: &Value) -> Result<Option<PrivateUsers>, String> {
+pub(crate) fn conv_private_users(v: &Value) -> Result<Option<PrivateUsers>, String> {
     let expected = || "\"no\", \"identity\", \"pick\" or a UID (0-4294967295)".to_string();
     match v {
         Value::Null => Ok(None),
@@ -382,7 +356,7 @@ fn port_of(v: Option<&Value>) -> Result<Option<u16>, ()> {
     }
 }
 
-fn conv_ports(v: &Value) -> Result<Option<Vec<ForwardPort>>, String> {
+pub(crate) fn conv_ports(v: &Value) -> Result<Option<Vec<ForwardPort>>, String> {
     let expected = || {
         "a list of { protocol ? \"tcp\"; hostPort = 1-65535; containerPort ? null or 1-65535; }"
             .to_string()
@@ -417,7 +391,7 @@ fn conv_ports(v: &Value) -> Result<Option<Vec<ForwardPort>>, String> {
     Ok(Some(out))
 }
 
-fn norm_ports(p: &[ForwardPort]) -> Vec<ForwardPort> {
+pub(crate) fn norm_ports(p: &[ForwardPort]) -> Vec<ForwardPort> {
     let mut v: Vec<ForwardPort> = p
         .iter()
         .map(|f| ForwardPort {
@@ -430,7 +404,7 @@ fn norm_ports(p: &[ForwardPort]) -> Vec<ForwardPort> {
     v
 }
 
-fn conv_binds(v: &Value) -> Result<Option<Vec<BindMount>>, String> {
+pub(crate) fn conv_binds(v: &Value) -> Result<Option<Vec<BindMount>>, String> {
     let expected = || {
         "an attribute set of { mountPoint ? <name>; hostPath ? null; isReadOnly ? true; }"
             .to_string()
@@ -467,7 +441,7 @@ fn conv_binds(v: &Value) -> Result<Option<Vec<BindMount>>, String> {
     Ok(Some(out))
 }
 
-fn norm_binds(b: &[BindMount]) -> Vec<BindMount> {
+pub(crate) fn norm_binds(b: &[BindMount]) -> Vec<BindMount> {
     let mut v: Vec<BindMount> = b
         .iter()
         .map(|m| BindMount {
@@ -479,7 +453,7 @@ fn norm_binds(b: &[BindMount]) -> Vec<BindMount> {
     v
 }
 
-fn conv_devices(v: &Value) -> Result<Option<Vec<AllowedDevice>>, String> {
+pub(crate) fn conv_devices(v: &Value) -> Result<Option<Vec<AllowedDevice>>, String> {
     let expected = || "a list of { node = \"/dev/…\"; modifier = \"rwm\"; }".to_string();
     let Value::List(items) = v else {
         return match v {
@@ -503,13 +477,13 @@ fn conv_devices(v: &Value) -> Result<Option<Vec<AllowedDevice>>, String> {
         .map(Some)
 }
 
-fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+pub(crate) fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
     let mut v = v.to_vec();
     v.sort();
     v
 }
 
-fn conv_veths(v: &Value) -> Result<Option<BTreeMap<String, ExtraVeth>>, String> {
+pub(crate) fn conv_veths(v: &Value) -> Result<Option<BTreeMap<String, ExtraVeth>>, String> {
     let expected = || {
         "an attribute set of { hostBridge, hostAddress, hostAddress6, localAddress, localAddress6 } (each a string or null)".to_string()
     };
@@ -545,7 +519,7 @@ fn conv_veths(v: &Value) -> Result<Option<BTreeMap<String, ExtraVeth>>, String> 
     Ok(Some(out))
 }
 
-fn same<T: Clone>(t: &T) -> T {
+pub(crate) fn same<T: Clone>(t: &T) -> T {
     t.clone()
 }
 
@@ -576,16 +550,26 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
         .filter(|k| !OPTION_NAMES.contains(&k.as_str()))
         .cloned()
         .collect();
+    // `pkgs` was an option and was removed: the translator reports it (`removed-pkgs-option`),
+    // so it is kept as an expression, not as a misspelling, and reading its value is moot.
+    let mut removed_pkgs = None;
+    if let Some(cands) = by_option.remove("pkgs")
+        && let Some((v, o)) = cands.into_iter().last()
+    {
+        let e = match v {
+            Value::Expr(e) => e,
+            other => data_with_code(&other, &o),
+        };
+        warnings.retain(|w| {
+            !(w.code == crate::legacy::nix_source::NIX_UNRESOLVED_VALUE.code
+                && w.option.ends_with(".pkgs"))
+        });
+        removed_pkgs = Some(Sourced::new(e, o));
+    }
     for k in unknown {
         if let Some(cands) = by_option.remove(&k) {
             for (_, o) in cands {
-                let fix = if k == "pkgs" {
-                    format!(
-                        "`pkgs` was removed from nixpkgs; use containers.{name}.nixpkgs or containers.{name}.config.nixpkgs.pkgs"
-                    )
-                } else {
-                    "check the spelling against the containers.<name> options".to_string()
-                };
+                let fix = "check the spelling against the containers.<name> options".to_string();
                 warnings.push(
                     Warning::new(
                         &UNKNOWN_OPTION,
@@ -603,8 +587,17 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
     let reported_unresolved = warnings
         .iter()
         .filter(|w| w.code == crate::legacy::nix_source::NIX_UNRESOLVED_VALUE.code)
-        // The option's own name: container names may be quoted differently in the two places.
-        .filter_map(|w| w.option.rsplit('.').next().map(str::to_string))
+        // Every segment of the path after `containers.`: the option's own name is among them
+        // (container names may be quoted differently in the two places, and the warning may be
+        // about a part, `bindMounts.x`).
+        .flat_map(|w| {
+            w.option
+                .strip_prefix("containers.")
+                .unwrap_or(&w.option)
+                .split('.')
+                .map(|s| s.trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut m = Merger {
         name,
@@ -670,40 +663,11 @@ pub fn merge(name: &str, mut facts: Vec<SourceFacts>) -> Merged {
             }
         }
     }
-    let mut o = LegacyOptions {
-        auto_start: m.pick("autoStart", conv_bool, same),
-        private_network: m.pick("privateNetwork", conv_bool, same),
-        private_users: m.pick("privateUsers", conv_private_users, same),
-        enable_tun: m.pick("enableTun", conv_bool, same),
-        ..LegacyOptions::default()
-    };
-    o.config = m.pick_code("config");
-    o.nixpkgs = m.pick_code("nixpkgs");
-    o.special_args = m.pick_code("specialArgs");
-    o.path = m.pick("path", conv_str, same);
-    o.flake = m.pick("flake", conv_str, same);
-    o.restart_if_changed = m.pick("restartIfChanged", conv_bool, same);
-    o.timeout_start_sec = m.pick("timeoutStartSec", conv_str, same);
-    o.ephemeral = m.pick("ephemeral", conv_bool, same);
-    o.copy_resolv_conf = m.pick("copyResolvConf", conv_bool, same);
-    o.network_namespace = m.pick("networkNamespace", conv_str, same);
-    o.interfaces = m.pick("interfaces", conv_str_list, same);
-    o.macvlans = m.pick("macvlans", conv_str_list, same);
-    o.extra_veths = m.pick("extraVeths", conv_veths, |v| {
-        v.keys().cloned().collect::<Vec<_>>()
-    });
-    o.host_bridge = m.pick("hostBridge", conv_str, same);
-    o.host_address = m.pick("hostAddress", conv_str, same);
-    o.host_address6 = m.pick("hostAddress6", conv_str, same);
-    o.local_address = m.pick("localAddress", conv_str, same);
-    o.local_address6 = m.pick("localAddress6", conv_str, same);
-    o.local_mac_address = m.pick("localMacAddress", conv_str, |s| s.to_ascii_lowercase());
-    o.forward_ports = m.pick("forwardPorts", conv_ports, |v| norm_ports(v));
-    o.bind_mounts = m.pick("bindMounts", conv_binds, |v| norm_binds(v));
-    o.allowed_devices = m.pick("allowedDevices", conv_devices, |v| sorted(v));
-    o.tmpfs = m.pick("tmpfs", conv_str_list, same);
-    o.additional_capabilities = m.pick("additionalCapabilities", conv_str_list, same);
-    o.extra_flags = m.pick("extraFlags", conv_str_list, same);
+    if let Some(p) = removed_pkgs {
+        m.unresolved.insert("pkgs".to_string(), p);
+    }
+    // Every option of the table, in its order.
+    let mut o = crate::legacy::options::pick_all(&mut m);
     o.unresolved = std::mem::take(&mut m.unresolved);
     Merged {
         options: o,
@@ -738,6 +702,9 @@ mod tests {
             ),
             column: 5,
             free_vars: vec![],
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         })
     }
 
@@ -956,11 +923,9 @@ mod tests {
             .collect();
         assert_eq!(wrong.len(), 3, "{wrong:#?}");
         assert!(wrong.iter().any(|w| w.message.contains("boolean") && w.message.contains("configuration.nix:7")));
-        assert!(
-            m.warnings
-                .iter()
-                .any(|w| w.code == "unknown-option" && w.message.contains("nixpkgs"))
-        );
+        // The removed `pkgs` is not a misspelling: kept for the translator's own report.
+        assert!(m.warnings.iter().all(|w| w.code != "unknown-option"));
+        assert!(m.options.unresolved.contains_key("pkgs"));
         // The deployed values stand.
         assert!(m.options.auto_start.unwrap().value);
         assert_eq!(m.options.forward_ports.unwrap().value.len(), 1);
@@ -1095,6 +1060,9 @@ mod one_warning_per_problem {
             origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
             column: 5,
             free_vars: vec!["addr".to_string()],
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         })
     }
 

@@ -5,10 +5,12 @@
 pub mod conf;
 pub mod discover;
 pub mod eval;
+pub mod host_eval;
 pub mod merge;
 pub mod model;
 pub mod names;
 pub mod nix_source;
+pub mod options;
 pub mod unit;
 
 pub use model::*;

@@ -70,9 +70,92 @@ pub struct NixExpr {
     pub origin: Origin,
     /// 1-based column of the first character of `text` on its line (for re-indenting).
     pub column: usize,
-    /// Identifiers the text uses but does not bind (`pkgs`, `lib`, `config`, let-bound names of
-    /// the host file, …). The renderer binds `config`, `lib`, `pkgs`; anything else is a warning.
+    /// Identifiers the text (and [`NixExpr::lets`]) uses but does not bind (`pkgs`, `lib`,
+    /// `config`, `inputs`, …). The renderer binds `config`, `lib`, `pkgs` and takes the others
+    /// as module arguments; the translator reports them.
     pub free_vars: Vec<String>,
+    /// `let` bindings of the host file the text needs (transitively), carried with it so that
+    /// the copy evaluates where it lands: the renderer writes `let <lets> in <text>`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lets: Vec<LetBinding>,
+    /// The names of `free_vars` that are arguments of the host file's module function
+    /// (`{ config, inputs, ... }:`): every module of that configuration receives them, so the
+    /// generated file (imported into the same configuration) does too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub module_args: Vec<String>,
+    /// For a guest `config`: the files of the host's configuration tree its relative paths
+    /// name (transitively, through their own relative paths), as read, so that the translator
+    /// can apply the guest rules to them too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guest_files: Vec<GuestFile>,
+}
+
+/// A file a guest `config` names by a relative path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestFile {
+    /// Host path (a directory's `default.nix` when the path names a directory).
+    pub path: PathBuf,
+    /// The text, or why it could not be read.
+    pub content: Result<String, String>,
+}
+
+impl NixExpr {
+    /// An expression with no carried bindings and no known module arguments.
+    pub fn plain(text: String, origin: Origin, column: usize, free_vars: Vec<String>) -> Self {
+        NixExpr {
+            text,
+            origin,
+            column,
+            free_vars,
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
+        }
+    }
+
+    /// Take over the carried bindings and module arguments of `others` (the parts a combined
+    /// expression was built from), without duplicates.
+    pub fn absorb<'a>(&mut self, others: impl IntoIterator<Item = &'a NixExpr>) {
+        for o in others {
+            for l in &o.lets {
+                if !self.lets.iter().any(|m| m.name == l.name) {
+                    self.lets.push(l.clone());
+                }
+            }
+            for a in &o.module_args {
+                if !self.module_args.contains(a) {
+                    self.module_args.push(a.clone());
+                }
+            }
+            for v in &o.free_vars {
+                if !self.free_vars.contains(v) && !self.lets.iter().any(|l| &l.name == v) {
+                    self.free_vars.push(v.clone());
+                }
+            }
+            for g in &o.guest_files {
+                if !self.guest_files.iter().any(|h| h.path == g.path) {
+                    self.guest_files.push(g.clone());
+                }
+            }
+        }
+        let bound: Vec<String> = self.lets.iter().map(|l| l.name.clone()).collect();
+        self.free_vars.retain(|v| !bound.contains(v));
+        self.module_args.retain(|v| !bound.contains(v));
+        self.lets.sort_by_key(|l| l.line);
+        self.free_vars.sort();
+        self.module_args.sort();
+    }
+}
+
+/// One `let` binding of the host file carried into the generated file, verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LetBinding {
+    /// The name it binds.
+    pub name: String,
+    /// The whole binding as written: `prefix = "10.0.0";` or `inherit (config) flake;`.
+    pub text: String,
+    /// 1-based line of the binding in the host file (`NixExpr::origin.file`).
+    pub line: usize,
 }
 
 /// An untyped value as a source states it.

@@ -1,6 +1,7 @@
 //! systemd-networkd units: the ones the NixOS module generates for an instance
 //! ([`module_networks`], per `nixos/RENDERING.md`) and the text of any unit ([`render`]).
 
+use super::unit::{self, File};
 use crate::translate::{InstanceSpec, NetworkdUnit, Side};
 
 /// An address without its `/prefix`.
@@ -178,10 +179,7 @@ pub fn render(u: &NetworkdUnit) -> String {
         let mut sorted: Vec<&(String, String)> = keys.iter().collect();
         sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         for (k, v) in sorted {
-            out.push_str(k);
-            out.push('=');
-            out.push_str(v);
-            out.push('\n');
+            out.push_str(&unit::line(File::Networkd, name, k, v));
         }
         out.push('\n');
     }

@@ -5,6 +5,7 @@
 //! inserted verbatim (already rewritten by the translator) and the result is formatted with
 //! nixfmt.
 
+use super::unit::{self, File};
 use crate::legacy::{Kind, NixExpr};
 use crate::nixtext::{self, attr_name, string_list, string_literal};
 use crate::translate::{Instance, NetworkSpec, NetworkdUnit, NspawnSettings, StaticAddresses};
@@ -16,13 +17,26 @@ fn format(text: String) -> String {
     nixtext::format(&text).unwrap_or(text)
 }
 
-/// Verbatim Nix code, on its own lines so that a trailing comment cannot swallow what follows.
+/// Verbatim Nix code, on its own lines so that a trailing comment cannot swallow what follows,
+/// preceded by the `let` bindings of the host file it needs (carried by the reader).
 fn verbatim(e: &NixExpr) -> String {
-    format!("(\n{}\n)", e.text)
+    if e.lets.is_empty() {
+        return format!("(\n{}\n)", e.text);
+    }
+    let lets: Vec<&str> = e.lets.iter().map(|l| l.text.as_str()).collect();
+    format!("(\nlet\n{}\nin\n{}\n)", lets.join("\n"), e.text)
 }
 
+/// Text for a `#` comment or a `throw` message: one line, control characters escaped (a
+/// newline or CR would end the comment and start code; a NUL ends what Nix reads of the file).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Only control characters need escaping in a comment (a `\` is harmless there).
+    joined
+        .split('\\')
+        .map(unit::shown)
+        .collect::<Vec<_>>()
+        .join("\\")
 }
 
 /// `"a"` for one value, `[ "a" "b" ]` for several.
@@ -33,10 +47,33 @@ fn values(vs: &[String]) -> String {
     }
 }
 
-fn section_attrs(map: &BTreeMap<String, Vec<String>>) -> String {
+/// The values of one section as NixOS will copy them into the file: escaped by the
+/// unit-value writer (NixOS itself escapes nothing). A value the writer refuses (the
+/// translator already warned) is left out with a comment saying so.
+fn unit_values(file: File, section: &str, key: &str, vs: &[String]) -> (Vec<String>, String) {
+    let mut ok = Vec::new();
+    let mut comments = String::new();
+    for v in vs {
+        match unit::value(file, section, key, v) {
+            Ok(t) => ok.push(t),
+            Err(r) => comments.push_str(&format!(
+                "# nixos-nspawn: {}= not written: {}\n",
+                unit::shown(key),
+                r.reason
+            )),
+        }
+    }
+    (ok, comments)
+}
+
+fn section_attrs(file: File, section: &str, map: &BTreeMap<String, Vec<String>>) -> String {
     let mut out = String::from("{\n");
     for (k, vs) in map {
-        out.push_str(&format!("{} = {};\n", attr_name(k), values(vs)));
+        let (vs, comments) = unit_values(file, section, k, vs);
+        out.push_str(&comments);
+        if !vs.is_empty() {
+            out.push_str(&format!("{} = {};\n", attr_name(k), values(&vs)));
+        }
     }
     out.push('}');
     out
@@ -113,7 +150,11 @@ fn networkd_value(u: &NetworkdUnit) -> String {
             "DHCPv6" => "dhcpV6".into(),
             _ => name,
         };
-        out.push_str(&format!("{}Config = {};\n", name, section_attrs(&grouped)));
+        out.push_str(&format!(
+            "{}Config = {};\n",
+            name,
+            section_attrs(File::Networkd, sec, &grouped)
+        ));
     }
     if !extra.is_empty() {
         out.push_str(&format!("extraConfig = {};\n", string_literal(&extra)));
@@ -154,7 +195,7 @@ fn missing_config_message(i: &Instance) -> String {
         .unwrap_or_else(|| "no guest configuration was found".into());
     format!(
         "nixos-nspawn: container {} has no system-config yet: {reason}",
-        i.name
+        unit::shown(&i.name)
     )
 }
 
@@ -268,13 +309,16 @@ fn raw_nspawn_value(s: &NspawnSettings) -> Option<String> {
         return None;
     }
     let mut out = String::from("{\n");
-    for (attr, map) in [
-        ("execConfig", &s.exec),
-        ("filesConfig", &s.files),
-        ("networkConfig", &s.network),
+    for (attr, sec, map) in [
+        ("execConfig", "Exec", &s.exec),
+        ("filesConfig", "Files", &s.files),
+        ("networkConfig", "Network", &s.network),
     ] {
         if !map.is_empty() {
-            out.push_str(&format!("{attr} = {};\n", section_attrs(map)));
+            out.push_str(&format!(
+                "{attr} = {};\n",
+                section_attrs(File::Nspawn, sec, map)
+            ));
         }
     }
     out.push('}');
@@ -290,10 +334,12 @@ fn dropin_value(i: &Instance) -> Option<String> {
     for (k, vs) in &i.dropin.unit {
         match k.as_str() {
             "After" | "Wants" | "Requires" | "Before" | "BindsTo" | "PartOf" => {
+                let (vs, comments) = unit_values(File::Unit, "Unit", k, vs);
+                out.push_str(&comments);
                 out.push_str(&format!(
                     "{} = {};\n",
                     k.to_ascii_lowercase(),
-                    string_list(vs)
+                    string_list(&vs)
                 ));
             }
             _ => {
@@ -302,12 +348,15 @@ fn dropin_value(i: &Instance) -> Option<String> {
         }
     }
     if !unit_config.is_empty() {
-        out.push_str(&format!("unitConfig = {};\n", section_attrs(&unit_config)));
+        out.push_str(&format!(
+            "unitConfig = {};\n",
+            section_attrs(File::Unit, "Unit", &unit_config)
+        ));
     }
     if !i.dropin.service.is_empty() {
         out.push_str(&format!(
             "serviceConfig = {};\n",
-            section_attrs(&i.dropin.service)
+            section_attrs(File::Unit, "Service", &i.dropin.service)
         ));
     }
     if !i.spec.auto_start {
@@ -332,7 +381,7 @@ fn bindings(i: &Instance) -> String {
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
         out.push_str(&format!(
             "# {} needs a human ({}): {}\n",
-            i.name,
+            unit::shown(&i.name),
             w.code,
             one_line(&w.message).replace('\n', " ")
         ));
@@ -438,8 +487,8 @@ pub fn host_file(is: &[Instance]) -> String {
     );
     if args.len() > 3 {
         out.push_str(&format!(
-            "# {} were free names in the copied code: they are taken as module arguments here\n\
-             # (as flake `inputs` passed through specialArgs are); define any that were let bindings.\n",
+            "# {} are used by the copied code and not bound in it: they are taken as module\n\
+             # arguments here, as the legacy host module took them (specialArgs, _module.args).\n",
             args[3..].join(", ")
         ));
     }
@@ -458,7 +507,8 @@ pub fn imperative_file(i: &Instance) -> String {
     let mut out = format!(
         "# Imperative container {}, migrated from nixos-container by nixos-nspawn.\n\
          # Rebuild with: nixos-nspawn update {} --config <this file>\n",
-        i.name, i.name
+        unit::shown(&i.name),
+        unit::shown(&i.name)
     );
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
         out.push_str(&format!(
@@ -471,10 +521,10 @@ pub fn imperative_file(i: &Instance) -> String {
     if raw.lines().any(|l| l.contains('=')) {
         out.push_str(&format!(
             "# Raw keys in {} besides the ones these options give:\n",
-            crate::plan::nspawn_file(&i.name).display()
+            one_line(&crate::plan::nspawn_file(&i.name).display().to_string())
         ));
         for l in raw.lines().filter(|l| l.contains('=')) {
-            out.push_str(&format!("#   {l}\n"));
+            out.push_str(&format!("#   {}\n", one_line(l)));
         }
     }
     out.push_str(&instance_value(i));

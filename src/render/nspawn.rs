@@ -2,6 +2,7 @@
 //! ([`module_settings`], exactly per `nixos/RENDERING.md`), merged with the raw keys the
 //! migrator emits ([`merged`]), as text in nixpkgs' `systemd.nspawn` format ([`render`]).
 
+use super::unit::{self, File};
 use crate::legacy::{BindMount, Kind};
 use crate::translate::{Instance, InstanceSpec, NspawnSettings};
 use std::collections::BTreeMap;
@@ -139,17 +140,10 @@ fn idmapped(mode: &str) -> bool {
             .is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()))
 }
 
-/// `<hostPath>:<mountPoint>` (or `<mountPoint>`), then `:<options>`.
+/// `<hostPath>:<mountPoint>` (or `<mountPoint>`), then `:<options>`, the paths escaped
+/// (`\:`, `\\`) by the unit-value writer.
 pub fn bind_spec(b: &BindMount) -> String {
-    let mut s = match &b.host_path {
-        Some(h) => format!("{h}:{}", b.mount_point),
-        None => b.mount_point.clone(),
-    };
-    if let Some(o) = &b.options {
-        s.push(':');
-        s.push_str(o);
-    }
-    s
+    unit::bind_spec(b.host_path.as_deref(), &b.mount_point, b.options.as_deref())
 }
 
 fn push(map: &mut BTreeMap<String, Vec<String>>, key: &str, value: impl Into<String>) {
@@ -303,13 +297,11 @@ pub fn merged(i: &Instance) -> NspawnSettings {
     s
 }
 
-fn section(out: &mut String, map: &BTreeMap<String, Vec<String>>) {
+/// The lines of one section, every value through the unit-value writer.
+fn section(out: &mut String, file: File, name: &str, map: &BTreeMap<String, Vec<String>>) {
     for (k, vs) in map {
         for v in vs {
-            out.push_str(k);
-            out.push('=');
-            out.push_str(v);
-            out.push('\n');
+            out.push_str(&unit::line(file, name, k, v));
         }
     }
 }
@@ -318,11 +310,11 @@ fn section(out: &mut String, map: &BTreeMap<String, Vec<String>>) {
 /// `"[Exec]\n" + E + "\n\n[Files]\n" + F + "\n\n[Network]\n" + N + "\n"`.
 pub fn render(s: &NspawnSettings) -> String {
     let mut out = String::from("[Exec]\n");
-    section(&mut out, &s.exec);
+    section(&mut out, File::Nspawn, "Exec", &s.exec);
     out.push_str("\n\n[Files]\n");
-    section(&mut out, &s.files);
+    section(&mut out, File::Nspawn, "Files", &s.files);
     out.push_str("\n\n[Network]\n");
-    section(&mut out, &s.network);
+    section(&mut out, File::Nspawn, "Network", &s.network);
     out.push('\n');
     out
 }
@@ -341,7 +333,7 @@ pub fn dropin(i: &Instance) -> String {
             out.push('\n');
         }
         out.push_str(&format!("[{name}]\n"));
-        section(&mut out, map);
+        section(&mut out, File::Unit, name, map);
     }
     out
 }

@@ -29,6 +29,13 @@ pub fn row_for(name: &str) -> Option<&'static Mapping> {
     MAPPINGS.iter().find(|m| m.flags.contains(&name))
 }
 
+/// The words bash makes of an unquoted expansion with the default `IFS` (space, tab, newline):
+/// a vertical tab, form feed, carriage return or a Unicode space stays inside its word, as it
+/// did for the legacy start script.
+pub fn bash_words(s: &str) -> impl Iterator<Item = &str> {
+    s.split([' ', '\t', '\n']).filter(|w| !w.is_empty())
+}
+
 /// Row `extraFlags`: split into words (the legacy script expanded them unquoted), match each
 /// against the flag rows, run their handlers in order.
 pub fn extra_flags(tx: &mut Tx) {
@@ -38,7 +45,7 @@ pub fn extra_flags(tx: &mut Tx) {
     let words: Vec<String> = src
         .value
         .iter()
-        .flat_map(|i| i.split_whitespace().map(str::to_string))
+        .flat_map(|i| bash_words(i).map(str::to_string))
         .collect();
     let mut i = 0;
     let mut unknown = Vec::new();
@@ -265,11 +272,8 @@ pub fn capability(tx: &mut Tx, f: &FlagUse) {
 }
 
 fn bind(tx: &mut Tx, f: &FlagUse, read_only: bool) {
-    let v = f.v();
-    let mut parts = v.splitn(3, ':');
-    let src = parts.next().unwrap_or("").to_string();
-    let dst = parts.next().map(str::to_string);
-    let opts = parts.next().map(str::to_string);
+    // nspawn's syntax: `\:` and `\\` escape inside the paths; the model holds plain paths.
+    let (src, dst, opts) = crate::render::unit::split_bind_spec(f.v());
     let path_ok = |p: &str| (p.starts_with('/') || p.starts_with('+')) && p.len() > 1;
     if !path_ok(&src) || dst.as_deref().is_some_and(|d| !d.starts_with('/')) {
         return invalid(
@@ -357,8 +361,8 @@ fn credential(tx: &mut Tx, f: &FlagUse, key: &str) {
     if !f.v().contains(':') {
         return invalid(tx, f, "needs ID:VALUE");
     }
-    // Credential settings expand `%` specifiers in unit files.
-    tx.dropin_service(key, f.v().replace('%', "%%"));
+    // Credential settings expand `%` specifiers in unit files: the unit-value writer doubles `%`.
+    tx.dropin_service(key, f.v());
     let origin = f.origin.clone();
     let id = f.v().split(':').next().unwrap_or("").to_string();
     tx.warn(
@@ -631,4 +635,19 @@ pub fn directory(tx: &mut Tx, f: &FlagUse) {
         tx.c.name
     );
     ignored(tx, f, &why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bash_words;
+
+    #[test]
+    fn words_split_like_bash_default_ifs() {
+        let w: Vec<&str> =
+            bash_words(" -U\t--setenv=A=1\u{a0}2\n--x=a\u{b}b\u{c}c\rd\u{2003}e  ").collect();
+        assert_eq!(
+            w,
+            ["-U", "--setenv=A=1\u{a0}2", "--x=a\u{b}b\u{c}c\rd\u{2003}e"]
+        );
+    }
 }

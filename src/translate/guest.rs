@@ -75,6 +75,15 @@ fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
 }
 
 fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
+    // Before rnix, which overflows the stack (an abort) on some deep nestings.
+    if let Err(deep) = crate::nixtext::check_nesting(text) {
+        let (line, col) = crate::nixtext::line_col(text, deep.offset);
+        return Rewrite {
+            text: text.to_string(),
+            parse_error: Some(format!("line {line}, column {col}: {}", deep.message)),
+            ..Rewrite::default()
+        };
+    }
     let parse = rnix::Root::parse(text);
     if let Some(e) = parse.errors().first() {
         return Rewrite {
@@ -370,7 +379,7 @@ pub fn replace_eth0_words(s: &str) -> Option<String> {
 }
 
 /// Lexically normalise an absolute path (`.` and `..` removed).
-fn normalize(p: &Path) -> PathBuf {
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in p.components() {
         match c {
@@ -466,6 +475,10 @@ pub fn free_variables(text: &str) -> Vec<String> {
         "placeholder",
         "__curPos",
     ];
+    // Too deep to parse safely: the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
     let parse = rnix::Root::parse(text);
     let root = parse.tree();
     let root = root.syntax();
@@ -655,4 +668,160 @@ mod tests {
         assert!(r.parse_error.is_some());
         assert_eq!(r.text, "{ a = ; }");
     }
+}
+
+/// What one file a guest config imports needs, by the guest rules (issue 9: the same rules as
+/// the config text itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestFileFinding {
+    /// Read, and nothing in it changes under systemd-nspawn@.
+    Clean(std::path::PathBuf),
+    /// Read, and these lines must change (eth0 → host0, useHostResolvConf, boot.isContainer).
+    NeedsRewrite(std::path::PathBuf, Vec<Change>),
+    /// Not read: why.
+    Unreadable(std::path::PathBuf, String),
+    /// Read, but it does not parse: the rules could not be applied.
+    Unparsable(std::path::PathBuf, String),
+}
+
+/// Apply the guest rules to the files a guest config imports (as the reader found them).
+pub fn check_guest_files(
+    files: &[crate::legacy::GuestFile],
+    output_file: &Path,
+) -> Vec<GuestFileFinding> {
+    let mut out = Vec::new();
+    for f in files {
+        match &f.content {
+            Err(why) => out.push(GuestFileFinding::Unreadable(f.path.clone(), why.clone())),
+            Ok(text) => {
+                let r = rewrite_guest(
+                    text,
+                    &Paths {
+                        origin_file: &f.path,
+                        first_line: 1,
+                        output_file,
+                    },
+                );
+                if let Some(err) = r.parse_error {
+                    out.push(GuestFileFinding::Unparsable(f.path.clone(), err));
+                    continue;
+                }
+                let needed: Vec<Change> = r
+                    .changes
+                    .into_iter()
+                    .filter(|c| {
+                        matches!(
+                            c.what,
+                            ChangeKind::Eth0
+                                | ChangeKind::UseHostResolvConfRemoved
+                                | ChangeKind::IsContainerRemoved
+                        )
+                    })
+                    .collect();
+                if needed.is_empty() {
+                    out.push(GuestFileFinding::Clean(f.path.clone()));
+                } else {
+                    out.push(GuestFileFinding::NeedsRewrite(f.path.clone(), needed));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where the rewritten copy of a guest file goes: `<output dir>/nspawn-guests/<container>/`
+/// followed by the original's path, so that relative imports between copies stay as written.
+pub fn copy_path(output_file: &Path, container: &str, original: &Path) -> PathBuf {
+    let dir = output_file.parent().unwrap_or(Path::new("/"));
+    let rel = original.strip_prefix("/").unwrap_or(original);
+    dir.join("nspawn-guests").join(container).join(rel)
+}
+
+/// Re-point the relative path literals of `text` (written in `file`): each one whose target
+/// `map` gives a new place for is re-expressed, relative to `file`, to point there. Literals
+/// with interpolation are left alone.
+pub fn retarget_paths(text: &str, file: &Path, map: &dyn Fn(&Path) -> Option<PathBuf>) -> String {
+    if crate::nixtext::check_nesting(text).is_err() {
+        return text.to_string();
+    }
+    let parse = rnix::Root::parse(text);
+    if !parse.errors().is_empty() {
+        return text.to_string();
+    }
+    let dir = normalize(file.parent().unwrap_or(Path::new("/")));
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for n in parse.tree().syntax().descendants() {
+        if n.kind() != SyntaxKind::NODE_PATH_REL || n.children().next().is_some() {
+            continue;
+        }
+        let lit = n.text().to_string();
+        let abs = normalize(&dir.join(&lit));
+        let Some(to) = map(&abs) else { continue };
+        let rel = relative_to(&normalize(&to), &dir)
+            .to_string_lossy()
+            .to_string();
+        let new = if rel.starts_with("..") {
+            rel
+        } else {
+            format!("./{rel}")
+        };
+        let new = if new.chars().all(is_path_literal_char) {
+            new
+        } else {
+            format!(
+                "(/. + {})",
+                crate::nixtext::string_literal(&to.to_string_lossy())
+            )
+        };
+        let r = n.text_range();
+        edits.push((usize::from(r.start()), usize::from(r.end()), new));
+    }
+    let mut out = text.to_string();
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (a, b, new) in edits {
+        out.replace_range(a..b, &new);
+    }
+    out
+}
+
+/// The rewritten copies of a guest config's files when one of them needs the guest rules:
+/// every file read is copied (so that no copy imports an unrewritten original), rewritten
+/// (eth0 → host0, useHostResolvConf and boot.isContainer removed), with relative paths to
+/// files that are not copied pointing back at the originals. Returns original → (copy, text).
+pub fn guest_copies(
+    files: &[crate::legacy::GuestFile],
+    output_file: &Path,
+    container: &str,
+) -> std::collections::BTreeMap<PathBuf, (PathBuf, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    let copied: Vec<&Path> = files
+        .iter()
+        .filter(|f| f.content.is_ok())
+        .map(|f| f.path.as_path())
+        .collect();
+    for f in files {
+        let Ok(text) = &f.content else { continue };
+        let copy = copy_path(output_file, container, &f.path);
+        // The rules, with paths left as written (the layout under the copy mirrors the original).
+        let r = rewrite_guest(
+            text,
+            &Paths {
+                origin_file: &f.path,
+                first_line: 1,
+                output_file: &f.path,
+            },
+        );
+        if r.parse_error.is_some() {
+            continue;
+        }
+        let root = normalize(&copy_path(output_file, container, Path::new("/")));
+        // A target seen from the copy → the original place, unless that is copied too.
+        let text = retarget_paths(&r.text, &copy, &|abs: &Path| {
+            let rel = abs.strip_prefix(&root).ok()?;
+            let original = Path::new("/").join(rel);
+            (!copied.contains(&original.as_path())).then_some(original)
+        });
+        out.insert(f.path.clone(), (copy, text));
+    }
+    out
 }

@@ -75,6 +75,10 @@ fn bindings(e: &ast::Expr, prefix: &[String], depth: usize, out: &mut Vec<(Vec<S
 
 /// Findings for one host Nix file. `names`: the containers being migrated.
 pub fn scan(file: &Path, text: &str, names: &[String]) -> Vec<Warning> {
+    // Too deep to parse safely: the reader has already reported this file (nix-parse-error).
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
     let parse = rnix::Root::parse(text);
     let Some(root) = parse.tree().expr() else {
         return Vec::new();

@@ -1392,9 +1392,8 @@ mod tests {
         }
     }
 
-    /// Every legacy option of section 1 of the reference.
-    /// Every legacy option: the set the readers know (one list, in `legacy::merge`), plus the
-    /// removed `pkgs`, which gets a row of its own so that it is reported.
+    /// Every legacy option: the reader's option table (`legacy::options`), one-to-one with the
+    /// rows here, plus the removed `pkgs`, which gets a row of its own so that it is reported.
     fn reference_options() -> Vec<&'static str> {
         let mut v = crate::legacy::merge::OPTION_NAMES.to_vec();
         v.push("pkgs");
@@ -1621,6 +1620,11 @@ mod tests {
             "invalid-value",
             "internal-key-conflict",
             "guest-files-not-rewritten",
+            "module-argument",
+            "guest-files-copied",
+            // tests/unit_values.rs and tests/robustness.rs
+            "unit-value-refused",
+            "bind-path-colon",
         ];
         for c in not_in_examples {
             assert!(

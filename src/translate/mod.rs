@@ -172,10 +172,22 @@ spec!(
     "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
 );
 spec!(
+    GUEST_FILES_COPIED,
+    "guest-files-copied",
+    ChangedMeaning,
+    "files the guest config imports needed eth0/useHostResolvConf rewrites: rewritten copies are written next to the output and imported instead (originals unchanged)"
+);
+spec!(
     FREE_VARIABLE,
     "free-variable",
     NeedsHuman,
-    "copied Nix text uses names that were bound in the legacy host file (let bindings, function arguments); bind them in the new file"
+    "copied Nix text uses names the legacy host file binds in a way that cannot be carried over (parameters of a function around the module, `a.b = …` bindings, one name bound twice); bind them in the new file"
+);
+spec!(
+    MODULE_ARGUMENT,
+    "module-argument",
+    ChangedMeaning,
+    "copied Nix text uses arguments of the host's module function (inputs, specialArgs); the generated module takes them the same way, so it must be imported into that configuration"
 );
 spec!(
     GUEST_CONFIG_UNPARSABLE,
@@ -267,7 +279,9 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &ETH0_REFERENCE,
     &USE_HOST_RESOLV_CONF_REMOVED,
     &FREE_VARIABLE,
+    &MODULE_ARGUMENT,
     &GUEST_FILES_NOT_REWRITTEN,
+    &GUEST_FILES_COPIED,
     &GUEST_CONFIG_UNPARSABLE,
     &UNREWRITABLE_PATH,
     &EXTRA_VETH_UNITS,
@@ -279,6 +293,9 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
     &CONTAINER_UNIT_OVERRIDE,
     &INTERNAL_KEY_CONFLICT,
+    // Declared with the unit-value writer whose rules they report; emitted by the translator.
+    &crate::render::unit::UNIT_VALUE_REFUSED,
+    &crate::render::unit::BIND_PATH_COLON,
 ];
 
 /// What the guest config says about name resolution (found by the `config` row, used by the
@@ -333,6 +350,7 @@ impl<'a> Tx<'a> {
             dropin: Dropin::default(),
             host_networks: Vec::new(),
             guest_networks: Vec::new(),
+            guest_files: std::collections::BTreeMap::new(),
             applied: Vec::new(),
             warnings: Vec::new(),
         };
@@ -431,7 +449,12 @@ impl<'a> Tx<'a> {
     /// Was this option already reported by a reader (same option path)?
     pub fn reader_warned(&self, option: &str) -> bool {
         let opt = self.opt(option);
-        self.c.warnings.iter().any(|w| w.option == opt)
+        // A reader's warning about a part (`bindMounts."/x"`) is about the option too.
+        let part = format!("{opt}.");
+        self.c
+            .warnings
+            .iter()
+            .any(|w| w.option == opt || w.option.starts_with(&part))
     }
 }
 
@@ -503,6 +526,8 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     network::after_rows(&mut tx);
     service_defaults(&mut tx);
 
+    refuse_unwritable(&mut tx);
+
     let module = crate::render::nspawn::module_settings(&tx.i.name, &tx.i.spec);
     let clashes = crate::render::nspawn::conflicts(&module, &tx.i.raw_nspawn);
     for k in clashes {
@@ -521,6 +546,50 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
         map.remove(key);
     }
     tx.i
+}
+
+/// Values systemd would misread (a control character ends a line and so injects one) are
+/// taken out by the unit-value writer's check; each becomes a warning on the option that
+/// produced it, whose "applied" record goes away (it was not applied).
+fn refuse_unwritable(tx: &mut Tx) {
+    use crate::render::unit::{UNIT_VALUE_REFUSED, refuse_unwritable};
+    for r in refuse_unwritable(&mut tx.i) {
+        let from =
+            tx.i.applied
+                .iter()
+                .position(|a| !r.value.is_empty() && a.target.contains(&r.value));
+        let option = match from {
+            Some(pos) => tx.i.applied.remove(pos).option,
+            None => format!("containers.{}", nixtext::attr_name(&tx.c.name)),
+        };
+        tx.i.applied
+            .retain(|a| r.value.is_empty() || !a.target.contains(&r.value));
+        // Where the value came from, so that the fix names the file to edit.
+        let o = &tx.c.options;
+        let origin = match option.rsplit('.').next().unwrap_or("") {
+            "extraFlags" => o.extra_flags.as_ref().map(|s| s.origin.clone()),
+            "privateUsers" => o.private_users.as_ref().map(|s| s.origin.clone()),
+            "bindMounts" => o.bind_mounts.as_ref().map(|s| s.origin.clone()),
+            "timeoutStartSec" => o.timeout_start_sec.as_ref().map(|s| s.origin.clone()),
+            _ => None,
+        };
+        let loc = origin
+            .as_ref()
+            .map(|o| format!(" ({})", o.location()))
+            .unwrap_or_default();
+        let mut w = Warning::new(
+            &UNIT_VALUE_REFUSED,
+            option.clone(),
+            format!(
+                "{option}{loc}: {}: {}; it was not carried over. Fix: {}",
+                r.target, r.reason, r.fix
+            ),
+        );
+        if let Some(o) = origin {
+            w = w.at(o.file, o.line);
+        }
+        tx.i.warnings.push(w);
+    }
 }
 
 #[cfg(test)]

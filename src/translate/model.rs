@@ -191,4 +191,8 @@ pub struct Instance {
     pub guest_networks: Vec<NetworkdUnit>,
     pub applied: Vec<Applied>,
     pub warnings: Vec<Warning>,
+    /// Rewritten copies of files the guest config imports (host path → text), written next to
+    /// the output; the originals are not touched.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub guest_files: BTreeMap<std::path::PathBuf, String>,
 }

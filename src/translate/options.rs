@@ -5,33 +5,106 @@ use super::guest::{self, ChangeKind, Paths};
 use super::*;
 use crate::legacy::{NixExpr, Origin, PrivateUsers, SourceKind};
 
-/// Warn about free variables of a copied expression (other than config/lib/pkgs, which the
-/// new file binds).
+/// Report the names a copied expression uses that the generated file does not bind itself:
+/// `config`, `lib` and `pkgs` are its own module arguments, the host file's `let` bindings it
+/// needs travel with it ([`NixExpr::lets`]). Arguments of the host's module function reach the
+/// generated module the same way (it is imported into the same configuration), so they are
+/// noted, not left to a human; anything else is a true limit.
 fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
-    let unbound: Vec<&String> = e
+    let own = |v: &&String| !matches!(v.as_str(), "config" | "lib" | "pkgs");
+    let quoted = |vs: &[&String]| {
+        vs.iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (args, unbound): (Vec<&String>, Vec<&String>) = e
         .free_vars
         .iter()
-        .filter(|v| !matches!(v.as_str(), "config" | "lib" | "pkgs"))
-        .collect();
+        .filter(own)
+        .partition(|v| e.module_args.contains(v));
+    if !args.is_empty() {
+        tx.warn(
+            &MODULE_ARGUMENT,
+            option,
+            Some(&e.origin),
+            format!(
+                "the copied expression uses {}, argument(s) of the host file's module function ({}); the generated file \
+                 takes them as module arguments too, so import it into the same configuration (the one that passes them, \
+                 e.g. through specialArgs)",
+                quoted(&args),
+                e.origin.file.display()
+            ),
+        );
+    }
     if unbound.is_empty() {
         return;
     }
-    let names = unbound
-        .iter()
-        .map(|s| format!("`{s}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
     tx.warn(
         &FREE_VARIABLE,
         option,
         Some(&e.origin),
         format!(
-            "the copied expression uses {names}, bound in the legacy host file ({}) but not in the generated file; \
-             the generated file takes them as module arguments, which works for arguments the host passes \
-             (flake `inputs` via specialArgs); for let bindings, define them there or inline their values",
+            "the copied expression uses {}, which {} binds in a way that cannot be copied: a parameter of a function \
+             around the module, a binding built by `a.b = …`, or two different bindings of one name. The generated \
+             file takes them as module arguments, which fails unless the configuration provides them; define them \
+             there or replace them by their values",
+            quoted(&unbound),
             e.origin.file.display()
         ),
     );
+}
+
+/// The carried `let` bindings of `e`, rewritten for the new file: relative paths, and for the
+/// guest config (`guest`) the same eth0 → host0 / useHostResolvConf rules as its text, since
+/// they are part of it. Returns the bindings and what was changed in them (lines of the host
+/// file).
+fn rewrite_lets(
+    tx: &mut Tx,
+    option: &str,
+    e: &NixExpr,
+    guest: bool,
+) -> (Vec<crate::legacy::LetBinding>, Vec<guest::Change>) {
+    const HEAD: &str = "let\n";
+    const TAIL: &str = "\nin null";
+    let mut out = Vec::new();
+    let mut changes = Vec::new();
+    for l in &e.lets {
+        // A binding alone is not an expression: rewrite it inside one, then take it back out.
+        let wrapped = format!("{HEAD}{}{TAIL}", l.text);
+        let paths = Paths {
+            origin_file: &e.origin.file,
+            first_line: l.line.saturating_sub(1).max(1),
+            output_file: &tx.ctx.output_file,
+        };
+        let r = if guest {
+            guest::rewrite_guest(&wrapped, &paths)
+        } else {
+            guest::rewrite_paths(&wrapped, &paths)
+        };
+        let text = r
+            .text
+            .strip_prefix(HEAD)
+            .and_then(|t| t.strip_suffix(TAIL))
+            .map(str::to_string);
+        let Some(text) = text else {
+            out.push(l.clone());
+            continue;
+        };
+        changes.extend(r.changes);
+        out.push(crate::legacy::LetBinding { text, ..l.clone() });
+    }
+    if !out.is_empty() {
+        let names: Vec<&str> = out.iter().map(|l| l.name.as_str()).collect();
+        tx.applied(
+            option,
+            format!(
+                "carried what it uses from the host file with it: {} (its let bindings, or the arguments a function of the file was called with)",
+                names.join(", ")
+            ),
+        );
+    }
+    (out, changes)
 }
 
 /// Copy an expression other than the guest config: relative paths rewritten, free variables
@@ -47,8 +120,11 @@ pub fn copy_expr(tx: &mut Tx, option: &str, e: &NixExpr) -> NixExpr {
     );
     report_paths(tx, option, &e.origin, &r.changes);
     free_vars(tx, option, e);
+    let (lets, changes) = rewrite_lets(tx, option, e, false);
+    report_paths(tx, option, &e.origin, &changes);
     NixExpr {
         text: r.text,
+        lets,
         ..e.clone()
     }
 }
@@ -102,6 +178,9 @@ pub fn config(tx: &mut Tx) {
             origin: origin.clone(),
             column: 1,
             free_vars: Vec::new(),
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         });
         tx.applied(
             "config",
@@ -146,9 +225,10 @@ pub fn config(tx: &mut Tx) {
         );
     }
     tx.guest_resolv = r.resolv.clone();
+    let (lets, let_changes) = rewrite_lets(tx, "config", e, true);
     let mut eth0_lines = Vec::new();
     let mut resolv_lines = Vec::new();
-    for ch in &r.changes {
+    for ch in r.changes.iter().chain(&let_changes) {
         match ch.what {
             ChangeKind::Eth0 => {
                 eth0_lines.push(ch.line);
@@ -183,6 +263,7 @@ pub fn config(tx: &mut Tx) {
         }
     }
     report_paths(tx, "config", &e.origin, &r.changes);
+    report_paths(tx, "config", &e.origin, &let_changes);
     let lines = |v: &[usize]| {
         v.iter()
             .map(|l| l.to_string())
@@ -215,34 +296,157 @@ pub fn config(tx: &mut Tx) {
             ),
         );
     }
-    let files = referenced_files(&r.text);
-    if !files.is_empty() {
-        tx.warn(
-            &GUEST_FILES_NOT_REWRITTEN,
-            "config",
-            Some(&e.origin),
-            format!(
-                "the guest config refers to {}; the tool rewrote only the text inside containers.{}.config, so check \
-                 those files for eth0 (now host0), networking.useHostResolvConf and boot.isContainer",
-                files.join(", "),
-                crate::nixtext::attr_name(&tx.c.name)
-            ),
-        );
-    }
+    let copies = guest_files(tx, e);
     free_vars(tx, "config", e);
+    // The config imports the rewritten copies instead of the originals.
+    let text = if copies.is_empty() {
+        r.text
+    } else {
+        guest::retarget_paths(&r.text, &tx.ctx.output_file, &|abs| {
+            copies.get(abs).map(|(c, _)| c.clone())
+        })
+    };
+    for (copy, text) in copies.into_values() {
+        tx.i.guest_files.insert(copy, text);
+    }
     tx.i.spec.system_config = Some(NixExpr {
-        text: r.text,
+        text,
+        lets,
         ..e.clone()
     });
     tx.applied("config", "system-config");
 }
 
-/// Path literals in (rewritten) Nix text: files whose content the rewrite did not see.
+/// The files the guest config imports get the same rules as its text: the reader read the
+/// relative `.nix` paths of the host's configuration tree ([`NixExpr::guest_files`]); a file
+/// that needs a change, or could not be read, is a finding. Other paths (absolute, `<…>`,
+/// `~/…`) were not read and are named as such.
+fn guest_files(
+    tx: &mut Tx,
+    e: &NixExpr,
+) -> std::collections::BTreeMap<std::path::PathBuf, (std::path::PathBuf, String)> {
+    use guest::GuestFileFinding as F;
+    let mut needs = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut clean = Vec::new();
+    for f in guest::check_guest_files(&e.guest_files, &tx.ctx.output_file) {
+        match f {
+            F::Clean(p) => clean.push(p.display().to_string()),
+            F::NeedsRewrite(p, changes) => {
+                let what: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        if c.after.trim().is_empty() {
+                            format!("line {}: remove `{}`", c.line, c.before.trim())
+                        } else {
+                            format!(
+                                "line {}: `{}` → `{}`",
+                                c.line,
+                                c.before.trim(),
+                                c.after.trim()
+                            )
+                        }
+                    })
+                    .collect();
+                needs.push(format!("{} ({})", p.display(), what.join("; ")));
+            }
+            F::Unreadable(p, why) => unreadable.push(format!("{} ({why})", p.display())),
+            F::Unparsable(p, why) => {
+                unreadable.push(format!("{} (does not parse: {why})", p.display()))
+            }
+        }
+    }
+    // Paths whose content was not seen: not relative (absolute, `<…>`, `~/…`), or relative
+    // Nix files the reader did not give (data files, `./key.pem`, are not Nix code).
+    let dir = e.origin.file.parent().unwrap_or(std::path::Path::new("/"));
+    for p in referenced_files(&e.text) {
+        if !p.starts_with("./") && !p.starts_with("../") {
+            unreadable.push(format!("{p} (not a relative path, not read)"));
+            continue;
+        }
+        let abs = guest::normalize(&dir.join(&p));
+        let nix_like = abs.extension().is_none_or(|x| x == "nix");
+        let seen = e
+            .guest_files
+            .iter()
+            .any(|g| g.path == abs || g.path == abs.join("default.nix"));
+        if nix_like && !seen {
+            unreadable.push(format!("{} (not read)", abs.display()));
+        }
+    }
+    if !clean.is_empty() {
+        tx.applied(
+            "config",
+            format!(
+                "imported guest file(s) checked, nothing to rewrite: {}",
+                clean.join(", ")
+            ),
+        );
+    }
+    // Files that need the rules are copied (with everything they are imported with) next to
+    // the output, rewritten; the originals stay as they are for the legacy container.
+    let copies = if needs.is_empty() {
+        std::collections::BTreeMap::new()
+    } else {
+        guest::guest_copies(&e.guest_files, &tx.ctx.output_file, &tx.c.name)
+    };
+    if !copies.is_empty() {
+        let list: Vec<String> = copies
+            .iter()
+            .map(|(o, (c, _))| format!("{} → {}", o.display(), c.display()))
+            .collect();
+        tx.warn(
+            &GUEST_FILES_COPIED,
+            "config",
+            Some(&e.origin),
+            format!(
+                "imported guest files need the guest rules ({}); rewritten copies are written next to the output and \
+                 the new system-config imports them: {}. The originals are unchanged (the legacy container still uses them)",
+                needs.join("; "),
+                list.join(", ")
+            ),
+        );
+    }
+    if unreadable.is_empty() {
+        return copies;
+    }
+    let mut parts = Vec::new();
+    if !needs.is_empty() && copies.is_empty() {
+        parts.push(format!(
+            "files it imports need changes under systemd-nspawn@ and could not be copied: {}",
+            needs.join("; ")
+        ));
+    }
+    if !unreadable.is_empty() {
+        parts.push(format!(
+            "files it imports could not be checked: {}; check them for eth0 (now host0), \
+             networking.useHostResolvConf and boot.isContainer",
+            unreadable.join("; ")
+        ));
+    }
+    tx.warn(
+        &GUEST_FILES_NOT_REWRITTEN,
+        "config",
+        Some(&e.origin),
+        format!(
+            "the guest config of containers.{}: {}",
+            crate::nixtext::attr_name(&tx.c.name),
+            parts.join(". ")
+        ),
+    );
+    copies
+}
+
+/// Path literals in Nix text.
 fn referenced_files(text: &str) -> Vec<String> {
     use rnix::SyntaxKind;
     use rowan::ast::AstNode;
-    let parse = rnix::Root::parse(text);
     let mut out = Vec::new();
+    // Too deep to parse safely (an abort in rnix): the rewrite already reported it.
+    if crate::nixtext::check_nesting(text).is_err() {
+        return out;
+    }
+    let parse = rnix::Root::parse(text);
     for n in parse.tree().syntax().descendants() {
         if matches!(
             n.kind(),
@@ -536,12 +740,12 @@ pub fn add_bind(tx: &mut Tx, mut b: crate::legacy::BindMount) {
         b.host_path = Some(b.mount_point.clone());
     }
     // Order the unit after the mounts holding the source, as legacy did. Unit files split this
-    // key on whitespace and expand `%` specifiers: skip paths that would need quoting, double `%`.
+    // key on whitespace: skip paths that would need quoting (the unit-value writer doubles `%`).
     let source = b.host_path.as_deref().unwrap_or(&b.mount_point);
     if source.starts_with('/')
         && !source.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
     {
-        tx.dropin_unit("RequiresMountsFor", source.replace('%', "%%"));
+        tx.dropin_unit("RequiresMountsFor", source.to_string());
     }
     tx.i.spec
         .bind_mounts
@@ -553,27 +757,65 @@ fn bind_ok(s: &str) -> bool {
     s.starts_with('/') && !s.chars().any(|c| c.is_control())
 }
 
+/// One legacy bind mount (plain paths): carried over when both paths are absolute.
+fn add_bind_checked(tx: &mut Tx, origin: &crate::legacy::Origin, b: crate::legacy::BindMount) {
+    let host_ok = b.host_path.as_deref().is_none_or(bind_ok);
+    if !bind_ok(&b.mount_point) || !host_ok {
+        tx.warn(
+            &INVALID_VALUE,
+            "bindMounts",
+            Some(origin),
+            format!(
+                "bind mount {} → {} needs absolute paths; it was not carried over",
+                crate::render::unit::shown(b.host_path.as_deref().unwrap_or(&b.mount_point)),
+                crate::render::unit::shown(&b.mount_point)
+            ),
+        );
+        return;
+    }
+    add_bind(tx, b);
+}
+
 /// Row `bindMounts`.
 pub fn bind_mounts(tx: &mut Tx) {
     let Some(src) = tx.c.options.bind_mounts.clone() else {
         return;
     };
+    // The legacy module pasted both paths into `--bind=HOST:MOUNT` unescaped, so nspawn read
+    // `\:` as a `:` in the path and a bare `:` as a separator; the new module escapes plain
+    // paths itself. Paths read from a `.conf` were already split and unescaped by its reader.
+    let from_conf = src.origin.file.extension().is_some_and(|e| e == "conf");
     for b in &src.value {
-        let host_ok = b.host_path.as_deref().is_none_or(bind_ok);
-        if !bind_ok(&b.mount_point) || !host_ok {
+        if from_conf {
+            add_bind_checked(tx, &src.origin, b.clone());
+            continue;
+        }
+        let paths = [b.host_path.as_deref(), Some(b.mount_point.as_str())];
+        if let Some(p) = paths
+            .into_iter()
+            .flatten()
+            .find(|p| crate::render::unit::has_bare_colon(p))
+        {
             tx.warn(
-                &INVALID_VALUE,
+                &crate::render::unit::BIND_PATH_COLON,
                 "bindMounts",
                 Some(&src.origin),
                 format!(
-                    "bind mount {} → {} needs absolute paths; it was not carried over",
-                    b.host_path.as_deref().unwrap_or(&b.mount_point),
-                    b.mount_point
+                    "the bind path `{}` holds a `:` that the legacy `--bind=` flag read as a separator \
+                     (nspawn refused the mount, so the container could not start); it is now bound as the \
+                     path `{}`. Write `\\:` in a legacy path only to mean a literal `:`",
+                    crate::render::unit::shown(p),
+                    crate::render::unit::shown(p)
                 ),
             );
-            continue;
         }
-        add_bind(tx, b.clone());
+        let mut b = b.clone();
+        b.host_path = b
+            .host_path
+            .as_deref()
+            .map(crate::render::unit::unescape_bind_path);
+        b.mount_point = crate::render::unit::unescape_bind_path(&b.mount_point);
+        add_bind_checked(tx, &src.origin, b);
     }
     if !src.value.is_empty() {
         tx.applied(

@@ -163,6 +163,20 @@ fn unresolved_options_are_reported_once() {
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "${prefix}.2"; }"#,
     )
     .unwrap();
+    // The reader reports it (`nix-unresolved-value`); the translator does not again.
+    let i = translate(&c, &ctx());
+    assert_eq!(
+        c.warnings
+            .iter()
+            .chain(&i.warnings)
+            .filter(|w| w.code == "unresolved-expression" || w.code == "nix-unresolved-value")
+            .count(),
+        1,
+        "{:#?}",
+        i.warnings
+    );
+    // A source that did not report it (evaluated JSON, say): the translator does, once.
+    c.warnings.retain(|w| w.code != "nix-unresolved-value");
     let i = translate(&c, &ctx());
     assert_eq!(
         i.warnings
@@ -261,6 +275,9 @@ fn unparsable_guest_config_is_copied_and_reported() {
             origin: Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
             column: 1,
             free_vars: vec![],
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         },
         Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
     ));
@@ -285,6 +302,9 @@ fn relative_paths_and_free_variables_in_copied_code() {
             origin: origin.clone(),
             column: 5,
             free_vars: vec!["hostName".into(), "name".into(), "pkgs".into()],
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         },
         origin,
     ));
@@ -309,7 +329,7 @@ fn relative_paths_and_free_variables_in_copied_code() {
     assert!(host.contains("hostName,"), "{host}");
     let files = warning(&i, "guest-files-not-rewritten");
     assert!(
-        files.message.contains("./hosts/web-guest.nix"),
+        files.message.contains("/etc/nixos/hosts/web-guest.nix"),
         "{}",
         files.message
     );
@@ -436,6 +456,9 @@ fn conditions_are_kept() {
         ),
         column: 1,
         free_vars: vec!["config".into()],
+        lets: Vec::new(),
+        module_args: Vec::new(),
+        guest_files: Vec::new(),
     });
     let i = translate(&c, &ctx());
     let s = crate::render::nix::instance_snippet(&i);
@@ -470,9 +493,11 @@ fn never_panics_on_odd_input() {
 
 #[test]
 fn unreadable_private_network_and_auto_start() {
-    let i = run(
+    let c = example_container(
         r#"{ privateNetwork = cfg.isolated; autoStart = cfg.start; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; }"#,
-    );
+    )
+    .unwrap();
+    let i = translate(&c, &ctx());
     assert_has(
         &i,
         &[
@@ -483,9 +508,10 @@ fn unreadable_private_network_and_auto_start() {
         ],
     );
     assert_eq!(
-        i.warnings
+        c.warnings
             .iter()
-            .filter(|w| w.code == "unresolved-expression")
+            .chain(&i.warnings)
+            .filter(|w| w.code == "unresolved-expression" || w.code == "nix-unresolved-value")
             .count(),
         2,
         "{:#?}",
@@ -839,5 +865,64 @@ fn half_pairs_are_reported_as_incomplete() {
             "instance.network.v6.static.containerPool = [ \"fd00::2/128\" ]",
             "warning address-pair-incomplete",
         ],
+    );
+}
+
+/// Issue 9: the host file's `let` bindings travel with the copied text (relative paths in them
+/// rewritten too), module arguments are noted, not left to a human, and the generated file
+/// parses with real Nix (which also resolves every name).
+#[test]
+fn carried_let_bindings_and_module_arguments() {
+    let mut c = example_container("{ }").unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/hosts/web.nix", Some(9));
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text: "{ imports = [ common ]; networking.hostName = name; environment.etc.x.text = inputs.self.rev; }"
+                .into(),
+            origin: origin.clone(),
+            column: 5,
+            free_vars: vec!["inputs".into()],
+            lets: vec![
+                crate::legacy::LetBinding {
+                    name: "name".into(),
+                    text: r#"name = "web";"#.into(),
+                    line: 2,
+                },
+                crate::legacy::LetBinding {
+                    name: "common".into(),
+                    text: "common = ./common.nix;".into(),
+                    line: 3,
+                },
+            ],
+            module_args: vec!["inputs".into()],
+            guest_files: Vec::new(),
+        },
+        origin,
+    ));
+    let i = translate(&c, &ctx());
+    assert!(
+        !i.warnings.iter().any(|w| w.code == "free-variable"),
+        "{:?}",
+        i.warnings
+    );
+    let w = warning(&i, "module-argument");
+    assert!(!w.needs_human());
+    assert!(w.message.contains("`inputs`"), "{}", w.message);
+    let lets = &i.spec.system_config.as_ref().unwrap().lets;
+    assert_eq!(lets[1].text, "common = ./hosts/common.nix;");
+    let host = crate::render::nix::host_file(std::slice::from_ref(&i));
+    assert!(host.contains(r#"name = "web";"#), "{host}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("host.nix");
+    std::fs::write(&p, &host).unwrap();
+    let out = std::process::Command::new("nix-instantiate")
+        .arg("--parse")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{host}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -11,13 +11,13 @@ use super::{
     NIX_DYNAMIC_CONTAINER, NIX_DYNAMIC_CONTAINERS, NIX_IMPORT_NOT_FOLLOWED, NIX_NESTED_CONTAINERS,
     NIX_RELATIVE_PATH, NIX_UNRESOLVED_VALUE, NixImport,
 };
-use crate::legacy::model::{NixExpr, Origin, SourceFacts, SourceKind, Value};
+use crate::legacy::model::{LetBinding, NixExpr, Origin, SourceFacts, SourceKind, Value};
 use crate::nixtext;
 use crate::warnings::Warning;
 use rnix::ast::{self, HasEntry, InterpolPart};
 use rowan::ast::AstNode;
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Component, Path, PathBuf};
 
 /// Where a file's top expression sits.
@@ -46,6 +46,8 @@ enum Binding {
 struct Frame {
     names: HashMap<String, Binding>,
     parent: Scope,
+    /// The parameters of the host file's module function (`{ config, inputs, ... }:`).
+    module_args: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -65,6 +67,10 @@ pub(crate) struct Extract<'t> {
     bases: Vec<Vec<String>>,
     pub(crate) imports: Vec<NixImport>,
     pub(crate) problems: Vec<Warning>,
+    /// `containers = <expr>` where the expression is not a literal set (`lib.mapAttrs mk
+    /// hosts`, `a // listToAttrs …`), verbatim with the `let` bindings it needs: an evaluated
+    /// container's guest `config` is `(<expr>).<name>.config`.
+    pub(crate) container_sets: Vec<NixExpr>,
     /// Source ranges the walk has read (or warned about) as container definitions; the final
     /// sweep ([`Extract::sweep`]) looks for `containers` attributes outside them.
     covered: Vec<rowan::TextRange>,
@@ -73,6 +79,8 @@ pub(crate) struct Extract<'t> {
     /// Steps left for following names: `let` bindings can describe exponentially large values
     /// (`a = [ b b ]; b = [ c c ]; …`); past the budget, values stay verbatim expressions.
     budget: Cell<usize>,
+    /// True while the walk pushes the frame of a module function (see [`Frame::module_args`]).
+    module_level: Cell<bool>,
 }
 
 /// Steps of name-following allowed per file (real configurations use a few thousand).
@@ -197,9 +205,11 @@ impl<'t> Extract<'t> {
             bases: Vec::new(),
             imports: Vec::new(),
             problems: Vec::new(),
+            container_sets: Vec::new(),
             covered: Vec::new(),
             noting: None,
             budget: Cell::new(BUDGET),
+            module_level: Cell::new(false),
         }
     }
 
@@ -232,7 +242,127 @@ impl<'t> Extract<'t> {
             origin: self.origin(line),
             column,
             free_vars: text::free_vars(node),
+            lets: Vec::new(),
+            module_args: Vec::new(),
+            guest_files: Vec::new(),
         }
+    }
+
+    /// [`Extract::nix_expr`] for an expression read in `scope`, with the `let` bindings of this
+    /// file it needs carried along ([`Extract::carry`]).
+    pub(crate) fn nix_expr_in(&self, node: &rnix::SyntaxNode, scope: Scope) -> NixExpr {
+        let mut e = self.nix_expr(node);
+        self.carry(&mut e, scope);
+        e
+    }
+
+    /// Find the `let` (or `rec { }`) bindings of this file that the free names of `e` refer to
+    /// in `scope`, transitively, and carry them in `e.lets`; the names they leave free stay in
+    /// `e.free_vars`, and those that are parameters of the module function are noted in
+    /// `e.module_args`. A name is not carried when it cannot be copied faithfully: bound by a
+    /// function parameter other than the module's, by an `a.b = …` binding, or to two
+    /// different bindings at once (one `let` cannot hold both).
+    pub(crate) fn carry(&self, e: &mut NixExpr, scope: Scope) {
+        // name → where it resolves: Some(frame) for a binding, None for anything else.
+        let mut seen: HashMap<String, Option<usize>> = HashMap::new();
+        let mut conflicts: Vec<String> = Vec::new();
+        let mut lets: Vec<LetBinding> = Vec::new();
+        let mut free: Vec<String> = Vec::new();
+        let mut module_args: Vec<String> = Vec::new();
+        let mut queue: VecDeque<(String, Scope)> =
+            e.free_vars.iter().map(|n| (n.clone(), scope)).collect();
+        let mut steps = 0usize;
+        while let Some((name, at)) = queue.pop_front() {
+            steps += 1;
+            if steps > 10_000 || !self.spend() {
+                break;
+            }
+            let found = self.lookup_frame(at, &name);
+            let key = found.as_ref().and_then(|(f, b)| match b {
+                Binding::Opaque => None,
+                _ => Some(*f),
+            });
+            match seen.get(&name) {
+                Some(k) if *k == key => continue,
+                Some(_) => {
+                    if !conflicts.contains(&name) {
+                        conflicts.push(name.clone());
+                    }
+                    continue;
+                }
+                None => {
+                    seen.insert(name.clone(), key);
+                }
+            }
+            match found {
+                Some((_, Binding::Expr(v, s))) => {
+                    // A `let` binding, or a parameter bound to its argument by [`Extract::beta`].
+                    let at = v
+                        .syntax()
+                        .parent()
+                        .and_then(ast::AttrpathValue::cast)
+                        .map(|apv| apv.syntax().clone())
+                        .unwrap_or_else(|| v.syntax().clone());
+                    lets.push(LetBinding {
+                        name: name.clone(),
+                        text: format!("{name} = {};", v.syntax()),
+                        line: self.line(&at),
+                    });
+                    for n in text::free_vars(v.syntax()) {
+                        queue.push_back((n, s));
+                    }
+                }
+                Some((_, Binding::Attr(from, n, s))) => {
+                    lets.push(LetBinding {
+                        name: name.clone(),
+                        text: format!("inherit ({}) {};", from.syntax(), nixtext::attr_name(&n)),
+                        line: self.line(from.syntax()),
+                    });
+                    for n in text::free_vars(from.syntax()) {
+                        queue.push_back((n, s));
+                    }
+                }
+                Some((f, Binding::Opaque)) => {
+                    if self.frames.get(f).is_some_and(|fr| fr.module_args) {
+                        module_args.push(name.clone());
+                    }
+                    free.push(name);
+                }
+                None => free.push(name),
+            }
+        }
+        if !conflicts.is_empty() {
+            // Keep the uses free (reported) rather than bind one of two meanings.
+            lets.retain(|l| !conflicts.contains(&l.name));
+            free.extend(conflicts);
+        }
+        lets.sort_by_key(|l| l.line);
+        free.sort();
+        free.dedup();
+        module_args.sort();
+        module_args.dedup();
+        module_args.retain(|a| free.contains(a));
+        e.lets = lets;
+        e.free_vars = free;
+        e.module_args = module_args;
+    }
+
+    /// The frame that binds `name` as seen from `scope`, and the binding.
+    fn lookup_frame(&self, scope: Scope, name: &str) -> Option<(usize, Binding)> {
+        let mut cur = scope;
+        let mut hops = 0;
+        while let Some(i) = cur {
+            let f = self.frames.get(i)?;
+            if let Some(b) = f.names.get(name) {
+                return Some((i, b.clone()));
+            }
+            cur = f.parent;
+            hops += 1;
+            if hops > 10_000 {
+                return None;
+            }
+        }
+        None
     }
 
     fn at(&self, w: Warning, line: usize) -> Warning {
@@ -310,6 +440,7 @@ impl<'t> Extract<'t> {
         self.frames.push(Frame {
             names,
             parent: scope,
+            module_args: false,
         });
         Some(id)
     }
@@ -334,9 +465,13 @@ impl<'t> Extract<'t> {
             }
             None => {}
         }
+        // A pattern with `...` at module level is the module function: its names are module
+        // arguments, which every module of the configuration receives.
+        let module_args = matches!(lambda.param(), Some(ast::Param::Pattern(ref p)) if p.ellipsis_token().is_some());
         self.frames.push(Frame {
             names,
             parent: scope,
+            module_args: module_args && self.module_level.get(),
         });
         Some(self.frames.len() - 1)
     }
@@ -455,7 +590,7 @@ impl<'t> Extract<'t> {
     /// expression at the site, verbatim.
     fn value(&self, e: &ast::Expr, scope: Scope, depth: usize) -> Value {
         self.try_value(e, scope, depth)
-            .unwrap_or_else(|| Value::Expr(self.nix_expr(e.syntax())))
+            .unwrap_or_else(|| Value::Expr(self.nix_expr_in(e.syntax(), scope)))
     }
 
     fn try_value(&self, e: &ast::Expr, scope: Scope, depth: usize) -> Option<Value> {
@@ -489,10 +624,11 @@ impl<'t> Extract<'t> {
                 for entry in set.entries() {
                     match entry {
                         ast::Entry::AttrpathValue(apv) => {
+                            // `"${dataDir}" = …` with `dataDir` a let-bound string is data too.
                             let names: Option<Vec<String>> = apv
                                 .attrpath()?
                                 .attrs()
-                                .map(|a| text::attr_name(&a))
+                                .map(|a| self.attr_name_in(&a, scope))
                                 .collect();
                             let v = self.value(&apv.value()?, scope, d);
                             insert_path(&mut out, &names?, v).ok()?;
@@ -519,6 +655,12 @@ impl<'t> Extract<'t> {
                 match head_name(&head)?.as_str() {
                     "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore"
                     | "mkAfter" | "mkOrder" => self.try_value(args.last()?, scope, d),
+                    // `"${prefix}.${toString i}"`: numbers in addresses.
+                    "toString" if args.len() == 1 => match self.try_value(&args[0], scope, d)? {
+                        Value::Int(i) => Some(Value::Str(i.to_string())),
+                        Value::Str(s) => Some(Value::Str(s)),
+                        _ => None,
+                    },
                     _ => None,
                 }
             }
@@ -585,12 +727,9 @@ impl<'t> Extract<'t> {
             ),
         };
         let column = self.lines.node_line_col(inh.syntax()).1;
-        Value::Expr(NixExpr {
-            text,
-            origin: self.origin(line),
-            column,
-            free_vars,
-        })
+        let mut e = NixExpr::plain(text, self.origin(line), column, free_vars);
+        self.carry(&mut e, scope);
+        Value::Expr(e)
     }
 
     // ---- containers ------------------------------------------------------------------------
@@ -701,7 +840,9 @@ impl<'t> Extract<'t> {
             },
             // A module (or a file holding a container) may be a function of its arguments.
             ast::Expr::Lambda(ref l) if top || matches!(level, Level::Module) => {
+                self.module_level.set(matches!(level, Level::Module));
                 let s = self.push_lambda_frame(l, scope);
+                self.module_level.set(false);
                 match l.body() {
                     Some(b) => self.visit(b, s, conds, level, top, d),
                     None => self.dynamic(level, &e, "a function without body"),
@@ -752,7 +893,7 @@ impl<'t> Extract<'t> {
         match (name.as_str(), args.len()) {
             ("mkIf" | "optionalAttrs", 2) => {
                 let mut c = conds.to_vec();
-                c.push(self.nix_expr(args[0].syntax()));
+                c.push(self.nix_expr_in(args[0].syntax(), scope));
                 self.visit(args[1].clone(), scope, &c, level, false, depth);
             }
             ("mkMerge", 1) => match self.deref(args[0].clone(), scope, depth) {
@@ -789,7 +930,27 @@ impl<'t> Extract<'t> {
                 }
                 None => self.dynamic(level, e, "an `import` of a computed path"),
             },
+            ("mapAttrs", 2) if !matches!(level, Level::Module) => {
+                if !self.map_attrs(&args[0], &args[1], scope, conds, depth) {
+                    self.dynamic(level, e, "a call of `mapAttrs`")
+                }
+            }
+            ("listToAttrs", 1) if !matches!(level, Level::Module) => {
+                if !self.list_to_attrs(&args[0], scope, conds, depth) {
+                    self.dynamic(level, e, "a call of `listToAttrs`")
+                }
+            }
             _ => {
+                // A function of this file applied to its arguments (`dmzClient "web" { … }`):
+                // read its body with the parameters bound to the arguments.
+                let scoped: Vec<(ast::Expr, Scope)> =
+                    args.iter().map(|a| (a.clone(), scope)).collect();
+                if !matches!(level, Level::Module)
+                    && let Some((body, s)) = self.beta(&head, scope, &scoped, depth)
+                {
+                    self.visit(body, s, conds, level, false, depth);
+                    return;
+                }
                 let what = match name.as_str() {
                     "" => "a function call".to_string(),
                     n => format!("a call of `{n}`"),
@@ -797,6 +958,179 @@ impl<'t> Extract<'t> {
                 self.dynamic(level, e, &what)
             }
         }
+    }
+
+    /// `f a b …` where `f` is a function of this file (through `let` bindings): its body with a
+    /// frame binding each parameter to its argument (`{ x, y ? d, ... }@all` patterns take the
+    /// entries of a literal set argument). `None` when `f` is not such a function, when an
+    /// argument does not fit its pattern, or when arguments are missing (a partial
+    /// application is a function, not a value).
+    pub(super) fn beta(
+        &mut self,
+        head: &ast::Expr,
+        scope: Scope,
+        args: &[(ast::Expr, Scope)],
+        depth: usize,
+    ) -> Option<(ast::Expr, Scope)> {
+        let (mut f, mut fscope) = self.deref(head.clone(), scope, depth + 1)?;
+        for (arg, scope) in args {
+            let scope = *scope;
+            let ast::Expr::Lambda(l) = unparen(f.clone()) else {
+                return None;
+            };
+            let mut names = HashMap::new();
+            let id = self.frames.len();
+            match l.param()? {
+                ast::Param::IdentParam(p) => {
+                    let n = p.ident()?.syntax().text().to_string();
+                    names.insert(n, Binding::Expr(arg.clone(), scope));
+                }
+                ast::Param::Pattern(p) => {
+                    let (set, sscope) = self.deref(arg.clone(), scope, depth + 1)?;
+                    let ast::Expr::AttrSet(set) = set else {
+                        return None;
+                    };
+                    if set.rec_token().is_some() {
+                        return None;
+                    }
+                    for e in p.pat_entries() {
+                        let n = e.ident()?.syntax().text().to_string();
+                        let given = set.attrpath_values().find_map(|apv| {
+                            let attrs: Vec<ast::Attr> = apv.attrpath()?.attrs().collect();
+                            match attrs.as_slice() {
+                                [a] if text::attr_name(a).as_deref() == Some(n.as_str()) => {
+                                    apv.value()
+                                }
+                                _ => None,
+                            }
+                        });
+                        let b = match (given, e.default()) {
+                            (Some(v), _) => Binding::Expr(v, sscope),
+                            // A default sees the other parameters.
+                            (None, Some(d)) => Binding::Expr(d, Some(id)),
+                            (None, None) => return None,
+                        };
+                        names.insert(n, b);
+                    }
+                    if let Some(i) = p.pat_bind().and_then(|b| b.ident()) {
+                        names.insert(
+                            i.syntax().text().to_string(),
+                            Binding::Expr(arg.clone(), scope),
+                        );
+                    }
+                }
+            }
+            self.frames.push(Frame {
+                names,
+                parent: fscope,
+                module_args: false,
+            });
+            f = l.body()?;
+            fscope = Some(id);
+        }
+        if matches!(unparen(f.clone()), ast::Expr::Lambda(_)) {
+            return None;
+        }
+        Some((f, fscope))
+    }
+
+    /// `mapAttrs f { a = …; b = …; }` over a literal set: container `a` is `f "a" <value>`.
+    fn map_attrs(
+        &mut self,
+        f: &ast::Expr,
+        set: &ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) -> bool {
+        let Some((ast::Expr::AttrSet(set), sscope)) = self.deref(set.clone(), scope, depth + 1)
+        else {
+            return false;
+        };
+        if set.rec_token().is_some() || set.inherits().next().is_some() {
+            return false;
+        }
+        let mut entries = Vec::new();
+        for apv in set.attrpath_values() {
+            let attrs: Vec<ast::Attr> = apv
+                .attrpath()
+                .map(|p| p.attrs().collect())
+                .unwrap_or_default();
+            let ([a], Some(v)) = (attrs.as_slice(), apv.value()) else {
+                return false;
+            };
+            let Some(n) = self.attr_name_in(a, sscope) else {
+                return false;
+            };
+            entries.push((n, v));
+        }
+        for (n, v) in entries {
+            // The name is a string the source states only as an attribute name: a literal.
+            let Some(name_expr) = string_expr(&n) else {
+                return false;
+            };
+            // Arguments in their own scopes: the name is closed, the value is the set's.
+            let args = [(name_expr, None), (v, sscope)];
+            let Some((body, s)) = self.beta(f, scope, &args, depth) else {
+                return false;
+            };
+            let idx = self.container(&n, conds);
+            self.visit(body, s, conds, Level::Container(idx), false, depth + 1);
+        }
+        true
+    }
+
+    /// `listToAttrs (map f [ … ])` over a literal list, `f` returning `{ name = "…"; value = …; }`.
+    fn list_to_attrs(
+        &mut self,
+        arg: &ast::Expr,
+        scope: Scope,
+        conds: &[NixExpr],
+        depth: usize,
+    ) -> bool {
+        let Some((ast::Expr::Apply(a), s)) = self.deref(arg.clone(), scope, depth + 1) else {
+            return false;
+        };
+        let Some((head, margs)) = uncurry(&a) else {
+            return false;
+        };
+        if head_name(&head).as_deref() != Some("map") || margs.len() != 2 {
+            return false;
+        }
+        let Some((ast::Expr::List(list), ls)) = self.deref(margs[1].clone(), s, depth + 1) else {
+            return false;
+        };
+        let items: Vec<ast::Expr> = list.items().collect();
+        let mut found = Vec::new();
+        for item in items {
+            let Some((body, bs)) = self.beta(&margs[0], s, &[(item, ls)], depth) else {
+                return false;
+            };
+            let Some((ast::Expr::AttrSet(pair), ps)) = self.deref(body, bs, depth + 1) else {
+                return false;
+            };
+            let get = |k: &str| {
+                pair.attrpath_values().find_map(|apv| {
+                    let attrs: Vec<ast::Attr> = apv.attrpath()?.attrs().collect();
+                    match attrs.as_slice() {
+                        [a] if text::attr_name(a).as_deref() == Some(k) => apv.value(),
+                        _ => None,
+                    }
+                })
+            };
+            let (Some(n), Some(v)) = (get("name"), get("value")) else {
+                return false;
+            };
+            let Some(Value::Str(n)) = self.try_value(&n, ps, depth + 1) else {
+                return false;
+            };
+            found.push((n, v, ps));
+        }
+        for (n, v, ps) in found {
+            let idx = self.container(&n, conds);
+            self.visit(v, ps, conds, Level::Container(idx), false, depth + 1);
+        }
+        true
     }
 
     fn attrset(
@@ -850,6 +1184,12 @@ impl<'t> Extract<'t> {
                 }
                 match (name.as_str(), rest.is_empty()) {
                     ("containers", true) => {
+                        let mut peeled = Vec::new();
+                        let inner = unparen(self.peel_conditions(value.clone(), &mut peeled));
+                        if !matches!(inner, ast::Expr::AttrSet(_)) {
+                            let e = self.nix_expr_in(inner.syntax(), scope);
+                            self.container_sets.push(e);
+                        }
                         self.visit(value, scope, conds, Level::Containers, false, d)
                     }
                     ("containers", false) => {
@@ -954,8 +1294,15 @@ impl<'t> Extract<'t> {
                 .join(".")
         );
         let extra = self.extra_conditions(idx, conds);
+        // `specialArgs = { inherit inputs; … }` is code handed to the guest's evaluation: kept
+        // verbatim (with the bindings it needs) like `config`, not read as data.
+        if option == "specialArgs" && names.len() == 1 && extra.is_empty() {
+            let expr = self.nix_expr_in(value.syntax(), scope);
+            self.set_option(idx, "specialArgs", Value::Expr(expr), line);
+            return;
+        }
         if option == "config" {
-            let mut expr = self.nix_expr(value.syntax());
+            let mut expr = self.nix_expr_in(value.syntax(), scope);
             if !rest.is_empty() {
                 let path: Vec<String> = names[1..].iter().map(|n| nixtext::attr_name(n)).collect();
                 expr.text = format!("{{ {} = {}; }}", path.join("."), expr.text);
@@ -1009,20 +1356,18 @@ impl<'t> Extract<'t> {
         let mut v = self.value(&value, scope, depth);
         if !extra.is_empty() {
             let mut all = extra.clone();
-            all.push(self.nix_expr(value.syntax()));
-            let mut free: Vec<String> = all.iter().flat_map(|c| c.free_vars.clone()).collect();
-            free.push("lib".to_string());
-            free.sort();
-            free.dedup();
+            all.push(self.nix_expr_in(value.syntax(), scope));
             let cond = combine_conditions(&extra)
                 .map(|c| c.text)
                 .unwrap_or_default();
-            v = Value::Expr(NixExpr {
-                text: format!("lib.mkIf ({cond}) ({})", value.syntax()),
-                origin: self.origin(line),
-                column: 1,
-                free_vars: free,
-            });
+            let mut e = NixExpr::plain(
+                format!("lib.mkIf ({cond}) ({})", value.syntax()),
+                self.origin(line),
+                1,
+                vec!["lib".to_string()],
+            );
+            e.absorb(&all);
+            v = Value::Expr(e);
         }
         if contains_expr(&v) && !matches!(option.as_str(), "nixpkgs" | "specialArgs") {
             let text = short(&value.syntax().to_string());
@@ -1311,6 +1656,11 @@ impl<'t> Extract<'t> {
     }
 }
 
+/// A string literal expression for `s` (a tree of its own: only its text is used).
+fn string_expr(s: &str) -> Option<ast::Expr> {
+    rnix::Root::parse(&nixtext::string_literal(s)).tree().expr()
+}
+
 /// Third-party modules from flake inputs (`inputs.sops-nix.nixosModules.sops`) define no
 /// containers of the host; they are skipped like `<nixpkgs/…>` imports.
 ///
@@ -1416,18 +1766,17 @@ pub(crate) fn merge_values(a: Value, b: Value) -> Result<Value, Box<(Value, Valu
 
 /// Two guest `config` modules of one container as one module.
 pub(crate) fn combine_modules(a: &NixExpr, b: &NixExpr) -> NixExpr {
-    let mut free: Vec<String> = a.free_vars.iter().chain(&b.free_vars).cloned().collect();
-    free.sort();
-    free.dedup();
-    NixExpr {
-        text: format!(
+    let mut e = NixExpr::plain(
+        format!(
             "{{\n  imports = [\n    ({})\n    ({})\n  ];\n}}",
             a.text, b.text
         ),
-        origin: a.origin.clone(),
-        column: 1,
-        free_vars: free,
-    }
+        a.origin.clone(),
+        1,
+        Vec::new(),
+    );
+    e.absorb([a, b]);
+    e
 }
 
 /// Add one definition of `option` to `facts`, merging with what is there. Returns a warning
@@ -1496,19 +1845,18 @@ pub(crate) fn combine_conditions(conds: &[NixExpr]) -> Option<NixExpr> {
         [] => None,
         [one] => Some(one.clone()),
         [first, ..] => {
-            let mut free: Vec<String> = conds.iter().flat_map(|c| c.free_vars.clone()).collect();
-            free.sort();
-            free.dedup();
-            Some(NixExpr {
-                text: conds
+            let mut e = NixExpr::plain(
+                conds
                     .iter()
                     .map(|c| format!("({})", c.text))
                     .collect::<Vec<_>>()
                     .join(" && "),
-                origin: first.origin.clone(),
-                column: 1,
-                free_vars: free,
-            })
+                first.origin.clone(),
+                1,
+                Vec::new(),
+            );
+            e.absorb(conds);
+            Some(e)
         }
     }
 }

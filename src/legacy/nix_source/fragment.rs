@@ -13,41 +13,11 @@ use rnix::ast::{self, HasEntry};
 use rowan::ast::AstNode;
 use std::path::{Path, PathBuf};
 
-/// Options of one legacy container (`containers.<name>.*`, the names of
-/// [`crate::legacy::merge::OPTION_NAMES`]), and whether each one is
-/// distinctive. Names that are also top-level keys of ordinary NixOS modules or flake-parts
-/// modules (`config`, `nixpkgs`, `path`, `flake`) never count on their own.
-pub const CONTAINER_KEYS: &[(&str, bool)] = &[
-    ("config", false),
-    ("nixpkgs", false),
-    ("path", false),
-    ("flake", false),
-    ("specialArgs", true),
-    ("autoStart", true),
-    ("ephemeral", true),
-    ("privateNetwork", true),
-    ("privateUsers", true),
-    ("hostBridge", true),
-    ("hostAddress", true),
-    ("hostAddress6", true),
-    ("localAddress", true),
-    ("localAddress6", true),
-    ("interfaces", true),
-    ("macvlans", true),
-    ("extraVeths", true),
-    ("forwardPorts", true),
-    ("bindMounts", true),
-    ("allowedDevices", true),
-    ("tmpfs", true),
-    ("enableTun", true),
-    ("additionalCapabilities", true),
-    ("extraFlags", true),
-    ("restartIfChanged", true),
-    ("timeoutStartSec", true),
-    ("copyResolvConf", true),
-    ("networkNamespace", true),
-    ("localMacAddress", true),
-];
+/// Options of one legacy container, and whether each one is distinctive: derived from the
+/// option table ([`crate::legacy::options::LEGACY_OPTIONS`]). Names that are also top-level
+/// keys of ordinary NixOS modules or flake-parts modules (`config`, `nixpkgs`, `path`, `flake`)
+/// never count on their own.
+pub use crate::legacy::options::CONTAINER_KEYS;
 
 /// Parents whose own `containers` option is not the legacy one
 /// (`virtualisation.oci-containers.containers.<name>`, …): a `containers` attribute right under
@@ -344,6 +314,7 @@ pub(crate) fn file_is_container(fs: &dyn super::SourceFs, path: &Path) -> Option
         return None;
     }
     let text = fs.read_to_string(&path).ok()?;
+    crate::nixtext::check_nesting(&text).ok()?;
     let parse = rnix::Root::parse(&text);
     if !parse.errors().is_empty() {
         return None;

@@ -47,7 +47,7 @@ pub use flake::{FlakeResult, read_flake};
 pub use fragment::{CONTAINER_KEYS, Fragment, SetEntry};
 
 use crate::host::HostRoot;
-use crate::legacy::model::{NixExpr, SourceFacts};
+use crate::legacy::model::{GuestFile, NixExpr, SourceFacts, Value};
 use crate::warnings::{Category, Warning, WarningSpec};
 use extract::{Extract, Start};
 use rowan::ast::AstNode;
@@ -107,6 +107,11 @@ pub const NIX_FLAKE_MODULES_DYNAMIC: WarningSpec = WarningSpec {
               evaluate with nix and use --from-json",
 };
 
+pub const NIX_NO_CONTAINERS: WarningSpec = WarningSpec {
+    code: "nix-no-containers",
+    category: Category::NeedsHuman,
+    summary: "the configuration given with --config (and every file it imports) defines no legacy container",
+};
 pub const NIX_CONTAINER_FRAGMENT: WarningSpec = WarningSpec {
     code: "nix-container-fragment",
     category: Category::NeedsHuman,
@@ -152,6 +157,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &NIX_CONTAINER_FRAGMENT,
     &NIX_CONTAINERS_SET_FRAGMENT,
     &NIX_CONTAINERS_SET_READ,
+    &NIX_NO_CONTAINERS,
     &NIX_NESTED_CONTAINERS,
     &NIX_CONTAINERS_NOT_READ,
 ];
@@ -337,6 +343,13 @@ pub struct NixSourceResult {
     pub problems: Vec<Warning>,
     /// Every file read, in reading order.
     pub files_read: Vec<PathBuf>,
+    /// How this configuration is evaluated with Nix (the command warnings name, and what
+    /// [`crate::legacy::host_eval`] runs on a live host).
+    pub eval: Option<EvalCommand>,
+    /// Every `containers = <expr>` whose value is computed (`mapAttrs`, `listToAttrs`, …),
+    /// verbatim with the `let` bindings it needs: where the guest `config` of a container
+    /// known only from evaluation comes from.
+    pub container_sets: Vec<NixExpr>,
 }
 
 /// How a file named by another is to be read.
@@ -374,6 +387,8 @@ pub struct FileFacts {
     /// configuration (one container's value, or a set of them); `problems` then holds the
     /// warning saying so.
     pub fragment: Option<Fragment>,
+    /// `containers = <expr>` sites whose value is computed ([`NixSourceResult::container_sets`]).
+    pub container_sets: Vec<NixExpr>,
 }
 
 /// Pure: one file's text → its containers and the files it names. `Err` when the file does not
@@ -390,6 +405,20 @@ pub fn read_nix_file(file: &Path, text: &str) -> Result<FileFacts, Warning> {
 }
 
 fn parse(file: &Path, text: &str) -> Result<rnix::Root, Warning> {
+    // Before rnix, which overflows the stack (an abort) on some deep nestings.
+    if let Err(deep) = crate::nixtext::check_nesting(text) {
+        let (line, col) = crate::nixtext::line_col(text, deep.offset);
+        return Err(Warning::new(
+            &NIX_PARSE_ERROR,
+            file.display().to_string(),
+            format!(
+                "{}:{line}:{col}: {}; the file was not read, so containers it defines are missing",
+                file.display(),
+                deep.message
+            ),
+        )
+        .at(file, Some(line)));
+    }
     let parse = rnix::Root::parse(text);
     if let Some(err) = parse.errors().first() {
         let lines = text::Lines::new(text);
@@ -519,6 +548,15 @@ fn read_nix_file_classified(
                     // A set is only a guess: what the module reading said comes first.
                     matches!(f, Fragment::Container { .. }) || ex.problems.is_empty()
                 });
+                // Nothing container-shaped at first sight, but maybe a set whose values are
+                // calls of this file's own functions (`web = mkWeb "10.0.0.2";`): read it as
+                // the value of `containers` and keep that reading only if it is clean.
+                if fragment.is_none()
+                    && ex.problems.is_empty()
+                    && let Some(ff) = trial_set_read(file, text, eval, None)
+                {
+                    return Ok(ff);
+                }
             }
             match &fragment {
                 Some(f) => {
@@ -542,7 +580,23 @@ fn read_nix_file_classified(
         imports: ex.imports,
         problems: ex.problems,
         fragment,
+        container_sets: ex.container_sets,
     })
+}
+
+/// One container's value (`containers.<name> = <text>`), as the reader reads it in a host file:
+/// for the translation table's examples, which run through the real reader.
+pub(crate) fn read_container_value(
+    file: &Path,
+    text: &str,
+    name: &str,
+) -> Result<FileFacts, Warning> {
+    read_nix_file_as(
+        file,
+        text,
+        &Start::Container(name.to_string()),
+        &EvalCommand::for_config(file),
+    )
 }
 
 /// Read the configuration starting at `entry` and every file it imports (literal paths),
@@ -616,7 +670,8 @@ pub fn read_flake_config(
         dir: flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf(),
         host: host_name.map(str::to_string),
     });
-    let mut out = read_entries(fs, &fr.entries, &eval);
+    let tree = flake_nix.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut out = read_entries_in(fs, &fr.entries, &eval, &tree);
     out.files_read.insert(0, flake_nix.to_path_buf());
     let mut problems = fr.problems;
     problems.append(&mut out.problems);
@@ -632,9 +687,122 @@ pub fn read_flake_config(
 /// symlink such as `sub -> .` could otherwise make `./sub/x.nix` imports go on forever.
 const MAX_FILES: usize = 2000;
 
-/// Read several module files as one configuration (as `imports = [ … ]` would).
+/// Read several module files as one configuration (as `imports = [ … ]` would). The
+/// configuration tree (where guest files may be read from, [`attach_guest_files`]) is the
+/// directory of the first entry.
 pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) -> NixSourceResult {
-    let mut out = NixSourceResult::default();
+    let tree = entries
+        .first()
+        .map(|e| config_tree(fs, e))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    read_entries_in(fs, entries, eval, &tree)
+}
+
+/// The host's configuration tree around `entry`: `/etc/nixos` for a file in it, else the
+/// nearest directory above that holds a `flake.nix` or `.git` (a configuration repository,
+/// whose hosts import `../../modules/…`), else the entry's own directory.
+fn config_tree(fs: &dyn SourceFs, entry: &Path) -> PathBuf {
+    let etc = Path::new("/etc/nixos");
+    if entry.starts_with(etc) {
+        return etc.to_path_buf();
+    }
+    let dir = entry.parent().unwrap_or(Path::new("/"));
+    for d in dir.ancestors().take(6) {
+        if d == Path::new("/") {
+            break;
+        }
+        if fs.is_file(&d.join("flake.nix")) || fs.is_dir(&d.join(".git")) {
+            return d.to_path_buf();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The most guest files read for one container's `config`.
+const MAX_GUEST_FILES: usize = 200;
+
+/// The `.nix` files (or directories, for their `default.nix`) that relative path literals in
+/// `text` name, resolved from `file`.
+fn relative_nix_paths(file: &Path, text: &str) -> Vec<PathBuf> {
+    use rowan::ast::AstNode;
+    // Too deep to parse safely: the guest rules report the text itself (guest.rs).
+    if crate::nixtext::check_nesting(text).is_err() {
+        return Vec::new();
+    }
+    let parse = rnix::Root::parse(text);
+    let mut out = Vec::new();
+    for n in parse.tree().syntax().descendants() {
+        if n.kind() != rnix::SyntaxKind::NODE_PATH_REL {
+            continue;
+        }
+        let Some(e) = rnix::ast::Expr::cast(n) else {
+            continue;
+        };
+        if let Some(p) = extract::literal_path(file, &e)
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Read the files a guest `config` names by relative paths, transitively, inside `tree` (the
+/// host's configuration directory) and through `fs` only: what the translator needs to apply
+/// the guest rules (eth0 → host0, useHostResolvConf) to them. A path outside the tree, a
+/// missing or unreadable file is recorded with the reason. Paths that are not `.nix` files or
+/// directories (data files: keys, templates) are not Nix code and are left alone.
+fn attach_guest_files(fs: &dyn SourceFs, tree: &Path, c: &mut SourceFacts) {
+    let Some((Value::Expr(e), _)) = c.options.get_mut("config") else {
+        return;
+    };
+    let mut queue: VecDeque<PathBuf> = relative_nix_paths(&e.origin.file, &e.text).into();
+    let mut files: Vec<GuestFile> = Vec::new();
+    while let Some(p) = queue.pop_front() {
+        if files.len() >= MAX_GUEST_FILES {
+            break;
+        }
+        let path = if fs.is_dir(&p) {
+            p.join("default.nix")
+        } else {
+            p.clone()
+        };
+        if files.iter().any(|f| f.path == path) {
+            continue;
+        }
+        let is_nix = path.extension().is_some_and(|x| x == "nix");
+        if !is_nix {
+            continue;
+        }
+        let content = if !path.starts_with(tree) {
+            Err(format!(
+                "it lies outside the configuration directory {}, which is all the tool reads",
+                tree.display()
+            ))
+        } else if !fs.is_file(&path) {
+            Err("no such file".to_string())
+        } else {
+            fs.read_to_string(&path).map_err(|e| e.to_string())
+        };
+        if let Ok(text) = &content {
+            queue.extend(relative_nix_paths(&path, text));
+        }
+        files.push(GuestFile { path, content });
+    }
+    e.guest_files = files;
+}
+
+/// [`read_entries`] with the configuration tree given (a flake's directory).
+pub fn read_entries_in(
+    fs: &dyn SourceFs,
+    entries: &[PathBuf],
+    eval: &EvalCommand,
+    tree: &Path,
+) -> NixSourceResult {
+    let mut out = NixSourceResult {
+        eval: Some(eval.clone()),
+        ..NixSourceResult::default()
+    };
     let mut queue: VecDeque<(NixImport, Option<(PathBuf, usize)>)> = VecDeque::new();
     for entry in entries {
         queue.push_back((
@@ -722,6 +890,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             _ => ff,
         };
         for mut c in ff.containers {
+            attach_guest_files(fs, tree, &mut c);
             if !matches!(imp.role, ImportRole::Container(_)) {
                 c.condition = match (imp.condition.clone(), c.condition.take()) {
                     (None, c) => c,
@@ -741,6 +910,7 @@ pub fn read_entries(fs: &dyn SourceFs, entries: &[PathBuf], eval: &EvalCommand) 
             queue.push_back((NixImport { condition, ..next }, Some((path.clone(), line))));
         }
         out.problems.extend(ff.problems);
+        out.container_sets.extend(ff.container_sets);
     }
     out
 }
@@ -779,6 +949,10 @@ fn set_fragment(
         }
     }
     if !verified {
+        let names: Vec<String> = entries.iter().map(|(n, _, _)| n.clone()).collect();
+        if !refuted && let Some(ff) = trial_set_read(path, text, eval, Some(&names)) {
+            return Some(ff);
+        }
         if refuted && !literal {
             // Not a set of containers: read it as the module it is, without the guess.
             return read_nix_file_classified(path, text, &Start::Module, eval, false).ok();
@@ -803,6 +977,80 @@ fn set_fragment(
                 ),
             )
             .at(path.to_path_buf(), Some(line)),
+        );
+    }
+    ff.fragment = None;
+    Some(ff)
+}
+
+/// The finding for a configuration given with `--config` in which nothing was found and
+/// nothing was reported: say so, with what was read, rather than "no containers" in silence.
+pub fn no_containers_warning(entry: &Path, r: &NixSourceResult) -> Warning {
+    let others = r.files_read.len().saturating_sub(1);
+    let read = if others == 0 {
+        String::new()
+    } else {
+        format!(" and the {others} file(s) it imports")
+    };
+    Warning::new(
+        &NIX_NO_CONTAINERS,
+        entry.display().to_string(),
+        format!(
+            "{}{read} define no `containers.<name>` (no container definition, no set of them, no \
+             computed `containers` value), so there is nothing to migrate from it. Pass the file that \
+             defines the containers with --config, or the host configuration that imports it",
+            entry.display()
+        ),
+    )
+    .at(entry.to_path_buf(), None)
+}
+
+/// Read a file that is no module as the value of `containers`, and keep the result only when
+/// it is a clean set of containers: at least one, each one container-shaped
+/// ([`fragment::container_keys`]), nothing left unread, and (when `names` are given) exactly
+/// those entries. Each container gets the `nix-containers-set-read` note.
+fn trial_set_read(
+    path: &Path,
+    text: &str,
+    eval: &EvalCommand,
+    names: Option<&[String]>,
+) -> Option<FileFacts> {
+    let mut ff = read_nix_file_classified(path, text, &Start::Containers, eval, false).ok()?;
+    if ff.containers.is_empty() || !ff.problems.is_empty() {
+        return None;
+    }
+    let shaped = ff.containers.iter().all(|c| {
+        let keys: Vec<String> = c.options.keys().cloned().collect();
+        fragment::container_keys(&keys).is_some()
+    });
+    if !shaped {
+        return None;
+    }
+    if let Some(names) = names {
+        let mut got: Vec<&String> = ff.containers.iter().map(|c| &c.container).collect();
+        let mut want: Vec<&String> = names.iter().collect();
+        got.sort();
+        want.sort();
+        if got != want {
+            return None;
+        }
+    }
+    for c in &mut ff.containers {
+        let name = c.container.clone();
+        c.warnings.push(
+            Warning::new(
+                &NIX_CONTAINERS_SET_READ,
+                format!("containers.{}", crate::nixtext::attr_name(&name)),
+                format!(
+                    "{}: this file is not a host configuration but the value of `containers` (a set of \
+                     container definitions); container {name} was read from it as if the host said \
+                     `containers = import {} …;`. Check that the host really imports it, and remove that \
+                     import when the migrated definitions replace it",
+                    path.display(),
+                    path.display()
+                ),
+            )
+            .at(path.to_path_buf(), None),
         );
     }
     ff.fragment = None;

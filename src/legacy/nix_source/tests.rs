@@ -249,7 +249,11 @@ let cfg = config.my.containers; in
     );
     let c = container(&ff, "c").condition.as_ref().unwrap();
     assert_eq!(c.text, "(cfg.enable) && (cfg.withC)");
-    assert_eq!(c.free_vars, ["cfg"]);
+    // `cfg` is the file's `let` binding: carried with the condition, which leaves `config`.
+    assert_eq!(c.free_vars, ["config"]);
+    let lets: Vec<&str> = c.lets.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(lets.len(), 1, "{lets:?}");
+    assert!(lets[0].starts_with("cfg = config."), "{lets:?}");
 }
 
 #[test]
@@ -348,12 +352,18 @@ let mkAddr = n: "10.0.0.${toString n}"; in
     let x = container(&ff, "x");
     let la = expr(opt(x, "localAddress"));
     assert_eq!(la.text, "mkAddr 2");
-    assert_eq!(la.free_vars, ["mkAddr"]);
+    // The helper is the file's `let` binding: carried along, nothing left free.
+    assert!(la.free_vars.is_empty(), "{:?}", la.free_vars);
+    assert_eq!(la.lets.len(), 1);
+    assert_eq!(la.lets[0].text, r#"mkAddr = n: "10.0.0.${toString n}";"#);
+    assert_eq!(la.lets[0].line, 2);
     assert_eq!(la.origin.line, Some(5));
     assert_eq!(la.column, 20);
     assert_eq!(expr(opt(x, "nixpkgs")).free_vars, ["pkgs"]);
-    let sa = attrs(opt(x, "specialArgs"));
-    assert_eq!(expr(&sa["parentConfig"]).free_vars, ["config"]);
+    // specialArgs is code for the guest's evaluation: verbatim.
+    let sa = expr(opt(x, "specialArgs"));
+    assert_eq!(sa.text, "{ parentConfig = config; }");
+    assert_eq!(sa.free_vars, ["config"]);
     // `{ ... }:` does not bind `config`: this is the host's config, so it is free.
     assert_eq!(expr(opt(x, "config")).free_vars, ["config"]);
     assert_eq!(codes(&x.warnings), ["nix-unresolved-value"]);
@@ -517,7 +527,9 @@ fn generated_container_sets_need_nix_eval() {
 fn a_named_container_built_by_code_is_kept_with_a_warning() {
     let cases: &[(&str, &str)] = &[
         (
-            "{ ... }: let mkContainer = n: a: { }; in {\n  containers.x = mkContainer \"x\" { };\n}",
+            // A function from elsewhere (a function of this file is read through: see
+            // `calls_of_this_files_functions_are_read_through`).
+            "{ mkContainer, ... }: {\n  containers.x = mkContainer \"x\" { };\n}",
             "mkContainer",
         ),
         (
@@ -777,8 +789,11 @@ fn golden_nix_container_functions_of_pkgs() {
     };
     assert_eq!(attrs(&ports[0])["hostPort"], Value::Int(9000));
     assert_eq!(attrs(&ports[0])["protocol"], s("udp"));
-    // The guest text uses the file's `let` name: free, so the renderer warns.
-    assert_eq!(expr(opt(relay, "config")).free_vars, ["port"]);
+    // The guest text uses the file's `let` name: the binding travels with the text.
+    let cfg = expr(opt(relay, "config"));
+    assert!(cfg.free_vars.is_empty(), "{:?}", cfg.free_vars);
+    let lets: Vec<&str> = cfg.lets.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(lets, ["port"]);
 }
 
 #[test]
@@ -1202,14 +1217,16 @@ fn every_fixture_config_text_parses_with_real_nix() {
     assert!(texts.len() >= 9, "{texts:?}");
     for (i, (what, e)) in texts.iter().enumerate() {
         let p = dir.path().join(format!("{i}.nix"));
-        let text = if e.free_vars.is_empty() {
+        // The carried bindings, plus the names the generated file takes as arguments.
+        let text = if e.free_vars.is_empty() && e.lets.is_empty() {
             e.text.clone()
         } else {
-            let binds: String = e
+            let mut binds: String = e
                 .free_vars
                 .iter()
                 .map(|v| format!("{v} = null; "))
                 .collect();
+            binds.extend(e.lets.iter().map(|l| format!("{}\n", l.text)));
             format!("let {binds}in\n{}", e.text)
         };
         std::fs::write(&p, &text).unwrap();
@@ -1414,7 +1431,7 @@ fn fragment_shapes_table() {
         },
         Case {
             what: "legacy-looking or computed `containers` under an ordinary option are read",
-            src: "{ lib, ... }:\n{\n  my.hosts = { containers.web = { autoStart = true; }; };\n  my.more = { containers = lib.mapAttrs (n: v: v) { }; };\n}\n",
+            src: "{ config, lib, ... }:\n{\n  my.hosts = { containers.web = { autoStart = true; }; };\n  my.more = { containers = lib.mapAttrs (n: v: v) config.hosts; };\n}\n",
             problems: &[("nix-dynamic-containers", 4)],
             containers: &[("web", &["nix-nested-containers"])],
         },
