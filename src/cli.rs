@@ -175,6 +175,13 @@ pub struct MigrateArgs {
         conflicts_with_all = ["dry_run", "plan_in", "plan_out"]
     )]
     pub cleanup: Vec<String>,
+    /// Edit the host's own Nix files instead: each `containers.NAME` definition is replaced by
+    /// its new one in place (same scope, everything else kept byte for byte, a backup
+    /// FILE.bak-STAMP kept). Shows the diff; needs --dry-run or --yes. Containers that cannot be
+    /// rewritten faithfully go to --output, with the reason.
+    /// (Plans as files do not carry the edits yet: not with --plan-out/--plan-in.)
+    #[arg(long, conflicts_with_all = ["plan_in", "plan_out"])]
+    pub rewrite: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

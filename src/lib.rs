@@ -29,6 +29,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod render;
 pub mod report;
+pub mod rewrite;
 pub mod rollback;
 pub mod runner;
 pub mod state;

@@ -375,7 +375,7 @@ fn conditional(i: &Instance, value: String) -> String {
 }
 
 /// The bindings (`path = value;`) one container contributes to the host configuration.
-fn bindings(i: &Instance) -> String {
+pub fn bindings(i: &Instance) -> String {
     let name = attr_name(&i.name);
     let mut out = String::new();
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
