@@ -11,6 +11,11 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+# tmux: the interactive migrate is driven in a real terminal; patch checks our unified diffs;
+# groff checks the generated man page.
+command -v tmux >/dev/null || need+=(tmux)
+command -v patch >/dev/null || need+=(patch)
+command -v groff >/dev/null || need+=(groff-base)
 # The state tests make small btrfs and XFS filesystems on loop devices (tests/state_fs.rs …)
 # and check inode flags with chattr/lsattr.
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)

@@ -8,12 +8,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (with --dry-run: everything can be migrated without follow-up)
-  1  error: nothing more was done after it; the message says what and how to fix it
-  2  usage error (bad command line)
-  3  done (or, with --dry-run, translatable), but some containers need manual follow-up:
-     see the warnings marked \"needs a human\" (category \"needs-human\" in --json)";
+Exit codes (\"summary.outcome\" in --json says the same in words):
+  0  success: done (with --dry-run: everything can be migrated) without follow-up
+  1  failed: a step failed after the checks passed; nothing more was done after it. What was
+     done before stays done (listed in the report); a partial copy waits in its staging
+     directory: run again to resume, or `migrate --rollback NAME` to go back
+  2  usage error (bad command line; or neither --dry-run nor --yes without a terminal)
+  3  success with follow-up: done (or, with --dry-run, translatable), but some containers
+     need a human: see the warnings marked \"needs a human\" (category \"needs-human\")
+  4  refused: a precondition failed before the first write (a legacy container runs, a
+     destination is not ours, not enough space, the host changed since --plan-out, …);
+     nothing was written. The report lists every problem (\"error.problems\" in --json)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,28 +42,47 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `Migrate` is much larger than the other variants; the enum is built once per run.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Find every legacy container, translate it, and show (--dry-run) or carry out the plan.
+    /// Find every legacy container, translate it, and show (--dry-run) or carry out the plan;
+    /// at a terminal without --dry-run/--yes, ask before each step.
     #[command(after_help = EXIT_CODES)]
     Migrate(MigrateArgs),
+    /// Print a shell completion script, generated from this command line's definition
+    /// (e.g. `nixos-nspawn completions bash > /etc/bash_completion.d/nixos-nspawn`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition
+    /// (e.g. `nixos-nspawn man > nixos-nspawn.1; man -l nixos-nspawn.1`).
+    Man,
     #[command(flatten)]
     Imperative(ImperativeCommand),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct MigrateArgs {
     /// Change nothing: print the plan, the new configuration and everything that needs a human.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
 
-    /// Carry out the plan without asking (for scripts and fleets; no terminal needed).
+    /// Carry out the plan (or --rollback, --cleanup) without asking (for scripts and fleets;
+    /// no terminal needed).
     #[arg(long, short = 'y', conflicts_with = "dry_run")]
     pub yes: bool,
 
-    /// Print one JSON object on stdout instead of the human report.
+    /// Print one JSON document on stdout instead of the human report: per container what
+    /// was done, every file written (and its exact content), bytes copied, the verification
+    /// outcome and the warnings; `summary.outcome` and `error` say how the run ended.
     #[arg(long)]
     pub json: bool,
+
+    /// Print no report and no progress (only errors on stderr); the exit code tells the outcome.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 
     /// The host's NixOS configuration to read container definitions from (an ordinary path).
     /// Default: /etc/nixos/configuration.nix under --root, or the modules of /etc/nixos/flake.nix.
@@ -91,6 +115,10 @@ pub struct MigrateArgs {
     #[arg(long = "only", value_name = "NAME")]
     pub only: Vec<String>,
 
+    /// Leave these containers alone (repeatable): not translated, not touched.
+    #[arg(long = "exclude", value_name = "NAME")]
+    pub exclude: Vec<String>,
+
     /// What to do with each container's state directory.
     #[arg(long, value_enum, default_value_t = StateArg::Copy)]
     pub state: StateArg,
@@ -107,11 +135,52 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// With --dry-run: save the plan (its options, steps, the exact bytes of every file, and a
+    /// fingerprint of everything it was derived from) to FILE, for review and --plan-in.
+    #[arg(long, value_name = "FILE", conflicts_with = "yes")]
+    pub plan_out: Option<PathBuf>,
+
+    /// Carry out exactly the plan saved with --plan-out (with --yes; with --dry-run: check that
+    /// it still applies). Refused, nothing written (exit 4), when the host changed since, the
+    /// plan comes from another machine or another version of this tool. The plan's options are
+    /// used; options that would change it cannot be given.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["config", "from_json", "host", "only", "exclude", "state", "verify", "stop", "force", "plan_out"]
+    )]
+    pub plan_in: Option<PathBuf>,
+
+    /// Undo the migration of these containers (not yet cleaned up): remove the new state, the
+    /// files written (restoring the ones replaced from their backups), the profile links and
+    /// their entries in the Nix file. The legacy containers are left exactly as they are.
+    /// Refused when a new container has run since (its new data would be lost) unless --force.
+    /// Asks first (or --yes).
+    #[arg(
+        long,
+        value_name = "NAME",
+        num_args = 1..,
+        conflicts_with_all = ["dry_run", "plan_in", "plan_out", "cleanup"]
+    )]
+    pub rollback: Vec<String>,
+
+    /// The last step, after the new containers have booted: remove the legacy state, `.conf`,
+    /// profile and GC roots of these containers. Refused while a new container has never run,
+    /// and while a declarative container's old definition is still in the configuration.
+    /// Asks first (or --yes). There is no rollback afterwards.
+    #[arg(
+        long,
+        value_name = "NAME",
+        num_args = 1..,
+        conflicts_with_all = ["dry_run", "plan_in", "plan_out"]
+    )]
+    pub cleanup: Vec<String>,
     /// Edit the host's own Nix files instead: each `containers.NAME` definition is replaced by
     /// its new one in place (same scope, everything else kept byte for byte, a backup
     /// FILE.bak-STAMP kept). Shows the diff; needs --dry-run or --yes. Containers that cannot be
     /// rewritten faithfully go to --output, with the reason.
-    #[arg(long)]
+    /// (Plans as files do not carry the edits yet: not with --plan-out/--plan-in.)
+    #[arg(long, conflicts_with_all = ["plan_in", "plan_out"])]
     pub rewrite: bool,
 }
 
@@ -133,6 +202,44 @@ pub enum VerifyArg {
     Metadata,
     /// No verification.
     None,
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "nixos-nspawn", &mut out);
+    out
+}
+
+/// The man page: the top-level page, then one section per subcommand (its options and exit
+/// codes), so `man nixos-nspawn` documents `migrate` in full.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands() {
+        let title = format!("nixos-nspawn {}", sub.get_name()).to_uppercase();
+        let name = format!("nixos-nspawn {}", sub.get_name());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name));
+        out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        man.render_extra_section(&mut out)?;
+    }
+    // The help texts use a few non-ASCII characters (…, →); roff wants them as escapes.
+    let text = String::from_utf8_lossy(&out);
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            escaped.push(c);
+        } else {
+            escaped.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    Ok(escaped.into_bytes())
 }
 
 /// The imperative verbs (RFC 0108 "Imperative management"). Start, stop and log in with
@@ -225,7 +332,9 @@ mod tests {
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
         assert!(
-            help.contains("Exit codes:") && help.contains("3  done"),
+            help.contains("Exit codes")
+                && help.contains("3  success with follow-up")
+                && help.contains("4  refused"),
             "{help}"
         );
     }

@@ -37,6 +37,26 @@ pub struct ExecOptions {
     pub verify: VerifyArg,
     pub stop: bool,
     pub force: bool,
+    /// How the copy shows progress.
+    pub progress: ProgressKind,
+    /// Per container, a state mode other than `state` (the interactive mode asks each).
+    pub state_for: BTreeMap<String, StateArg>,
+}
+
+impl ExecOptions {
+    /// The state mode for one container.
+    pub fn state_of(&self, name: &str) -> StateArg {
+        self.state_for.get(name).copied().unwrap_or(self.state)
+    }
+}
+
+/// How a state copy shows its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressKind {
+    /// Bars on a terminal, a line every few seconds otherwise.
+    Auto,
+    /// Nothing (`--quiet`).
+    None,
 }
 
 /// Failure of one step (or of the checks before the first step), with what to do about it.
@@ -45,6 +65,25 @@ pub struct StepError {
     /// The container the failure belongs to; `None` for the host-wide checks and files.
     pub container: Option<String>,
     pub message: String,
+    /// For a refusal before the first write: every problem found, one line each (the exit
+    /// code tells a refusal from a failure: see [`StepError::is_refusal`]).
+    pub refused: Option<Vec<String>>,
+}
+
+impl StepError {
+    /// Refused before anything was written (exit code 4), not failed midway (exit code 1).
+    pub fn is_refusal(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// The error as the report carries it.
+    pub fn to_run_error(&self) -> crate::report::RunError {
+        crate::report::RunError {
+            container: self.container.clone(),
+            message: self.to_string(),
+            problems: self.refused.clone().unwrap_or_default(),
+        }
+    }
 }
 
 impl std::fmt::Display for StepError {
@@ -62,6 +101,7 @@ fn step_err(container: &str, message: impl Into<String>) -> StepError {
     StepError {
         container: Some(container.to_string()),
         message: message.into(),
+        refused: None,
     }
 }
 
@@ -120,146 +160,350 @@ pub fn execute(
     runner: &Runner,
     checked: Checked,
 ) -> Result<(), StepError> {
+    use crate::report::ContainerStatus;
+    for c in &mut m.report.containers {
+        if c.status == ContainerStatus::Planned {
+            c.status = ContainerStatus::NotReached;
+        }
+    }
     let targets = preflight(host, m, opts, runner, checked)?;
     let stamp = now();
-    let progress = make_progress();
+    let progress = make_progress(opts.progress);
     for (idx, cp) in m.plan.containers.iter().enumerate() {
-        let inst = &m.instances[idx];
-        let mut done = Vec::new();
-        for step in &cp.steps {
-            match step {
-                Step::Blocked { reason } => done.push(format!("skipped: {reason}")),
-                Step::StopLegacy { unit } => {
-                    if let Some(note) = ensure_stopped(&cp.name, unit, opts.stop, host, runner)? {
-                        done.push(note);
-                    }
-                }
-                Step::CopyState { from, to } => {
-                    let mode = match opts.state {
-                        StateArg::Copy => state::StateMode::Copy,
-                        StateArg::Move => state::StateMode::Move,
-                        StateArg::Skip => {
-                            done.push(format!(
-                                "state left in {} (--state skip); move it to {} yourself",
-                                from.display(),
-                                to.display()
-                            ));
-                            continue;
-                        }
-                    };
-                    if mode == state::StateMode::Copy {
-                        // The kernel now refuses any write to the legacy state, and reading it
-                        // changes no access time. Best effort: without privileges the copy
-                        // engine still never writes to the source.
-                        protect(host, from, &mut done);
-                    }
-                    // The engine takes real paths: both are resolved inside the root first
-                    // (and checked to hold no symlink), and the destination's parent is made
-                    // here, one component at a time, never through a link.
-                    let src = real_path(host, &cp.name, from)?;
-                    let dest_parent = to.parent().unwrap_or(Path::new("/"));
-                    host.create_dir_all(dest_parent, 0o700).map_err(|e| {
-                        step_err(
-                            &cp.name,
-                            format!("cannot create {}: {e}", dest_parent.display()),
-                        )
-                    })?;
-                    let dest = real_path(host, &cp.name, to)?;
-                    let verify = match opts.verify {
-                        VerifyArg::Full => state::Verify::Full,
-                        VerifyArg::Metadata => state::Verify::Metadata,
-                        VerifyArg::None => state::Verify::None,
-                    };
-                    progress.start(&cp.name);
-                    let totals = Totals {
-                        inner: progress.as_progress(),
-                        bytes: AtomicU64::new(0),
-                    };
-                    let outcome = state::migrate_state(
-                        &src,
-                        &dest,
-                        &state::MigrateStateOptions {
-                            mode,
-                            verify,
-                            force: opts.force,
-                            progress: &totals,
-                        },
-                    )
-                    .map_err(|e| step_err(&cp.name, format!("{e}")))?;
-                    progress.finish();
-                    done.push(describe_outcome(
-                        &outcome,
-                        &shown(host, from),
-                        &shown(host, to),
-                        totals.bytes.load(Ordering::Relaxed),
-                        host,
-                    ));
-                    if let Some(c) = m.report.containers.get_mut(idx) {
-                        c.state_result = Some(outcome.summary());
-                        c.warnings.extend(outcome.warnings(&cp.name));
-                    }
-                }
-                Step::NoState { reason } => done.push(format!("no state: {reason}")),
-                Step::CarryProfile { from, to } => {
-                    // The legacy profile stays as it is, access times included.
-                    protect(host, from, &mut done);
-                    let src = real_path(host, &cp.name, from)?;
-                    let parent = to.parent().unwrap_or(Path::new("/"));
-                    host.create_dir_all(parent, 0o755).map_err(|e| {
-                        step_err(&cp.name, format!("cannot create {}: {e}", parent.display()))
-                    })?;
-                    let dest = real_path(host, &cp.name, to)?;
-                    let o = state::carry_profile(&src, &dest)
-                        .map_err(|e| step_err(&cp.name, format!("{e}")))?;
-                    done.push(if o.already_done {
-                        format!("profile {} already carried", shown(host, to))
-                    } else {
-                        format!(
-                            "profile {} → {}: generations {:?} linked (the store was not copied)",
-                            shown(host, from),
-                            shown(host, to),
-                            o.generations
-                        )
-                    });
-                }
-                Step::WriteContainerFile { path }
-                | Step::WriteNspawn { path }
-                | Step::WriteDropin { path }
-                | Step::WriteGuestFile { path } => {
-                    let text = file_text(step, inst);
-                    write_file(
-                        host,
-                        Some(&cp.name),
-                        path,
-                        targets.get(path),
-                        &text,
-                        stamp,
-                        &mut done,
-                        &mut m.report.files_written,
-                    )?;
+        let Some(report) = m.report.containers.get_mut(idx) else {
+            continue;
+        };
+        if report.status != ContainerStatus::NotReached {
+            continue;
+        }
+        if let Some(legacy) = m.legacy.containers.get(idx)
+            && !cp.steps.iter().any(|s| matches!(s, Step::Blocked { .. }))
+        {
+            report.record = Some(crate::rollback::record_path(&cp.name));
+            record_start(
+                host,
+                m.plan.nix_output.as_deref(),
+                m.instances.get(idx),
+                legacy,
+                cp,
+                report.kind,
+                opts,
+                &targets,
+                stamp,
+            )?;
+        }
+        let mut rec = Record::default();
+        let r = run_container(
+            host,
+            cp,
+            &report.files,
+            opts,
+            runner,
+            &targets,
+            stamp,
+            progress.as_ref(),
+            &mut rec,
+        );
+        report.done = rec.done;
+        report.state_result = rec.state;
+        report.warnings.extend(rec.warnings);
+        report.status = if r.is_ok() {
+            ContainerStatus::Done
+        } else {
+            ContainerStatus::Failed
+        };
+        m.report.files_written.extend(rec.files.iter().cloned());
+        report.files_written = rec.files;
+        r?;
+        record_finish(host, &cp.name)?;
+    }
+    if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
+        let mut rec = Record::default();
+        let r = write_file(host, None, &out, targets.get(&out), &text, stamp, &mut rec);
+        m.report.done.extend(rec.done);
+        m.report.files_written.extend(rec.files);
+        r?;
+    }
+    Ok(())
+}
+
+/// Write (or, on a re-run, update) the record `--rollback` and `--cleanup` work from, before
+/// the first step of a container (see `rollback`).
+#[allow(clippy::too_many_arguments)]
+fn record_start(
+    host: &HostRoot,
+    nix_output: Option<&Path>,
+    inst: Option<&crate::translate::Instance>,
+    legacy: &crate::legacy::LegacyContainer,
+    cp: &crate::plan::ContainerPlan,
+    kind: &str,
+    opts: &ExecOptions,
+    targets: &BTreeMap<PathBuf, FileTarget>,
+    stamp: u64,
+) -> Result<(), StepError> {
+    use crate::rollback::{FileRecord, Record};
+    if cp.steps.iter().any(|s| matches!(s, Step::Blocked { .. })) {
+        return Ok(());
+    }
+    let file_record = |path: &Path| {
+        targets.get(path).map(|t| FileRecord {
+            path: t.resolved.clone(),
+            backup: t.backup.then(|| {
+                let name = t
+                    .resolved
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                t.resolved.with_file_name(format!("{name}.bak-{stamp}"))
+            }),
+        })
+    };
+    let old = crate::rollback::load(host, &cp.name).ok().flatten();
+    let keep_backup = |f: FileRecord| -> FileRecord {
+        // A re-run replaces nothing new: the backup of the first run is what rollback restores.
+        let earlier = old
+            .as_ref()
+            .and_then(|o| {
+                o.files
+                    .iter()
+                    .chain(o.nix_output.iter())
+                    .find(|x| x.path == f.path)
+            })
+            .and_then(|x| x.backup.clone())
+            .filter(|b| host.exists(b));
+        FileRecord {
+            backup: earlier.or(f.backup),
+            ..f
+        }
+    };
+    let mut r = Record {
+        name: cp.name.clone(),
+        kind: kind.to_string(),
+        tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
+        started_ns: crate::rollback::now_ns(),
+        finished_ns: None,
+        legacy_state: legacy.state_dir.clone(),
+        legacy_conf: legacy.conf_file.clone(),
+        legacy_profile: legacy.profile_dir.clone(),
+        state_to: None,
+        state_mode: crate::plan_file::state_name(opts.state_of(&cp.name)).to_string(),
+        links_to: Vec::new(),
+        files: Vec::new(),
+        nix_output: None,
+        // The entries the Nix file gets for the container's own networkd units (see
+        // render::nix): rollback removes them with the container.
+        networkd_units: inst
+            .map(|i| {
+                i.host_networks
+                    .iter()
+                    .map(|u| match u.file_name.strip_suffix(".netdev") {
+                        Some(stem) => ("netdevs".to_string(), stem.to_string()),
+                        None => (
+                            "networks".to_string(),
+                            u.file_name
+                                .strip_suffix(".network")
+                                .unwrap_or(&u.file_name)
+                                .to_string(),
+                        ),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    for step in &cp.steps {
+        match step {
+            Step::CopyState { to, .. } => r.state_to = Some(to.clone()),
+            Step::CarryProfile { to, .. } => r.links_to.push(to.clone()),
+            s => {
+                if let Some(f) = s.written_file().and_then(file_record) {
+                    r.files.push(keep_backup(f));
                 }
             }
         }
-        if let Some(c) = m.report.containers.get_mut(idx) {
-            c.done = done;
-        }
     }
-    // Warnings found while copying (inode flags) count too.
-    m.report.finish_summary();
-    if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
-        let mut done = Vec::new();
-        let r = write_file(
-            host,
-            None,
-            &out,
-            targets.get(&out),
-            &text,
-            stamp,
-            &mut done,
-            &mut m.report.files_written,
-        );
-        m.report.done.extend(done);
-        r?;
+    if kind == "declarative" {
+        r.nix_output = nix_output.and_then(file_record).map(keep_backup);
+    }
+    if let Some(o) = &old {
+        r.started_ns = o.started_ns;
+        r.finished_ns = o.finished_ns;
+    }
+    crate::rollback::save(host, &r).map_err(|e| {
+        step_err(
+            &cp.name,
+            format!(
+                "cannot write the migration record {} ({e}); nothing was done for this container",
+                crate::rollback::record_path(&cp.name).display()
+            ),
+        )
+    })
+}
+
+/// Note in the record that every step of the container finished (kept from an earlier run).
+fn record_finish(host: &HostRoot, name: &str) -> Result<(), StepError> {
+    let mut r = match crate::rollback::load(host, name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(step_err(name, e)),
+    };
+    if r.finished_ns.is_none() {
+        r.finished_ns = Some(crate::rollback::now_ns());
+        crate::rollback::save(host, &r).map_err(|e| {
+            step_err(
+                name,
+                format!(
+                    "cannot update the migration record {}: {e}",
+                    crate::rollback::record_path(name).display()
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// What the steps of one container did, for the report.
+#[derive(Default)]
+struct Record {
+    done: Vec<String>,
+    files: Vec<PathBuf>,
+    state: Option<crate::state::StateSummary>,
+    /// Found while copying (inode flags the new place cannot keep).
+    warnings: Vec<crate::warnings::Warning>,
+}
+
+/// The steps of one container, in order; the first failure ends them.
+#[allow(clippy::too_many_arguments)]
+fn run_container(
+    host: &HostRoot,
+    cp: &crate::plan::ContainerPlan,
+    files: &BTreeMap<PathBuf, String>,
+    opts: &ExecOptions,
+    runner: &Runner,
+    targets: &BTreeMap<PathBuf, FileTarget>,
+    stamp: u64,
+    progress: &dyn CopyProgress,
+    rec: &mut Record,
+) -> Result<(), StepError> {
+    for step in &cp.steps {
+        match step {
+            Step::Blocked { reason } => rec.done.push(format!("skipped: {reason}")),
+            Step::StopLegacy { unit } => {
+                if let Some(note) = ensure_stopped(&cp.name, unit, opts.stop, host, runner)? {
+                    rec.done.push(note);
+                }
+            }
+            Step::CopyState { from, to } => {
+                let mode = match opts.state_of(&cp.name) {
+                    StateArg::Copy => state::StateMode::Copy,
+                    StateArg::Move => state::StateMode::Move,
+                    StateArg::Skip => {
+                        rec.done.push(format!(
+                            "state left in {} (--state skip); move it to {} yourself",
+                            from.display(),
+                            to.display()
+                        ));
+                        rec.state = Some(state::StateOutcome::Skipped.summary());
+                        continue;
+                    }
+                };
+                if mode == state::StateMode::Copy {
+                    // The kernel now refuses any write to the legacy state, and reading it
+                    // changes no access time. Best effort: without privileges the copy
+                    // engine still never writes to the source.
+                    protect(host, from, &mut rec.done);
+                }
+                // The engine takes real paths: both are resolved inside the root first
+                // (and checked to hold no symlink), and the destination's parent is made
+                // here, one component at a time, never through a link.
+                let src = real_path(host, &cp.name, from)?;
+                let dest_parent = to.parent().unwrap_or(Path::new("/"));
+                host.create_dir_all(dest_parent, 0o700).map_err(|e| {
+                    step_err(
+                        &cp.name,
+                        format!("cannot create {}: {e}", dest_parent.display()),
+                    )
+                })?;
+                let dest = real_path(host, &cp.name, to)?;
+                let verify = match opts.verify {
+                    VerifyArg::Full => state::Verify::Full,
+                    VerifyArg::Metadata => state::Verify::Metadata,
+                    VerifyArg::None => state::Verify::None,
+                };
+                progress.start(&cp.name);
+                let totals = Totals {
+                    inner: progress.as_progress(),
+                    bytes: AtomicU64::new(0),
+                };
+                let outcome = state::migrate_state(
+                    &src,
+                    &dest,
+                    &state::MigrateStateOptions {
+                        mode,
+                        verify,
+                        force: opts.force,
+                        progress: &totals,
+                    },
+                )
+                .map_err(|e| step_err(&cp.name, format!("{e}")))?;
+                progress.finish();
+                rec.state = Some(outcome.summary());
+                rec.warnings.extend(outcome.warnings(&cp.name));
+                rec.done.push(describe_outcome(
+                    &outcome,
+                    &shown(host, from),
+                    &shown(host, to),
+                    totals.bytes.load(Ordering::Relaxed),
+                    host,
+                ));
+            }
+            Step::NoState { reason } => rec.done.push(format!("no state: {reason}")),
+            Step::CarryProfile { from, to } => {
+                // The legacy profile stays as it is, access times included.
+                protect(host, from, &mut rec.done);
+                let src = real_path(host, &cp.name, from)?;
+                let parent = to.parent().unwrap_or(Path::new("/"));
+                host.create_dir_all(parent, 0o755).map_err(|e| {
+                    step_err(&cp.name, format!("cannot create {}: {e}", parent.display()))
+                })?;
+                let dest = real_path(host, &cp.name, to)?;
+                let o = state::carry_profile(&src, &dest)
+                    .map_err(|e| step_err(&cp.name, format!("{e}")))?;
+                rec.done.push(if o.already_done {
+                    format!("profile {} already carried", shown(host, to))
+                } else {
+                    format!(
+                        "profile {} → {}: generations {:?} linked (the store was not copied)",
+                        shown(host, from),
+                        shown(host, to),
+                        o.generations
+                    )
+                });
+            }
+            Step::WriteContainerFile { path }
+            | Step::WriteNspawn { path }
+            | Step::WriteDropin { path }
+            | Step::WriteGuestFile { path } => {
+                // The bytes the report showed (rendered once, in `migrate`).
+                let Some(text) = files.get(path) else {
+                    return Err(step_err(
+                        &cp.name,
+                        format!(
+                            "no content was prepared for {} (a bug); nothing more was written",
+                            path.display()
+                        ),
+                    ));
+                };
+                write_file(
+                    host,
+                    Some(&cp.name),
+                    path,
+                    targets.get(path),
+                    text,
+                    stamp,
+                    rec,
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -300,17 +544,6 @@ fn protect(host: &HostRoot, legacy: &Path, done: &mut Vec<String>) {
 fn is_ours(text: &[u8]) -> bool {
     let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
     first.starts_with(b"# ") && first.windows(12).any(|w| w == b"nixos-nspawn")
-}
-
-/// The content of a file an imperative container's plan writes (the report shows the same
-/// bytes, see [`crate::plan::imperative_nspawn_text`]).
-fn file_text(step: &Step, inst: &crate::translate::Instance) -> String {
-    match step {
-        Step::WriteNspawn { .. } => crate::plan::imperative_nspawn_text(inst),
-        Step::WriteDropin { .. } => crate::plan::imperative_dropin_text(inst),
-        Step::WriteGuestFile { path } => inst.guest_files.get(path).cloned().unwrap_or_default(),
-        _ => crate::render::nix::imperative_file(inst),
-    }
 }
 
 /// What the read-only checks of every destination found ([`check_destinations`]).
@@ -357,7 +590,7 @@ pub fn check_destinations(
         let name = cp.name.as_str();
         for step in &cp.steps {
             match step {
-                Step::CopyState { from, to } if opts.state != StateArg::Skip => {
+                Step::CopyState { from, to } if opts.state_of(name) != StateArg::Skip => {
                     match check_dir_dest(host, to, &legacy_roots, &[], false) {
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
@@ -368,7 +601,10 @@ pub fn check_destinations(
                                 format!("container {name}: {}", to.display()),
                             ));
                             // A finished copy needs nothing more; otherwise the whole tree.
-                            if space && opts.state == StateArg::Copy && probe.existing.is_none() {
+                            if space
+                                && opts.state_of(name) == StateArg::Copy
+                                && probe.existing.is_none()
+                            {
                                 match host
                                     .confined_real_path(from)
                                     .map_err(|e| format!("cannot resolve {}: {e}", from.display()))
@@ -415,6 +651,12 @@ pub fn check_destinations(
                 None => p,
             }),
             Ok((t, nearest)) => {
+                if container.is_none()
+                    && !opts.force
+                    && let Some(p) = would_drop(host, &t.resolved, path, m)
+                {
+                    c.problems.push(p);
+                }
                 claim(&mut claimed, &t.resolved, who, &mut c.problems);
                 redirect(&mut c.redirects, path, &t.resolved);
                 c.dirs.push((nearest, path.display().to_string()));
@@ -423,6 +665,34 @@ pub fn check_destinations(
         }
     }
     c
+}
+
+/// The declarative file of an earlier run holds containers this run would drop from it (a
+/// run writes the whole file from the containers it migrates): say which, and the ways out.
+fn would_drop(host: &HostRoot, resolved: &Path, shown: &Path, m: &Migration) -> Option<String> {
+    let old = host.read_to_string(resolved).ok()?;
+    let now: Vec<&str> = m
+        .report
+        .containers
+        .iter()
+        .filter(|c| c.kind == "declarative")
+        .map(|c| c.name.as_str())
+        .collect();
+    let dropped: Vec<String> = crate::nix_block::instance_names(&old)
+        .into_iter()
+        .filter(|n| !now.contains(&n.as_str()))
+        .collect();
+    (!dropped.is_empty()).then(|| {
+        format!(
+            "{} already holds the migrated container(s) {}, which this run would drop from it (a run writes the \
+             whole file from the containers it migrates). Include them (--only {} …) while their legacy definitions \
+             still exist, or write this batch to another file (--output /etc/nixos/nspawn-containers-2.nix) and \
+             import both; --force replaces the file anyway (the old one is kept as a backup)",
+            shown.display(),
+            dropped.join(", "),
+            dropped.join(" --only ")
+        )
+    })
 }
 
 /// Every check that can fail, for every container and every destination, before anything is
@@ -485,6 +755,7 @@ fn preflight(
         let n = problems.len();
         Err(StepError {
             container: None,
+            refused: Some(problems.clone()),
             message: format!(
                 "nothing was changed: {} found before the first write:\n- {}",
                 if n == 1 {
@@ -810,7 +1081,6 @@ fn describe_outcome(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_file(
     host: &HostRoot,
     container: Option<&str>,
@@ -818,13 +1088,14 @@ fn write_file(
     target: Option<&FileTarget>,
     text: &str,
     stamp: u64,
-    done: &mut Vec<String>,
-    written: &mut Vec<PathBuf>,
+    rec: &mut Record,
 ) -> Result<(), StepError> {
     let fail = |message: String| StepError {
         container: container.map(str::to_string),
         message,
+        refused: None,
     };
+    let done = &mut rec.done;
     let Some(target) = target else {
         return Err(fail(format!(
             "{} was not checked before the first write (a bug); nothing more was written",
@@ -864,7 +1135,7 @@ fn write_file(
     match host.write_atomic(&target.resolved, text.as_bytes(), 0o644) {
         Ok((Written::Changed, resolved)) => {
             done.push(format!("wrote {shown}"));
-            written.push(resolved);
+            rec.files.push(resolved);
             Ok(())
         }
         Ok((Written::Unchanged, _)) => {
@@ -897,7 +1168,7 @@ fn check_not_running(
 /// `Some(state)` when the unit is running in some way, `None` when it is stopped. On an
 /// offline root nobody is asked: the live systemd knows nothing about that disk's containers,
 /// and a container of the same name on this machine is another container.
-fn unit_state(
+pub fn unit_state(
     name: &str,
     unit: &str,
     host: &HostRoot,
@@ -953,7 +1224,10 @@ pub trait CopyProgress: state::Progress {
     fn as_progress(&self) -> &dyn state::Progress;
 }
 
-fn make_progress() -> Box<dyn CopyProgress> {
+fn make_progress(kind: ProgressKind) -> Box<dyn CopyProgress> {
+    if kind == ProgressKind::None {
+        return Box::new(Silent);
+    }
     let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
     if interactive {
         Box::new(BarProgress::new())
@@ -1080,6 +1354,23 @@ impl CopyProgress for LineProgress {
     fn finish(&self) {
         self.print();
     }
+    fn as_progress(&self) -> &dyn state::Progress {
+        self
+    }
+}
+
+/// `--quiet`: no progress at all.
+struct Silent;
+
+impl state::Progress for Silent {
+    fn total(&self, _: u64, _: u64) {}
+    fn entry_done(&self) {}
+    fn bytes_done(&self, _: u64) {}
+}
+
+impl CopyProgress for Silent {
+    fn start(&self, _: &str) {}
+    fn finish(&self) {}
     fn as_progress(&self) -> &dyn state::Progress {
         self
     }

@@ -6,6 +6,7 @@ use nixos_nspawn::error::{Error, exit};
 use nixos_nspawn::execute;
 use nixos_nspawn::host::HostRoot;
 use nixos_nspawn::migrate;
+use nixos_nspawn::plan_file;
 use nixos_nspawn::runner::Runner;
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,11 +36,69 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Migrate(args) => run_migrate(&cli.root, &args, cli.verbose),
+        Command::Completions { shell } => print(&nixos_nspawn::cli::completions(shell)),
+        Command::Man => print(
+            &nixos_nspawn::cli::man_page()
+                .map_err(|e| Error::Other(format!("cannot render the man page: {e}")))?,
+        ),
         Command::Imperative(cmd) => nixos_nspawn::imperative::run(&cli.root, cli.verbose, cmd),
     }
 }
 
 fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
+    use nixos_nspawn::rollback;
+    for (names, command) in [
+        (&args.rollback, rollback::Command::Rollback),
+        (&args.cleanup, rollback::Command::Cleanup),
+    ] {
+        if !names.is_empty() {
+            return rollback::run(
+                root, names, command, args.yes, args.force, args.json, args.quiet, verbose,
+            );
+        }
+    }
+    // A plan file brings its own options: the run is derived exactly as the plan was.
+    let (plan_in, args) = match &args.plan_in {
+        None => (None, args.clone()),
+        Some(path) => {
+            if !args.dry_run && !args.yes {
+                return Err(Error::Usage(
+                    "--plan-in needs --yes (carry the plan out) or --dry-run (check that it still applies)"
+                        .to_string(),
+                ));
+            }
+            let plan = plan_file::load(path)
+                .map_err(|e| Error::Refused(format!("--plan-in {}: {e}", path.display())))?;
+            let o = &plan.options;
+            let bad = |e: String| Error::Refused(format!("--plan-in {}: {e}", path.display()));
+            let args = MigrateArgs {
+                config: o.config.clone(),
+                from_json: o.from_json.clone(),
+                host: o.host.clone(),
+                output: o.output.clone(),
+                only: o.only.clone(),
+                exclude: o.exclude.clone(),
+                state: o.state_arg().map_err(bad)?,
+                verify: o.verify_arg().map_err(bad)?,
+                stop: o.stop,
+                force: o.force,
+                ..args.clone()
+            };
+            (Some((path.clone(), plan)), args)
+        }
+    };
+    // Ordinary paths made absolute once: a plan saved from one directory applies from another,
+    // and the files read are named the same way in both.
+    let mut args = args;
+    for p in [&mut args.config, &mut args.from_json]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(abs) = std::path::absolute(&*p) {
+            *p = abs;
+        }
+    }
+    let args = &args;
     if args.rewrite && !args.dry_run && !args.yes {
         return Err(Error::Usage(
             "--rewrite edits the host's own Nix files: give --dry-run to see the diff, or --yes \
@@ -47,12 +106,24 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
-    if !args.dry_run && !args.yes {
+    if args.plan_out.is_some() && !args.dry_run {
         return Err(Error::Usage(
-            "migrate needs --dry-run (show the plan) or --yes (carry it out without asking)\n\n\
-             The interactive mode that asks before each step is not available yet."
+            "--plan-out saves the plan of a dry run: add --dry-run (then apply it with --yes --plan-in FILE)"
                 .to_string(),
         ));
+    }
+    if !args.dry_run && !args.yes {
+        use std::io::IsTerminal;
+        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            // Never wait for an answer nobody can give, never guess one.
+            return Err(Error::Usage(
+                "migrate without --dry-run or --yes asks before each step, but there is no terminal \
+                 to ask on (stdin or stderr is not a terminal)\n\n\
+                 Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
+                 fleets), or run it from a terminal."
+                    .to_string(),
+            ));
+        }
     }
     let mut host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
@@ -77,6 +148,16 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 p.display()
             )));
         }
+    }
+    if !args.dry_run && !args.yes {
+        if args.json || args.plan_in.is_some() {
+            return Err(Error::Usage(
+                "--json and --plan-in are for runs without questions: add --dry-run (show) or --yes (carry out)"
+                    .to_string(),
+            ));
+        }
+        // A terminal (checked above): ask before each step.
+        return nixos_nspawn::interactive::run(root, args, verbose);
     }
     if args.stop && !host.is_live() {
         return Err(Error::Usage(format!(
@@ -123,22 +204,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         }
     }
     let mut legacy = migrate::scan(&host, &opts);
-    if !args.only.is_empty() {
-        let known: Vec<String> = legacy.containers.iter().map(|c| c.name.clone()).collect();
-        for want in &args.only {
-            if !known.contains(want) {
-                return Err(Error::Usage(format!(
-                    "--only {want}: no legacy container of that name\n\nKnown containers: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            }
-        }
-        legacy.containers.retain(|c| args.only.contains(&c.name));
-    }
+    nixos_nspawn::interactive::select(&mut legacy, &args.only, &args.exclude)?;
     let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());
     // --rewrite: planned (files read) while the tree is still seen read-only.
     let rewrite = args.rewrite.then(|| {
@@ -158,6 +224,12 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         verify: args.verify,
         stop: args.stop,
         force: args.force,
+        progress: if args.quiet {
+            execute::ProgressKind::None
+        } else {
+            execute::ProgressKind::Auto
+        },
+        state_for: Default::default(),
     };
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
@@ -178,16 +250,46 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             rewrite_problems.join("\n  ")
         )));
     }
-    let mut failure = None;
+    // The plan file is made (or compared) while the host is still seen read-only and noatime.
+    let ordinary: Vec<std::path::PathBuf> = args
+        .config
+        .iter()
+        .chain(args.from_json.iter())
+        .cloned()
+        .collect();
+    let derived = (args.plan_out.is_some() || plan_in.is_some())
+        .then(|| plan_file::make(&host, &migration, plan_options(args), &ordinary));
+    let mut refusal = None;
+    if let (Some((path, plan)), Some(now)) = (&plan_in, &derived) {
+        let why = plan_file::differences(plan, now);
+        if !why.is_empty() {
+            refusal = Some(execute::StepError {
+                container: None,
+                message: format!(
+                    "nothing was changed: the plan {} does not apply to this host as it is now:\n- {}\n\n\
+                     Make a new plan (migrate --dry-run --plan-out FILE), review it, and apply that one.",
+                    path.display(),
+                    why.join("\n- ")
+                ),
+                refused: Some(why),
+            });
+        }
+    }
     if view && let Err(e) = host.end_read_only_view() {
         return Err(Error::Other(format!(
             "cannot lift the read-only view of {} after reading it: {e}; nothing was changed",
             root.display()
         )));
     }
-    if args.yes
+    let mut failure = None;
+    if let Some(e) = refusal {
+        migration.report.set_error(e.to_run_error(), true);
+        failure = Some(e);
+    } else if args.yes
         && let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }, checked)
     {
+        // The report carries the error too, so that a fleet reading --json sees why.
+        migration.report.set_error(e.to_run_error(), e.is_refusal());
         failure = Some(e);
     }
     // The host's files are rewritten last, once everything else was done.
@@ -221,24 +323,77 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             print!("{text}");
         }
     }
+    if let (Some(path), Some(plan)) = (&args.plan_out, &derived) {
+        plan_file::save(plan, path).map_err(|e| {
+            Error::Other(format!(
+                "--plan-out {}: cannot write the plan: {e}",
+                path.display()
+            ))
+        })?;
+        if !args.quiet && !args.json {
+            eprintln!(
+                "nixos-nspawn: plan saved to {}; review it, then apply exactly it with: \
+                 nixos-nspawn{} migrate --yes --plan-in {}",
+                path.display(),
+                if root == std::path::Path::new("/") {
+                    String::new()
+                } else {
+                    format!(" --root {}", root.display())
+                },
+                path.display()
+            );
+        }
+    }
     let report = &migration.report;
     let text = if args.json {
         report.to_json()
+    } else if args.quiet {
+        String::new()
     } else {
         report.to_text()
     };
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}") {
+    let printed = if text.is_empty() {
+        Ok(())
+    } else {
+        writeln!(out, "{text}")
+    };
+    match printed {
         Ok(()) => {}
         // A closed pipe (`| head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
         Err(e) => return Err(Error::Other(format!("cannot write the report: {e}"))),
     }
     if let Some(e) = failure {
-        return Err(Error::Other(e.to_string()));
+        return Err(Error::Step(e));
     }
     if let Some(e) = rewrite_failure {
         return Err(Error::Other(format!("--rewrite: {e}")));
     }
     Ok(report.summary.exit_code)
+}
+
+/// Write generated text to stdout; a closed pipe is not an error.
+fn print(bytes: &[u8]) -> Result<u8, Error> {
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => Ok(exit::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::SUCCESS),
+        Err(e) => Err(Error::Other(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// The options a plan is derived with (saved in the plan file).
+fn plan_options(args: &MigrateArgs) -> plan_file::PlanOptions {
+    plan_file::PlanOptions {
+        config: args.config.clone(),
+        from_json: args.from_json.clone(),
+        host: args.host.clone(),
+        output: args.output.clone(),
+        only: args.only.clone(),
+        exclude: args.exclude.clone(),
+        state: plan_file::state_name(args.state).to_string(),
+        verify: plan_file::verify_name(args.verify).to_string(),
+        stop: args.stop,
+        force: args.force,
+    }
 }

@@ -479,6 +479,7 @@ pub fn prepare(
         done: Vec::new(),
         redirects: BTreeMap::new(),
         files_read: legacy.files_read.clone(),
+        error: None,
         // Counted from the warnings by finish_summary below.
         summary: Summary::default(),
     };
@@ -547,8 +548,34 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
             .collect(),
         translated: i.applied.clone(),
         warnings,
+        status: if steps
+            .iter()
+            .any(|s| matches!(s, plan::Step::Blocked { .. }))
+        {
+            crate::report::ContainerStatus::Blocked
+        } else {
+            crate::report::ContainerStatus::Planned
+        },
+        files: steps
+            .iter()
+            .filter_map(|s| Some((s.written_file()?.to_path_buf(), file_text(s, i)?)))
+            .collect(),
         plan: steps,
         done: Vec::new(),
+        files_written: Vec::new(),
+        record: None,
         state_result: None,
     }
+}
+
+/// The exact content a file-writing step writes. Rendered once, here: the report shows these
+/// bytes and `execute` writes them, so what was reviewed is what lands on disk.
+fn file_text(step: &plan::Step, inst: &Instance) -> Option<String> {
+    Some(match step {
+        plan::Step::WriteNspawn { .. } => plan::imperative_nspawn_text(inst),
+        plan::Step::WriteDropin { .. } => plan::imperative_dropin_text(inst),
+        plan::Step::WriteContainerFile { .. } => render::nix::imperative_file(inst),
+        plan::Step::WriteGuestFile { path } => inst.guest_files.get(path)?.clone(),
+        _ => return None,
+    })
 }

@@ -34,6 +34,17 @@ pub enum Step {
 }
 
 impl Step {
+    /// The file this step writes, for the steps that write one.
+    pub fn written_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Step::WriteNspawn { path }
+            | Step::WriteContainerFile { path }
+            | Step::WriteDropin { path }
+            | Step::WriteGuestFile { path } => Some(path),
+            _ => None,
+        }
+    }
+
     /// One line for the human report.
     pub fn describe(&self) -> String {
         match self {

@@ -10,7 +10,7 @@ use crate::warnings::{Category, Warning};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const REPORT_VERSION: u32 = 1;
 
@@ -47,13 +47,79 @@ pub struct ContainerReport {
     /// What happened (filled by a real run; absent in a dry run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
+    /// Every file this container's steps write, host path → the exact bytes written (the
+    /// imperative container file, its trusted `.nspawn` file and drop-in). What the dry run
+    /// shows here is what `--yes` writes, byte for byte.
+    pub files: BTreeMap<PathBuf, String>,
+    /// Where the run got with this container: `planned` (dry run), `done`, `failed`,
+    /// `not-reached` (an earlier failure or refusal stopped the run), `blocked`, `excluded`.
+    pub status: ContainerStatus,
+    /// Files a real run wrote for this container (as resolved inside the root).
+    pub files_written: Vec<PathBuf>,
+    /// The migration record `--rollback`/`--cleanup` work from (written by a real run before
+    /// the container's first step; not a configuration file, so not in `files_written`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<PathBuf>,
     /// What the state step did: counts, verification by method, inode flags (real run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_result: Option<crate::state::StateSummary>,
 }
 
+/// Where a run got with one container (see [`ContainerReport::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerStatus {
+    Planned,
+    Done,
+    Failed,
+    NotReached,
+    Blocked,
+    Excluded,
+}
+
+/// How a run ended, for fleets: the same four outcomes as the exit codes (see `--help`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Done (dry run: can be done) without follow-up. Exit 0.
+    #[default]
+    Success,
+    /// Done (dry run: can be done), but warnings need a human. Exit 3.
+    FollowUp,
+    /// A precondition failed; nothing was written. Exit 4.
+    Refused,
+    /// A step failed; what was done before it stays done. Exit 1.
+    Failed,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        use crate::error::exit;
+        match self {
+            Outcome::Success => exit::SUCCESS,
+            Outcome::FollowUp => exit::NEEDS_FOLLOW_UP,
+            Outcome::Refused => exit::REFUSED,
+            Outcome::Failed => exit::ERROR,
+        }
+    }
+}
+
+/// Why a run was refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunError {
+    /// The container the failure belongs to; absent for host-wide checks and files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub message: String,
+    /// For a refusal: every problem found before the first write, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
+    /// How the run ended; `exit_code` is the process's exit code for it.
+    pub outcome: Outcome,
     pub containers: usize,
     pub needs_human: usize,
     pub changed_meaning: usize,
@@ -86,6 +152,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
     pub files_read: Vec<PathBuf>,
+    /// Why the run was refused or failed (`summary.outcome` is `refused` or `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
     pub summary: Summary,
 }
 
@@ -104,16 +173,30 @@ impl Report {
                 Category::ChangedMeaning => changed += 1,
             }
         }
+        let outcome = match &self.error {
+            Some(_) if self.summary.outcome == Outcome::Refused => Outcome::Refused,
+            Some(_) => Outcome::Failed,
+            None if human > 0 => Outcome::FollowUp,
+            None => Outcome::Success,
+        };
         self.summary = Summary {
+            outcome,
             containers: self.containers.len(),
             needs_human: human,
             changed_meaning: changed,
-            exit_code: if human > 0 {
-                crate::error::exit::NEEDS_FOLLOW_UP
-            } else {
-                crate::error::exit::SUCCESS
-            },
+            exit_code: outcome.exit_code(),
         };
+    }
+
+    /// Record why the run stopped; `refused` when nothing was written.
+    pub fn set_error(&mut self, error: RunError, refused: bool) {
+        self.error = Some(error);
+        self.summary.outcome = if refused {
+            Outcome::Refused
+        } else {
+            Outcome::Failed
+        };
+        self.finish_summary();
     }
 
     pub fn to_json(&self) -> String {
@@ -179,29 +262,33 @@ impl Report {
             for d in &c.done {
                 let _ = writeln!(o, "    done: {}", safe(&d.to_string()));
             }
-            let _ = writeln!(
-                o,
-                "\n  new configuration ({}):",
-                if c.kind == "imperative" {
-                    "container file"
-                } else {
-                    "Nix"
-                }
-            );
-            indent(&mut o, &c.nix, "    ");
-            let _ = writeln!(o, "\n  {}.nspawn:", safe(&c.name));
-            indent(&mut o, &c.nspawn, "    ");
+            if c.files.is_empty() {
+                let _ = writeln!(o, "\n  new configuration (its part of the Nix file below):");
+                indent(&mut o, &c.nix, "    ");
+                let _ = writeln!(
+                    o,
+                    "\n  {}.nspawn (generated by the nixos-nspawn module at build time):",
+                    safe(&c.name)
+                );
+                indent(&mut o, &c.nspawn, "    ");
+            }
+            for (path, text) in &c.files {
+                write_exact(&mut o, path, text, self.dry_run);
+            }
             for (file, text) in &c.networkd {
                 let _ = writeln!(o, "\n  {}:", safe(&file.to_string()));
                 indent(&mut o, text, "    ");
             }
-            if let Some(d) = &c.dropin {
+            if let Some(d) = c.dropin.as_ref().filter(|_| c.files.is_empty()) {
                 let _ = writeln!(
                     o,
-                    "\n  drop-in for systemd-nspawn@{}.service:",
+                    "\n  systemd-nspawn@{}.service drop-in (generated by the module):",
                     safe(&c.name)
                 );
                 indent(&mut o, d, "    ");
+            }
+            if !self.dry_run {
+                let _ = writeln!(o, "\n  status: {}", c.status.as_str());
             }
         }
         if !self.problems.is_empty() || !self.redirects.is_empty() {
@@ -237,6 +324,9 @@ impl Report {
                     .map(|f| f.to_string_lossy())
                     .unwrap_or_default()
             );
+            if let Some(text) = &self.nix_file {
+                write_exact(&mut o, out, text, self.dry_run);
+            }
         }
         for d in &self.done {
             let _ = writeln!(o, "done: {}", safe(&d.to_string()));
@@ -247,8 +337,53 @@ impl Report {
             "\n{} container(s); {} point(s) need a human, {} changed meaning.",
             s.containers, s.needs_human, s.changed_meaning
         );
+        if let Some(e) = &self.error {
+            let _ = writeln!(
+                o,
+                "{}: {}",
+                if s.outcome == Outcome::Refused {
+                    "REFUSED, nothing was written"
+                } else {
+                    "FAILED"
+                },
+                e.message
+            );
+        }
         o
     }
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Planned => "planned",
+            ContainerStatus::Done => "done",
+            ContainerStatus::Failed => "failed",
+            ContainerStatus::NotReached => "not reached (the run stopped before it)",
+            ContainerStatus::Blocked => "blocked",
+            ContainerStatus::Excluded => "excluded",
+        }
+    }
+}
+
+/// A file exactly as it is (or would be) written, between two marker lines, not indented: the
+/// bytes between the markers are the file's bytes.
+fn write_exact(o: &mut String, path: &Path, text: &str, dry_run: bool) {
+    let _ = writeln!(
+        o,
+        "\n──── {} ({}, exactly these bytes) ────",
+        safe_path(path),
+        if dry_run {
+            "would be written"
+        } else {
+            "written"
+        }
+    );
+    o.push_str(text);
+    if !text.ends_with('\n') {
+        o.push_str("\n[no newline at the end of the file]\n");
+    }
+    let _ = writeln!(o, "──── end of {} ────", safe_path(path));
 }
 
 /// `name` is the container the warning is about: a control character in it (a file

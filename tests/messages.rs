@@ -91,7 +91,8 @@ fn a_symlinked_machines_dir_works_or_is_named() {
     std::fs::write(r.join("srv/notadir"), "").unwrap();
     symlink("/srv/notadir", r.join("var/lib/machines")).unwrap();
     let out = migrate(r, &["--yes", "--only", "web"]);
-    assert_eq!(out.status.code(), Some(1));
+    // 4: refused before the first write (see `--help`, "Exit codes").
+    assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("container web: /var/lib/machines/web cannot be created: /srv/notadir is not a directory")

@@ -36,9 +36,10 @@ fn refused_aged(root: &TestRoot, extra: &[&str], needles: &[&str]) -> String {
     let before = snapshot(root.path());
     let out = yes(root.path(), &stand_ins, extra);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // 4: refused before the first write (see `--help`, "Exit codes").
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(4),
         "{extra:?} was not refused:\n{err}"
     );
     assert!(

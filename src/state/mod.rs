@@ -196,6 +196,17 @@ pub enum StateOutcome {
     Skipped,
 }
 
+/// Remove `name` in the directory `dir`, whatever it is: directories recursively, never
+/// following a symlink, one fd-relative step at a time. For `migrate --rollback` and
+/// `--cleanup`, which remove trees the migration made or the administrator asked to remove.
+///
+/// # Errors
+///
+/// The first `unlinkat` that fails (e.g. `EPERM` on a `chattr +i` file).
+pub fn remove_tree_at(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    sys::remove_all_at(dir, name).map_err(Into::into)
+}
+
 /// The destination filesystem cannot hold some inode flags of the legacy state (`+C` on XFS or
 /// ext4, …), or the state has flags the engine does not copy.
 pub const INODE_FLAGS_LOST: crate::warnings::WarningSpec = crate::warnings::WarningSpec {

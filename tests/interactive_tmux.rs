@@ -1,0 +1,399 @@
+//! The interactive `migrate`, driven in a real terminal (tmux send-keys / capture-pane) as a
+//! person would: accepting one container and declining another, Ctrl-C at a question (nothing
+//! changed), Ctrl-C during a copy, resuming it, and rolling back afterwards (legacy identical).
+//! Each test runs its own tmux server (`-L` socket named after the pid), killed on drop.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use util::*;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+struct Tmux {
+    socket: String,
+    exit_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// Start `nixos-nspawn --root ROOT migrate ARGS` in a fresh terminal, with `env` set.
+    fn start(root: &Path, stand_ins: &StandIns, args: &[&str], env: &[(&str, &str)]) -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = format!(
+            "nn-it-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let exit_file = dir.path().join("exit");
+        let mut cmd = format!("env PATH='{}' TERM=xterm-256color", stand_ins.path_env());
+        for (k, v) in env {
+            cmd.push_str(&format!(" {k}='{v}'"));
+        }
+        cmd.push_str(&format!(
+            " '{}' --root '{}' migrate",
+            env!("CARGO_BIN_EXE_nixos-nspawn"),
+            root.display()
+        ));
+        for a in args {
+            cmd.push_str(&format!(" '{a}'"));
+        }
+        cmd.push_str(&format!("; echo $? > '{}'; sleep 600", exit_file.display()));
+        let st = Command::new("tmux")
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "200",
+                "-y",
+                "50",
+            ])
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Tmux {
+            socket,
+            exit_file,
+            _dir: dir,
+        }
+    }
+
+    /// Everything the terminal showed so far (scrollback included), without escapes.
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-J",
+                "-S",
+                "-",
+                "-E",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The screen with its escape sequences (colours).
+    fn screen_escaped(&self) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-e",
+                "-S",
+                "-",
+                "-E",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait until the screen shows `needle` `times` times; panic with the screen otherwise.
+    fn wait_for_n(&self, needle: &str, times: usize) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.matches(needle).count() >= times {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                panic!("timed out waiting for {needle:?}; the terminal shows:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_n(needle, 1)
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let st = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys"])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // Let the program read them before the next question is awaited.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// The exit code of the run.
+    fn exit_code(&self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&self.exit_file)
+                && let Ok(n) = s.trim().parse()
+            {
+                return n;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                panic!(
+                    "the run did not end; the terminal shows:\n{}",
+                    self.screen()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+fn have_tmux() -> bool {
+    have_tool("tmux", "tmux")
+}
+
+const LEGACY: &[&str] = &[
+    "etc/nixos-containers",
+    "var/lib/nixos-containers",
+    "nix/var/nix/profiles/per-container",
+];
+
+fn legacy_snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut all = std::collections::BTreeMap::new();
+    for l in LEGACY {
+        for (k, v) in snapshot(&root.join(l)) {
+            all.insert(Path::new(l).join(k), v);
+        }
+    }
+    all
+}
+
+#[test]
+fn accept_one_decline_the_other_and_get_the_next_steps() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let t = Tmux::start(
+        root.path(),
+        &stand_ins,
+        &["--only", "db", "--only", "web"],
+        &[("NO_COLOR", "1")],
+    );
+    let s = t.wait_for("Migrate db now?");
+    // The table, then db's diff against its old definition.
+    for needle in [
+        "NAME",
+        "NETWORK",
+        "NEEDS A HUMAN",
+        "db",
+        "declarative",
+        "host",
+        "private veth",
+        "--- old: /etc/nixos/configuration.nix:",
+        "+   nixos.containers.instances.db = {",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not shown:\n{s}");
+    }
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of db come across?");
+    t.keys(&["Enter"]); // copy, the default
+    t.wait_for("Migrate web now?");
+    t.keys(&["n", "Enter"]);
+    t.wait_for("web is left untouched");
+    let s = t.wait_for("Carry this out now?");
+    assert!(s.contains("db: copy the state"), "{s}");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Next steps");
+    let code = t.exit_code();
+    assert!(code == 0 || code == 3, "exit {code}\n{s}");
+    let s = t.screen();
+    for needle in [
+        "state copied /var/lib/nixos-containers/db → /var/lib/machines/db",
+        "wrote /etc/nixos/nspawn-containers.nix",
+        "containers.db: /etc/nixos/configuration.nix:",
+        "nixos-rebuild boot",
+        "machinectl start",
+        "migrate --rollback db",
+        "migrate --cleanup db",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not shown:\n{s}");
+    }
+    assert!(root.path().join("var/lib/machines/db").is_dir());
+    assert!(!root.path().join("var/lib/machines/web").exists());
+    let nix = std::fs::read_to_string(root.path().join("etc/nixos/nspawn-containers.nix")).unwrap();
+    assert!(
+        nix.contains("instances.db") && !nix.contains("instances.web"),
+        "{nix}"
+    );
+    // NO_COLOR: no colour escapes anywhere on the screen.
+    assert!(
+        !t.screen_escaped().contains("\x1b[3"),
+        "colours despite NO_COLOR"
+    );
+}
+
+#[test]
+fn ctrl_c_at_a_question_changes_nothing_and_says_so() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    age_atimes(root.path());
+    let before = snapshot(root.path());
+    let t = Tmux::start(root.path(), &stand_ins, &["--only", "db"], &[]);
+    let s = t.wait_for("Migrate db now?");
+    // Colours on a terminal by default.
+    assert!(t.screen_escaped().contains("\x1b["), "no colours:\n{s}");
+    t.keys(&["C-c"]);
+    let s = t.wait_for("Interrupted at a question: nothing was changed");
+    assert_eq!(t.exit_code(), 130, "{s}");
+    assert_same(
+        "after Ctrl-C at a question",
+        &before,
+        &snapshot(root.path()),
+    );
+}
+
+#[test]
+fn ctrl_c_during_the_copy_then_resume_then_rollback() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    // Enough files, copied by one worker, that the copy takes a few seconds.
+    let many = root.path().join("var/lib/nixos-containers/db/var/lib/many");
+    for d in 0..60 {
+        let dir = many.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let stand_ins = StandIns::new(&[]);
+    age_atimes(root.path());
+    let legacy_before = legacy_snapshot(root.path());
+    let env = [("NIXOS_NSPAWN_STATE_WORKERS", "1"), ("NO_COLOR", "1")];
+    let t = Tmux::start(root.path(), &stand_ins, &["--only", "db"], &env);
+    t.wait_for("Migrate db now?");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of db come across?");
+    t.keys(&["Enter"]);
+    t.wait_for("Carry this out now?");
+    t.keys(&["Enter"]);
+    let staging = root
+        .path()
+        .join("var/lib/machines/.db.partial/tree/var/lib/many");
+    let start = Instant::now();
+    while !staging.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.keys(&["C-c"]);
+    let code = t.exit_code();
+    let s = t.screen();
+    if code != 130 {
+        eprintln!(
+            "the copy finished before Ctrl-C arrived (exit {code}); interrupt case not reached"
+        );
+        return;
+    }
+    for needle in [
+        "Interrupted during the migration of db",
+        "run `nixos-nspawn --root",
+        "--rollback db",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not shown:\n{s}");
+    }
+    assert!(root.path().join("var/lib/machines/.db.partial").is_dir());
+    assert!(!root.path().join("var/lib/machines/db").exists());
+    drop(t);
+
+    // Resume: the table says so, the copy continues and finishes.
+    let t = Tmux::start(root.path(), &stand_ins, &["--only", "db"], &env);
+    let s = t.wait_for("Migrate db now?");
+    assert!(s.contains("copy interrupted"), "{s}");
+    assert!(
+        s.contains("an interrupted copy of db waits to be resumed"),
+        "{s}"
+    );
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of db come across?");
+    t.keys(&["Enter"]);
+    t.wait_for("Carry this out now?");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Next steps");
+    assert!(s.contains("resumed an interrupted run"), "{s}");
+    assert!(matches!(t.exit_code(), 0 | 3));
+    assert!(
+        root.path()
+            .join("var/lib/machines/db/var/lib/many/d59/f99")
+            .is_file()
+    );
+    assert!(!root.path().join("var/lib/machines/.db.partial").exists());
+    drop(t);
+
+    // And back: the legacy container is exactly as it was.
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["migrate", "--rollback", "db", "--yes"])
+        .env("PATH", stand_ins.path_env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!root.path().join("var/lib/machines/db").exists());
+    assert_same(
+        "legacy after Ctrl-C, resume and rollback",
+        &legacy_before,
+        &legacy_snapshot(root.path()),
+    );
+}
+
+#[test]
+fn rollback_asks_on_a_terminal_and_no_changes_nothing() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["migrate", "--yes", "-q", "--only", "db"])
+        .env("PATH", stand_ins.path_env())
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 3)));
+    let t = Tmux::start(root.path(), &stand_ins, &["--rollback", "db"], &[]);
+    t.wait_for("Roll back db?");
+    t.keys(&["Enter"]); // the default is no
+    t.wait_for("Nothing was done.");
+    assert_eq!(t.exit_code(), 0);
+    assert!(root.path().join("var/lib/machines/db").is_dir());
+}
