@@ -11,6 +11,12 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setfattr >/dev/null || need+=(attr)
 command -v rsync >/dev/null || need+=(rsync)
+# The state tests make small btrfs and XFS filesystems on loop devices (tests/state_fs.rs …)
+# and check inode flags with chattr/lsattr.
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
 # nft: checks the firewall rules the module gets from nixpkgs' firewall-nftables.nix, and loads
 # them for the DHCP-through-the-firewall test.
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)

@@ -1,33 +1,40 @@
 #!/usr/bin/env bash
-# Benchmarks the state engine against `cp -a` and `rsync -aHAXS --numeric-ids` with hyperfine.
+# Benchmarks the state engine against `cp -a` and `cp -a && sync`, on ext4, btrfs and XFS (each a
+# loop device, so all three are measured alike), with hyperfine; peak memory with GNU time.
 #
 #   scripts/bench-copy.sh [WORKDIR]      (as root; WORKDIR defaults to /var/tmp/nixos-nspawn-bench)
 #
 # Environment: SCALE (default 1.0) scales the number of small files and the size of the large
-# ones; LARGE_MB (default 256) the size of each of the 4 large files at SCALE 1; RUNS (default 5); COLD=1 drops the page cache before every run (affects the whole
-# machine); KEEP=1 keeps the trees.
+# ones; LARGE_MB (default 256) the size of each of the 4 large files at SCALE 1; RUNS (default 5);
+# FILESYSTEMS (default "ext4 btrfs xfs"); COLD=1 drops the page cache before every run (affects
+# the whole machine); KEEP=1 keeps the trees and images.
 #
-# Two synthetic rootfs trees are built once:
+# Two synthetic rootfs trees are built once (on WORKDIR's filesystem), then copied (without
+# reflinks) onto each test filesystem:
 #   small/  ~40k small files (0-9 KiB) in nested dirs, 2k symlinks (dangling absolute /nix/store
 #           ones, relative, /etc/static), 1k hard links, uids 100000+ and 2^31, setuid files,
 #           user.* xattrs, an access+default ACL, a fifo, a socket, a device node
 #   large/  4 large random files, a 1 GiB sparse file with 8 MiB of data, a few small files
-# and each is copied, round-robin, by:
-#   cp -a | cp -a + sync -f | rsync -aHAXS --numeric-ids
-#   engine (copy engine only: examples/copy_tree --raw)
-#   migrate none (migrate_state: staging dir, journal, syncfs, rename; no verification)
-#   migrate full (the same plus full verification: metadata + BLAKE3 of all contents)
-# The destination is moved aside and the filesystem synced before every run (not timed), so
-# no run pays for the previous one's writeback. Ratios are printed at the end.
+# On each filesystem, each tree is copied (source and copy on that filesystem; on btrfs the
+# destination is a subvolume of its own, as systemd makes /var/lib/machines), round-robin, by:
+#   cp -a            (coreutils >= 9 clones with FICLONE where it can, like the engine)
+#   cp -a + sync     (cp -a && sync -f: the data on disk, as the engine guarantees)
+#   migrate none     (migrate_state: staging dir, journal, syncfs, rename; no verification)
+#   migrate full     (the same plus full verification: metadata, and contents by shared
+#                     extents where source and copy share them, else BLAKE3 of both sides)
+# The output is removed and the filesystem synced before every run (not timed). Ratios (median
+# and best of the runs) and the peak RSS of one extra run of each command are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench-copy.sh: run as root (owners, devices, trusted xattrs)" >&2; exit 1; }
-for t in hyperfine rsync setfacl python3; do
+[ "$(id -u)" = 0 ] || { echo "bench-copy.sh: run as root (owners, devices, trusted xattrs, loop devices)" >&2; exit 1; }
+for t in hyperfine setfacl python3 mkfs.btrfs mkfs.xfs mkfs.ext4 losetup; do
   command -v "$t" >/dev/null || { echo "bench-copy.sh: $t is missing" >&2; exit 1; }
 done
+[ -x /usr/bin/time ] || { echo "bench-copy.sh: GNU time (/usr/bin/time, Debian package time) is missing" >&2; exit 1; }
 W=${1:-/var/tmp/nixos-nspawn-bench}
 SCALE=${SCALE:-1.0}
 RUNS=${RUNS:-5}
+FILESYSTEMS=${FILESYSTEMS:-ext4 btrfs xfs}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
 
@@ -107,72 +114,115 @@ for t in small large; do
     "$(find "$W/$t" | wc -l)" "$(du -sh --apparent-size "$W/$t" | cut -f1)" "$(du -sh "$W/$t" | cut -f1)"
 done
 
-# Outputs of an earlier run (maybe still being deleted) are moved out of the way.
-if [ -e "$W/trash" ]; then mv "$W/trash" "$W/trash.old.$$"; fi
-mkdir -p "$W/trash"
-# Before every run (not timed): the previous output goes away and its writeback is flushed.
-# Many small synced files are slow to delete on a filesystem mounted with `discard`, so the
-# small tree's outputs are moved aside and deleted at the end; large files delete quickly.
-prep_small="if [ -e $W/out ]; then mv $W/out $W/trash/out.\$\$.\$RANDOM; fi; rm -f $W/.out.journal; sync"
-prep_large="rm -rf $W/out $W/.out.journal; sync"
-if [ "${COLD:-0}" = 1 ]; then
-  prep_small="$prep_small; echo 3 > /proc/sys/vm/drop_caches"
-  prep_large="$prep_large; echo 3 > /proc/sys/vm/drop_caches"
-fi
+# One loop filesystem per kind, big enough for both trees and one copy of each.
+need_mb=$(( $(du -sm "$W/small" | cut -f1) + $(du -sm --apparent-size "$W/large" | cut -f1) ))
+img_mb=$(( need_mb * 3 + 512 ))
+mounted=()
+cleanup() {
+  for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" != 1 ]; then rm -f "$W"/fs-*.img; fi
+}
+trap cleanup EXIT
+for fs in $FILESYSTEMS; do
+  M=$W/mnt-$fs
+  mkdir -p "$M"
+  if ! mountpoint -q "$M"; then
+    rm -f "$W/fs-$fs.img"
+    truncate -s "${img_mb}M" "$W/fs-$fs.img"
+    case $fs in
+      btrfs) mkfs.btrfs -q -f "$W/fs-$fs.img" ;;
+      xfs) mkfs.xfs -q -f -m reflink=1 "$W/fs-$fs.img" ;;
+      ext4) mkfs.ext4 -q -F "$W/fs-$fs.img" ;;
+    esac
+    mount -o loop "$W/fs-$fs.img" "$M"
+    cp -a --reflink=never "$W/small" "$M/small"
+    cp -a --reflink=never "$W/large" "$M/large"
+    if [ "$fs" = btrfs ]; then btrfs -q subvolume create "$M/machines"; else mkdir -p "$M/machines"; fi
+    sync
+  fi
+  mounted+=("$M")
+done
 
-# Round-robin: run k of every command, then run k+1 of every command, so that drift in a
-# shared machine's load hits every command alike. hyperfine times each run.
-names=("cp -a" "cp -a + sync" "rsync -aHAXS" "engine" "migrate none" "migrate full")
+names=("cp -a" "cp -a + sync" "migrate none" "migrate full")
 rm -rf "$W/res"; mkdir -p "$W/res"
-for t in small large; do
-  S=$W/$t
-  D=$W/out
-  if [ "$t" = small ]; then prep=$prep_small; else prep=$prep_large; fi
-  cmds=("cp -a $S $D"
-        "cp -a $S $D && sync -f $D"
-        "rsync -aHAXS --numeric-ids $S/ $D/"
-        "COPY_TREE_QUIET=1 $BIN $S $D --raw"
-        "COPY_TREE_QUIET=1 $BIN $S $D --verify=none"
-        "COPY_TREE_QUIET=1 $BIN $S $D --verify=full")
-  # Warm-up: the source into the page cache.
-  cp -a "$S" "$D"; eval "$prep"
-  for r in $(seq "$RUNS"); do
-    for i in "${!cmds[@]}"; do
-      hyperfine --runs 1 --prepare "$prep" --export-json "$W/res/$t-$i-$r.json" \
-        -n "${names[$i]}" "${cmds[$i]}" >/dev/null
-      printf '%s run %s: %-14s %6.2f s\n' "$t" "$r" "${names[$i]}" \
-        "$(python3 -c "import json;print(json.load(open('$W/res/$t-$i-$r.json'))['results'][0]['times'][0])")"
+for fs in $FILESYSTEMS; do
+  M=$W/mnt-$fs
+  for t in small large; do
+    S=$M/$t
+    D=$M/machines/out
+    prep="rm -rf $D $M/machines/.out.journal; sync"
+    if [ "${COLD:-0}" = 1 ]; then prep="$prep; echo 3 > /proc/sys/vm/drop_caches"; fi
+    cmds=("cp -a $S $D"
+          "cp -a $S $D && sync -f $D"
+          "COPY_TREE_QUIET=1 $BIN $S $D --verify=none"
+          "COPY_TREE_QUIET=1 $BIN $S $D --verify=full")
+    # Warm-up: the source into the page cache.
+    cp -a "$S" "$D"; eval "$prep"
+    for r in $(seq "$RUNS"); do
+      # Round-robin: drift in a shared machine's load hits every command alike.
+      for i in "${!cmds[@]}"; do
+        hyperfine --runs 1 --prepare "$prep" --export-json "$W/res/$fs-$t-$i-$r.json" \
+          -n "${names[$i]}" "${cmds[$i]}" >/dev/null
+        printf '%-5s %s run %s: %-14s %6.2f s\n' "$fs" "$t" "$r" "${names[$i]}" \
+          "$(python3 -c "import json;print(json.load(open('$W/res/$fs-$t-$i-$r.json'))['results'][0]['times'][0])")"
+      done
     done
+    # Peak memory: one more run of each, under GNU time.
+    for i in "${!cmds[@]}"; do
+      eval "$prep"
+      /usr/bin/time -v -o "$W/res/$fs-$t-$i.mem" sh -c "${cmds[$i]}" >/dev/null
+    done
+    # Memory flat in the number of files: the engine on a quarter of the small tree.
+    if [ "$t" = small ]; then
+      eval "$prep"
+      /usr/bin/time -v -o "$W/res/$fs-quarter.mem" sh -c "COPY_TREE_QUIET=1 $BIN $S/usr0 $D --verify=full" >/dev/null
+      printf '%s' "$(find "$S/usr0" | wc -l)" > "$W/res/$fs-quarter.count"
+      printf '%s' "$(find "$S" | wc -l)" > "$W/res/$fs-small.count"
+    fi
+    eval "$prep"
   done
 done
 
-# Correctness of the last copy, by an independent tool.
-$BIN "$W/small" "$W/check" --verify=full >/dev/null
-diffs=$(rsync -naiHAXSc --numeric-ids "$W/small/" "$W/check/" | wc -l)
-echo "rsync -c sees $diffs differences between small/ and our copy"
-mv "$W/check" "$W/trash/check.$$"; rm -f "$W/.check.journal"
+# Correctness of a copy on each filesystem, by an independent tool.
+for fs in $FILESYSTEMS; do
+  M=$W/mnt-$fs
+  $BIN "$M/small" "$M/machines/check" --verify=full >/dev/null
+  echo "$fs: rsync -c sees $(rsync -naiHAXSc --numeric-ids "$M/small/" "$M/machines/check/" | wc -l) differences between small/ and our copy"
+  $BIN "$M/large" "$M/machines/checkl" --verify=full
+  rm -rf "$M/machines/check" "$M/machines/checkl" "$M/machines"/.check*.journal
+done
 
-python3 - "$W" <<'EOF'
-import glob, json, statistics, sys
-w = sys.argv[1]
-for t in ("small", "large"):
-    times = {}
-    for f in sorted(glob.glob(f"{w}/res/{t}-*.json")):
-        r = json.load(open(f))["results"][0]
-        times.setdefault(r["command"], []).extend(r["times"])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n== {t} (median of {len(next(iter(times.values())))} runs, seconds; min-max)")
-    for k, v in med.items():
-        print(f"  {k:14s} {v:7.2f}   ({min(times[k]):.2f}-{max(times[k]):.2f})")
-    best = {k: min(v) for k, v in times.items()}
-    print("  ratios                         median   best-of-runs")
-    for a, b in (("engine", "cp -a"), ("migrate none", "cp -a"), ("migrate none", "cp -a + sync"),
-                 ("migrate full", "cp -a"), ("migrate full", "cp -a + sync"), ("rsync -aHAXS", "cp -a")):
-        print(f"  {a + ' / ' + b:28s} = {med[a] / med[b]:6.2f}   {best[a] / best[b]:6.2f}")
-EOF
-
-# Deleting synced data is slow on a filesystem mounted with `discard`: do it in the background.
-if [ "${KEEP:-0}" != 1 ]; then
-  echo "deleting the outputs in $W/trash in the background"
-  (nice ionice -c3 rm -rf "$W"/trash* &)
-fi
+python3 - "$W" "$FILESYSTEMS" <<'PY'
+import glob, json, re, statistics, sys, os
+w, fses = sys.argv[1], sys.argv[2].split()
+names = ["cp -a", "cp -a + sync", "migrate none", "migrate full"]
+def rss(path):
+    try:
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path).read())
+        return int(m.group(1)) / 1024 if m else float("nan")
+    except OSError:
+        return float("nan")
+print("\n(the machine is shared and loaded: compare ratios within one run, not across runs)")
+for fs in fses:
+    for t in ("small", "large"):
+        times = {}
+        for i, n in enumerate(names):
+            for f in sorted(glob.glob(f"{w}/res/{fs}-{t}-{i}-*.json")):
+                times.setdefault(n, []).extend(json.load(open(f))["results"][0]["times"])
+        if not times:
+            continue
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items()}
+        print(f"\n== {fs} {t} ({len(times['cp -a'])} runs; seconds: median, best, worst; peak RSS)")
+        for i, k in enumerate(names):
+            print(f"  {k:14s} {med[k]:7.2f} {best[k]:7.2f} {max(times[k]):7.2f}   {rss(f'{w}/res/{fs}-{t}-{i}.mem'):7.1f} MB")
+        print("  ratios                          median   best")
+        for a, b in (("migrate full", "cp -a"), ("migrate full", "cp -a + sync"),
+                     ("migrate none", "cp -a"), ("migrate none", "cp -a + sync")):
+            r = lambda x, y: x / max(y, 0.005)  # a clone of a few large files can take ~0 s
+            print(f"  {a + ' / ' + b:30s} {r(med[a], med[b]):6.2f}  {r(best[a], best[b]):6.2f}")
+    q = f"{w}/res/{fs}-quarter.mem"
+    if os.path.exists(q):
+        nq, nf = open(f"{w}/res/{fs}-quarter.count").read(), open(f"{w}/res/{fs}-small.count").read()
+        print(f"  peak RSS of migrate full: {rss(q):.1f} MB for {nq} entries, {rss(f'{w}/res/{fs}-small-3.mem'):.1f} MB for {nf} entries")
+PY

@@ -194,6 +194,10 @@ pub fn execute(
                         totals.bytes.load(Ordering::Relaxed),
                         host,
                     ));
+                    if let Some(c) = m.report.containers.get_mut(idx) {
+                        c.state_result = Some(outcome.summary());
+                        c.warnings.extend(outcome.warnings(&cp.name));
+                    }
                 }
                 Step::NoState { reason } => done.push(format!("no state: {reason}")),
                 Step::CarryProfile { from, to } => {
@@ -240,6 +244,8 @@ pub fn execute(
             c.done = done;
         }
     }
+    // Warnings found while copying (inode flags) count too.
+    m.report.finish_summary();
     if let (Some(out), Some(text)) = (m.plan.nix_output.clone(), m.report.nix_file.clone()) {
         let mut done = Vec::new();
         let r = write_file(
@@ -437,6 +443,24 @@ fn preflight(
                 && let Err(e) = check_not_running(&cp.name, unit, host, runner)
             {
                 problems.push(e.to_string());
+            }
+            // A move is a rename: refused across filesystems (or mounts, or btrfs subvolumes)
+            // before anything is written, with the reason.
+            if let Step::CopyState { from, to } = step
+                && opts.state == StateArg::Move
+                && host.kind(to).ok().flatten().is_none()
+            {
+                let paths = host
+                    .confined_real_path(from)
+                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
+                match paths {
+                    Ok((f, t)) => {
+                        if let Err(e) = state::check_move(&f, &t) {
+                            problems.push(format!("container {}: {e}", cp.name));
+                        }
+                    }
+                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
+                }
             }
         }
     }
@@ -747,6 +771,24 @@ fn describe_outcome(
                 verify.entries,
                 verify.differences
             );
+            let methods = verify.methods();
+            if !methods.is_empty() {
+                s.push_str(&format!("; {methods}"));
+            }
+            if copy.files_reflinked > 0 {
+                s.push_str(&format!(
+                    "; {} files cloned (reflink)",
+                    copy.files_reflinked
+                ));
+            }
+            if copy.flags_copied > 0 {
+                s.push_str(&format!(
+                    "; inode flags kept on {} entr{}",
+                    copy.flags_copied,
+                    if copy.flags_copied == 1 { "y" } else { "ies" }
+                ));
+            }
+            s.push_str(&format!("; {from} is untouched"));
             if let Some(r) = replaced {
                 let shown = r
                     .strip_prefix(host.root())
@@ -759,7 +801,10 @@ fn describe_outcome(
             }
             s
         }
-        state::StateOutcome::Moved => format!("state moved {from} → {to}"),
+        state::StateOutcome::Moved => format!(
+            "state moved {from} → {to} (a rename on one filesystem: nothing was copied, {from} no longer exists; \
+             to go back, stop the new container and move it back with mv)"
+        ),
         state::StateOutcome::AlreadyDone { .. } => format!("state already at {to}"),
         state::StateOutcome::Skipped => format!("state left in {from}"),
     }

@@ -537,5 +537,6 @@ fn container_report(i: &Instance, c: &LegacyContainer, steps: Vec<plan::Step>) -
         warnings,
         plan: steps,
         done: Vec::new(),
+        state_result: None,
     }
 }

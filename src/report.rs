@@ -47,6 +47,9 @@ pub struct ContainerReport {
     /// What happened (filled by a real run; absent in a dry run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
+    /// What the state step did: counts, verification by method, inode flags (real run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_result: Option<crate::state::StateSummary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

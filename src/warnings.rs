@@ -82,6 +82,7 @@ pub fn all_specs() -> Vec<&'static WarningSpec> {
         crate::legacy::host_eval::WARNINGS,
         crate::translate::WARNINGS,
         crate::migrate::WARNINGS,
+        crate::state::WARNINGS,
     ];
     lists.iter().flat_map(|l| l.iter().copied()).collect()
 }

@@ -768,3 +768,60 @@ fn a_torn_file_with_finished_metadata_is_caught_by_full_verification_and_recopie
     );
     assert_eq!(rsync_diff(&src, &dest), "");
 }
+
+/// Issue 7, item 11: running out of inodes was reported as "about 409 bytes more is needed".
+#[test]
+fn inode_exhaustion_is_reported_as_such_before_and_during_the_copy() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_bulk_tree(&src, 4, 30, 0, 0);
+    // Plenty of bytes, 64 inodes.
+    let fs = Tmpfs::mount(&t.path().join("few-inodes"), "64m,nr_inodes=64");
+    let dest = fs.0.join("machines/web");
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err.kind(), StateErrorKind::NoInodes { during: None, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("not enough free inodes on the filesystem of")
+            && msg.contains("more files and directories to create")
+            && msg.contains("inodes free")
+            && !msg.contains("bytes"),
+        "{msg}"
+    );
+    assert!(!dest.exists());
+
+    // During the copy (a resumed run is not checked up front): the source grew after an
+    // interrupted run, and the inodes run out while creating a file.
+    let fs2 = Tmpfs::mount(&t.path().join("few-inodes-2"), "64m,nr_inodes=200");
+    let small = t.path().join("small");
+    build_bulk_tree(&small, 2, 10, 0, 0);
+    let dest = fs2.0.join("machines/web");
+    state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap();
+    let staging = fs2.0.join("machines/.web.partial");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::rename(&dest, staging.join("tree")).unwrap();
+    std::fs::rename(fs2.0.join("machines/.web.journal"), staging.join("journal")).unwrap();
+    build_bulk_tree(&small.join("more"), 4, 60, 0, 0);
+    let err = state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err.kind(),
+            StateErrorKind::NoInodes {
+                during: Some(_),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("out of inodes while trying to ")
+            && msg.contains("the next run resumes it")
+            && !msg.contains("bytes"),
+        "{msg}"
+    );
+}

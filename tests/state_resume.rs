@@ -73,11 +73,66 @@ impl Rng {
 fn kill_nine_at_random_points_then_resume() {
     require_root();
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
+    kill_nine_scenario(t.path(), false);
+}
+
+/// The same on btrfs and XFS (reflinks; `/var/lib/machines` a subvolume on btrfs), with inode
+/// flags in the tree: +C directories and files, immutable and append-only entries, which a
+/// resumed run must be able to replace or finish.
+#[test]
+fn kill_nine_on_btrfs_with_inode_flags_then_resume() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    kill_nine_scenario(&fs.mnt, true);
+    unfreeze(&fs.mnt);
+}
+
+#[test]
+fn kill_nine_on_xfs_with_inode_flags_then_resume() {
+    let Some(fs) = loop_fs("xfs") else { return };
+    kill_nine_scenario(&fs.mnt, true);
+    unfreeze(&fs.mnt);
+}
+
+fn kill_nine_scenario(base: &Path, with_flags: bool) {
+    let src = base.join("src");
     let t_build = Instant::now();
     build_edge_tree(&src);
     build_bulk_tree(&src.join("bulk"), 40, 40, 2, 2 << 20);
-    let machines = t.path().join("machines");
+    let machines = base.join("machines");
+    if with_flags {
+        // +C where the filesystem has it (btrfs), set on empty directories, inherited.
+        std::fs::create_dir_all(src.join("var/lib/db")).unwrap();
+        let _ = std::process::Command::new("chattr")
+            .args(["-f", "+C"])
+            .arg(src.join("var/lib/db"))
+            .status();
+        for i in 0..20 {
+            std::fs::write(
+                src.join(format!("var/lib/db/page{i}")),
+                vec![i as u8; 50_000],
+            )
+            .unwrap();
+        }
+        for d in ["bulk/d003/sub3", "bulk/d017/sub3", "bulk/d031/sub3"] {
+            chattr("+i", &src.join(d).join("f5"));
+            chattr("+a", &src.join(d).join("f6"));
+            chattr("+d", &src.join(d));
+            chattr("+i", &src.join(d));
+        }
+        if std::process::Command::new("btrfs")
+            .args(["filesystem", "df"])
+            .arg(base)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            std::fs::create_dir_all(&machines).unwrap();
+            std::fs::remove_dir(&machines).unwrap();
+            run(
+                "btrfs",
+                &["-q", "subvolume", "create", machines.to_str().unwrap()],
+            );
+        }
+    }
     eprintln!("tree built in {:?}", t_build.elapsed());
 
     // Calibrate: how long does an uninterrupted child take?
@@ -164,6 +219,9 @@ fn kill_nine_at_random_points_then_resume() {
         other => panic!("{other:?}"),
     }
     assert_eq!(rsync_diff(&src, &dest), "");
+    if with_flags {
+        assert_eq!(lsattr_map(&dest), lsattr_map(&src));
+    }
     let full_check = state::verify_tree(&src, &dest, Verify::Full).unwrap();
     assert!(full_check.is_clean(), "{}", full_check.summary());
     assert!(!staging.exists());

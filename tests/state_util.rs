@@ -414,3 +414,148 @@ impl nixos_nspawn::state::Progress for Count {
         self.bytes.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A small real filesystem (btrfs, XFS with reflink, ext4) in a sparse image on a loop device,
+/// mounted for one test; unmounted, its loop device detached and the image removed on drop,
+/// also when the test fails. Names include the pid and a counter: tests of other processes
+/// and threads run at the same time.
+pub struct LoopFs {
+    pub mnt: PathBuf,
+    img: PathBuf,
+    pub kind: &'static str,
+}
+
+/// Loop-mounted filesystems are available (root, `/dev/loop-control`, the mkfs tool), or why
+/// not. Where CI sets `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1` a missing piece fails the test.
+pub fn loop_fs(kind: &'static str) -> Option<LoopFs> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mkfs = format!("mkfs.{kind}");
+    let missing = if !rustix::process::geteuid().is_root() {
+        Some("not root".to_string())
+    } else if !Path::new("/dev/loop-control").exists() {
+        Some("no /dev/loop-control (loop devices unavailable here)".to_string())
+    } else if Command::new(&mkfs).arg("-V").output().is_err() {
+        Some(format!("{mkfs} is not installed"))
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        assert!(
+            std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() != Ok("1"),
+            "a {kind} loop filesystem is needed and NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1: {why}"
+        );
+        eprintln!("SKIPPED: no {kind} filesystem on a loop device: {why}");
+        return None;
+    }
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let base = std::env::temp_dir().join(format!(
+        "nixos-nspawn-test-{kind}-{}-{n}",
+        std::process::id()
+    ));
+    let img = base.with_extension("img");
+    let mnt = base;
+    std::fs::create_dir_all(&mnt).unwrap();
+    // btrfs needs ~110 MB at least, XFS 300 MB (xfsprogs ≥ 5.19); sparse, so cheap.
+    let size: u64 = match kind {
+        "btrfs" => 160 << 20,
+        "xfs" => 300 << 20,
+        _ => 128 << 20,
+    };
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    let fs = LoopFs { mnt, img, kind };
+    let mkfs_args: &[&str] = match kind {
+        "btrfs" => &["-q", "-f"],
+        "xfs" => &["-q", "-f", "-m", "reflink=1"],
+        _ => &["-q", "-F"],
+    };
+    let out = Command::new(&mkfs)
+        .args(mkfs_args)
+        .arg(&fs.img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{mkfs}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&fs.img)
+        .arg(&fs.mnt)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        // No loop device could be set up (a container without /dev/loop*, …).
+        let why = format!(
+            "mount -o loop {}: {}",
+            fs.img.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert!(
+            std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() != Ok("1"),
+            "a {kind} loop filesystem is needed and NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1: {why}"
+        );
+        eprintln!("SKIPPED: no {kind} filesystem on a loop device: {why}");
+        return None;
+    }
+    Some(fs)
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // `mount -o loop` set autoclear: unmounting detaches the loop device.
+        let ok = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let _ = std::fs::remove_file(&self.img);
+        let _ = std::fs::remove_dir(&self.mnt);
+    }
+}
+
+/// `chattr`, the independent tool.
+pub fn chattr(flags: &str, p: &Path) {
+    run("chattr", &[flags, p.to_str().unwrap()]);
+}
+
+/// The copied inode flags (`aAcCdimS`) of every file and directory below `root` as `lsattr`
+/// (an independent implementation) shows them; entries without any are left out.
+pub fn lsattr_map(root: &Path) -> BTreeMap<PathBuf, String> {
+    let out = Command::new("lsattr")
+        .args(["-R", "-a"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let mut m = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((attrs, path)) = line.split_once(' ') else {
+            continue;
+        };
+        let path = Path::new(path.trim_start());
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        if rel.ends_with(".") || rel.ends_with("..") {
+            continue;
+        }
+        let mut letters: Vec<char> = attrs.chars().filter(|c| "aAcCdimS".contains(*c)).collect();
+        letters.sort();
+        if !letters.is_empty() {
+            m.insert(rel.to_path_buf(), letters.into_iter().collect());
+        }
+    }
+    m
+}
+
+/// Clear +i/+a everywhere below `root`, so that it can be removed.
+pub fn unfreeze(root: &Path) {
+    let _ = Command::new("chattr")
+        .args(["-R", "-f", "-i", "-a"])
+        .arg(root)
+        .status();
+}

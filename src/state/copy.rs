@@ -8,10 +8,19 @@
 //! last one finishes the directory. So a default ACL is applied after its children were created
 //! (they do not inherit it) and no later creation bumps a finished directory's mtime.
 //!
+//! Inode flags (see `flags.rs`): the early ones (`+C`, compression) are set on a new file while
+//! it is empty and on a new directory before its children; the late ones (`+i`, `+a`, `+d`,
+//! `+A`, `+S`) after the timestamps, as the very last step of an entry.
+//!
 //! Memory: the walker keeps, per directory on the current path, the names of that directory's
-//! entries; a [`DirNode`] (an fd, the stat, xattrs, ~150 bytes) lives while the directory has
+//! entries; a [`DirNode`] (the stat, xattrs, its name, ~150 bytes) lives while the directory has
 //! unfinished children; the hardlink map keeps one relative path per inode with more than one
 //! link; the job queue is bounded. Nothing is kept per plain file once it is copied.
+//!
+//! Descriptors: only the deepest `sys::FD_WINDOW` directories of the walker's path keep theirs
+//! (source and copy); the walker and the threads finishing directories go back up through `..`,
+//! checked against the directory's identity, so any depth copies with a bounded number of open
+//! files (plus the in-flight jobs, which the bounded queue limits).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
@@ -26,6 +35,7 @@ use rustix::io::Errno;
 
 use super::Progress;
 use super::error::StateError;
+use super::flags;
 use super::hooks;
 use super::sys::{self, Kind, Meta, XTarget, Xattrs};
 
@@ -64,7 +74,29 @@ pub struct CopyReport {
     pub skipped_mounts: Vec<PathBuf>,
     /// Whether FICLONE (reflink) was used for at least one file.
     pub reflinked: bool,
+    /// Files whose data was cloned (reflinked) rather than copied.
+    pub files_reflinked: u64,
+    /// Files and directories whose inode flags (`chattr`) were copied.
+    pub flags_copied: u64,
+    /// Entries whose inode flags the copy does not have (the destination filesystem cannot hold
+    /// them, or the engine does not copy them), counted; the first ones with their paths.
+    pub flags_lost_count: u64,
+    pub flags_lost: Vec<LostFlags>,
 }
+
+/// Inode flags a source entry has and its copy does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostFlags {
+    /// Relative to the roots.
+    pub path: PathBuf,
+    /// `+C`, `+C+i`, …
+    pub flags: String,
+    /// Why: "the destination filesystem cannot hold it" or "not copied by nixos-nspawn".
+    pub why: &'static str,
+}
+
+/// How many entries with lost flags a report names (all are counted).
+pub const MAX_REPORTED_LOST_FLAGS: usize = 20;
 
 pub(crate) struct CopyConfig<'a> {
     /// Real path of the source root, for messages.
@@ -77,23 +109,72 @@ pub(crate) struct CopyConfig<'a> {
     /// Called by the walker about every `checkpoint_every` with (entries, bytes) so far.
     pub checkpoint: Option<&'a mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
     pub checkpoint_every: Duration,
+    /// The copied inode flags the destination filesystem can hold (`flags::probe`).
+    pub flag_support: u32,
 }
 
 struct DirNode {
     /// Unfinished children, plus one while the walker is still listing this directory.
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
-    dst: OwnedFd,
+    /// (dev, ino) of the copy's directory. A node keeps no descriptor: whoever finishes it has
+    /// it open (the walker leaving it, or a worker that copied its last file) or reaches it
+    /// through `..` of the child just finished, checked against this.
+    dst_id: (u64, u64),
     meta: Meta,
     xattrs: Xattrs,
-    rel: PathBuf,
+    /// The name in the parent (empty for the root); paths are built only for messages.
+    name: CString,
+    /// Copied inode flags to give the directory when it is finished.
+    flags_want: u32,
+    /// Its flags as they are while its children are created.
+    flags_now: u32,
+}
+
+/// Iterative: the parent chain of a tree 100,000 levels deep would overflow the stack if each
+/// node dropped its parent recursively.
+impl Drop for DirNode {
+    fn drop(&mut self) {
+        let mut up = self.parent.take();
+        while let Some(p) = up {
+            match Arc::try_unwrap(p) {
+                Ok(mut n) => up = n.parent.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl DirNode {
+    /// The path relative to the roots (walks up the parents: for messages only).
+    fn rel(&self) -> PathBuf {
+        let mut names = vec![self.name.as_c_str()];
+        let mut cur = self.parent.as_deref();
+        while let Some(n) = cur {
+            names.push(n.name.as_c_str());
+            cur = n.parent.as_deref();
+        }
+        names
+            .iter()
+            .rev()
+            .filter(|n| !n.is_empty())
+            .map(|n| sys::os(n))
+            .collect()
+    }
+
+    /// New entries inherit copied flags from this directory (and must be corrected).
+    fn inherits(&self) -> bool {
+        self.flags_now & flags::COPYABLE != 0
+    }
 }
 
 struct FileJob {
     src_dir: Arc<OwnedFd>,
+    dst_dir: Arc<OwnedFd>,
     parent: Arc<DirNode>,
     name: CString,
     meta: Meta,
+    rel: PathBuf,
 }
 
 struct Shared<'a> {
@@ -107,11 +188,14 @@ struct Shared<'a> {
     progress: &'a dyn Progress,
     reflink_off: AtomicBool,
     cfr_off: AtomicBool,
-    reflinked: AtomicBool,
+    reflinked: AtomicU64,
     abort: AtomicBool,
     error: Mutex<Option<StateError>>,
     bytes: AtomicU64,
     files: AtomicU64,
+    flag_support: u32,
+    flags_copied: AtomicU64,
+    lost: Mutex<(u64, Vec<LostFlags>)>,
 }
 
 impl Shared<'_> {
@@ -136,53 +220,125 @@ impl Shared<'_> {
         StateError::write(op, &self.dst(rel), self.dst_label, e)
     }
 
-    /// One child of `node` is finished; finish `node` and its ancestors when they are complete.
-    fn child_done(&self, node: &Arc<DirNode>) -> Result<(), StateError> {
+    /// One child of `node` (whose copy is open as `node_fd`, when the caller has it) is
+    /// finished; finish `node` and its ancestors when they are complete. Going up, each
+    /// ancestor's descriptor is the one the walker left, or `..` of the directory just finished.
+    fn child_done(
+        &self,
+        node: &Arc<DirNode>,
+        node_fd: Option<Arc<OwnedFd>>,
+    ) -> Result<(), StateError> {
         let mut cur = Some(Arc::clone(node));
+        let mut known = node_fd;
+        let mut below: Option<Arc<OwnedFd>> = None;
         while let Some(n) = cur {
             if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
                 return Ok(());
             }
-            self.finish_dir(&n)?;
+            let fd = match (known.take(), &below) {
+                (Some(fd), _) => fd,
+                (None, Some(b)) => Arc::new(
+                    sys::open_parent(b.as_fd(), n.dst_id)
+                        .map_err(|e| self.write_err("go back up to", &n.rel(), e))?,
+                ),
+                (None, None) => {
+                    return Err(StateError::invalid(
+                        self.dst_label,
+                        "internal error: a finished directory has no descriptor",
+                    ));
+                }
+            };
+            self.finish_dir(&n, fd.as_fd())?;
+            below = Some(fd);
             cur = n.parent.clone();
         }
         Ok(())
     }
 
-    fn finish_dir(&self, n: &DirNode) -> Result<(), StateError> {
-        let fd = n.dst.as_fd();
+    fn finish_dir(&self, n: &DirNode, fd: BorrowedFd<'_>) -> Result<(), StateError> {
         rfs::fchown(
             fd,
             Some(Uid::from_raw(n.meta.uid)),
             Some(Gid::from_raw(n.meta.gid)),
         )
-        .map_err(|e| self.write_err("set the owner of", &n.rel, e))?;
+        .map_err(|e| self.write_err("set the owner of", &n.rel(), e))?;
         rfs::fchmod(fd, Mode::from_raw_mode(n.meta.perm()))
-            .map_err(|e| self.write_err("set the mode of", &n.rel, e))?;
+            .map_err(|e| self.write_err("set the mode of", &n.rel(), e))?;
         if !n.xattrs.is_empty() || self.prune_xattrs {
             sys::set_xattrs(XTarget::Fd(fd), &n.xattrs, self.prune_xattrs)
-                .map_err(|(e, op)| StateError::write(op, &self.dst(&n.rel), self.dst_label, e))?;
+                .map_err(|(e, op)| StateError::write(op, &self.dst(&n.rel()), self.dst_label, e))?;
         }
         rfs::futimens(fd, &n.meta.timestamps())
-            .map_err(|e| self.write_err("set the timestamps of", &n.rel, e))?;
+            .map_err(|e| self.write_err("set the timestamps of", &n.rel(), e))?;
+        if n.flags_want != 0 || n.inherits() {
+            self.set_flags(fd, n.flags_now, n.flags_want, || n.rel())?;
+        }
+        if n.flags_want != 0 {
+            self.flags_copied.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     fn run_job(&self, job: FileJob) -> Result<(), StateError> {
-        let rel = job.parent.rel.join(sys::os(&job.name));
         self.copy_regular(
             job.src_dir.as_fd(),
-            job.parent.dst.as_fd(),
+            job.dst_dir.as_fd(),
             &job.name,
             &job.meta,
-            &rel,
+            &job.rel,
+            job.parent.inherits(),
         )?;
         self.progress.entry_done();
-        self.child_done(&job.parent)
+        self.child_done(&job.parent, Some(job.dst_dir))
+    }
+
+    /// The copied flags of a source entry (`sflags`) the copy will get; the rest is recorded
+    /// as lost, with the reason.
+    fn wanted_flags(&self, sflags: u32, rel: &dyn Fn() -> PathBuf) -> u32 {
+        let unheld = sflags & flags::COPYABLE & !self.flag_support;
+        let uncopied = sflags & flags::UNCOPIED;
+        if unheld != 0 {
+            self.lose(rel(), unheld, "the destination filesystem cannot hold it");
+        }
+        if uncopied != 0 {
+            self.lose(rel(), uncopied, "not copied by nixos-nspawn");
+        }
+        sflags & flags::COPYABLE & self.flag_support
+    }
+
+    fn lose(&self, path: PathBuf, bits: u32, why: &'static str) {
+        if let Ok(mut l) = self.lost.lock() {
+            l.0 += 1;
+            if l.1.len() < MAX_REPORTED_LOST_FLAGS {
+                l.1.push(LostFlags {
+                    path,
+                    flags: flags::letters(bits),
+                    why,
+                });
+            }
+        }
+    }
+
+    /// Give the copy (flags `now`) the copied flags `want`; a flag refused although the probe
+    /// said the filesystem holds it is recorded as lost (and verification reports it).
+    fn set_flags(
+        &self,
+        fd: BorrowedFd<'_>,
+        now: u32,
+        want: u32,
+        rel: impl Fn() -> PathBuf,
+    ) -> Result<(), StateError> {
+        let lost = flags::apply(fd, now, want)
+            .map_err(|e| self.write_err("set the inode flags of", &rel(), e))?;
+        if lost != 0 {
+            self.lose(rel(), lost, "the destination filesystem refused it");
+        }
+        Ok(())
     }
 
     /// Copy a regular file: open (no follow, no atime), check it is the inode the walker saw,
-    /// create, data, chown, chmod, xattrs, times.
+    /// create, early inode flags, data, chown, chmod, xattrs, times, late inode flags.
+    /// `inherits`: the new file may inherit copied flags from its directory.
     fn copy_regular(
         &self,
         src_dir: BorrowedFd<'_>,
@@ -190,6 +346,7 @@ impl Shared<'_> {
         name: &CStr,
         meta: &Meta,
         rel: &Path,
+        inherits: bool,
     ) -> Result<Meta, StateError> {
         hooks::before_open(|| self.src(rel));
         let src = sys::open_read(src_dir, name, false).map_err(|e| match e {
@@ -225,6 +382,21 @@ impl Shared<'_> {
             r => r,
         }
         .map_err(|e| self.write_err("create", rel, e))?;
+        let sflags = flags::get(src.as_fd())
+            .map_err(|e| self.read_err("read the inode flags of", rel, e))?;
+        let want = if sflags == 0 {
+            0
+        } else {
+            self.wanted_flags(sflags, &|| rel.to_path_buf())
+        };
+        let mut now = 0;
+        if want != 0 || inherits {
+            // While the file is empty: +C (and compression) now, inherited ones corrected.
+            now = flags::get(dst.as_fd())
+                .map_err(|e| self.write_err("read the inode flags of", rel, e))?;
+            self.set_flags(dst.as_fd(), now, want & flags::EARLY, || rel.to_path_buf())?;
+            now = (now & !flags::COPYABLE) | (want & flags::EARLY);
+        }
         self.copy_data(&src, &dst, &sm, rel)?;
         let xattrs = sys::get_xattrs(XTarget::Fd(src.as_fd()))
             .map_err(|e| self.read_err("read the extended attributes of", rel, e))?;
@@ -244,6 +416,13 @@ impl Shared<'_> {
         }
         rfs::futimens(&dst, &sm.timestamps())
             .map_err(|e| self.write_err("set the timestamps of", rel, e))?;
+        if want & !flags::EARLY != 0 {
+            // Last: +i/+a would forbid everything above.
+            self.set_flags(dst.as_fd(), now, want, || rel.to_path_buf())?;
+        }
+        if want != 0 {
+            self.flags_copied.fetch_add(1, Ordering::Relaxed);
+        }
         self.files.fetch_add(1, Ordering::Relaxed);
         Ok(sm)
     }
@@ -263,13 +442,16 @@ impl Shared<'_> {
         if !self.reflink_off.load(Ordering::Relaxed) {
             match rfs::ioctl_ficlone(dst, src) {
                 Ok(()) => {
-                    self.reflinked.store(true, Ordering::Relaxed);
+                    self.reflinked.fetch_add(1, Ordering::Relaxed);
                     self.add_bytes(m.size);
                     return Ok(());
                 }
-                Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::PERM) => {
+                // The filesystems cannot share data at all: stop trying.
+                Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::NOTTY) => {
                     self.reflink_off.store(true, Ordering::Relaxed);
                 }
+                // This file cannot (btrfs: +C on one side only, a swap file, …): copy it.
+                Err(Errno::INVAL | Errno::PERM | Errno::TXTBSY) => {}
                 Err(e) => return Err(self.write_err("clone the data of", rel, e)),
             }
         }
@@ -383,9 +565,13 @@ pub(crate) fn join(base: &Path, rel: &Path) -> PathBuf {
     }
 }
 
+/// A directory on the walker's path. Its descriptors are dropped while the walker is more than
+/// `sys::FD_WINDOW` levels below it and reopened through `..` on the way back.
 struct Frame {
     node: Arc<DirNode>,
-    src: Arc<OwnedFd>,
+    src: Option<Arc<OwnedFd>>,
+    dst: Option<Arc<OwnedFd>>,
+    src_id: (u64, u64),
     names: Vec<CString>,
     next: usize,
 }
@@ -419,6 +605,7 @@ pub(crate) fn copy_tree(
         workers,
         mut checkpoint,
         checkpoint_every,
+        flag_support,
     } = cfg;
     sys::raise_nofile_limit();
     // A default ACL or a setgid bit on the destination root would change what new entries
@@ -449,32 +636,58 @@ pub(crate) fn copy_tree(
         progress,
         reflink_off: AtomicBool::new(false),
         cfr_off: AtomicBool::new(false),
-        reflinked: AtomicBool::new(false),
+        reflinked: AtomicU64::new(0),
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         bytes: AtomicU64::new(0),
         files: AtomicU64::new(0),
+        flag_support,
+        flags_copied: AtomicU64::new(0),
+        lost: Mutex::new((0, Vec::new())),
     };
     let root_meta =
         sys::fstat(src_root.as_fd()).map_err(|e| StateError::io("stat", src_label, e))?;
     let root_xattrs = sys::get_xattrs(XTarget::Fd(src_root.as_fd()))
         .map_err(|e| StateError::io("read the extended attributes of", src_label, e))?;
+    // The root's flags: early ones now, the rest when it is finished; +i/+a never here (the
+    // copy's root must still be renamed into place; `migrate_state` sets them afterwards).
+    let root_sflags = flags::get(src_root.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", src_label, e))?;
+    let root_want =
+        sh.wanted_flags(root_sflags, &PathBuf::new) & !(flags::IMMUTABLE | flags::APPEND);
+    let mut root_now = flags::get(dst_root.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", dst_label, e))?;
+    if root_now & flags::COPYABLE != 0 || root_want != 0 {
+        if resume != Resume::Fresh {
+            sys::thaw_fd(dst_root.as_fd()).map_err(|e| {
+                StateError::write("clear the inode flags of", dst_label, dst_label, e)
+            })?;
+            root_now &= !(flags::IMMUTABLE | flags::APPEND);
+        }
+        sh.set_flags(
+            dst_root.as_fd(),
+            root_now,
+            root_want & flags::EARLY,
+            PathBuf::new,
+        )?;
+        root_now = (root_now & !flags::COPYABLE) | (root_want & flags::EARLY);
+    }
     let src_dup = src_root
         .try_clone()
         .map_err(|e| StateError::io("duplicate a descriptor of", src_label, e))?;
-    let root_dst_dup = dst_root
-        .try_clone()
-        .map_err(|e| StateError::io("duplicate a descriptor of", dst_label, e))?;
+    let dst_root = Arc::new(dst_root);
     let root = Arc::new(DirNode {
         pending: AtomicUsize::new(1),
         parent: None,
-        dst: dst_root,
+        dst_id: (dst_root_meta.dev, dst_root_meta.ino),
         meta: root_meta,
         xattrs: root_xattrs,
-        rel: PathBuf::new(),
+        name: CString::default(),
+        flags_want: root_want,
+        flags_now: root_now,
     });
 
-    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(16);
+    let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(8);
     let rx = Mutex::new(rx);
     let mut report = CopyReport::default();
     let walk_result = std::thread::scope(|scope| {
@@ -502,9 +715,9 @@ pub(crate) fn copy_tree(
         let r = walk(
             &sh,
             Arc::new(src_dup),
-            &root,
-            &root_dst_dup,
-            root_meta.dev,
+            root,
+            dst_root,
+            root_meta,
             resume,
             &tx,
             &mut report,
@@ -524,23 +737,60 @@ pub(crate) fn copy_tree(
     }
     report.bytes = sh.bytes.load(Ordering::Relaxed);
     report.files = sh.files.load(Ordering::Relaxed);
-    report.reflinked = sh.reflinked.load(Ordering::Relaxed);
+    report.files_reflinked = sh.reflinked.load(Ordering::Relaxed);
+    report.reflinked = report.files_reflinked > 0;
+    report.flags_copied = sh.flags_copied.load(Ordering::Relaxed);
+    if let Ok(l) = sh.lost.into_inner() {
+        report.flags_lost_count = l.0;
+        report.flags_lost = l.1;
+    }
     Ok(report)
+}
+
+/// Back up one level: give `up` its descriptors again (through `..` of the level just left)
+/// when they were dropped.
+fn reopen_up(sh: &Shared<'_>, done: &Frame, up: &mut Frame, rel: &Path) -> Result<(), StateError> {
+    if up.src.is_none() {
+        let fd = done
+            .src
+            .as_ref()
+            .ok_or(Errno::BADF)
+            .and_then(|c| sys::open_parent(c.as_fd(), up.src_id))
+            .map_err(|e| {
+                StateError::changed(
+                    &sh.src(rel),
+                    format!("a directory was moved during the copy ({e})"),
+                )
+            })?;
+        up.src = Some(Arc::new(fd));
+    }
+    if up.dst.is_none() {
+        let fd = done
+            .dst
+            .as_ref()
+            .ok_or(Errno::BADF)
+            .and_then(|c| sys::open_parent(c.as_fd(), up.node.dst_id))
+            .map(Arc::new)
+            .map_err(|e| sh.write_err("go back up to", rel, e))?;
+        up.dst = Some(fd);
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn walk(
     sh: &Shared<'_>,
     src_root: Arc<OwnedFd>,
-    root: &Arc<DirNode>,
-    dst_root: &OwnedFd,
-    root_dev: u64,
+    root: Arc<DirNode>,
+    dst_root: Arc<OwnedFd>,
+    root_meta: Meta,
     resume: Resume,
     tx: &mpsc::SyncSender<Vec<FileJob>>,
     report: &mut CopyReport,
     checkpoint: &mut Option<&mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
     checkpoint_every: Duration,
 ) -> Result<(), StateError> {
+    let root_dev = root_meta.dev;
     // (dev, ino) of the source → (relative path, inode) of the first copy.
     let mut links: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
     let names =
@@ -548,12 +798,17 @@ fn walk(
     if resume != Resume::Fresh {
         remove_stale(sh, dst_root.as_fd(), &names, Path::new(""), report)?;
     }
+    let link_root = Arc::clone(&dst_root);
     let mut stack = vec![Frame {
-        node: Arc::clone(root),
-        src: src_root,
+        node: root,
+        src: Some(src_root),
+        dst: Some(dst_root),
+        src_id: (root_meta.dev, root_meta.ino),
         names,
         next: 0,
     }];
+    // The current directory, relative to the roots.
+    let mut cur_rel = PathBuf::new();
     let mut last_checkpoint = Instant::now();
     // Jobs go to the workers in batches: one channel operation per batch, not per file.
     let mut batch: Vec<FileJob> = Vec::new();
@@ -564,15 +819,25 @@ fn walk(
         }
         if frame.next == frame.names.len() {
             if let Some(f) = stack.pop() {
-                sh.child_done(&f.node)?;
+                if let Some(up) = stack.last_mut() {
+                    cur_rel.pop();
+                    reopen_up(sh, &f, up, &cur_rel)?;
+                }
+                let Frame { node, dst, .. } = f;
+                sh.child_done(&node, dst)?;
             }
             continue;
         }
         let name = std::mem::take(&mut frame.names[frame.next]);
         frame.next += 1;
         let node = Arc::clone(&frame.node);
-        let src_dir = Arc::clone(&frame.src);
-        let rel = node.rel.join(sys::os(&name));
+        let (Some(src_dir), Some(dst_fd)) = (frame.src.clone(), frame.dst.clone()) else {
+            return Err(StateError::invalid(
+                sh.src_label,
+                "internal error: the copy walk lost its place",
+            ));
+        };
+        let rel = cur_rel.join(sys::os(&name));
         hooks::before_entry(|| sh.src(&rel));
         let meta = match sys::lstat_at(src_dir.as_fd(), &name) {
             Ok(m) => m,
@@ -581,7 +846,7 @@ fn walk(
             Err(e) => return Err(sh.read_err("stat", &rel, e)),
         };
         report.entries += 1;
-        let dst_dir = node.dst.as_fd();
+        let dst_dir = dst_fd.as_fd();
 
         // What an interrupted run left under this name.
         let existing = if resume == Resume::Fresh {
@@ -599,19 +864,20 @@ fn walk(
             // A mount point (directory or file bind mount): never cross into it.
             report.skipped_mounts.push(rel.clone());
             if kind == Kind::Dir {
-                let fresh = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref())?;
+                let (_, _) = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref(), 0, false)?;
                 let fd = sys::open_dest_dir(dst_dir, &name)
                     .map_err(|e| sh.write_err("open", &rel, e))?;
-                let _ = fresh;
                 let placeholder = DirNode {
                     pending: AtomicUsize::new(0),
-                    parent: None,
-                    dst: fd,
+                    parent: Some(Arc::clone(&node)),
+                    dst_id: (0, 0),
                     meta,
                     xattrs: Vec::new(),
-                    rel: rel.clone(),
+                    name: name.clone(),
+                    flags_want: 0,
+                    flags_now: 0,
                 };
-                sh.finish_dir(&placeholder)?;
+                sh.finish_dir(&placeholder, fd.as_fd())?;
                 report.dirs += 1;
             }
             progress_entry(sh);
@@ -636,9 +902,31 @@ fn walk(
                         "it is no longer the directory that was listed",
                     ));
                 }
-                let fresh = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref())?;
-                let dfd = sys::open_dest_dir(dst_dir, &name)
-                    .map_err(|e| sh.write_err("open", &rel, e))?;
+                let sflags = flags::get(sub.as_fd())
+                    .map_err(|e| sh.read_err("read the inode flags of", &rel, e))?;
+                let want = if sflags == 0 {
+                    0
+                } else {
+                    sh.wanted_flags(sflags, &|| rel.clone())
+                };
+                let (fresh, dfd) = prepare_dir(
+                    sh,
+                    dst_dir,
+                    &name,
+                    &rel,
+                    existing.as_ref(),
+                    want,
+                    node.inherits(),
+                )?;
+                let (dfd, flags_now) = match dfd {
+                    Some(x) => x,
+                    None => (
+                        sys::open_dest_dir(dst_dir, &name)
+                            .map_err(|e| sh.write_err("open", &rel, e))?,
+                        0,
+                    ),
+                };
+                let dm = sys::fstat(dfd.as_fd()).map_err(|e| sh.write_err("stat", &rel, e))?;
                 let xattrs = sys::get_xattrs(XTarget::Fd(sub.as_fd()))
                     .map_err(|e| sh.read_err("read the extended attributes of", &rel, e))?;
                 let names =
@@ -647,22 +935,35 @@ fn walk(
                     remove_stale(sh, dfd.as_fd(), &names, &rel, report)?;
                 }
                 node.pending.fetch_add(1, Ordering::AcqRel);
+                let dfd = Arc::new(dfd);
                 let child = Arc::new(DirNode {
                     pending: AtomicUsize::new(1),
                     parent: Some(node),
-                    dst: dfd,
+                    dst_id: (dm.dev, dm.ino),
                     meta: sm,
                     xattrs,
-                    rel,
+                    name,
+                    flags_want: want,
+                    flags_now,
                 });
                 report.dirs += 1;
                 progress_entry(sh);
+                drop((src_dir, dst_fd));
                 stack.push(Frame {
                     node: child,
-                    src: Arc::new(sub),
+                    src: Some(Arc::new(sub)),
+                    dst: Some(dfd),
+                    src_id: (sm.dev, sm.ino),
                     names,
                     next: 0,
                 });
+                cur_rel = rel;
+                let n = stack.len();
+                if n > sys::FD_WINDOW + 1 {
+                    let old = &mut stack[n - sys::FD_WINDOW - 1];
+                    old.src = None;
+                    old.dst = None;
+                }
             }
             _ if meta.nlink > 1
                 && kind != Kind::Dir
@@ -679,7 +980,7 @@ fn walk(
                         sys::remove_all_at(dst_dir, &name)
                             .map_err(|e| sh.write_err("remove the stale", &rel, e))?;
                     }
-                    rfs::linkat(dst_root, &first, dst_dir, name.as_c_str(), AtFlags::empty())
+                    link_thawed(&link_root, &first, dst_dir, &name)
                         .map_err(|e| sh.write_err("create the hard link", &rel, e))?;
                 }
                 report.hardlinks += 1;
@@ -696,6 +997,11 @@ fn walk(
                         && kind != Kind::File
                         && existing.is_some_and(|d| quick_match(&meta, &d)));
                 if reuse {
+                    if kind == Kind::File {
+                        // A run killed between the timestamps and +i/+a left a matching file
+                        // without them.
+                        refresh_flags(sh, src_dir.as_fd(), dst_dir, &name, &rel)?;
+                    }
                     report.reused += 1;
                     if kind == Kind::File {
                         // Keep the byte counter honest: these bytes were copied by an earlier run.
@@ -717,10 +1023,23 @@ fn walk(
                         node.pending.fetch_add(1, Ordering::AcqRel);
                         let job = FileJob {
                             src_dir,
+                            dst_dir: dst_fd,
                             parent: node,
                             name,
                             meta,
+                            rel,
                         };
+                        // One directory per batch: a job holds its directories' descriptors,
+                        // and the queue is bounded, so the descriptors in flight are too.
+                        if batch
+                            .last()
+                            .is_some_and(|l| !Arc::ptr_eq(&l.parent, &job.parent))
+                        {
+                            if tx.send(std::mem::take(&mut batch)).is_err() {
+                                return Ok(());
+                            }
+                            batch_bytes = 0;
+                        }
                         batch_bytes += job.meta.size;
                         batch.push(job);
                         if (batch.len() >= BATCH_JOBS || batch_bytes >= BATCH_BYTES)
@@ -733,9 +1052,14 @@ fn walk(
                         }
                     } else {
                         let m = match kind {
-                            Kind::File => {
-                                sh.copy_regular(src_dir.as_fd(), dst_dir, &name, &meta, &rel)?
-                            }
+                            Kind::File => sh.copy_regular(
+                                src_dir.as_fd(),
+                                dst_dir,
+                                &name,
+                                &meta,
+                                &rel,
+                                node.inherits(),
+                            )?,
                             Kind::Symlink => {
                                 copy_symlink(sh, src_dir.as_fd(), dst_dir, &name, &meta, &rel)?
                             }
@@ -777,6 +1101,58 @@ fn walk(
     Ok(())
 }
 
+/// `linkat` to the first copy of an inode; when that copy is immutable or append-only (which
+/// forbids new links), the flags are lifted for the link and put back.
+fn link_thawed(
+    dst_root: &OwnedFd,
+    first: &Path,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+) -> Result<(), Errno> {
+    match rfs::linkat(dst_root, first, dst_dir, name, AtFlags::empty()) {
+        Err(Errno::PERM) => {}
+        r => return r,
+    }
+    let fd = rfs::openat(
+        dst_root,
+        first,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let f = flags::get(fd.as_fd())?;
+    let frozen = f & (flags::IMMUTABLE | flags::APPEND);
+    if frozen == 0 {
+        return Err(Errno::PERM);
+    }
+    flags::set(fd.as_fd(), f & !frozen)?;
+    let r = rfs::linkat(dst_root, first, dst_dir, name, AtFlags::empty());
+    flags::set(fd.as_fd(), f)?;
+    r
+}
+
+/// A regular file kept from an interrupted run: give it the late flags it may be missing.
+fn refresh_flags(
+    sh: &Shared<'_>,
+    src_dir: BorrowedFd<'_>,
+    dst_dir: BorrowedFd<'_>,
+    name: &CStr,
+    rel: &Path,
+) -> Result<(), StateError> {
+    let Ok(s) = sys::open_read(src_dir, name, false) else {
+        // Gone or swapped meanwhile: verification will tell.
+        return Ok(());
+    };
+    let sflags =
+        flags::get(s.as_fd()).map_err(|e| sh.read_err("read the inode flags of", rel, e))?;
+    let want = sflags & flags::COPYABLE & sh.flag_support;
+    let d = sys::open_read(dst_dir, name, false).map_err(|e| sh.write_err("open", rel, e))?;
+    let now = flags::get(d.as_fd()).map_err(|e| sh.write_err("read the inode flags of", rel, e))?;
+    if now & flags::COPYABLE != want {
+        sh.set_flags(d.as_fd(), now, want, || rel.to_path_buf())?;
+    }
+    Ok(())
+}
+
 const BATCH_JOBS: usize = 32;
 const BATCH_BYTES: u64 = 4 << 20;
 
@@ -794,23 +1170,44 @@ fn count_kind(report: &mut CopyReport, kind: Kind) {
 }
 
 /// Make sure a directory exists under `name` in the destination; returns true when it was
-/// created now (so it cannot hold leftovers).
+/// created now (so it cannot hold leftovers). When its inode flags need attention (the source
+/// has copied flags `want`, or it may have inherited some, or it is a kept directory that may
+/// carry +i/+a from a finished earlier run), also returns it open with its flags as they are
+/// now: early ones set, inherited ones corrected, +i/+a lifted until it is finished.
+#[allow(clippy::type_complexity)]
 fn prepare_dir(
     sh: &Shared<'_>,
     dst_dir: BorrowedFd<'_>,
     name: &CStr,
     rel: &Path,
     existing: Option<&Meta>,
-) -> Result<bool, StateError> {
-    match existing {
-        Some(d) if d.kind() == Kind::Dir => return Ok(false),
-        Some(_) => sys::remove_all_at(dst_dir, name)
-            .map_err(|e| sh.write_err("remove the stale", rel, e))?,
-        None => {}
+    want: u32,
+    inherits: bool,
+) -> Result<(bool, Option<(OwnedFd, u32)>), StateError> {
+    let fresh = match existing {
+        Some(d) if d.kind() == Kind::Dir => false,
+        Some(_) => {
+            sys::remove_all_at(dst_dir, name)
+                .map_err(|e| sh.write_err("remove the stale", rel, e))?;
+            true
+        }
+        None => true,
+    };
+    if fresh {
+        rfs::mkdirat(dst_dir, name, Mode::from_raw_mode(0o700))
+            .map_err(|e| sh.write_err("create the directory", rel, e))?;
     }
-    rfs::mkdirat(dst_dir, name, Mode::from_raw_mode(0o700))
-        .map_err(|e| sh.write_err("create the directory", rel, e))?;
-    Ok(true)
+    if fresh && want == 0 && !inherits {
+        return Ok((true, None));
+    }
+    let fd = sys::open_dest_dir(dst_dir, name).map_err(|e| sh.write_err("open", rel, e))?;
+    let mut now =
+        flags::get(fd.as_fd()).map_err(|e| sh.write_err("read the inode flags of", rel, e))?;
+    if now & flags::COPYABLE != want & flags::EARLY {
+        sh.set_flags(fd.as_fd(), now, want & flags::EARLY, || rel.to_path_buf())?;
+        now = (now & !flags::COPYABLE) | (want & flags::EARLY);
+    }
+    Ok((fresh, Some((fd, now))))
 }
 
 /// Remove entries of a destination directory left by an interrupted run that the source no

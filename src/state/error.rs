@@ -70,10 +70,11 @@ pub enum StateErrorKind {
         reason: String,
         fix: String,
     },
-    /// `StateMode::Move` across filesystems.
+    /// `StateMode::Move` across filesystems (or mounts, or btrfs subvolumes): `rename(2)`
+    /// cannot do it. Checked before anything is written.
     #[error(
-        "cannot move {src} to {dest}: they are on different filesystems (device {src_dev:#x} and {dest_dev:#x})\n\n\
-         use --state copy (the default) instead; it keeps the legacy state untouched",
+        "cannot move {src} to {dest}: {reason}; a move is a rename(2), which cannot cross them\n\n\
+         nothing was written; use --state copy (the default) instead: it keeps the legacy state untouched",
         src = .src.display(), dest = .dest.display()
     )]
     CrossDevice {
@@ -81,6 +82,26 @@ pub enum StateErrorKind {
         dest: PathBuf,
         src_dev: u64,
         dest_dev: u64,
+        /// "they are on different filesystems (device 0x801 and 0x7)", …
+        reason: String,
+    },
+    /// The destination filesystem has fewer free inodes than the copy needs entries (checked
+    /// before copying), or ran out of them during the copy (`during` names the operation).
+    #[error(
+        "{what} on the filesystem of {dest}: {need} more files and directories to create for the copy of {src}, {free} inodes free\n\n\
+         free inodes there (remove files; on ext4 the number of inodes is fixed when the filesystem is made, see mkfs.ext4 -N), \
+         or use --state move if {src} is on the same filesystem{resume}",
+        src = .src.display(), dest = .dest.display(),
+        what = .during.as_ref().map(|(op, p)| format!("out of inodes while trying to {op} {}", p.display()))
+            .unwrap_or_else(|| "not enough free inodes".to_string()),
+        resume = if .during.is_some() { "; the partial copy is kept and the next run resumes it" } else { "" }
+    )]
+    NoInodes {
+        src: PathBuf,
+        dest: PathBuf,
+        need: u64,
+        free: u64,
+        during: Option<(String, PathBuf)>,
     },
     /// The copy in the staging directory does not match the source.
     #[error(
@@ -202,6 +223,25 @@ impl StateError {
             what: what.into(),
         }
         .into()
+    }
+
+    /// A [`StateErrorKind::DiskFull`] that is really a lack of inodes (the filesystem of `dest`
+    /// has none free) becomes [`StateErrorKind::NoInodes`], with the entries still to create.
+    pub(crate) fn inodes_if_exhausted(self, src: &Path, dest: &Path, entries_left: u64) -> Self {
+        let StateErrorKind::DiskFull { op, path, .. } = &*self.kind else {
+            return self;
+        };
+        match rustix::fs::statvfs(dest) {
+            Ok(v) if v.f_files > 0 && v.f_favail == 0 => StateErrorKind::NoInodes {
+                src: src.to_path_buf(),
+                dest: dest.to_path_buf(),
+                need: entries_left.max(1),
+                free: 0,
+                during: Some((op.to_string(), path.clone())),
+            }
+            .into(),
+            _ => self,
+        }
     }
 
     /// Fill in how much space is still needed on a [`StateErrorKind::DiskFull`].

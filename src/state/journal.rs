@@ -16,14 +16,50 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StateError;
 
-pub(crate) const VERSION: u32 = 1;
+/// 2: `src` is relative to the directory holding the journal (1: an absolute path).
+pub(crate) const VERSION: u32 = 2;
 
 /// Which source a journal belongs to: the path and the root directory's inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SourceId {
+    /// Relative to the destination's parent (`../nixos-containers/web`); an absolute path in
+    /// journals of version 1.
     pub src: String,
     pub dev: u64,
     pub ino: u64,
+}
+
+impl SourceId {
+    /// Is the recorded source `self` the source `now` (whose absolute path is `abs`)? A
+    /// relative record matches by path and inode: the device number changes when a disk is
+    /// mounted elsewhere (another machine, a loop device, `/` after booting it). An absolute
+    /// record (version 1) matches only exactly, as before.
+    pub fn matches(&self, now: &SourceId, abs: &str) -> bool {
+        if self.src.starts_with('/') {
+            self.src == abs && self.dev == now.dev && self.ino == now.ino
+        } else {
+            self.src == now.src && self.ino == now.ino
+        }
+    }
+
+    /// The source for a message: a relative record resolved against `parent`.
+    pub fn display(&self, parent: &Path) -> String {
+        if self.src.starts_with('/') {
+            self.src.clone()
+        } else {
+            // Lexically: the record was made from real paths, so `..` undoes a component.
+            let mut p = PathBuf::new();
+            for c in parent.join(&self.src).components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        p.pop();
+                    }
+                    c => p.push(c.as_os_str()),
+                }
+            }
+            p.display().to_string()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +208,51 @@ mod tests {
         }
     }
 
+    /// Issue 7, item 10: a disk migrated at /mnt and checked again elsewhere (another device
+    /// number too) is the same source; a version-1 record still matches only exactly.
+    #[test]
+    fn a_relative_record_matches_by_path_and_inode_whatever_the_device() {
+        let rec = SourceId {
+            src: "../nixos-containers/web".into(),
+            dev: 0x801,
+            ino: 42,
+        };
+        let now = SourceId {
+            dev: 0x700,
+            ..rec.clone()
+        };
+        assert!(rec.matches(&now, "/var/lib/nixos-containers/web"));
+        assert!(!rec.matches(
+            &SourceId {
+                ino: 43,
+                ..now.clone()
+            },
+            "/x"
+        ));
+        let other = SourceId {
+            src: "../nixos-containers/db".into(),
+            ..now.clone()
+        };
+        assert!(!rec.matches(&other, "/x"));
+        let v1 = SourceId {
+            src: "/mnt/var/lib/nixos-containers/web".into(),
+            dev: 0x801,
+            ino: 42,
+        };
+        assert!(v1.matches(
+            &SourceId {
+                dev: 0x801,
+                ..now.clone()
+            },
+            "/mnt/var/lib/nixos-containers/web"
+        ));
+        assert!(!v1.matches(&now, "/mnt/var/lib/nixos-containers/web"));
+        assert_eq!(
+            rec.display(Path::new("/mnt/var/lib/machines")),
+            "/mnt/var/lib/nixos-containers/web"
+        );
+    }
+
     #[test]
     fn a_torn_last_line_is_ignored_and_done_belongs_to_the_last_start() {
         let t = tempfile::tempdir().unwrap();
@@ -215,7 +296,7 @@ mod tests {
         // The format is stable JSON lines: `event` names the record.
         let line = std::fs::read_to_string(&p).unwrap();
         assert!(
-            line.starts_with("{\"event\":\"start\",\"version\":1,\"src\":\"/a\""),
+            line.starts_with("{\"event\":\"start\",\"version\":2,\"src\":\"/a\""),
             "{line}"
         );
     }

@@ -3,6 +3,8 @@
 //!
 //! # API
 //!
+//! - [`check_move`]`(src, dest)`: can `--state move` rename it (same mount, same filesystem,
+//!   same btrfs subvolume)? Writes nothing.
 //! - [`migrate_state`]`(src, dest, &`[`MigrateStateOptions`]`)` → [`StateOutcome`]: copy (or, on
 //!   request, move) `src` to `dest` through a staging directory `dest.parent/.NAME.partial`
 //!   (holding `tree/` and `journal`), verify, then rename into place. Idempotent: when `dest` is
@@ -26,8 +28,10 @@
 //! included), hard links (a `(dev, ino)` map), fifos, sockets, character and block devices;
 //! uid/gid (any 32-bit value), all mode bits including setuid/setgid/sticky, every extended
 //! attribute (`trusted.*`, `security.capability`, `user.*`, POSIX ACLs), ns atime/mtime on
-//! files, symlinks and directories. Not kept: inode flags (`chattr +i`/`+a`; NixOS sets
-//! `/var/empty` immutable again at boot), ctime (cannot be set). Mount points inside the source
+//! files, symlinks and directories, the inode flags of the table in `flags.rs` (`+C` early,
+//! `+i`/`+a` last; the root's `+i`/`+a` after the final rename, which they would forbid); flags
+//! the destination cannot hold are reported ([`CopyReport::flags_lost`], the warning
+//! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Mount points inside the source
 //! (another `st_dev`, or a mount root according to `statx`, which also catches bind mounts from
 //! the same filesystem) are not crossed: an empty directory stands in for a directory mount, a
 //! bind-mounted file is left out, and the reports list them.
@@ -42,7 +46,9 @@
 //!
 //! # Resume and atomicity
 //!
-//! The journal records the source's identity and checkpoints (`syncfs`). A re-run after a crash
+//! The journal records the source's identity (its path relative to the destination's parent,
+//! and the inode of its root: a tree mounted elsewhere is still recognised) and checkpoints
+//! (`syncfs`). A re-run after a crash
 //! or kill -9 keeps entries whose type, owner, mode, size and mtime match (the mtime is set
 //! last), removes leftovers the source no longer has, and copies the rest. Nothing is renamed
 //! into place before `syncfs` and verification; after a failed verification the next run
@@ -51,9 +57,15 @@
 //! # Performance and memory
 //!
 //! Copy: one walker thread (directories, metadata, symlinks, special files, hard links) plus a
-//! pool of data workers for regular files, fed in batches. Verification: one walker listing
-//! directories (entry types come from `readdir`), workers comparing and hashing everything
-//! else. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//! pool of data workers for regular files, fed in batches (one directory per batch). Data is
+//! cloned (FICLONE) where the filesystem can. Verification: one walker listing directories
+//! (entry types come from `readdir`), workers comparing everything else; contents are proven
+//! equal by shared extents (`FIEMAP`) where source and copy share them, else hashed on both
+//! sides. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//!
+//! Open files do not grow with depth: only the deepest `sys::FD_WINDOW` directories of a walk
+//! keep descriptors, and walks go back up through `..`, checked against the identity of the
+//! directory they came from (`sys::open_parent`); the jobs in flight are bounded.
 //!
 //! Memory does not grow per plain file: the walker keeps the entry names of the directories on
 //! its current path, a small node (fd, stat, xattrs, ~150 bytes) per directory with unfinished
@@ -72,6 +84,7 @@
 
 mod copy;
 mod error;
+mod flags;
 pub mod hooks;
 mod journal;
 mod profile;
@@ -89,7 +102,7 @@ use std::time::Duration;
 use rustix::fs::{self as rfs, AtFlags, Mode, RenameFlags};
 use rustix::io::Errno;
 
-pub use copy::CopyReport;
+pub use copy::{CopyReport, LostFlags, MAX_REPORTED_LOST_FLAGS};
 pub use error::{StateError, StateErrorKind};
 pub use profile::{ProfileOutcome, carry_profile};
 pub use space::{SpaceNeed, free_space, required_space};
@@ -101,7 +114,8 @@ use journal::{Event, Journal, SourceId};
 /// How thoroughly to compare the copy with the source before it is renamed into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Metadata and BLAKE3 of every file's contents.
+    /// Metadata, and every file's contents: proven equal by shared extents where source and copy
+    /// share them (a reflink copy), else BLAKE3 of both sides.
     Full,
     /// Types, owners, modes, sizes, times, link targets, xattrs, hard links; no contents.
     Metadata,
@@ -182,6 +196,137 @@ pub enum StateOutcome {
     Skipped,
 }
 
+/// The destination filesystem cannot hold some inode flags of the legacy state (`+C` on XFS or
+/// ext4, …), or the state has flags the engine does not copy.
+pub const INODE_FLAGS_LOST: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
+    code: "inode-flags-lost",
+    category: crate::warnings::Category::ChangedMeaning,
+    summary: "some inode flags (chattr) of the legacy state could not be kept by the new location",
+};
+
+pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[&INODE_FLAGS_LOST];
+
+/// What the state step did, for the report and `--json` (`containers[].state_result`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateSummary {
+    /// `copied`, `moved`, `already-done` or `skipped`.
+    pub outcome: &'static str,
+    /// What is at the legacy path now.
+    pub legacy_left: &'static str,
+    pub entries: u64,
+    /// File data bytes written (cloned ones included).
+    pub bytes: u64,
+    pub files_reflinked: u64,
+    pub resumed: bool,
+    /// `full`, `metadata` or `none`.
+    pub verify: &'static str,
+    pub entries_verified: u64,
+    pub differences: u64,
+    /// Regular files whose contents were proven equal by shared extents, not read.
+    pub files_by_extents: u64,
+    pub bytes_by_extents: u64,
+    /// Regular files whose contents were read and hashed on both sides.
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    pub flags_copied: u64,
+    pub flags_lost_count: u64,
+    /// The first entries with lost flags: `path: +C (why)`.
+    pub flags_lost: Vec<String>,
+}
+
+impl StateOutcome {
+    /// The outcome as report data.
+    pub fn summary(&self) -> StateSummary {
+        let verified = |v: &VerifyReport, s: &mut StateSummary| {
+            s.verify = v.level.name();
+            s.entries_verified = v.entries;
+            s.differences = v.differences;
+            s.files_by_extents = v.files_by_extents;
+            s.bytes_by_extents = v.bytes_by_extents;
+            s.files_hashed = v.files_hashed;
+            s.bytes_hashed = v.bytes_hashed;
+        };
+        let mut s = StateSummary {
+            verify: "none",
+            legacy_left: "untouched",
+            ..StateSummary::default()
+        };
+        match self {
+            StateOutcome::Copied {
+                copy,
+                verify,
+                resumed,
+                ..
+            } => {
+                s.outcome = "copied";
+                s.entries = copy.entries;
+                s.bytes = copy.bytes;
+                s.files_reflinked = copy.files_reflinked;
+                s.resumed = *resumed;
+                s.flags_copied = copy.flags_copied;
+                s.flags_lost_count = copy.flags_lost_count;
+                s.flags_lost = copy
+                    .flags_lost
+                    .iter()
+                    .map(|l| format!("{}: {} ({})", l.path.display(), l.flags, l.why))
+                    .collect();
+                verified(verify, &mut s);
+            }
+            StateOutcome::Moved => {
+                s.outcome = "moved";
+                s.legacy_left = "gone: renamed to the new location";
+            }
+            StateOutcome::AlreadyDone { verify } => {
+                s.outcome = "already-done";
+                if verify.level == Verify::None {
+                    s.legacy_left = "gone: renamed to the new location";
+                }
+                verified(verify, &mut s);
+            }
+            StateOutcome::Skipped => s.outcome = "skipped",
+        }
+        s
+    }
+
+    /// Warnings for the report: inode flags the copy could not keep.
+    pub fn warnings(&self, container: &str) -> Vec<crate::warnings::Warning> {
+        let StateOutcome::Copied { copy, .. } = self else {
+            return Vec::new();
+        };
+        if copy.flags_lost_count == 0 {
+            return Vec::new();
+        }
+        let list: Vec<String> = copy
+            .flags_lost
+            .iter()
+            .map(|l| format!("{} {} ({})", l.path.display(), l.flags, l.why))
+            .collect();
+        let more = copy.flags_lost_count.saturating_sub(list.len() as u64);
+        vec![crate::warnings::Warning::new(
+            &INODE_FLAGS_LOST,
+            format!("containers.{container} state"),
+            format!(
+                "{} entr{} of the state lost inode flags in the copy: {}{}. Without +C a database \
+                 file is copy-on-write again (slower, fragments), without +i/+a a file can be \
+                 changed; set them again with chattr where they matter, or keep the state on a \
+                 filesystem that holds them",
+                copy.flags_lost_count,
+                if copy.flags_lost_count == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                list.join("; "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        )]
+    }
+}
+
 /// Data workers for copying and hashing: one per CPU, at least 2.
 fn workers() -> usize {
     std::env::var("NIXOS_NSPAWN_STATE_WORKERS")
@@ -254,10 +399,12 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Forwards to the caller's progress and counts bytes, for "N more bytes needed" messages.
+/// Forwards to the caller's progress and counts bytes and entries, for "N more bytes (inodes)
+/// needed" messages.
 struct Counting<'a> {
     inner: &'a dyn Progress,
     bytes: AtomicU64,
+    entries: AtomicU64,
 }
 
 impl Progress for Counting<'_> {
@@ -265,6 +412,7 @@ impl Progress for Counting<'_> {
         self.inner.total(entries, bytes);
     }
     fn entry_done(&self) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
         self.inner.entry_done();
     }
     fn bytes_done(&self, n: u64) {
@@ -293,9 +441,19 @@ pub fn migrate_state(
         return Ok(StateOutcome::Skipped);
     }
     let (parent, name, name_s) = split_dest(dest)?;
+    let rel_src = relative_source(&parent, src);
+    let journal_path = parent.join(format!(".{name_s}.journal"));
+    if opts.mode == StateMode::Move {
+        // A move that already happened (or was interrupted right after the rename): the source
+        // is gone and the destination is the very directory the journal recorded.
+        if let Some(o) = finish_move(src, dest, &parent, &name, &name_s, &rel_src)? {
+            return Ok(o);
+        }
+        // Refused before anything is written (not even the parent directory).
+        check_move(src, dest)?;
+    }
     let parent_fd = ensure_parent(&parent)?;
     let journal_name = cstring(dest, format!(".{name_s}.journal").as_ref())?;
-    let journal_path = parent.join(format!(".{name_s}.journal"));
     let staging_name = cstring(dest, format!(".{name_s}.partial").as_ref())?;
     let staging_path = parent.join(format!(".{name_s}.partial"));
 
@@ -306,39 +464,22 @@ pub fn migrate_state(
     };
     let done_journal = journal::read(parent_fd.as_fd(), &journal_name, &journal_path)?;
 
-    if opts.mode == StateMode::Move
-        && let (Some(ev), Some(_), Err(Errno::NOENT)) = (
-            &done_journal,
-            dest_meta,
-            rfs::statat(rfs::CWD, src, AtFlags::SYMLINK_NOFOLLOW),
-        )
-    {
-        let moved = ev.iter().any(|e| matches!(e, Event::Moved));
-        if moved
-            && journal::is_done(ev)
-            && journal::source_of(ev).is_some_and(|s| s.src == src.to_string_lossy())
-        {
-            return Ok(StateOutcome::AlreadyDone {
-                verify: VerifyReport {
-                    level: Verify::None,
-                    entries: 0,
-                    bytes_hashed: 0,
-                    differences: 0,
-                    first: Vec::new(),
-                    skipped_mounts: Vec::new(),
-                },
-            });
-        }
-    }
-
     let src_fd = sys::open_root(src)?;
     let src_meta = sys::fstat(src_fd.as_fd()).map_err(|e| StateError::io("stat", src, e))?;
+    // The source as the journal records it: its path relative to the destination's parent, so
+    // that a disk migrated under /mnt is recognised under any other mount point or as /.
     let source = SourceId {
-        src: src.to_string_lossy().into_owned(),
+        src: rel_src.clone(),
         dev: src_meta.dev,
         ino: src_meta.ino,
     };
+    let is_source = |ev: &[Event]| {
+        journal::source_of(ev).is_some_and(|s| s.matches(&source, &src.to_string_lossy()))
+    };
     let nworkers = workers();
+    // Which copied inode flags the destination filesystem holds (an unnamed temporary file in
+    // the parent: nothing is left behind).
+    let flag_support = flags::probe(parent_fd.as_fd());
 
     // A run killed between the final rename and moving its journal: finish its bookkeeping.
     if dest_meta.is_some()
@@ -348,7 +489,7 @@ pub fn migrate_state(
         let jpath = staging_path.join("journal");
         let ev = journal::read(sfd.as_fd(), c"journal", &jpath)?;
         let renamed = ev.as_ref().is_some_and(|ev| {
-            journal::source_of(ev) == Some(&source)
+            is_source(ev)
                 && matches!(
                     journal::last(ev),
                     Some(Event::Verified { .. } | Event::Renamed { .. })
@@ -357,7 +498,15 @@ pub fn migrate_state(
         if renamed && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
                 .map_err(|e| StateError::io("open", dest, e))?;
-            let report = verify::verify_fds(&src_fd, &dfd, Verify::Metadata, src, dest, nworkers)?;
+            let report = verify::verify_fds(
+                &src_fd,
+                &dfd,
+                Verify::Metadata,
+                src,
+                dest,
+                nworkers,
+                flag_support,
+            )?;
             if report.is_clean() {
                 let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
                 jr.append(&Event::Done, true)?;
@@ -379,11 +528,19 @@ pub fn migrate_state(
     if let Some(dm) = dest_meta {
         let ours = done_journal
             .as_ref()
-            .is_some_and(|ev| journal::is_done(ev) && journal::source_of(ev) == Some(&source));
+            .is_some_and(|ev| journal::is_done(ev) && is_source(ev));
         if ours && dm.kind() == sys::Kind::Dir && opts.mode == StateMode::Copy {
             let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
                 .map_err(|e| StateError::io("open", dest, e))?;
-            let report = verify::verify_fds(&src_fd, &dfd, Verify::Metadata, src, dest, nworkers)?;
+            let report = verify::verify_fds(
+                &src_fd,
+                &dfd,
+                Verify::Metadata,
+                src,
+                dest,
+                nworkers,
+                flag_support,
+            )?;
             if report.is_clean() {
                 return Ok(StateOutcome::AlreadyDone { verify: report });
             }
@@ -448,7 +605,7 @@ pub fn migrate_state(
             let ev = journal::read(sfd.as_fd(), c"journal", &jpath)?;
             let has_tree = sys::lstat_at(sfd.as_fd(), c"tree").is_ok();
             match &ev {
-                Some(ev) if journal::source_of(ev) == Some(&source) => {
+                Some(ev) if is_source(ev) => {
                     resume = if matches!(journal::last(ev), Some(Event::VerifyFailed { .. })) {
                         Resume::Recopy
                     } else {
@@ -473,7 +630,7 @@ pub fn migrate_state(
                     let other = other
                         .as_ref()
                         .and_then(|e| journal::source_of(e))
-                        .map(|s| s.src.clone())
+                        .map(|s| s.display(&parent))
                         .unwrap_or_else(|| "an unknown source (no journal)".to_string());
                     return Err(StateErrorKind::StagingForeign {
                         staging: staging_path,
@@ -533,9 +690,26 @@ pub fn migrate_state(
         }
         .into());
     }
+    // Inodes, where the filesystem counts them (btrfs does not: f_files is 0). A resumed run
+    // already has some of its entries: only a fresh copy is checked exactly.
+    if resume == Resume::Fresh
+        && let Ok(v) = rfs::statvfs(&staging_path)
+        && v.f_files > 0
+        && need.entries > v.f_favail
+    {
+        return Err(StateErrorKind::NoInodes {
+            src: src.to_path_buf(),
+            dest: parent.clone(),
+            need: need.entries,
+            free: v.f_favail,
+            during: None,
+        }
+        .into());
+    }
     let counting = Counting {
         inner: opts.progress,
         bytes: AtomicU64::new(0),
+        entries: AtomicU64::new(0),
     };
     counting.total(need.entries, need.bytes);
 
@@ -585,10 +759,17 @@ pub fn migrate_state(
             workers: nworkers,
             checkpoint: Some(&mut cp),
             checkpoint_every: Duration::from_secs(30),
+            flag_support,
         },
     )
     .map_err(|e| {
-        e.with_still_needed(
+        e.inodes_if_exhausted(
+            src,
+            &parent,
+            need.entries
+                .saturating_sub(counting.entries.load(Ordering::Relaxed)),
+        )
+        .with_still_needed(
             need.bytes
                 .saturating_sub(counting.bytes.load(Ordering::Relaxed)),
         )
@@ -599,8 +780,15 @@ pub fn migrate_state(
     // waits for the disk. Both must succeed before anything is renamed.
     let (synced, verified) = std::thread::scope(|s| {
         let sync = s.spawn(|| rfs::syncfs(&tree_fd));
-        let verified =
-            verify::verify_fds(&src_fd, &tree_fd, opts.verify, src, &tree_path, nworkers);
+        let verified = verify::verify_fds(
+            &src_fd,
+            &tree_fd,
+            opts.verify,
+            src,
+            &tree_path,
+            nworkers,
+            flag_support,
+        );
         (sync.join().unwrap_or(Err(Errno::IO)), verified)
     });
     synced.map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
@@ -666,6 +854,19 @@ pub fn migrate_state(
         .map_err(|e| StateError::write("rename the copy to", dest, dest, e))?;
     }
     rfs::fsync(&parent_fd).map_err(|e| StateError::write("sync", &parent, dest, e))?;
+    // The root's +i/+a, which would have forbidden the rename: now.
+    let root_frozen = flags::get(src_fd.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", src, e))?
+        & (flags::IMMUTABLE | flags::APPEND)
+        & flag_support;
+    if root_frozen != 0 {
+        let dfd = sys::open_dest_dir(parent_fd.as_fd(), &name)
+            .map_err(|e| StateError::io("open", dest, e))?;
+        let now = flags::get(dfd.as_fd())
+            .map_err(|e| StateError::io("read the inode flags of", dest, e))?;
+        flags::set(dfd.as_fd(), now | root_frozen)
+            .map_err(|e| StateError::write("set the inode flags of", dest, dest, e))?;
+    }
     jr.append(
         &Event::Renamed {
             replaced: replaced.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -728,15 +929,6 @@ fn move_state(
     src_meta: &sys::Meta,
 ) -> Result<StateOutcome, StateError> {
     let pm = sys::fstat(parent_fd.as_fd()).map_err(|e| StateError::io("stat", journal_path, e))?;
-    if pm.dev != src_meta.dev {
-        return Err(StateErrorKind::CrossDevice {
-            src: src.to_path_buf(),
-            dest: dest.to_path_buf(),
-            src_dev: src_meta.dev,
-            dest_dev: pm.dev,
-        }
-        .into());
-    }
     // A fresh journal for this move (an old one is replaced).
     match rfs::unlinkat(parent_fd, journal_name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => {}
@@ -768,6 +960,7 @@ fn move_state(
             dest: dest.to_path_buf(),
             src_dev: src_meta.dev,
             dest_dev: pm.dev,
+            reason: "they are on different mounts".to_string(),
         }
         .into(),
         Errno::BUSY => StateError::invalid(
@@ -795,11 +988,160 @@ fn move_state(
     Ok(StateOutcome::Moved)
 }
 
-/// Compare the trees at `src` and `dst` (REAL paths). See [`VerifyReport`].
+/// Where the journal records the source: relative to the destination's parent directory
+/// (`../nixos-containers/web`), so the record stays true when the whole tree is mounted
+/// elsewhere. Both are REAL paths, made absolute lexically.
+fn relative_source(parent: &Path, src: &Path) -> String {
+    use std::path::Component;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (p, s) = (abs(parent), abs(src));
+    let pc: Vec<Component> = p.components().filter(|c| *c != Component::CurDir).collect();
+    let sc: Vec<Component> = s.components().filter(|c| *c != Component::CurDir).collect();
+    let common = pc.iter().zip(&sc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..pc.len() {
+        out.push("..");
+    }
+    for c in &sc[common..] {
+        out.push(c.as_os_str());
+    }
+    if out.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        out.to_string_lossy().into_owned()
+    }
+}
+
+/// The nearest existing ancestor of `path` (itself included), opened.
+fn nearest_existing(path: &Path) -> Result<(PathBuf, OwnedFd), StateError> {
+    let mut p = path.to_path_buf();
+    loop {
+        match sys::open_dir_path(&p) {
+            Ok(fd) => return Ok((p, fd)),
+            Err(Errno::NOENT) if p.pop() => {}
+            Err(e) => return Err(StateError::io("open", &p, e)),
+        }
+    }
+}
+
+/// Can `src` be renamed to `dest` (`--state move`)? Both must be on the same mount of the same
+/// filesystem (and, on btrfs, in the same subvolume). Nothing is written; `dest` need not exist
+/// yet (its nearest existing ancestor is what counts).
+///
+/// # Errors
+///
+/// [`StateErrorKind::CrossDevice`] with the reason, or an I/O error naming the path.
+pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
+    let s = sys::open_root(src)?;
+    let sm = sys::fstat(s.as_fd()).map_err(|e| StateError::io("stat", src, e))?;
+    let parent = dest.parent().unwrap_or(dest);
+    let (at, d) = nearest_existing(parent)?;
+    let dm = sys::fstat(d.as_fd()).map_err(|e| StateError::io("stat", &at, e))?;
+    let refuse = |reason: String| -> Result<(), StateError> {
+        Err(StateErrorKind::CrossDevice {
+            src: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            src_dev: sm.dev,
+            dest_dev: dm.dev,
+            reason,
+        }
+        .into())
+    };
+    if sm.dev != dm.dev {
+        let same_btrfs = matches!(
+            (sys::fs_id(s.as_fd()), sys::fs_id(d.as_fd())),
+            (Ok(a @ sys::FsId::Btrfs(_)), Ok(b)) if a == b
+        );
+        return refuse(if same_btrfs {
+            format!(
+                "they are in different btrfs subvolumes ({} is in its own subvolume or below one)",
+                at.display()
+            )
+        } else {
+            format!(
+                "they are on different filesystems (device {:#x} and {:#x}, the filesystem of {})",
+                sm.dev,
+                dm.dev,
+                at.display()
+            )
+        });
+    }
+    if let (Some(a), Some(b)) = (sys::mount_id(s.as_fd()), sys::mount_id(d.as_fd()))
+        && a != b
+    {
+        return refuse(format!(
+            "they are on different mounts of one filesystem (a bind mount at or above {})",
+            at.display()
+        ));
+    }
+    if sm.mount_root {
+        return Err(StateError::invalid(
+            src,
+            "is a mount point and cannot be renamed; use --state copy",
+        ));
+    }
+    Ok(())
+}
+
+/// `--state move` run again after it renamed: the source is gone, `dest` is the directory the
+/// journal's last (move) record names, by path and inode. Finishes the journal of a run that
+/// was interrupted right after the rename.
+fn finish_move(
+    src: &Path,
+    dest: &Path,
+    parent: &Path,
+    name: &CStr,
+    name_s: &str,
+    rel_src: &str,
+) -> Result<Option<StateOutcome>, StateError> {
+    if !matches!(
+        rfs::statat(rfs::CWD, src, AtFlags::SYMLINK_NOFOLLOW),
+        Err(Errno::NOENT)
+    ) {
+        return Ok(None);
+    }
+    let Ok(parent_fd) = sys::open_dir_path(parent) else {
+        return Ok(None);
+    };
+    let Ok(dm) = sys::lstat_at(parent_fd.as_fd(), name) else {
+        return Ok(None);
+    };
+    let journal_name = cstring(dest, format!(".{name_s}.journal").as_ref())?;
+    let journal_path = parent.join(format!(".{name_s}.journal"));
+    let Some(ev) = journal::read(parent_fd.as_fd(), &journal_name, &journal_path)? else {
+        return Ok(None);
+    };
+    let last_start = ev.iter().rev().find_map(|e| match e {
+        Event::Start { source, mode, .. } => Some((source, mode)),
+        _ => None,
+    });
+    let Some((recorded, mode)) = last_start else {
+        return Ok(None);
+    };
+    let same = mode == "move"
+        && recorded.ino == dm.ino
+        && (recorded.src == rel_src || recorded.src == src.to_string_lossy());
+    if !same {
+        return Ok(None);
+    }
+    if journal::is_done(&ev) {
+        return Ok(Some(StateOutcome::AlreadyDone {
+            verify: VerifyReport::empty(Verify::None),
+        }));
+    }
+    let mut jr = Journal::open(parent_fd.as_fd(), &journal_name, &journal_path)?;
+    jr.append(&Event::Moved, false)?;
+    jr.append(&Event::Done, true)?;
+    Ok(Some(StateOutcome::Moved))
+}
+
+/// Compare the trees at `src` and `dst` (REAL paths). See [`VerifyReport`]. Inode flags the
+/// filesystem of `dst` cannot hold are not compared.
 pub fn verify_tree(src: &Path, dst: &Path, level: Verify) -> Result<VerifyReport, StateError> {
     let s = sys::open_root(src)?;
     let d = sys::open_root(dst)?;
-    verify::verify_fds(&s, &d, level, src, dst, workers())
+    let support = flags::probe(d.as_fd());
+    verify::verify_fds(&s, &d, level, src, dst, workers(), support)
 }
 
 /// Copy the tree at `src` to the NEW directory `dst` (its parent must exist) with the engine,
@@ -815,6 +1157,7 @@ pub fn copy_tree_raw(
         .create(dst)
         .map_err(|e| StateError::write("create the directory", dst, dst, e))?;
     let d = sys::open_dir_path(dst).map_err(|e| StateError::io("open", dst, e))?;
+    let flag_support = flags::probe(d.as_fd());
     copy::copy_tree(
         &s,
         d,
@@ -826,6 +1169,30 @@ pub fn copy_tree_raw(
             workers: workers(),
             checkpoint: None,
             checkpoint_every: Duration::from_secs(3600),
+            flag_support,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_names_the_source_relative_to_the_destination_parent() {
+        let r = |p: &str, s: &str| relative_source(Path::new(p), Path::new(s));
+        assert_eq!(
+            r("/mnt/var/lib/machines", "/mnt/var/lib/nixos-containers/web"),
+            "../nixos-containers/web"
+        );
+        assert_eq!(
+            r("/var/lib/machines", "/var/lib/nixos-containers/web"),
+            "../nixos-containers/web"
+        );
+        assert_eq!(
+            r("/srv/m", "/var/lib/containers/x"),
+            "../../var/lib/containers/x"
+        );
+        assert_eq!(r("/var/lib/machines", "/var/lib/machines/web"), "web");
+    }
 }

@@ -62,7 +62,9 @@ pub fn carry_profile(from: &Path, to: &Path) -> Result<ProfileOutcome, StateErro
             if m.kind() == Kind::Dir {
                 let to_fd = sys::open_read(parent_fd.as_fd(), &cname, true)
                     .map_err(|e| StateError::io("open", to, e))?;
-                let r = verify::verify_fds(&from_fd, &to_fd, Verify::Full, from, to, workers)?;
+                let support = super::flags::probe(parent_fd.as_fd());
+                let r =
+                    verify::verify_fds(&from_fd, &to_fd, Verify::Full, from, to, workers, support)?;
                 if r.is_clean() {
                     return Ok(ProfileOutcome {
                         entries: r.entries,
@@ -113,12 +115,21 @@ pub fn carry_profile(from: &Path, to: &Path) -> Result<ProfileOutcome, StateErro
             workers,
             checkpoint: None,
             checkpoint_every: Duration::from_secs(3600),
+            flag_support: super::flags::probe(parent_fd.as_fd()),
         },
     )?;
     let st_fd =
         sys::open_dir_path(&staging_path).map_err(|e| StateError::io("open", &staging_path, e))?;
     rfs::syncfs(&st_fd).map_err(|e| StateError::write("sync", &staging_path, to, e))?;
-    let r = verify::verify_fds(&from_fd, &st_fd, Verify::Full, from, &staging_path, workers)?;
+    let r = verify::verify_fds(
+        &from_fd,
+        &st_fd,
+        Verify::Full,
+        from,
+        &staging_path,
+        workers,
+        super::flags::probe(parent_fd.as_fd()),
+    )?;
     if !r.is_clean() {
         return Err(StateErrorKind::VerifyFailed {
             src: from.to_path_buf(),

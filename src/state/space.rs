@@ -42,41 +42,88 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
     let dup = root
         .try_clone()
         .map_err(|e| StateError::io("duplicate a descriptor of", label, e))?;
-    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(dup, PathBuf::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let names = sys::dir_names(dir.as_fd())
-            .map_err(|e| StateError::io("list", &join(label, &rel), e))?;
-        for name in names {
-            let m = match sys::lstat_at(dir.as_fd(), &name) {
-                Ok(m) => m,
-                Err(Errno::NOENT) => continue,
-                Err(e) => {
-                    return Err(StateError::io(
-                        "stat",
-                        &join(label, &rel.join(sys::os(&name))),
-                        e,
-                    ));
+    // Depth first, one level per directory on the current path; only the deepest
+    // `sys::FD_WINDOW` levels keep their descriptor (see `sys::open_parent`).
+    struct Level {
+        fd: Option<OwnedFd>,
+        id: (u64, u64),
+        names: Vec<std::ffi::CString>,
+        next: usize,
+    }
+    let names = sys::dir_names(dup.as_fd()).map_err(|e| StateError::io("list", label, e))?;
+    let mut stack = vec![Level {
+        fd: Some(dup),
+        id: (rm.dev, rm.ino),
+        names,
+        next: 0,
+    }];
+    let mut rel = PathBuf::new();
+    while let Some(top) = stack.last_mut() {
+        if top.next == top.names.len() {
+            let Some(done) = stack.pop() else { break };
+            if let Some(parent) = stack.last_mut() {
+                rel.pop();
+                if parent.fd.is_none() {
+                    let fd = done
+                        .fd
+                        .as_ref()
+                        .ok_or(Errno::BADF)
+                        .and_then(|c| sys::open_parent(c.as_fd(), parent.id));
+                    parent.fd = Some(fd.map_err(|e| {
+                        StateError::changed(&join(label, &rel), format!("cannot go back up ({e})"))
+                    })?);
                 }
-            };
-            if m.dev != rm.dev || m.mount_root {
-                need.skipped_mounts += 1;
-                continue;
             }
-            need.entries += 1;
-            if m.kind() != Kind::Dir && m.nlink > 1 && !seen.insert((m.dev, m.ino)) {
-                continue;
+            continue;
+        }
+        let name = std::mem::take(&mut top.names[top.next]);
+        top.next += 1;
+        let Some(dir) = top.fd.as_ref() else {
+            return Err(StateError::invalid(
+                label,
+                "internal error: a walk lost its place",
+            ));
+        };
+        let m = match sys::lstat_at(dir.as_fd(), &name) {
+            Ok(m) => m,
+            Err(Errno::NOENT) => continue,
+            Err(e) => {
+                return Err(StateError::io(
+                    "stat",
+                    &join(label, &rel.join(sys::os(&name))),
+                    e,
+                ));
             }
-            need.allocated += m.allocated();
-            match m.kind() {
-                Kind::File => need.bytes += m.size,
-                Kind::Dir => {
-                    let r = rel.join(sys::os(&name));
-                    let sub = sys::open_read(dir.as_fd(), &name, true)
-                        .map_err(|e| StateError::io("open", &join(label, &r), e))?;
-                    stack.push((sub, r));
+        };
+        if m.dev != rm.dev || m.mount_root {
+            need.skipped_mounts += 1;
+            continue;
+        }
+        need.entries += 1;
+        if m.kind() != Kind::Dir && m.nlink > 1 && !seen.insert((m.dev, m.ino)) {
+            continue;
+        }
+        need.allocated += m.allocated();
+        match m.kind() {
+            Kind::File => need.bytes += m.size,
+            Kind::Dir => {
+                rel.push(sys::os(&name));
+                let sub = sys::open_read(dir.as_fd(), &name, true)
+                    .map_err(|e| StateError::io("open", &join(label, &rel), e))?;
+                let names = sys::dir_names(sub.as_fd())
+                    .map_err(|e| StateError::io("list", &join(label, &rel), e))?;
+                stack.push(Level {
+                    fd: Some(sub),
+                    id: (m.dev, m.ino),
+                    names,
+                    next: 0,
+                });
+                let n = stack.len();
+                if n > sys::FD_WINDOW + 1 {
+                    stack[n - sys::FD_WINDOW - 1].fd = None;
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
     Ok(need)

@@ -381,51 +381,95 @@ pub(crate) fn readlink(dir: BorrowedFd<'_>, name: &CStr) -> Result<CString, Errn
     rfs::readlinkat(dir, name, Vec::new())
 }
 
-/// Remove `name` in `dir` whatever it is; directories recursively, without following symlinks.
-/// Only ever called on our own staging tree.
+/// Remove `name` in `dir` whatever it is; directories recursively, without following symlinks,
+/// holding two descriptors whatever the depth (the way back up is `..`, checked against the
+/// directory we came from). Immutable and append-only flags on the way (set by a copy that
+/// was interrupted, or by a finished one being replaced) are cleared first. Only ever called on
+/// our own staging tree.
 pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
-    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+    match unlink_thawing(dir, name) {
         Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(Errno::ISDIR) => {}
         Err(e) => return Err(e),
     }
-    // Iterative: a hostile tree may be deeper than our stack.
-    let first = open_dest_dir(dir, name)?;
-    let mut stack: Vec<(OwnedFd, Option<CString>)> = vec![(first, None)];
-    while let Some((fd, my_name)) = stack.pop() {
-        let mut descended = None;
-        let mut d = rfs::Dir::read_from(&fd)?;
+    let mut cur = open_dest_dir(dir, name)?;
+    thaw_fd(cur.as_fd())?;
+    // The names below `dir` leading to `cur`, each with the identity of its parent.
+    let mut path: Vec<(CString, (u64, u64))> = Vec::new();
+    loop {
+        let mut descend = None;
+        let mut d = rfs::Dir::read_from(&cur)?;
         while let Some(ent) = d.read() {
             let ent = ent?;
             let n = ent.file_name();
             if n == c"." || n == c".." {
                 continue;
             }
-            match rfs::unlinkat(&fd, n, AtFlags::empty()) {
+            match unlink_thawing(cur.as_fd(), n) {
                 Ok(()) | Err(Errno::NOENT) => {}
-                Err(Errno::ISDIR) | Err(Errno::PERM) => {
-                    descended = Some(n.to_owned());
+                Err(Errno::ISDIR) => {
+                    descend = Some(n.to_owned());
                     break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        if let Some(n) = descended {
-            let sub = open_dest_dir(fd.as_fd(), &n)?;
-            stack.push((fd, my_name));
-            stack.push((sub, Some(n)));
+        drop(d);
+        if let Some(n) = descend {
+            let sub = open_dest_dir(cur.as_fd(), &n)?;
+            thaw_fd(sub.as_fd())?;
+            let m = fstat(cur.as_fd())?;
+            path.push((n, (m.dev, m.ino)));
+            cur = sub;
             continue;
         }
-        // Empty now: remove it from its parent.
-        drop(fd);
-        let r = match (stack.last(), my_name) {
-            (Some((parent, _)), Some(n)) => rfs::unlinkat(parent, &n, AtFlags::REMOVEDIR),
-            _ => rfs::unlinkat(dir, name, AtFlags::REMOVEDIR),
-        };
-        match r {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e),
+        // `cur` is empty now: remove it from its parent.
+        match path.pop() {
+            Some((n, parent_id)) => {
+                let parent = open_parent(cur.as_fd(), parent_id)?;
+                drop(cur);
+                match rfs::unlinkat(&parent, &n, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                }
+                cur = parent;
+            }
+            None => {
+                drop(cur);
+                return match rfs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
         }
+    }
+}
+
+/// Unlink a non-directory; `EISDIR` for a directory. An `EPERM` caused by an immutable or
+/// append-only flag (on the entry or on `dir`) is cleared and the unlink retried.
+fn unlink_thawing(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(Errno::PERM) => {}
+        r => return r,
+    }
+    let m = lstat_at(dir, name)?;
+    if m.kind() == Kind::Dir {
+        return Err(Errno::ISDIR);
+    }
+    thaw_fd(dir)?;
+    if m.kind() == Kind::File {
+        let fd = open_read(dir, name, false)?;
+        thaw_fd(fd.as_fd())?;
+    }
+    rfs::unlinkat(dir, name, AtFlags::empty())
+}
+
+/// Clear the immutable and append-only flags of an open file or directory, if set.
+pub(crate) fn thaw_fd(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let f = super::flags::get(fd)?;
+    let frozen = super::flags::IMMUTABLE | super::flags::APPEND;
+    if f & frozen != 0 {
+        super::flags::set(fd, f & !frozen)?;
     }
     Ok(())
 }
@@ -459,4 +503,178 @@ pub(crate) fn dir_names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
         }
     }
     Ok(out)
+}
+
+/// Open the parent (`..`) of the directory `dir` and check it is the directory `(dev, ino)` the
+/// walk came from: the way back up a deep tree without keeping an fd per level. `..` is never
+/// a symlink; a directory moved meanwhile fails the check.
+pub(crate) fn open_parent(dir: BorrowedFd<'_>, want: (u64, u64)) -> Result<OwnedFd, Errno> {
+    let fd = open_read(dir, c"..", true)?;
+    let m = fstat(fd.as_fd())?;
+    if (m.dev, m.ino) != want {
+        return Err(Errno::STALE);
+    }
+    Ok(fd)
+}
+
+/// What identifies a filesystem for comparing physical extents: the device, or for btrfs (where
+/// every subvolume has its own device number, and `/var/lib/machines` is usually a subvolume
+/// of its own) the filesystem UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsId {
+    Dev(u64),
+    Btrfs([u8; 16]),
+}
+
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+/// Filesystems whose files can share extents (reflink): only there is `FIEMAP` worth asking.
+const SHARING_FILESYSTEMS: &[i64] = &[
+    BTRFS_SUPER_MAGIC,
+    0x5846_5342, // XFS
+    0xCA45_1A4E, // bcachefs
+    0x7461_636F, // OCFS2
+];
+
+/// Can files on the filesystem of `fd` share extents (btrfs, XFS, bcachefs, OCFS2)?
+pub(crate) fn can_share_extents(fd: BorrowedFd<'_>) -> bool {
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    rfs::fstatfs(fd).is_ok_and(|st| SHARING_FILESYSTEMS.contains(&(st.f_type as i64)))
+}
+/// `BTRFS_IOC_FS_INFO`: `_IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)` (1024 bytes).
+const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941F;
+
+pub(crate) fn fs_id(fd: BorrowedFd<'_>) -> Result<FsId, Errno> {
+    let m = fstat(fd)?;
+    let st = rfs::fstatfs(fd)?;
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    if st.f_type as i64 == BTRFS_SUPER_MAGIC {
+        let mut args = [0u8; 1024];
+        // SAFETY: the ioctl writes at most 1024 bytes into `args`, which is that large.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), BTRFS_IOC_FS_INFO, args.as_mut_ptr()) };
+        if rc == 0 {
+            let mut uuid = [0u8; 16];
+            uuid.copy_from_slice(&args[16..32]);
+            return Ok(FsId::Btrfs(uuid));
+        }
+    }
+    Ok(FsId::Dev(m.dev))
+}
+
+/// One extent of a file as `FIEMAP` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
+    pub flags: u32,
+}
+
+pub(crate) const FIEMAP_EXTENT_LAST: u32 = 0x0001;
+pub(crate) const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// Extents whose `physical` does not pin down the bytes: not yet allocated (delalloc, unknown),
+/// encoded (compressed: btrfs reports the start of the compressed extent, not of the part a
+/// file uses), encrypted, inline or tail-packed.
+pub(crate) const FIEMAP_EXTENT_UNPROVABLE: u32 =
+    0x0002 | 0x0004 | 0x0008 | 0x0080 | 0x0100 | 0x0200 | 0x0400;
+const FIEMAP_FLAG_SYNC: u32 = 0x0001;
+/// `FS_IOC_FIEMAP`: `_IOWR('f', 11, struct fiemap)`.
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_BATCH: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawExtent {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
+
+#[repr(C)]
+struct RawFiemap {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+    fm_extents: [RawExtent; FIEMAP_BATCH],
+}
+
+/// The extent map of an open regular file (`FIEMAP`, after writing back dirty pages), with
+/// adjacent extents merged, so two files mapping the same blocks compare equal however the
+/// filesystem splits its records.
+pub(crate) fn extents(fd: BorrowedFd<'_>) -> Result<Vec<Extent>, Errno> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut start = 0u64;
+    let empty = RawExtent {
+        fe_logical: 0,
+        fe_physical: 0,
+        fe_length: 0,
+        fe_reserved64: [0; 2],
+        fe_flags: 0,
+        fe_reserved: [0; 3],
+    };
+    loop {
+        let mut map = RawFiemap {
+            fm_start: start,
+            fm_length: u64::MAX - start,
+            fm_flags: FIEMAP_FLAG_SYNC,
+            fm_mapped_extents: 0,
+            fm_extent_count: FIEMAP_BATCH as u32,
+            fm_reserved: 0,
+            fm_extents: [empty; FIEMAP_BATCH],
+        };
+        // SAFETY: `map` is a `struct fiemap` with room for `fm_extent_count` extents.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut RawFiemap) };
+        if rc != 0 {
+            return Err(Errno::from_raw_os_error(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            ));
+        }
+        let n = (map.fm_mapped_extents as usize).min(FIEMAP_BATCH);
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut last = false;
+        for r in &map.fm_extents[..n] {
+            let e = Extent {
+                logical: r.fe_logical,
+                physical: r.fe_physical,
+                length: r.fe_length,
+                flags: r.fe_flags & !FIEMAP_EXTENT_LAST & !0x1000, // LAST, MERGED
+            };
+            last |= r.fe_flags & FIEMAP_EXTENT_LAST != 0;
+            match out.last_mut() {
+                Some(p)
+                    if p.logical + p.length == e.logical
+                        && p.physical + p.length == e.physical
+                        && p.flags == e.flags =>
+                {
+                    p.length += e.length;
+                }
+                _ => out.push(e),
+            }
+        }
+        let end = map.fm_extents[n - 1].fe_logical + map.fm_extents[n - 1].fe_length;
+        if last || end <= start {
+            return Ok(out);
+        }
+        start = end;
+    }
+}
+
+/// How many directory levels of a walk keep their descriptor; levels above are reopened
+/// through `..` ([`open_parent`]) on the way back up, so a tree 100,000 levels deep needs no
+/// more descriptors than a shallow one.
+pub(crate) const FD_WINDOW: usize = 16;
+
+/// The mount an open file is on (`statx` `STATX_MNT_ID`, Linux ≥ 5.8); `None` when unknown.
+pub(crate) fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    let s = rfs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
+    (s.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(s.stx_mnt_id)
 }

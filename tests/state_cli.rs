@@ -1,0 +1,211 @@
+//! `migrate --yes` with the host tree on real btrfs and XFS filesystems (loop devices): the
+//! report says how the state was verified (shared extents, hashes) and what happened to the
+//! legacy path; `--state move` renames on one filesystem and is refused across two before
+//! anything is written. Skipped with a message without loop devices, a failure in CI
+//! (`NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1`).
+#![allow(clippy::unwrap_used)]
+
+#[path = "state_util.rs"]
+mod sutil;
+mod util;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use util::*;
+
+fn apply(root: &Path, stand_ins: &StandIns, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root)
+        .args(["migrate", "--yes", "--json"])
+        .args(extra)
+        .env("PATH", stand_ins.path_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The `example` fixture copied onto `fs`, with a populated rootfs and a few large files for
+/// each container that has state. Returns the legacy state directories (relative).
+fn host_on(fs: &sutil::LoopFs) -> Vec<String> {
+    let fixture = TestRoot::fixture("example");
+    sutil::run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", fixture.path().display()),
+            fs.mnt.to_str().unwrap(),
+        ],
+    );
+    let mut states = Vec::new();
+    for base in ["var/lib/nixos-containers", "var/lib/containers"] {
+        if let Ok(rd) = std::fs::read_dir(fs.mnt.join(base)) {
+            for e in rd {
+                let e = e.unwrap();
+                if e.path().join("etc/os-release").exists() {
+                    populate_rootfs(&e.path());
+                    for i in 0..3 {
+                        let data: Vec<u8> =
+                            (0..1 << 20).map(|j| ((j * 31 + i) % 253) as u8).collect();
+                        std::fs::write(e.path().join(format!("var/lib/app/blob{i}")), data)
+                            .unwrap();
+                    }
+                    states.push(format!("{base}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    states.sort();
+    assert!(!states.is_empty());
+    states
+}
+
+fn name_of(state: &str) -> String {
+    Path::new(state)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn on_btrfs_the_report_says_what_was_verified_by_shared_extents() {
+    let Some(fs) = sutil::loop_fs("btrfs") else {
+        return;
+    };
+    let states = host_on(&fs);
+    // As systemd's tmpfiles makes it on btrfs: /var/lib/machines is a subvolume.
+    sutil::run(
+        "btrfs",
+        &[
+            "-q",
+            "subvolume",
+            "create",
+            fs.mnt.join("var/lib/machines").to_str().unwrap(),
+        ],
+    );
+    let stand_ins = StandIns::new(&[]);
+    let out = apply(&fs.mnt, &stand_ins, &["--verify", "full"]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    for s in &states {
+        let name = name_of(s);
+        let c = report["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap();
+        let r = &c["state_result"];
+        assert_eq!(r["outcome"], "copied", "{r}");
+        assert_eq!(r["legacy_left"], "untouched", "{r}");
+        assert_eq!(r["verify"], "full", "{r}");
+        assert_eq!(r["differences"], 0, "{r}");
+        assert!(r["files_reflinked"].as_u64().unwrap() >= 3, "{r}");
+        assert!(r["files_by_extents"].as_u64().unwrap() >= 3, "{r}");
+        assert!(r["bytes_by_extents"].as_u64().unwrap() >= 3 << 20, "{r}");
+        assert!(r["files_hashed"].as_u64().unwrap() >= 1, "{r}");
+        let done = c["done"].as_array().unwrap();
+        assert!(
+            done.iter().any(|d| {
+                let d = d.as_str().unwrap();
+                d.contains("proven equal by shared extents, not read") && d.contains("hashed")
+            }),
+            "{done:?}"
+        );
+        assert!(
+            fs.mnt.join(s).join("etc/os-release").exists(),
+            "the legacy state is kept"
+        );
+    }
+}
+
+#[test]
+fn state_move_renames_on_one_filesystem_and_is_refused_across_two() {
+    let Some(bt) = sutil::loop_fs("btrfs") else {
+        return;
+    };
+    let Some(xfs) = sutil::loop_fs("xfs") else {
+        return;
+    };
+    let states = host_on(&bt);
+    let stand_ins = StandIns::new(&[]);
+
+    // /var/lib/machines on another filesystem (XFS mounted there): refused before anything
+    // is written, with the reason; the legacy state stays.
+    let machines = bt.mnt.join("var/lib/machines");
+    std::fs::create_dir_all(&machines).unwrap();
+    sutil::run(
+        "mount",
+        &[
+            "--bind",
+            xfs.mnt.to_str().unwrap(),
+            machines.to_str().unwrap(),
+        ],
+    );
+    let before = snapshot(&bt.mnt.join("var/lib/nixos-containers"));
+    let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let listed = std::fs::read_dir(&machines).unwrap().count();
+    sutil::run("umount", &[machines.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("they are on different filesystems")
+            && err.contains("--state copy"),
+        "{err}"
+    );
+    assert_eq!(listed, 0, "the refused move wrote into /var/lib/machines");
+    assert_eq!(snapshot(&bt.mnt.join("var/lib/nixos-containers")), before);
+    assert!(!bt.mnt.join("etc/nixos/nspawn-containers.nix").exists());
+
+    // On one filesystem: renamed, the report says the legacy path is gone and how to go back.
+    let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    for s in &states {
+        let name = name_of(s);
+        let c = report["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(c["state_result"]["outcome"], "moved", "{c}");
+        assert_eq!(
+            c["state_result"]["legacy_left"],
+            "gone: renamed to the new location"
+        );
+        assert!(
+            c["done"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d.as_str().unwrap().contains("no longer exists; to go back")),
+            "{c}"
+        );
+        assert!(!bt.mnt.join(s).exists());
+        assert!(machines.join(&name).join("var/lib/app/blob2").exists());
+    }
+    // Again: nothing to do.
+    let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    for c in report["containers"].as_array().unwrap() {
+        if !c["state_result"].is_null() {
+            assert_eq!(c["state_result"]["outcome"], "already-done", "{c}");
+        }
+    }
+}
