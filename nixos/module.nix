@@ -174,6 +174,7 @@ let
         ExecReload = "/etc/${hookDir name}/reload";
       }
       // optionalAttrs (inst.timeoutStartSec != null) { TimeoutStartSec = inst.timeoutStartSec; }
+      // optionalAttrs (inst.restart != null) { Restart = inst.restart; }
       // optionalAttrs (inst.credentials != [ ]) {
         ExecStart = [
           ""

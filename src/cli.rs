@@ -106,6 +106,13 @@ pub struct MigrateArgs {
     /// Replace a destination that already holds a different machine (never merges).
     #[arg(long)]
     pub force: bool,
+
+    /// Edit the host's own Nix files instead: each `containers.NAME` definition is replaced by
+    /// its new one in place (same scope, everything else kept byte for byte, a backup
+    /// FILE.bak-STAMP kept). Shows the diff; needs --dry-run or --yes. Containers that cannot be
+    /// rewritten faithfully go to --output, with the reason.
+    #[arg(long)]
+    pub rewrite: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

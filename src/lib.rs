@@ -25,6 +25,7 @@ pub mod nixtext;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod rewrite;
 pub mod runner;
 pub mod state;
 pub mod translate;

@@ -40,6 +40,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
 }
 
 fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> {
+    if args.rewrite && !args.dry_run && !args.yes {
+        return Err(Error::Usage(
+            "--rewrite edits the host's own Nix files: give --dry-run to see the diff, or --yes \
+             to apply it (a backup of every edited file is kept)"
+                .to_string(),
+        ));
+    }
     if !args.dry_run && !args.yes {
         return Err(Error::Usage(
             "migrate needs --dry-run (show the plan) or --yes (carry it out without asking)\n\n\
@@ -133,6 +140,19 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         legacy.containers.retain(|c| args.only.contains(&c.name));
     }
     let mut migration = migrate::prepare(root, legacy, &args.output, args.dry_run, host.is_live());
+    // --rewrite: planned (files read) while the tree is still seen read-only.
+    let rewrite = args.rewrite.then(|| {
+        let confined = args
+            .config
+            .as_ref()
+            .is_none_or(|c| migrate::host_path_of(&host, c).is_some());
+        let p =
+            nixos_nspawn::rewrite::plan(&migration.legacy, &migration.instances, confined, &|f| {
+                host.read_to_string(f)
+            });
+        nixos_nspawn::rewrite::exclude(&mut migration, &p.rewritten());
+        p
+    });
     let opts = execute::ExecOptions {
         state: args.state,
         verify: args.verify,
@@ -143,10 +163,20 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     // resolving links and reading existing files must not change the host either.
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);
     migrate::add_redirects(&mut migration, &checked.redirects);
+    let rewrite_problems = match &rewrite {
+        Some(p) => nixos_nspawn::rewrite::preflight(&host, p, migration.plan.nix_output.as_deref()),
+        None => Vec::new(),
+    };
     if args.dry_run {
         let mut problems = checked.problems.clone();
         problems.extend(execute::writability_problems(&host, &checked));
+        problems.extend(rewrite_problems.iter().cloned());
         migrate::add_refusals(&mut migration, &problems);
+    } else if !rewrite_problems.is_empty() {
+        return Err(Error::Other(format!(
+            "migrate --yes --rewrite refuses to start (nothing was written):\n  {}",
+            rewrite_problems.join("\n  ")
+        )));
     }
     let mut failure = None;
     if view && let Err(e) = host.end_read_only_view() {
@@ -159,6 +189,37 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         && let Err(e) = execute::execute(&host, &mut migration, &opts, &Runner { verbose }, checked)
     {
         failure = Some(e);
+    }
+    // The host's files are rewritten last, once everything else was done.
+    let mut rewrite_failure = None;
+    if args.yes
+        && failure.is_none()
+        && let Some(p) = &rewrite
+    {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        match nixos_nspawn::rewrite::apply(&host, p, &stamp) {
+            Ok(done) => {
+                migration.report.done.extend(done);
+                migration
+                    .report
+                    .files_written
+                    .extend(p.edits.iter().map(|e| e.file.clone()));
+            }
+            Err(e) => rewrite_failure = Some(e),
+        }
+    }
+    if let Some(p) = &rewrite {
+        // The diff first (stderr with --json, so that stdout stays one JSON document).
+        let text = p.describe();
+        if args.json {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
     }
     let report = &migration.report;
     let text = if args.json {
@@ -175,6 +236,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     }
     if let Some(e) = failure {
         return Err(Error::Other(e.to_string()));
+    }
+    if let Some(e) = rewrite_failure {
+        return Err(Error::Other(format!("--rewrite: {e}")));
     }
     Ok(report.summary.exit_code)
 }

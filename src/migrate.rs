@@ -181,6 +181,8 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
     };
     let mut configured: Vec<SourceFacts> = Vec::new();
+    let mut nix_sites = Vec::new();
+    let mut nix_option_lines: BTreeMap<String, Vec<(PathBuf, usize)>> = BTreeMap::new();
     let mut nix_files: Vec<PathBuf> = Vec::new();
     if let Some(mut r) = nix {
         if let Some(entry) = &opts.config
@@ -192,6 +194,14 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         }
         configured = std::mem::take(&mut r.facts);
         problems.append(&mut r.problems);
+        // For `--rewrite`: where each container is defined, and where each option was read.
+        nix_sites = std::mem::take(&mut r.sites);
+        for f in &configured {
+            let lines = nix_option_lines.entry(f.container.clone()).or_default();
+            for (_, origin) in f.options.values() {
+                lines.push((origin.file.clone(), origin.line.unwrap_or(0)));
+            }
+        }
         nix_files = r.files_read.clone();
         files_read.append(&mut r.files_read);
         match &opts.evaluated {
@@ -267,6 +277,8 @@ pub fn scan(host: &HostRoot, opts: &ScanOptions) -> LegacyHost {
         problems,
         files_read,
         gcroots_dirs,
+        nix_sites,
+        nix_option_lines,
     }
 }
 

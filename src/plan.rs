@@ -206,7 +206,7 @@ pub fn plan(
                 steps.push(Step::WriteNspawn {
                     path: nspawn_file(&i.name),
                 });
-                if !i.dropin.is_empty() {
+                if !crate::render::nspawn::dropin(i).is_empty() {
                     steps.push(Step::WriteDropin {
                         path: dropin_file(&i.name),
                     });

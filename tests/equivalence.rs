@@ -87,6 +87,7 @@ fn preview_equals_what_the_module_renders_for_the_emitted_nix() {
         return;
     }
     let mut compared = 0;
+    let mut dropin_lines = 0;
     // The fixture hosts, and a generated one with ports, read-write binds and `-U`.
     let generated = tempfile::tempdir().unwrap();
     let st = Command::new("python3")
@@ -160,8 +161,29 @@ fn preview_equals_what_the_module_renders_for_the_emitted_nix() {
                     );
                 }
             }
+            // Every line of the drop-in the preview shows (raw keys and the ones the options
+            // give: Restart=, TimeoutStartSec=) is in the drop-in the module writes.
+            if let Some(preview) = c["dropin"].as_str() {
+                let m = module["dropins"][name]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{scenario}/{name}: the module writes no drop-in"));
+                for l in preview
+                    .lines()
+                    .filter(|l| l.contains('=') && !l.starts_with('#'))
+                {
+                    assert!(
+                        m.lines().any(|x| x == l),
+                        "{scenario}/{name}: drop-in line {l:?} not in the module's:\n{m}"
+                    );
+                    dropin_lines += 1;
+                }
+            }
             compared += 1;
         }
     }
+    assert!(
+        dropin_lines >= 20,
+        "only {dropin_lines} drop-in lines compared"
+    );
     assert!(compared >= 20, "only {compared} containers compared");
 }

@@ -1011,7 +1011,7 @@ fn a_migrated_imperative_container_is_updated_with_update() {
     // pins nixpkgs (the migrated one uses the host's <nixpkgs>) and keeps its addresses.
     let file = h.container_file(
         "scratch.nix",
-        "  network.v4.static = { hostAddresses = [ \"10.233.4.1/30\" ]; containerPool = [ \"10.233.4.2/30\" ]; };\n  activation.strategy = \"none\";\n",
+        "  network.v4.static = { hostAddresses = [ \"10.233.4.1/30\" ]; containerPool = [ \"10.233.4.2/30\" ]; };\n  activation.strategy = \"none\";\n  restart = \"on-failure\";\n  timeoutStartSec = \"1min\";\n",
     );
     std::fs::write(
         &file,
@@ -1044,6 +1044,9 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         out.contains("- ResolvConf=off"),
         "the diff shows what migrate's file had: {out}"
     );
+    // Legacy's Restart=on-failure and TimeoutStartSec=1min are options: the file keeps them.
+    assert!(!out.contains("service drop-in:"), "{out}");
+    assert!(out.contains("\n  Restart=on-failure\n"), "{out}");
     let (out, _) = ok(&h.run_on(
         root.path(),
         &[
@@ -1099,6 +1102,116 @@ fn a_migrated_imperative_container_is_updated_with_update() {
         std::fs::read_to_string(root.path().join(nspawn)).unwrap(),
         now
     );
+}
+
+/// The container file `migrate` writes is usable as it is: `update NAME` without `--config`
+/// evaluates it with the host's `<nixpkgs>` (what `nixos-container` built the legacy container
+/// with), and the drop-in it renders keeps legacy's `Restart=on-failure` and
+/// `TimeoutStartSec=1min` (options now, no raw keys an update would drop).
+#[test]
+fn a_migrated_container_file_updates_without_config_and_keeps_restart() {
+    if !tools() || !is_root() {
+        eprintln!("skipped: migrate --yes needs root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let h = Host::new();
+    let path = format!(
+        "{}:{}",
+        h.bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["migrate", "--yes", "--json", "--only", "scratch"])
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap();
+    assert!(
+        code == 0 || code == 3,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read_to_string(root.path().join("etc/nixos-nspawn/scratch.nix")).unwrap();
+    assert!(file.contains("\n  nixpkgs = <nixpkgs>;\n"), "{file}");
+    assert!(file.contains("\n  restart = \"on-failure\";\n"), "{file}");
+    let dropin = std::fs::read_to_string(
+        root.path()
+            .join("etc/systemd/system.control/systemd-nspawn@scratch.service.d/nixos-nspawn.conf"),
+    )
+    .unwrap_or_else(|e| panic!("migrate wrote no drop-in for scratch: {e}"));
+    assert!(dropin.contains("\nRestart=on-failure\n"), "{dropin}");
+    assert!(dropin.contains("\nTimeoutStartSec=1min\n"), "{dropin}");
+
+    // The test root stands for `/`: the file names the guest configuration by its host path.
+    let config = "/var/lib/machines/scratch/etc/nixos/configuration.nix";
+    assert!(
+        file.contains(&format!("system-config = {config};")),
+        "{file}"
+    );
+    std::fs::write(
+        root.path().join("etc/nixos-nspawn/scratch.nix"),
+        file.replace(
+            config,
+            &root.path().join(&config[1..]).display().to_string(),
+        ),
+    )
+    .unwrap();
+    // A NixOS host: NIX_PATH names nixpkgs (here the test stub of it).
+    let update = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"));
+        c.arg("--root")
+            .arg(root.path())
+            .args(["update", "scratch"])
+            .args(extra)
+            .env("PATH", &path)
+            .env(
+                "NIX_PATH",
+                format!(
+                    "nixpkgs={}",
+                    repo().join("nixos/tests/stub/fake-nixpkgs").display()
+                ),
+            )
+            .stdin(Stdio::null());
+        if std::env::var_os("NIXPKGS_LIB").is_none() {
+            c.env("NIXPKGS_LIB", repo().join("../shared/nixpkgs/lib"));
+        }
+        c.output().unwrap()
+    };
+    let (out, _) = ok(&update(&["--dry-run"]));
+    assert!(
+        out.contains("dry run: nothing was built") && out.contains("scratch.nix"),
+        "{out}"
+    );
+    // The drop-in's settings are unchanged lines of its diff, and no warning names them.
+    assert!(out.contains("\n  Restart=on-failure\n"), "{out}");
+    assert!(out.contains("\n  TimeoutStartSec=1min\n"), "{out}");
+    assert!(
+        !out.contains("Restart= removed") && !out.contains("Restart= changed"),
+        "{out}"
+    );
+    assert!(!out.contains("service drop-in"), "{out}");
+
+    // Without nixpkgs in NIX_PATH the error names the file and the fix, as nixos-container's
+    // `<nixpkgs/nixos>` would have failed on that host.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"));
+    c.arg("--root")
+        .arg(root.path())
+        .args(["update", "scratch", "--dry-run"])
+        .env("PATH", &path)
+        .env("NIX_PATH", "")
+        .stdin(Stdio::null());
+    if std::env::var_os("NIXPKGS_LIB").is_none() {
+        c.env("NIXPKGS_LIB", repo().join("../shared/nixpkgs/lib"));
+    }
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nixpkgs"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// Boot a busybox container with systemd-nspawn from the rootfs and the `.nspawn` file that

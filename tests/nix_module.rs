@@ -394,6 +394,7 @@ fn ports_binds_userns_and_raw_keys_merge() {
         "After=network-online.target\n",
         "DeviceAllow=/dev/fuse rwm\n",
         "TimeoutStartSec=3min\n",
+        "Restart=on-failure\n",
         "ExecStart=\n",
         "--settings=override --machine=%i --load-credential=db:/run/keys/db\n",
     ] {
@@ -1598,7 +1599,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
     std::fs::write(
         &h,
         format!(
-            "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; \
+            "{{ nixpkgs = {}; network = {{ }}; timeoutStartSec = \"5min\"; restart = \"always\"; \
              credentials = [ {{ id = \"db\"; path = \"/run/keys/db\"; }} ]; }}",
             repo().join("nixos/tests/stub/fake-nixpkgs").display()
         ),
@@ -1611,6 +1612,7 @@ fn imperative_container_errors_name_the_container_and_the_fix() {
         "{dropin}"
     );
     assert!(dropin.contains("TimeoutStartSec=5min\n"), "{dropin}");
+    assert!(dropin.contains("\nRestart=always\n"), "{dropin}");
     if let Some(analyze) = tool("systemd-analyze")
         && Path::new("/lib/systemd/system/systemd-nspawn@.service").exists()
     {
@@ -2382,4 +2384,145 @@ fn dhcp_lease_comes_through_the_nixos_nftables_firewall() {
         return;
     };
     assert!(!got_lease(&out), "a lease without the rule:\n{out}");
+}
+
+/// nixos/lib/imperative-paths.nix, as the module brings it in (real nixpkgs files): the
+/// tmpfiles rules run through the real `systemd-tmpfiles --create --root=DIR` create what
+/// nixos/README.md ("Where imperative containers live") says, and the network-unit service's
+/// script, run in a private mount namespace, links each unit into /run/systemd/network without
+/// touching what is already there.
+#[test]
+fn imperative_paths_create_what_the_readme_says() {
+    let Some(lib) = nixpkgs() else { return };
+    let v = render(&lib, &case("default-network"));
+    let rules: Vec<&str> = v["tmpfiles"]
+        .as_array()
+        .expect("tmpfiles")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    let ours = [
+        "d /var/lib/nixos-nspawn 0755 root root -",
+        "d /var/lib/nixos-nspawn/imperative 0755 root root -",
+        "d /var/lib/nixos-nspawn/imperative/nspawn 0755 root root -",
+        "d /var/lib/nixos-nspawn/imperative/network 0755 root root -",
+        "L+ /run/systemd/nspawn - - - - /var/lib/nixos-nspawn/imperative/nspawn",
+        "d /etc/systemd/system.control 0755 root root -",
+    ];
+    for r in ours {
+        assert!(rules.contains(&r), "{r:?} missing in {rules:#?}");
+    }
+    let svc = &v["imperativeNetwork"];
+    assert!(
+        svc["wantedBy"]
+            .as_array()
+            .expect("wantedBy")
+            .contains(&"systemd-networkd.service".into()),
+        "{svc}"
+    );
+    assert!(
+        svc["before"]
+            .as_array()
+            .expect("before")
+            .contains(&"systemd-networkd.service".into()),
+        "{svc}"
+    );
+    assert_eq!(svc["unitConfig"]["DefaultDependencies"], false, "{svc}");
+    assert_eq!(svc["serviceConfig"]["Type"], "oneshot", "{svc}");
+    assert_eq!(svc["serviceConfig"]["RemainAfterExit"], true, "{svc}");
+
+    // The rules through the real systemd-tmpfiles, into an empty root.
+    let Some(tmpfiles) = tool("systemd-tmpfiles") else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tempdir");
+    let conf = t.path().join("nixos-nspawn.conf");
+    std::fs::write(&conf, format!("{}\n", ours.join("\n"))).expect("write");
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let out = Command::new(&tmpfiles)
+        .arg("--create")
+        .arg(format!("--root={}", root.display()))
+        .arg(&conf)
+        .output()
+        .expect("run systemd-tmpfiles");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in [
+        "var/lib/nixos-nspawn/imperative/nspawn",
+        "var/lib/nixos-nspawn/imperative/network",
+        "etc/systemd/system.control",
+    ] {
+        let m = std::fs::symlink_metadata(root.join(d)).unwrap_or_else(|e| panic!("{d}: {e}"));
+        assert!(m.is_dir(), "{d}");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755, "{d}");
+    }
+    assert_eq!(
+        std::fs::read_link(root.join("run/systemd/nspawn")).expect("link"),
+        Path::new("/var/lib/nixos-nspawn/imperative/nspawn"),
+    );
+    // A .nspawn file put where the CLI puts it is found where systemd-nspawn looks.
+    std::fs::write(
+        root.join("var/lib/nixos-nspawn/imperative/nspawn/a.nspawn"),
+        "[Exec]\n",
+    )
+    .expect("write");
+    // At every boot and switch again: `L+` puts the same link back, the files behind it stay.
+    let out = Command::new(&tmpfiles)
+        .arg("--create")
+        .arg(format!("--root={}", root.display()))
+        .arg(&conf)
+        .output()
+        .expect("run systemd-tmpfiles");
+    assert!(out.status.success());
+    let link = root.join("run/systemd/nspawn");
+    assert_eq!(
+        std::fs::read_link(&link).expect("link"),
+        Path::new("/var/lib/nixos-nspawn/imperative/nspawn"),
+    );
+    assert!(
+        root.join("var/lib/nixos-nspawn/imperative/nspawn/a.nspawn")
+            .exists()
+    );
+
+    // The service's script, in a private mount namespace with /run and /var/lib on tmpfs:
+    // each .network unit is linked, a generator's file already in /run/systemd/network stays.
+    if !is_root() || tool("unshare").is_none() {
+        return;
+    }
+    let script = svc["script"].as_str().expect("script");
+    let run = format!(
+        "set -e\n\
+         mount --make-rprivate /\n\
+         mount -t tmpfs tmpfs /run\n\
+         mount -t tmpfs tmpfs /var/lib\n\
+         mkdir -p /var/lib/nixos-nspawn/imperative/network /run/systemd/network\n\
+         echo '[Match]' > /run/systemd/network/10-generator.network\n\
+         echo '[Match]' > /var/lib/nixos-nspawn/imperative/network/20-ve-a.network\n\
+         echo '[Match]' > /var/lib/nixos-nspawn/imperative/network/20-ve-b.network\n\
+         echo x > /var/lib/nixos-nspawn/imperative/network/notes.txt\n\
+         ( {script} )\n\
+         ( {script} )\n\
+         cd /run/systemd/network\n\
+         for f in *; do printf '%s -> %s\\n' \"$f\" \"$(readlink \"$f\" || echo file)\"; done\n"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c", &run])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "10-generator.network -> file\n\
+         20-ve-a.network -> /var/lib/nixos-nspawn/imperative/network/20-ve-a.network\n\
+         20-ve-b.network -> /var/lib/nixos-nspawn/imperative/network/20-ve-b.network\n"
+    );
 }

@@ -825,3 +825,37 @@ fn inode_exhaustion_is_reported_as_such_before_and_during_the_copy() {
         "{msg}"
     );
 }
+
+/// The engine gets paths that `execute` resolved inside the host root. A symlink put into such
+/// a path afterwards (here: the legacy directory replaced by a link to a tree elsewhere) must
+/// not be followed: the copy is refused, nothing is created, and the other tree is not read.
+#[test]
+fn a_symlink_among_the_parent_directories_is_refused() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let elsewhere = t.path().join("elsewhere/web");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret"), b"outside the root").unwrap();
+    std::os::unix::fs::symlink(
+        t.path().join("elsewhere"),
+        t.path().join("nixos-containers"),
+    )
+    .unwrap();
+    let src = t.path().join("nixos-containers/web");
+    let dest = t.path().join("machines/web");
+    std::fs::create_dir_all(t.path().join("machines")).unwrap();
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("symlink among its parent directories"),
+        "{msg}"
+    );
+    assert!(!dest.exists(), "nothing was created: {msg}");
+    assert_eq!(
+        std::fs::read_dir(t.path().join("machines"))
+            .unwrap()
+            .count(),
+        0,
+        "no staging or journal left behind"
+    );
+}

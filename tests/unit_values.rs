@@ -649,6 +649,7 @@ fn instance() -> nixos_nspawn::translate::Instance {
             bind_mounts_expr: None,
             auto_start: true,
             timeout_start_sec: None,
+            restart: None,
             private_users: PrivateUsersSpec {
                 mode: "no".into(),
                 ownership: None,

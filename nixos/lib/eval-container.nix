@@ -130,11 +130,13 @@ let
     else
       throw "eval-container.nix:\n${lib'.concatMapStringsSep "\n" (a: "- ${a.message}") failed}";
 
-  # The drop-in for systemd-nspawn@<name>.service, when one is needed (timeout, credentials);
-  # "" otherwise. The CLI installs it as /run/systemd/system/systemd-nspawn@<name>.service.d/
-  # (or /etc/…); machinectl enable/disable handles autoStart.
+  # The drop-in for systemd-nspawn@<name>.service, when one is needed (timeout, restart
+  # policy, credentials); "" otherwise. The CLI installs it as
+  # /run/systemd/system/systemd-nspawn@<name>.service.d/ (or /etc/…); machinectl
+  # enable/disable handles autoStart.
   serviceConfig =
     lib'.optionalAttrs (inst.timeoutStartSec != null) { TimeoutStartSec = inst.timeoutStartSec; }
+    // lib'.optionalAttrs (inst.restart != null) { Restart = inst.restart; }
     // lib'.optionalAttrs (inst.credentials != [ ]) {
       ExecStart = [
         ""

@@ -353,6 +353,29 @@ in
       '';
     };
 
+    restart = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "no"
+          "on-success"
+          "on-failure"
+          "on-abnormal"
+          "on-watchdog"
+          "on-abort"
+          "always"
+        ]
+      );
+      default = null;
+      example = "on-failure";
+      description = ''
+        (Extension of RFC 0108.) `Restart=` of `systemd-nspawn@<name>.service`
+        ({manpage}`systemd.service(5)`): whether systemd starts the container again after it
+        stopped. `null` keeps the stock unit, which has no `Restart=` (so `no`). A container
+        migrated from `nixos-container` gets `"on-failure"`, what legacy's
+        `container@.service` had.
+      '';
+    };
+
     privateUsers = {
       mode = mkOption {
         type = types.strMatching "no|yes|identity|pick|[0-9]+(:[0-9]+)?";

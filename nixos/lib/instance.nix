@@ -524,6 +524,7 @@ rec {
         ephemeral
         autoStart
         timeoutStartSec
+        restart
         privateUsers
         credentials
         ;

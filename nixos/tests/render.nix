@@ -30,6 +30,7 @@
 #   firewallInterfaces      per interface the ports nixpkgs' firewall opens
 #   nftables                with `nftables = true`: the nixos-fw table as `nft -f` reads it
 #   tmpfiles                systemd.tmpfiles.rules
+#   imperativeNetwork       the nixos-nspawn-imperative-network service (lib/imperative-paths.nix)
 #   scripts.<name>          { preStart; reload; } shell script bodies
 #   toplevel.<name>         the (fake) store path of the container's system
 #   description.<name>      the JSON description of the instance
@@ -112,6 +113,20 @@ ifAssertionsHold {
     in
     if cfg.networking.nftables.enable then "table ${t.family} ${t.name} {\n${t.content}\n}\n" else null;
   tmpfiles = cfg.systemd.tmpfiles.rules;
+  imperativeNetwork =
+    let
+      s = cfg.systemd.services.nixos-nspawn-imperative-network;
+    in
+    {
+      inherit (s)
+        script
+        wantedBy
+        before
+        after
+        unitConfig
+        serviceConfig
+        ;
+    };
   scripts = lib.mapAttrs (_: r: {
     inherit (r) preStart;
     reload = r.reloadScript;

@@ -385,4 +385,11 @@ pub struct LegacyHost {
     /// Per container name: its legacy GC-root directory
     /// (`/nix/var/nix/gcroots/per-container/NAME`), when it is a directory.
     pub gcroots_dirs: BTreeMap<String, PathBuf>,
+    /// Every binding of the Nix source that defines a container (for `migrate --rewrite`).
+    #[serde(skip)]
+    pub nix_sites: Vec<crate::legacy::nix_source::DefinitionSite>,
+    /// Per container: the file and line of every option the Nix source reader read for it
+    /// (`migrate --rewrite` checks that each lies inside a binding it replaces).
+    #[serde(skip)]
+    pub nix_option_lines: BTreeMap<String, Vec<(PathBuf, usize)>>,
 }

@@ -204,6 +204,7 @@ mod tests {
             bind_mounts_expr: None,
             auto_start: true,
             timeout_start_sec: None,
+            restart: None,
             private_users: PrivateUsersSpec {
                 mode: "no".into(),
                 ownership: None,

@@ -242,8 +242,16 @@ fn instance_value(i: &Instance) -> String {
     let s = &i.spec;
     let mut out = String::from("{\n");
     out.push_str(&format!("system-config = {};\n", system_config_value(i)));
-    if let Some(e) = &s.nixpkgs {
-        out.push_str(&format!("nixpkgs = {};\n", verbatim(e)));
+    match &s.nixpkgs {
+        Some(e) => out.push_str(&format!("nixpkgs = {};\n", verbatim(e))),
+        // An imperative container file has no host configuration to take `nixpkgs` from
+        // (eval-container.nix refuses to guess). `nixos-container` built the legacy container
+        // with `-f <nixpkgs/nixos>`: the host's `<nixpkgs>` from NIX_PATH, at every update.
+        None if i.kind == crate::legacy::Kind::Imperative => out.push_str(
+            "# What nixos-container built it with: the host's <nixpkgs> (NIX_PATH).\n\
+             nixpkgs = <nixpkgs>;\n",
+        ),
+        None => {}
     }
     if let Some(e) = &s.special_args {
         out.push_str(&format!("specialArgs = {};\n", verbatim(e)));
@@ -302,6 +310,9 @@ fn instance_value(i: &Instance) -> String {
     out.push_str(&format!("autoStart = {};\n", s.auto_start));
     if let Some(t) = &s.timeout_start_sec {
         out.push_str(&format!("timeoutStartSec = {};\n", string_literal(t)));
+    }
+    if let Some(r) = &s.restart {
+        out.push_str(&format!("restart = {};\n", string_literal(r)));
     }
     out.push_str(&format!(
         "privateUsers = {{ mode = {}; ownership = {}; }};\n",
@@ -387,7 +398,7 @@ fn conditional(i: &Instance, value: String) -> String {
 }
 
 /// The bindings (`path = value;`) one container contributes to the host configuration.
-fn bindings(i: &Instance) -> String {
+pub fn bindings(i: &Instance) -> String {
     let name = attr_name(&i.name);
     let mut out = String::new();
     for w in i.warnings.iter().filter(|w| w.needs_human()) {
@@ -524,7 +535,7 @@ pub fn host_file(is: &[Instance]) -> String {
 pub fn imperative_file(i: &Instance) -> String {
     let mut out = format!(
         "# Imperative container {}, migrated from nixos-container by nixos-nspawn.\n\
-         # Rebuild with: nixos-nspawn update {} --config <this file>\n",
+         # Rebuild with: nixos-nspawn update {} (reads this file; --config FILE for another)\n",
         unit::shown(&i.name),
         unit::shown(&i.name)
     );

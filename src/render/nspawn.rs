@@ -319,13 +319,34 @@ pub fn render(s: &NspawnSettings) -> String {
     out
 }
 
+/// The `[Service]` keys that nixos/module.nix (`dropinOf`) and nixos/lib/eval-container.nix
+/// render from the instance options.
+pub fn module_service(s: &InstanceSpec) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    if let Some(t) = &s.timeout_start_sec {
+        out.insert("TimeoutStartSec".to_string(), vec![t.clone()]);
+    }
+    if let Some(r) = &s.restart {
+        out.insert("Restart".to_string(), vec![r.clone()]);
+    }
+    out
+}
+
 /// The `systemd-nspawn@<name>.service` drop-in as unit-file text (`[Unit]`, `[Service]`), as
 /// NixOS renders `systemd.services."systemd-nspawn@<name>"` with `overrideStrategy =
 /// "asDropin"`. Not autoStart (`wantedBy`), which NixOS expresses as symlinks, not keys.
-/// Empty when there is nothing to put in it.
+/// Empty when there is nothing to put in it. Holds the `[Service]` keys the module renders from
+/// the options ([`module_service`]) as well as the raw ones.
 pub fn dropin(i: &Instance) -> String {
+    let mut service = module_service(&i.spec);
+    for (k, vs) in &i.dropin.service {
+        service
+            .entry(k.clone())
+            .or_default()
+            .extend(vs.iter().cloned());
+    }
     let mut out = String::new();
-    for (name, map) in [("Unit", &i.dropin.unit), ("Service", &i.dropin.service)] {
+    for (name, map) in [("Unit", &i.dropin.unit), ("Service", &service)] {
         if map.is_empty() {
             continue;
         }
@@ -362,6 +383,7 @@ mod tests {
             bind_mounts_expr: None,
             auto_start: true,
             timeout_start_sec: None,
+            restart: None,
             private_users: PrivateUsersSpec {
                 mode: "no".into(),
                 ownership: Some("chown".into()),

@@ -12,8 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{
-    self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Statx, StatxAttributes, StatxFlags,
-    Timespec, Timestamps,
+    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, Statx, StatxAttributes,
+    StatxFlags, Timespec, Timestamps,
 };
 use rustix::io::Errno;
 
@@ -186,11 +186,21 @@ pub(crate) fn open_read(
     }
 }
 
-/// Open a directory given as a full, trusted path; its last component must not be a symlink.
+/// Open a directory given as a full path that the caller resolved inside the host root (see
+/// `host.rs`). No component may be a symlink (`RESOLVE_NO_SYMLINKS`): a link swapped into the
+/// path after the caller resolved it makes the open fail (`ELOOP`) instead of leading out of
+/// the root.
 pub(crate) fn open_dir_path(path: &Path) -> Result<OwnedFd, Errno> {
     let flags = read_flags() | OFlags::DIRECTORY;
-    match rfs::openat(rfs::CWD, path, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rfs::openat(rfs::CWD, path, flags, Mode::empty()),
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rfs::openat2(
+        rfs::CWD,
+        path,
+        flags | OFlags::NOATIME,
+        Mode::empty(),
+        resolve,
+    ) {
+        Err(Errno::PERM) => rfs::openat2(rfs::CWD, path, flags, Mode::empty(), resolve),
         r => r,
     }
 }
@@ -204,6 +214,13 @@ pub(crate) fn open_root(path: &Path) -> Result<OwnedFd, super::StateError> {
                 super::StateError::invalid(
                     path,
                     "is a symlink; the state engine never follows symlinks, pass the real path",
+                )
+            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                super::StateError::invalid(
+                    path,
+                    "has a symlink among its parent directories (it changed after the path was \
+                     resolved); nothing was copied: run the command again",
                 )
             }
             _ => super::StateError::invalid(path, "is not a directory"),

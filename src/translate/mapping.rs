@@ -1184,6 +1184,9 @@ pub fn outcome(i: &Instance) -> Vec<String> {
     if let Some(t) = &sp.timeout_start_sec {
         out.push(format!("instance.timeoutStartSec = {}", string_literal(t)));
     }
+    if let Some(r) = &sp.restart {
+        out.push(format!("instance.restart = {}", string_literal(r)));
+    }
     match &sp.network {
         None => out.push("instance.network = null".into()),
         Some(n) => {

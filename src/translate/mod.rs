@@ -348,6 +348,7 @@ impl<'a> Tx<'a> {
                 bind_mounts_expr: None,
                 auto_start: false,
                 timeout_start_sec: None,
+                restart: None,
                 private_users: PrivateUsersSpec {
                     mode: "no".to_string(),
                     ownership: None,
@@ -466,12 +467,17 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// `Restart=` of legacy's `container@.service` (nixos-containers.nix, `serviceDirectives`).
+pub const LEGACY_RESTART: &str = "on-failure";
+
 /// What the legacy `container@.service` had and the stock `systemd-nspawn@.service` lacks,
 /// independent of any option (nixos-containers.nix, `serviceDirectives`), and the state rule of
 /// ephemeral containers.
 fn service_defaults(tx: &mut Tx) {
-    // A crashed container was restarted; the stock unit has no Restart= at all.
-    tx.dropin_service("Restart", "on-failure");
+    // A crashed container was restarted; the stock unit has no Restart= at all. An option,
+    // not a raw drop-in key: `nixos-nspawn update` of an imperative container renders its
+    // drop-in from the options alone (eval-container.nix) and would drop a raw key.
+    tx.i.spec.restart = Some(LEGACY_RESTART.to_string());
     // Legacy ran an ephemeral container from /run/nixos-containers/<name>, empty at every
     // boot, never from /var/lib/nixos-containers/<name>: that directory (if any, e.g. from
     // before the container was made ephemeral) must not become the snapshot source of every

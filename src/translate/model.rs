@@ -115,6 +115,8 @@ pub struct InstanceSpec {
     pub bind_mounts_expr: Option<NixExpr>,
     pub auto_start: bool,
     pub timeout_start_sec: Option<String>,
+    /// `restart`: `Restart=` of the service (`None` = the stock unit's, none).
+    pub restart: Option<String>,
     pub private_users: PrivateUsersSpec,
     /// A `lib.mkIf` condition wrapping the whole instance, verbatim.
     pub condition: Option<NixExpr>,

@@ -747,7 +747,7 @@ fn ephemeral_container_starts_empty_as_legacy_did() {
 #[test]
 fn every_container_restarts_on_failure_like_legacy() {
     for src in [r#"{ }"#, r#"{ privateNetwork = true; autoStart = true; }"#] {
-        assert_has(&run(src), &["drop-in [Service] Restart=on-failure"]);
+        assert_has(&run(src), &["instance.restart = \"on-failure\""]);
     }
 }
 

@@ -18,6 +18,7 @@
     ephemeral = true;
     credentials = [ { id = "db"; path = "/run/keys/db"; } ];
     timeoutStartSec = "3min";
+    restart = "on-failure";
     activation.strategy = "restart";
     autoStart = false;
   };

@@ -81,6 +81,10 @@ pub(crate) struct Extract<'t> {
     budget: Cell<usize>,
     /// True while the walk pushes the frame of a module function (see [`Frame::module_args`]).
     module_level: Cell<bool>,
+    /// Every binding that defines (part of) a container, for `migrate --rewrite`.
+    pub(crate) sites: Vec<super::DefinitionSite>,
+    /// How the file was read ([`Extract::run`]): only module files are rewritten in place.
+    start_is_module: bool,
 }
 
 /// Steps of name-following allowed per file (real configurations use a few thousand).
@@ -210,10 +214,13 @@ impl<'t> Extract<'t> {
             noting: None,
             budget: Cell::new(BUDGET),
             module_level: Cell::new(false),
+            sites: Vec::new(),
+            start_is_module: true,
         }
     }
 
     pub(crate) fn run(&mut self, root: ast::Expr, start: &Start) {
+        self.start_is_module = *start == Start::Module;
         match start {
             Start::Module => self.visit(root, None, &[], Level::Module, true, 0),
             Start::Containers => self.visit(root, None, &[], Level::Containers, true, 0),
@@ -1213,6 +1220,21 @@ impl<'t> Extract<'t> {
                     );
                     return;
                 };
+                // The binding this attribute path belongs to (`containers.x… = …;` or the
+                // member `x… = …;` of a set of containers), for `migrate --rewrite`.
+                if let Some(apv) = first.syntax().parent().and_then(|p| p.parent())
+                    && apv.kind() == rnix::SyntaxKind::NODE_ATTRPATH_VALUE
+                {
+                    let range = apv.text_range();
+                    self.sites.push(super::DefinitionSite {
+                        container: name.clone(),
+                        file: self.file.clone(),
+                        start: usize::from(range.start()),
+                        end: usize::from(range.end()),
+                        line: self.line(&apv),
+                        in_module: self.start_is_module,
+                    });
+                }
                 if rest.is_empty() {
                     // `containers.x = lib.mkIf c { … }`: the condition is the container's.
                     let mut c = conds.to_vec();

@@ -339,6 +339,23 @@ impl SourceFs for PlainFs {
     }
 }
 
+/// A binding that defines (part of) one container: `containers.x = …;`, `containers.x.opt =
+/// …;`, `config.containers.x = …;` or the member `x = …;` of `containers = { … }` (byte range
+/// of the whole binding, `;` included). What `migrate --rewrite` replaces.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DefinitionSite {
+    pub container: String,
+    /// Host path of the file.
+    pub file: PathBuf,
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line of the binding.
+    pub line: usize,
+    /// False when the file was read as the value of `containers` or of one container (a file
+    /// imported as `containers = import ./c.nix;`), not as a module.
+    pub in_module: bool,
+}
+
 /// What the whole configuration tree says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NixSourceResult {
@@ -356,6 +373,8 @@ pub struct NixSourceResult {
     /// verbatim with the `let` bindings it needs: where the guest `config` of a container
     /// known only from evaluation comes from.
     pub container_sets: Vec<NixExpr>,
+    /// Every binding that defines a container, in reading order (for `migrate --rewrite`).
+    pub sites: Vec<DefinitionSite>,
 }
 
 /// How a file named by another is to be read.
@@ -395,6 +414,8 @@ pub struct FileFacts {
     pub fragment: Option<Fragment>,
     /// `containers = <expr>` sites whose value is computed ([`NixSourceResult::container_sets`]).
     pub container_sets: Vec<NixExpr>,
+    /// Every binding that defines a container ([`DefinitionSite`]).
+    pub sites: Vec<DefinitionSite>,
 }
 
 /// Pure: one file's text → its containers and the files it names. `Err` when the file does not
@@ -587,6 +608,7 @@ fn read_nix_file_classified(
         problems: ex.problems,
         fragment,
         container_sets: ex.container_sets,
+        sites: ex.sites,
     })
 }
 
@@ -895,6 +917,7 @@ pub fn read_entries_in(
             }
             _ => ff,
         };
+        out.sites.extend(ff.sites.iter().cloned());
         for mut c in ff.containers {
             attach_guest_files(fs, tree, &mut c);
             if !matches!(imp.role, ImportRole::Container(_)) {
