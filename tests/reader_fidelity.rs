@@ -403,3 +403,46 @@ fn every_fixture_host_tree_emits_nix_that_parses() {
         }
     }
 }
+
+/// Issue 9 (measured): bind mounts whose paths are Nix code (a secret's path, a module argument
+/// through a `let`) needed a human; the module takes them as they are, so they are copied as
+/// Nix, with their bindings, and evaluate in the host configuration to the same paths.
+#[test]
+fn computed_bind_mounts_are_copied_as_nix() {
+    if !have_tool("nix-instantiate", "nix-bin") {
+        return;
+    }
+    let r = report("bind-expressions.nix");
+    let vault = container(&r, "vault");
+    assert!(needs_human(vault).is_empty(), "{:#}", vault["warnings"]);
+    let copied = warning(vault, "bind-mounts-copied-as-nix").unwrap();
+    assert!(
+        copied["message"]
+            .as_str()
+            .unwrap()
+            .contains("RequiresMountsFor="),
+        "{copied:#}"
+    );
+    let text = r["nix_file"].as_str().unwrap();
+    parses(text).unwrap();
+    assert!(
+        text.contains("config.sops.secrets.vault-token.path"),
+        "{text}"
+    );
+    // The module's own merge, as the host configuration would apply it; `--bind=/dev/fuse`
+    // (read-write, same path) merges in beside the copied expression.
+    let args = "{ config = { sops.secrets.vault-token.path = \"/run/secrets-host/vault-token\"; }; \
+                lib = { mkMerge = builtins.foldl' (a: b: a // b) { }; mkIf = c: v: v; }; \
+                pkgs = { }; dataRoot = \"/srv\"; }";
+    let binds = eval_in_module(
+        text,
+        args,
+        "builtins.mapAttrs (n: b: [ b.hostPath (b.isReadOnly or true) ]) \
+         m.nixos.containers.instances.vault.bindMounts",
+    );
+    assert_eq!(
+        binds,
+        "{ \"/dev/fuse\" = [ null false ]; \"/run/secrets/token\" = \
+         [ \"/run/secrets-host/vault-token\" true ]; \"/var/lib/vault\" = [ \"/srv/vault/state\" false ]; }"
+    );
+}

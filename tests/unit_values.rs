@@ -646,6 +646,7 @@ fn instance() -> nixos_nspawn::translate::Instance {
             activation_strategy: ActivationStrategy::Restart,
             ephemeral: false,
             bind_mounts: vec![],
+            bind_mounts_expr: None,
             auto_start: true,
             timeout_start_sec: None,
             restart: None,

@@ -176,7 +176,9 @@ impl Merger<'_> {
                     ),
                     _ => String::new(),
                 };
-                if !self.reported_unresolved.contains(option) {
+                if !self.reported_unresolved.contains(option)
+                    && !crate::legacy::nix_source::CARRIED_AS_NIX.contains(&option)
+                {
                     self.warnings.push(
                     Warning::new(
                         &NEEDS_EVAL,
@@ -1074,12 +1076,30 @@ mod one_warning_per_problem {
         let mut binds = BTreeMap::new();
         binds.insert("/data".to_string(), Value::Attrs(bind));
         f.set("bindMounts", Value::Attrs(binds), Some(3));
+        let mut port = BTreeMap::new();
+        port.insert("hostPort".to_string(), expr("cfg.port"));
+        f.set(
+            "forwardPorts",
+            Value::List(vec![Value::Attrs(port)]),
+            Some(4),
+        );
         let m = merge("web", vec![f]);
-        let codes: Vec<&str> = m.warnings.iter().map(|w| w.code).collect();
-        assert_eq!(codes, vec![NEEDS_EVAL.code], "{:?}", m.warnings);
+        // bindMounts is carried as Nix by the translator (CARRIED_AS_NIX): no needs-eval.
+        let codes: Vec<(&str, &str)> = m
+            .warnings
+            .iter()
+            .map(|w| (w.code, w.option.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![(NEEDS_EVAL.code, "containers.web.forwardPorts")],
+            "{:?}",
+            m.warnings
+        );
         let u = &m.options.unresolved["bindMounts"];
         assert!(u.value.text.contains("(cfg.dataDir)"), "{}", u.value.text);
         assert_eq!(u.value.free_vars, vec!["addr".to_string()]);
+        assert!(m.options.unresolved.contains_key("forwardPorts"));
     }
 
     #[test]

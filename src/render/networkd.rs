@@ -201,6 +201,7 @@ mod tests {
             activation_strategy: ActivationStrategy::Restart,
             ephemeral: false,
             bind_mounts: vec![],
+            bind_mounts_expr: None,
             auto_start: true,
             timeout_start_sec: None,
             restart: None,

@@ -274,8 +274,17 @@ fn instance_value(i: &Instance) -> String {
         string_literal(s.activation_strategy.as_str())
     ));
     out.push_str(&format!("ephemeral = {};\n", s.ephemeral));
+    // Computed bind mounts are copied verbatim; literal ones (extraFlags `--bind=`) merge in.
+    match (&s.bind_mounts_expr, s.bind_mounts.is_empty()) {
+        (Some(e), true) => out.push_str(&format!("bindMounts = {};\n", verbatim(e))),
+        (Some(e), false) => out.push_str(&format!("bindMounts = lib.mkMerge [\n{}\n", verbatim(e))),
+        (None, _) => {}
+    }
     if !s.bind_mounts.is_empty() {
-        out.push_str("bindMounts = {\n");
+        if s.bind_mounts_expr.is_none() {
+            out.push_str("bindMounts = ");
+        }
+        out.push_str("{\n");
         let mut binds: Vec<_> = s.bind_mounts.iter().collect();
         binds.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
         for b in binds {
@@ -293,7 +302,10 @@ fn instance_value(i: &Instance) -> String {
                     .unwrap_or_default()
             ));
         }
-        out.push_str("};\n");
+        out.push_str(match s.bind_mounts_expr {
+            Some(_) => "}\n];\n",
+            None => "};\n",
+        });
     }
     out.push_str(&format!("autoStart = {};\n", s.auto_start));
     if let Some(t) = &s.timeout_start_sec {
@@ -448,7 +460,13 @@ fn zone_bindings(is: &[&Instance]) -> String {
 pub fn module_args(i: &Instance) -> Vec<String> {
     let s = &i.spec;
     let mut out: Vec<String> = Vec::new();
-    let exprs = [&s.system_config, &s.nixpkgs, &s.special_args, &s.condition];
+    let exprs = [
+        &s.system_config,
+        &s.nixpkgs,
+        &s.special_args,
+        &s.bind_mounts_expr,
+        &s.condition,
+    ];
     for e in exprs.into_iter().flatten() {
         for v in &e.free_vars {
             let ok = crate::nixtext::is_identifier(v)

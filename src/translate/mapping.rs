@@ -1625,6 +1625,8 @@ mod tests {
             "guest-files-not-rewritten",
             "module-argument",
             "guest-files-copied",
+            // translate::tests::computed_bind_mounts_are_copied_verbatim, tests/reader_fidelity.rs
+            "bind-mounts-copied-as-nix",
             // tests/unit_values.rs and tests/robustness.rs
             "unit-value-refused",
             "bind-path-colon",

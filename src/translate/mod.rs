@@ -250,6 +250,12 @@ spec!(
     "the host configuration overrides systemd.services.\"container@<name>\" (or the container@ template); the migrated container runs as systemd-nspawn@<name>.service, so those settings stop applying: move them"
 );
 spec!(
+    BIND_MOUNTS_COPIED_AS_NIX,
+    "bind-mounts-copied-as-nix",
+    ChangedMeaning,
+    "bindMounts is computed by Nix code (a secret's path, a module argument, …): it is copied verbatim into the generated file, where the host configuration evaluates it; its paths are not known before that, so the .nspawn preview lacks their Bind= lines, no RequiresMountsFor= is added for them, and a `:` or `\\` in them is now taken literally"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -292,6 +298,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &NETWORK_ZONE_DECLARED,
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
     &CONTAINER_UNIT_OVERRIDE,
+    &BIND_MOUNTS_COPIED_AS_NIX,
     &INTERNAL_KEY_CONFLICT,
     // Declared with the unit-value writer whose rules they report; emitted by the translator.
     &crate::render::unit::UNIT_VALUE_REFUSED,
@@ -338,6 +345,7 @@ impl<'a> Tx<'a> {
                 activation_strategy: ActivationStrategy::None,
                 ephemeral: false,
                 bind_mounts: Vec::new(),
+                bind_mounts_expr: None,
                 auto_start: false,
                 timeout_start_sec: None,
                 restart: None,
@@ -493,9 +501,9 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     let mut tx = Tx::new(c, ctx);
 
     // Unresolved expressions: one warning per option, unless a reader already said so or the
-    // option's own row reports it (`pkgs`).
+    // option's own row handles it (`pkgs`, and `bindMounts`, copied as Nix).
     for (option, expr) in &c.options.unresolved {
-        if option == "pkgs" || tx.reader_warned(option) {
+        if option == "pkgs" || option == "bindMounts" || tx.reader_warned(option) {
             continue;
         }
         let first_line = expr

@@ -110,6 +110,9 @@ pub struct InstanceSpec {
     pub ephemeral: bool,
     /// Keyed by mount point in the output.
     pub bind_mounts: Vec<BindMount>,
+    /// Legacy `bindMounts` when it is computed by Nix code: copied verbatim (with its carried
+    /// `let` bindings), same shape as the module's `bindMounts`; merged with `bind_mounts`.
+    pub bind_mounts_expr: Option<NixExpr>,
     pub auto_start: bool,
     pub timeout_start_sec: Option<String>,
     /// `restart`: `Restart=` of the service (`None` = the stock unit's, none).

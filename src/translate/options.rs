@@ -684,6 +684,9 @@ pub fn copy_resolv_conf(tx: &mut Tx) {
         b.value
             .iter()
             .any(|m| m.mount_point.trim_end_matches('/') == "/etc/resolv.conf")
+    }) || tx.c.options.unresolved.get("bindMounts").is_some_and(|e| {
+        // Copied as Nix (mount points are attribute names, written literally in practice).
+        e.value.text.contains("\"/etc/resolv.conf\"")
     });
     let (mode, why) = if !copy && src.is_none() {
         (
@@ -778,6 +781,31 @@ fn add_bind_checked(tx: &mut Tx, origin: &crate::legacy::Origin, b: crate::legac
 
 /// Row `bindMounts`.
 pub fn bind_mounts(tx: &mut Tx) {
+    // Computed by Nix code: the module takes the legacy shape and only passes the paths on,
+    // so the expression is copied as it is (with its `let` bindings) and evaluated by the host
+    // configuration; a deployed value read meanwhile is superseded by it, as on a rebuild.
+    if let Some(src) = tx.c.options.unresolved.get("bindMounts").cloned() {
+        let copied = copy_expr(tx, "bindMounts", &src.value);
+        let first = copied.text.lines().next().unwrap_or("").trim().to_string();
+        tx.warn(
+            &super::BIND_MOUNTS_COPIED_AS_NIX,
+            "bindMounts",
+            Some(&src.origin),
+            format!(
+                "bindMounts `{first}…` is computed by Nix code; it is copied verbatim into the \
+                 generated file and evaluated there by the host configuration. Its paths are \
+                 known only then: the .nspawn preview does not list their Bind= lines, no \
+                 RequiresMountsFor= is added for them (add one if a source sits on a separately \
+                 mounted filesystem), and a `:` or `\\` in them is now part of the path"
+            ),
+        );
+        tx.applied(
+            "bindMounts",
+            "bindMounts copied verbatim as Nix (computed by Nix code)",
+        );
+        tx.i.spec.bind_mounts_expr = Some(copied);
+        return;
+    }
     let Some(src) = tx.c.options.bind_mounts.clone() else {
         return;
     };

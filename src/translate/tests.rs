@@ -926,3 +926,84 @@ fn carried_let_bindings_and_module_arguments() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 9 (measured on public hosts): bind mounts computed by Nix code (a sops secret's path,
+/// a module argument) needed a human although the module takes them unchanged. They are copied
+/// as Nix, merged with the literal ones, and reported as a changed meaning, not as unread.
+#[test]
+fn computed_bind_mounts_are_copied_verbatim() {
+    let c = example_container(
+        r#"{ bindMounts."/run/secrets/x" = { hostPath = config.sops.secrets.x.path; };
+             bindMounts."/srv" = { hostPath = "/data"; isReadOnly = false; };
+             extraFlags = [ "--bind=/dev/fuse" ]; config = { }; }"#,
+    )
+    .unwrap();
+    let i = translate(&c, &ctx());
+    let human: Vec<_> = c
+        .warnings
+        .iter()
+        .chain(&i.warnings)
+        .filter(|w| w.needs_human())
+        .map(|w| w.code)
+        .collect();
+    assert!(human.is_empty(), "{human:?}");
+    let copied = warning(&i, "bind-mounts-copied-as-nix");
+    assert!(
+        copied.message.contains("config.sops.secrets.x.path"),
+        "{copied:?}"
+    );
+    let e = i.spec.bind_mounts_expr.as_ref().expect("copied expression");
+    assert!(
+        e.text.contains("hostPath = (config.sops.secrets.x.path)"),
+        "{}",
+        e.text
+    );
+    // The literal half of the same option travels inside the expression, not twice.
+    assert!(e.text.contains("\"/data\""), "{}", e.text);
+    assert_eq!(
+        i.spec
+            .bind_mounts
+            .iter()
+            .map(|b| b.mount_point.as_str())
+            .collect::<Vec<_>>(),
+        ["/dev/fuse"]
+    );
+    // Paths known only on evaluation get no RequiresMountsFor=; the literal flag's does.
+    assert_has(
+        &i,
+        &[
+            "drop-in [Unit] RequiresMountsFor=/dev/fuse",
+            "!drop-in [Unit] RequiresMountsFor=/data",
+        ],
+    );
+    let nix = crate::render::nix::instance_snippet(&i);
+    assert!(nix.contains("bindMounts = lib.mkMerge ["), "{nix}");
+    assert!(nix.contains("config.sops.secrets.x.path"), "{nix}");
+}
+
+/// A computed bind mount onto /etc/resolv.conf still provides the file: nspawn must not write
+/// one there too.
+#[test]
+fn computed_resolv_conf_bind_turns_resolv_conf_off() {
+    let i = run(
+        r#"{ bindMounts."/etc/resolv.conf" = { hostPath = config.sops.secrets.r.path; }; config = { }; }"#,
+    );
+    assert!(i.spec.bind_mounts_expr.is_some());
+    assert_has(&i, &["[Exec] ResolvConf=off"]);
+}
+
+/// Bind mounts the source states literally are still read as data (no copied expression).
+#[test]
+fn literal_bind_mounts_stay_data() {
+    let i = run(
+        r#"{ bindMounts."/srv" = { hostPath = "/data"; isReadOnly = false; }; config = { }; }"#,
+    );
+    assert!(i.spec.bind_mounts_expr.is_none());
+    assert!(
+        i.warnings
+            .iter()
+            .all(|w| w.code != "bind-mounts-copied-as-nix")
+    );
+    let nix = crate::render::nix::instance_snippet(&i);
+    assert!(!nix.contains("mkMerge"), "{nix}");
+}

@@ -1391,7 +1391,10 @@ impl<'t> Extract<'t> {
             e.absorb(&all);
             v = Value::Expr(e);
         }
-        if contains_expr(&v) && !matches!(option.as_str(), "nixpkgs" | "specialArgs") {
+        if contains_expr(&v)
+            && !matches!(option.as_str(), "nixpkgs" | "specialArgs")
+            && !super::CARRIED_AS_NIX.contains(&option.as_str())
+        {
             let text = short(&value.syntax().to_string());
             let w = self.at(
                 Warning::new(
@@ -1489,6 +1492,7 @@ impl<'t> Extract<'t> {
                     let v = self.inherited_value(inh, &n, scope, depth);
                     if contains_expr(&v)
                         && !matches!(n.as_str(), "config" | "nixpkgs" | "specialArgs")
+                        && !super::CARRIED_AS_NIX.contains(&n.as_str())
                     {
                         let opt = format!("containers.{}.{}", nixtext::attr_name(&cname), n);
                         let w = self.at(

@@ -75,6 +75,12 @@ pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
     category: Category::NeedsHuman,
     summary: "(part of) one container's definition is computed by Nix code and was not read",
 };
+/// Options whose value the translator copies into the generated Nix file as an expression when
+/// it cannot be read as data (the new module takes them with the same shape and only passes
+/// them through, never computes with them): no `nix-unresolved-value` / `needs-eval` for them;
+/// the translator says what it copied (`bind-mounts-copied-as-nix`).
+pub const CARRIED_AS_NIX: &[&str] = &["bindMounts"];
+
 pub const NIX_UNRESOLVED_VALUE: WarningSpec = WarningSpec {
     code: "nix-unresolved-value",
     category: Category::NeedsHuman,
