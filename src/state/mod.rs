@@ -507,6 +507,9 @@ pub fn migrate_state(
                 )
         });
         if renamed && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
+            // Killed after the rename, maybe before the root's +i/+a were set: set them now
+            // (idempotent), so the check below compares the finished copy.
+            freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
             let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
                 .map_err(|e| StateError::io("open", dest, e))?;
             let report = verify::verify_fds(
@@ -865,19 +868,7 @@ pub fn migrate_state(
         .map_err(|e| StateError::write("rename the copy to", dest, dest, e))?;
     }
     rfs::fsync(&parent_fd).map_err(|e| StateError::write("sync", &parent, dest, e))?;
-    // The root's +i/+a, which would have forbidden the rename: now.
-    let root_frozen = flags::get(src_fd.as_fd())
-        .map_err(|e| StateError::io("read the inode flags of", src, e))?
-        & (flags::IMMUTABLE | flags::APPEND)
-        & flag_support;
-    if root_frozen != 0 {
-        let dfd = sys::open_dest_dir(parent_fd.as_fd(), &name)
-            .map_err(|e| StateError::io("open", dest, e))?;
-        let now = flags::get(dfd.as_fd())
-            .map_err(|e| StateError::io("read the inode flags of", dest, e))?;
-        flags::set(dfd.as_fd(), now | root_frozen)
-            .map_err(|e| StateError::write("set the inode flags of", dest, dest, e))?;
-    }
+    freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
     jr.append(
         &Event::Renamed {
             replaced: replaced.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -899,6 +890,33 @@ pub fn migrate_state(
         resumed: resume != Resume::Fresh,
         replaced,
     })
+}
+
+/// Give the renamed copy the root's `+i`/`+a`, which would have forbidden the rename, so they
+/// come after it. Idempotent: a resumed run calls it again after a kill right after the rename.
+fn freeze_root(
+    src_fd: &OwnedFd,
+    src: &Path,
+    parent_fd: &OwnedFd,
+    name: &CStr,
+    dest: &Path,
+    flag_support: u32,
+) -> Result<(), StateError> {
+    let root_frozen = flags::get(src_fd.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", src, e))?
+        & (flags::IMMUTABLE | flags::APPEND)
+        & flag_support;
+    if root_frozen != 0 {
+        let dfd = sys::open_dest_dir(parent_fd.as_fd(), name)
+            .map_err(|e| StateError::io("open", dest, e))?;
+        let now = flags::get(dfd.as_fd())
+            .map_err(|e| StateError::io("read the inode flags of", dest, e))?;
+        if now & root_frozen != root_frozen {
+            flags::set(dfd.as_fd(), now | root_frozen)
+                .map_err(|e| StateError::write("set the inode flags of", dest, dest, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Move the journal next to the destination and remove the (now empty) staging directory.
