@@ -151,7 +151,7 @@ fn state_move_renames_on_one_filesystem_and_is_refused_across_two() {
     let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let listed = std::fs::read_dir(&machines).unwrap().count();
-    sutil::run("umount", &[machines.to_str().unwrap()]);
+    sutil::umount(&machines);
     // 4: refused before the first write (see `--help`, "Exit codes").
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(

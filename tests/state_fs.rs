@@ -139,7 +139,7 @@ fn reflinked_copy_is_verified_by_extents_and_corruption_is_caught(kind: &'static
 
     // Relocated: the same disk checked under another mount point is recognised as the copy it
     // made (the journal records the source relative to the destination), nothing is written.
-    run("umount", &[fs.mnt.to_str().unwrap()]);
+    umount(&fs.mnt);
     let other = fs.mnt.with_extension("elsewhere");
     std::fs::create_dir_all(&other).unwrap();
     let img = fs.mnt.with_extension("img");
@@ -152,7 +152,7 @@ fn reflinked_copy_is_verified_by_extents_and_corruption_is_caught(kind: &'static
     // (Undo the corruption first, flipping the byte back: the copy matches again.)
     corrupt_behind_the_tools_back(&rel_dest.join("srv/bulk/big/blob1"));
     let again = state::migrate_state(&rel_src, &rel_dest, &opts(StateMode::Copy, Verify::Full));
-    run("umount", &[other.to_str().unwrap()]);
+    umount(&other);
     let _ = std::fs::remove_dir(&other);
     run(
         "mount",

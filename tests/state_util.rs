@@ -27,6 +27,30 @@ pub fn run(cmd: &str, args: &[&str]) {
     assert!(st.success(), "{cmd} {args:?} failed");
 }
 
+/// `umount PATH`, tried again for a few seconds while the kernel says the mount is busy (a
+/// short-lived reference from another test thread's child or a udev probe of the loop device),
+/// then required to succeed.
+pub fn umount(path: &Path) {
+    for _ in 0..25 {
+        let out = Command::new("umount")
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("umount: {e}"));
+        if out.status.success() {
+            return;
+        }
+        if !String::from_utf8_lossy(&out.stderr).contains("busy") {
+            panic!(
+                "umount {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    run("umount", &[path.to_str().unwrap()]);
+}
+
 fn set_times(p: &Path, sec: i64, nsec: i64) {
     use rustix::fs::{AtFlags, Timespec, Timestamps};
     let t = Timestamps {
