@@ -482,7 +482,8 @@ fn run_container(
             Step::WriteContainerFile { path }
             | Step::WriteNspawn { path }
             | Step::WriteDropin { path }
-            | Step::WriteGuestFile { path } => {
+            | Step::WriteGuestFile { path }
+            | Step::WriteNetworkUnit { path } => {
                 // The bytes the report showed (rendered once, in `migrate`).
                 let Some(text) = files.get(path) else {
                     return Err(step_err(
@@ -635,7 +636,8 @@ pub fn check_destinations(
                 Step::WriteContainerFile { path }
                 | Step::WriteNspawn { path }
                 | Step::WriteDropin { path }
-                | Step::WriteGuestFile { path } => files.push((Some(name), path)),
+                | Step::WriteGuestFile { path }
+                | Step::WriteNetworkUnit { path } => files.push((Some(name), path)),
                 _ => {}
             }
         }

@@ -576,6 +576,12 @@ fn file_text(step: &plan::Step, inst: &Instance) -> Option<String> {
         plan::Step::WriteDropin { .. } => plan::imperative_dropin_text(inst),
         plan::Step::WriteContainerFile { .. } => render::nix::imperative_file(inst),
         plan::Step::WriteGuestFile { path } => inst.guest_files.get(path)?.clone(),
+        plan::Step::WriteNetworkUnit { path } => {
+            plan::imperative_network_units(inst)
+                .into_iter()
+                .find(|(p, _)| p == path)?
+                .1
+        }
         _ => return None,
     })
 }

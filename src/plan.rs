@@ -31,6 +31,9 @@ pub enum Step {
     WriteDropin { path: PathBuf },
     /// Write a rewritten copy of a file the guest config imports (the original stays).
     WriteGuestFile { path: PathBuf },
+    /// Write a host-side networkd unit of an imperative container (legacy's start script
+    /// configured the host end of its veth; NixOS does not know imperative containers).
+    WriteNetworkUnit { path: PathBuf },
 }
 
 impl Step {
@@ -40,7 +43,8 @@ impl Step {
             Step::WriteNspawn { path }
             | Step::WriteContainerFile { path }
             | Step::WriteDropin { path }
-            | Step::WriteGuestFile { path } => Some(path),
+            | Step::WriteGuestFile { path }
+            | Step::WriteNetworkUnit { path } => Some(path),
             _ => None,
         }
     }
@@ -64,6 +68,12 @@ impl Step {
             Step::WriteDropin { path } => format!("write {}", path.display()),
             Step::WriteGuestFile { path } => format!(
                 "write {} (a rewritten copy of a file the guest config imports)",
+                path.display()
+            ),
+            Step::WriteNetworkUnit { path } => format!(
+                "write {} (linked into /run/systemd/network at boot by the module; until then \
+                 `ln -s {} /run/systemd/network/ && networkctl reload`)",
+                path.display(),
                 path.display()
             ),
         }
@@ -104,6 +114,33 @@ pub fn nspawn_file(name: &str) -> PathBuf {
 /// The RFC imperative container file, next to where `nixos-nspawn create` keeps them.
 pub fn container_file(name: &str) -> PathBuf {
     PathBuf::from(format!("/etc/nixos-nspawn/{name}.nix"))
+}
+
+/// Where imperative containers' host-side networkd units live (see nixos/README.md; the
+/// module links them into `/run/systemd/network` at boot, `nixos-nspawn create` does the same).
+pub const IMPERATIVE_NETWORK_DIR: &str = crate::imperative::paths::NETWORK_DIR;
+
+/// The host-side networkd units of an imperative container, by path: the host end of its veth
+/// as the module renders it, and any extra units the translation produced.
+pub fn imperative_network_units(i: &Instance) -> Vec<(PathBuf, String)> {
+    crate::render::networkd::module_networks(&i.name, &i.spec)
+        .iter()
+        .chain(i.host_networks.iter())
+        .filter(|u| u.side == crate::translate::Side::Host)
+        .map(|u| {
+            (
+                PathBuf::from(format!("{IMPERATIVE_NETWORK_DIR}/{}", u.file_name)),
+                format!(
+                    "{}{}",
+                    crate::render::unit::comment(&format!(
+                        "Imperative container {}, host side, managed by nixos-nspawn (migrated from nixos-container).",
+                        i.name
+                    )),
+                    crate::render::networkd::render(u)
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Declarative containers get their drop-in from NixOS; imperative ones need a file.
@@ -221,6 +258,9 @@ pub fn plan(
                     steps.push(Step::WriteDropin {
                         path: dropin_file(&i.name),
                     });
+                }
+                for (path, _) in imperative_network_units(i) {
+                    steps.push(Step::WriteNetworkUnit { path });
                 }
             }
             Kind::Declarative => any_declarative = true,

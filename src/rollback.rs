@@ -352,6 +352,7 @@ fn remove_our_empty_dirs(host: &HostRoot, name: &str) {
         dropin.as_str(),
         "/etc/nixos-nspawn",
         crate::plan::IMPERATIVE_NSPAWN_DIR,
+        crate::plan::IMPERATIVE_NETWORK_DIR,
         "/var/lib/nixos-nspawn/imperative",
         RECORD_DIR,
         "/var/lib/nixos-nspawn",

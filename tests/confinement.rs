@@ -399,8 +399,25 @@ fn nixos_managed_etc_links_are_never_written_through() {
             "/etc/nixos-nspawn/scratch.nix",
             "/var/lib/nixos-nspawn/imperative/nspawn/scratch.nspawn",
             "/etc/systemd/system.control/systemd-nspawn@scratch.service.d/nixos-nspawn.conf",
+            "/var/lib/nixos-nspawn/imperative/network/20-ve-scratch.network",
         ]
     );
+    // The host end of the veth, which legacy's start script configured: written where the
+    // module links it into /run/systemd/network, with our header, and accepted by networkd.
+    let unit = std::fs::read_to_string(
+        r.join("var/lib/nixos-nspawn/imperative/network/20-ve-scratch.network"),
+    )
+    .unwrap();
+    assert!(
+        unit.starts_with("# Imperative container scratch, host side"),
+        "{unit}"
+    );
+    assert!(unit.contains("Name=ve-scratch"), "{unit}");
+    if let Some(errors) =
+        networkd_parse_errors(&[("20-ve-scratch.network".to_string(), unit.clone())])
+    {
+        assert!(errors.is_empty(), "{errors:?}\n{unit}");
+    }
     let dropin = std::fs::read_to_string(
         r.join("etc/systemd/system.control/systemd-nspawn@scratch.service.d/nixos-nspawn.conf"),
     )
