@@ -751,25 +751,16 @@ pub(crate) fn copy_tree(
 /// when they were dropped.
 fn reopen_up(sh: &Shared<'_>, done: &Frame, up: &mut Frame, rel: &Path) -> Result<(), StateError> {
     if up.src.is_none() {
-        let fd = done
-            .src
-            .as_ref()
-            .ok_or(Errno::BADF)
-            .and_then(|c| sys::open_parent(c.as_fd(), up.src_id))
-            .map_err(|e| {
-                StateError::changed(
-                    &sh.src(rel),
-                    format!("a directory was moved during the copy ({e})"),
-                )
-            })?;
+        let fd = sys::open_parent_of(done.src.as_ref(), up.src_id).map_err(|e| {
+            StateError::changed(
+                &sh.src(rel),
+                format!("a directory was moved during the copy ({e})"),
+            )
+        })?;
         up.src = Some(Arc::new(fd));
     }
     if up.dst.is_none() {
-        let fd = done
-            .dst
-            .as_ref()
-            .ok_or(Errno::BADF)
-            .and_then(|c| sys::open_parent(c.as_fd(), up.node.dst_id))
+        let fd = sys::open_parent_of(done.dst.as_ref(), up.node.dst_id)
             .map(Arc::new)
             .map_err(|e| sh.write_err("go back up to", rel, e))?;
         up.dst = Some(fd);

@@ -64,11 +64,7 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
             if let Some(parent) = stack.last_mut() {
                 rel.pop();
                 if parent.fd.is_none() {
-                    let fd = done
-                        .fd
-                        .as_ref()
-                        .ok_or(Errno::BADF)
-                        .and_then(|c| sys::open_parent(c.as_fd(), parent.id));
+                    let fd = sys::open_parent_of(done.fd.as_ref(), parent.id);
                     parent.fd = Some(fd.map_err(|e| {
                         StateError::changed(&join(label, &rel), format!("cannot go back up ({e})"))
                     })?);

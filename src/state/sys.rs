@@ -534,6 +534,12 @@ pub(crate) fn open_parent(dir: BorrowedFd<'_>, want: (u64, u64)) -> Result<Owned
     Ok(fd)
 }
 
+/// [`open_parent`] from the level a walk just finished, through the descriptor that level still
+/// holds; `EBADF` when it holds none (a walk bug, reported like any other failure to go up).
+pub(crate) fn open_parent_of(child: Option<impl AsFd>, want: (u64, u64)) -> Result<OwnedFd, Errno> {
+    open_parent(child.ok_or(Errno::BADF)?.as_fd(), want)
+}
+
 /// What identifies a filesystem for comparing physical extents: the device, or for btrfs (where
 /// every subvolume has its own device number, and `/var/lib/machines` is usually a subvolume
 /// of its own) the filesystem UUID.

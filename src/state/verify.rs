@@ -735,31 +735,21 @@ fn walk(
 /// when they were dropped.
 fn reopen_up(ctx: &Ctx<'_>, done: &Frame, up: &mut Frame, rel: &Path) -> Result<(), StateError> {
     if up.src.is_none() {
-        let fd = done
-            .src
-            .as_ref()
-            .ok_or(Errno::BADF)
-            .and_then(|c| sys::open_parent(c.as_fd(), up.src_id))
-            .map_err(|e| {
-                StateError::changed(
-                    &join(ctx.src_label, rel),
-                    format!("a directory was moved during verification ({e})"),
-                )
-            })?;
+        let fd = sys::open_parent_of(done.src.as_ref(), up.src_id).map_err(|e| {
+            StateError::changed(
+                &join(ctx.src_label, rel),
+                format!("a directory was moved during verification ({e})"),
+            )
+        })?;
         up.src = Some(Arc::new(fd));
     }
     if up.dst.is_none() {
-        let fd = done
-            .dst
-            .as_ref()
-            .ok_or(Errno::BADF)
-            .and_then(|c| sys::open_parent(c.as_fd(), up.dst_id))
-            .map_err(|e| {
-                StateError::changed(
-                    &join(ctx.dst_label, rel),
-                    format!("a directory of the copy was moved during verification ({e})"),
-                )
-            })?;
+        let fd = sys::open_parent_of(done.dst.as_ref(), up.dst_id).map_err(|e| {
+            StateError::changed(
+                &join(ctx.dst_label, rel),
+                format!("a directory of the copy was moved during verification ({e})"),
+            )
+        })?;
         up.dst = Some(Arc::new(fd));
     }
     Ok(())
