@@ -1288,21 +1288,7 @@ fn a_created_container_boots_with_the_written_nspawn_file() {
              timeout 60 systemd-nspawn --register=no --keep-unit -q --settings=trusted -D {rootfs} -M {name} </dev/null\n",
             rootfs = rootfs.display()
         );
-        let out = Command::new("timeout")
-            .args([
-                "90",
-                "unshare",
-                "-m",
-                "-n",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = run_in_private_namespaces(90, &script);
         let so = String::from_utf8_lossy(&out.stdout);
         let se = String::from_utf8_lossy(&out.stderr);
         assert!(

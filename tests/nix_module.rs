@@ -24,7 +24,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use util::{is_root, nixpkgs, repo};
+use util::{is_root, nixpkgs, repo, run_in_private_namespaces};
 
 fn require_real_tools() -> bool {
     std::env::var("NIXOS_NSPAWN_REQUIRE_REAL_TOOLS").as_deref() == Ok("1")
@@ -1902,21 +1902,7 @@ echo host-profile > /nix/var/nix/profiles/per-nspawn/full/marker
         nspawn = nspawn.display(),
         root = root.display(),
     );
-    let out = Command::new("timeout")
-        .arg("60")
-        .args([
-            "unshare",
-            "-m",
-            "-n",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run unshare");
+    let out = run_in_private_namespaces(60, &script);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -2082,23 +2068,10 @@ fn ephemeral_and_host_network_containers_start_from_the_stock_template() {
         let Some(script) = template_machine(&d, &v, name, init) else {
             return;
         };
-        let out = Command::new("timeout")
-            .arg("60")
-            .args([
-                "unshare",
-                "-m",
-                "-n",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-            ])
-            .arg(format!(
-                "ip link add hostcheck0 type veth peer name hostcheck1\n{script}"
-            ))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run unshare");
+        let out = run_in_private_namespaces(
+            60,
+            &format!("ip link add hostcheck0 type veth peer name hostcheck1\n{script}"),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -2128,21 +2101,7 @@ fn ephemeral_and_host_network_containers_start_from_the_stock_template() {
         text(&v, &["nspawn", &machine]).replace("LinkJournal=auto", "LinkJournal=guest");
     v2["nspawn"][&machine] = Value::String(with_guest);
     let script = template_machine(&d, &v2, &machine, "echo started").expect("machine");
-    let out = Command::new("timeout")
-        .arg("60")
-        .args([
-            "unshare",
-            "-m",
-            "-n",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run unshare");
+    let out = run_in_private_namespaces(60, &script);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--ephemeral and --link-journal"),

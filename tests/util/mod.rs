@@ -585,3 +585,23 @@ pub fn networkd_parse_errors(files: &[(String, String)]) -> Option<Vec<String>> 
         .collect();
     Some(bad.into_iter().map(str::to_string).collect())
 }
+
+/// Run `script` with `sh -c` in new private mount and network namespaces (`unshare -m -n
+/// --propagation private`), stdin closed, stopped after `secs` seconds (`timeout`).
+pub fn run_in_private_namespaces(secs: u32, script: &str) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .args([
+            "unshare",
+            "-m",
+            "-n",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run timeout unshare")
+}
