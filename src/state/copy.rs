@@ -37,7 +37,7 @@ use super::Progress;
 use super::error::StateError;
 use super::flags;
 use super::hooks;
-use super::sys::{self, Kind, Meta, XTarget, Xattrs};
+use super::sys::{self, Crossing, Kind, Meta, XTarget, Xattrs};
 
 /// How to treat what an earlier, interrupted run left in the staging tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,12 @@ pub struct CopyReport {
     /// Mount points inside the source (relative paths): not descended into; an empty directory
     /// with the mount root's owner, mode and times stands in their place (like `cp -ax`).
     pub skipped_mounts: Vec<PathBuf>,
+    /// Nested btrfs subvolumes of the source (relative paths), copied and recreated as
+    /// subvolumes in the copy.
+    pub subvolumes: Vec<PathBuf>,
+    /// Nested btrfs subvolumes of the source copied as plain directories, because the
+    /// destination is not btrfs: their contents are all there, the subvolume boundary is not.
+    pub subvolumes_flattened: Vec<PathBuf>,
     /// Whether FICLONE (reflink) was used for at least one file.
     pub reflinked: bool,
     /// Files whose data was cloned (reflinked) rather than copied.
@@ -781,7 +787,6 @@ fn walk(
     checkpoint: &mut Option<&mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
     checkpoint_every: Duration,
 ) -> Result<(), StateError> {
-    let root_dev = root_meta.dev;
     // (dev, ino) of the source → (relative path, inode) of the first copy.
     let mut links: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
     let names =
@@ -821,6 +826,9 @@ fn walk(
         }
         let name = std::mem::take(&mut frame.names[frame.next]);
         frame.next += 1;
+        // The device of the directory being listed: an entry on another one is a mount point
+        // or a nested btrfs subvolume.
+        let parent_dev = frame.src_id.0;
         let node = Arc::clone(&frame.node);
         let (Some(src_dir), Some(dst_fd)) = (frame.src.clone(), frame.dst.clone()) else {
             return Err(StateError::invalid(
@@ -851,11 +859,17 @@ fn walk(
         };
 
         let kind = meta.kind();
-        if meta.dev != root_dev || meta.mount_root {
+        let crossing = if meta.dev == parent_dev && !meta.mount_root {
+            Crossing::Same
+        } else {
+            sys::crossing(src_dir.as_fd(), parent_dev, &name, &meta)
+        };
+        if crossing == Crossing::Mount {
             // A mount point (directory or file bind mount): never cross into it.
             report.skipped_mounts.push(rel.clone());
             if kind == Kind::Dir {
-                let (_, _) = prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref(), 0, false)?;
+                let (_, _) =
+                    prepare_dir(sh, dst_dir, &name, &rel, existing.as_ref(), 0, false, false)?;
                 let fd = sys::open_dest_dir(dst_dir, &name)
                     .map_err(|e| sh.write_err("open", &rel, e))?;
                 let placeholder = DirNode {
@@ -900,6 +914,26 @@ fn walk(
                 } else {
                     sh.wanted_flags(sflags, &|| rel.clone())
                 };
+                // A nested subvolume becomes one again where the copy is on btrfs (the layout
+                // legacy had), elsewhere a plain directory with the same contents (reported).
+                let mut existing = existing;
+                let as_subvolume = crossing == Crossing::Subvolume && sys::is_btrfs(dst_dir);
+                if crossing == Crossing::Subvolume {
+                    if as_subvolume {
+                        report.subvolumes.push(rel.clone());
+                        // An interrupted run always creates it as a subvolume; a plain
+                        // directory here is somebody else's leftover: start it again.
+                        if existing.is_some_and(|d| {
+                            d.kind() == Kind::Dir && !sys::is_subvolume_root(&d, node.dst_id.0)
+                        }) {
+                            sys::remove_all_at(dst_dir, &name)
+                                .map_err(|e| sh.write_err("remove the stale", &rel, e))?;
+                            existing = None;
+                        }
+                    } else {
+                        report.subvolumes_flattened.push(rel.clone());
+                    }
+                }
                 let (fresh, dfd) = prepare_dir(
                     sh,
                     dst_dir,
@@ -908,6 +942,7 @@ fn walk(
                     existing.as_ref(),
                     want,
                     node.inherits(),
+                    as_subvolume,
                 )?;
                 let (dfd, flags_now) = match dfd {
                     Some(x) => x,
@@ -1164,8 +1199,9 @@ fn count_kind(report: &mut CopyReport, kind: Kind) {
 /// created now (so it cannot hold leftovers). When its inode flags need attention (the source
 /// has copied flags `want`, or it may have inherited some, or it is a kept directory that may
 /// carry +i/+a from a finished earlier run), also returns it open with its flags as they are
-/// now: early ones set, inherited ones corrected, +i/+a lifted until it is finished.
-#[allow(clippy::type_complexity)]
+/// now: early ones set, inherited ones corrected, +i/+a lifted until it is finished. With
+/// `subvolume`, a new directory is created as a btrfs subvolume (the destination is btrfs).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn prepare_dir(
     sh: &Shared<'_>,
     dst_dir: BorrowedFd<'_>,
@@ -1174,6 +1210,7 @@ fn prepare_dir(
     existing: Option<&Meta>,
     want: u32,
     inherits: bool,
+    subvolume: bool,
 ) -> Result<(bool, Option<(OwnedFd, u32)>), StateError> {
     let fresh = match existing {
         Some(d) if d.kind() == Kind::Dir => false,
@@ -1184,7 +1221,13 @@ fn prepare_dir(
         }
         None => true,
     };
-    if fresh {
+    if fresh && subvolume {
+        sys::create_subvolume(dst_dir, name)
+            .map_err(|e| sh.write_err("create the btrfs subvolume", rel, e))?;
+        // Created 0755: private like every new directory until it is finished.
+        rfs::chmodat(dst_dir, name, Mode::from_raw_mode(0o700), AtFlags::empty())
+            .map_err(|e| sh.write_err("set the mode of", rel, e))?;
+    } else if fresh {
         rfs::mkdirat(dst_dir, name, Mode::from_raw_mode(0o700))
             .map_err(|e| sh.write_err("create the directory", rel, e))?;
     }

@@ -31,10 +31,14 @@
 //! files, symlinks and directories, the inode flags of the table in `flags.rs` (`+C` early,
 //! `+i`/`+a` last; the root's `+i`/`+a` after the final rename, which they would forbid); flags
 //! the destination cannot hold are reported ([`CopyReport::flags_lost`], the warning
-//! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Mount points inside the source
-//! (another `st_dev`, or a mount root according to `statx`, which also catches bind mounts from
-//! the same filesystem) are not crossed: an empty directory stands in for a directory mount, a
-//! bind-mounted file is left out, and the reports list them.
+//! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Nested btrfs subvolumes (another
+//! `st_dev`, inode 256, yet on the parent's mount per `STATX_MNT_ID`: tmpfiles `v` lines make
+//! them inside NixOS guests) are copied: as subvolumes again where the copy is on btrfs, else as
+//! plain directories ([`STATE_SUBVOLUMES_FLATTENED`]). Mount points inside the source (a mount
+//! root according to `statx`, which also catches bind mounts from the same filesystem, or
+//! another `st_dev` that is not such a subvolume) are not crossed: an empty directory stands in
+//! for a directory mount, a bind-mounted file is left out, and the reports list them
+//! ([`STATE_MOUNTS_SKIPPED`]).
 //!
 //! # Safety against a hostile rootfs
 //!
@@ -176,6 +180,8 @@ pub struct MigrateStateOptions<'a> {
 /// What [`migrate_state`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// One value per container, kept for its report: the size of `Copied` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum StateOutcome {
     /// Copied (or finished copying) and renamed into place.
     Copied {
@@ -215,7 +221,44 @@ pub const INODE_FLAGS_LOST: crate::warnings::WarningSpec = crate::warnings::Warn
     summary: "some inode flags (chattr) of the legacy state could not be kept by the new location",
 };
 
-pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[&INODE_FLAGS_LOST];
+/// Mount points inside the legacy state directory were not crossed: the copy has an empty
+/// directory there (a bind-mounted file is left out).
+pub const STATE_MOUNTS_SKIPPED: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
+    code: "state-mounts-skipped",
+    category: crate::warnings::Category::NeedsHuman,
+    summary: "mount points inside the legacy state were not copied into (their contents are not in the new location)",
+};
+
+/// Nested btrfs subvolumes of the legacy state became plain directories, because the new
+/// location is not on btrfs.
+pub const STATE_SUBVOLUMES_FLATTENED: crate::warnings::WarningSpec =
+    crate::warnings::WarningSpec {
+        code: "state-subvolumes-flattened",
+        category: crate::warnings::Category::ChangedMeaning,
+        summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs)",
+    };
+
+pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[
+    &INODE_FLAGS_LOST,
+    &STATE_MOUNTS_SKIPPED,
+    &STATE_SUBVOLUMES_FLATTENED,
+];
+
+/// `a, b, c and 3 more` for the first `MAX_LISTED` paths of a list.
+fn path_list(paths: &[PathBuf]) -> String {
+    const MAX_LISTED: usize = 20;
+    let shown: Vec<String> = paths
+        .iter()
+        .take(MAX_LISTED)
+        .map(|p| p.display().to_string())
+        .collect();
+    let more = paths.len().saturating_sub(MAX_LISTED);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
 
 /// What the state step did, for the report and `--json` (`containers[].state_result`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -299,13 +342,48 @@ impl StateOutcome {
         s
     }
 
-    /// Warnings for the report: inode flags the copy could not keep.
+    /// Warnings for the report: mount points not copied into, nested subvolumes that became
+    /// plain directories, inode flags the copy could not keep.
     pub fn warnings(&self, container: &str) -> Vec<crate::warnings::Warning> {
         let StateOutcome::Copied { copy, .. } = self else {
             return Vec::new();
         };
+        let mut out = Vec::new();
+        if !copy.skipped_mounts.is_empty() {
+            out.push(crate::warnings::Warning::new(
+                &STATE_MOUNTS_SKIPPED,
+                format!("containers.{container} state"),
+                format!(
+                    "{} mount point{} inside the legacy state {} not copied into: {}. The copy \
+                     has an empty directory in place of each mounted directory (a bind-mounted \
+                     file is left out). Copy what is mounted there yourself if it belongs to \
+                     the container, or mount it again at the new location",
+                    copy.skipped_mounts.len(),
+                    if copy.skipped_mounts.len() == 1 { "" } else { "s" },
+                    if copy.skipped_mounts.len() == 1 { "was" } else { "were" },
+                    path_list(&copy.skipped_mounts),
+                ),
+            ));
+        }
+        if !copy.subvolumes_flattened.is_empty() {
+            out.push(crate::warnings::Warning::new(
+                &STATE_SUBVOLUMES_FLATTENED,
+                format!("containers.{container} state"),
+                format!(
+                    "{} nested btrfs subvolume{} of the legacy state {} copied as plain \
+                     director{} because the new location is not on btrfs: {}. All contents are \
+                     there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
+                     subvolume` commands in the container) does not apply any more",
+                    copy.subvolumes_flattened.len(),
+                    if copy.subvolumes_flattened.len() == 1 { "" } else { "s" },
+                    if copy.subvolumes_flattened.len() == 1 { "was" } else { "were" },
+                    if copy.subvolumes_flattened.len() == 1 { "y" } else { "ies" },
+                    path_list(&copy.subvolumes_flattened),
+                ),
+            ));
+        }
         if copy.flags_lost_count == 0 {
-            return Vec::new();
+            return out;
         }
         let list: Vec<String> = copy
             .flags_lost
@@ -313,7 +391,7 @@ impl StateOutcome {
             .map(|l| format!("{} {} ({})", l.path.display(), l.flags, l.why))
             .collect();
         let more = copy.flags_lost_count.saturating_sub(list.len() as u64);
-        vec![crate::warnings::Warning::new(
+        out.push(crate::warnings::Warning::new(
             &INODE_FLAGS_LOST,
             format!("containers.{container} state"),
             format!(
@@ -334,7 +412,8 @@ impl StateOutcome {
                     String::new()
                 }
             ),
-        )]
+        ));
+        out
     }
 }
 
@@ -1054,8 +1133,10 @@ fn nearest_existing(path: &Path) -> Result<(PathBuf, OwnedFd), StateError> {
 }
 
 /// Can `src` be renamed to `dest` (`--state move`)? Both must be on the same mount of the same
-/// filesystem (and, on btrfs, in the same subvolume). Nothing is written; `dest` need not exist
-/// yet (its nearest existing ancestor is what counts).
+/// filesystem and, on btrfs, in the same subvolume unless `src` is a subvolume itself (which
+/// rename(2) moves anywhere in its filesystem). Nested subvolumes and mounts inside `src` move
+/// with it. Nothing is written; `dest` need not exist yet (its nearest existing ancestor is
+/// what counts).
 ///
 /// # Errors
 ///
@@ -1076,12 +1157,17 @@ pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
         }
         .into())
     };
-    if sm.dev != dm.dev {
-        let same_btrfs = matches!(
+    let same_btrfs = || {
+        matches!(
             (sys::fs_id(s.as_fd()), sys::fs_id(d.as_fd())),
             (Ok(a @ sys::FsId::Btrfs(_)), Ok(b)) if a == b
-        );
-        return refuse(if same_btrfs {
+        )
+    };
+    // The state directory itself a btrfs subvolume: rename(2) moves a subvolume between any
+    // two directories of its filesystem (a plain directory only within its subvolume).
+    let src_is_subvolume = sys::is_subvolume_root(&sm, dm.dev) && !sm.mount_root && same_btrfs();
+    if sm.dev != dm.dev && !src_is_subvolume {
+        return refuse(if same_btrfs() {
             format!(
                 "they are in different btrfs subvolumes ({} is in its own subvolume or below one)",
                 at.display()

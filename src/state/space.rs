@@ -91,7 +91,10 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
                 ));
             }
         };
-        if m.dev != rm.dev || m.mount_root {
+        // Nested btrfs subvolumes are copied, so they count; mount points are not.
+        if (m.dev != top.id.0 || m.mount_root)
+            && sys::crossing(dir.as_fd(), top.id.0, &name, &m) == sys::Crossing::Mount
+        {
             need.skipped_mounts += 1;
             continue;
         }

@@ -701,3 +701,99 @@ pub(crate) fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
     let s = rfs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
     (s.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(s.stx_mnt_id)
 }
+
+/// The inode number of every btrfs subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
+const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
+
+/// Is the filesystem of `fd` btrfs?
+pub(crate) fn is_btrfs(fd: BorrowedFd<'_>) -> bool {
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    rfs::fstatfs(fd).is_ok_and(|st| st.f_type as i64 == BTRFS_SUPER_MAGIC)
+}
+
+/// What a directory entry is, seen from the filesystem of the directory it is listed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crossing {
+    /// On the same filesystem (and subvolume) as its parent.
+    Same,
+    /// The root of a nested btrfs subvolume: another `st_dev`, yet part of the same mount (so of
+    /// the same filesystem). Its contents are part of the state: systemd-tmpfiles `v` lines
+    /// (`/var/lib/machines`, `/var/lib/portables`) and administrators create these.
+    Subvolume,
+    /// A mount point (another filesystem, or a bind mount): never crossed.
+    Mount,
+}
+
+/// Classify the entry `name` of `dir` (a directory on device `dir_dev`), whose `lstat` is `m`.
+/// A subvolume is told from a mount by the mount it is on (`STATX_MNT_ID`): a subvolume reached
+/// by walking down is on its parent's mount, a mount point never is. Without that information
+/// (Linux < 5.8) anything with another `st_dev` counts as a mount, as before.
+pub(crate) fn crossing(dir: BorrowedFd<'_>, dir_dev: u64, name: &CStr, m: &Meta) -> Crossing {
+    if m.mount_root {
+        return Crossing::Mount;
+    }
+    if m.dev == dir_dev {
+        return Crossing::Same;
+    }
+    if m.kind() != Kind::Dir || m.ino != BTRFS_SUBVOL_ROOT_INO || !is_btrfs(dir) {
+        return Crossing::Mount;
+    }
+    let child = rfs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)
+        .ok()
+        .filter(|s| s.stx_mask & StatxFlags::MNT_ID.bits() != 0)
+        .map(|s| s.stx_mnt_id);
+    match (child, mount_id(dir)) {
+        (Some(a), Some(b)) if a == b => Crossing::Subvolume,
+        _ => Crossing::Mount,
+    }
+}
+
+/// Is `m` (an entry of a directory on device `dir_dev`) the root of a btrfs subvolume nested
+/// there? For our own staging tree, where no mounts are.
+pub(crate) fn is_subvolume_root(m: &Meta, dir_dev: u64) -> bool {
+    m.kind() == Kind::Dir && m.ino == BTRFS_SUBVOL_ROOT_INO && m.dev != dir_dev
+}
+
+/// `BTRFS_IOC_SUBVOL_CREATE`: `_IOW(0x94, 14, struct btrfs_ioctl_vol_args)` (4096 bytes).
+const BTRFS_IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940E;
+/// `BTRFS_PATH_NAME_MAX`: the longest name `btrfs_ioctl_vol_args` holds.
+const BTRFS_PATH_NAME_MAX: usize = 4087;
+
+#[repr(C)]
+struct BtrfsVolArgs {
+    fd: i64,
+    name: [u8; BTRFS_PATH_NAME_MAX + 1],
+}
+// The ioctl number encodes this size.
+const _: () = assert!(std::mem::size_of::<BtrfsVolArgs>() == 4096);
+
+/// Create an empty btrfs subvolume `name` in the directory `dir` (which must be on btrfs), as
+/// `btrfs subvolume create` does. The new root directory is `0755`, owned by the caller.
+pub(crate) fn create_subvolume(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes.len() > BTRFS_PATH_NAME_MAX || bytes.contains(&b'/') {
+        return Err(Errno::INVAL);
+    }
+    let mut args = BtrfsVolArgs {
+        fd: 0,
+        name: [0; BTRFS_PATH_NAME_MAX + 1],
+    };
+    args.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `args` is a `struct btrfs_ioctl_vol_args` with a NUL-terminated name; the kernel
+    // only reads it.
+    let rc = unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            BTRFS_IOC_SUBVOL_CREATE,
+            &mut args as *mut BtrfsVolArgs,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ));
+    }
+    Ok(())
+}

@@ -33,7 +33,7 @@ use super::Verify;
 use super::copy::join;
 use super::error::StateError;
 use super::flags;
-use super::sys::{self, Kind, Meta, XTarget};
+use super::sys::{self, Crossing, Kind, Meta, XTarget};
 
 /// How many differences a report keeps with their paths (all are counted).
 pub const MAX_REPORTED_DIFFERENCES: usize = 20;
@@ -166,6 +166,8 @@ impl Diffs {
 struct Job {
     src_dir: Arc<OwnedFd>,
     dst_dir: Arc<OwnedFd>,
+    /// The device of `src_dir`: an entry on another one is a bind-mounted file, not compared.
+    src_dev: u64,
     name: CString,
     rel: PathBuf,
 }
@@ -178,7 +180,6 @@ struct Ctx<'a> {
     level: Verify,
     src_label: &'a Path,
     dst_label: &'a Path,
-    root_dev: u64,
     diffs: Diffs,
     hashed: AtomicU64,
     files_hashed: AtomicU64,
@@ -229,9 +230,6 @@ pub(crate) fn verify_fds(
     if level == Verify::None {
         return Ok(report);
     }
-    let root_dev = sys::fstat(src_root.as_fd())
-        .map_err(|e| StateError::io("stat", src_label, e))?
-        .dev;
     // Extents are worth asking for only where files can share them (not on ext4, tmpfs, …).
     let same_fs = sys::can_share_extents(dst_root.as_fd())
         && match (sys::fs_id(src_root.as_fd()), sys::fs_id(dst_root.as_fd())) {
@@ -242,7 +240,6 @@ pub(crate) fn verify_fds(
         level,
         src_label,
         dst_label,
-        root_dev,
         diffs: Diffs {
             count: AtomicU64::new(0),
             first: Mutex::new(Vec::new()),
@@ -629,11 +626,14 @@ fn walk(
             ));
         };
         let erel = rel.join(sys::os(&name));
+        let src_dev = f.src_id.0;
         report.entries += 1;
         if where_ == IN_SRC {
             // A file bind mount is skipped by the copy, like a directory mount point.
             match sys::lstat_at(fsrc.as_fd(), &name) {
-                Ok(m) if m.dev != ctx.root_dev || m.mount_root => report.skipped_mounts.push(erel),
+                Ok(m) if sys::crossing(fsrc.as_fd(), src_dev, &name, &m) == Crossing::Mount => {
+                    report.skipped_mounts.push(erel)
+                }
                 _ => ctx.diffs.add(&erel, "missing in the copy"),
             }
             continue;
@@ -655,6 +655,7 @@ fn walk(
             batch.push(Job {
                 src_dir: fsrc,
                 dst_dir: fdst,
+                src_dev,
                 name,
                 rel: erel,
             });
@@ -678,6 +679,7 @@ fn walk(
             batch.push(Job {
                 src_dir: fsrc,
                 dst_dir: fdst,
+                src_dev,
                 name,
                 rel: erel,
             });
@@ -687,9 +689,21 @@ fn walk(
         if !compare_meta(&sm, &dm, &erel, &ctx.diffs) {
             continue;
         }
-        if sm.dev != ctx.root_dev || sm.mount_root {
-            report.skipped_mounts.push(erel);
-            continue;
+        match sys::crossing(sdir, src_dev, &name, &sm) {
+            Crossing::Mount => {
+                report.skipped_mounts.push(erel);
+                continue;
+            }
+            // Compared like any directory, and kept a subvolume where the copy is on btrfs.
+            Crossing::Subvolume
+                if sys::is_btrfs(ddir) && !sys::is_subvolume_root(&dm, f.dst_id.0) =>
+            {
+                ctx.diffs.add(
+                    &erel,
+                    "is a btrfs subvolume in the source but a plain directory in the copy",
+                );
+            }
+            Crossing::Subvolume | Crossing::Same => {}
         }
         let s = sys::open_read(sdir, &name, true).map_err(|e| ctx.rd("open", &erel, e))?;
         let d = sys::open_read(ddir, &name, true).map_err(|e| ctx.wd("open", &erel, e))?;
@@ -791,7 +805,7 @@ fn check_entry(
     if !compare_meta(&sm, &dm, rel, diffs) {
         return Ok(());
     }
-    if sm.dev != ctx.root_dev || sm.mount_root {
+    if sm.dev != job.src_dev || sm.mount_root {
         if let Ok(mut s) = ctx.skipped.lock() {
             s.push(rel.clone());
         }

@@ -1,0 +1,412 @@
+//! Nested btrfs subvolumes inside a container's state (systemd-tmpfiles `v` lines make
+//! `/var/lib/machines` and `/var/lib/portables` subvolumes inside a NixOS guest on btrfs;
+//! administrators make them for databases): copied, not skipped like mount points; recreated as
+//! subvolumes where the copy is on btrfs, plain directories with a warning elsewhere; verified
+//! (by shared extents across subvolumes); resumed when half-copied; carried along by
+//! `--state move`. Real mount points inside the state stay skipped and are reported.
+//!
+//! Each test makes its own btrfs (and XFS) filesystem on a loop device; skipped with a message
+//! where loop devices are unavailable, unless `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1`.
+#![allow(clippy::unwrap_used)]
+
+#[path = "state_util.rs"]
+mod util;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nixos_nspawn::state::{
+    self, MigrateStateOptions, NoProgress, StateMode, StateOutcome, Verify,
+    hooks::{HookPoint, set_hook},
+};
+use util::*;
+
+fn opts(mode: StateMode) -> MigrateStateOptions<'static> {
+    MigrateStateOptions {
+        mode,
+        verify: Verify::Full,
+        force: false,
+        progress: &NoProgress,
+    }
+}
+
+fn subvolume_create(p: &Path) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    run("btrfs", &["-q", "subvolume", "create", p.to_str().unwrap()]);
+}
+
+/// Is `p` the root of a btrfs subvolume? Asked of `btrfs subvolume show` (the independent
+/// tool), and by the inode number and device every subvolume root has.
+fn is_subvolume(p: &Path) -> bool {
+    let shown = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(p)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let m = p.symlink_metadata().unwrap();
+    let parent = p.parent().unwrap().symlink_metadata().unwrap();
+    assert_eq!(
+        shown,
+        m.ino() == 256 && m.dev() != parent.dev(),
+        "btrfs and stat disagree about {}",
+        p.display()
+    );
+    shown
+}
+
+/// rsync's view of the differences, leaving out `exclude` (a mount point: rsync would cross it).
+fn rsync_diff_excluding(src: &Path, dst: &Path, exclude: &str) -> String {
+    let out = Command::new("rsync")
+        .args(["-naiHAXSc", "--numeric-ids", "--devices", "--specials"])
+        .arg(format!("--exclude=/{exclude}"))
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A bind mount for one test, undone on drop (also when the test fails).
+struct Bind(PathBuf);
+impl Bind {
+    fn new(from: &Path, at: &Path) -> Bind {
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &["--bind", from.to_str().unwrap(), at.to_str().unwrap()],
+        );
+        Bind(at.to_path_buf())
+    }
+}
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The legacy state of `web` on `fs` as a NixOS guest on btrfs has it: the guest's own
+/// `/var/lib/machines` and `/var/lib/portables` are subvolumes (tmpfiles `v`), one nested in a
+/// subvolume; a database directory is a subvolume with a `+C` file; contents are large enough to
+/// be reflinked.
+fn state_with_subvolumes(fs: &LoopFs) -> PathBuf {
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    build_bulk_tree(&src.join("srv/plain"), 2, 5, 0, 0);
+    subvolume_create(&src.join("var/lib/machines"));
+    build_bulk_tree(&src.join("var/lib/machines/guest"), 3, 10, 1, 1 << 20);
+    subvolume_create(&src.join("var/lib/machines/guest/inner"));
+    std::fs::write(src.join("var/lib/machines/guest/inner/note"), "nested twice\n").unwrap();
+    subvolume_create(&src.join("var/lib/portables"));
+    subvolume_create(&src.join("srv/db"));
+    let db = src.join("srv/db/main.sqlite");
+    std::fs::write(&db, b"").unwrap();
+    chattr("+C", &db);
+    std::fs::write(&db, vec![7u8; 300_000]).unwrap();
+    // A subvolume's root has its own owner, mode and times; they are copied like a directory's.
+    std::os::unix::fs::lchown(src.join("srv/db"), Some(70), Some(70)).unwrap();
+    std::fs::set_permissions(
+        src.join("srv/db"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    run(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            "2020-02-02 02:02:02.123456789",
+            src.join("srv/db").to_str().unwrap(),
+            src.join("var/lib/portables").to_str().unwrap(),
+        ],
+    );
+    src
+}
+
+const SUBVOLUMES: [&str; 4] = [
+    "srv/db",
+    "var/lib/machines",
+    "var/lib/machines/guest/inner",
+    "var/lib/portables",
+];
+
+#[test]
+fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_skipped() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = state_with_subvolumes(&fs);
+    // A real mount inside the state (a bind mount of a subvolume from elsewhere on the same
+    // filesystem: another st_dev and inode 256 like a nested subvolume, only the mount tells):
+    // not crossed, reported.
+    let elsewhere = fs.mnt.join("elsewhere");
+    subvolume_create(&elsewhere);
+    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
+    let _bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    subvolume_create(&fs.mnt.join("var/lib/machines"));
+    let dest = fs.mnt.join("var/lib/machines/web");
+
+    let need = state::required_space(&src).unwrap();
+    assert_eq!(need.skipped_mounts, 1, "{need:?}");
+    assert!(need.bytes >= (1 << 20) + 300_000, "{need:?}");
+
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let warnings = out.warnings("web");
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    let mut subvols = copy.subvolumes.clone();
+    subvols.sort();
+    assert_eq!(
+        subvols,
+        SUBVOLUMES.iter().map(PathBuf::from).collect::<Vec<_>>()
+    );
+    assert!(copy.subvolumes_flattened.is_empty(), "{copy:?}");
+    assert_eq!(copy.skipped_mounts, vec![PathBuf::from("mnt/host")]);
+    assert_eq!(verify.skipped_mounts, vec![PathBuf::from("mnt/host")]);
+    for s in SUBVOLUMES {
+        assert!(is_subvolume(&dest.join(s)), "{s} is not a subvolume");
+    }
+    assert!(!is_subvolume(&dest.join("var/lib")));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("var/lib/machines/guest/inner/note")).unwrap(),
+        "nested twice\n"
+    );
+    assert!(!dest.join("mnt/host/not-ours").exists());
+    assert_eq!(rsync_diff_excluding(&src, &dest, "mnt/host"), "");
+    assert_eq!(
+        lsattr_map(&dest.join("srv/db")),
+        lsattr_map(&src.join("srv/db"))
+    );
+    // Files in subvolumes were reflinked and proven equal by their shared extents (across
+    // subvolumes of one filesystem), not read.
+    assert!(
+        verify.files_by_extents >= 2,
+        "the subvolumes' large files were not verified by extents: {verify:?}"
+    );
+    assert!(verify.bytes_hashed < 1 << 20, "{verify:?}");
+    // The report names the mount point that was not copied into; no subvolume was flattened.
+    let codes: Vec<&str> = warnings.iter().map(|w| w.code).collect();
+    assert_eq!(codes, ["state-mounts-skipped"], "{warnings:?}");
+    assert!(warnings[0].message.contains("mnt/host"), "{warnings:?}");
+    assert!(warnings[0].needs_human());
+
+    // Verification descends into subvolumes: a byte changed behind the tool's back in a file of
+    // the twice-nested subvolume of the copy is caught.
+    let victim = dest.join("var/lib/machines/guest/big/blob0");
+    let f = std::fs::OpenOptions::new().write(true).open(&victim).unwrap();
+    let before = victim.symlink_metadata().unwrap();
+    f.write_all_at(b"X", 1000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    run(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            &format!("@{}.{:09}", before.mtime(), before.mtime_nsec()),
+            victim.to_str().unwrap(),
+        ],
+    );
+    let full = state::verify_tree(&src, &dest, Verify::Full).unwrap();
+    assert_eq!(full.differences, 1, "{}", full.summary());
+    assert_eq!(
+        full.first[0].path,
+        Path::new("var/lib/machines/guest/big/blob0")
+    );
+
+    // A copy that lost a subvolume boundary on btrfs (`cp -a` makes plain directories) is told
+    // apart by verification.
+    let flat = fs.mnt.join("flat");
+    run(
+        "cp",
+        &[
+            "-a",
+            "--reflink=always",
+            src.join("var/lib/machines/guest").to_str().unwrap(),
+            flat.to_str().unwrap(),
+        ],
+    );
+    let v = state::verify_tree(&src.join("var/lib/machines/guest"), &flat, Verify::Metadata)
+        .unwrap();
+    assert_eq!(v.differences, 1, "{}", v.summary());
+    assert_eq!(v.first[0].path, Path::new("inner"));
+    assert!(
+        v.first[0].what.contains("btrfs subvolume in the source"),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn nested_subvolumes_become_plain_directories_off_btrfs_with_a_warning() {
+    let Some(bt) = loop_fs("btrfs") else { return };
+    let Some(xfs) = loop_fs("xfs") else { return };
+    let src = state_with_subvolumes(&bt);
+    let dest = xfs.mnt.join("var/lib/machines/web");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let warnings = out.warnings("web");
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert!(copy.subvolumes.is_empty(), "{copy:?}");
+    let mut flat = copy.subvolumes_flattened.clone();
+    flat.sort();
+    assert_eq!(
+        flat,
+        SUBVOLUMES.iter().map(PathBuf::from).collect::<Vec<_>>()
+    );
+    for s in SUBVOLUMES {
+        let m = dest.join(s).symlink_metadata().unwrap();
+        assert!(m.is_dir(), "{s}");
+        assert_eq!(m.dev(), dest.symlink_metadata().unwrap().dev(), "{s}");
+    }
+    assert_eq!(rsync_diff(&src, &dest), "");
+    let w = warnings
+        .iter()
+        .find(|w| w.code == "state-subvolumes-flattened")
+        .unwrap_or_else(|| panic!("no warning about the flattened subvolumes: {warnings:?}"));
+    for s in SUBVOLUMES {
+        assert!(w.message.contains(s), "{w:?}");
+    }
+    // XFS cannot hold +C: that is reported too, as before.
+    assert!(
+        warnings.iter().any(|w| w.code == "inode-flags-lost"),
+        "{warnings:?}"
+    );
+}
+
+/// Interrupted inside a subvolume (the source changes under the copy, which stops it with an
+/// error, after the files of one directory of the subvolume are finished), then run again:
+/// the half-copied subvolume in the staging tree is kept and finished, not recopied.
+#[test]
+fn a_half_copied_subvolume_is_resumed() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    let sv = src.join("var/lib/machines");
+    subvolume_create(&sv);
+    // 64 files: two full batches, so all are handed to the workers before `b` is reached.
+    std::fs::create_dir_all(sv.join("a")).unwrap();
+    for i in 0..64 {
+        std::fs::write(sv.join(format!("a/f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(sv.join("b")).unwrap();
+    std::fs::write(sv.join("b/last"), "last\n").unwrap();
+    let dest = fs.mnt.join("var/lib/machines-new/web");
+    let staged_a = fs
+        .mnt
+        .join("var/lib/machines-new/.web.partial/tree/var/lib/machines/a");
+    let b = sv.join("b");
+    let aside = sv.join("b.aside");
+    let (b2, aside2, staged) = (b.clone(), aside.clone(), staged_a.clone());
+    set_hook(Some(Arc::new(move |point, path| {
+        if point != HookPoint::BeforeOpen || path != b2 {
+            return;
+        }
+        // Wait until the workers finished `a` (a file's mtime is set last), then swap `b` for a
+        // symlink: the copy stops with "a directory was replaced by a symlink".
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            let done = (0..64).all(|i| {
+                let n = format!("f{i:02}");
+                match (
+                    staged.join(&n).symlink_metadata(),
+                    b2.with_file_name("a").join(&n).symlink_metadata(),
+                ) {
+                    (Ok(d), Ok(s)) => d.mtime() == s.mtime() && d.mtime_nsec() == s.mtime_nsec(),
+                    _ => false,
+                }
+            });
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::rename(&b2, &aside2).unwrap();
+        std::os::unix::fs::symlink("/etc", &b2).unwrap();
+    })));
+    let first = state::migrate_state(&src, &dest, &opts(StateMode::Copy));
+    set_hook(None);
+    let err = first.expect_err("the copy went on although the source changed");
+    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
+    assert!(!dest.exists());
+    // The staging tree holds the subvolume, half done.
+    assert!(is_subvolume(staged_a.parent().unwrap()));
+    assert_eq!(std::fs::read_dir(&staged_a).unwrap().count(), 64);
+
+    std::fs::remove_file(&b).unwrap();
+    std::fs::rename(&aside, &b).unwrap();
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let StateOutcome::Copied {
+        copy,
+        verify,
+        resumed,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(resumed);
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert!(copy.reused >= 64, "the finished files were copied again: {copy:?}");
+    assert_eq!(copy.subvolumes, vec![PathBuf::from("var/lib/machines")]);
+    assert!(is_subvolume(&dest.join("var/lib/machines")));
+    assert_eq!(rsync_diff(&src, &dest), "");
+}
+
+/// `--state move` renames: nested subvolumes go along with the directory holding them (on one
+/// subvolume), and a state directory that is a subvolume itself moves into another subvolume
+/// (rename(2) moves a subvolume anywhere in its filesystem). A plain directory cannot leave its
+/// subvolume: refused with the reason, nothing written.
+#[test]
+fn btrfs_move_carries_subvolumes_along() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = state_with_subvolumes(&fs);
+    let before = snapshot(&src, false);
+    // /var/lib/machines a plain directory: the same subvolume as the legacy path.
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Move)).unwrap();
+    assert!(matches!(out, StateOutcome::Moved), "{out:?}");
+    assert!(!src.exists());
+    for s in SUBVOLUMES {
+        assert!(is_subvolume(&dest.join(s)), "{s} is not a subvolume");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dest.join("var/lib/machines/guest/inner/note")).unwrap(),
+        "nested twice\n"
+    );
+    assert_eq!(
+        snapshot(&dest, false)[Path::new("")].ino,
+        before[Path::new("")].ino
+    );
+
+    // Into a subvolume (as tmpfiles makes /var/lib/machines): a plain state directory is
+    // refused before anything is written …
+    let machines = fs.mnt.join("var/lib/machines2");
+    subvolume_create(&machines);
+    let err = state::migrate_state(&dest, &machines.join("web"), &opts(StateMode::Move))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("different btrfs subvolumes"),
+        "{err}"
+    );
+    assert!(!machines.join("web").exists() && !machines.join(".web.journal").exists());
+    // … a state directory that is a subvolume itself is moved, with what it holds.
+    let own = fs.mnt.join("var/lib/nixos-containers/db");
+    subvolume_create(&own);
+    subvolume_create(&own.join("pg"));
+    std::fs::write(own.join("pg/data"), "rows\n").unwrap();
+    let ino = own.symlink_metadata().unwrap().ino();
+    let out = state::migrate_state(&own, &machines.join("db"), &opts(StateMode::Move)).unwrap();
+    assert!(matches!(out, StateOutcome::Moved), "{out:?}");
+    assert!(!own.exists());
+    assert!(is_subvolume(&machines.join("db")) && is_subvolume(&machines.join("db/pg")));
+    assert_eq!(machines.join("db").symlink_metadata().unwrap().ino(), ino);
+    assert_eq!(
+        std::fs::read_to_string(machines.join("db/pg/data")).unwrap(),
+        "rows\n"
+    );
+}
