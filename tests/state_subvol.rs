@@ -100,7 +100,11 @@ fn state_with_subvolumes(fs: &LoopFs) -> PathBuf {
     subvolume_create(&src.join("var/lib/machines"));
     build_bulk_tree(&src.join("var/lib/machines/guest"), 3, 10, 1, 1 << 20);
     subvolume_create(&src.join("var/lib/machines/guest/inner"));
-    std::fs::write(src.join("var/lib/machines/guest/inner/note"), "nested twice\n").unwrap();
+    std::fs::write(
+        src.join("var/lib/machines/guest/inner/note"),
+        "nested twice\n",
+    )
+    .unwrap();
     subvolume_create(&src.join("var/lib/portables"));
     subvolume_create(&src.join("srv/db"));
     let db = src.join("srv/db/main.sqlite");
@@ -197,7 +201,10 @@ fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_sk
     // Verification descends into subvolumes: a byte changed behind the tool's back in a file of
     // the twice-nested subvolume of the copy is caught.
     let victim = dest.join("var/lib/machines/guest/big/blob0");
-    let f = std::fs::OpenOptions::new().write(true).open(&victim).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap();
     let before = victim.symlink_metadata().unwrap();
     f.write_all_at(b"X", 1000).unwrap();
     f.sync_all().unwrap();
@@ -230,8 +237,8 @@ fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_sk
             flat.to_str().unwrap(),
         ],
     );
-    let v = state::verify_tree(&src.join("var/lib/machines/guest"), &flat, Verify::Metadata)
-        .unwrap();
+    let v =
+        state::verify_tree(&src.join("var/lib/machines/guest"), &flat, Verify::Metadata).unwrap();
     assert_eq!(v.differences, 1, "{}", v.summary());
     assert_eq!(v.first[0].path, Path::new("inner"));
     assert!(
@@ -351,7 +358,10 @@ fn a_half_copied_subvolume_is_resumed() {
     };
     assert!(resumed);
     assert!(verify.is_clean(), "{}", verify.summary());
-    assert!(copy.reused >= 64, "the finished files were copied again: {copy:?}");
+    assert!(
+        copy.reused >= 64,
+        "the finished files were copied again: {copy:?}"
+    );
     assert_eq!(copy.subvolumes, vec![PathBuf::from("var/lib/machines")]);
     assert!(is_subvolume(&dest.join("var/lib/machines")));
     assert_eq!(rsync_diff(&src, &dest), "");
@@ -387,8 +397,8 @@ fn btrfs_move_carries_subvolumes_along() {
     // refused before anything is written …
     let machines = fs.mnt.join("var/lib/machines2");
     subvolume_create(&machines);
-    let err = state::migrate_state(&dest, &machines.join("web"), &opts(StateMode::Move))
-        .unwrap_err();
+    let err =
+        state::migrate_state(&dest, &machines.join("web"), &opts(StateMode::Move)).unwrap_err();
     assert!(
         err.to_string().contains("different btrfs subvolumes"),
         "{err}"
@@ -408,5 +418,43 @@ fn btrfs_move_carries_subvolumes_along() {
     assert_eq!(
         std::fs::read_to_string(machines.join("db/pg/data")).unwrap(),
         "rows\n"
+    );
+}
+
+/// A state directory that is a subvolume itself (`btrfs subvolume create
+/// /var/lib/nixos-containers/db`) is copied into a subvolume on btrfs, a plain directory
+/// elsewhere (reported as `.`).
+#[test]
+fn a_state_directory_that_is_a_subvolume_is_copied_as_one() {
+    let Some(bt) = loop_fs("btrfs") else { return };
+    let Some(xfs) = loop_fs("xfs") else { return };
+    let src = bt.mnt.join("var/lib/nixos-containers/db");
+    subvolume_create(&src);
+    build_bulk_tree(&src, 2, 4, 1, 1 << 20);
+    subvolume_create(&bt.mnt.join("var/lib/machines"));
+    let dest = bt.mnt.join("var/lib/machines/db");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(copy.subvolumes, vec![PathBuf::from(".")]);
+    assert!(is_subvolume(&dest));
+    assert_eq!(rsync_diff(&src, &dest), "");
+
+    let dest = xfs.mnt.join("var/lib/machines/db");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let warnings = out.warnings("db");
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(copy.subvolumes_flattened, vec![PathBuf::from(".")]);
+    assert_eq!(rsync_diff(&src, &dest), "");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.code == "state-subvolumes-flattened" && w.message.contains(": .")),
+        "{warnings:?}"
     );
 }

@@ -72,8 +72,8 @@ pub struct CopyReport {
     /// Mount points inside the source (relative paths): not descended into; an empty directory
     /// with the mount root's owner, mode and times stands in their place (like `cp -ax`).
     pub skipped_mounts: Vec<PathBuf>,
-    /// Nested btrfs subvolumes of the source (relative paths), copied and recreated as
-    /// subvolumes in the copy.
+    /// Nested btrfs subvolumes of the source (relative paths; `.` when the source itself is
+    /// one), copied and recreated as subvolumes in the copy.
     pub subvolumes: Vec<PathBuf>,
     /// Nested btrfs subvolumes of the source copied as plain directories, because the
     /// destination is not btrfs: their contents are all there, the subvolume boundary is not.

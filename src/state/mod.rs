@@ -231,12 +231,11 @@ pub const STATE_MOUNTS_SKIPPED: crate::warnings::WarningSpec = crate::warnings::
 
 /// Nested btrfs subvolumes of the legacy state became plain directories, because the new
 /// location is not on btrfs.
-pub const STATE_SUBVOLUMES_FLATTENED: crate::warnings::WarningSpec =
-    crate::warnings::WarningSpec {
-        code: "state-subvolumes-flattened",
-        category: crate::warnings::Category::ChangedMeaning,
-        summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs)",
-    };
+pub const STATE_SUBVOLUMES_FLATTENED: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
+    code: "state-subvolumes-flattened",
+    category: crate::warnings::Category::ChangedMeaning,
+    summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs)",
+};
 
 pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[
     &INODE_FLAGS_LOST,
@@ -359,8 +358,16 @@ impl StateOutcome {
                      file is left out). Copy what is mounted there yourself if it belongs to \
                      the container, or mount it again at the new location",
                     copy.skipped_mounts.len(),
-                    if copy.skipped_mounts.len() == 1 { "" } else { "s" },
-                    if copy.skipped_mounts.len() == 1 { "was" } else { "were" },
+                    if copy.skipped_mounts.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    if copy.skipped_mounts.len() == 1 {
+                        "was"
+                    } else {
+                        "were"
+                    },
                     path_list(&copy.skipped_mounts),
                 ),
             ));
@@ -370,14 +377,27 @@ impl StateOutcome {
                 &STATE_SUBVOLUMES_FLATTENED,
                 format!("containers.{container} state"),
                 format!(
-                    "{} nested btrfs subvolume{} of the legacy state {} copied as plain \
-                     director{} because the new location is not on btrfs: {}. All contents are \
+                    "{} btrfs subvolume{} of the legacy state {} copied as plain \
+                     director{} because the new location is not on btrfs: {} (`.` is the state \
+                     directory itself). All contents are \
                      there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
                      subvolume` commands in the container) does not apply any more",
                     copy.subvolumes_flattened.len(),
-                    if copy.subvolumes_flattened.len() == 1 { "" } else { "s" },
-                    if copy.subvolumes_flattened.len() == 1 { "was" } else { "were" },
-                    if copy.subvolumes_flattened.len() == 1 { "y" } else { "ies" },
+                    if copy.subvolumes_flattened.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    if copy.subvolumes_flattened.len() == 1 {
+                        "was"
+                    } else {
+                        "were"
+                    },
+                    if copy.subvolumes_flattened.len() == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    },
                     path_list(&copy.subvolumes_flattened),
                 ),
             ));
@@ -820,11 +840,33 @@ pub fn migrate_state(
         },
         true,
     )?;
-    match rfs::mkdirat(staging_fd.as_fd(), c"tree", Mode::from_raw_mode(0o700)) {
+    // A state directory that is a btrfs subvolume of its own (every btrfs directory with inode
+    // 256 is one) gets a subvolume as its copy where the destination is btrfs too.
+    let root_subvolume = src_meta.kind() == sys::Kind::Dir
+        && src_meta.ino == sys::BTRFS_SUBVOL_ROOT_INO
+        && sys::is_btrfs(src_fd.as_fd());
+    let tree_subvolume = root_subvolume && sys::is_btrfs(staging_fd.as_fd());
+    let made = if tree_subvolume {
+        sys::create_subvolume(staging_fd.as_fd(), c"tree").and_then(|()| {
+            rfs::chmodat(
+                &staging_fd,
+                c"tree",
+                Mode::from_raw_mode(0o700),
+                AtFlags::empty(),
+            )
+        })
+    } else {
+        rfs::mkdirat(staging_fd.as_fd(), c"tree", Mode::from_raw_mode(0o700))
+    };
+    match made {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => {
             return Err(StateError::write(
-                "create the directory",
+                if tree_subvolume {
+                    "create the btrfs subvolume"
+                } else {
+                    "create the directory"
+                },
                 &tree_path,
                 dest,
                 e,
@@ -867,6 +909,12 @@ pub fn migrate_state(
                 .saturating_sub(counting.bytes.load(Ordering::Relaxed)),
         )
     })?;
+    let mut copied = copied;
+    if tree_subvolume {
+        copied.subvolumes.insert(0, PathBuf::from("."));
+    } else if root_subvolume {
+        copied.subvolumes_flattened.insert(0, PathBuf::from("."));
+    }
     let tree_fd = sys::open_dest_dir(staging_fd.as_fd(), c"tree")
         .map_err(|e| StateError::io("open", &tree_path, e))?;
     // Write-back and verification overlap: verification reads the page cache while syncfs

@@ -703,7 +703,7 @@ pub(crate) fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
 }
 
 /// The inode number of every btrfs subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
-const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
+pub(crate) const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
 
 /// Is the filesystem of `fd` btrfs?
 pub(crate) fn is_btrfs(fd: BorrowedFd<'_>) -> bool {
