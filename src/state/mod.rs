@@ -378,8 +378,7 @@ impl StateOutcome {
                 format!("containers.{container} state"),
                 format!(
                     "{} btrfs subvolume{} of the legacy state {} copied as plain \
-                     director{} because the new location is not on btrfs: {} (`.` is the state \
-                     directory itself). All contents are \
+                     director{} because the new location is not on btrfs: {}{}. All contents are \
                      there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
                      subvolume` commands in the container) does not apply any more",
                     copy.subvolumes_flattened.len(),
@@ -399,6 +398,15 @@ impl StateOutcome {
                         "ies"
                     },
                     path_list(&copy.subvolumes_flattened),
+                    if copy
+                        .subvolumes_flattened
+                        .iter()
+                        .any(|p| p == Path::new("."))
+                    {
+                        " (`.` is the state directory itself)"
+                    } else {
+                        ""
+                    },
                 ),
             ));
         }
