@@ -161,6 +161,8 @@ pub fn execute(
     checked: Checked,
 ) -> Result<(), StepError> {
     use crate::report::ContainerStatus;
+    // The report says what the state step does (the interactive mode chooses per container).
+    crate::migrate::set_state_modes(m, &|n| opts.state_of(n).into());
     for c in &mut m.report.containers {
         if c.status == ContainerStatus::Planned {
             c.status = ContainerStatus::NotReached;
@@ -392,7 +394,7 @@ fn run_container(
                     rec.done.push(note);
                 }
             }
-            Step::CopyState { from, to } => {
+            Step::CopyState { from, to, .. } => {
                 let mode = match opts.state_of(&cp.name) {
                     StateArg::Copy => state::StateMode::Copy,
                     StateArg::Move => state::StateMode::Move,
@@ -591,7 +593,7 @@ pub fn check_destinations(
         let name = cp.name.as_str();
         for step in &cp.steps {
             match step {
-                Step::CopyState { from, to } if opts.state_of(name) != StateArg::Skip => {
+                Step::CopyState { from, to, .. } if opts.state_of(name) != StateArg::Skip => {
                     match check_dir_dest(host, to, &legacy_roots, &[], false) {
                         Err(p) => c.problems.push(format!("container {name}: {p}")),
                         Ok(probe) => {
@@ -718,8 +720,8 @@ fn preflight(
             }
             // A move is a rename: refused across filesystems (or mounts, or btrfs subvolumes)
             // before anything is written, with the reason.
-            if let Step::CopyState { from, to } = step
-                && opts.state == StateArg::Move
+            if let Step::CopyState { from, to, .. } = step
+                && opts.state_of(&cp.name) == StateArg::Move
                 && host.kind(to).ok().flatten().is_none()
             {
                 let paths = host

@@ -231,6 +231,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         },
         state_for: Default::default(),
     };
+    migrate::set_state_modes(&mut migration, &|n| opts.state_of(n).into());
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
     let checked = execute::check_destinations(&host, &migration, &opts, args.yes);

@@ -382,6 +382,29 @@ pub fn add_refusals(m: &mut Migration, problems: &[String]) {
     m.report.finish_summary();
 }
 
+/// Say in the plan (and the report's copy of it) what the state step does for each container:
+/// copy, move or skip, as `migrate --state` (or the interactive choice) decided.
+pub fn set_state_modes(m: &mut Migration, mode_of: &dyn Fn(&str) -> plan::StateHow) {
+    let steps = m
+        .plan
+        .containers
+        .iter_mut()
+        .map(|c| (c.name.as_str(), &mut c.steps))
+        .chain(
+            m.report
+                .containers
+                .iter_mut()
+                .map(|c| (c.name.as_str(), &mut c.plan)),
+        );
+    for (name, steps) in steps {
+        for s in steps.iter_mut() {
+            if let plan::Step::CopyState { mode, .. } = s {
+                *mode = mode_of(name);
+            }
+        }
+    }
+}
+
 /// Record where links inside the tree send the plan's destinations, for the report.
 pub fn add_redirects(m: &mut Migration, redirects: &[(PathBuf, PathBuf)]) {
     m.report.redirects.extend(redirects.iter().cloned());

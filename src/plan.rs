@@ -17,8 +17,13 @@ pub enum Step {
     Blocked { reason: String },
     /// Make sure `container@NAME.service` is stopped (refuse without `--stop`).
     StopLegacy { unit: String },
-    /// Copy (or move) the state directory via a staging directory, verified.
-    CopyState { from: PathBuf, to: PathBuf },
+    /// Copy the state directory via a staging directory, verified; or move it (`--state
+    /// move`: a rename); or leave it (`--state skip`). `mode` says which.
+    CopyState {
+        from: PathBuf,
+        to: PathBuf,
+        mode: StateHow,
+    },
     /// Nothing to copy: the container is ephemeral or never ran.
     NoState { reason: String },
     /// Link the profile generations of an imperative container into the new profile dir.
@@ -34,6 +39,29 @@ pub enum Step {
     /// Write a host-side networkd unit of an imperative container (legacy's start script
     /// configured the host end of its veth; NixOS does not know imperative containers).
     WriteNetworkUnit { path: PathBuf },
+}
+
+/// What the state step does with the legacy state directory (`migrate --state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateHow {
+    /// Copied through a staging directory and verified; the legacy directory stays as it is.
+    #[default]
+    Copy,
+    /// Renamed (one filesystem, journaled); the legacy path no longer exists afterwards.
+    Move,
+    /// Left where it is; nothing is copied.
+    Skip,
+}
+
+impl From<crate::cli::StateArg> for StateHow {
+    fn from(a: crate::cli::StateArg) -> Self {
+        match a {
+            crate::cli::StateArg::Copy => StateHow::Copy,
+            crate::cli::StateArg::Move => StateHow::Move,
+            crate::cli::StateArg::Skip => StateHow::Skip,
+        }
+    }
 }
 
 impl Step {
@@ -54,9 +82,37 @@ impl Step {
         match self {
             Step::Blocked { reason } => format!("blocked, nothing is done: {reason}"),
             Step::StopLegacy { unit } => format!("make sure {unit} is stopped"),
-            Step::CopyState { from, to } => {
-                format!("copy state {} → {}", from.display(), to.display())
-            }
+            Step::CopyState {
+                from,
+                to,
+                mode: StateHow::Copy,
+            } => format!(
+                "copy state {} → {} (through a staging directory, verified; the legacy directory \
+                 is left as it is)",
+                from.display(),
+                to.display()
+            ),
+            Step::CopyState {
+                from,
+                to,
+                mode: StateHow::Move,
+            } => format!(
+                "move state {} → {} (--state move: a rename on one filesystem, journaled; {} no \
+                 longer exists afterwards, so the legacy container cannot start until it is \
+                 moved back)",
+                from.display(),
+                to.display(),
+                from.display()
+            ),
+            Step::CopyState {
+                from,
+                to,
+                mode: StateHow::Skip,
+            } => format!(
+                "leave the state in {} (--state skip): nothing is copied to {}",
+                from.display(),
+                to.display()
+            ),
             Step::NoState { reason } => format!("no state to copy: {reason}"),
             Step::CarryProfile { from, to } => format!(
                 "link profile generations {} → {}",
@@ -225,6 +281,8 @@ pub fn plan(
             Some(from) => steps.push(Step::CopyState {
                 from: from.clone(),
                 to: i.state.to.clone(),
+                // Until the options are known (`migrate::set_state_modes`).
+                mode: StateHow::Copy,
             }),
             None => steps.push(Step::NoState {
                 reason: if i.spec.ephemeral {

@@ -210,3 +210,66 @@ fn state_move_renames_on_one_filesystem_and_is_refused_across_two() {
         }
     }
 }
+
+/// The dry run's plan says what the state step will do: copy (the legacy directory stays),
+/// move (the legacy path is gone afterwards) or leave it (`--state skip`), in the text and in
+/// `--json` (`plan[].mode`).
+#[test]
+fn the_dry_run_plan_says_move_when_the_state_is_moved() {
+    let root = TestRoot::fixture("example");
+    let text = |state: &str| {
+        let out = root.run(&["migrate", "--dry-run", "--state", state]);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let state_lines = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                l.contains("state /var/lib/") && l.trim_start().starts_with(char::is_numeric)
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let copy = text("copy");
+    let copies = state_lines(&copy);
+    assert!(!copies.is_empty(), "{copy}");
+    for l in &copies {
+        assert!(
+            l.contains("copy state /var/lib/")
+                && l.contains("the legacy directory is left as it is"),
+            "{l}"
+        );
+    }
+    let moved = text("move");
+    let moves = state_lines(&moved);
+    assert_eq!(moves.len(), copies.len(), "{moved}");
+    for l in &moves {
+        assert!(
+            l.contains("move state /var/lib/")
+                && l.contains("no longer exists afterwards")
+                && !l.contains("copy state"),
+            "{l}"
+        );
+    }
+    let skipped = text("skip");
+    assert!(
+        skipped.contains("leave the state in /var/lib/") && !skipped.contains("copy state"),
+        "{skipped}"
+    );
+    let out = root.run(&["migrate", "--dry-run", "--json", "--state", "move"]);
+    let report = json(&out);
+    let modes: Vec<&serde_json::Value> = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["plan"].as_array().unwrap())
+        .filter(|s| s["step"] == "copy-state")
+        .map(|s| &s["mode"])
+        .collect();
+    assert_eq!(modes.len(), copies.len(), "{report}");
+    assert!(modes.iter().all(|m| *m == "move"), "{report}");
+}
