@@ -283,3 +283,108 @@ fn a_tree_ten_thousand_levels_deep_copies_verifies_and_resumes_with_128_open_fil
         run("rm", &["-rf", t.to_str().unwrap()]);
     }
 }
+
+/// Hard links whose first name lies deeper than `PATH_MAX` (4096 bytes from the copy's root):
+/// the second name is linked to the first without a path that long (the kernel refuses those
+/// with `ENAMETOOLONG`), also when the first copy is immutable. Both names sit 1,000 levels
+/// down (6,000 bytes), so whichever the walk meets first, the other needs the long path.
+#[test]
+fn hard_links_deeper_than_path_max_are_kept() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let root = rfs::openat(
+        rfs::CWD,
+        &src,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    // `a…/a` first in every listing: one entry per level.
+    rfs::mkdirat(&root, "aaaaa", Mode::from_raw_mode(0o755)).unwrap();
+    let mut cur = open_dir(&root, "aaaaa");
+    for _ in 1..1000 {
+        rfs::mkdirat(&cur, "aaaaa", Mode::from_raw_mode(0o755)).unwrap();
+        cur = open_dir(&cur, "aaaaa");
+    }
+    let f = rfs::openat(
+        &cur,
+        "first",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&f, b"one inode, two names\n").unwrap();
+    drop(f);
+    rfs::mkdirat(&cur, "zz", Mode::from_raw_mode(0o755)).unwrap();
+    let zz = open_dir(&cur, "zz");
+    rfs::linkat(&cur, "first", &zz, "second", rfs::AtFlags::empty()).unwrap();
+    let ino = rfs::statat(&cur, "first", rfs::AtFlags::empty())
+        .unwrap()
+        .st_ino;
+    // Immutable: the copy's first name forbids new links until the flag is lifted for them.
+    let mut thaw = Thaw(vec![
+        rfs::openat(
+            &cur,
+            "first",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap(),
+    ]);
+    rfs::ioctl_setflags(&thaw.0[0], rfs::IFlags::IMMUTABLE).unwrap();
+    let dest = tmp.path().join("machines/deep");
+
+    let out = state::migrate_state(&src, &dest, &opts()).unwrap();
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(copy.hardlinks, 1, "{copy:?}");
+
+    // Both names of the copy are one inode, not the source's.
+    let droot = rfs::openat(
+        rfs::CWD,
+        &dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let mut d = open_dir(&droot, "aaaaa");
+    for _ in 1..1000 {
+        d = open_dir(&d, "aaaaa");
+    }
+    let a = rfs::statat(&d, "first", rfs::AtFlags::empty()).unwrap();
+    let b = rfs::statat(open_dir(&d, "zz"), "second", rfs::AtFlags::empty()).unwrap();
+    assert_eq!(a.st_nlink, 2);
+    assert_eq!((a.st_ino, a.st_dev), (b.st_ino, b.st_dev));
+    assert_ne!(a.st_ino, ino);
+    let mut text = vec![0u8; 64];
+    let n = rustix::io::read(
+        rfs::openat(&d, "first", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap(),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(&text[..n], b"one inode, two names\n");
+    thaw.0
+        .push(rfs::openat(&d, "first", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap());
+    assert!(
+        rfs::ioctl_getflags(&thaw.0[1])
+            .unwrap()
+            .contains(rfs::IFlags::IMMUTABLE)
+    );
+    drop(thaw);
+    run("rm", &["-rf", tmp.path().to_str().unwrap()]);
+}
+
+/// Clears the inode flags of the files it holds when dropped (also when a test fails), so
+/// that their tree can be removed.
+struct Thaw(Vec<OwnedFd>);
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        for fd in &self.0 {
+            let _ = rfs::ioctl_setflags(fd, rfs::IFlags::empty());
+        }
+    }
+}

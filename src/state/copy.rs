@@ -1135,12 +1135,24 @@ fn link_thawed(
     dst_dir: BorrowedFd<'_>,
     name: &CStr,
 ) -> Result<(), Errno> {
-    match rfs::linkat(dst_root, first, dst_dir, name, AtFlags::empty()) {
+    // A first name deeper than PATH_MAX cannot be handed to the kernel as one path: link it
+    // from its own directory, reached one component at a time.
+    let held;
+    let (at, first) = if first.as_os_str().len() < libc::PATH_MAX as usize {
+        (dst_root.as_fd(), first)
+    } else {
+        held = sys::open_dirs(dst_root.as_fd(), first.parent().unwrap_or(Path::new("")))?;
+        (
+            held.as_fd(),
+            Path::new(first.file_name().ok_or(Errno::INVAL)?),
+        )
+    };
+    match rfs::linkat(at, first, dst_dir, name, AtFlags::empty()) {
         Err(Errno::PERM) => {}
         r => return r,
     }
     let fd = rfs::openat(
-        dst_root,
+        at,
         first,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
         Mode::empty(),
@@ -1151,7 +1163,7 @@ fn link_thawed(
         return Err(Errno::PERM);
     }
     flags::set(fd.as_fd(), f & !frozen)?;
-    let r = rfs::linkat(dst_root, first, dst_dir, name, AtFlags::empty());
+    let r = rfs::linkat(at, first, dst_dir, name, AtFlags::empty());
     flags::set(fd.as_fd(), f)?;
     r
 }

@@ -522,6 +522,22 @@ pub(crate) fn dir_names(fd: BorrowedFd<'_>) -> Result<Vec<CString>, Errno> {
     Ok(out)
 }
 
+/// Open the directory `rel` below `root` one component at a time (never following a symlink,
+/// never handing the kernel a path longer than one name): for paths deeper than `PATH_MAX`.
+pub(crate) fn open_dirs(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
+    let mut cur = rfs::openat(
+        root,
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for c in rel.components() {
+        let name = CString::new(c.as_os_str().as_bytes()).map_err(|_| Errno::INVAL)?;
+        cur = open_dest_dir(cur.as_fd(), &name)?;
+    }
+    Ok(cur)
+}
+
 /// Open the parent (`..`) of the directory `dir` and check it is the directory `(dev, ino)` the
 /// walk came from: the way back up a deep tree without keeping an fd per level. `..` is never
 /// a symlink; a directory moved meanwhile fails the check.
