@@ -600,6 +600,38 @@ fn a_staging_dir_of_another_source_is_not_reused() {
     assert_eq!(rsync_diff(&a, &dest_a), "");
 }
 
+/// Killed after the journal's `done` record but before the journal was moved next to the copy
+/// (the last steps share one directory sync): the next run recognises the finished copy,
+/// checks it and finishes the bookkeeping, instead of refusing the destination as somebody
+/// else's.
+#[test]
+fn killed_after_done_before_the_journal_moved_is_finished_not_refused() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_edge_tree(&src);
+    let dest = t.path().join("machines/web");
+    state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    let staging = t.path().join("machines/.web.partial");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::rename(
+        t.path().join("machines/.web.journal"),
+        staging.join("journal"),
+    )
+    .unwrap();
+    let j = std::fs::read_to_string(staging.join("journal")).unwrap();
+    assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
+    let before = snapshot(&dest, false);
+    let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    let StateOutcome::AlreadyDone { verify } = out else {
+        panic!("expected AlreadyDone, got {out:?}");
+    };
+    assert!(verify.is_clean(), "{verify:?}");
+    assert_eq!(snapshot(&dest, false), before);
+    assert!(!staging.exists());
+    assert!(t.path().join("machines/.web.journal").exists());
+}
+
 #[test]
 fn resume_keeps_finished_entries_and_replaces_stale_ones() {
     require_root();

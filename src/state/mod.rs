@@ -599,7 +599,9 @@ pub fn migrate_state(
     // the parent: nothing is left behind).
     let flag_support = flags::probe(parent_fd.as_fd());
 
-    // A run killed between the final rename and moving its journal: finish its bookkeeping.
+    // A run killed between the final rename and moving its journal (also after writing `done`:
+    // the rename, the journal's move and the staging directory's removal are made durable by
+    // one sync of the parent): finish its bookkeeping.
     if dest_meta.is_some()
         && opts.mode == StateMode::Copy
         && let Ok(sfd) = sys::open_dest_dir(parent_fd.as_fd(), &staging_name)
@@ -610,9 +612,10 @@ pub fn migrate_state(
             is_source(ev)
                 && matches!(
                     journal::last(ev),
-                    Some(Event::Verified { .. } | Event::Renamed { .. })
+                    Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
                 )
         });
+        let already_done = ev.as_ref().is_some_and(|ev| journal::is_done(ev));
         if renamed && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             // Killed after the rename, maybe before the root's +i/+a were set: set them now
             // (idempotent), so the check below compares the finished copy.
@@ -629,8 +632,10 @@ pub fn migrate_state(
                 flag_support,
             )?;
             if report.is_clean() {
-                let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
-                jr.append(&Event::Done, true)?;
+                if !already_done {
+                    let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
+                    jr.append(&Event::Done, true)?;
+                }
                 finish_journal(
                     &parent_fd,
                     &sfd,
@@ -941,12 +946,14 @@ pub fn migrate_state(
         (sync.join().unwrap_or(Err(Errno::IO)), verified)
     });
     synced.map_err(|e| StateError::write("sync", &tree_path, dest, e))?;
+    // Made durable with the next record (`verified` or `verify-failed`): a run killed before
+    // that resumes from the last checkpoint, which re-walks the tree anyway.
     jr.append(
         &Event::Copied {
             entries: copied.entries,
             bytes: copied.bytes,
         },
-        true,
+        false,
     )?;
     let report = verified?;
     if !report.is_clean() {
@@ -1002,7 +1009,10 @@ pub fn migrate_state(
         )
         .map_err(|e| StateError::write("rename the copy to", dest, dest, e))?;
     }
-    rfs::fsync(&parent_fd).map_err(|e| StateError::write("sync", &parent, dest, e))?;
+    // Durable with the journal's move, by `finish_journal`'s sync of the same directory. A run
+    // killed before that finds `done` in the staging journal and either the copy renamed (then
+    // checked and the bookkeeping finished, above) or still in staging (then resumed: walked,
+    // verified and renamed again): one directory sync instead of two on the way out.
     freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
     jr.append(
         &Event::Renamed {
