@@ -6,15 +6,18 @@
 #
 # Environment: SCALE (default 1.0) scales the number of small files and the size of the large
 # ones; LARGE_MB (default 256) the size of each of the 4 large files at SCALE 1; RUNS (default 5);
-# FILESYSTEMS (default "ext4 btrfs xfs"); COLD=1 drops the page cache before every run (affects
-# the whole machine); KEEP=1 keeps the trees and images.
+# FILESYSTEMS (default "ext4 btrfs xfs"); TREES (default "small large mixed"); COLD=1 drops the
+# page cache before every run (affects the whole machine); KEEP=1 keeps the trees and images.
 #
-# Two synthetic rootfs trees are built once (on WORKDIR's filesystem), then copied (without
+# Three synthetic rootfs trees are built once (on WORKDIR's filesystem), then copied (without
 # reflinks) onto each test filesystem:
 #   small/  ~40k small files (0-9 KiB) in nested dirs, 2k symlinks (dangling absolute /nix/store
 #           ones, relative, /etc/static), 1k hard links, uids 100000+ and 2^31, setuid files,
 #           user.* xattrs, an access+default ACL, a fifo, a socket, a device node
 #   large/  4 large random files, a 1 GiB sparse file with 8 MiB of data, a few small files
+#   mixed/  the tree of issue 12: 20,000 small files plus 3 random files of 300 MB (at SCALE 1)
+# The load average before and after each tree's runs is printed with its results: the machine
+# may be shared.
 # On each filesystem, each tree is copied (source and copy on that filesystem; on btrfs the
 # destination is a subvolume of its own, as systemd makes /var/lib/machines), round-robin, by:
 #   cp -a            (coreutils >= 9 clones with FICLONE where it can, like the engine)
@@ -35,6 +38,7 @@ W=${1:-/var/tmp/nixos-nspawn-bench}
 SCALE=${SCALE:-1.0}
 RUNS=${RUNS:-5}
 FILESYSTEMS=${FILESYSTEMS:-ext4 btrfs xfs}
+export TREES=${TREES:-small large mixed}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
 
@@ -100,22 +104,46 @@ EOF
   echo "ID=nixos" >"$root/etc/os-release"
 }
 
+build_mixed() {
+  local root=$1
+  python3 - "$root" "$SCALE" <<'EOF'
+import os, sys, random
+root, scale = sys.argv[1], float(sys.argv[2])
+random.seed(7)
+blob = os.urandom(10000)
+for d in range(max(2, int(200 * scale))):
+    p = os.path.join(root, "var/lib/app", f"d{d:03}")
+    os.makedirs(p, exist_ok=True)
+    for f in range(100):
+        with open(os.path.join(p, f"f{f}"), "wb") as fh:
+            fh.write(blob[: random.randint(0, 9000)])
+EOF
+  mkdir -p "$root/var/lib/db"
+  local mb
+  mb=$(python3 -c "print(max(8, int(300 * $SCALE)))")
+  for i in 1 2 3; do
+    head -c "${mb}M" /dev/urandom >"$root/var/lib/db/blob$i"
+  done
+}
+
 if [ ! -e "$W/.built-$SCALE" ]; then
-  rm -rf "$W/small" "$W/large" "$W/.built-"*
+  rm -rf "$W/small" "$W/large" "$W/mixed" "$W/.built-"*
   echo "building the synthetic trees in $W (SCALE=$SCALE)..."
-  mkdir -p "$W/small" "$W/large"
+  mkdir -p "$W/small" "$W/large" "$W/mixed"
   build_small "$W/small"
   build_large "$W/large"
+  build_mixed "$W/mixed"
   sync
   touch "$W/.built-$SCALE"
 fi
-for t in small large; do
+for t in $TREES; do
   printf '%s: %s entries, %s apparent, %s allocated\n' "$t" \
     "$(find "$W/$t" | wc -l)" "$(du -sh --apparent-size "$W/$t" | cut -f1)" "$(du -sh "$W/$t" | cut -f1)"
 done
 
 # One loop filesystem per kind, big enough for both trees and one copy of each.
-need_mb=$(( $(du -sm "$W/small" | cut -f1) + $(du -sm --apparent-size "$W/large" | cut -f1) ))
+need_mb=0
+for t in $TREES; do need_mb=$(( need_mb + $(du -sm --apparent-size "$W/$t" | cut -f1) )); done
 img_mb=$(( need_mb * 3 + 512 ))
 mounted=()
 cleanup() {
@@ -135,8 +163,7 @@ for fs in $FILESYSTEMS; do
       ext4) mkfs.ext4 -q -F "$W/fs-$fs.img" ;;
     esac
     mount -o loop "$W/fs-$fs.img" "$M"
-    cp -a --reflink=never "$W/small" "$M/small"
-    cp -a --reflink=never "$W/large" "$M/large"
+    for t in $TREES; do cp -a --reflink=never "$W/$t" "$M/$t"; done
     if [ "$fs" = btrfs ]; then btrfs -q subvolume create "$M/machines"; else mkdir -p "$M/machines"; fi
     sync
   fi
@@ -147,8 +174,9 @@ names=("cp -a" "cp -a + sync" "migrate none" "migrate full")
 rm -rf "$W/res"; mkdir -p "$W/res"
 for fs in $FILESYSTEMS; do
   M=$W/mnt-$fs
-  for t in small large; do
+  for t in $TREES; do
     S=$M/$t
+    cut -d' ' -f1-3 /proc/loadavg | tr -d '\n' >"$W/res/$fs-$t.load"
     D=$M/machines/out
     prep="rm -rf $D $M/machines/.out.journal; sync"
     if [ "${COLD:-0}" = 1 ]; then prep="$prep; echo 3 > /proc/sys/vm/drop_caches"; fi
@@ -163,7 +191,7 @@ for fs in $FILESYSTEMS; do
       for i in "${!cmds[@]}"; do
         hyperfine --runs 1 --prepare "$prep" --export-json "$W/res/$fs-$t-$i-$r.json" \
           -n "${names[$i]}" "${cmds[$i]}" >/dev/null
-        printf '%-5s %s run %s: %-14s %6.2f s\n' "$fs" "$t" "$r" "${names[$i]}" \
+        printf '%-5s %s run %s: %-14s %7.3f s\n' "$fs" "$t" "$r" "${names[$i]}" \
           "$(python3 -c "import json;print(json.load(open('$W/res/$fs-$t-$i-$r.json'))['results'][0]['times'][0])")"
       done
     done
@@ -180,16 +208,18 @@ for fs in $FILESYSTEMS; do
       printf '%s' "$(find "$S" | wc -l)" > "$W/res/$fs-small.count"
     fi
     eval "$prep"
+    printf ' to %s' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$W/res/$fs-$t.load"
   done
 done
 
 # Correctness of a copy on each filesystem, by an independent tool.
 for fs in $FILESYSTEMS; do
   M=$W/mnt-$fs
-  $BIN "$M/small" "$M/machines/check" --verify=full >/dev/null
-  echo "$fs: rsync -c sees $(rsync -naiHAXSc --numeric-ids "$M/small/" "$M/machines/check/" | wc -l) differences between small/ and our copy"
-  $BIN "$M/large" "$M/machines/checkl" --verify=full
-  rm -rf "$M/machines/check" "$M/machines/checkl" "$M/machines"/.check*.journal
+  for t in $TREES; do
+    $BIN "$M/$t" "$M/machines/check" --verify=full
+    echo "$fs: rsync -c sees $(rsync -naiHAXSc --numeric-ids "$M/$t/" "$M/machines/check/" | wc -l) differences between $t/ and our copy"
+    rm -rf "$M/machines/check" "$M/machines"/.check*.journal
+  done
 done
 
 python3 - "$W" "$FILESYSTEMS" <<'PY'
@@ -204,7 +234,7 @@ def rss(path):
         return float("nan")
 print("\n(the machine is shared and loaded: compare ratios within one run, not across runs)")
 for fs in fses:
-    for t in ("small", "large"):
+    for t in os.environ.get("TREES", "small large mixed").split():
         times = {}
         for i, n in enumerate(names):
             for f in sorted(glob.glob(f"{w}/res/{fs}-{t}-{i}-*.json")):
@@ -213,9 +243,13 @@ for fs in fses:
             continue
         med = {k: statistics.median(v) for k, v in times.items()}
         best = {k: min(v) for k, v in times.items()}
-        print(f"\n== {fs} {t} ({len(times['cp -a'])} runs; seconds: median, best, worst; peak RSS)")
+        try:
+            load = open(f"{w}/res/{fs}-{t}.load").read().strip()
+        except OSError:
+            load = "?"
+        print(f"\n== {fs} {t} ({len(times['cp -a'])} runs; load average {load}; seconds: median, best, worst; peak RSS)")
         for i, k in enumerate(names):
-            print(f"  {k:14s} {med[k]:7.2f} {best[k]:7.2f} {max(times[k]):7.2f}   {rss(f'{w}/res/{fs}-{t}-{i}.mem'):7.1f} MB")
+            print(f"  {k:14s} {med[k]:7.3f} {best[k]:7.3f} {max(times[k]):7.3f}   {rss(f'{w}/res/{fs}-{t}-{i}.mem'):7.1f} MB")
         print("  ratios                          median   best")
         for a, b in (("migrate full", "cp -a"), ("migrate full", "cp -a + sync"),
                      ("migrate none", "cp -a"), ("migrate none", "cp -a + sync")):
