@@ -106,6 +106,13 @@ fn state_with_subvolumes(fs: &LoopFs) -> PathBuf {
     )
     .unwrap();
     subvolume_create(&src.join("var/lib/portables"));
+    // Two subvolumes laid out alike, each with a hard-linked file: every subvolume numbers its
+    // inodes from 256, so source and copy hold distinct files with equal inode numbers.
+    for sv in ["srv/cache-a", "srv/cache-b"] {
+        subvolume_create(&src.join(sv));
+        std::fs::write(src.join(sv).join("h"), sv).unwrap();
+        std::fs::hard_link(src.join(sv).join("h"), src.join(sv).join("h2")).unwrap();
+    }
     subvolume_create(&src.join("srv/db"));
     let db = src.join("srv/db/main.sqlite");
     std::fs::write(&db, b"").unwrap();
@@ -131,7 +138,9 @@ fn state_with_subvolumes(fs: &LoopFs) -> PathBuf {
     src
 }
 
-const SUBVOLUMES: [&str; 4] = [
+const SUBVOLUMES: [&str; 6] = [
+    "srv/cache-a",
+    "srv/cache-b",
     "srv/db",
     "var/lib/machines",
     "var/lib/machines/guest/inner",

@@ -787,8 +787,8 @@ fn walk(
     checkpoint: &mut Option<&mut dyn FnMut(u64, u64) -> Result<(), StateError>>,
     checkpoint_every: Duration,
 ) -> Result<(), StateError> {
-    // (dev, ino) of the source → (relative path, inode) of the first copy.
-    let mut links: HashMap<(u64, u64), (PathBuf, u64)> = HashMap::new();
+    // (dev, ino) of the source → (relative path, (dev, ino)) of the first copy.
+    let mut links: HashMap<(u64, u64), (PathBuf, (u64, u64))> = HashMap::new();
     let names =
         sys::dir_names(src_root.as_fd()).map_err(|e| StateError::io("list", sh.src_label, e))?;
     if resume != Resume::Fresh {
@@ -995,11 +995,11 @@ fn walk(
                 && kind != Kind::Dir
                 && links.contains_key(&(meta.dev, meta.ino)) =>
             {
-                let (first, first_ino) = links
+                let (first, first_id) = links
                     .get(&(meta.dev, meta.ino))
                     .cloned()
                     .unwrap_or_default();
-                if existing.is_some_and(|d| d.ino == first_ino && d.kind() == kind) {
+                if existing.is_some_and(|d| (d.dev, d.ino) == first_id && d.kind() == kind) {
                     report.reused += 1;
                 } else {
                     if existing.is_some() {
@@ -1036,7 +1036,7 @@ fn walk(
                     if meta.nlink > 1
                         && let Some(d) = existing
                     {
-                        links.insert((meta.dev, meta.ino), (rel.clone(), d.ino));
+                        links.insert((meta.dev, meta.ino), (rel.clone(), (d.dev, d.ino)));
                     }
                     count_kind(report, kind);
                     progress_entry(sh);
@@ -1103,7 +1103,7 @@ fn walk(
                         if m.nlink > 1 {
                             let d = sys::lstat_at(dst_dir, &name)
                                 .map_err(|e| sh.write_err("stat", &rel, e))?;
-                            links.insert((m.dev, m.ino), (rel.clone(), d.ino));
+                            links.insert((m.dev, m.ino), (rel.clone(), (d.dev, d.ino)));
                         }
                         if kind != Kind::File {
                             count_kind(report, kind);

@@ -172,8 +172,12 @@ struct Job {
     rel: PathBuf,
 }
 
-/// Source (dev, ino) → copy inode, and copy inode → source (dev, ino).
-type LinkMaps = (HashMap<(u64, u64), u64>, HashMap<u64, (u64, u64)>);
+/// Source (dev, ino) → copy (dev, ino), and back. Devices too on both sides: every btrfs
+/// subvolume numbers its inodes from 256.
+type LinkMaps = (
+    HashMap<(u64, u64), (u64, u64)>,
+    HashMap<(u64, u64), (u64, u64)>,
+);
 
 /// What the walker and the workers share.
 struct Ctx<'a> {
@@ -817,24 +821,25 @@ fn check_entry(
     }
     if sm.nlink > 1 || dm.nlink > 1 {
         let s_id = (sm.dev, sm.ino);
+        let d_id = (dm.dev, dm.ino);
         let mut links = ctx.links.lock().map_err(|_| {
             StateError::invalid(rel, "internal error: a verification worker panicked")
         })?;
         let (s2d, d2s) = &mut *links;
-        if let Some(&d_ino) = s2d.get(&s_id) {
-            if d_ino != dm.ino {
+        if let Some(&first) = s2d.get(&s_id) {
+            if first != d_id {
                 diffs.add(rel, "hard link not kept: the copy is a separate file");
             }
             return Ok(());
         }
-        if let Some(&other) = d2s.get(&dm.ino) {
+        if let Some(&other) = d2s.get(&d_id) {
             if other != s_id {
                 diffs.add(rel, "hard-linked in the copy but not in the source");
             }
             return Ok(());
         }
-        s2d.insert(s_id, dm.ino);
-        d2s.insert(dm.ino, s_id);
+        s2d.insert(s_id, d_id);
+        d2s.insert(d_id, s_id);
     }
     match sm.kind() {
         Kind::File => {
