@@ -64,8 +64,9 @@
 //! pool of data workers for regular files, fed in batches (one directory per batch). Data is
 //! cloned (FICLONE) where the filesystem can. Verification: one walker listing directories
 //! (entry types come from `readdir`), workers comparing everything else; contents are proven
-//! equal by shared extents (`FIEMAP`) where source and copy share them, else hashed on both
-//! sides. Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
+//! equal by shared extents (`FIEMAP`) where source and copy share them, else read on both sides
+//! and compared: byte for byte (files without holes up to 16 MiB, most of a rootfs), or by
+//! BLAKE3 with holes skipped (larger files, both sides in parallel; sparse files). Workers: one per CPU, at least 2 (`NIXOS_NSPAWN_STATE_WORKERS` overrides, 1–64).
 //!
 //! Open files do not grow with depth: only the deepest `sys::FD_WINDOW` directories of a walk
 //! keep descriptors, and walks go back up through `..`, checked against the identity of the
@@ -278,7 +279,8 @@ pub struct StateSummary {
     /// Regular files whose contents were proven equal by shared extents, not read.
     pub files_by_extents: u64,
     pub bytes_by_extents: u64,
-    /// Regular files whose contents were read and hashed on both sides.
+    /// Regular files whose contents were read on both sides and compared (byte for byte, or by
+    /// BLAKE3 for large and sparse files).
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     pub flags_copied: u64,
