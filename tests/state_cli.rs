@@ -113,7 +113,8 @@ fn on_btrfs_the_report_says_what_was_verified_by_shared_extents() {
         assert!(
             done.iter().any(|d| {
                 let d = d.as_str().unwrap();
-                d.contains("proven equal by shared extents, not read") && d.contains("hashed")
+                d.contains("proven equal by shared extents, not read")
+                    && d.contains("read on both sides and compared")
             }),
             "{done:?}"
         );
