@@ -290,6 +290,8 @@ fn record_start(
         links_to: Vec::new(),
         files: Vec::new(),
         nix_output: None,
+        // Filled in by `rewrite::record` once the host's files are rewritten (kept on a re-run).
+        rewrite: None,
         // The entries the Nix file gets for the container's own networkd units (see
         // render::nix): rollback removes them with the container.
         networkd_units: inst
@@ -327,6 +329,11 @@ fn record_start(
     if let Some(o) = &old {
         r.started_ns = o.started_ns;
         r.finished_ns = o.finished_ns;
+        r.rewrite = o.rewrite.clone();
+        if r.rewrite.is_some() {
+            // Its definition is in the host's own file now, not in the output file.
+            r.nix_output = None;
+        }
     }
     crate::rollback::save(host, &r).map_err(|e| {
         step_err(
