@@ -99,10 +99,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         }
     }
     let args = &args;
-    if args.rewrite && !args.dry_run && !args.yes {
+    let terminal = {
+        use std::io::IsTerminal;
+        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+    };
+    if args.rewrite && !args.dry_run && !args.yes && !terminal {
+        // At a terminal the diff is shown and the question asked (interactive); without one,
+        // never wait for an answer nobody can give.
         return Err(Error::Usage(
             "--rewrite edits the host's own Nix files: give --dry-run to see the diff, or --yes \
-             to apply it (a backup of every edited file is kept)"
+             to apply it (a backup of every edited file is kept), or run it from a terminal to be \
+             shown the diff and asked"
                 .to_string(),
         ));
     }
@@ -113,8 +120,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         ));
     }
     if !args.dry_run && !args.yes {
-        use std::io::IsTerminal;
-        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        if !terminal {
             // Never wait for an answer nobody can give, never guess one.
             return Err(Error::Usage(
                 "migrate without --dry-run or --yes asks before each step, but there is no terminal \
@@ -230,6 +236,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             execute::ProgressKind::Auto
         },
         state_for: Default::default(),
+        stop_for: Default::default(),
     };
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
@@ -314,7 +321,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             Err(e) => rewrite_failure = Some(e),
         }
     }
-    if let Some(p) = &rewrite {
+    if let Some(p) = &rewrite
+        && !args.quiet
+    {
         // The diff first (stderr with --json, so that stdout stays one JSON document).
         let text = p.describe();
         if args.json {

@@ -397,3 +397,183 @@ fn rollback_asks_on_a_terminal_and_no_changes_nothing() {
     assert_eq!(t.exit_code(), 0);
     assert!(root.path().join("var/lib/machines/db").is_dir());
 }
+
+/// `--rewrite` at a terminal (issue 10): the run reaches the rewrite question for db and web.
+fn rewrite_run(root: &Path, stand_ins: &StandIns, env: &[(&str, &str)]) -> Tmux {
+    let t = Tmux::start(
+        root,
+        stand_ins,
+        &["--rewrite", "--only", "db", "--only", "web"],
+        env,
+    );
+    for name in ["db", "web"] {
+        t.wait_for(&format!("Migrate {name} now?"));
+        t.keys(&["y", "Enter"]);
+        t.wait_for(&format!("How should the state of {name} come across?"));
+        t.keys(&["Enter"]);
+    }
+    t.wait_for("Rewrite in place?");
+    t
+}
+
+const CONF: &str = "etc/nixos/configuration.nix";
+
+fn conf_backups(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root.join("etc/nixos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".bak-"))
+        .collect()
+}
+
+#[test]
+fn rewrite_at_a_terminal_shows_the_coloured_diff_and_yes_applies_it() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let original = std::fs::read(root.path().join(CONF)).unwrap();
+    let legacy_before = legacy_snapshot(root.path());
+    let t = rewrite_run(root.path(), &stand_ins, &[]);
+    let s = t.screen();
+    for needle in [
+        "--- /etc/nixos/configuration.nix",
+        "+++ /etc/nixos/configuration.nix (rewritten)",
+        "-  containers.web = {",
+        "+  nixos.containers.instances.web = {",
+        "+  nixos.containers.instances.db = {",
+        "Yes: /etc/nixos/configuration.nix is rewritten as shown",
+        "No: the files stay as they are, and the new definitions go to /etc/nixos/nspawn-containers.nix",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not shown:\n{s}");
+    }
+    // Removed lines red, added lines green (colours are on at a terminal without NO_COLOR).
+    let esc = t.screen_escaped();
+    assert!(
+        esc.contains("\x1b[31m-  containers.web = {"),
+        "removed lines are not red:\n{esc}"
+    );
+    assert!(
+        esc.contains("\x1b[32m+  nixos.containers.instances.web = {"),
+        "added lines are not green:\n{esc}"
+    );
+    assert!(std::fs::read(root.path().join(CONF)).unwrap() == original);
+    t.keys(&["y", "Enter"]);
+    let s = t.wait_for("Carry this out now?");
+    assert!(
+        s.contains("rewrite /etc/nixos/configuration.nix in place (db, web)"),
+        "{s}"
+    );
+    assert!(
+        !s.contains("write the new definitions to"),
+        "nothing goes to the output file:\n{s}"
+    );
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Next steps");
+    assert!(matches!(t.exit_code(), 0 | 3), "{s}");
+    let s = t.screen();
+    for needle in [
+        "rewrote /etc/nixos/configuration.nix in place (db, web); the original is kept as /etc/nixos/configuration.nix.bak-",
+        "Your configuration now defines db, web in place, in /etc/nixos/configuration.nix",
+        "the rewritten definitions get their old form back too",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not shown:\n{s}");
+    }
+    let conf = std::fs::read_to_string(root.path().join(CONF)).unwrap();
+    nix_parse(&conf).unwrap();
+    assert!(
+        conf.contains("  nixos.containers.instances.web = {"),
+        "{conf}"
+    );
+    assert!(!root.path().join("etc/nixos/nspawn-containers.nix").exists());
+    let baks = conf_backups(root.path());
+    assert_eq!(baks.len(), 1);
+    assert_eq!(std::fs::read(&baks[0]).unwrap(), original);
+    drop(t);
+    // And back: the file is the original, the legacy containers as they were.
+    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["migrate", "--rollback", "db", "web", "--yes"])
+        .env("PATH", stand_ins.path_env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(root.path().join(CONF)).unwrap(), original);
+    assert_same(
+        "legacy after rewrite and rollback",
+        &legacy_before,
+        &legacy_snapshot(root.path()),
+    );
+}
+
+#[test]
+fn declining_the_rewrite_leaves_the_host_files_and_uses_the_output_file() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let original = std::fs::read(root.path().join(CONF)).unwrap();
+    let t = rewrite_run(root.path(), &stand_ins, &[("NO_COLOR", "1")]);
+    t.keys(&["Enter"]); // the default is no
+    let s = t.wait_for("Carry this out now?");
+    assert!(
+        s.contains(
+            "Not rewritten: the host's Nix files stay as they are, and the new definitions go to \
+             /etc/nixos/nspawn-containers.nix instead (as without --rewrite)."
+        ),
+        "{s}"
+    );
+    assert!(
+        s.contains("write the new definitions to /etc/nixos/nspawn-containers.nix"),
+        "{s}"
+    );
+    assert!(
+        !s.contains("rewrite /etc/nixos/configuration.nix in place"),
+        "{s}"
+    );
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Next steps");
+    assert!(matches!(t.exit_code(), 0 | 3), "{s}");
+    assert_eq!(std::fs::read(root.path().join(CONF)).unwrap(), original);
+    assert!(conf_backups(root.path()).is_empty());
+    let nix = std::fs::read_to_string(root.path().join("etc/nixos/nspawn-containers.nix")).unwrap();
+    assert!(
+        nix.contains("instances.db") && nix.contains("instances.web"),
+        "{nix}"
+    );
+    assert!(
+        !t.screen_escaped().contains("\x1b[3"),
+        "colours despite NO_COLOR"
+    );
+}
+
+#[test]
+fn ctrl_c_at_the_rewrite_question_writes_nothing() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    age_atimes(root.path());
+    let before = snapshot(root.path());
+    let t = rewrite_run(root.path(), &stand_ins, &[]);
+    t.keys(&["C-c"]);
+    let s = t.wait_for("Interrupted at a question: nothing was changed");
+    assert_eq!(t.exit_code(), 130, "{s}");
+    assert_same(
+        "after Ctrl-C at the rewrite question",
+        &before,
+        &snapshot(root.path()),
+    );
+}
