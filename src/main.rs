@@ -119,17 +119,15 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
-    if !args.dry_run && !args.yes {
-        if !terminal {
-            // Never wait for an answer nobody can give, never guess one.
-            return Err(Error::Usage(
-                "migrate without --dry-run or --yes asks before each step, but there is no terminal \
-                 to ask on (stdin or stderr is not a terminal)\n\n\
-                 Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
-                 fleets), or run it from a terminal."
-                    .to_string(),
-            ));
-        }
+    if !args.dry_run && !args.yes && !terminal {
+        // Never wait for an answer nobody can give, never guess one.
+        return Err(Error::Usage(
+            "migrate without --dry-run or --yes asks before each step, but there is no terminal \
+             to ask on (stdin or stderr is not a terminal)\n\n\
+             Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
+             fleets), or run it from a terminal."
+                .to_string(),
+        ));
     }
     let mut host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
