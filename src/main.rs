@@ -82,6 +82,8 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 verify: o.verify_arg().map_err(bad)?,
                 stop: o.stop,
                 force: o.force,
+                rewrite: o.rewrite,
+                no_eval: o.no_eval,
                 ..args.clone()
             };
             (Some((path.clone(), plan)), args)
@@ -186,6 +188,19 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     if !args.no_eval && args.from_json.is_none() && host.root() == std::path::Path::new("/") {
         opts.evaluated = migrate::evaluate_host(&host, &opts);
     }
+    // Part of a plan's fingerprint: what evaluation gave decides the plan as much as the files.
+    let evaluation = plan_file::evaluation_fingerprint(
+        &opts.evaluated,
+        if args.no_eval {
+            "--no-eval"
+        } else if args.from_json.is_some() {
+            "--from-json"
+        } else if !host.is_live() {
+            "an offline --root"
+        } else {
+            "no configuration to evaluate"
+        },
+    );
     let mut view = false;
     if args.yes {
         match nixos_nspawn::host::enter_private_mount_namespace() {
@@ -221,6 +236,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 host.read_to_string(f)
             });
         nixos_nspawn::rewrite::exclude(&mut migration, &p.rewritten());
+        migration.report.rewritten = plan_file::rewritten_files(&p);
         p
     });
     let opts = execute::ExecOptions {
@@ -262,8 +278,16 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         .chain(args.from_json.iter())
         .cloned()
         .collect();
-    let derived = (args.plan_out.is_some() || plan_in.is_some())
-        .then(|| plan_file::make(&host, &migration, plan_options(args), &ordinary));
+    let derived = (args.plan_out.is_some() || plan_in.is_some()).then(|| {
+        plan_file::make(
+            &host,
+            &migration,
+            plan_options(args),
+            &ordinary,
+            &evaluation,
+            rewrite.as_ref(),
+        )
+    });
     let mut refusal = None;
     if let (Some((path, plan)), Some(now)) = (&plan_in, &derived) {
         let why = plan_file::differences(plan, now);
@@ -308,6 +332,16 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .to_string();
+        // With --plan-in: exactly the plan's bytes (equal to the re-derived ones: checked).
+        let mut p = p.clone();
+        if let Some((_, plan)) = &plan_in {
+            for e in &mut p.edits {
+                if let Some(r) = plan.rewrite.iter().find(|r| r.file == e.file) {
+                    e.rewritten = r.content.clone();
+                }
+            }
+        }
+        let p = &p;
         match nixos_nspawn::rewrite::apply(&host, p, &stamp) {
             Ok(done) => {
                 migration.report.done.extend(done);
@@ -402,5 +436,7 @@ fn plan_options(args: &MigrateArgs) -> plan_file::PlanOptions {
         verify: plan_file::verify_name(args.verify).to_string(),
         stop: args.stop,
         force: args.force,
+        rewrite: args.rewrite,
+        no_eval: args.no_eval,
     }
 }
