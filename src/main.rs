@@ -131,6 +131,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
+    // The plan's directory is opened before the host is sealed read-only (with `--root /` that
+    // view covers every path).
+    let plan_target = match &args.plan_out {
+        Some(p) => Some(plan_file::Target::open(p).map_err(|e| {
+            Error::Usage(format!(
+                "--plan-out {}: cannot write there: {e}",
+                p.display()
+            ))
+        })?),
+        None => None,
+    };
     let mut host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
             "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
@@ -364,8 +375,8 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             print!("{text}");
         }
     }
-    if let (Some(path), Some(plan)) = (&args.plan_out, &derived) {
-        plan_file::save(plan, path).map_err(|e| {
+    if let (Some(path), Some(target), Some(plan)) = (&args.plan_out, &plan_target, &derived) {
+        plan_file::save(plan, target).map_err(|e| {
             Error::Other(format!(
                 "--plan-out {}: cannot write the plan: {e}",
                 path.display()

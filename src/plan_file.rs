@@ -282,24 +282,47 @@ pub fn make(
     }
 }
 
-/// Write the plan to an ordinary path (not under `--root`: it is the administrator's file),
-/// atomically.
-pub fn save(plan: &PlanFile, path: &Path) -> Result<(), String> {
+/// Where `--plan-out` writes: an ordinary path (not under `--root`: it is the administrator's
+/// file), its directory opened before the host is sealed read-only for the dry run (that view
+/// covers `/` itself with `--root /`, and the plan must still be written).
+pub struct Target {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::CString,
+    path: PathBuf,
+}
+
+impl Target {
+    pub fn open(path: &Path) -> Result<Target, String> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))
+            .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+        let dir = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
+        Ok(Target {
+            dir,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Write the plan, atomically.
+pub fn save(plan: &PlanFile, to: &Target) -> Result<(), String> {
     let text = serde_json::to_string_pretty(plan).map_err(|e| format!("cannot serialise: {e}"))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} does not name a file", path.display()))?;
-    let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))
-        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
-    let dir = std::fs::File::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     crate::atomic::write_atomic_at(
-        std::os::fd::AsFd::as_fd(&dir),
-        &name,
-        path,
+        std::os::fd::AsFd::as_fd(&to.dir),
+        &to.name,
+        &to.path,
         format!("{text}\n").as_bytes(),
         0o600,
     )
