@@ -23,13 +23,6 @@ struct Tmux {
 impl Tmux {
     /// Start `nixos-nspawn --root ROOT migrate ARGS` in a fresh terminal, with `env` set.
     fn start(root: &Path, stand_ins: &StandIns, args: &[&str], env: &[(&str, &str)]) -> Tmux {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = format!(
-            "nn-it-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let exit_file = dir.path().join("exit");
         let mut cmd = format!("env PATH='{}' TERM=xterm-256color", stand_ins.path_env());
         for (k, v) in env {
             cmd.push_str(&format!(" {k}='{v}'"));
@@ -42,7 +35,19 @@ impl Tmux {
         for a in args {
             cmd.push_str(&format!(" '{a}'"));
         }
-        cmd.push_str(&format!("; echo $? > '{}'; sleep 600", exit_file.display()));
+        Tmux::spawn(&cmd)
+    }
+
+    /// Run the shell command `cmd` in a fresh terminal.
+    fn spawn(cmd: &str) -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = format!(
+            "nn-it-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let exit_file = dir.path().join("exit");
+        let cmd = format!("{cmd}; echo $? > '{}'; sleep 600", exit_file.display());
         let st = Command::new("tmux")
             .args([
                 "-L",
@@ -576,4 +581,220 @@ fn ctrl_c_at_the_rewrite_question_writes_nothing() {
         &before,
         &snapshot(root.path()),
     );
+}
+
+/// Stand-ins for the running machine's systemd: `systemctl is-active UNIT` answers from
+/// `active/UNIT`; a unit with a number N in `later/UNIT` becomes active at its N-th question
+/// (someone started it during the run); `systemctl stop UNIT` makes it inactive. Every call is
+/// logged to `calls.log`.
+struct LiveStandIns {
+    dir: tempfile::TempDir,
+}
+
+impl LiveStandIns {
+    fn new(active: &[&str], later: &[(&str, u32)]) -> LiveStandIns {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("active")).unwrap();
+        std::fs::create_dir_all(d.join("later")).unwrap();
+        for u in active {
+            std::fs::write(d.join("active").join(u), "").unwrap();
+        }
+        for (u, n) in later {
+            std::fs::write(d.join("later").join(u), n.to_string()).unwrap();
+        }
+        let script = format!(
+            r#"#!/bin/sh
+d='{}'
+echo "$(basename "$0") $*" >> "$d/calls.log"
+if [ "$1" = is-active ]; then
+  if [ -f "$d/later/$2" ]; then
+    n=$(( $(cat "$d/later/$2") - 1 ))
+    if [ "$n" -le 0 ]; then rm -f "$d/later/$2"; : > "$d/active/$2"; else echo "$n" > "$d/later/$2"; fi
+  fi
+  if [ -e "$d/active/$2" ]; then echo active; exit 0; fi
+  echo inactive; exit 3
+fi
+if [ "$1" = stop ]; then rm -f "$d/active/$2"; fi
+exit 0
+"#,
+            d.display()
+        );
+        for prog in ["systemctl", "machinectl"] {
+            let p = d.join(prog);
+            std::fs::write(&p, &script).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        LiveStandIns { dir }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// `nixos-nspawn --root / migrate ARGS` on the test tree as the running machine: in a private
+/// mount namespace, the tree (a mount of its own, as a real root is, so that the run's read-only
+/// view of `/` works) gets this machine's /usr (read-only), /proc and /dev, the binary's
+/// and the stand-ins' directories at their own paths, and the run is chrooted into it. Nothing
+/// outside the tree is visible to the run, and the mounts end with it.
+fn start_live(root: &Path, si: &LiveStandIns, args: &[&str]) -> (Tmux, tempfile::TempDir) {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_nixos-nspawn"));
+    let bindir = bin.parent().unwrap();
+    let sid = si.dir.path();
+    let mut script = format!(
+        "set -e\nR='{r}'\n\
+         mount --bind \"$R\" \"$R\"\n\
+         mkdir -p \"$R/usr\" \"$R/proc\" \"$R/dev\" \"$R/tmp\" \"$R{b}\" \"$R{s}\"\n\
+         mount --bind /usr \"$R/usr\"\nmount -o remount,bind,ro \"$R/usr\"\n\
+         for l in bin lib lib64 sbin; do if [ -L \"/$l\" ] && [ ! -e \"$R/$l\" ]; then ln -s \"usr/$l\" \"$R/$l\"; fi; done\n\
+         mount -t proc proc \"$R/proc\"\nmount --rbind /dev \"$R/dev\"\n\
+         mount --bind '{b}' \"$R{b}\"\nmount -o remount,bind,ro \"$R{b}\"\n\
+         mount --bind '{s}' \"$R{s}\"\n\
+         exec chroot \"$R\" /usr/bin/env PATH='{s}:/usr/bin' TERM=xterm-256color NO_COLOR=1 '{bin}' --root / migrate",
+        r = root.display(),
+        b = bindir.display(),
+        s = sid.display(),
+        bin = bin.display()
+    );
+    for a in args {
+        script.push_str(&format!(" '{a}'"));
+    }
+    script.push('\n');
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.sh");
+    std::fs::write(&file, script).unwrap();
+    let t = Tmux::spawn(&format!(
+        "unshare -m --propagation private sh '{}'",
+        file.display()
+    ));
+    (t, dir)
+}
+
+/// The mounts of [`start_live`] were private to the run: in our namespace the tree's /usr and
+/// /dev are empty directories (so removing the tree cannot reach the real ones).
+fn assert_unmounted(root: &Path) {
+    for d in ["usr", "dev", "proc"] {
+        let p = root.join(d);
+        if p.is_dir() && std::fs::read_dir(&p).unwrap().next().is_some() {
+            // Never let the tree's removal walk into this machine's /usr or /dev.
+            std::process::abort();
+        }
+    }
+}
+
+#[test]
+fn stop_is_asked_and_done_per_container_on_the_running_machine() {
+    if !have_tmux() || !is_root() || !have_tool("unshare", "util-linux") {
+        eprintln!("skipped: needs tmux, unshare and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    age_atimes(root.path());
+    let legacy_before = legacy_snapshot(root.path());
+    // db runs; web does not (yet).
+    let si = LiveStandIns::new(&["container@db.service"], &[]);
+    let (t, _script) = start_live(
+        root.path(),
+        &si,
+        &["--no-eval", "--only", "db", "--only", "web"],
+    );
+    let s = t.wait_for("Migrate db now?");
+    assert!(s.contains("active"), "db's NOTE shows it runs:\n{s}");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("container@db.service is active. Stop it now?");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of db come across?");
+    t.keys(&["Enter"]);
+    t.wait_for("Migrate web now?");
+    t.keys(&["y", "Enter"]);
+    let s = t.wait_for("How should the state of web come across?");
+    // web does not run: it is not asked about, and its stop was never agreed to.
+    assert_eq!(s.matches("Stop it now?").count(), 1, "{s}");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Carry this out now?");
+    assert!(s.contains("db: stop it, copy the state"), "{s}");
+    assert!(s.contains("web: copy the state"), "{s}");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Next steps");
+    let code = t.exit_code();
+    assert!(matches!(code, 0 | 3), "exit {code}\n{s}");
+    drop(t);
+    assert_unmounted(root.path());
+    let calls = si.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "systemctl stop container@db.service"),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("stop container@web")),
+        "{calls:#?}"
+    );
+    assert!(root.path().join("var/lib/machines/db").is_dir());
+    assert!(root.path().join("var/lib/machines/web").is_dir());
+    assert_same(
+        "legacy after a live migration",
+        &legacy_before,
+        &legacy_snapshot(root.path()),
+    );
+}
+
+#[test]
+fn a_yes_to_stop_one_container_never_stops_another() {
+    if !have_tmux() || !is_root() || !have_tool("unshare", "util-linux") {
+        eprintln!("skipped: needs tmux, unshare and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    // db runs; web is stopped when asked about, and started by someone else right after (its
+    // second question): nobody agreed to stop web.
+    let si = LiveStandIns::new(&["container@db.service"], &[("container@web.service", 2)]);
+    let (t, _script) = start_live(
+        root.path(),
+        &si,
+        &["--no-eval", "--only", "db", "--only", "web"],
+    );
+    t.wait_for("Migrate db now?");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("Stop it now?");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of db come across?");
+    t.keys(&["Enter"]);
+    t.wait_for("Migrate web now?");
+    t.keys(&["y", "Enter"]);
+    t.wait_for("How should the state of web come across?");
+    t.keys(&["Enter"]);
+    t.wait_for("Carry this out now?");
+    t.keys(&["Enter"]);
+    // web was started by someone else after its question: nobody agreed to stop it, so it is
+    // not stopped and not copied; db (agreed) is.
+    let s = t.wait_for("web: failed");
+    assert_eq!(t.exit_code(), 1, "{s}");
+    let s = t.screen();
+    assert!(
+        s.contains("container@web.service is active (it was started during the migration); stop it and re-run"),
+        "{s}"
+    );
+    drop(t);
+    assert_unmounted(root.path());
+    let calls = si.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "systemctl stop container@db.service"),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("stop container@web")),
+        "web was stopped without being asked: {calls:#?}"
+    );
+    assert!(root.path().join("var/lib/machines/db").is_dir());
+    assert!(!root.path().join("var/lib/machines/web").exists());
 }
