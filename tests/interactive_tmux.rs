@@ -644,6 +644,16 @@ exit 0
 /// and the stand-ins' directories at their own paths, and the run is chrooted into it. Nothing
 /// outside the tree is visible to the run, and the mounts end with it.
 fn start_live(root: &Path, si: &LiveStandIns, args: &[&str]) -> (Tmux, tempfile::TempDir) {
+    let (dir, file) = live_script(root, si, args);
+    let t = Tmux::spawn(&format!(
+        "unshare -m --propagation private sh '{}'",
+        file.display()
+    ));
+    (t, dir)
+}
+
+/// The script of [`start_live`] (in the returned directory).
+fn live_script(root: &Path, si: &LiveStandIns, args: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_nixos-nspawn"));
     let bindir = bin.parent().unwrap();
     let sid = si.dir.path();
@@ -669,11 +679,7 @@ fn start_live(root: &Path, si: &LiveStandIns, args: &[&str]) -> (Tmux, tempfile:
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("live.sh");
     std::fs::write(&file, script).unwrap();
-    let t = Tmux::spawn(&format!(
-        "unshare -m --propagation private sh '{}'",
-        file.display()
-    ));
-    (t, dir)
+    (dir, file)
 }
 
 /// The mounts of [`start_live`] were private to the run: in our namespace the tree's /usr and
@@ -797,4 +803,50 @@ fn a_yes_to_stop_one_container_never_stops_another() {
     );
     assert!(root.path().join("var/lib/machines/db").is_dir());
     assert!(!root.path().join("var/lib/machines/web").exists());
+}
+
+#[test]
+fn yes_on_the_running_machine_reads_through_its_view_and_writes() {
+    if !is_root() || !have_tool("unshare", "util-linux") {
+        eprintln!("skipped: needs unshare and root");
+        return;
+    }
+    // `--root /` with --yes, no terminal: the host is read through the read-only, noatime view
+    // (no access time changes), which is lifted before the first write.
+    let root = TestRoot::fixture("example");
+    age_atimes(root.path());
+    let legacy_before = legacy_snapshot(root.path());
+    let si = LiveStandIns::new(&[], &[]);
+    let (_dir, file) = live_script(root.path(), &si, &["--no-eval", "--yes", "--only", "db"]);
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_unmounted(root.path());
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(root.path().join("var/lib/machines/db/etc").is_dir());
+    assert!(
+        root.path()
+            .join("etc/nixos/nspawn-containers.nix")
+            .is_file()
+    );
+    assert!(
+        si.calls()
+            .iter()
+            .any(|c| c == "systemctl is-active container@db.service"),
+        "the running machine's systemd was asked: {:?}",
+        si.calls()
+    );
+    assert_same(
+        "legacy after --yes on the running machine",
+        &legacy_before,
+        &legacy_snapshot(root.path()),
+    );
 }
