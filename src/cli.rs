@@ -153,8 +153,11 @@ pub struct MigrateArgs {
 
     /// Undo the migration of these containers (not yet cleaned up): remove the new state, the
     /// files written (restoring the ones replaced from their backups), the profile links and
-    /// their entries in the Nix file. The legacy containers are left exactly as they are.
-    /// Refused when a new container has run since (its new data would be lost) unless --force.
+    /// their entries in the Nix file; after --rewrite their old definitions go back into the
+    /// host's files (the original file, byte for byte, once all its containers are rolled
+    /// back). The legacy containers are left exactly as they are. Refused when a new container
+    /// has run since (its new data would be lost), or a rewritten file was edited since, unless
+    /// --force (which keeps the edited file as FILE.bak-TIME).
     /// Asks first (or --yes).
     #[arg(
         long,
