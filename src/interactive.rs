@@ -182,7 +182,7 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             ));
             continue;
         }
-        ui.say(&show_diff(&host, &preview, idx, inst));
+        ui.say(&show_diff(&host, &preview, idx, inst, args.rewrite));
         for w in &c.warnings {
             let label = match w.category {
                 Category::NeedsHuman => style("needs a human").red().bold(),
@@ -619,7 +619,7 @@ fn table(infos: &[Info], root: &Path) -> String {
 }
 
 /// The old definition(s) of a container and the new text, as a coloured diff.
-fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance) -> String {
+fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance, rewrite: bool) -> String {
     let Some(c) = m.report.containers.get(idx) else {
         return String::new();
     };
@@ -667,14 +667,20 @@ fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance) -> Str
                     places.join(", ")
                 },
                 old,
-                format!(
-                    "{} (its part)",
-                    m.report
-                        .output
-                        .as_deref()
-                        .unwrap_or(Path::new("the Nix file"))
-                        .display()
-                ),
+                if rewrite {
+                    "its new definition (--rewrite: where it goes is shown before anything is \
+                     written)"
+                        .to_string()
+                } else {
+                    format!(
+                        "{} (its part)",
+                        m.report
+                            .output
+                            .as_deref()
+                            .unwrap_or(Path::new("the Nix file"))
+                            .display()
+                    )
+                },
                 c.nix.clone(),
             )
         }

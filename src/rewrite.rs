@@ -1431,6 +1431,7 @@ fn record(
         original_blake3: blake3::hash(e.original.as_bytes()).to_hex().to_string(),
         written_blake3: blake3::hash(e.rewritten.as_bytes()).to_hex().to_string(),
         units: e.units.clone(),
+        rolled_back: Vec::new(),
     };
     let mut notes = Vec::new();
     for c in &e.containers {

@@ -101,6 +101,10 @@ pub struct RewriteRecord {
     pub original_blake3: String,
     pub written_blake3: String,
     pub units: Vec<crate::rewrite::Unit>,
+    /// Containers of this rewrite rolled back since (their old definitions are back in the
+    /// file). Every other one is still rewritten, also after its `--cleanup`.
+    #[serde(default)]
+    pub rolled_back: Vec<String>,
 }
 
 pub fn now_ns() -> u128 {
@@ -328,20 +332,13 @@ fn rewrite_state(host: &HostRoot, name: &str, rw: &RewriteRecord) -> Result<Rewr
                 ))
             }
         })?;
-    // The containers of that rewrite whose records still carry it (not rolled back yet).
-    let mut applied = Vec::new();
-    for u in &rw.units {
-        for c in u.containers() {
-            let carries = c == name
-                || load(host, &c).ok().flatten().is_some_and(|o| {
-                    o.rewrite
-                        .is_some_and(|x| x.file == rw.file && x.backup == rw.backup)
-                });
-            if carries {
-                applied.push(c);
-            }
-        }
-    }
+    // The containers of that rewrite not rolled back yet (one cleaned up stays rewritten).
+    let applied: Vec<String> = rw
+        .units
+        .iter()
+        .flat_map(|u| u.containers())
+        .filter(|c| c == name || !rw.rolled_back.contains(c))
+        .collect();
     let expected =
         crate::rewrite::compose(&original, &rw.units, &|c| applied.iter().any(|a| a == c))
             .ok_or_else(|| {
@@ -429,6 +426,9 @@ fn restore_rewrite(
     force: bool,
     out: &mut Outcome,
 ) -> Result<(), String> {
+    // As it is now: a rollback earlier in this run may have noted itself in it.
+    let fresh = load(host, name)?.and_then(|r| r.rewrite);
+    let rw = fresh.as_ref().unwrap_or(rw);
     let file = rw.file.display();
     let st = rewrite_state(host, name, rw)?;
     let mode = host
@@ -469,6 +469,24 @@ fn restore_rewrite(
         .ok_or_else(|| format!("the record does not fit {}", rw.backup.display()))?;
         host.write_atomic(&rw.file, text.as_bytes(), mode)
             .map_err(|e| format!("cannot write {file}: {e}; it was not changed"))?;
+        // The others' records note it: their file no longer holds this one's new definition.
+        for other in &remaining {
+            if let Ok(Some(mut o)) = load(host, other)
+                && let Some(x) = o.rewrite.as_mut()
+                && x.file == rw.file
+                && x.backup == rw.backup
+                && !x.rolled_back.iter().any(|n| n == name)
+            {
+                x.rolled_back.push(name.to_string());
+                save(host, &o).map_err(|e| {
+                    format!(
+                        "{file} was written, but the record {} could not be updated ({e}): roll {other} \
+                         back with --force",
+                        record_path(other).display()
+                    )
+                })?;
+            }
+        }
         out.done.push(format!(
             "gave containers.{name} its old definition back in {file}; {} stay{} rewritten (the \
              original of the whole file is still kept as {})",

@@ -363,3 +363,37 @@ fn every_subset_of_rewritten_containers_gives_a_file_that_parses() {
         }
     }
 }
+
+#[test]
+fn a_container_cleaned_up_stays_rewritten_when_another_of_its_file_is_rolled_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (root, stand_ins, original) = rewritten_example();
+    let written = std::fs::read_to_string(root.path().join(CONF)).unwrap();
+    // web has booted (its state changed after the migration) and NixOS no longer deploys its
+    // legacy definition: it can be cleaned up.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(root.path().join("var/lib/machines/web/booted"), "1").unwrap();
+    std::fs::remove_file(root.path().join("etc/nixos-containers/web.conf")).unwrap();
+    let out = run(root.path(), &stand_ins, &["--cleanup", "web", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // db goes back; web's new definition stays (there is no going back for it).
+    let out = run(root.path(), &stand_ins, &["--rollback", "db", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let now = std::fs::read_to_string(root.path().join(CONF)).unwrap();
+    nix_parse(&now).unwrap();
+    let orig_text = String::from_utf8(original.0).unwrap();
+    let db_old = &orig_text
+        [orig_text.find("  containers.db = {").unwrap()..orig_text.find("  # ---- vpn").unwrap()];
+    let db_new = &written[written.find("  nixos.containers.instances.db = {").unwrap()
+        ..written.find("  # ---- vpn").unwrap()];
+    assert_eq!(now, written.replace(db_new, db_old));
+    assert!(
+        now.contains("  nixos.containers.instances.web = {"),
+        "{now}"
+    );
+    // The original stays kept: web's rewrite is still in the file.
+    assert_eq!(backups(root.path()).len(), 1);
+}
