@@ -397,3 +397,41 @@ fn a_container_cleaned_up_stays_rewritten_when_another_of_its_file_is_rolled_bac
     // The original stays kept: web's rewrite is still in the file.
     assert_eq!(backups(root.path()).len(), 1);
 }
+
+#[test]
+fn a_second_rewrite_of_the_same_file_is_rolled_back_in_its_turn() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (root, stand_ins, original) = rewritten_example();
+    let conf = root.path().join(CONF);
+    let out = run(root.path(), &stand_ins, &["--rollback", "web", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let between = std::fs::read(&conf).unwrap();
+    // Rewritten again right away (the first backup is still there: a second name is taken).
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--yes", "-q", "--rewrite", "--only", "web"],
+    );
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    assert_eq!(backups(root.path()).len(), 2, "{:?}", backups(root.path()));
+    // db first: the file was rewritten again since db's rewrite; refused, naming web.
+    let out = run(root.path(), &stand_ins, &["--rollback", "db", "--yes"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("A later `migrate --rewrite` rewrote it again (web): roll those back first"),
+        "{}",
+        text(&out)
+    );
+    // web, then db: each rewrite undone in turn, the original at the end.
+    let out = run(root.path(), &stand_ins, &["--rollback", "web", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read(&conf).unwrap(), between);
+    let out = run(root.path(), &stand_ins, &["--rollback", "db", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(file_id(&conf), original);
+    assert!(backups(root.path()).is_empty());
+}
