@@ -286,9 +286,11 @@ pub fn check_rollback(
             ));
         }
     }
-    if let Some(rw) = &r.rewrite {
+    if let Some(rw) = &r.rewrite
+        && !force
+    {
         let st = rewrite_state(host, name, rw)?;
-        if st.current.as_deref() != Some(st.expected.as_bytes()) && !force {
+        if st.current.as_deref() != Some(st.expected.as_bytes()) {
             return Err(edited_since(host, name, rw, &st));
         }
     }
@@ -317,7 +319,8 @@ fn rewrite_state(host: &HostRoot, name: &str, rw: &RewriteRecord) -> Result<Rewr
             format!(
                 "the original of {file}, kept as {bak} when --rewrite replaced {name}'s definition, cannot be \
                  read ({e}): {name}'s old definition cannot be given back.\n\nPut the original back at {bak} \
-                 (from your own backups or version control) and roll back again."
+                 (from your own backups or version control) and roll back again, or pass --force to roll back \
+                 the rest and leave {file} as it is (then restore containers.{name} in it by hand)."
             )
         })
         .and_then(|b| {
@@ -327,8 +330,9 @@ fn rewrite_state(host: &HostRoot, name: &str, rw: &RewriteRecord) -> Result<Rewr
                 Err(format!(
                     "{bak}, the original of {file} kept when --rewrite replaced {name}'s definition, was \
                      changed since: it is not the original any more, and {name}'s old definition cannot be \
-                     given back from it.\n\nPut the original back at {bak} and roll back again, or restore \
-                     containers.{name} in {file} by hand and pass --force."
+                     given back from it.\n\nPut the original back at {bak} and roll back again, or pass \
+                     --force to roll back the rest and leave {file} as it is (then restore containers.{name} \
+                     in it by hand)."
                 ))
             }
         })?;
@@ -430,7 +434,17 @@ fn restore_rewrite(
     let fresh = load(host, name)?.and_then(|r| r.rewrite);
     let rw = fresh.as_ref().unwrap_or(rw);
     let file = rw.file.display();
-    let st = rewrite_state(host, name, rw)?;
+    let st = match rewrite_state(host, name, rw) {
+        Ok(st) => st,
+        Err(e) if force => {
+            out.done.push(format!(
+                "--force: left {file} as it is, {name}'s old definition was not given back: {}",
+                e.split("\n\n").next().unwrap_or(&e)
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let mode = host
         .open(&rw.file, OFlags::RDONLY | OFlags::NOFOLLOW)
         .and_then(|fd| rustix::fs::fstat(&fd).map_err(std::io::Error::from))

@@ -435,3 +435,43 @@ fn a_second_rewrite_of_the_same_file_is_rolled_back_in_its_turn() {
     assert_eq!(file_id(&conf), original);
     assert!(backups(root.path()).is_empty());
 }
+
+#[test]
+fn a_lost_backup_is_refused_and_force_leaves_the_file_to_the_admin() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (root, stand_ins, _) = rewritten_example();
+    let baks = backups(root.path());
+    assert_eq!(baks.len(), 1);
+    std::fs::remove_file(&baks[0]).unwrap();
+    let written = std::fs::read(root.path().join(CONF)).unwrap();
+    let out = run(root.path(), &stand_ins, &["--rollback", "web", "--yes"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let bak = format!("/{}", baks[0].strip_prefix(root.path()).unwrap().display());
+    assert!(
+        err.contains(&format!(
+            "kept as {bak} when --rewrite replaced web's definition, cannot be read"
+        )) && err.contains("pass --force"),
+        "{}",
+        text(&out)
+    );
+    assert!(root.path().join("var/lib/machines/web").is_dir());
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--rollback", "web", "--yes", "--force"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "--force: left /etc/nixos/configuration.nix as it is, web's old definition was not given back"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(root.path().join(CONF)).unwrap(), written);
+    assert!(!root.path().join("var/lib/machines/web").exists());
+}
