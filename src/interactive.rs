@@ -451,10 +451,15 @@ fn ask_rewrite(
         .collect();
     // The explanation on its own lines: a prompt wider than the terminal is redrawn badly.
     ui.say(&format!(
-        "Yes: {} rewritten as shown, the original of each kept as FILE.bak-TIME \
-         (--rollback gives it back).\nNo: the files stay as they are, and the new definitions go to \
+        "Yes: {} rewritten as shown, {} kept as FILE.bak-TIME (--rollback gives the old \
+         definitions back).\nNo: the files stay as they are, and the new definitions go to \
          {output}.",
-        files.join(", ") + if files.len() == 1 { " is" } else { " are" }
+        files.join(", ") + if files.len() == 1 { " is" } else { " are" },
+        if files.len() == 1 {
+            "its original"
+        } else {
+            "the original of each"
+        }
     ));
     if !ui.confirm("Rewrite in place?", false)? {
         instead("Not rewritten");

@@ -951,11 +951,28 @@ pub fn run(
             )));
         }
         let what = match command {
-            Command::Rollback => format!(
-                "Roll back {}? This removes what the migration created (new state, files, profile links); \
-                 the legacy containers stay as they are.",
-                names.join(", ")
-            ),
+            Command::Rollback => {
+                let mut files: Vec<String> = records
+                    .iter()
+                    .filter_map(|r| r.rewrite.as_ref())
+                    .map(|rw| rw.file.display().to_string())
+                    .collect();
+                files.sort();
+                files.dedup();
+                format!(
+                    "Roll back {}? This removes what the migration created (new state, files, profile links){}; \
+                     the legacy containers stay as they are.",
+                    names.join(", "),
+                    if files.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " and puts the old definitions back into {}",
+                            files.join(", ")
+                        )
+                    }
+                )
+            }
             Command::Cleanup => format!(
                 "Clean up {}? This removes the legacy state, configuration, profiles and GC roots for good; \
                  there is no rollback afterwards.",

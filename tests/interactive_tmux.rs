@@ -497,20 +497,17 @@ fn rewrite_at_a_terminal_shows_the_coloured_diff_and_yes_applies_it() {
     assert_eq!(baks.len(), 1);
     assert_eq!(std::fs::read(&baks[0]).unwrap(), original);
     drop(t);
-    // And back: the file is the original, the legacy containers as they were.
-    let out = Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["migrate", "--rollback", "db", "web", "--yes"])
-        .env("PATH", stand_ins.path_env())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // And back, at the terminal: the question says the definitions go back; the file is the
+    // original, the legacy containers as they were.
+    let t = Tmux::start(root.path(), &stand_ins, &["--rollback", "db", "web"], &[]);
+    let s = t.wait_for("Roll back db, web?");
+    assert!(
+        s.contains("puts the old definitions back into /etc/nixos/configuration.nix"),
+        "{s}"
     );
+    t.keys(&["y", "Enter"]);
+    let s = t.wait_for("restored /etc/nixos/configuration.nix from its backup");
+    assert_eq!(t.exit_code(), 0, "{s}");
     assert_eq!(std::fs::read(root.path().join(CONF)).unwrap(), original);
     assert_same(
         "legacy after rewrite and rollback",
