@@ -1037,7 +1037,8 @@ fn plan_file(
             );
             continue;
         }
-        // The set holds only the migrated containers: the whole binding is replaced.
+        // Whether the set holds only the migrated containers (`all`): then, with all of them
+        // rewritten, the whole binding is replaced (see `Unit::Set`).
         let member_ranges: Vec<Range<usize>> = group
             .iter()
             .flat_map(|(_, ns)| ns.iter())
