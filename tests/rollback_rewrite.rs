@@ -298,6 +298,25 @@ fn a_member_of_a_set_of_containers_comes_back_into_its_set() {
             "{still}: {mid}"
         );
     }
+    // It evaluates with the module and nixpkgs' real files: a is a legacy container again, the
+    // others are new instances, no name is both.
+    if let Some(lib) = nixpkgs() {
+        let out = Command::new("nix-instantiate")
+            .args(["--eval", "--read-write-mode", "--strict", "--json"])
+            .arg(repo().join("nixos/tests/render.nix"))
+            .arg("--arg")
+            .arg("configuration")
+            .arg(&conf)
+            .env("NIXPKGS", &lib)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(all["assertions"], serde_json::json!([]), "{all}");
+        let names: Vec<&String> = all["description"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["b-2", "cache", "db", "web"]);
+    }
     // The others, in two files, in one go: both files are their originals.
     let out = run(
         t.path(),
