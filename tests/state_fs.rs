@@ -468,3 +468,59 @@ fn move_is_refused_across_filesystems_and_subvolumes_before_anything_is_written(
     assert!(!machines.join("web").exists() && !machines.join(".web.journal").exists());
     assert_eq!(snapshot(&src, true), before);
 }
+
+/// A file with preallocated (`fallocate`d, never written) space on XFS: the clone has holes
+/// there (XFS does not clone unwritten extents), which read as zeros like the source's
+/// preallocation, so the file is still proven equal by its shared extents, not read. Data
+/// written into that range of the copy behind the tool's back is caught.
+#[test]
+fn xfs_preallocated_space_does_not_stop_verification_by_extents() {
+    let Some(fs) = loop_fs("xfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/db");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = src.join("table.ibd");
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&f, &data).unwrap();
+    run(
+        "fallocate",
+        &["-o", "4MiB", "-l", "4MiB", f.to_str().unwrap()],
+    );
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.write_all_at(&data, 12 << 20).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    let dest = fs.mnt.join("var/lib/machines/db");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy, Verify::Full)).unwrap();
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(copy.files_reflinked, 1, "{copy:?}");
+    assert_eq!(verify.files_by_extents, 1, "{verify:?}");
+    assert_eq!(verify.bytes_hashed, 0, "{verify:?}");
+    assert_eq!(rsync_diff(&src, &dest), "");
+
+    // Written into the copy's hole where the source has its preallocated zeros: caught.
+    let victim = dest.join("table.ibd");
+    let before = victim.symlink_metadata().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap();
+    file.write_all_at(b"X", 5 << 20).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    use std::os::unix::fs::MetadataExt;
+    run(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            &format!("@{}.{:09}", before.mtime(), before.mtime_nsec()),
+            victim.to_str().unwrap(),
+        ],
+    );
+    let full = state::verify_tree(&src, &dest, Verify::Full).unwrap();
+    assert_eq!(full.differences, 1, "{}", full.summary());
+    assert_eq!(full.first[0].what, "content differs");
+}

@@ -610,6 +610,8 @@ pub(crate) struct Extent {
 
 pub(crate) const FIEMAP_EXTENT_LAST: u32 = 0x0001;
 pub(crate) const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// Allocated but never written (`fallocate`): reads as zeros.
+pub(crate) const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x0800;
 /// Extents whose `physical` does not pin down the bytes: not yet allocated (delalloc, unknown),
 /// encoded (compressed: btrfs reports the start of the compressed extent, not of the part a
 /// file uses), encrypted, inline or tail-packed.
