@@ -742,3 +742,50 @@ fn guest_host0_settings_merge_with_the_legacy_address() {
         eprintln!("note: the guest's networking options are not rendered by this harness");
     }
 }
+
+/// 13.1 / issue 9: the usual bridged container whose guest writes its gateway as a string
+/// (legacy's scripted guest needed no interface). The string form is refused by NixOS under
+/// networkd and renders no route; the rewritten one, evaluated by nixpkgs' own networking
+/// modules, is the default route on host0 next to the module's address.
+#[test]
+fn guest_string_gateway_becomes_the_host0_default_route() {
+    let report = dry_run(
+        r#"{ ... }: {
+  containers.br = {
+    privateNetwork = true; hostBridge = "br0"; localAddress = "10.100.0.2/24";
+    config = {
+      networking.defaultGateway = "10.100.0.1";
+      networking.defaultGateway6 = { address = "fd00::1"; };
+    };
+  };
+}"#,
+    );
+    let c = container(&report, "br");
+    assert!(
+        codes(c)
+            .iter()
+            .any(|w| w == "guest-gateway-interface-added")
+            && !codes(c)
+                .iter()
+                .any(|w| w == "guest-gateway-without-interface"),
+        "{:?}",
+        codes(c)
+    );
+    let m = warning_text(c, "guest-gateway-interface-added");
+    assert!(
+        m.contains("configuration.nix:5:") && m.contains("configuration.nix:6:"),
+        "{m}"
+    );
+    let Some(v) = module_eval(&report) else {
+        return;
+    };
+    let units = units_at(&v, &["guest", "br"]);
+    let u = &units["40-host0.network"];
+    assert!(u.contains("Address=10.100.0.2/24\n"), "{u}");
+    if v.get("units").is_some() {
+        assert!(u.contains("[Route]\nGateway=10.100.0.1\n"), "{u}");
+        assert!(u.contains("[Route]\nGateway=fd00::1\n"), "{u}");
+    } else {
+        eprintln!("note: the guest's networking options are not rendered by this harness");
+    }
+}

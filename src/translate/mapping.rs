@@ -125,7 +125,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.system-config",
         [sets("I.system-config")],
         options::config,
-        "Copied verbatim (comments kept) with eth0 → host0, `networking.useHostResolvConf` and `boot.isContainer` removed and relative paths rewritten for the new file. Imperative containers keep their rootfs `etc/nixos/configuration.nix`, which the tool does not edit.",
+        "Copied verbatim (comments kept) with eth0 → host0, `networking.useHostResolvConf` and `boot.isContainer` removed and relative paths rewritten for the new file; a `networking.defaultGateway(6)` without an interface gets the container's only link (`host0`) as its interface. Imperative containers keep their rootfs `etc/nixos/configuration.nix`, which the tool does not edit.",
         [
             ETH0_REFERENCE,
             USE_HOST_RESOLV_CONF_REMOVED,
@@ -133,7 +133,8 @@ pub const MAPPINGS: &[Mapping] = &[
             GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
             GUEST_CONFIG_UNPARSABLE,
-            GUEST_GATEWAY_WITHOUT_INTERFACE
+            GUEST_GATEWAY_WITHOUT_INTERFACE,
+            GUEST_GATEWAY_INTERFACE_ADDED
         ],
         r#"{ config = { ... }: { networking.interfaces.eth0.useDHCP = true; networking.useHostResolvConf = false; }; }"#,
         [
@@ -1610,6 +1611,7 @@ mod tests {
             "address-pair-incomplete",
             "forward-ports-without-veth",
             "guest-gateway-without-interface",
+            "guest-gateway-interface-added",
             "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",

@@ -241,7 +241,13 @@ spec!(
     GUEST_GATEWAY_WITHOUT_INTERFACE,
     "guest-gateway-without-interface",
     NeedsHuman,
-    "the guest sets networking.defaultGateway(6) without an interface; the container now runs systemd-networkd, where NixOS requires defaultGateway.interface (\"host0\")"
+    "the guest sets networking.defaultGateway(6) without an interface and the tool could not give it one (several links, none, a second default route from the module, or a value it cannot rewrite); the container now runs systemd-networkd, where NixOS requires defaultGateway.interface"
+);
+spec!(
+    GUEST_GATEWAY_INTERFACE_ADDED,
+    "guest-gateway-interface-added",
+    ChangedMeaning,
+    "the guest's networking.defaultGateway(6) named no interface (legacy's scripted networking did not need one); the container now runs systemd-networkd, where NixOS requires one, so it was rewritten to { address = …; interface = <the container's only link>; }"
 );
 spec!(
     CONTAINER_UNIT_OVERRIDE,
@@ -297,6 +303,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &VETH_WITHOUT_ADDRESSES,
     &NETWORK_ZONE_DECLARED,
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
+    &GUEST_GATEWAY_INTERFACE_ADDED,
     &CONTAINER_UNIT_OVERRIDE,
     &BIND_MOUNTS_COPIED_AS_NIX,
     &INTERNAL_KEY_CONFLICT,
@@ -315,6 +322,28 @@ pub struct GuestResolv {
     pub uses_resolved: bool,
 }
 
+/// What the `config` row does with a guest `networking.defaultGateway(6)` that names no
+/// interface. The container's links are known only after every row ran (`extraFlags` last),
+/// the `config` row runs first: it finds them, [`network::after_rows`] decides, and the row
+/// runs again with the decision when there is one to apply (its output replaces the first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GatewayDecision {
+    /// First pass: find them ([`Tx::bare_gateways`]), change nothing, say nothing.
+    #[default]
+    Find,
+    /// Give them this interface (the container's only link).
+    Rewrite(String),
+    /// Leave them as they are, for this reason (needs a human).
+    Keep(String),
+}
+
+/// Where the `config` row's output sits in [`Instance::warnings`] and [`Instance::applied`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowOutput {
+    pub warnings: std::ops::Range<usize>,
+    pub applied: std::ops::Range<usize>,
+}
+
 /// The translation in progress: the input, the context and the instance being built.
 /// Row handlers (see [`mapping`]) read the legacy options and write here.
 pub struct Tx<'a> {
@@ -324,6 +353,11 @@ pub struct Tx<'a> {
     pub guest_resolv: GuestResolv,
     /// The legacy `privateNetwork` value (default false): gates addresses and ports.
     pub private_network: bool,
+    pub gateway: GatewayDecision,
+    /// Guest gateways without an interface the `config` row found (the binding as written,
+    /// in the config text or a file it imports).
+    pub bare_gateways: Vec<String>,
+    pub config_output: Option<RowOutput>,
 }
 
 impl<'a> Tx<'a> {
@@ -369,6 +403,9 @@ impl<'a> Tx<'a> {
             i,
             guest_resolv: GuestResolv::default(),
             private_network: false,
+            gateway: GatewayDecision::Find,
+            bare_gateways: Vec::new(),
+            config_output: None,
         }
     }
 

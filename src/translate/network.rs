@@ -857,49 +857,97 @@ pub fn after_rows(tx: &mut Tx) {
     guest_default_gateway(tx);
 }
 
-/// NixOS refuses a guest `defaultGateway` without `interface` under networkd, which the
-/// module turns on for a private network (legacy's guest used scripted networking). (The
-/// guest's own host0 settings are merged with the module's: both use `40-host0`.)
+/// A guest `defaultGateway(6)` without `interface` (found by the `config` row): NixOS refuses
+/// it under networkd, which the module turns on in a container with a private network (legacy's
+/// guest used scripted networking, `ip route replace default via …`, which needs no device).
+/// Decide what the gateway's interface is, and run the `config` row again with the decision.
 fn guest_default_gateway(tx: &mut Tx) {
+    if tx.bare_gateways.is_empty() {
+        return;
+    }
+    // Host networking: the module does not turn networkd on in the guest; nothing changes.
     let Some(net) = &tx.i.spec.network else {
         return;
     };
-    if !net.veth {
-        return;
+    tx.gateway = gateway_decision(tx, net);
+    super::options::rerun_config(tx);
+}
+
+/// The guest-side network links of the container, by name.
+fn guest_links(tx: &Tx, net: &NetworkSpec) -> Vec<String> {
+    let mut links = Vec::new();
+    if net.veth {
+        links.push("host0".to_string());
     }
-    let Some(text) = tx.i.spec.system_config.as_ref().map(|e| e.text.clone()) else {
-        return;
-    };
-    let compact: String = text.split_whitespace().collect();
-    // `defaultGateway = "…"` (the string form), `defaultGateway.address = …` or `{ address = …; }`
-    // without an interface. (The names do not prefix-match: `defaultGateway=` is not
-    // `defaultGateway6=`.)
-    let bare: Vec<&str> = ["defaultGateway", "defaultGateway6"]
-        .into_iter()
-        .filter(|gw| {
-            compact.contains(&format!("{gw}=\""))
-                || (compact.contains(&format!("{gw}.address"))
-                    && !compact.contains(&format!("{gw}.interface")))
-                || (compact.contains(&format!("{gw}={{")) && !compact.contains("interface="))
-        })
-        .collect();
-    if !bare.is_empty() {
-        let gws = bare
-            .iter()
-            .map(|g| format!("networking.{g}"))
-            .collect::<Vec<_>>()
-            .join(" and ");
-        tx.warn(
-            &GUEST_GATEWAY_WITHOUT_INTERFACE,
-            "config",
-            tx.c.options.config.as_ref().map(|s| &s.origin),
+    let raw = &tx.i.raw_nspawn.network;
+    let values = |k: &str| raw.get(k).cloned().unwrap_or_default();
+    for v in values("VirtualEthernetExtra") {
+        links.push(v.rsplit(':').next().unwrap_or(&v).to_string());
+    }
+    for v in values("MACVLAN") {
+        links.push(format!("mv-{v}"));
+    }
+    for v in values("IPVLAN") {
+        links.push(format!("iv-{v}"));
+    }
+    links.extend(values("Interface"));
+    links
+}
+
+fn gateway_decision(tx: &Tx, net: &NetworkSpec) -> GatewayDecision {
+    let links = guest_links(tx, net);
+    let [link] = links.as_slice() else {
+        return GatewayDecision::Keep(if links.is_empty() {
+            "The container has no network link besides lo".to_string()
+        } else {
             format!(
-                "the guest sets {gws} without an interface; legacy's guest used scripted networking, but the container \
-                 now runs systemd-networkd, where NixOS refuses that (\"….interface is not optional when using networkd\"). \
-                 Write it as {{ address = \"…\"; interface = \"host0\"; }}"
-            ),
-        );
+                "The container has several links ({}); which one the gateway is on cannot be read from the configuration",
+                links.join(", ")
+            )
+        });
+    };
+    if link == "host0" {
+        // The module's own default route on host0 (its gateway: the first host address of the
+        // family): legacy's container init added `default via <hostAddress>`, and the guest's
+        // scripted networking replaced it (`ip route replace default`); networkd would keep both.
+        for (v6, st, opt) in [
+            (false, &net.v4, "hostAddress"),
+            (true, &net.v6, "hostAddress6"),
+        ] {
+            let gw = if v6 {
+                "defaultGateway6"
+            } else {
+                "defaultGateway"
+            };
+            let bare_here = tx.bare_gateways.iter().any(|b| {
+                let six = b.contains("defaultGateway6");
+                b.contains(gw) && six == v6
+            });
+            if let (true, Some(host)) = (bare_here, st.host_addresses.first()) {
+                let host = host.split('/').next().unwrap_or(host);
+                return GatewayDecision::Keep(format!(
+                    "The container also has {opt} = {host}: legacy's container init added a default route through it, \
+                     which the guest's scripted networking replaced with its own gateway (`ip route replace default`); \
+                     the module routes through {host} on host0 too, and networkd would keep both default routes. Keep one: \
+                     drop this gateway if it is {host} or may go, or move the container's default route into the guest \
+                     by hand"
+                ));
+            }
+        }
+        // The module's DHCP client on host0 (a plain veth without static addresses) brings a
+        // default route of its own.
+        let no_static = [&net.v4, &net.v6]
+            .iter()
+            .all(|s| s.host_addresses.is_empty() && s.container_pool.is_empty());
+        if no_static && net.bridge.is_none() {
+            return GatewayDecision::Keep(
+                "The module runs DHCP on host0 of this container (no static addresses, no bridge), which brings a \
+                 default route of its own"
+                    .to_string(),
+            );
+        }
     }
+    GatewayDecision::Rewrite(link.clone())
 }
 
 /// The module forwards ports over its veth only (and asserts so). Legacy passed `--port=` to

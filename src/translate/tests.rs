@@ -798,22 +798,188 @@ fn unset_timeout_start_sec_keeps_the_legacy_default() {
 }
 
 /// 13.1: a string defaultGateway (refused by NixOS under networkd, which the container now
-/// runs) needs a human; with an interface it is fine.
+/// runs; legacy's scripted guest needed no interface) gets the container's only link, and the
+/// report says so; with an interface it is left alone.
 #[test]
-fn guest_gateway_without_interface_needs_a_human() {
+fn guest_gateway_gets_the_only_link() {
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; config = { networking.defaultGateway = "192.168.1.1"; networking.interfaces.eth0.mtu = 1400; }; }"#,
     );
-    assert_has(&i, &["warning guest-gateway-without-interface"]);
-    assert!(
-        warning(&i, "guest-gateway-without-interface")
-            .message
-            .contains("interface = \"host0\"")
+    assert_has(
+        &i,
+        &[
+            "warning guest-gateway-interface-added",
+            "!warning guest-gateway-without-interface",
+            "~ networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"host0\"; };",
+            "~ networking.interfaces.host0.mtu = 1400;",
+        ],
     );
+    let w = warning(&i, "guest-gateway-interface-added");
+    assert!(!w.needs_human());
+    assert!(
+        w.message
+            .contains("`networking.defaultGateway = \"192.168.1.1\";` → `networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"host0\"; };`"),
+        "{}",
+        w.message
+    );
+    // The config row's own report is said once (the row ran twice).
+    let n = i
+        .warnings
+        .iter()
+        .filter(|w| w.code == "eth0-reference")
+        .count();
+    assert_eq!(n, 1, "{:#?}", i.warnings);
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.defaultGateway = { address = "192.168.1.1"; interface = "eth0"; }; }; }"#,
     );
+    assert_has(
+        &i,
+        &[
+            "!warning guest-gateway-without-interface",
+            "!warning guest-gateway-interface-added",
+        ],
+    );
+    // A macvlan-only container: its one link is mv-<if>.
+    let i = run(
+        r#"{ privateNetwork = true; macvlans = [ "eth1" ]; config = { networking.defaultGateway = "192.168.1.1"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &["~ networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"mv-eth1\"; };"],
+    );
+    // Host networking: the guest keeps scripted networking; nothing to do, nothing said.
+    let i = run(r#"{ config = { networking.defaultGateway = "192.168.1.1"; }; }"#);
+    assert_has(
+        &i,
+        &[
+            "~ networking.defaultGateway = \"192.168.1.1\";",
+            "!warning guest-gateway-without-interface",
+            "!warning guest-gateway-interface-added",
+        ],
+    );
+}
+
+/// Where the gateway's link cannot be known, or the module would add a second default route,
+/// the gateway stays as written and needs a human, with the reason.
+#[test]
+fn guest_gateway_without_a_single_link_needs_a_human() {
+    let cases = [
+        // A veth and a macvlan: two links (the macvlan from extraFlags, which run last).
+        (
+            r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "10.0.0.2/24"; extraFlags = [ "--network-macvlan=eth1" ]; config = { networking.defaultGateway = "10.0.0.1"; }; }"#,
+            "several links (host0, mv-eth1)",
+        ),
+        // Legacy's init routed by default via hostAddress; the guest's gateway replaced it.
+        (
+            r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "hostAddress = 10.0.0.1",
+        ),
+        (
+            r#"{ privateNetwork = true; extraFlags = [ "--network-veth" ]; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "DHCP on host0",
+        ),
+        (
+            r#"{ privateNetwork = true; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "no network link besides lo",
+        ),
+    ];
+    for (src, why) in cases {
+        let i = run(src);
+        assert_has(
+            &i,
+            &[
+                "warning guest-gateway-without-interface",
+                "!warning guest-gateway-interface-added",
+                "~ networking.defaultGateway = \"",
+            ],
+        );
+        let w = warning(&i, "guest-gateway-without-interface");
+        assert!(w.needs_human());
+        assert!(
+            w.message.contains(why) && w.message.contains("defaultGateway = \"10.0.0."),
+            "{src}: {}",
+            w.message
+        );
+    }
+    // IPv6 only: a v4 hostAddress is no conflict for defaultGateway6.
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; localAddress6 = "fd00::2/64"; config = { networking.defaultGateway6 = "fd00::1"; }; }"#,
+    );
+    assert_has(&i, &["warning guest-gateway-interface-added"]);
+}
+
+/// A carried `let` string and an imported guest file get the rule too; the file is copied
+/// next to the output, rewritten, and the config imports the copy.
+#[test]
+fn guest_gateway_in_carried_lets_and_imported_files() {
+    let mut c = example_container(
+        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "10.0.0.2/24"; }"#,
+    )
+    .unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/hosts/web.nix", Some(7));
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text: "{ imports = [ ./net.nix ]; networking.defaultGateway = gw; }".into(),
+            origin: origin.clone(),
+            column: 5,
+            free_vars: vec![],
+            lets: vec![crate::legacy::LetBinding {
+                name: "gw".into(),
+                text: r#"gw = "10.0.0.1";"#.into(),
+                line: 2,
+            }],
+            module_args: Vec::new(),
+            guest_files: vec![crate::legacy::GuestFile {
+                path: PathBuf::from("/etc/nixos/hosts/net.nix"),
+                content: Ok("{\n  networking.defaultGateway6 = \"fd00::1\";\n}\n".into()),
+            }],
+        },
+        origin,
+    ));
+    let i = translate(&c, &ctx());
+    let text = &i.spec.system_config.as_ref().unwrap().text;
+    assert!(
+        text.contains(r#"networking.defaultGateway = { address = gw; interface = "host0"; };"#),
+        "{text}"
+    );
+    let copy = PathBuf::from("/etc/nixos/nspawn-guests/web/etc/nixos/hosts/net.nix");
+    assert!(
+        text.contains("./nspawn-guests/web/etc/nixos/hosts/net.nix"),
+        "{text}"
+    );
+    assert_eq!(
+        i.guest_files.get(&copy).map(String::as_str),
+        Some(
+            "{\n  networking.defaultGateway6 = { address = \"fd00::1\"; interface = \"host0\"; };\n}\n"
+        )
+    );
+    let w = warning(&i, "guest-gateway-interface-added");
+    assert!(
+        w.message.contains("/etc/nixos/hosts/web.nix:7:")
+            && w.message.contains("/etc/nixos/hosts/net.nix:2:"),
+        "{}",
+        w.message
+    );
     assert_has(&i, &["!warning guest-gateway-without-interface"]);
+    // Real Nix parses what is written.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, t) in [
+        ("config.nix", text.clone()),
+        ("net.nix", i.guest_files[&copy].clone()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("let gw = \"10.0.0.1\"; in {t}")).unwrap();
+        let out = std::process::Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Issue 9 (6) for extraVeths: a pair without prefixes stays point-to-point on both ends, no
