@@ -110,15 +110,20 @@ fn render_command(conf: &Path) -> Option<Command> {
 /// finishes it: networkd on). Fails on an evaluation error or a failing assertion; `None` when
 /// no nixpkgs is available (said on stderr).
 fn module_eval(report: &Value) -> Option<Value> {
+    module_eval_in(
+        report,
+        "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
+    )
+}
+
+/// [`module_eval`] with the host configuration `host` (a module that imports
+/// `./containers.nix`, the emitted file).
+fn module_eval_in(report: &Value, host: &str) -> Option<Value> {
     let nix = report["nix_file"].as_str().expect("a declarative Nix file");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("containers.nix"), nix).unwrap();
     let conf = dir.path().join("host.nix");
-    std::fs::write(
-        &conf,
-        "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
-    )
-    .unwrap();
+    std::fs::write(&conf, host).unwrap();
     let out = render_command(&conf)?.output().unwrap();
     assert!(
         out.status.success(),
@@ -787,5 +792,64 @@ fn guest_string_gateway_becomes_the_host0_default_route() {
         assert!(u.contains("[Route]\nGateway=fd00::1\n"), "{u}");
     } else {
         eprintln!("note: the guest's networking options are not rendered by this harness");
+    }
+}
+
+/// Issue 9: a hostBridge computed from the host's own options through a `let` binding is
+/// carried as Nix; evaluated in the host configuration by the module, it is the bridge legacy
+/// used (`Bridge=` in the rendered .nspawn), and no host-side ve- unit appears.
+#[test]
+fn computed_host_bridge_evaluates_in_the_host_configuration() {
+    let report = dry_run(
+        r#"{ config, lib, ... }:
+let
+  cfg = config.lab.net;
+in
+{
+  options.lab.net.bridge = lib.mkOption { type = lib.types.str; };
+  config.containers.web = {
+    privateNetwork = true;
+    hostBridge = cfg.bridge;
+    localAddress = "10.5.0.2/24";
+    config = { networking.defaultGateway = "10.5.0.1"; };
+  };
+}"#,
+    );
+    let c = container(&report, "web");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    assert!(
+        codes(c).iter().any(|w| w == "host-bridge-copied-as-nix"),
+        "{:?}",
+        codes(c)
+    );
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ lib, ... }: {
+  imports = [ ./containers.nix ];
+  options.lab.net.bridge = lib.mkOption { type = lib.types.str; };
+  config = { lab.net.bridge = "br-lab"; networking.useNetworkd = true; };
+}
+"#,
+    ) else {
+        return;
+    };
+    let nspawn = v["nspawn"]["web"].as_str().unwrap();
+    assert!(nspawn.contains("Bridge=br-lab\n"), "{nspawn}");
+    let host = units_at(&v, &["network"]);
+    assert!(
+        !host.keys().any(|k| k.contains("ve-web")),
+        "no host side for a bridge: {host:?}"
+    );
+    let guest = units_at(&v, &["guest", "web"]);
+    let u = &guest["40-host0.network"];
+    assert!(u.contains("Address=10.5.0.2/24\n"), "{u}");
+    if v.get("units").is_some() {
+        assert!(u.contains("[Route]\nGateway=10.5.0.1\n"), "{u}");
     }
 }

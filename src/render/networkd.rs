@@ -79,7 +79,7 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
     let no_static_v6 = n.v6.host_addresses.is_empty() && n.v6.container_pool.is_empty();
     let (v4, v6) = (&n.v4, &n.v6);
 
-    if n.zone.is_none() && n.bridge.is_none() {
+    if n.zone.is_none() && !n.bridged() {
         let p2p = n.point_to_point && !no_static;
         let mut net = Vec::new();
         if !p2p {
@@ -134,7 +134,7 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
             net.push(kv("Gateway", strip_prefix(g)));
         }
     }
-    if no_static && n.bridge.is_none() {
+    if no_static && !n.bridged() {
         net.push(kv("DHCP", "yes"));
     }
     if net.is_empty() && !p2p {

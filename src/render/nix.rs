@@ -93,8 +93,10 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     if let Some(z) = &n.zone {
         out.push_str(&format!("zone = {};\n", string_literal(z)));
     }
-    if let Some(b) = &n.bridge {
-        out.push_str(&format!("bridge = {};\n", string_literal(b)));
+    match (&n.bridge, &n.bridge_expr) {
+        (Some(b), _) => out.push_str(&format!("bridge = {};\n", string_literal(b))),
+        (None, Some(e)) => out.push_str(&format!("bridge = {};\n", verbatim(e))),
+        (None, None) => {}
     }
     if !n.veth {
         out.push_str("veth = false;\n");
@@ -460,12 +462,14 @@ fn zone_bindings(is: &[&Instance]) -> String {
 pub fn module_args(i: &Instance) -> Vec<String> {
     let s = &i.spec;
     let mut out: Vec<String> = Vec::new();
+    let bridge_expr = s.network.as_ref().and_then(|n| n.bridge_expr.clone());
     let exprs = [
         &s.system_config,
         &s.nixpkgs,
         &s.special_args,
         &s.bind_mounts_expr,
         &s.condition,
+        &bridge_expr,
     ];
     for e in exprs.into_iter().flatten() {
         for v in &e.free_vars {

@@ -404,6 +404,7 @@ pub fn network_bridge(tx: &mut Tx, f: &FlagUse) {
     let n = tx.ensure_private_network();
     n.veth = true;
     n.bridge = Some(f.v().to_string());
+    n.bridge_expr = None;
     applied(tx, f, &format!("network.bridge = \"{}\"", f.v()));
 }
 

@@ -286,10 +286,11 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.bridge (N[Network] Bridge=)",
         [sets("I.network.bridge")],
         network::host_bridge,
-        "The host end `vb-<name>` joins the existing bridge. The guest's address comes from localAddress (it must carry a prefix); hostAddress becomes the guest's gateway.",
+        "The host end `vb-<name>` joins the existing bridge. The guest's address comes from localAddress (it must carry a prefix); hostAddress becomes the guest's gateway. A bridge name computed by Nix code is copied as Nix (with the let bindings it uses) and evaluated by the host configuration.",
         [
             ADDRESSES_WITHOUT_PRIVATE_NETWORK,
-            BRIDGE_ADDRESS_WITHOUT_PREFIX
+            BRIDGE_ADDRESS_WITHOUT_PREFIX,
+            HOST_BRIDGE_COPIED_AS_NIX
         ],
         r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; }"#,
         [
@@ -1207,6 +1208,9 @@ pub fn outcome(i: &Instance) -> Vec<String> {
             if let Some(b) = &n.bridge {
                 out.push(format!("instance.network.bridge = {}", string_literal(b)));
             }
+            if let Some(e) = &n.bridge_expr {
+                out.push(format!("instance.network.bridge = ({})", e.text));
+            }
             for (fam, st) in [("v4", &n.v4), ("v6", &n.v6)] {
                 if !st.host_addresses.is_empty() {
                     out.push(format!(
@@ -1612,6 +1616,7 @@ mod tests {
             "forward-ports-without-veth",
             "guest-gateway-without-interface",
             "guest-gateway-interface-added",
+            "host-bridge-copied-as-nix",
             "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",

@@ -262,6 +262,12 @@ spec!(
     "bindMounts is computed by Nix code (a secret's path, a module argument, …): it is copied verbatim into the generated file, where the host configuration evaluates it; its paths are not known before that, so the .nspawn preview lacks their Bind= lines, no RequiresMountsFor= is added for them, and a `:` or `\\` in them is now taken literally"
 );
 spec!(
+    HOST_BRIDGE_COPIED_AS_NIX,
+    "host-bridge-copied-as-nix",
+    ChangedMeaning,
+    "hostBridge is computed by Nix code (an option of the host configuration, a let binding over it): it is copied into the generated file as network.bridge, with the let bindings it uses, and evaluated there by the host configuration; its name is known only then, so the .nspawn preview lacks its Bridge= line and the name is not checked before the build"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -306,6 +312,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &GUEST_GATEWAY_INTERFACE_ADDED,
     &CONTAINER_UNIT_OVERRIDE,
     &BIND_MOUNTS_COPIED_AS_NIX,
+    &HOST_BRIDGE_COPIED_AS_NIX,
     &INTERNAL_KEY_CONFLICT,
     // Declared with the unit-value writer whose rules they report; emitted by the translator.
     &crate::render::unit::UNIT_VALUE_REFUSED,
@@ -540,7 +547,10 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     // Unresolved expressions: one warning per option, unless a reader already said so or the
     // option's own row handles it (`pkgs`, and `bindMounts`, copied as Nix).
     for (option, expr) in &c.options.unresolved {
-        if option == "pkgs" || option == "bindMounts" || tx.reader_warned(option) {
+        if option == "pkgs"
+            || crate::legacy::nix_source::CARRIED_AS_NIX.contains(&option.as_str())
+            || tx.reader_warned(option)
+        {
             continue;
         }
         let first_line = expr

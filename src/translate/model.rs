@@ -55,6 +55,10 @@ pub struct NetworkSpec {
     pub zone: Option<String>,
     /// `network.bridge` (our extension): enslave the host side to an existing host bridge.
     pub bridge: Option<String>,
+    /// `network.bridge` when legacy's `hostBridge` is computed by Nix code (`cfg.bridge.name`):
+    /// copied verbatim (with its carried `let` bindings) and evaluated by the host
+    /// configuration, whose module renders `Bridge=` from it. Its name is not known before.
+    pub bridge_expr: Option<NixExpr>,
     /// `network.veth` (our extension, default true): false = a private network namespace with
     /// no veth at all (macvlan- or interface-only containers).
     pub veth: bool,
@@ -72,11 +76,28 @@ pub struct NetworkSpec {
     pub v6: StaticAddresses,
 }
 
+impl NetworkSpec {
+    /// Enslaved to a host bridge (named, or computed by Nix code).
+    pub fn bridged(&self) -> bool {
+        self.bridge.is_some() || self.bridge_expr.is_some()
+    }
+
+    /// The bridge for a message: its name, or the expression that computes it.
+    pub fn bridge_label(&self) -> Option<String> {
+        match (&self.bridge, &self.bridge_expr) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(e)) => Some(format!("`{}`", e.text.trim())),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Default for NetworkSpec {
     fn default() -> Self {
         NetworkSpec {
             zone: None,
             bridge: None,
+            bridge_expr: None,
             veth: true,
             masquerade: true,
             router_advertisements: true,

@@ -284,7 +284,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
             "localAddress",
         )
     };
-    let bridge = tx.i.spec.network.as_ref().and_then(|n| n.bridge.clone());
+    let bridge = tx.i.spec.network.as_ref().and_then(|n| n.bridge_label());
     let hc = h.map(|s| (s, Cidr::parse(&s.value)));
     let lc = l.map(|s| (s, Cidr::parse(&s.value)));
     let mut f = Family {
@@ -483,6 +483,51 @@ pub fn local_address6(tx: &mut Tx) {
 
 /// Row `hostBridge`: `network.bridge` ([Network] Bridge=).
 pub fn host_bridge(tx: &mut Tx) {
+    // Computed by Nix code (`cfg.bridge.name`, `config.my.bridge`): the generated file is a
+    // module of the same host configuration, so the expression (with the `let` bindings it
+    // needs) evaluates there to the same name; the module renders Bridge= from it. A value
+    // read from a deployed .conf meanwhile is superseded by it, as on a rebuild.
+    if let Some(src) = tx.c.options.unresolved.get("hostBridge").cloned() {
+        if !tx.private_network {
+            ignored_without_private(tx, "hostBridge", &src.origin);
+            return;
+        }
+        let copied = super::options::copy_expr(tx, "hostBridge", &src.value);
+        let first = copied.text.lines().next().unwrap_or("").trim().to_string();
+        let deployed =
+            tx.c.options
+                .host_bridge
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        " (the deployed {} names {}, superseded by it as on a rebuild)",
+                        d.origin.location(),
+                        d.value
+                    )
+                })
+                .unwrap_or_default();
+        tx.warn(
+            &HOST_BRIDGE_COPIED_AS_NIX,
+            "hostBridge",
+            Some(&src.origin),
+            format!(
+                "hostBridge `{first}` is computed by Nix code{deployed}; it is copied into the generated file as \
+                 network.bridge, with what it uses from the host file, and the host configuration evaluates it there \
+                 to the name legacy got. That name is known only then: the .nspawn preview has no Bridge= line, and \
+                 the name is not checked for a valid interface name before the build"
+            ),
+        );
+        if let Some(n) = tx.i.spec.network.as_mut() {
+            n.bridge = None;
+            n.bridge_expr = Some(copied);
+            n.veth = true;
+        }
+        tx.applied(
+            "hostBridge",
+            format!("network.bridge = ({first}) (copied as Nix; [Network] Bridge= at build time)"),
+        );
+        return;
+    }
     let Some(src) = tx.c.options.host_bridge.clone() else {
         return;
     };
@@ -939,7 +984,7 @@ fn gateway_decision(tx: &Tx, net: &NetworkSpec) -> GatewayDecision {
         let no_static = [&net.v4, &net.v6]
             .iter()
             .all(|s| s.host_addresses.is_empty() && s.container_pool.is_empty());
-        if no_static && net.bridge.is_none() {
+        if no_static && !net.bridged() {
             return GatewayDecision::Keep(
                 "The module runs DHCP on host0 of this container (no static addresses, no bridge), which brings a \
                  default route of its own"
@@ -998,7 +1043,7 @@ fn ports_without_veth(tx: &mut Tx) {
 fn veth_without_addresses(tx: &mut Tx) {
     let Some(n) = &tx.i.spec.network else { return };
     let st = |s: &StaticAddresses| s.host_addresses.is_empty() && s.container_pool.is_empty();
-    if !n.veth || n.zone.is_some() || n.bridge.is_some() || !st(&n.v4) || !st(&n.v6) {
+    if !n.veth || n.zone.is_some() || n.bridged() || !st(&n.v4) || !st(&n.v6) {
         return;
     }
     // Addresses the reader could not read are reported as such (unresolved-expression):

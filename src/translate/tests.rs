@@ -1173,3 +1173,56 @@ fn literal_bind_mounts_stay_data() {
     let nix = crate::render::nix::instance_snippet(&i);
     assert!(!nix.contains("mkMerge"), "{nix}");
 }
+
+/// Issue 9: a hostBridge computed by Nix code is carried as Nix into network.bridge (the
+/// generated module is evaluated by the same host configuration), not left to a human; the
+/// container is bridged (no host-side ve- unit, no DHCP), and the preview's limit is said.
+#[test]
+fn computed_host_bridge_is_carried_as_nix() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = config.my.bridge; localAddress = "10.0.0.2/24"; config = { networking.defaultGateway = "10.0.0.1"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.bridge = (config.my.bridge)",
+            "warning host-bridge-copied-as-nix",
+            "!warning unresolved-expression",
+            "!~ networkd host",
+            "!~ DHCP",
+            "instance.network.v4.static.containerPool = [ \"10.0.0.2/24\" ]",
+            // The only link is still host0: the gateway rule applies.
+            "warning guest-gateway-interface-added",
+        ],
+    );
+    let w = warning(&i, "host-bridge-copied-as-nix");
+    assert!(!w.needs_human());
+    assert!(
+        w.message.contains("`config.my.bridge`") && w.message.contains("no Bridge= line"),
+        "{}",
+        w.message
+    );
+    let s = crate::render::nix::instance_snippet(&i);
+    assert!(s.contains("bridge = (config.my.bridge);"), "{s}");
+    // Without privateNetwork, legacy ignored it; so does the translation.
+    let i = run(r#"{ hostBridge = config.my.bridge; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network = null",
+            "warning addresses-without-private-network",
+            "!warning host-bridge-copied-as-nix",
+        ],
+    );
+    // `--network-bridge=` in extraFlags (run last) names the bridge instead.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = config.my.bridge; extraFlags = [ "--network-bridge=br9" ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.bridge = \"br9\"",
+            "!instance.network.bridge = (config.my.bridge)",
+        ],
+    );
+}

@@ -78,8 +78,8 @@ pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
 /// Options whose value the translator copies into the generated Nix file as an expression when
 /// it cannot be read as data (the new module takes them with the same shape and only passes
 /// them through, never computes with them): no `nix-unresolved-value` / `needs-eval` for them;
-/// the translator says what it copied (`bind-mounts-copied-as-nix`).
-pub const CARRIED_AS_NIX: &[&str] = &["bindMounts"];
+/// the translator says what it copied (`bind-mounts-copied-as-nix`, `host-bridge-copied-as-nix`).
+pub const CARRIED_AS_NIX: &[&str] = &["bindMounts", "hostBridge"];
 
 pub const NIX_UNRESOLVED_VALUE: WarningSpec = WarningSpec {
     code: "nix-unresolved-value",
