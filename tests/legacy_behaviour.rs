@@ -853,3 +853,49 @@ in
         assert!(u.contains("[Route]\nGateway=10.5.0.1\n"), "{u}");
     }
 }
+
+/// Issue 9: a bind mount whose mount point is computed and written as a dotted path is carried
+/// as Nix, merged with the literal ones, and evaluates in the host configuration to the mounts
+/// legacy had (the secret's path, read-only, on both sides).
+#[test]
+fn dotted_computed_bind_mount_evaluates_in_the_host_configuration() {
+    let report = dry_run(
+        r#"{ config, lib, ... }:
+let
+  secret = "${config.lab.secretPath}";
+in
+{
+  options.lab.secretPath = lib.mkOption { type = lib.types.str; };
+  config.containers.web = {
+    bindMounts."${secret}".isReadOnly = true;
+    bindMounts."/data" = { hostPath = "/srv/data"; isReadOnly = false; };
+    config = { };
+  };
+}"#,
+    );
+    let c = container(&report, "web");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ lib, ... }: {
+  imports = [ ./containers.nix ];
+  options.lab.secretPath = lib.mkOption { type = lib.types.str; };
+  config.lab.secretPath = "/run/secrets/api";
+}
+"#,
+    ) else {
+        return;
+    };
+    let nspawn = v["nspawn"]["web"].as_str().unwrap();
+    assert!(
+        nspawn.contains("BindReadOnly=/run/secrets/api\n")
+            && nspawn.contains("Bind=/srv/data:/data\n"),
+        "{nspawn}"
+    );
+}

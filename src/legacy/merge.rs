@@ -87,7 +87,7 @@ pub(crate) fn contains_expr(v: &Value) -> bool {
 }
 
 /// The free variables of every expression inside the value.
-fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
+pub(crate) fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
     match v {
         Value::Expr(e) => out.push(e),
         Value::List(l) => l.iter().for_each(|x| nested_exprs(x, out)),

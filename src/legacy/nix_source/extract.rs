@@ -1286,6 +1286,23 @@ impl<'t> Extract<'t> {
         let line = self.line(first.syntax());
         let names: Option<Vec<String>> =
             attrs.iter().map(|a| self.attr_name_in(a, scope)).collect();
+        // `bindMounts."${secret}".isReadOnly = true;`: an option the module takes as it is
+        // (CARRIED_AS_NIX) is carried as Nix with the computed name inside it, as it would be
+        // when written `bindMounts = { "${secret}".isReadOnly = true; };`.
+        if names.is_none()
+            && conds.is_empty()
+            && let Some(option) = text::attr_name(first)
+            && super::CARRIED_AS_NIX.contains(&option.as_str())
+            && !rest.is_empty()
+            && let Some(binding) = value.syntax().parent()
+        {
+            let mut e = self.nix_expr_in(&binding, scope);
+            let path: Vec<String> = rest.iter().map(|a| a.syntax().to_string()).collect();
+            e.text = format!("{{ {} = {}; }}", path.join("."), value.syntax());
+            e.column = 1;
+            self.set_option(idx, &option, Value::Expr(e), line);
+            return;
+        }
         let Some(names) = names else {
             let path: Vec<String> = attrs.iter().map(|a| a.syntax().to_string()).collect();
             let w = self.at(
@@ -1824,6 +1841,39 @@ pub(crate) fn add_option(
         facts
             .options
             .insert(option.to_string(), (Value::Expr(c), old_origin));
+        return None;
+    }
+    // An option carried as Nix (`bindMounts`) defined twice, one part computed: both parts
+    // go to the module as they are, merged the way the module system merges them.
+    if super::CARRIED_AS_NIX.contains(&option)
+        && (matches!(old, Value::Expr(_)) || matches!(value, Value::Expr(_)))
+    {
+        let as_expr = |v: &Value| match v {
+            Value::Expr(e) => e.clone(),
+            other => {
+                let mut e = NixExpr::plain(
+                    crate::legacy::merge::value_to_nix(other),
+                    old_origin.clone(),
+                    1,
+                    Vec::new(),
+                );
+                let mut parts = Vec::new();
+                crate::legacy::merge::nested_exprs(other, &mut parts);
+                e.absorb(parts);
+                e
+            }
+        };
+        let (a, b) = (as_expr(&old), as_expr(&value));
+        let mut e = NixExpr::plain(
+            format!("lib.mkMerge [\n  ({})\n  ({})\n]", a.text, b.text),
+            old_origin.clone(),
+            1,
+            vec!["lib".to_string()],
+        );
+        e.absorb([&a, &b]);
+        facts
+            .options
+            .insert(option.to_string(), (Value::Expr(e), old_origin));
         return None;
     }
     let shown = describe(&value);

@@ -798,15 +798,31 @@ fn attach_guest_files(fs: &dyn SourceFs, tree: &Path, c: &mut SourceFacts) {
         if files.iter().any(|f| f.path == path) {
             continue;
         }
+        let outside = || {
+            format!(
+                "it lies outside the configuration directory {}, which is all the tool reads",
+                tree.display()
+            )
+        };
         let is_nix = path.extension().is_some_and(|x| x == "nix");
         if !is_nix {
+            // `imports = [ ../tailscale ];`: a directory (its default.nix) that is not there,
+            // or not readable from here; say which, rather than leave it unnamed.
+            if path.extension().is_none() && !fs.is_file(&path) {
+                let why = if path.starts_with(tree) {
+                    "no such file or directory".to_string()
+                } else {
+                    outside()
+                };
+                files.push(GuestFile {
+                    path,
+                    content: Err(why),
+                });
+            }
             continue;
         }
         let content = if !path.starts_with(tree) {
-            Err(format!(
-                "it lies outside the configuration directory {}, which is all the tool reads",
-                tree.display()
-            ))
+            Err(outside())
         } else if !fs.is_file(&path) {
             Err("no such file".to_string())
         } else {

@@ -180,6 +180,52 @@ fn dotted_bind_mounts_inside_a_container() {
     assert_eq!(attrs(&bm["ro"])["isReadOnly"], Value::Bool(true));
 }
 
+/// Issue 9: a bind mount whose mount point is computed, written as a dotted path
+/// (`bindMounts."${secret}".isReadOnly = true;`), is carried as Nix like a computed
+/// `bindMounts = { … }`, with the `let` bindings it uses, merged with the literal parts.
+#[test]
+fn dotted_bind_mounts_with_a_computed_name_are_carried_as_nix() {
+    let ff = read(
+        r#"{ config, ... }:
+let
+  secret = "${config.sops.secrets.api.path}";
+in
+{
+  containers.x = {
+    bindMounts."${secret}".isReadOnly = true;
+    bindMounts."/data" = { hostPath = "/srv/data"; isReadOnly = false; };
+  };
+}"#,
+    );
+    let c = container(&ff, "x");
+    assert!(
+        !codes(&c.warnings).contains(&"nix-dynamic-container")
+            && !codes(&c.warnings).contains(&"nix-conflicting-definitions"),
+        "{:?}",
+        c.warnings
+    );
+    let e = expr(opt(c, "bindMounts"));
+    assert!(e.text.starts_with("lib.mkMerge ["), "{}", e.text);
+    assert!(
+        e.text.contains(r#"{ "${secret}".isReadOnly = true; }"#),
+        "{}",
+        e.text
+    );
+    assert!(e.text.contains(r#""/srv/data""#), "{}", e.text);
+    assert_eq!(
+        e.lets.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        vec!["secret"]
+    );
+    assert!(
+        e.free_vars.contains(&"config".to_string()),
+        "{:?}",
+        e.free_vars
+    );
+    // Any other option with a computed name stays a limit, said as one.
+    let ff = read(r#"{ n, ... }: { containers.x.extraVeths."${n}".hostBridge = "br0"; }"#);
+    assert!(codes(&container(&ff, "x").warnings).contains(&"nix-dynamic-container"));
+}
+
 #[test]
 fn dotted_guest_config_pieces_become_one_module() {
     let ff = read(
