@@ -246,6 +246,7 @@ impl Merger<'_> {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         };
         Some(Sourced::new(expr, origin))
     }
@@ -707,6 +708,7 @@ mod tests {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         })
     }
 
@@ -1065,6 +1067,7 @@ mod one_warning_per_problem {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         })
     }
 

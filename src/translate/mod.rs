@@ -169,7 +169,7 @@ spec!(
     GUEST_FILES_NOT_REWRITTEN,
     "guest-files-not-rewritten",
     NeedsHuman,
-    "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
+    "the guest config imports files the tool could not read (missing, outside the configuration directory, not a relative path); their content was not checked for the guest rules (eth0, useHostResolvConf, boot.isContainer, a gateway without interface)"
 );
 spec!(
     GUEST_FILES_COPIED,

@@ -40,16 +40,32 @@ fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
     if unbound.is_empty() {
         return;
     }
+    // Each name with the reason the reader found (which limit it is), where it found one.
+    let named: Vec<String> = unbound
+        .iter()
+        .map(|v| {
+            let why = e
+                .why_free
+                .iter()
+                .find(|(n, _)| n == *v)
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "bound nowhere in this file".to_string());
+            format!("`{v}` ({why})")
+        })
+        .collect();
+    let example = unbound
+        .first()
+        .map(|v| format!(" (e.g. `_module.args.{v} = …;`)"))
+        .unwrap_or_default();
     tx.warn(
         &FREE_VARIABLE,
         option,
         Some(&e.origin),
         format!(
-            "the copied expression uses {}, which {} binds in a way that cannot be copied: a parameter of a function \
-             around the module, a binding built by `a.b = …`, or two different bindings of one name. The generated \
-             file takes them as module arguments, which fails unless the configuration provides them; define them \
-             there or replace them by their values",
-            quoted(&unbound),
+            "the copied expression uses {} in {}; a value that is not in the file cannot be carried into the \
+             generated file, which takes such names as module arguments: the configuration it is imported into \
+             must provide them{example}, or replace them by their values",
+            named.join(", "),
             e.origin.file.display()
         ),
     );
@@ -241,6 +257,7 @@ fn config_row(tx: &mut Tx) {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         });
         tx.applied(
             "config",
@@ -517,7 +534,8 @@ fn guest_files(
     if !unreadable.is_empty() {
         parts.push(format!(
             "files it imports could not be checked: {}; check them for eth0 (now host0), \
-             networking.useHostResolvConf and boot.isContainer",
+             networking.useHostResolvConf, boot.isContainer and a networking.defaultGateway without \
+             interface",
             unreadable.join("; ")
         ));
     }

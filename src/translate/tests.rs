@@ -278,6 +278,7 @@ fn unparsable_guest_config_is_copied_and_reported() {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
     ));
@@ -305,6 +306,7 @@ fn relative_paths_and_free_variables_in_copied_code() {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         origin,
     ));
@@ -459,6 +461,7 @@ fn conditions_are_kept() {
         lets: Vec::new(),
         module_args: Vec::new(),
         guest_files: Vec::new(),
+        why_free: Vec::new(),
     });
     let i = translate(&c, &ctx());
     let s = crate::render::nix::instance_snippet(&i);
@@ -933,6 +936,7 @@ fn guest_gateway_in_carried_lets_and_imported_files() {
                 path: PathBuf::from("/etc/nixos/hosts/net.nix"),
                 content: Ok("{\n  networking.defaultGateway6 = \"fd00::1\";\n}\n".into()),
             }],
+            why_free: Vec::new(),
         },
         origin,
     ));
@@ -1062,6 +1066,7 @@ fn carried_let_bindings_and_module_arguments() {
             ],
             module_args: vec!["inputs".into()],
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         origin,
     ));
@@ -1224,5 +1229,32 @@ fn computed_host_bridge_is_carried_as_nix() {
             "instance.network.bridge = \"br9\"",
             "!instance.network.bridge = (config.my.bridge)",
         ],
+    );
+}
+
+/// Item 3 of issue 9: the free-variable warning names the limit the reader found for each name
+/// (not a list of three possible ones), and how to provide the value.
+#[test]
+fn free_variable_warning_says_which_limit() {
+    let mut c = example_container("{ }").unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/mc.nix", Some(9));
+    let mut e = NixExpr::plain(
+        "{ networking.hostName = serverName; x = other; }".into(),
+        origin.clone(),
+        1,
+        vec!["other".into(), "serverName".into()],
+    );
+    e.why_free = vec![(
+        "serverName".into(),
+        "a parameter of the function `{serverName}: …` at line 1, whose value comes from the code that calls it".into(),
+    )];
+    c.options.config = Some(Sourced::new(e, origin));
+    let i = translate(&c, &ctx());
+    let m = &warning(&i, "free-variable").message;
+    assert!(
+        m.contains("`serverName` (a parameter of the function `{serverName}: …` at line 1")
+            && m.contains("`other` (bound nowhere in this file)")
+            && m.contains("_module.args.other = …;"),
+        "{m}"
     );
 }

@@ -39,8 +39,9 @@ enum Binding {
     Expr(ast::Expr, Scope),
     /// `inherit (from) name;`
     Attr(ast::Expr, String, Scope),
-    /// A function parameter or anything else whose value is not in the source.
-    Opaque,
+    /// A function parameter or anything else whose value is not in the source; why, for the
+    /// report (`a parameter of the function at line 1 (`{ serverName }: …`)`).
+    Opaque(String),
 }
 
 struct Frame {
@@ -252,6 +253,7 @@ impl<'t> Extract<'t> {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         }
     }
 
@@ -276,6 +278,7 @@ impl<'t> Extract<'t> {
         let mut lets: Vec<LetBinding> = Vec::new();
         let mut free: Vec<String> = Vec::new();
         let mut module_args: Vec<String> = Vec::new();
+        let mut why: Vec<(String, String)> = Vec::new();
         let mut queue: VecDeque<(String, Scope)> =
             e.free_vars.iter().map(|n| (n.clone(), scope)).collect();
         let mut steps = 0usize;
@@ -286,7 +289,7 @@ impl<'t> Extract<'t> {
             }
             let found = self.lookup_frame(at, &name);
             let key = found.as_ref().and_then(|(f, b)| match b {
-                Binding::Opaque => None,
+                Binding::Opaque(_) => None,
                 _ => Some(*f),
             });
             match seen.get(&name) {
@@ -329,9 +332,11 @@ impl<'t> Extract<'t> {
                         queue.push_back((n, s));
                     }
                 }
-                Some((f, Binding::Opaque)) => {
+                Some((f, Binding::Opaque(w))) => {
                     if self.frames.get(f).is_some_and(|fr| fr.module_args) {
                         module_args.push(name.clone());
+                    } else {
+                        why.push((name.clone(), w));
                     }
                     free.push(name);
                 }
@@ -341,6 +346,15 @@ impl<'t> Extract<'t> {
         if !conflicts.is_empty() {
             // Keep the uses free (reported) rather than bind one of two meanings.
             lets.retain(|l| !conflicts.contains(&l.name));
+            for c in &conflicts {
+                why.retain(|(n, _)| n != c);
+                why.push((
+                    c.clone(),
+                    "bound twice in this file, differently where the copied code uses it (one \
+                     `let` cannot hold both)"
+                        .to_string(),
+                ));
+            }
             free.extend(conflicts);
         }
         lets.sort_by_key(|l| l.line);
@@ -349,9 +363,13 @@ impl<'t> Extract<'t> {
         module_args.sort();
         module_args.dedup();
         module_args.retain(|a| free.contains(a));
+        why.sort();
+        why.dedup_by(|a, b| a.0 == b.0);
+        why.retain(|(n, _)| free.contains(n));
         e.lets = lets;
         e.free_vars = free;
         e.module_args = module_args;
+        e.why_free = why;
     }
 
     /// The frame that binds `name` as seen from `scope`, and the binding.
@@ -425,7 +443,10 @@ impl<'t> Extract<'t> {
                     };
                     let binding = match (attrs.len(), apv.value()) {
                         (1, Some(v)) => Binding::Expr(v, Some(id)),
-                        _ => Binding::Opaque,
+                        _ => Binding::Opaque(format!(
+                            "built piece by piece by `{first}.… = …` bindings at line {}",
+                            self.line(apv.syntax())
+                        )),
                     };
                     names.insert(first, binding);
                 }
@@ -437,7 +458,13 @@ impl<'t> Extract<'t> {
                         };
                         let b = match &from {
                             Some(f) => Binding::Attr(f.clone(), n.clone(), Some(id)),
-                            None => self.lookup(scope, &n).unwrap_or(Binding::Opaque),
+                            None => self.lookup(scope, &n).unwrap_or_else(|| {
+                                Binding::Opaque(format!(
+                                    "taken by `inherit {n};` at line {} from a scope this file \
+                                     does not show",
+                                    self.line(inh.syntax())
+                                ))
+                            }),
                         };
                         names.insert(n, b);
                     }
@@ -454,20 +481,29 @@ impl<'t> Extract<'t> {
 
     pub(super) fn push_lambda_frame(&mut self, lambda: &ast::Lambda, scope: Scope) -> Scope {
         let mut names = HashMap::new();
+        let param = lambda
+            .param()
+            .map(|p| short(&p.syntax().to_string()))
+            .unwrap_or_default();
+        let why = Binding::Opaque(format!(
+            "a parameter of the function `{param}: …` at line {}, whose value comes from the \
+             code that calls it",
+            self.line(lambda.syntax())
+        ));
         match lambda.param() {
             Some(ast::Param::IdentParam(p)) => {
                 if let Some(i) = p.ident() {
-                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                    names.insert(i.syntax().text().to_string(), why.clone());
                 }
             }
             Some(ast::Param::Pattern(p)) => {
                 for e in p.pat_entries() {
                     if let Some(i) = e.ident() {
-                        names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                        names.insert(i.syntax().text().to_string(), why.clone());
                     }
                 }
                 if let Some(i) = p.pat_bind().and_then(|b| b.ident()) {
-                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                    names.insert(i.syntax().text().to_string(), why.clone());
                 }
             }
             None => {}
@@ -502,7 +538,7 @@ impl<'t> Extract<'t> {
                 match self.lookup(scope, &name) {
                     Some(Binding::Expr(v, s)) => self.deref(v, s, d),
                     Some(Binding::Attr(from, n, s)) => self.select(from, &[n], s, d),
-                    Some(Binding::Opaque) => None,
+                    Some(Binding::Opaque(_)) => None,
                     None if matches!(name.as_str(), "true" | "false" | "null") => Some((e, scope)),
                     None => None,
                 }
@@ -1419,8 +1455,9 @@ impl<'t> Extract<'t> {
                     opt_path.clone(),
                     format!(
                         "{}: `{opt_path} = {text}` is computed by Nix code, so its value cannot \
-                         be read from the source. {}",
+                         be read from the source, and {}. {}",
                         self.loc(line),
+                        super::why_value_needed(&option),
                         self.eval.advice()
                     ),
                 ),
@@ -1518,9 +1555,10 @@ impl<'t> Extract<'t> {
                                 opt.clone(),
                                 format!(
                                     "{}: `{opt}` comes from `{}`, whose value is not in this \
-                                     file. {}",
+                                     file, and {}. {}",
                                     self.loc(line),
                                     short(&inh.syntax().to_string()),
+                                    super::why_value_needed(&n),
                                     self.eval.advice()
                                 ),
                             ),

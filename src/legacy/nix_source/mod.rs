@@ -81,6 +81,30 @@ pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
 /// the translator says what it copied (`bind-mounts-copied-as-nix`, `host-bridge-copied-as-nix`).
 pub const CARRIED_AS_NIX: &[&str] = &["bindMounts", "hostBridge"];
 
+/// Why the translation needs the value of `option` itself, not the code that computes it
+/// (for the warnings that say a value could not be read): the options it computes with.
+pub fn why_value_needed(option: &str) -> &'static str {
+    match option {
+        "hostAddress" | "localAddress" | "hostAddress6" | "localAddress6" => {
+            "the translation needs the address itself: whether it carries a prefix, and the other \
+             end's address, decide the addresses, peers and routes of both ends of the veth"
+        }
+        "extraFlags" => {
+            "the translation needs the list itself: each flag becomes its own .nspawn key or unit \
+             setting, or is refused"
+        }
+        "additionalCapabilities" => {
+            "the translation needs the list itself: each item is checked and becomes a Capability= value"
+        }
+        "forwardPorts" => "the translation needs the list itself: each port becomes a Port= key",
+        "extraVeths" | "macvlans" | "interfaces" => {
+            "the translation needs the names themselves: each link becomes its own .nspawn key and \
+             networkd units"
+        }
+        _ => "the translation decides from the value itself, not from the code that computes it",
+    }
+}
+
 pub const NIX_UNRESOLVED_VALUE: WarningSpec = WarningSpec {
     code: "nix-unresolved-value",
     category: Category::NeedsHuman,
@@ -901,8 +925,9 @@ pub fn read_entries_in(
                     &NIX_FILE_UNREADABLE,
                     path.display().to_string(),
                     format!(
-                        "cannot read {}{named_by}: {e}; containers it defines are missing. \
-                         Give the right file with --config FILE, or use the evaluated values. {}",
+                        "cannot read {}{named_by}: {e}; whether it defines containers cannot be \
+                         told, and any it defines are missing from this report. Give the right \
+                         file with --config FILE, or use the evaluated values. {}",
                         path.display(),
                         eval.advice()
                     ),

@@ -1816,3 +1816,41 @@ fn a_flake_given_as_config_is_read_as_a_flake_with_its_nested_modules() {
     );
     assert_eq!(codes(&fact(&r, "b").warnings), ["nix-nested-containers"]);
 }
+
+/// Item 3 of issue 9: a name the reader cannot carry says why (which limit it is): a parameter
+/// of a function around the module (with the function and its line), a binding built by
+/// `a.b = …` pieces; module arguments are not among them (they reach the generated file).
+#[test]
+fn names_that_cannot_be_carried_say_why() {
+    let ff = read(
+        r#"{ serverName }: { config, inputs, ... }:
+let
+  net.gw = "10.0.0.1";
+in
+{
+  containers.x = {
+    config = { networking.hostName = serverName; networking.nameservers = [ net.gw ]; x = inputs.y; };
+  };
+}"#,
+    );
+    let e = expr(opt(container(&ff, "x"), "config"));
+    let why = |n: &str| {
+        e.why_free
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, w)| w.as_str())
+            .unwrap_or_else(|| panic!("no reason for {n}: {:?}", e.why_free))
+    };
+    assert!(
+        why("serverName").contains("a parameter of the function `{ serverName }: …` at line 1"),
+        "{}",
+        why("serverName")
+    );
+    assert!(
+        why("net").contains("`net.… = …` bindings at line 3"),
+        "{}",
+        why("net")
+    );
+    assert!(e.module_args.contains(&"inputs".to_string()));
+    assert!(!e.why_free.iter().any(|(n, _)| n == "inputs"));
+}
