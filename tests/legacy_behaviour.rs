@@ -899,3 +899,78 @@ in
         "{nspawn}"
     );
 }
+
+/// Issue 9: addresses computed by Nix code (module arguments here, as `specialArgs` give
+/// them; one end literal) are carried as Nix and evaluate in the host configuration to the
+/// point-to-point pair legacy had: each end's /32 with the other as peer, checked with real
+/// networkd in network namespaces.
+#[test]
+fn computed_addresses_evaluate_to_the_legacy_pair() {
+    let report = dry_run(
+        r#"{ hostAddress, guestIp, guestIp6, ... }: {
+  containers.calc = {
+    privateNetwork = true;
+    hostAddress = hostAddress;
+    localAddress = guestIp;
+    hostAddress6 = "fc00::1";
+    localAddress6 = "${guestIp6}";
+    config = { };
+  };
+}"#,
+    );
+    let c = container(&report, "calc");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    assert_eq!(
+        codes(c)
+            .iter()
+            .filter(|w| *w == "addresses-copied-as-nix")
+            .count(),
+        3,
+        "{:?}",
+        codes(c)
+    );
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ ... }: {
+  imports = [ ./containers.nix ];
+  _module.args = { hostAddress = "10.7.0.1"; guestIp = "10.7.0.2"; guestIp6 = "fd07::2"; };
+  networking.useNetworkd = true;
+}
+"#,
+    ) else {
+        return;
+    };
+    let host = &units_at(&v, &["network"])["20-ve-calc.network"];
+    assert!(
+        host.contains("Address=10.7.0.1/32\nPeer=10.7.0.2/32\n"),
+        "{host}"
+    );
+    assert!(
+        host.contains("Address=fc00::1/128\nPeer=fd07::2/128\n"),
+        "{host}"
+    );
+    let guests = vec![(
+        "ve-calc",
+        units_at(&v, &["guest", "calc"]),
+        "/bin/busybox ping -c 1 -W 3 10.7.0.1 && /bin/busybox ping -c 1 -W 3 fc00::1",
+    )];
+    let Some((host_state, g)) = networkd_net(&units_at(&v, &["network"]), &guests, 5) else {
+        return;
+    };
+    assert!(
+        host_state.contains("10.7.0.2 dev ve-calc proto kernel scope link src 10.7.0.1"),
+        "{host_state}"
+    );
+    assert!(
+        g[0].probe.contains("exit=0"),
+        "{}\n--- guest\n{}\n--- host\n{host_state}",
+        g[0].probe,
+        g[0].state
+    );
+}

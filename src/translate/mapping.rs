@@ -305,12 +305,14 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.hostAddresses",
         [sets("I.network.v4.static.hostAddresses")],
         network::host_address,
-        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported.",
+        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported. An address computed by Nix code is copied as Nix (with the let bindings it uses) when the other end is set or the container is bridged: the module's point-to-point mode then puts each end as given, as legacy's scripts did.",
         [
             P2P_PREFIX_CHOSEN,
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; }"#,
         [
@@ -335,7 +337,9 @@ pub const MAPPINGS: &[Mapping] = &[
             P2P_PREFIX_CHOSEN,
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fc00::1"; localAddress6 = "fc00::2"; }"#,
         [
@@ -355,7 +359,9 @@ pub const MAPPINGS: &[Mapping] = &[
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1/24"; localAddress = "10.0.0.5/24"; }"#,
         [
@@ -376,7 +382,9 @@ pub const MAPPINGS: &[Mapping] = &[
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fd00::1/64"; localAddress6 = "fd00::2/64"; }"#,
         [
@@ -1224,6 +1232,18 @@ pub fn outcome(i: &Instance) -> Vec<String> {
                         string_list(&st.container_pool)
                     ));
                 }
+                for e in &st.host_address_exprs {
+                    out.push(format!(
+                        "instance.network.{fam}.static.hostAddresses += ({})",
+                        e.text
+                    ));
+                }
+                for e in &st.container_pool_exprs {
+                    out.push(format!(
+                        "instance.network.{fam}.static.containerPool += ({})",
+                        e.text
+                    ));
+                }
             }
         }
     }
@@ -1617,6 +1637,7 @@ mod tests {
             "guest-gateway-without-interface",
             "guest-gateway-interface-added",
             "host-bridge-copied-as-nix",
+            "addresses-copied-as-nix",
             "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",

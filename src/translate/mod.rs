@@ -268,6 +268,12 @@ spec!(
     "hostBridge is computed by Nix code (an option of the host configuration, a let binding over it): it is copied into the generated file as network.bridge, with the let bindings it uses, and evaluated there by the host configuration; its name is known only then, so the .nspawn preview lacks its Bridge= line and the name is not checked before the build"
 );
 spec!(
+    ADDRESSES_COPIED_AS_NIX,
+    "addresses-copied-as-nix",
+    ChangedMeaning,
+    "a hostAddress/localAddress(6) is computed by Nix code (a module argument, an option of the host configuration): it is copied into the module's static addresses, with the let bindings it uses, and evaluated by the host configuration; a plain veth then uses network.pointToPoint, which puts each end as given, as legacy's scripts did; the value is known only at build time, so the networkd preview lacks it"
+);
+spec!(
     INTERNAL_KEY_CONFLICT,
     "internal-key-conflict",
     NeedsHuman,
@@ -313,6 +319,7 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &CONTAINER_UNIT_OVERRIDE,
     &BIND_MOUNTS_COPIED_AS_NIX,
     &HOST_BRIDGE_COPIED_AS_NIX,
+    &ADDRESSES_COPIED_AS_NIX,
     &INTERNAL_KEY_CONFLICT,
     // Declared with the unit-value writer whose rules they report; emitted by the translator.
     &crate::render::unit::UNIT_VALUE_REFUSED,

@@ -46,6 +46,26 @@ pub struct StaticAddresses {
     pub host_addresses: Vec<String>,
     /// Addresses (with prefix) the container gets on `host0`.
     pub container_pool: Vec<String>,
+    /// `host_addresses` computed by Nix code (legacy `hostAddress = cfg.ip;`): copied verbatim
+    /// and evaluated by the host configuration; the emitted Nix adds /32 (/128) to a value
+    /// without a prefix, as legacy's scripts took one. Rendered after the literal ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_address_exprs: Vec<NixExpr>,
+    /// `container_pool` computed by Nix code, likewise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container_pool_exprs: Vec<NixExpr>,
+}
+
+impl StaticAddresses {
+    /// Host addresses, literal or computed.
+    pub fn has_host(&self) -> bool {
+        !self.host_addresses.is_empty() || !self.host_address_exprs.is_empty()
+    }
+
+    /// Container addresses, literal or computed.
+    pub fn has_pool(&self) -> bool {
+        !self.container_pool.is_empty() || !self.container_pool_exprs.is_empty()
+    }
 }
 
 /// `network = { … }`. `None` in [`InstanceSpec::network`] means `network = null` (host network).

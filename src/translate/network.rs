@@ -265,6 +265,9 @@ struct Family {
     p2p: bool,
     /// (row that reports it, warning, message)
     warning: Option<(&'static str, &'static WarningSpec, String)>,
+    /// An end computed by Nix code is carried as Nix (each row copies its own); `Err(why)`:
+    /// it cannot be, for this reason (each computed row reports it).
+    computed: Option<Result<(), String>>,
 }
 
 fn family(tx: &Tx, v6: bool) -> Family {
@@ -292,6 +295,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
         local: None,
         p2p: false,
         warning: None,
+        computed: None,
     };
     for (c, name) in [(&hc, hn), (&lc, ln)] {
         if let Some((s, None)) = c {
@@ -308,12 +312,53 @@ fn family(tx: &Tx, v6: bool) -> Family {
     }
     let hc = hc.and_then(|(_, c)| c);
     let lc = lc.and_then(|(_, c)| c);
-    // The other half of the pair is a Nix expression the reader could not resolve: keep what
-    // is known as given (reported once, as unresolved-expression), choose nothing.
-    let unresolved = |n: &str| tx.c.options.unresolved.contains_key(n);
-    if unresolved(hn) || unresolved(ln) {
-        f.host = hc.as_ref().map(with_prefix);
-        f.local = lc.as_ref().map(with_prefix);
+    // An end computed by Nix code (`hostAddress = cfg.ip;`): the generated module evaluates it
+    // in the host configuration to what legacy got, and the module's point-to-point mode puts
+    // each end as given, as legacy's scripts did (without a prefix: /32 with the other end as
+    // Peer=; with one: kept, plus a host route to the other end), so nothing is chosen from
+    // its value. A literal end keeps its value (the expression of a computed end supersedes a
+    // deployed value, as on a rebuild).
+    let hx = tx.c.options.unresolved.get(hn);
+    let lx = tx.c.options.unresolved.get(ln);
+    if hx.is_some() || lx.is_some() {
+        let has_h = hx.is_some() || hc.is_some();
+        let has_l = lx.is_some() || lc.is_some();
+        // On a bridge the guest's address must carry the bridge's prefix; a computed one is
+        // carried only when its text shows one (`"${ip}/24"`).
+        let shows_prefix = |e: &crate::legacy::NixExpr| {
+            let t = e.text.trim();
+            t.ends_with('"')
+                && t[..t.len() - 1]
+                    .rsplit_once('/')
+                    .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        };
+        f.computed = Some(if bridge.is_some() {
+            match lx {
+                Some(e) if !shows_prefix(&e.value) => Err(format!(
+                    "on bridge {} the container's address needs the bridge's prefix, and the text does not show one",
+                    bridge.clone().unwrap_or_default()
+                )),
+                _ => Ok(()),
+            }
+        } else if !(has_h && has_l) {
+            Err(format!(
+                "the other end ({}) is not set, so there is no point-to-point pair to carry it into",
+                if has_h { ln } else { hn }
+            ))
+        } else {
+            Ok(())
+        });
+        // A deployed value of a computed end is used only when the expression is not carried.
+        let carry = f.computed == Some(Ok(()));
+        f.host = hc
+            .as_ref()
+            .filter(|_| !(carry && hx.is_some()))
+            .map(with_prefix);
+        f.local = lc
+            .as_ref()
+            .filter(|_| !(carry && lx.is_some()))
+            .map(with_prefix);
+        f.p2p = bridge.is_none() && carry;
         return f;
     }
     // Both ends without a prefix (or full-length): legacy's point-to-point pair, kept as it
@@ -425,6 +470,11 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
         (false, false) => ("localAddress", o.local_address.as_ref()),
         (true, false) => ("localAddress6", o.local_address6.as_ref()),
     };
+    if let Some(e) = tx.c.options.unresolved.get(name).cloned()
+        && computed_address(tx, v6, host_side, name, &e, field.map(|f| &f.value))
+    {
+        return;
+    }
     let Some(src) = field.cloned() else { return };
     if !tx.private_network {
         ignored_without_private(tx, name, &src.origin);
@@ -466,6 +516,86 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
             }
         ),
     );
+}
+
+/// An address row whose value is computed by Nix code: carried as Nix when [`family`] says
+/// it can be, else reported as a value the translation needs (a deployed value, `deployed`,
+/// is then used meanwhile by the caller). `true` when the row is done.
+fn computed_address(
+    tx: &mut Tx,
+    v6: bool,
+    host_side: bool,
+    name: &str,
+    e: &crate::legacy::Sourced<crate::legacy::NixExpr>,
+    deployed: Option<&String>,
+) -> bool {
+    if !tx.private_network {
+        ignored_without_private(tx, name, &e.origin);
+        return true;
+    }
+    let f = family(tx, v6);
+    let first = e.value.text.lines().next().unwrap_or("").trim().to_string();
+    if let Some(Err(why)) = &f.computed {
+        let meanwhile = match deployed {
+            Some(d) => format!(" Until then the deployed value {d} is used."),
+            None => " It was not translated.".to_string(),
+        };
+        tx.warn(
+            &UNRESOLVED_EXPRESSION,
+            name,
+            Some(&e.origin),
+            format!(
+                "the value `{first}` is computed by Nix code and cannot be carried as Nix here: {why}; the translation \
+                 needs the address itself. Re-run with --from-json (nix eval of the host's containers) or port it by \
+                 hand.{meanwhile}"
+            ),
+        );
+        return deployed.is_none();
+    }
+    let copied = super::options::copy_expr(tx, name, &e.value);
+    let bridged = tx.i.spec.network.as_ref().is_some_and(|n| n.bridged());
+    let Some(net) = tx.i.spec.network.as_mut() else {
+        return true;
+    };
+    if f.p2p {
+        net.point_to_point = true;
+    }
+    let st = if v6 { &mut net.v6 } else { &mut net.v4 };
+    let (list, what) = if host_side {
+        (&mut st.host_address_exprs, "hostAddresses")
+    } else {
+        (&mut st.container_pool_exprs, "containerPool")
+    };
+    list.push(copied);
+    let fam = if v6 { "v6" } else { "v4" };
+    let superseded = deployed
+        .map(|d| format!(" (the deployed value {d} is superseded by it, as on a rebuild)"))
+        .unwrap_or_default();
+    let how = if bridged && host_side {
+        "it is the container's gateway on the bridge (as legacy's hostAddress was)".to_string()
+    } else if bridged {
+        "it is the container's address on the bridge, with the prefix its text shows".to_string()
+    } else {
+        "network.pointToPoint puts each end as given, as legacy's scripts did: without a prefix it becomes /32 \
+         (/128) with the other end as Peer=, with one it is kept and the other end gets a host route"
+            .to_string()
+    };
+    tx.warn(
+        &ADDRESSES_COPIED_AS_NIX,
+        name,
+        Some(&e.origin),
+        format!(
+            "`{name} = {first}` is computed by Nix code{superseded}; it is copied into the generated file as \
+             network.{fam}.static.{what}, with what it uses from the host file, and the host configuration evaluates \
+             it there to the value legacy got; {how}. The value is known only then: the networkd preview lacks it, and \
+             it is checked as an address only by the module's option type at build time"
+        ),
+    );
+    tx.applied(
+        name,
+        format!("network.{fam}.static.{what} = [ ({first}) ] (copied as Nix)"),
+    );
+    true
 }
 
 pub fn host_address(tx: &mut Tx) {
@@ -968,8 +1098,16 @@ fn gateway_decision(tx: &Tx, net: &NetworkSpec) -> GatewayDecision {
                 let six = b.contains("defaultGateway6");
                 b.contains(gw) && six == v6
             });
-            if let (true, Some(host)) = (bare_here, st.host_addresses.first()) {
-                let host = host.split('/').next().unwrap_or(host);
+            let host = st
+                .host_addresses
+                .first()
+                .map(|h| h.split('/').next().unwrap_or(h).to_string())
+                .or_else(|| {
+                    st.host_address_exprs
+                        .first()
+                        .map(|e| format!("`{}` (computed)", e.text.trim()))
+                });
+            if let (true, Some(host)) = (bare_here, host) {
                 return GatewayDecision::Keep(format!(
                     "The container also has {opt} = {host}: legacy's container init added a default route through it, \
                      which the guest's scripted networking replaced with its own gateway (`ip route replace default`); \
@@ -983,7 +1121,7 @@ fn gateway_decision(tx: &Tx, net: &NetworkSpec) -> GatewayDecision {
         // default route of its own.
         let no_static = [&net.v4, &net.v6]
             .iter()
-            .all(|s| s.host_addresses.is_empty() && s.container_pool.is_empty());
+            .all(|s| !s.has_host() && !s.has_pool());
         if no_static && !net.bridged() {
             return GatewayDecision::Keep(
                 "The module runs DHCP on host0 of this container (no static addresses, no bridge), which brings a \
@@ -1042,7 +1180,7 @@ fn ports_without_veth(tx: &mut Tx) {
 /// `--network-veth` flag, or addresses it could not read) now gets the module's default mode.
 fn veth_without_addresses(tx: &mut Tx) {
     let Some(n) = &tx.i.spec.network else { return };
-    let st = |s: &StaticAddresses| s.host_addresses.is_empty() && s.container_pool.is_empty();
+    let st = |s: &StaticAddresses| !s.has_host() && !s.has_pool();
     if !n.veth || n.zone.is_some() || n.bridged() || !st(&n.v4) || !st(&n.v6) {
         return;
     }

@@ -160,7 +160,7 @@ fn invalid_addresses_are_not_translated() {
 #[test]
 fn unresolved_options_are_reported_once() {
     let mut c = example_container(
-        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "${prefix}.2"; }"#,
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; timeoutStartSec = cfg.timeout; }"#,
     )
     .unwrap();
     // The reader reports it (`nix-unresolved-value`); the translator does not again.
@@ -187,24 +187,15 @@ fn unresolved_options_are_reported_once() {
         "{:#?}",
         i.warnings
     );
-    // The known half stays as given; no prefix is invented for a pair we cannot see.
-    assert_has(
-        &i,
-        &[
-            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
-            "!warning p2p-prefix-chosen",
-            "instance.network.veth = true",
-        ],
-    );
     assert!(
         warning(&i, "unresolved-expression")
             .message
-            .contains("${prefix}.2")
+            .contains("cfg.timeout")
     );
     // A reader that already reported it: no second warning.
     c.warnings.push(crate::warnings::Warning::new(
         &UNRESOLVED_EXPRESSION,
-        "containers.web.localAddress",
+        "containers.web.timeoutStartSec",
         "reader said so",
     ));
     let i = translate(&c, &ctx());
@@ -214,6 +205,28 @@ fn unresolved_options_are_reported_once() {
             .filter(|w| w.code == "unresolved-expression")
             .count(),
         0
+    );
+    // An address that cannot be carried (no other end): reported by its row, once; the
+    // known half stays as given, no prefix is invented for a pair the tool cannot see.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; hostAddress = "10.0.0.1"; localAddress = prefix + ".2"; }"#,
+    );
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        1,
+        "{:#?}",
+        i.warnings
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
+            "!warning p2p-prefix-chosen",
+            "instance.network.veth = true",
+        ],
     );
 }
 
@@ -1256,5 +1269,72 @@ fn free_variable_warning_says_which_limit() {
             && m.contains("`other` (bound nowhere in this file)")
             && m.contains("_module.args.other = …;"),
         "{m}"
+    );
+}
+
+/// Issue 9: a computed address is carried as Nix where the module can take it as given (a
+/// plain veth with both ends: network.pointToPoint; a bridge: the gateway, or an address whose
+/// text shows its prefix); elsewhere it stays a value the translation needs, with the reason.
+#[test]
+fn computed_addresses_are_carried_where_the_module_takes_them_as_given() {
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = config.lab.host; localAddress = "10.0.0.2"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.pointToPoint = true",
+            "instance.network.v4.static.hostAddresses += (config.lab.host)",
+            "instance.network.v4.static.containerPool = [ \"10.0.0.2/32\" ]",
+            "warning addresses-copied-as-nix",
+            "!warning unresolved-expression",
+            "!~ DHCP",
+        ],
+    );
+    assert!(!warning(&i, "addresses-copied-as-nix").needs_human());
+    let s = crate::render::nix::instance_snippet(&i);
+    assert!(s.contains("(config.lab.host)"), "{s}");
+    // On a bridge: the gateway, and an address whose text shows its prefix.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; hostAddress = config.gw; localAddress = "${config.ip}/24"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.pointToPoint = false",
+            "instance.network.v4.static.hostAddresses += (config.gw)",
+            "instance.network.v4.static.containerPool += (\"${config.ip}/24\")",
+            "!warning unresolved-expression",
+        ],
+    );
+    // Not carried: the reason is said, as a value the translation needs.
+    for (src, why) in [
+        (
+            r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = config.ip; }"#,
+            "needs the bridge's prefix",
+        ),
+        (
+            r#"{ privateNetwork = true; hostAddress = config.ip; }"#,
+            "the other end (localAddress) is not set",
+        ),
+    ] {
+        let i = run(src);
+        assert_has(
+            &i,
+            &[
+                "warning unresolved-expression",
+                "!warning addresses-copied-as-nix",
+            ],
+        );
+        let m = &warning(&i, "unresolved-expression").message;
+        assert!(m.contains(why), "{src}: {m}");
+    }
+    // Without privateNetwork legacy ignored it, and so does the translation.
+    assert_has(
+        &run(r#"{ hostAddress = config.ip; localAddress = "10.0.0.2"; }"#),
+        &[
+            "warning addresses-without-private-network",
+            "!warning unresolved-expression",
+        ],
     );
 }

@@ -1328,7 +1328,7 @@ impl<'t> Extract<'t> {
         if names.is_none()
             && conds.is_empty()
             && let Some(option) = text::attr_name(first)
-            && super::CARRIED_AS_NIX.contains(&option.as_str())
+            && option == "bindMounts"
             && !rest.is_empty()
             && let Some(binding) = value.syntax().parent()
         {
@@ -1883,8 +1883,7 @@ pub(crate) fn add_option(
     }
     // An option carried as Nix (`bindMounts`) defined twice, one part computed: both parts
     // go to the module as they are, merged the way the module system merges them.
-    if super::CARRIED_AS_NIX.contains(&option)
-        && (matches!(old, Value::Expr(_)) || matches!(value, Value::Expr(_)))
+    if option == "bindMounts" && (matches!(old, Value::Expr(_)) || matches!(value, Value::Expr(_)))
     {
         let as_expr = |v: &Value| match v {
             Value::Expr(e) => e.clone(),

@@ -79,7 +79,17 @@ pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
 /// it cannot be read as data (the new module takes them with the same shape and only passes
 /// them through, never computes with them): no `nix-unresolved-value` / `needs-eval` for them;
 /// the translator says what it copied (`bind-mounts-copied-as-nix`, `host-bridge-copied-as-nix`).
-pub const CARRIED_AS_NIX: &[&str] = &["bindMounts", "hostBridge"];
+/// The addresses are among them: the translator carries them into the module's static
+/// addresses where it can (`addresses-copied-as-nix`) and reports them itself where it cannot
+/// (`unresolved-expression`).
+pub const CARRIED_AS_NIX: &[&str] = &[
+    "bindMounts",
+    "hostBridge",
+    "hostAddress",
+    "localAddress",
+    "hostAddress6",
+    "localAddress6",
+];
 
 /// Why the translation needs the value of `option` itself, not the code that computes it
 /// (for the warnings that say a value could not be read): the options it computes with.
