@@ -693,11 +693,53 @@ impl<'t> Extract<'t> {
                     _ => None,
                 }
             }
+            // `[ … ] ++ lib.optionals (cfg.priority == "critical") [ … ]` over literal data:
+            // the list it evaluates to. Anything not known stays the expression.
+            ast::Expr::BinOp(b) => {
+                let l = self.try_value(&b.lhs()?, scope, d)?;
+                let r = self.try_value(&b.rhs()?, scope, d)?;
+                let scalar = |v: &Value| {
+                    matches!(
+                        v,
+                        Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null
+                    )
+                };
+                match (b.operator()?, l, r) {
+                    (ast::BinOpKind::Concat, Value::List(mut x), Value::List(y)) => {
+                        x.extend(y);
+                        Some(Value::List(x))
+                    }
+                    (ast::BinOpKind::Equal, x, y) if scalar(&x) && scalar(&y) => {
+                        Some(Value::Bool(x == y))
+                    }
+                    (ast::BinOpKind::NotEqual, x, y) if scalar(&x) && scalar(&y) => {
+                        Some(Value::Bool(x != y))
+                    }
+                    _ => None,
+                }
+            }
             ast::Expr::Apply(a) => {
                 let (head, args) = uncurry(a)?;
                 match head_name(&head)?.as_str() {
                     "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore"
                     | "mkAfter" | "mkOrder" => self.try_value(args.last()?, scope, d),
+                    // `lib.optionals c [ … ]` / `lib.optional c x` with a condition the source
+                    // states.
+                    "optionals" if args.len() == 2 => match self.try_value(&args[0], scope, d)? {
+                        Value::Bool(true) => match self.try_value(&args[1], scope, d)? {
+                            Value::List(l) => Some(Value::List(l)),
+                            _ => None,
+                        },
+                        Value::Bool(false) => Some(Value::List(Vec::new())),
+                        _ => None,
+                    },
+                    "optional" if args.len() == 2 => match self.try_value(&args[0], scope, d)? {
+                        Value::Bool(true) => {
+                            Some(Value::List(vec![self.value(&args[1], scope, d)]))
+                        }
+                        Value::Bool(false) => Some(Value::List(Vec::new())),
+                        _ => None,
+                    },
                     // `"${prefix}.${toString i}"`: numbers in addresses.
                     "toString" if args.len() == 1 => match self.try_value(&args[0], scope, d)? {
                         Value::Int(i) => Some(Value::Str(i.to_string())),

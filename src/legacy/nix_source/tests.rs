@@ -1857,3 +1857,37 @@ in
     assert!(e.module_args.contains(&"inputs".to_string()));
     assert!(!e.why_free.iter().any(|(n, _)| n == "inputs"));
 }
+
+/// Issue 9 (s11 of the sample): a list built with `++` and `lib.optionals` over a condition
+/// the source states (through a function's literal argument) is data, not an expression.
+#[test]
+fn concatenated_lists_with_stated_conditions_are_data() {
+    let ff = read(
+        r#"{ lib, ... }:
+let
+  cfg = { priority = "critical"; gpu = false; };
+in
+{
+  containers.x.extraFlags = [ "--bind=/dev/nvidia0" ]
+    ++ lib.optionals (cfg.priority == "critical") [ "--property=CPUWeight=200" ]
+    ++ lib.optional (cfg.priority != "critical") "--property=CPUWeight=50"
+    ++ lib.optionals cfg.gpu [ "--bind=/dev/dri" ];
+}"#,
+    );
+    let x = container(&ff, "x");
+    assert_eq!(
+        opt(x, "extraFlags"),
+        &Value::List(vec![
+            s("--bind=/dev/nvidia0"),
+            s("--property=CPUWeight=200")
+        ])
+    );
+    assert!(x.warnings.is_empty(), "{:?}", x.warnings);
+    // A condition the source does not state keeps the whole value an expression.
+    let ff = read(
+        r#"{ config, lib, ... }: { containers.x.extraFlags = [ "-U" ] ++ lib.optionals config.y.enable [ "--bind=/a" ]; }"#,
+    );
+    let x = container(&ff, "x");
+    assert!(matches!(opt(x, "extraFlags"), Value::Expr(_)));
+    assert_eq!(codes(&x.warnings), ["nix-unresolved-value"]);
+}
