@@ -147,14 +147,17 @@ pub struct MigrateArgs {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["config", "from_json", "host", "only", "exclude", "state", "verify", "stop", "force", "plan_out"]
+        conflicts_with_all = ["config", "from_json", "host", "only", "exclude", "state", "verify", "stop", "force", "plan_out", "rewrite", "no_eval"]
     )]
     pub plan_in: Option<PathBuf>,
 
     /// Undo the migration of these containers (not yet cleaned up): remove the new state, the
     /// files written (restoring the ones replaced from their backups), the profile links and
-    /// their entries in the Nix file. The legacy containers are left exactly as they are.
-    /// Refused when a new container has run since (its new data would be lost) unless --force.
+    /// their entries in the Nix file; after --rewrite their old definitions go back into the
+    /// host's files (the original file, byte for byte, once all its containers are rolled
+    /// back). The legacy containers are left exactly as they are. Refused when a new container
+    /// has run since (its new data would be lost), or a rewritten file was edited since, unless
+    /// --force (which keeps the edited file as FILE.bak-TIME).
     /// Asks first (or --yes).
     #[arg(
         long,
@@ -177,10 +180,12 @@ pub struct MigrateArgs {
     pub cleanup: Vec<String>,
     /// Edit the host's own Nix files instead: each `containers.NAME` definition is replaced by
     /// its new one in place (same scope, everything else kept byte for byte, a backup
-    /// FILE.bak-STAMP kept). Shows the diff; needs --dry-run or --yes. Containers that cannot be
-    /// rewritten faithfully go to --output, with the reason.
-    /// (Plans as files do not carry the edits yet: not with --plan-out/--plan-in.)
-    #[arg(long, conflicts_with_all = ["plan_in", "plan_out"])]
+    /// FILE.bak-STAMP kept; --rollback gives the old definitions back). Shows the diff; at a
+    /// terminal asks first (default no: the files stay, the definitions go to --output),
+    /// otherwise needs --dry-run or --yes. With --plan-out the plan carries the new content of
+    /// every edited file. Containers that cannot be rewritten faithfully go to --output, with
+    /// the reason.
+    #[arg(long)]
     pub rewrite: bool,
 }
 

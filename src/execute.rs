@@ -41,9 +41,17 @@ pub struct ExecOptions {
     pub progress: ProgressKind,
     /// Per container, a state mode other than `state` (the interactive mode asks each).
     pub state_for: BTreeMap<String, StateArg>,
+    /// Per container, whether its running legacy unit may be stopped, instead of `stop` (the
+    /// interactive mode asks each: a "yes" for one is no "yes" for another).
+    pub stop_for: BTreeMap<String, bool>,
 }
 
 impl ExecOptions {
+    /// Whether the legacy unit of one container may be stopped.
+    pub fn stop_of(&self, name: &str) -> bool {
+        self.stop_for.get(name).copied().unwrap_or(self.stop)
+    }
+
     /// The state mode for one container.
     pub fn state_of(&self, name: &str) -> StateArg {
         self.state_for.get(name).copied().unwrap_or(self.state)
@@ -290,6 +298,8 @@ fn record_start(
         links_to: Vec::new(),
         files: Vec::new(),
         nix_output: None,
+        // Filled in by `rewrite::record` once the host's files are rewritten (kept on a re-run).
+        rewrite: None,
         // The entries the Nix file gets for the container's own networkd units (see
         // render::nix): rollback removes them with the container.
         networkd_units: inst
@@ -327,6 +337,11 @@ fn record_start(
     if let Some(o) = &old {
         r.started_ns = o.started_ns;
         r.finished_ns = o.finished_ns;
+        r.rewrite = o.rewrite.clone();
+        if r.rewrite.is_some() {
+            // Its definition is in the host's own file now, not in the output file.
+            r.nix_output = None;
+        }
     }
     crate::rollback::save(host, &r).map_err(|e| {
         step_err(
@@ -388,7 +403,9 @@ fn run_container(
         match step {
             Step::Blocked { reason } => rec.done.push(format!("skipped: {reason}")),
             Step::StopLegacy { unit } => {
-                if let Some(note) = ensure_stopped(&cp.name, unit, opts.stop, host, runner)? {
+                if let Some(note) =
+                    ensure_stopped(&cp.name, unit, opts.stop_of(&cp.name), host, runner)?
+                {
                     rec.done.push(note);
                 }
             }
@@ -711,7 +728,7 @@ fn preflight(
     for cp in &m.plan.containers {
         for step in &cp.steps {
             if let Step::StopLegacy { unit } = step
-                && !opts.stop
+                && !opts.stop_of(&cp.name)
                 && let Err(e) = check_not_running(&cp.name, unit, host, runner)
             {
                 problems.push(e.to_string());

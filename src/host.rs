@@ -51,6 +51,9 @@ pub struct HostRoot {
     /// run can tell, through its own read-only view, what `--yes` would find. Never written
     /// through.
     underlying: Arc<OwnedFd>,
+    /// While a read-only view of the running machine's `/` is in effect (see
+    /// [`HostRoot::read_only_view`]): the real root and working directory to go back to.
+    live_view: Option<Arc<(OwnedFd, OwnedFd)>>,
 }
 
 /// What kind of thing a host path names (without following a final symlink).
@@ -111,6 +114,7 @@ impl HostRoot {
             root,
             underlying: Arc::new(dup(&fd)?),
             fd: Arc::new(fd),
+            live_view: None,
         })
     }
 
@@ -488,6 +492,9 @@ impl HostRoot {
     /// Cover the host root with a read-only, `noatime` view of itself (every submount too).
     /// Needs [`enter_private_mount_namespace`] first; [`HostRoot::end_read_only_view`] lifts it.
     pub fn read_only_view(&mut self) -> io::Result<()> {
+        if self.root == Path::new("/") {
+            return self.live_read_only_view();
+        }
         rustix::mount::mount_bind_recursive(&self.root, &self.root).map_err(io::Error::from)?;
         let c_root = cstr(self.root.as_os_str())?;
         if let Err(e) = mount_setattr_ro_noatime(None, &c_root, true) {
@@ -499,8 +506,45 @@ impl HostRoot {
         Ok(())
     }
 
+    /// The read-only view of the running machine's `/`. A mount over `/` is not what this
+    /// process sees (its root stays the mount underneath: the view would cover nothing, and
+    /// lifting it would leave the real `/` read-only for the rest of the run). Instead a
+    /// detached, read-only, `noatime` clone of the whole tree (every submount) becomes this
+    /// process's root while the view lasts; the real root is kept open to go back to.
+    fn live_read_only_view(&mut self) -> io::Result<()> {
+        use rustix::mount::OpenTreeFlags;
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let old_root = rfs::open("/", dir, Mode::empty())?;
+        let old_cwd = rfs::open(".", dir, Mode::empty())?;
+        let tree = rustix::mount::open_tree(
+            rfs::CWD,
+            c"/",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE,
+        )?;
+        mount_setattr_ro_noatime(Some(tree.as_fd()), c"", true)?;
+        rustix::process::fchdir(&tree)?;
+        if let Err(e) = rustix::process::chroot(".") {
+            let _ = rustix::process::fchdir(&old_cwd);
+            return Err(e.into());
+        }
+        // The working directory stays the view's `/` (the real one is outside the view; every
+        // path given on the command line was made absolute before).
+        self.live_view = Some(Arc::new((old_root, old_cwd)));
+        self.fd = Arc::new(open_root_fd(&self.root)?);
+        Ok(())
+    }
+
     /// Lift the view of [`HostRoot::read_only_view`]: the real mounts are visible again.
     pub fn end_read_only_view(&mut self) -> io::Result<()> {
+        if let Some(v) = self.live_view.take() {
+            rustix::process::fchdir(&v.0)?;
+            rustix::process::chroot(".")?;
+            rustix::process::fchdir(&v.1)?;
+            self.fd = Arc::new(open_root_fd(&self.root)?);
+            return Ok(());
+        }
         rustix::mount::unmount(&self.root, rustix::mount::UnmountFlags::DETACH)
             .map_err(io::Error::from)?;
         self.fd = Arc::new(open_root_fd(&self.root)?);

@@ -24,6 +24,7 @@ use crate::interrupt;
 use crate::legacy::{Kind, LegacyHost};
 use crate::migrate::{self, Migration};
 use crate::report::{ContainerStatus, human_size};
+use crate::rewrite::{FileEdit, RewritePlan};
 use crate::runner::Runner;
 use crate::textdiff::{self, Line};
 use crate::translate::Instance;
@@ -181,7 +182,7 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             ));
             continue;
         }
-        ui.say(&show_diff(&host, &preview, idx, inst));
+        ui.say(&show_diff(&host, &preview, idx, inst, args.rewrite));
         for w in &c.warnings {
             let label = match w.category {
                 Category::NeedsHuman => style("needs a human").red().bold(),
@@ -266,6 +267,17 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
         ui.say("\nNo container chosen: nothing was changed.");
         return Ok(exit::SUCCESS);
     }
+    // The real run, for the chosen containers only: the same checks and steps as --yes.
+    let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
+    legacy.containers.retain(|c| names.contains(&c.name));
+    let mut m = migrate::prepare(root, legacy, &args.output, false, host.is_live());
+    // --rewrite: the diff of every host file it edits, and a question whose default (no)
+    // leaves them as they are.
+    let rewrite = if args.rewrite {
+        ask_rewrite(&ui, &host, args, &mut m)?
+    } else {
+        None
+    };
     let mut plan_text = String::from("\nAbout to:\n");
     for c in &choices {
         let _ = writeln!(
@@ -280,20 +292,35 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             }
         );
     }
+    if let Some(p) = &rewrite {
+        for e in &p.edits {
+            let _ = writeln!(
+                plan_text,
+                "  rewrite {} in place ({}), keeping the original as {}.bak-TIME",
+                e.file.display(),
+                e.containers.join(", "),
+                e.file.display()
+            );
+        }
+    }
+    if let Some(out) = &m.plan.nix_output {
+        let _ = writeln!(
+            plan_text,
+            "  write the new definitions to {} (import it from your configuration)",
+            out.display()
+        );
+    }
     ui.say(&plan_text);
     if !ui.confirm("Carry this out now?", true)? {
         ui.say("Nothing was changed.");
         return Ok(exit::SUCCESS);
     }
 
-    // The real run, for the chosen containers only: the same checks and steps as --yes.
-    let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
-    legacy.containers.retain(|c| names.contains(&c.name));
-    let mut m = migrate::prepare(root, legacy, &args.output, false, host.is_live());
     let opts = ExecOptions {
         state: args.state,
         verify: args.verify,
-        stop: choices.iter().any(|c| c.stop),
+        // Only the containers whose stop was agreed to, each on its own answer.
+        stop: false,
         force: args.force,
         progress: if args.quiet {
             ProgressKind::None
@@ -301,6 +328,7 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             ProgressKind::Auto
         },
         state_for: choices.iter().map(|c| (c.name.clone(), c.state)).collect(),
+        stop_for: choices.iter().map(|c| (c.name.clone(), c.stop)).collect(),
     };
     let checked = execute::check_destinations(&host, &m, &opts, true);
     if view && let Err(e) = host.end_read_only_view() {
@@ -310,7 +338,34 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
         )));
     }
     interrupt::set_message(&interrupted_during(&names, &host));
-    let result = execute::execute(&host, &mut m, &opts, &runner, checked);
+    let mut result = execute::execute(&host, &mut m, &opts, &runner, checked);
+    // The host's own files last, once everything else was done (as with --yes).
+    let mut rewrote = Vec::new();
+    if result.is_ok()
+        && let Some(p) = &rewrite
+    {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        match crate::rewrite::apply(&host, p, &stamp) {
+            Ok(done) => {
+                m.report.done.extend(done);
+                m.report
+                    .files_written
+                    .extend(p.edits.iter().map(|e| e.file.clone()));
+                rewrote = p.edits.clone();
+            }
+            Err(e) => {
+                result = Err(execute::StepError {
+                    container: None,
+                    message: format!("--rewrite: {e}"),
+                    refused: None,
+                })
+            }
+        }
+    }
     interrupt::set_message(
         "Interrupted after the migration finished: everything it wrote is in place; see the report above.",
     );
@@ -342,8 +397,100 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
         }
         return Ok(m.report.summary.exit_code);
     }
-    ui.say(&next_steps(&m, &host));
+    ui.say(&next_steps(&m, &host, &rewrote));
     Ok(m.report.summary.exit_code)
+}
+
+/// `--rewrite` at a terminal: plan it for the chosen containers, show the diff of every host
+/// file it edits, and ask, with "no" as the default. `Some(plan)` on yes: the containers it
+/// rewrites leave the separate output file (`m` is changed accordingly). `None` on no (or when
+/// the files cannot be written): every host file stays as it is, the new definitions go to the
+/// output file as without `--rewrite`, and the screen says so. Nothing is written here.
+fn ask_rewrite(
+    ui: &Ui,
+    host: &HostRoot,
+    args: &MigrateArgs,
+    m: &mut Migration,
+) -> Result<Option<RewritePlan>, Error> {
+    let confined = args
+        .config
+        .as_ref()
+        .is_none_or(|c| migrate::host_path_of(host, c).is_some());
+    let p = crate::rewrite::plan(&m.legacy, &m.instances, confined, &|f| {
+        host.read_to_string(f)
+    });
+    ui.say(&format!(
+        "\n{}\n{}",
+        style("━━ --rewrite: the host's own Nix files ━━").bold(),
+        colour_diff(&p.describe())
+    ));
+    let output = args.output.display().to_string();
+    let instead = |why: &str| {
+        ui.say(&format!(
+            "{why}: the host's Nix files stay as they are, and the new definitions go to {output} \
+             instead (as without --rewrite)."
+        ))
+    };
+    if p.edits.is_empty() {
+        // Nothing to write; containers already in the new form stay out of the output file.
+        crate::rewrite::exclude(m, &p.rewritten());
+        return Ok(Some(p));
+    }
+    let problems = crate::rewrite::preflight(host, &p, m.plan.nix_output.as_deref());
+    if !problems.is_empty() {
+        for pr in &problems {
+            ui.say(&format!("{} {pr}", style("cannot rewrite:").red().bold()));
+        }
+        instead("These files cannot be rewritten");
+        return Ok(None);
+    }
+    let files: Vec<String> = p
+        .edits
+        .iter()
+        .map(|e| e.file.display().to_string())
+        .collect();
+    // The explanation on its own lines: a prompt wider than the terminal is redrawn badly.
+    ui.say(&format!(
+        "Yes: {} rewritten as shown, {} kept as FILE.bak-TIME (--rollback gives the old \
+         definitions back).\nNo: the files stay as they are, and the new definitions go to \
+         {output}.",
+        files.join(", ") + if files.len() == 1 { " is" } else { " are" },
+        if files.len() == 1 {
+            "its original"
+        } else {
+            "the original of each"
+        }
+    ));
+    if !ui.confirm("Rewrite in place?", false)? {
+        instead("Not rewritten");
+        return Ok(None);
+    }
+    crate::rewrite::exclude(m, &p.rewritten());
+    Ok(Some(p))
+}
+
+/// A unified diff with colours (when they are on): headers bold, hunks cyan, removed lines red,
+/// added lines green.
+fn colour_diff(text: &str) -> String {
+    let mut o = String::new();
+    for l in text.lines() {
+        let line = if l.starts_with("--- ") || l.starts_with("+++ ") {
+            style(l).bold().to_string()
+        } else if l.starts_with("@@") {
+            style(l).cyan().to_string()
+        } else if l.starts_with('-') {
+            style(l).red().to_string()
+        } else if l.starts_with('+') {
+            style(l).green().to_string()
+        } else if l.starts_with("--rewrite:") {
+            style(l).yellow().to_string()
+        } else {
+            l.to_string()
+        };
+        o.push_str(&line);
+        o.push('\n');
+    }
+    o
 }
 
 /// `--only` / `--exclude`, with unknown names refused (a typo must not mean "all").
@@ -480,7 +627,7 @@ fn table(infos: &[Info], root: &Path) -> String {
 }
 
 /// The old definition(s) of a container and the new text, as a coloured diff.
-fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance) -> String {
+fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance, rewrite: bool) -> String {
     let Some(c) = m.report.containers.get(idx) else {
         return String::new();
     };
@@ -528,14 +675,20 @@ fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance) -> Str
                     places.join(", ")
                 },
                 old,
-                format!(
-                    "{} (its part)",
-                    m.report
-                        .output
-                        .as_deref()
-                        .unwrap_or(Path::new("the Nix file"))
-                        .display()
-                ),
+                if rewrite {
+                    "its new definition (--rewrite: where it goes is shown before anything is \
+                     written)"
+                        .to_string()
+                } else {
+                    format!(
+                        "{} (its part)",
+                        m.report
+                            .output
+                            .as_deref()
+                            .unwrap_or(Path::new("the Nix file"))
+                            .display()
+                    )
+                },
                 c.nix.clone(),
             )
         }
@@ -589,17 +742,27 @@ fn resume_or_rollback(names: &[String]) -> String {
 }
 
 /// What the administrator does next, exactly.
-pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
+pub fn next_steps(m: &Migration, host: &HostRoot, rewrote: &[FileEdit]) -> String {
     let r = &m.report;
     let done: Vec<&crate::report::ContainerReport> = r
         .containers
         .iter()
         .filter(|c| c.status == ContainerStatus::Done)
         .collect();
+    let in_place: Vec<&str> = rewrote
+        .iter()
+        .flat_map(|e| e.containers.iter().map(String::as_str))
+        .collect();
     let declarative: Vec<&str> = done
         .iter()
         .filter(|c| c.kind == "declarative")
         .map(|c| c.name.as_str())
+        .collect();
+    // Those that went to the separate output file (not rewritten in place).
+    let separate: Vec<&str> = declarative
+        .iter()
+        .copied()
+        .filter(|n| !in_place.contains(n))
         .collect();
     let imperative: Vec<&str> = done
         .iter()
@@ -613,7 +776,23 @@ pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
         n += 1;
         let _ = writeln!(o, "{n}. {text}");
     };
-    if let (Some(out), false) = (&r.output, declarative.is_empty()) {
+    if !rewrote.is_empty() {
+        let files: Vec<String> = rewrote
+            .iter()
+            .map(|e| e.file.display().to_string())
+            .collect();
+        step(
+            &mut o,
+            format!(
+                "Your configuration now defines {} in place, in {} (the originals are kept as FILE.bak-TIME). \
+                 It needs the nixos-nspawn module:\n     imports = [ /path/to/nixos-nspawn/nixos ];   \
+                 (flakes: nixos-nspawn.nixosModules.default; see nixos/README.md)",
+                in_place.join(", "),
+                files.join(", ")
+            ),
+        );
+    }
+    if let (Some(out), false) = (&r.output, separate.is_empty()) {
         let file = out
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -621,13 +800,23 @@ pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
         step(
             &mut o,
             format!(
-                "Import {} from your configuration.nix, together with the nixos-nspawn module:\n     \
-                 imports = [ ./{file} /path/to/nixos-nspawn/nixos ];   (flakes: nixos-nspawn.nixosModules.default; see nixos/README.md)",
-                out.display()
+                "Import {} from your configuration.nix{}:\n     \
+                 imports = [ ./{file}{} ];   (flakes: nixos-nspawn.nixosModules.default; see nixos/README.md)",
+                out.display(),
+                if rewrote.is_empty() {
+                    ", together with the nixos-nspawn module"
+                } else {
+                    ""
+                },
+                if rewrote.is_empty() {
+                    " /path/to/nixos-nspawn/nixos"
+                } else {
+                    ""
+                }
             ),
         );
         let mut defs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for name in &declarative {
+        for name in &separate {
             for f in &r.files_read {
                 if f.extension().is_some_and(|e| e == "nix")
                     && let Ok(text) = host.read_to_string(f)
@@ -641,7 +830,7 @@ pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
             }
         }
         let mut lines = String::new();
-        for name in &declarative {
+        for name in &separate {
             let at = defs
                 .get(name)
                 .map(|v| v.join(", "))
@@ -652,13 +841,19 @@ pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
             &mut o,
             format!("Remove the old definitions (a name can only be one or the other):{lines}"),
         );
+    }
+    if !declarative.is_empty() {
         if r.summary.needs_human > 0 {
             step(
                 &mut o,
                 format!(
-                    "Resolve the {} point(s) marked \"needs a human\" (also comments in {}).",
+                    "Resolve the {} point(s) marked \"needs a human\"{}.",
                     r.summary.needs_human,
-                    out.display()
+                    match &r.output {
+                        Some(out) if !separate.is_empty() =>
+                            format!(" (also comments in {})", out.display()),
+                        _ => String::new(),
+                    }
                 ),
             );
         }
@@ -698,8 +893,13 @@ pub fn next_steps(m: &Migration, host: &HostRoot) -> String {
             &mut o,
             format!(
                 "To go back: `nixos-nspawn{rf} migrate --rollback {}` removes what the migration created and \
-                 leaves the legacy containers as they are (restore their definitions if you removed them).",
-                all.join(" ")
+                 leaves the legacy containers as they are ({}).",
+                all.join(" "),
+                if rewrote.is_empty() {
+                    "restore their definitions if you removed them"
+                } else {
+                    "the rewritten definitions get their old form back too"
+                }
             ),
         );
         step(

@@ -82,6 +82,8 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 verify: o.verify_arg().map_err(bad)?,
                 stop: o.stop,
                 force: o.force,
+                rewrite: o.rewrite,
+                no_eval: o.no_eval,
                 ..args.clone()
             };
             (Some((path.clone(), plan)), args)
@@ -99,10 +101,17 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         }
     }
     let args = &args;
-    if args.rewrite && !args.dry_run && !args.yes {
+    let terminal = {
+        use std::io::IsTerminal;
+        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+    };
+    if args.rewrite && !args.dry_run && !args.yes && !terminal {
+        // At a terminal the diff is shown and the question asked (interactive); without one,
+        // never wait for an answer nobody can give.
         return Err(Error::Usage(
             "--rewrite edits the host's own Nix files: give --dry-run to see the diff, or --yes \
-             to apply it (a backup of every edited file is kept)"
+             to apply it (a backup of every edited file is kept), or run it from a terminal to be \
+             shown the diff and asked"
                 .to_string(),
         ));
     }
@@ -112,19 +121,27 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 .to_string(),
         ));
     }
-    if !args.dry_run && !args.yes {
-        use std::io::IsTerminal;
-        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-            // Never wait for an answer nobody can give, never guess one.
-            return Err(Error::Usage(
-                "migrate without --dry-run or --yes asks before each step, but there is no terminal \
-                 to ask on (stdin or stderr is not a terminal)\n\n\
-                 Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
-                 fleets), or run it from a terminal."
-                    .to_string(),
-            ));
-        }
+    if !args.dry_run && !args.yes && !terminal {
+        // Never wait for an answer nobody can give, never guess one.
+        return Err(Error::Usage(
+            "migrate without --dry-run or --yes asks before each step, but there is no terminal \
+             to ask on (stdin or stderr is not a terminal)\n\n\
+             Use --dry-run to see the plan, --yes to carry it out without asking (for scripts and \
+             fleets), or run it from a terminal."
+                .to_string(),
+        ));
     }
+    // The plan's directory is opened before the host is sealed read-only (with `--root /` that
+    // view covers every path).
+    let plan_target = match &args.plan_out {
+        Some(p) => Some(plan_file::Target::open(p).map_err(|e| {
+            Error::Usage(format!(
+                "--plan-out {}: cannot write there: {e}",
+                p.display()
+            ))
+        })?),
+        None => None,
+    };
     let mut host = HostRoot::new(root).map_err(|e| {
         Error::Usage(format!(
             "--root {}: {e}\n\nGive the directory the host's root filesystem is mounted at.",
@@ -182,6 +199,19 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     if !args.no_eval && args.from_json.is_none() && host.root() == std::path::Path::new("/") {
         opts.evaluated = migrate::evaluate_host(&host, &opts);
     }
+    // Part of a plan's fingerprint: what evaluation gave decides the plan as much as the files.
+    let evaluation = plan_file::evaluation_fingerprint(
+        &opts.evaluated,
+        if args.no_eval {
+            "--no-eval"
+        } else if args.from_json.is_some() {
+            "--from-json"
+        } else if !host.is_live() {
+            "an offline --root"
+        } else {
+            "no configuration to evaluate"
+        },
+    );
     let mut view = false;
     if args.yes {
         match nixos_nspawn::host::enter_private_mount_namespace() {
@@ -217,6 +247,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 host.read_to_string(f)
             });
         nixos_nspawn::rewrite::exclude(&mut migration, &p.rewritten());
+        migration.report.rewritten = plan_file::rewritten_files(&p);
         p
     });
     let opts = execute::ExecOptions {
@@ -230,6 +261,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             execute::ProgressKind::Auto
         },
         state_for: Default::default(),
+        stop_for: Default::default(),
     };
     // Every destination is checked while the tree is still seen read-only and noatime:
     // resolving links and reading existing files must not change the host either.
@@ -257,8 +289,16 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         .chain(args.from_json.iter())
         .cloned()
         .collect();
-    let derived = (args.plan_out.is_some() || plan_in.is_some())
-        .then(|| plan_file::make(&host, &migration, plan_options(args), &ordinary));
+    let derived = (args.plan_out.is_some() || plan_in.is_some()).then(|| {
+        plan_file::make(
+            &host,
+            &migration,
+            plan_options(args),
+            &ordinary,
+            &evaluation,
+            rewrite.as_ref(),
+        )
+    });
     let mut refusal = None;
     if let (Some((path, plan)), Some(now)) = (&plan_in, &derived) {
         let why = plan_file::differences(plan, now);
@@ -303,6 +343,16 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .to_string();
+        // With --plan-in: exactly the plan's bytes (equal to the re-derived ones: checked).
+        let mut p = p.clone();
+        if let Some((_, plan)) = &plan_in {
+            for e in &mut p.edits {
+                if let Some(r) = plan.rewrite.iter().find(|r| r.file == e.file) {
+                    e.rewritten = r.content.clone();
+                }
+            }
+        }
+        let p = &p;
         match nixos_nspawn::rewrite::apply(&host, p, &stamp) {
             Ok(done) => {
                 migration.report.done.extend(done);
@@ -314,7 +364,9 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             Err(e) => rewrite_failure = Some(e),
         }
     }
-    if let Some(p) = &rewrite {
+    if let Some(p) = &rewrite
+        && !args.quiet
+    {
         // The diff first (stderr with --json, so that stdout stays one JSON document).
         let text = p.describe();
         if args.json {
@@ -323,8 +375,8 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
             print!("{text}");
         }
     }
-    if let (Some(path), Some(plan)) = (&args.plan_out, &derived) {
-        plan_file::save(plan, path).map_err(|e| {
+    if let (Some(path), Some(target), Some(plan)) = (&args.plan_out, &plan_target, &derived) {
+        plan_file::save(plan, target).map_err(|e| {
             Error::Other(format!(
                 "--plan-out {}: cannot write the plan: {e}",
                 path.display()
@@ -395,5 +447,7 @@ fn plan_options(args: &MigrateArgs) -> plan_file::PlanOptions {
         verify: plan_file::verify_name(args.verify).to_string(),
         stop: args.stop,
         force: args.force,
+        rewrite: args.rewrite,
+        no_eval: args.no_eval,
     }
 }

@@ -107,10 +107,11 @@ pub fn host_eval_command(host: &HostRoot, opts: &ScanOptions) -> Option<nix_sour
 /// Evaluate the containers on the running machine with its own Nix (read-only, time-limited),
 /// for [`ScanOptions::evaluated`]. Runs before the host is sealed read-only: Nix itself must be
 /// able to open its store. `None` when there is no configuration to evaluate.
-pub fn evaluate_host(
-    host: &HostRoot,
-    opts: &ScanOptions,
-) -> Option<Result<Option<Vec<SourceFacts>>, Warning>> {
+/// What [`evaluate_host`] gives: the facts, `None` inside when Nix is not installed, or why it
+/// failed.
+pub type Evaluated = Result<Option<Vec<SourceFacts>>, Warning>;
+
+pub fn evaluate_host(host: &HostRoot, opts: &ScanOptions) -> Option<Evaluated> {
     use crate::legacy::host_eval;
     let cmd = host_eval_command(host, opts)?;
     let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -476,6 +477,7 @@ pub fn prepare(
         containers,
         problems,
         files_written: Vec::new(),
+        rewritten: Vec::new(),
         done: Vec::new(),
         redirects: BTreeMap::new(),
         files_read: legacy.files_read.clone(),

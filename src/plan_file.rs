@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 /// What a plan file says it is, so that any other JSON is refused with a clear message.
 pub const PLAN_KIND: &str = "nixos-nspawn migrate plan";
-/// Bumped when the layout changes incompatibly.
-pub const PLAN_FORMAT: u32 = 1;
+/// Bumped when the layout changes incompatibly (2: `--rewrite` and `--no-eval` in the options,
+/// the rewritten host files, the host evaluation in the fingerprint).
+pub const PLAN_FORMAT: u32 = 2;
 
 /// The options a plan was made with; applying it uses these, not the command line's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,13 @@ pub struct PlanOptions {
     pub verify: String,
     pub stop: bool,
     pub force: bool,
+    /// `--rewrite`: the host's own Nix files are edited in place (their new content is in
+    /// [`PlanFile::rewrite`]).
+    #[serde(default)]
+    pub rewrite: bool,
+    /// `--no-eval`: the host's Nix was not asked (see the `host evaluation` input).
+    #[serde(default)]
+    pub no_eval: bool,
 }
 
 impl PlanOptions {
@@ -104,8 +112,60 @@ pub struct PlanFile {
     pub containers: Vec<PlannedContainer>,
     /// Every file the plan writes: host path → the exact bytes.
     pub files: BTreeMap<PathBuf, String>,
+    /// With `--rewrite`: every host file edited in place, its original's digest and its full
+    /// new content (what `--plan-in` writes, exactly).
+    #[serde(default)]
+    pub rewrite: Vec<RewrittenFile>,
     /// Warnings that need a human when the plan was made (the run's exit code 3).
     pub needs_human: usize,
+}
+
+/// A host file a plan rewrites in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewrittenFile {
+    /// Host path.
+    pub file: PathBuf,
+    /// The containers whose definitions it holds in the new form afterwards.
+    pub containers: Vec<String>,
+    /// Digest of the file as the plan read it (`blake3 HEX`).
+    pub original: String,
+    /// The whole file afterwards.
+    pub content: String,
+}
+
+/// The rewritten files of a `--rewrite` plan.
+pub fn rewritten_files(p: &crate::rewrite::RewritePlan) -> Vec<RewrittenFile> {
+    p.edits
+        .iter()
+        .map(|e| RewrittenFile {
+            file: e.file.clone(),
+            containers: e.containers.clone(),
+            original: format!("blake3 {}", blake3::hash(e.original.as_bytes()).to_hex()),
+            content: e.rewritten.clone(),
+        })
+        .collect()
+}
+
+/// What the host's own Nix said when it was asked (the `host evaluation` input): the values
+/// it gave decide the plan as much as the files do, and may change without any file read
+/// changing (a `builtins.readFile`, a channel update). `not_asked`: why it was not asked.
+pub fn evaluation_fingerprint(
+    evaluated: &Option<crate::migrate::Evaluated>,
+    not_asked: &str,
+) -> String {
+    match evaluated {
+        None => format!("not used ({not_asked})"),
+        Some(Ok(None)) => "not used (Nix is not installed)".to_string(),
+        // The facts are plain data in ordered maps: their Debug form is stable.
+        Some(Ok(Some(facts))) => format!(
+            "evaluated, blake3 {}",
+            blake3::hash(format!("{facts:?}").as_bytes()).to_hex()
+        ),
+        Some(Err(w)) => format!(
+            "failed (values from the source text only), blake3 {}",
+            blake3::hash(w.message.as_bytes()).to_hex()
+        ),
+    }
 }
 
 /// Every file the migration writes, path → exact bytes (the per-container files and the
@@ -134,8 +194,14 @@ fn steps_of(m: &Migration) -> Vec<PlannedContainer> {
 
 /// The fingerprint of everything the plan was derived from. `ordinary` lists the files read
 /// by ordinary path (`--config` outside the root, `--from-json`); all others are host paths.
-pub fn inputs(host: &HostRoot, m: &Migration, ordinary: &[PathBuf]) -> BTreeMap<String, String> {
+pub fn inputs(
+    host: &HostRoot,
+    m: &Migration,
+    ordinary: &[PathBuf],
+    evaluation: &str,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    out.insert("host evaluation".to_string(), evaluation.to_string());
     for f in &m.report.files_read {
         let bytes = if ordinary.contains(f) {
             std::fs::read(f)
@@ -194,6 +260,8 @@ pub fn make(
     m: &Migration,
     options: PlanOptions,
     ordinary: &[PathBuf],
+    evaluation: &str,
+    rewrite: Option<&crate::rewrite::RewritePlan>,
 ) -> PlanFile {
     PlanFile {
         kind: PLAN_KIND.to_string(),
@@ -206,31 +274,55 @@ pub fn make(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         options,
-        inputs: inputs(host, m, ordinary),
+        inputs: inputs(host, m, ordinary, evaluation),
         containers: steps_of(m),
         files: files_of(m),
+        rewrite: rewrite.map(rewritten_files).unwrap_or_default(),
         needs_human: m.report.summary.needs_human,
     }
 }
 
-/// Write the plan to an ordinary path (not under `--root`: it is the administrator's file),
-/// atomically.
-pub fn save(plan: &PlanFile, path: &Path) -> Result<(), String> {
+/// Where `--plan-out` writes: an ordinary path (not under `--root`: it is the administrator's
+/// file), its directory opened before the host is sealed read-only for the dry run (that view
+/// covers `/` itself with `--root /`, and the plan must still be written).
+pub struct Target {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::CString,
+    path: PathBuf,
+}
+
+impl Target {
+    pub fn open(path: &Path) -> Result<Target, String> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))
+            .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+        let dir = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
+        Ok(Target {
+            dir,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Write the plan, atomically.
+pub fn save(plan: &PlanFile, to: &Target) -> Result<(), String> {
     let text = serde_json::to_string_pretty(plan).map_err(|e| format!("cannot serialise: {e}"))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} does not name a file", path.display()))?;
-    let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))
-        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
-    let dir = std::fs::File::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     crate::atomic::write_atomic_at(
-        std::os::fd::AsFd::as_fd(&dir),
-        &name,
-        path,
+        std::os::fd::AsFd::as_fd(&to.dir),
+        &to.name,
+        &to.path,
         format!("{text}\n").as_bytes(),
         0o600,
     )
@@ -318,6 +410,31 @@ pub fn differences(plan: &PlanFile, now: &PlanFile) -> Vec<String> {
             why.push(format!("{} would now be written too", path.display()));
         }
     }
+    for r in &plan.rewrite {
+        let f = r.file.display();
+        match now.rewrite.iter().find(|n| n.file == r.file) {
+            None => why.push(format!(
+                "{f} would no longer be rewritten in place (its containers' definitions moved or changed)"
+            )),
+            Some(n) if n.original != r.original => why.push(format!(
+                "{f} changed since the plan was made ({} → {}): the plan's rewrite of it was made from \
+                 another original",
+                r.original, n.original
+            )),
+            Some(n) if n.content != r.content || n.containers != r.containers => why.push(format!(
+                "{f} would now be rewritten differently than the plan shows"
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in &now.rewrite {
+        if !plan.rewrite.iter().any(|r| r.file == n.file) {
+            why.push(format!(
+                "{} would now be rewritten in place too",
+                n.file.display()
+            ));
+        }
+    }
     why
 }
 
@@ -344,6 +461,8 @@ mod tests {
                 verify: "full".into(),
                 stop: false,
                 force: false,
+                rewrite: false,
+                no_eval: false,
             },
             inputs: [(
                 "file /etc/nixos/configuration.nix".to_string(),
@@ -352,6 +471,7 @@ mod tests {
             .into(),
             containers: vec![],
             files: [(PathBuf::from("/etc/x.nix"), "a\n".to_string())].into(),
+            rewrite: vec![],
             needs_human: 0,
         }
     }

@@ -148,6 +148,10 @@ pub struct Report {
     /// leads, also a host path): e.g. `/etc/nixos/…` → `/persist/etc/nixos/…`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub redirects: BTreeMap<PathBuf, PathBuf>,
+    /// With `--rewrite`: every host file edited in place, with its original's digest and its
+    /// whole new content (exactly what is written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewritten: Vec<crate::plan_file::RewrittenFile>,
     /// What a real run did outside any one container (the declarative Nix file).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,

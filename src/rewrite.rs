@@ -36,6 +36,118 @@ pub struct FileEdit {
     pub replaced: Vec<(Range<usize>, String)>,
     /// The containers whose definitions this file now holds in the new form.
     pub containers: Vec<String>,
+    /// The same edits, grouped by container: enough to compute the file with any subset of
+    /// the containers rewritten ([`compose`]), which is how `--rollback` of one container
+    /// gives back its old definition and keeps the others' new ones.
+    pub units: Vec<Unit>,
+}
+
+/// The edits of one container, or of the members of one `containers = { … };` set.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "shape")]
+pub enum Unit {
+    /// `containers.NAME… = …;` bindings: the first replaced by the new definition, the others
+    /// removed. Independent of every other container.
+    Own {
+        container: String,
+        edits: Vec<(Range<usize>, String)>,
+    },
+    /// Members of the `containers = { … };` binding at `owner` (byte range of the original).
+    /// With every member rewritten and nothing else in the set (`whole`), the binding is
+    /// replaced by the new definitions; otherwise the rewritten members are removed from the
+    /// set and their new definitions follow the binding, in the same scope.
+    Set {
+        owner: Range<usize>,
+        indent: String,
+        whole: bool,
+        members: Vec<Member>,
+    },
+}
+
+/// One member of a [`Unit::Set`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub container: String,
+    /// What goes when it is rewritten: its member bindings (widened to whole lines when alone).
+    pub removals: Vec<Range<usize>>,
+    /// Its new definition, indented for the position of the set's binding.
+    pub new: String,
+}
+
+impl Unit {
+    pub fn containers(&self) -> Vec<String> {
+        match self {
+            Unit::Own { container, .. } => vec![container.clone()],
+            Unit::Set { members, .. } => members.iter().map(|m| m.container.clone()).collect(),
+        }
+    }
+}
+
+/// The edits (ranges of the original, sorted) that rewrite exactly the containers for which
+/// `applied` holds, from the units of one file.
+pub fn edits_for(units: &[Unit], applied: &dyn Fn(&str) -> bool) -> Vec<(Range<usize>, String)> {
+    let mut edits = Vec::new();
+    for u in units {
+        match u {
+            Unit::Own {
+                container,
+                edits: e,
+            } => {
+                if applied(container) {
+                    edits.extend(e.iter().cloned());
+                }
+            }
+            Unit::Set {
+                owner,
+                indent,
+                whole,
+                members,
+            } => {
+                let on: Vec<&Member> = members.iter().filter(|m| applied(&m.container)).collect();
+                if on.is_empty() {
+                    continue;
+                }
+                if *whole && on.len() == members.len() {
+                    let news: Vec<&str> = on.iter().map(|m| m.new.as_str()).collect();
+                    edits.push((owner.clone(), news.join(&format!("\n{indent}"))));
+                    continue;
+                }
+                for m in &on {
+                    edits.extend(m.removals.iter().map(|r| (r.clone(), String::new())));
+                }
+                let mut after = String::new();
+                for m in &on {
+                    after.push_str(&format!("\n{indent}{}", m.new));
+                }
+                edits.push((owner.end..owner.end, after));
+            }
+        }
+    }
+    // Stable: insertions at one place keep the order of the units.
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
+    edits
+}
+
+/// `original` with `edits` (sorted, from [`edits_for`]) applied; `None` when two overlap
+/// (a bug of this module) or one lies outside the text (the units belong to another text).
+pub fn apply_edits(original: &str, edits: &[(Range<usize>, String)]) -> Option<String> {
+    let mut out = String::with_capacity(original.len());
+    let mut pos = 0;
+    for (r, new) in edits {
+        if r.start < pos || r.end < r.start {
+            return None;
+        }
+        out.push_str(original.get(pos..r.start)?);
+        out.push_str(new);
+        pos = r.end;
+    }
+    out.push_str(original.get(pos..)?);
+    Some(out)
+}
+
+/// The file as it is with exactly the containers for which `applied` holds rewritten.
+pub fn compose(original: &str, units: &[Unit], applied: &dyn Fn(&str) -> bool) -> Option<String> {
+    apply_edits(original, &edits_for(units, applied))
 }
 
 /// A container whose definition is not rewritten, and why.
@@ -736,8 +848,7 @@ fn plan_file(
         return (None, refused);
     }
     let root = parsed.syntax();
-    // (range in `text`, replacement)
-    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
     let mut done: Vec<String> = Vec::new();
     // Members of sets of containers, per owning binding: (instance, member nodes).
     let mut members: BTreeMap<usize, MemberGroup> = BTreeMap::new();
@@ -837,14 +948,19 @@ fn plan_file(
                     )));
                     continue;
                 }
+                let mut own = Vec::new();
                 for n in &nodes {
                     let r = usize::from(n.text_range().start())..usize::from(n.text_range().end());
                     if n == &first {
-                        edits.push((r, new.clone()));
+                        own.push((r, new.clone()));
                     } else {
-                        edits.push((removal_range(text, r), String::new()));
+                        own.push((removal_range(text, r), String::new()));
                     }
                 }
+                units.push(Unit::Own {
+                    container: i.name.clone(),
+                    edits: own,
+                });
                 done.push(i.name.clone());
             }
             Shape::Member { owner, prefix } => {
@@ -894,14 +1010,22 @@ fn plan_file(
                 });
             }
         };
-        let Some(new) = new_bindings(&is, &prefix, indent_at(text, start)) else {
+        // Each member's new definition on its own, so that a rollback of one of them can
+        // take just its part back out (see `Unit::Set`).
+        let indent = indent_at(text, start).to_string();
+        let Some(news) = is
+            .iter()
+            .map(|i| new_bindings(std::slice::from_ref(i), &prefix, &indent))
+            .collect::<Option<Vec<String>>>()
+        else {
             refuse_all(
                 "its new definition could not be formatted".into(),
                 &mut refused,
             );
             continue;
         };
-        if !bound_around(&owner, "lib") && new.contains("lib.") {
+        let joined = news.join("\n");
+        if !bound_around(&owner, "lib") && joined.contains("lib.") {
             refuse_all(
                 format!(
                     "the new definitions use `lib` (lib.mkIf, lib.mkDefault, …), which is not \
@@ -913,7 +1037,8 @@ fn plan_file(
             );
             continue;
         }
-        // The set holds only the migrated containers: the whole binding is replaced.
+        // Whether the set holds only the migrated containers (`all`): then, with all of them
+        // rewritten, the whole binding is replaced (see `Unit::Set`).
         let member_ranges: Vec<Range<usize>> = group
             .iter()
             .flat_map(|(_, ns)| ns.iter())
@@ -935,49 +1060,57 @@ fn plan_file(
                         .any(|r| usize::from(c.text_range().start()) == r.start)
                 })
         });
-        let removed = if all {
+        // Whatever subset is rewritten, the set's binding stays (some members are left, or
+        // are given back by a rollback): the new names must not clash beside it.
+        let removed: Vec<Range<usize>> = if all {
             std::iter::once(start..end).collect()
         } else {
             member_ranges.clone()
         };
-        if let Some(why) = collision(&parent, &removed, &top_paths(&new)) {
+        let paths: Vec<Vec<String>> = news.iter().flat_map(|n| top_paths(n)).collect();
+        if let Some(why) = collision(&parent, &removed, &paths) {
             refuse_all(format!("at {}: {why}", file.display()), &mut refused);
             continue;
         }
-        if all {
-            edits.push((start..end, new));
-        } else {
-            for r in member_ranges {
-                edits.push((removal_range(text, r), String::new()));
-            }
-            // The moved definitions follow the `containers` binding, in the same scope.
-            let indent = indent_at(text, start).to_string();
-            edits.push((end..end, format!("\n{indent}{new}")));
-        }
+        let members = group
+            .iter()
+            .zip(news)
+            .map(|((i, ns), new)| Member {
+                container: i.name.clone(),
+                removals: ns
+                    .iter()
+                    .map(|n| {
+                        removal_range(
+                            text,
+                            usize::from(n.text_range().start())..usize::from(n.text_range().end()),
+                        )
+                    })
+                    .collect(),
+                new,
+            })
+            .collect();
+        units.push(Unit::Set {
+            owner: start..end,
+            indent,
+            whole: all,
+            members,
+        });
         done.extend(names);
     }
+    let edits = edits_for(&units, &|_| true);
     if edits.is_empty() {
         return (None, refused);
     }
-    edits.sort_by_key(|(r, _)| (r.start, r.end));
-    let mut out = String::new();
-    let mut pos = 0;
-    for (r, new) in &edits {
-        if r.start < pos {
-            // Overlapping edits would be a bug of this module: change nothing in the file.
-            for n in &done {
-                refused.push(Refusal {
-                    container: n.clone(),
-                    reason: format!("its bindings in {} overlap another's", file.display()),
-                });
-            }
-            return (None, refused);
+    let Some(out) = apply_edits(text, &edits) else {
+        // Overlapping edits would be a bug of this module: change nothing in the file.
+        for n in &done {
+            refused.push(Refusal {
+                container: n.clone(),
+                reason: format!("its bindings in {} overlap another's", file.display()),
+            });
         }
-        out.push_str(&text[pos..r.start]);
-        out.push_str(new);
-        pos = r.end;
-    }
-    out.push_str(&text[pos..]);
+        return (None, refused);
+    };
     if !rnix::Root::parse(&out).errors().is_empty() {
         for n in &done {
             refused.push(Refusal {
@@ -999,6 +1132,7 @@ fn plan_file(
             rewritten: out,
             replaced: edits,
             containers: done,
+            units,
         }),
         refused,
     )
@@ -1264,9 +1398,20 @@ pub fn apply(host: &HostRoot, plan: &RewritePlan, stamp: &str) -> Result<Vec<Str
             .and_then(|fd| rustix::fs::fstat(&fd).map_err(std::io::Error::from))
             .map(|st| st.st_mode & 0o7777)
             .map_err(|err| format!("cannot read the mode of {shown}: {err}"))?;
-        let bak = host.backup(&resolved, stamp).map_err(|err| {
-            format!("cannot keep a backup of {shown}: {err}; it was not rewritten")
-        })?;
+        // FILE.bak-STAMP, or -2, -3, … when a backup of the same second is there.
+        let mut n = 1;
+        let bak = loop {
+            let suffix = if n == 1 {
+                stamp.to_string()
+            } else {
+                format!("{stamp}-{n}")
+            };
+            match host.backup(&resolved, &suffix) {
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                r => break r,
+            }
+        }
+        .map_err(|err| format!("cannot keep a backup of {shown}: {err}; it was not rewritten"))?;
         host.write_atomic(&resolved, e.rewritten.as_bytes(), mode)
             .map_err(|err| {
                 format!(
@@ -1279,8 +1424,56 @@ pub fn apply(host: &HostRoot, plan: &RewritePlan, stamp: &str) -> Result<Vec<Str
             e.containers.join(", "),
             bak.display()
         ));
+        done.extend(record(host, e, &resolved, &bak)?);
     }
     Ok(done)
+}
+
+/// Note the rewrite of `e` (written at `resolved`, its original kept as `bak`) in the migration
+/// record of every container rewritten in it, so that `--rollback` can give the file back.
+fn record(
+    host: &HostRoot,
+    e: &FileEdit,
+    resolved: &Path,
+    bak: &Path,
+) -> Result<Vec<String>, String> {
+    let rec = crate::rollback::RewriteRecord {
+        file: resolved.to_path_buf(),
+        backup: bak.to_path_buf(),
+        original_blake3: blake3::hash(e.original.as_bytes()).to_hex().to_string(),
+        written_blake3: blake3::hash(e.rewritten.as_bytes()).to_hex().to_string(),
+        units: e.units.clone(),
+        rolled_back: Vec::new(),
+    };
+    let mut notes = Vec::new();
+    for c in &e.containers {
+        let path = crate::rollback::record_path(c);
+        match crate::rollback::load(host, c)? {
+            Some(mut r) => {
+                r.rewrite = Some(rec.clone());
+                // Its definition is in this file now, not in the separate output file.
+                r.nix_output = None;
+                crate::rollback::save(host, &r).map_err(|err| {
+                    format!(
+                        "{} was rewritten (the original is kept as {}), but the migration record {} \
+                         could not be updated ({err}): `--rollback {c}` will not give the file back; \
+                         restore it from the backup by hand if you roll back",
+                        e.file.display(),
+                        bak.display(),
+                        path.display()
+                    )
+                })?;
+            }
+            None => notes.push(format!(
+                "note: {c} has no migration record ({}), so `--rollback {c}` cannot give {} back; \
+                 its original is {}",
+                path.display(),
+                e.file.display(),
+                bak.display()
+            )),
+        }
+    }
+    Ok(notes)
 }
 
 /// Ask on the terminal whether to apply the rewrite shown; `false` on anything but yes.

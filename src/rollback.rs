@@ -83,6 +83,28 @@ pub struct Record {
     /// The container's own networkd units declared in that file: (`networks`|`netdevs`, name).
     #[serde(default)]
     pub networkd_units: Vec<(String, String)>,
+    /// The host file `--rewrite` replaced this container's legacy definition in.
+    #[serde(default)]
+    pub rewrite: Option<RewriteRecord>,
+}
+
+/// A host file `--rewrite` edited, as the record of every container rewritten in it keeps it:
+/// the original (its backup), a digest of the original and of what was written, and the edits
+/// per container, from which the file with any subset of those containers rewritten follows
+/// ([`crate::rewrite::compose`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewriteRecord {
+    /// Host path, as resolved inside the root.
+    pub file: PathBuf,
+    /// `FILE.bak-STAMP`: the original, a hard link to its inode.
+    pub backup: PathBuf,
+    pub original_blake3: String,
+    pub written_blake3: String,
+    pub units: Vec<crate::rewrite::Unit>,
+    /// Containers of this rewrite rolled back since (their old definitions are back in the
+    /// file). Every other one is still rewritten, also after its `--cleanup`.
+    #[serde(default)]
+    pub rolled_back: Vec<String>,
 }
 
 pub fn now_ns() -> u128 {
@@ -264,12 +286,262 @@ pub fn check_rollback(
             ));
         }
     }
+    if let Some(rw) = &r.rewrite
+        && !force
+    {
+        let st = rewrite_state(host, name, rw)?;
+        if st.current.as_deref() != Some(st.expected.as_bytes()) {
+            return Err(edited_since(host, name, rw, &st));
+        }
+    }
     Ok(r)
 }
 
+/// A rewritten host file as it is, and as nixos-nspawn left it.
+struct RewriteState {
+    /// The original (the backup, checked against its digest).
+    original: String,
+    /// The file now (`None`: it is gone).
+    current: Option<Vec<u8>>,
+    /// What the file must be if nobody changed it: the original with the containers of that
+    /// rewrite that are not rolled back yet rewritten.
+    expected: String,
+    /// Those containers.
+    applied: Vec<String>,
+}
+
+fn rewrite_state(host: &HostRoot, name: &str, rw: &RewriteRecord) -> Result<RewriteState, String> {
+    let file = rw.file.display();
+    let bak = rw.backup.display();
+    let original = host
+        .read(&rw.backup)
+        .map_err(|e| {
+            format!(
+                "the original of {file}, kept as {bak} when --rewrite replaced {name}'s definition, cannot be \
+                 read ({e}): {name}'s old definition cannot be given back.\n\nPut the original back at {bak} \
+                 (from your own backups or version control) and roll back again, or pass --force to roll back \
+                 the rest and leave {file} as it is (then restore containers.{name} in it by hand)."
+            )
+        })
+        .and_then(|b| {
+            if blake3::hash(&b).to_hex().as_str() == rw.original_blake3 {
+                String::from_utf8(b).map_err(|_| format!("{bak} is not UTF-8 text"))
+            } else {
+                Err(format!(
+                    "{bak}, the original of {file} kept when --rewrite replaced {name}'s definition, was \
+                     changed since: it is not the original any more, and {name}'s old definition cannot be \
+                     given back from it.\n\nPut the original back at {bak} and roll back again, or pass \
+                     --force to roll back the rest and leave {file} as it is (then restore containers.{name} \
+                     in it by hand)."
+                ))
+            }
+        })?;
+    // The containers of that rewrite not rolled back yet (one cleaned up stays rewritten).
+    let applied: Vec<String> = rw
+        .units
+        .iter()
+        .flat_map(|u| u.containers())
+        .filter(|c| c == name || !rw.rolled_back.contains(c))
+        .collect();
+    let expected =
+        crate::rewrite::compose(&original, &rw.units, &|c| applied.iter().any(|a| a == c))
+            .ok_or_else(|| {
+                format!(
+                    "the record {} does not fit {bak} (its edits lie outside the file); restore \
+             containers.{name} in {file} by hand",
+                    record_path(name).display()
+                )
+            })?;
+    let current = match host.read(&rw.file) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {file}: {e}")),
+    };
+    Ok(RewriteState {
+        original,
+        current,
+        expected,
+        applied,
+    })
+}
+
+/// Why a rewritten file is not given back: it was changed since (the admin's edits, or a later
+/// `--rewrite` run).
+fn edited_since(host: &HostRoot, name: &str, rw: &RewriteRecord, st: &RewriteState) -> String {
+    let file = rw.file.display();
+    let bak = rw.backup.display();
+    // A later --rewrite of the same file: its containers come back first.
+    let mut later: Vec<String> = host
+        .read_dir(Path::new(RECORD_DIR))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.name.to_str()?.strip_suffix(".json").map(String::from))
+        .filter(|n| {
+            load(host, n).ok().flatten().is_some_and(|o| {
+                o.rewrite
+                    .is_some_and(|x| x.file == rw.file && x.backup != rw.backup)
+            })
+        })
+        .collect();
+    later.sort();
+    let what = if st.current.is_none() {
+        "is gone".to_string()
+    } else {
+        "was changed since nixos-nspawn rewrote it".to_string()
+    };
+    let mut msg = format!(
+        "{file} {what}: giving {name}'s old definition back would throw those changes away.\n\n"
+    );
+    if !later.is_empty() {
+        msg.push_str(&format!(
+            "A later `migrate --rewrite` rewrote it again ({}): roll those back first \
+             (`migrate --rollback {}`), then {name}.\n",
+            later.join(", "),
+            later.join(" ")
+        ));
+    }
+    msg.push_str(&format!(
+        "See what changed with `diff {bak} {file}` (the original is {bak}). Either undo those changes and \
+         roll back again, or pass --force: the file as it is now is kept as {file}.bak-TIME, and {file} \
+         becomes the original with {} (your changes are then only in that backup).",
+        match st.applied.iter().filter(|a| *a != name).count() {
+            0 => "nothing rewritten".to_string(),
+            _ => format!(
+                "only {} rewritten",
+                st.applied
+                    .iter()
+                    .filter(|a| *a != name)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    ));
+    msg
+}
+
+/// Give a rewritten container's old definition back: the file becomes the original with the
+/// other containers of that rewrite still rewritten; when none is left, the original itself
+/// (the backup renamed back: the same inode, bytes, mode and times).
+fn restore_rewrite(
+    host: &HostRoot,
+    name: &str,
+    rw: &RewriteRecord,
+    force: bool,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    // As it is now: a rollback earlier in this run may have noted itself in it.
+    let fresh = load(host, name)?.and_then(|r| r.rewrite);
+    let rw = fresh.as_ref().unwrap_or(rw);
+    let file = rw.file.display();
+    let st = match rewrite_state(host, name, rw) {
+        Ok(st) => st,
+        Err(e) if force => {
+            out.done.push(format!(
+                "--force: left {file} as it is, {name}'s old definition was not given back: {}",
+                e.split("\n\n").next().unwrap_or(&e)
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let mode = host
+        .open(&rw.file, OFlags::RDONLY | OFlags::NOFOLLOW)
+        .and_then(|fd| rustix::fs::fstat(&fd).map_err(std::io::Error::from))
+        .map(|s| s.st_mode & 0o7777)
+        .unwrap_or(0o644);
+    if st.current.as_deref() != Some(st.expected.as_bytes()) {
+        if !force {
+            return Err(edited_since(host, name, rw, &st));
+        }
+        if st.current.is_some() {
+            let kept = fresh_backup(host, &rw.file)
+                .map_err(|e| format!("cannot keep {file} as it is now: {e}; it was not changed"))?;
+            out.done.push(format!(
+                "--force: kept {file} as it was (changed since the rewrite) as {}",
+                kept.display()
+            ));
+        }
+    }
+    let remaining: Vec<&String> = st.applied.iter().filter(|a| *a != name).collect();
+    if remaining.is_empty() {
+        host.rename(&rw.backup, &rw.file).map_err(|e| {
+            format!(
+                "cannot restore {file} from {}: {e}; it was not changed",
+                rw.backup.display()
+            )
+        })?;
+        out.done.push(format!(
+            "restored {file} from its backup {} (the original, byte for byte): containers.{name} is \
+             defined there again",
+            rw.backup.display()
+        ));
+    } else {
+        let text = crate::rewrite::compose(&st.original, &rw.units, &|c| {
+            remaining.iter().any(|a| *a == c)
+        })
+        .ok_or_else(|| format!("the record does not fit {}", rw.backup.display()))?;
+        host.write_atomic(&rw.file, text.as_bytes(), mode)
+            .map_err(|e| format!("cannot write {file}: {e}; it was not changed"))?;
+        // The others' records note it: their file no longer holds this one's new definition.
+        for other in &remaining {
+            if let Ok(Some(mut o)) = load(host, other)
+                && let Some(x) = o.rewrite.as_mut()
+                && x.file == rw.file
+                && x.backup == rw.backup
+                && !x.rolled_back.iter().any(|n| n == name)
+            {
+                x.rolled_back.push(name.to_string());
+                save(host, &o).map_err(|e| {
+                    format!(
+                        "{file} was written, but the record {} could not be updated ({e}): roll {other} \
+                         back with --force",
+                        record_path(other).display()
+                    )
+                })?;
+            }
+        }
+        out.done.push(format!(
+            "gave containers.{name} its old definition back in {file}; {} stay{} rewritten (the \
+             original of the whole file is still kept as {})",
+            remaining
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if remaining.len() == 1 { "s" } else { "" },
+            rw.backup.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A backup `FILE.bak-SECONDS` (`-2`, `-3`, … when that name is taken, e.g. by the backup the
+/// rewrite made in the same second).
+fn fresh_backup(host: &HostRoot, p: &Path) -> std::io::Result<PathBuf> {
+    let secs = now_ns() / 1_000_000_000;
+    let mut n = 1;
+    loop {
+        let suffix = if n == 1 {
+            secs.to_string()
+        } else {
+            format!("{secs}-{n}")
+        };
+        match host.backup(p, &suffix) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            r => return r,
+        }
+    }
+}
+
 /// Undo the migration of one container (after [`check_rollback`]).
-pub fn rollback(host: &HostRoot, r: &Record, out: &mut Outcome) -> Result<(), String> {
+pub fn rollback(host: &HostRoot, r: &Record, force: bool, out: &mut Outcome) -> Result<(), String> {
     let name = &r.name;
+    // The host's own file first: if its old definition cannot be given back, nothing else is
+    // undone either.
+    if let Some(rw) = &r.rewrite {
+        restore_rewrite(host, name, rw, force, out)?;
+    }
     // The state: staging, journal, the new directory (moved back after --state move).
     if let Some(to) = &r.state_to {
         let parent = to.parent().unwrap_or(Path::new("/"));
@@ -334,10 +606,18 @@ pub fn rollback(host: &HostRoot, r: &Record, out: &mut Outcome) -> Result<(), St
     host.remove_file(&record_path(name))
         .map_err(|e| format!("cannot remove {}: {e}", record_path(name).display()))?;
     remove_our_empty_dirs(host, name);
-    out.done.push(format!(
-        "the legacy container {name} is as it was: start it with `systemctl start container@{name}` (restore its \
-         containers.{name} definition first if you removed it)"
-    ));
+    out.done.push(match &r.rewrite {
+        Some(rw) => format!(
+            "the legacy container {name} is as it was, and its containers.{name} definition is back in {}: \
+             `nixos-rebuild switch` if you had already rebuilt with the new definition, then \
+             `systemctl start container@{name}`",
+            rw.file.display()
+        ),
+        None => format!(
+            "the legacy container {name} is as it was: start it with `systemctl start container@{name}` \
+             (restore its containers.{name} definition first if you removed it)"
+        ),
+    });
     Ok(())
 }
 
@@ -671,11 +951,28 @@ pub fn run(
             )));
         }
         let what = match command {
-            Command::Rollback => format!(
-                "Roll back {}? This removes what the migration created (new state, files, profile links); \
-                 the legacy containers stay as they are.",
-                names.join(", ")
-            ),
+            Command::Rollback => {
+                let mut files: Vec<String> = records
+                    .iter()
+                    .filter_map(|r| r.rewrite.as_ref())
+                    .map(|rw| rw.file.display().to_string())
+                    .collect();
+                files.sort();
+                files.dedup();
+                format!(
+                    "Roll back {}? This removes what the migration created (new state, files, profile links){}; \
+                     the legacy containers stay as they are.",
+                    names.join(", "),
+                    if files.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " and puts the old definitions back into {}",
+                            files.join(", ")
+                        )
+                    }
+                )
+            }
             Command::Cleanup => format!(
                 "Clean up {}? This removes the legacy state, configuration, profiles and GC roots for good; \
                  there is no rollback afterwards.",
@@ -696,7 +993,7 @@ pub fn run(
     let mut result = RunOutcome::Success;
     for (r, o) in records.iter().zip(outcomes.iter_mut()) {
         let done = match command {
-            Command::Rollback => rollback(&host, r, o),
+            Command::Rollback => rollback(&host, r, force, o),
             Command::Cleanup => cleanup(&host, r, o),
         };
         if let Err(e) = done {

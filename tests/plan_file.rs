@@ -331,3 +331,131 @@ fn a_relative_config_outside_the_root_is_fingerprinted_and_applies_from_anywhere
         stderr(&check)
     );
 }
+
+/// `--rewrite` with plans (issue 10): the plan carries every edited host file's new content;
+/// the dry run's JSON shows exactly it, `--plan-in` writes exactly it.
+#[test]
+fn a_rewrite_plan_carries_the_new_content_and_writes_exactly_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root (state copy keeps ownership)");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let plan_path = tmp.path().join("plan.json");
+    let conf = root.path().join("etc/nixos/configuration.nix");
+    let original = std::fs::read(&conf).unwrap();
+    let args = ["--rewrite", "--only", "web", "--only", "db"];
+    let dry = run(
+        root.path(),
+        &stand_ins,
+        &[&["--dry-run", "--json"][..], &args[..]].concat(),
+    );
+    let dry = json(&dry);
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &[
+            &["--dry-run", "-q", "--plan-out", plan_path.to_str().unwrap()][..],
+            &args[..],
+        ]
+        .concat(),
+    );
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", stderr(&out));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    assert_eq!(plan["options"]["rewrite"], true);
+    let rw = plan["rewrite"].as_array().unwrap();
+    assert_eq!(rw.len(), 1, "{rw:#?}");
+    assert_eq!(rw[0]["file"], "/etc/nixos/configuration.nix");
+    assert_eq!(rw[0]["containers"], serde_json::json!(["db", "web"]));
+    assert_eq!(
+        rw[0]["original"],
+        format!("blake3 {}", blake3::hash(&original).to_hex())
+    );
+    let content = rw[0]["content"].as_str().unwrap();
+    nix_parse(content).unwrap();
+    assert!(content.contains("nixos.containers.instances.web = {"));
+    // The dry run's report shows the same bytes.
+    assert_eq!(dry["rewritten"][0]["content"].as_str().unwrap(), content);
+    // Both containers are in place: no separate file in the plan.
+    assert!(
+        !plan["files"]
+            .as_object()
+            .unwrap()
+            .contains_key("/etc/nixos/nspawn-containers.nix"),
+        "{:#}",
+        plan["files"]
+    );
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--yes", "--json", "--plan-in", plan_path.to_str().unwrap()],
+    );
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", stderr(&out));
+    let applied = json(&out);
+    assert!(
+        applied["files_written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "/etc/nixos/configuration.nix"),
+        "{applied:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), content);
+    let bak: Vec<_> = std::fs::read_dir(root.path().join("etc/nixos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("configuration.nix.bak-"))
+        .collect();
+    assert_eq!(bak.len(), 1);
+    assert_eq!(std::fs::read(&bak[0]).unwrap(), original);
+}
+
+#[test]
+fn a_rewrite_plan_is_refused_when_the_file_to_rewrite_changed() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let stand_ins = StandIns::new(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let plan_path = tmp.path().join("plan.json");
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &[
+            "--dry-run",
+            "-q",
+            "--rewrite",
+            "--only",
+            "db",
+            "--plan-out",
+            plan_path.to_str().unwrap(),
+        ],
+    );
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", stderr(&out));
+    // An edit far from any container: the plan's new content would drop it.
+    let conf = root.path().join("etc/nixos/configuration.nix");
+    let edited = std::fs::read_to_string(&conf).unwrap().replace(
+        "networking.hostName = \"example\";",
+        "networking.hostName = \"example2\";",
+    );
+    std::fs::write(&conf, edited).unwrap();
+    let before = snapshot(root.path());
+    let out = run(
+        root.path(),
+        &stand_ins,
+        &["--yes", "--plan-in", plan_path.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/etc/nixos/configuration.nix changed since the plan was made (blake3 ")
+            && err.contains("the plan's rewrite of it was made from another original"),
+        "{err}"
+    );
+    assert_same("after a refused --plan-in", &before, &snapshot(root.path()));
+}
