@@ -521,6 +521,9 @@ fn network(i: &Instance) -> String {
         None => "host".to_string(),
         Some(n) => match (&n.bridge, &n.zone) {
             (Some(b), _) => format!("bridge {b}"),
+            (None, _) if n.bridged() => {
+                format!("bridge {}", n.bridge_label().unwrap_or_default())
+            }
             (None, Some(z)) => format!("zone {z}"),
             _ if !n.veth => "private, no veth".to_string(),
             _ => "private veth".to_string(),

@@ -110,15 +110,20 @@ fn render_command(conf: &Path) -> Option<Command> {
 /// finishes it: networkd on). Fails on an evaluation error or a failing assertion; `None` when
 /// no nixpkgs is available (said on stderr).
 fn module_eval(report: &Value) -> Option<Value> {
+    module_eval_in(
+        report,
+        "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
+    )
+}
+
+/// [`module_eval`] with the host configuration `host` (a module that imports
+/// `./containers.nix`, the emitted file).
+fn module_eval_in(report: &Value, host: &str) -> Option<Value> {
     let nix = report["nix_file"].as_str().expect("a declarative Nix file");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("containers.nix"), nix).unwrap();
     let conf = dir.path().join("host.nix");
-    std::fs::write(
-        &conf,
-        "{ imports = [ ./containers.nix ]; networking.useNetworkd = true; }\n",
-    )
-    .unwrap();
+    std::fs::write(&conf, host).unwrap();
     let out = render_command(&conf)?.output().unwrap();
     assert!(
         out.status.success(),
@@ -741,4 +746,231 @@ fn guest_host0_settings_merge_with_the_legacy_address() {
     } else {
         eprintln!("note: the guest's networking options are not rendered by this harness");
     }
+}
+
+/// 13.1 / issue 9: the usual bridged container whose guest writes its gateway as a string
+/// (legacy's scripted guest needed no interface). The string form is refused by NixOS under
+/// networkd and renders no route; the rewritten one, evaluated by nixpkgs' own networking
+/// modules, is the default route on host0 next to the module's address.
+#[test]
+fn guest_string_gateway_becomes_the_host0_default_route() {
+    let report = dry_run(
+        r#"{ ... }: {
+  containers.br = {
+    privateNetwork = true; hostBridge = "br0"; localAddress = "10.100.0.2/24";
+    config = {
+      networking.defaultGateway = "10.100.0.1";
+      networking.defaultGateway6 = { address = "fd00::1"; };
+    };
+  };
+}"#,
+    );
+    let c = container(&report, "br");
+    assert!(
+        codes(c)
+            .iter()
+            .any(|w| w == "guest-gateway-interface-added")
+            && !codes(c)
+                .iter()
+                .any(|w| w == "guest-gateway-without-interface"),
+        "{:?}",
+        codes(c)
+    );
+    let m = warning_text(c, "guest-gateway-interface-added");
+    assert!(
+        m.contains("configuration.nix:5:") && m.contains("configuration.nix:6:"),
+        "{m}"
+    );
+    let Some(v) = module_eval(&report) else {
+        return;
+    };
+    let units = units_at(&v, &["guest", "br"]);
+    let u = &units["40-host0.network"];
+    assert!(u.contains("Address=10.100.0.2/24\n"), "{u}");
+    if v.get("units").is_some() {
+        assert!(u.contains("[Route]\nGateway=10.100.0.1\n"), "{u}");
+        assert!(u.contains("[Route]\nGateway=fd00::1\n"), "{u}");
+    } else {
+        eprintln!("note: the guest's networking options are not rendered by this harness");
+    }
+}
+
+/// Issue 9: a hostBridge computed from the host's own options through a `let` binding is
+/// carried as Nix; evaluated in the host configuration by the module, it is the bridge legacy
+/// used (`Bridge=` in the rendered .nspawn), and no host-side ve- unit appears.
+#[test]
+fn computed_host_bridge_evaluates_in_the_host_configuration() {
+    let report = dry_run(
+        r#"{ config, lib, ... }:
+let
+  cfg = config.lab.net;
+in
+{
+  options.lab.net.bridge = lib.mkOption { type = lib.types.str; };
+  config.containers.web = {
+    privateNetwork = true;
+    hostBridge = cfg.bridge;
+    localAddress = "10.5.0.2/24";
+    config = { networking.defaultGateway = "10.5.0.1"; };
+  };
+}"#,
+    );
+    let c = container(&report, "web");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    assert!(
+        codes(c).iter().any(|w| w == "host-bridge-copied-as-nix"),
+        "{:?}",
+        codes(c)
+    );
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ lib, ... }: {
+  imports = [ ./containers.nix ];
+  options.lab.net.bridge = lib.mkOption { type = lib.types.str; };
+  config = { lab.net.bridge = "br-lab"; networking.useNetworkd = true; };
+}
+"#,
+    ) else {
+        return;
+    };
+    let nspawn = v["nspawn"]["web"].as_str().unwrap();
+    assert!(nspawn.contains("Bridge=br-lab\n"), "{nspawn}");
+    let host = units_at(&v, &["network"]);
+    assert!(
+        !host.keys().any(|k| k.contains("ve-web")),
+        "no host side for a bridge: {host:?}"
+    );
+    let guest = units_at(&v, &["guest", "web"]);
+    let u = &guest["40-host0.network"];
+    assert!(u.contains("Address=10.5.0.2/24\n"), "{u}");
+    if v.get("units").is_some() {
+        assert!(u.contains("[Route]\nGateway=10.5.0.1\n"), "{u}");
+    }
+}
+
+/// Issue 9: a bind mount whose mount point is computed and written as a dotted path is carried
+/// as Nix, merged with the literal ones, and evaluates in the host configuration to the mounts
+/// legacy had (the secret's path, read-only, on both sides).
+#[test]
+fn dotted_computed_bind_mount_evaluates_in_the_host_configuration() {
+    let report = dry_run(
+        r#"{ config, lib, ... }:
+let
+  secret = "${config.lab.secretPath}";
+in
+{
+  options.lab.secretPath = lib.mkOption { type = lib.types.str; };
+  config.containers.web = {
+    bindMounts."${secret}".isReadOnly = true;
+    bindMounts."/data" = { hostPath = "/srv/data"; isReadOnly = false; };
+    config = { };
+  };
+}"#,
+    );
+    let c = container(&report, "web");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ lib, ... }: {
+  imports = [ ./containers.nix ];
+  options.lab.secretPath = lib.mkOption { type = lib.types.str; };
+  config.lab.secretPath = "/run/secrets/api";
+}
+"#,
+    ) else {
+        return;
+    };
+    let nspawn = v["nspawn"]["web"].as_str().unwrap();
+    assert!(
+        nspawn.contains("BindReadOnly=/run/secrets/api\n")
+            && nspawn.contains("Bind=/srv/data:/data\n"),
+        "{nspawn}"
+    );
+}
+
+/// Issue 9: addresses computed by Nix code (module arguments here, as `specialArgs` give
+/// them; one end literal) are carried as Nix and evaluate in the host configuration to the
+/// point-to-point pair legacy had: each end's /32 with the other as peer, checked with real
+/// networkd in network namespaces.
+#[test]
+fn computed_addresses_evaluate_to_the_legacy_pair() {
+    let report = dry_run(
+        r#"{ hostAddress, guestIp, guestIp6, ... }: {
+  containers.calc = {
+    privateNetwork = true;
+    hostAddress = hostAddress;
+    localAddress = guestIp;
+    hostAddress6 = "fc00::1";
+    localAddress6 = "${guestIp6}";
+    config = { };
+  };
+}"#,
+    );
+    let c = container(&report, "calc");
+    let needs: Vec<&Value> = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["category"] == "needs-human")
+        .collect();
+    assert!(needs.is_empty(), "{needs:#?}");
+    assert_eq!(
+        codes(c)
+            .iter()
+            .filter(|w| *w == "addresses-copied-as-nix")
+            .count(),
+        3,
+        "{:?}",
+        codes(c)
+    );
+    let Some(v) = module_eval_in(
+        &report,
+        r#"{ ... }: {
+  imports = [ ./containers.nix ];
+  _module.args = { hostAddress = "10.7.0.1"; guestIp = "10.7.0.2"; guestIp6 = "fd07::2"; };
+  networking.useNetworkd = true;
+}
+"#,
+    ) else {
+        return;
+    };
+    let host = &units_at(&v, &["network"])["20-ve-calc.network"];
+    assert!(
+        host.contains("Address=10.7.0.1/32\nPeer=10.7.0.2/32\n"),
+        "{host}"
+    );
+    assert!(
+        host.contains("Address=fc00::1/128\nPeer=fd07::2/128\n"),
+        "{host}"
+    );
+    let guests = vec![(
+        "ve-calc",
+        units_at(&v, &["guest", "calc"]),
+        "/bin/busybox ping -c 1 -W 3 10.7.0.1 && /bin/busybox ping -c 1 -W 3 fc00::1",
+    )];
+    let Some((host_state, g)) = networkd_net(&units_at(&v, &["network"]), &guests, 5) else {
+        return;
+    };
+    assert!(
+        host_state.contains("10.7.0.2 dev ve-calc proto kernel scope link src 10.7.0.1"),
+        "{host_state}"
+    );
+    assert!(
+        g[0].probe.contains("exit=0"),
+        "{}\n--- guest\n{}\n--- host\n{host_state}",
+        g[0].probe,
+        g[0].state
+    );
 }

@@ -446,3 +446,62 @@ fn computed_bind_mounts_are_copied_as_nix() {
          [ \"/run/secrets-host/vault-token\" true ]; \"/var/lib/vault\" = [ \"/srv/vault/state\" false ]; }"
     );
 }
+
+/// Issue 9: a bridge computed from the host's options is carried as Nix; a guest gateway
+/// without interface gets the container's only link, in the config and in the guest file it
+/// imports (copied, rewritten); with two links it needs a human, naming both; a missing
+/// imported directory is named with the reason.
+#[test]
+fn computed_bridges_and_bare_gateways() {
+    if !have_tool("nix-instantiate", "nix-bin") {
+        return;
+    }
+    let r = report("gateway-bridge.nix");
+    assert_eq!(names(&r), ["multi", "web"]);
+    let web = container(&r, "web");
+    assert_eq!(
+        needs_human(web),
+        ["guest-files-not-rewritten"],
+        "{:#}",
+        web["warnings"]
+    );
+    let absent = fixture("gateway/absent").display().to_string();
+    let msg = warning(web, "guest-files-not-rewritten").unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        msg.contains(&format!("{absent} (no such file or directory)")),
+        "{msg}"
+    );
+    let nix = web["nix"].as_str().unwrap();
+    assert!(nix.contains("lab = config.lab.network;"), "{nix}");
+    assert!(nix.contains("lab.bridge"), "{nix}");
+    assert!(
+        nix.contains("lib.mkForce {") && nix.contains("address = \"fd09::1\";"),
+        "{nix}"
+    );
+    assert!(warning(web, "host-bridge-copied-as-nix").is_some());
+    let added = warning(web, "guest-gateway-interface-added").unwrap()["message"]
+        .as_str()
+        .unwrap();
+    let net = fixture("gateway/net.nix").display().to_string();
+    assert!(added.contains(&format!("{net}:5:")), "{added}");
+    let files = web["guest_files"].as_object().unwrap();
+    let copy = files[&format!("/etc/nixos/nspawn-guests/web{net}")]
+        .as_str()
+        .unwrap();
+    assert!(
+        copy.contains(
+            r#"networking.defaultGateway = { address = "10.9.0.1"; interface = "host0"; };"#
+        ),
+        "{copy}"
+    );
+    let multi = container(&r, "multi");
+    assert_eq!(needs_human(multi), ["guest-gateway-without-interface"]);
+    let m = warning(multi, "guest-gateway-without-interface").unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(m.contains("several links (host0, mv-eth1)"), "{m}");
+    parses(r["nix_file"].as_str().unwrap()).unwrap();
+    parses(copy).unwrap();
+}

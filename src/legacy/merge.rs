@@ -87,7 +87,7 @@ pub(crate) fn contains_expr(v: &Value) -> bool {
 }
 
 /// The free variables of every expression inside the value.
-fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
+pub(crate) fn nested_exprs<'v>(v: &'v Value, out: &mut Vec<&'v NixExpr>) {
     match v {
         Value::Expr(e) => out.push(e),
         Value::List(l) => l.iter().for_each(|x| nested_exprs(x, out)),
@@ -246,6 +246,7 @@ impl Merger<'_> {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         };
         Some(Sourced::new(expr, origin))
     }
@@ -707,6 +708,7 @@ mod tests {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         })
     }
 
@@ -855,7 +857,10 @@ mod tests {
     #[test]
     fn expressions_go_to_unresolved_with_deployed_fallback() {
         let mut n = nix("web");
-        n.set("localAddress", expr("\"${prefix}.2\"", 20), Some(20));
+        n.set("forwardPorts", expr("cfg.ports", 20), Some(20));
+        // An address is carried as Nix by the translator (CARRIED_AS_NIX): no needs-eval,
+        // the deployed value stays at hand for when it cannot be carried.
+        n.set("localAddress", expr("\"${prefix}.2\"", 21), Some(21));
         n.set("config", expr("{ config, pkgs, ... }: { }", 22), Some(22));
         n.set("nixpkgs", s("/nix/store/abc-source"), Some(23));
         n.set("specialArgs", attrs(&[("x", Value::Int(1))]), Some(24));
@@ -863,6 +868,8 @@ mod tests {
         let o = &m.options;
         assert_eq!(o.local_address.as_ref().unwrap().value, "10.233.1.2");
         assert!(o.unresolved.contains_key("localAddress"));
+        assert_eq!(o.forward_ports.as_ref().unwrap().value[0].host_port, 8080);
+        assert!(o.unresolved.contains_key("forwardPorts"));
         assert!(!o.unresolved.contains_key("config"));
         assert_eq!(
             o.config.as_ref().unwrap().value.text,
@@ -885,7 +892,7 @@ mod tests {
             w[0].message
         );
         assert!(w[0].message.contains("--from-json"));
-        assert!(w[0].message.contains("10.233.1.2"));
+        assert!(w[0].message.contains("8080"), "{}", w[0].message);
         assert!(w[0].needs_human());
         // A string nixpkgs that is not a plain path becomes a string literal.
         let mut n = nix("x");
@@ -1065,6 +1072,7 @@ mod one_warning_per_problem {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         })
     }
 

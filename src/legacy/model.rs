@@ -88,6 +88,11 @@ pub struct NixExpr {
     /// can apply the guest rules to them too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_files: Vec<GuestFile>,
+    /// For names of `free_vars` the reader could not carry (and that are not module
+    /// arguments): why, as the reader saw it (`serverName` → "a parameter of the function
+    /// `{ serverName }: …` at line 1, …"), so that the report says which limit it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub why_free: Vec<(String, String)>,
 }
 
 /// A file a guest `config` names by a relative path.
@@ -110,6 +115,7 @@ impl NixExpr {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         }
     }
 
@@ -137,10 +143,16 @@ impl NixExpr {
                     self.guest_files.push(g.clone());
                 }
             }
+            for w in &o.why_free {
+                if !self.why_free.iter().any(|(n, _)| *n == w.0) {
+                    self.why_free.push(w.clone());
+                }
+            }
         }
         let bound: Vec<String> = self.lets.iter().map(|l| l.name.clone()).collect();
         self.free_vars.retain(|v| !bound.contains(v));
         self.module_args.retain(|v| !bound.contains(v));
+        self.why_free.retain(|(v, _)| !bound.contains(v));
         self.lets.sort_by_key(|l| l.line);
         self.free_vars.sort();
         self.module_args.sort();

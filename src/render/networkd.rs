@@ -72,14 +72,13 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
     if !n.veth {
         return out;
     }
-    let no_static = n.v4.host_addresses.is_empty()
-        && n.v6.host_addresses.is_empty()
-        && n.v4.container_pool.is_empty()
-        && n.v6.container_pool.is_empty();
-    let no_static_v6 = n.v6.host_addresses.is_empty() && n.v6.container_pool.is_empty();
+    // Computed addresses count as static (the module sees them after evaluation); the preview
+    // cannot show them.
+    let no_static = !n.v4.has_host() && !n.v6.has_host() && !n.v4.has_pool() && !n.v6.has_pool();
+    let no_static_v6 = !n.v6.has_host() && !n.v6.has_pool();
     let (v4, v6) = (&n.v4, &n.v6);
 
-    if n.zone.is_none() && n.bridge.is_none() {
+    if n.zone.is_none() && !n.bridged() {
         let p2p = n.point_to_point && !no_static;
         let mut net = Vec::new();
         if !p2p {
@@ -120,7 +119,7 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
         });
     }
 
-    let pool_empty = v4.container_pool.is_empty() && v6.container_pool.is_empty();
+    let pool_empty = !v4.has_pool() && !v6.has_pool();
     let p2p = n.point_to_point && !pool_empty;
     let mut net = Vec::new();
     if !p2p {
@@ -134,7 +133,7 @@ pub fn module_networks(name: &str, spec: &InstanceSpec) -> Vec<NetworkdUnit> {
             net.push(kv("Gateway", strip_prefix(g)));
         }
     }
-    if no_static && n.bridge.is_none() {
+    if no_static && !n.bridged() {
         net.push(kv("DHCP", "yes"));
     }
     if net.is_empty() && !p2p {
@@ -232,10 +231,12 @@ mod tests {
             v4: StaticAddresses {
                 host_addresses: vec!["10.0.0.1/30".into()],
                 container_pool: vec!["10.0.0.2/30".into()],
+                ..StaticAddresses::default()
             },
             v6: StaticAddresses {
                 host_addresses: vec!["fc00::1/126".into()],
                 container_pool: vec!["fc00::2/126".into()],
+                ..StaticAddresses::default()
             },
             ..NetworkSpec::default()
         };
@@ -259,10 +260,12 @@ mod tests {
             v4: StaticAddresses {
                 host_addresses: vec!["192.168.100.10/32".into()],
                 container_pool: vec!["192.168.100.11/32".into()],
+                ..StaticAddresses::default()
             },
             v6: StaticAddresses {
                 host_addresses: vec!["fc00::1/64".into()],
                 container_pool: vec!["fc00::2/128".into()],
+                ..StaticAddresses::default()
             },
             ..NetworkSpec::default()
         };

@@ -82,9 +82,34 @@ fn section_attrs(file: File, section: &str, map: &BTreeMap<String, Vec<String>>)
 fn static_addresses(s: &StaticAddresses) -> String {
     format!(
         "{{ hostAddresses = {}; containerPool = {}; }}",
-        string_list(&s.host_addresses),
-        string_list(&s.container_pool)
+        address_list(&s.host_addresses, &s.host_address_exprs),
+        address_list(&s.container_pool, &s.container_pool_exprs)
     )
+}
+
+/// Literal addresses, then the computed ones: each evaluated by the host configuration and
+/// given /32 (/128) when it has no prefix, as legacy's scripts took an address without one.
+fn address_list(literal: &[String], computed: &[NixExpr]) -> String {
+    let lits = string_list(literal);
+    if computed.is_empty() {
+        return lits;
+    }
+    let exprs: Vec<String> = computed
+        .iter()
+        .map(|e| {
+            format!(
+                // A function, not a `let`: a `let` would capture a name the copy uses.
+                "((address: if lib.hasInfix \"/\" address then address else address + (if lib.hasInfix \":\" address then \"/128\" else \"/32\")) {})",
+                verbatim(e)
+            )
+        })
+        .collect();
+    let computed = format!("[\n{}\n]", exprs.join("\n"));
+    if literal.is_empty() {
+        computed
+    } else {
+        format!("{lits} ++ {computed}")
+    }
 }
 
 fn network_value(n: &Option<NetworkSpec>) -> String {
@@ -93,8 +118,10 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
     if let Some(z) = &n.zone {
         out.push_str(&format!("zone = {};\n", string_literal(z)));
     }
-    if let Some(b) = &n.bridge {
-        out.push_str(&format!("bridge = {};\n", string_literal(b)));
+    match (&n.bridge, &n.bridge_expr) {
+        (Some(b), _) => out.push_str(&format!("bridge = {};\n", string_literal(b))),
+        (None, Some(e)) => out.push_str(&format!("bridge = {};\n", verbatim(e))),
+        (None, None) => {}
     }
     if !n.veth {
         out.push_str("veth = false;\n");
@@ -109,7 +136,7 @@ fn network_value(n: &Option<NetworkSpec>) -> String {
         out.push_str("pointToPoint = true;\n");
     }
     for (fam, st) in [("v4", &n.v4), ("v6", &n.v6)] {
-        if !st.host_addresses.is_empty() || !st.container_pool.is_empty() {
+        if st.has_host() || st.has_pool() {
             out.push_str(&format!("{fam}.static = {};\n", static_addresses(st)));
         }
     }
@@ -460,14 +487,23 @@ fn zone_bindings(is: &[&Instance]) -> String {
 pub fn module_args(i: &Instance) -> Vec<String> {
     let s = &i.spec;
     let mut out: Vec<String> = Vec::new();
+    let bridge_expr = s.network.as_ref().and_then(|n| n.bridge_expr.clone());
+    let addresses: Vec<NixExpr> = s
+        .network
+        .iter()
+        .flat_map(|n| [&n.v4, &n.v6])
+        .flat_map(|st| st.host_address_exprs.iter().chain(&st.container_pool_exprs))
+        .cloned()
+        .collect();
     let exprs = [
         &s.system_config,
         &s.nixpkgs,
         &s.special_args,
         &s.bind_mounts_expr,
         &s.condition,
+        &bridge_expr,
     ];
-    for e in exprs.into_iter().flatten() {
+    for e in exprs.into_iter().flatten().chain(&addresses) {
         for v in &e.free_vars {
             let ok = crate::nixtext::is_identifier(v)
                 && !matches!(v.as_str(), "config" | "lib" | "pkgs");

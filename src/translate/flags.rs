@@ -47,6 +47,12 @@ pub fn extra_flags(tx: &mut Tx) {
         .iter()
         .flat_map(|i| bash_words(i).map(str::to_string))
         .collect();
+    // Entries the script split into several words (`"--property=DeviceAllow=/dev/x rw"`).
+    let split_entries: Vec<&String> = src
+        .value
+        .iter()
+        .filter(|e| bash_words(e).count() > 1)
+        .collect();
     let mut i = 0;
     let mut unknown = Vec::new();
     while i < words.len() {
@@ -126,13 +132,41 @@ pub fn extra_flags(tx: &mut Tx) {
         }
     }
     if !unknown.is_empty() {
+        // A word that is not a flag, from an entry with a space: the script split the entry,
+        // and nspawn took the word as an argument of its own (the command to run, before the
+        // container's init). Say so: the legacy container did not get what the entry says.
+        let strays: Vec<String> = unknown
+            .iter()
+            .filter(|u| !u.starts_with('-'))
+            .filter_map(|u| {
+                split_entries
+                    .iter()
+                    .find(|e| bash_words(e).any(|w| w == u.as_str()))
+                    .map(|e| format!("`{u}` (from `{e}`)"))
+            })
+            .collect();
+        let split_note = if strays.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ". {} {}: the legacy start script pasted extraFlags into its command line unquoted, so an \
+                 entry with a space was split, and nspawn got the rest as an argument of its own (the command to run \
+                 in the container, before its init), not as part of the flag; write the entry without the space",
+                strays.join(", "),
+                if strays.len() == 1 {
+                    "is not a flag"
+                } else {
+                    "are not flags"
+                }
+            )
+        };
         tx.warn(
             &UNKNOWN_EXTRA_FLAG,
             "extraFlags",
             Some(&src.origin),
             format!(
                 "{} {} no known .nspawn or drop-in equivalent and {} not carried over; add the matching key to \
-                 systemd.nspawn.{}.*Config (see systemd.nspawn(5)) or drop {}",
+                 systemd.nspawn.{}.*Config (see systemd.nspawn(5)) or drop {}{split_note}",
                 unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
                 if unknown.len() == 1 { "has" } else { "have" },
                 if unknown.len() == 1 { "was" } else { "were" },
@@ -404,6 +438,7 @@ pub fn network_bridge(tx: &mut Tx, f: &FlagUse) {
     let n = tx.ensure_private_network();
     n.veth = true;
     n.bridge = Some(f.v().to_string());
+    n.bridge_expr = None;
     applied(tx, f, &format!("network.bridge = \"{}\"", f.v()));
 }
 
@@ -640,6 +675,35 @@ pub fn directory(tx: &mut Tx, f: &FlagUse) {
 #[cfg(test)]
 mod tests {
     use super::bash_words;
+
+    /// An entry with a space was split by the legacy script: the stray word is said to be
+    /// the rest of that entry, which nspawn took as the command to run.
+    #[test]
+    fn a_split_entry_is_explained() {
+        let c = crate::translate::example::example_container(
+            r#"{ extraFlags = [ "--property=DeviceAllow=/dev/nvidia0 rw" "bogus" ]; }"#,
+        )
+        .unwrap();
+        let i = crate::translate::translate(
+            &c,
+            &crate::translate::Context {
+                output_file: "/etc/nixos/nspawn-containers.nix".into(),
+            },
+        );
+        let w = i
+            .warnings
+            .iter()
+            .find(|w| w.code == "unknown-extra-flag")
+            .unwrap();
+        assert!(
+            w.message
+                .contains("`rw` (from `--property=DeviceAllow=/dev/nvidia0 rw`) is not a flag")
+                && w.message.contains("before its init")
+                && !w.message.contains("`bogus` (from"),
+            "{}",
+            w.message
+        );
+    }
 
     #[test]
     fn words_split_like_bash_default_ifs() {

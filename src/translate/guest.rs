@@ -34,6 +34,40 @@ pub enum ChangeKind {
     PathRewritten,
     /// Not changed: a relative path built with interpolation.
     PathNotRewritable,
+    /// `networking.defaultGateway(6)` without an interface got one (`after`: the new binding).
+    GatewayInterfaceAdded,
+    /// `networking.defaultGateway(6)` without an interface, not changed (`after`: why).
+    GatewayBare,
+}
+
+/// What to do with a guest `networking.defaultGateway(6)` that names no interface. NixOS
+/// refuses one under systemd-networkd, which the migrated container runs; legacy's guest used
+/// scripted networking (`ip route replace default via …`, no device needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayRule<'a> {
+    /// Leave them alone, say nothing (copied text that is not the guest config).
+    Ignore,
+    /// Report them ([`ChangeKind::GatewayBare`]), change nothing.
+    Find,
+    /// Give each one that can be rewritten this interface ([`ChangeKind::GatewayInterfaceAdded`]);
+    /// report the others ([`ChangeKind::GatewayBare`]).
+    Rewrite(&'a str),
+}
+
+/// The guest rules beyond eth0/useHostResolvConf/paths.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRules<'a> {
+    pub gateway: GatewayRule<'a>,
+    /// Names the text's carried `let` bindings bind to a string (`gw = "10.0.0.1";`): a gateway
+    /// written as such a name is a string too, and can be rewritten like a literal.
+    pub string_names: &'a [String],
+}
+
+impl GuestRules<'_> {
+    pub const NONE: GuestRules<'static> = GuestRules {
+        gateway: GatewayRule::Ignore,
+        string_names: &[],
+    };
 }
 
 /// The rewritten text and what changed.
@@ -56,14 +90,19 @@ pub struct Paths<'a> {
     pub output_file: &'a Path,
 }
 
-/// Rewrite a guest `config` module (all rewrites).
+/// Rewrite a guest `config` module (eth0, useHostResolvConf, boot.isContainer, paths).
 pub fn rewrite_guest(text: &str, p: &Paths) -> Rewrite {
-    rewrite(text, p, true)
+    rewrite(text, p, true, GuestRules::NONE)
+}
+
+/// Rewrite a guest `config` module, with the gateway rule too.
+pub fn rewrite_guest_with(text: &str, p: &Paths, rules: GuestRules) -> Rewrite {
+    rewrite(text, p, true, rules)
 }
 
 /// Rewrite any other copied expression (`nixpkgs`, `specialArgs`, a condition): paths only.
 pub fn rewrite_paths(text: &str, p: &Paths) -> Rewrite {
-    rewrite(text, p, false)
+    rewrite(text, p, false, GuestRules::NONE)
 }
 
 fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
@@ -74,7 +113,7 @@ fn line_of(text: &str, offset: usize, first_line: usize) -> usize {
             .count()
 }
 
-fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
+fn rewrite(text: &str, p: &Paths, guest: bool, rules: GuestRules) -> Rewrite {
     // Before rnix, which overflows the stack (an abort) on some deep nestings.
     if let Err(deep) = crate::nixtext::check_nesting(text) {
         let (line, col) = crate::nixtext::line_col(text, deep.offset);
@@ -142,6 +181,32 @@ fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
     }
     let removed: Vec<(usize, usize)> = edits.iter().map(|(s, e, _)| (*s, *e)).collect();
     let inside_removed = |pos: usize| removed.iter().any(|(s, e)| pos >= *s && pos < *e);
+
+    if guest && rules.gateway != GatewayRule::Ignore {
+        for g in gateways(root, text, rules) {
+            if inside_removed(g.start) {
+                continue;
+            }
+            let line = line_of(text, g.start, p.first_line);
+            if let (Ok(inserts), GatewayRule::Rewrite(_)) = (&g.rewrite, rules.gateway) {
+                out.changes.push(Change {
+                    line,
+                    what: ChangeKind::GatewayInterfaceAdded,
+                    before: g.before,
+                    after: g.after,
+                });
+                edits.extend(inserts.iter().map(|(at, t)| (*at, *at, t.clone())));
+            } else {
+                // `after`: why it cannot be rewritten; empty when only the rule said no.
+                out.changes.push(Change {
+                    line,
+                    what: ChangeKind::GatewayBare,
+                    before: g.before,
+                    after: g.rewrite.err().unwrap_or_default(),
+                });
+            }
+        }
+    }
 
     for el in root.descendants_with_tokens() {
         match el {
@@ -216,7 +281,8 @@ fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
         }
     }
 
-    edits.sort_by_key(|(s, _, _)| *s);
+    // An insertion (empty range) goes before a replacement starting at the same place.
+    edits.sort_by_key(|(s, e, _)| (*s, *e));
     let mut result = String::with_capacity(text.len());
     let mut pos = 0;
     for (s, e, rep) in edits {
@@ -229,6 +295,277 @@ fn rewrite(text: &str, p: &Paths, guest: bool) -> Rewrite {
     }
     result.push_str(&text[pos..]);
     out.text = result;
+    out
+}
+
+/// One `networking.defaultGateway(6)` setting without an interface.
+struct BareGateway {
+    /// Offset of the binding in the text.
+    start: usize,
+    /// The binding as written (whitespace runs folded).
+    before: String,
+    /// The binding after the rewrite (whitespace runs folded).
+    after: String,
+    /// Insertions (offset, text) that give it the rule's interface, or why it cannot be.
+    rewrite: Result<Vec<(usize, String)>, String>,
+}
+
+const GATEWAYS: [&str; 2] = ["defaultGateway", "defaultGateway6"];
+
+/// The attribute path a binding sets, through enclosing attribute sets, and whether a `let`
+/// binding encloses it (then the path starts below the `let` name).
+fn loose_path(node: &SyntaxNode) -> Option<(Vec<String>, bool)> {
+    let ap = node
+        .children()
+        .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)?;
+    let mut path = attrpath_names(&ap)?;
+    if node
+        .parent()
+        .is_some_and(|p| p.kind() == SyntaxKind::NODE_LET_IN)
+    {
+        return Some((path, true));
+    }
+    let mut cur = node.parent();
+    while let Some(n) = cur {
+        if n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE {
+            let ap = n
+                .children()
+                .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)?;
+            if n.parent()
+                .is_some_and(|p| p.kind() == SyntaxKind::NODE_LET_IN)
+            {
+                return Some((path, true));
+            }
+            let mut prefix = attrpath_names(&ap)?;
+            prefix.extend(path);
+            path = prefix;
+        }
+        cur = n.parent();
+    }
+    Some((path, false))
+}
+
+/// The value under `lib.mkForce`/`mkDefault`/`mkOverride N`/`mkIf c` and parentheses.
+fn unwrap_value(mut v: SyntaxNode) -> SyntaxNode {
+    const WRAPPERS: &[&str] = &["mkForce", "mkDefault", "mkOverride", "mkIf"];
+    loop {
+        match v.kind() {
+            SyntaxKind::NODE_PAREN => match v.children().next() {
+                Some(inner) => v = inner,
+                None => return v,
+            },
+            SyntaxKind::NODE_APPLY => {
+                let mut head = v.children().next();
+                while let Some(h) = head.clone().filter(|h| h.kind() == SyntaxKind::NODE_APPLY) {
+                    head = h.children().next();
+                }
+                let wrapper = head.is_some_and(|h| {
+                    let t = h.text().to_string();
+                    WRAPPERS
+                        .iter()
+                        .any(|w| t == *w || t.ends_with(&format!(".{w}")))
+                });
+                match (wrapper, v.children().last()) {
+                    (true, Some(arg)) => v = arg,
+                    _ => return v,
+                }
+            }
+            _ => return v,
+        }
+    }
+}
+
+fn fold_ws(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Names a `let` in `root` binds to a string (literal or interpolated), once.
+fn let_strings(root: &SyntaxNode) -> Vec<String> {
+    let mut seen: Vec<(String, bool)> = Vec::new();
+    for n in root
+        .descendants()
+        .filter(|n| n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+    {
+        if n.parent()
+            .is_none_or(|p| p.kind() != SyntaxKind::NODE_LET_IN)
+        {
+            continue;
+        }
+        let Some(names) = n
+            .children()
+            .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)
+            .and_then(|ap| attrpath_names(&ap))
+        else {
+            continue;
+        };
+        let [name] = names.as_slice() else { continue };
+        let is_string = n
+            .children()
+            .filter(|c| c.kind() != SyntaxKind::NODE_ATTRPATH)
+            .last()
+            .is_some_and(|v| unwrap_value(v).kind() == SyntaxKind::NODE_STRING);
+        match seen.iter_mut().find(|(s, _)| s == name) {
+            Some(e) => e.1 = false, // bound twice: which one applies is a matter of scope
+            None => seen.push((name.clone(), is_string)),
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, s)| *s)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Every `networking.defaultGateway(6)` in `root` that names no interface, with how to give
+/// it `rules`' interface (the rule's interface, or `host0` as a stand-in for the report).
+fn gateways(root: &SyntaxNode, text: &str, rules: GuestRules) -> Vec<BareGateway> {
+    let iface = match rules.gateway {
+        GatewayRule::Rewrite(i) => i,
+        _ => "host0",
+    };
+    let iface_lit = crate::nixtext::string_literal(iface);
+    let local_strings = let_strings(root);
+    let is_string_name = |name: &str| {
+        local_strings.iter().any(|n| n == name)
+            || (rules.string_names.iter().any(|n| n == name)
+                && !root
+                    .descendants()
+                    .filter(|n| n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+                    .any(|n| {
+                        n.parent()
+                            .is_some_and(|p| p.kind() == SyntaxKind::NODE_LET_IN)
+                            && n.children()
+                                .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)
+                                .is_some_and(|ap| ap.text() == name)
+                    }))
+    };
+    let bindings: Vec<(SyntaxNode, Vec<String>, bool)> = root
+        .descendants()
+        .filter(|n| n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+        .filter_map(|n| loose_path(&n).map(|(p, in_let)| (n, p, in_let)))
+        .collect();
+    let ends = |path: &[String], suffix: &[&str]| {
+        path.len() >= suffix.len()
+            && path[path.len() - suffix.len()..]
+                .iter()
+                .zip(suffix)
+                .all(|(a, b)| a == b)
+    };
+    // A gateway whose interface is set anywhere (`….defaultGateway.interface = …`, also inside
+    // `{ … }`) is complete: NixOS merges the definitions.
+    let has_interface = |gw: &str| {
+        bindings
+            .iter()
+            .any(|(_, p, _)| ends(p, &["networking", gw, "interface"]))
+    };
+    let mut out = Vec::new();
+    for (node, path, in_let) in &bindings {
+        let own = node
+            .children()
+            .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)
+            .and_then(|ap| attrpath_names(&ap))
+            .unwrap_or_default();
+        let Some(value) = node
+            .children()
+            .filter(|c| c.kind() != SyntaxKind::NODE_ATTRPATH)
+            .last()
+        else {
+            continue;
+        };
+        let start = usize::from(node.text_range().start());
+        let end = usize::from(node.text_range().end());
+        for gw in GATEWAYS {
+            if has_interface(gw) {
+                continue;
+            }
+            let whole = own.last().is_some_and(|l| l == gw)
+                && (ends(path, &["networking", gw]) || (*in_let && path.len() == 1));
+            let address_only = own.len() >= 2
+                && ends(&own, &[gw, "address"])
+                && ends(path, &["networking", gw, "address"]);
+            let inserts: Result<Vec<(usize, String)>, String> = if whole {
+                let v = unwrap_value(value.clone());
+                let vs = usize::from(v.text_range().start());
+                let ve = usize::from(v.text_range().end());
+                match v.kind() {
+                    SyntaxKind::NODE_STRING => Ok(vec![
+                        (vs, "{ address = ".to_string()),
+                        (ve, format!("; interface = {iface_lit}; }}")),
+                    ]),
+                    SyntaxKind::NODE_IDENT if v.text() == "null" => continue,
+                    SyntaxKind::NODE_IDENT if is_string_name(&v.text().to_string()) => Ok(vec![
+                        (vs, "{ address = ".to_string()),
+                        (ve, format!("; interface = {iface_lit}; }}")),
+                    ]),
+                    SyntaxKind::NODE_ATTR_SET => {
+                        let entries: Vec<SyntaxNode> = v
+                            .children()
+                            .filter(|c| c.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+                            .collect();
+                        let has_address = entries.iter().any(|e| {
+                            e.children()
+                                .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH)
+                                .is_some_and(|ap| ap.text() == "address")
+                        });
+                        match entries.last() {
+                            Some(last) if has_address => Ok(vec![(
+                                usize::from(last.text_range().end()),
+                                format!(" interface = {iface_lit};"),
+                            )]),
+                            _ => continue,
+                        }
+                    }
+                    // Anything else (a function call, a name bound elsewhere) may already
+                    // be a complete gateway: not ours to judge.
+                    _ => continue,
+                }
+            } else if address_only {
+                let ap = node
+                    .children()
+                    .find(|c| c.kind() == SyntaxKind::NODE_ATTRPATH);
+                let prefix = ap.and_then(|ap| {
+                    let last = ap.children().last()?;
+                    let a = usize::from(ap.text_range().start());
+                    let b = usize::from(last.text_range().start());
+                    Some(text[a..b].trim_end().trim_end_matches('.').to_string())
+                });
+                match prefix {
+                    Some(p) if !p.is_empty() => {
+                        Ok(vec![(end, format!(" {p}.interface = {iface_lit};"))])
+                    }
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            let inserts = if *in_let {
+                Err("it is inside a `let` binding, whose uses the tool does not follow".to_string())
+            } else {
+                inserts
+            };
+            let before = fold_ws(&text[start..end]);
+            let after = match &inserts {
+                Ok(ins) => {
+                    let mut t = text[start..end].to_string();
+                    let mut ins = ins.clone();
+                    ins.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+                    for (at, s) in ins {
+                        if (start..=end).contains(&at) {
+                            t.insert_str(at - start, &s);
+                        }
+                    }
+                    // The sibling binding goes after the node.
+                    fold_ws(&t)
+                }
+                Err(_) => String::new(),
+            };
+            out.push(BareGateway {
+                start,
+                before,
+                after,
+                rewrite: inserts,
+            });
+        }
+    }
     out
 }
 
@@ -662,6 +999,115 @@ mod tests {
         );
     }
 
+    fn gw(text: &str, rule: GatewayRule, strings: &[String]) -> Rewrite {
+        let r = rewrite_guest_with(
+            text,
+            &p(),
+            GuestRules {
+                gateway: rule,
+                string_names: strings,
+            },
+        );
+        assert!(r.parse_error.is_none());
+        assert!(rnix::Root::parse(&r.text).errors().is_empty(), "{}", r.text);
+        r
+    }
+
+    fn kinds(r: &Rewrite, k: ChangeKind) -> Vec<&Change> {
+        r.changes.iter().filter(|c| c.what == k).collect()
+    }
+
+    #[test]
+    fn bare_gateways_get_the_interface() {
+        let host0 = GatewayRule::Rewrite("host0");
+        // The string form, under mkForce, nested, and a let-bound string (own or carried).
+        let r = gw(
+            "{ lib, ... }: let gw6 = \"fd00::1\"; in {\n  networking.defaultGateway = \"10.0.0.1\";\n  networking = { defaultGateway6 = lib.mkForce gw6; };\n}",
+            host0,
+            &[],
+        );
+        assert_eq!(
+            r.text,
+            "{ lib, ... }: let gw6 = \"fd00::1\"; in {\n  networking.defaultGateway = { address = \"10.0.0.1\"; interface = \"host0\"; };\n  networking = { defaultGateway6 = lib.mkForce { address = gw6; interface = \"host0\"; }; };\n}"
+        );
+        let added = kinds(&r, ChangeKind::GatewayInterfaceAdded);
+        assert_eq!(added.len(), 2, "{:?}", r.changes);
+        assert_eq!(added[0].line, 11);
+        assert_eq!(added[0].before, "networking.defaultGateway = \"10.0.0.1\";");
+        assert_eq!(
+            added[0].after,
+            "networking.defaultGateway = { address = \"10.0.0.1\"; interface = \"host0\"; };"
+        );
+        let carried = gw(
+            "{ networking.defaultGateway = \"${prefix}.1\"; networking.defaultGateway6 = gw6; }",
+            GatewayRule::Rewrite("mv-eth1"),
+            &["gw6".to_string()],
+        );
+        assert_eq!(
+            carried.text,
+            "{ networking.defaultGateway = { address = \"${prefix}.1\"; interface = \"mv-eth1\"; }; networking.defaultGateway6 = { address = gw6; interface = \"mv-eth1\"; }; }"
+        );
+        // `.address` alone, and `{ address; }` without interface.
+        assert_eq!(
+            gw(
+                "{ networking.defaultGateway.address = \"10.0.0.1\"; }",
+                host0,
+                &[]
+            )
+            .text,
+            "{ networking.defaultGateway.address = \"10.0.0.1\"; networking.defaultGateway.interface = \"host0\"; }"
+        );
+        assert_eq!(
+            gw(
+                "{ networking.defaultGateway = { address = \"10.0.0.1\"; metric = 5; }; }",
+                host0,
+                &[]
+            )
+            .text,
+            "{ networking.defaultGateway = { address = \"10.0.0.1\"; metric = 5; interface = \"host0\"; }; }"
+        );
+    }
+
+    #[test]
+    fn gateways_that_are_complete_or_unknown_stay() {
+        let host0 = GatewayRule::Rewrite("host0");
+        for text in [
+            // Complete (eth0 becomes host0 by the eth0 rule).
+            "{ networking.defaultGateway = { address = \"10.0.0.1\"; interface = \"eth0\"; }; }",
+            "{ networking.defaultGateway.address = \"10.0.0.1\"; networking.defaultGateway.interface = \"eth0\"; }",
+            // Not a string the tool can see: may well be complete.
+            "{ config, ... }: { networking.defaultGateway = config.my.gateway; }",
+            "{ networking.defaultGateway = null; }",
+            // Not networking's.
+            "{ services.foo.defaultGateway = \"10.0.0.1\"; }",
+        ] {
+            let r = gw(text, host0, &[]);
+            assert!(
+                kinds(&r, ChangeKind::GatewayInterfaceAdded).is_empty()
+                    && kinds(&r, ChangeKind::GatewayBare).is_empty(),
+                "{text}: {:?}",
+                r.changes
+            );
+            assert_eq!(r.text, text.replace("eth0", "host0"));
+        }
+        // Inside a `let`: found, not rewritten, and said why.
+        let text =
+            "let net = { networking.defaultGateway = \"10.0.0.1\"; }; in { imports = [ net ]; }";
+        let r = gw(text, host0, &[]);
+        assert_eq!(r.text, text);
+        let bare = kinds(&r, ChangeKind::GatewayBare);
+        assert_eq!(bare.len(), 1);
+        assert!(bare[0].after.contains("let"), "{:?}", bare[0]);
+        // Find: found, nothing changed, no reason (only the rule said no).
+        let text = "{ networking.defaultGateway = \"10.0.0.1\"; }";
+        let r = gw(text, GatewayRule::Find, &[]);
+        assert_eq!(r.text, text);
+        let bare = kinds(&r, ChangeKind::GatewayBare);
+        assert_eq!((bare.len(), bare[0].after.as_str()), (1, ""));
+        // Ignore (the default of rewrite_guest): not even found.
+        assert!(rewrite_guest(text, &p()).changes.is_empty());
+    }
+
     #[test]
     fn unparsable_text_is_kept() {
         let r = rewrite_guest("{ a = ; }", &p());
@@ -682,32 +1128,46 @@ pub enum GuestFileFinding {
     Unreadable(std::path::PathBuf, String),
     /// Read, but it does not parse: the rules could not be applied.
     Unparsable(std::path::PathBuf, String),
+    /// Read, and it sets a gateway without an interface that the rules did not rewrite
+    /// ([`ChangeKind::GatewayBare`] changes; besides its `Clean`/`NeedsRewrite` finding).
+    GatewayBare(std::path::PathBuf, Vec<Change>),
 }
 
 /// Apply the guest rules to the files a guest config imports (as the reader found them).
 pub fn check_guest_files(
     files: &[crate::legacy::GuestFile],
     output_file: &Path,
+    gateway: GatewayRule,
 ) -> Vec<GuestFileFinding> {
     let mut out = Vec::new();
     for f in files {
         match &f.content {
             Err(why) => out.push(GuestFileFinding::Unreadable(f.path.clone(), why.clone())),
             Ok(text) => {
-                let r = rewrite_guest(
+                let r = rewrite_guest_with(
                     text,
                     &Paths {
                         origin_file: &f.path,
                         first_line: 1,
                         output_file,
                     },
+                    GuestRules {
+                        gateway,
+                        string_names: &[],
+                    },
                 );
                 if let Some(err) = r.parse_error {
                     out.push(GuestFileFinding::Unparsable(f.path.clone(), err));
                     continue;
                 }
-                let needed: Vec<Change> = r
+                let (bare, changes): (Vec<Change>, Vec<Change>) = r
                     .changes
+                    .into_iter()
+                    .partition(|c| c.what == ChangeKind::GatewayBare);
+                if !bare.is_empty() {
+                    out.push(GuestFileFinding::GatewayBare(f.path.clone(), bare));
+                }
+                let needed: Vec<Change> = changes
                     .into_iter()
                     .filter(|c| {
                         matches!(
@@ -715,6 +1175,7 @@ pub fn check_guest_files(
                             ChangeKind::Eth0
                                 | ChangeKind::UseHostResolvConfRemoved
                                 | ChangeKind::IsContainerRemoved
+                                | ChangeKind::GatewayInterfaceAdded
                         )
                     })
                     .collect();
@@ -792,6 +1253,7 @@ pub fn guest_copies(
     files: &[crate::legacy::GuestFile],
     output_file: &Path,
     container: &str,
+    gateway: GatewayRule,
 ) -> std::collections::BTreeMap<PathBuf, (PathBuf, String)> {
     let mut out = std::collections::BTreeMap::new();
     let copied: Vec<&Path> = files
@@ -803,12 +1265,16 @@ pub fn guest_copies(
         let Ok(text) = &f.content else { continue };
         let copy = copy_path(output_file, container, &f.path);
         // The rules, with paths left as written (the layout under the copy mirrors the original).
-        let r = rewrite_guest(
+        let r = rewrite_guest_with(
             text,
             &Paths {
                 origin_file: &f.path,
                 first_line: 1,
                 output_file: &f.path,
+            },
+            GuestRules {
+                gateway,
+                string_names: &[],
             },
         );
         if r.parse_error.is_some() {

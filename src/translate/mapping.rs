@@ -125,7 +125,7 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.system-config",
         [sets("I.system-config")],
         options::config,
-        "Copied verbatim (comments kept) with eth0 → host0, `networking.useHostResolvConf` and `boot.isContainer` removed and relative paths rewritten for the new file. Imperative containers keep their rootfs `etc/nixos/configuration.nix`, which the tool does not edit.",
+        "Copied verbatim (comments kept) with eth0 → host0, `networking.useHostResolvConf` and `boot.isContainer` removed and relative paths rewritten for the new file; a `networking.defaultGateway(6)` without an interface gets the container's only link (`host0`) as its interface. Imperative containers keep their rootfs `etc/nixos/configuration.nix`, which the tool does not edit.",
         [
             ETH0_REFERENCE,
             USE_HOST_RESOLV_CONF_REMOVED,
@@ -133,7 +133,8 @@ pub const MAPPINGS: &[Mapping] = &[
             GUEST_FILES_NOT_REWRITTEN,
             IMPERATIVE_GUEST_CONFIG,
             GUEST_CONFIG_UNPARSABLE,
-            GUEST_GATEWAY_WITHOUT_INTERFACE
+            GUEST_GATEWAY_WITHOUT_INTERFACE,
+            GUEST_GATEWAY_INTERFACE_ADDED
         ],
         r#"{ config = { ... }: { networking.interfaces.eth0.useDHCP = true; networking.useHostResolvConf = false; }; }"#,
         [
@@ -285,10 +286,11 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.bridge (N[Network] Bridge=)",
         [sets("I.network.bridge")],
         network::host_bridge,
-        "The host end `vb-<name>` joins the existing bridge. The guest's address comes from localAddress (it must carry a prefix); hostAddress becomes the guest's gateway.",
+        "The host end `vb-<name>` joins the existing bridge. The guest's address comes from localAddress (it must carry a prefix); hostAddress becomes the guest's gateway. A bridge name computed by Nix code is copied as Nix (with the let bindings it uses) and evaluated by the host configuration.",
         [
             ADDRESSES_WITHOUT_PRIVATE_NETWORK,
-            BRIDGE_ADDRESS_WITHOUT_PREFIX
+            BRIDGE_ADDRESS_WITHOUT_PREFIX,
+            HOST_BRIDGE_COPIED_AS_NIX
         ],
         r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; }"#,
         [
@@ -303,12 +305,14 @@ pub const MAPPINGS: &[Mapping] = &[
         "I.network.v4.static.hostAddresses",
         [sets("I.network.v4.static.hostAddresses")],
         network::host_address,
-        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported.",
+        "Kept as legacy had it: a pair without prefixes becomes `network.pointToPoint`, the host end's /32 on `ve-<name>` with the container's address as `Peer=` (the host route legacy added), no subnet, so containers may share a host address as before. Like legacy, no NAT and no router advertisements (`masquerade = false`, `routerAdvertisements = false`). Pairs that carry prefixes keep them when both fit; any other choice is reported. An address computed by Nix code is copied as Nix (with the let bindings it uses) when the other end is set or the container is bridged: the module's point-to-point mode then puts each end as given, as legacy's scripts did.",
         [
             P2P_PREFIX_CHOSEN,
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress = "10.233.1.1"; localAddress = "10.233.1.2"; }"#,
         [
@@ -333,7 +337,9 @@ pub const MAPPINGS: &[Mapping] = &[
             P2P_PREFIX_CHOSEN,
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fc00::1"; localAddress6 = "fc00::2"; }"#,
         [
@@ -353,7 +359,9 @@ pub const MAPPINGS: &[Mapping] = &[
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress = "10.0.0.1/24"; localAddress = "10.0.0.5/24"; }"#,
         [
@@ -374,7 +382,9 @@ pub const MAPPINGS: &[Mapping] = &[
             ADDRESS_PAIR_INCOMPLETE,
             INVALID_ADDRESS,
             BRIDGE_ADDRESS_WITHOUT_PREFIX,
-            ADDRESSES_WITHOUT_PRIVATE_NETWORK
+            ADDRESSES_WITHOUT_PRIVATE_NETWORK,
+            ADDRESSES_COPIED_AS_NIX,
+            UNRESOLVED_EXPRESSION
         ],
         r#"{ privateNetwork = true; hostAddress6 = "fd00::1/64"; localAddress6 = "fd00::2/64"; }"#,
         [
@@ -1206,6 +1216,9 @@ pub fn outcome(i: &Instance) -> Vec<String> {
             if let Some(b) = &n.bridge {
                 out.push(format!("instance.network.bridge = {}", string_literal(b)));
             }
+            if let Some(e) = &n.bridge_expr {
+                out.push(format!("instance.network.bridge = ({})", e.text));
+            }
             for (fam, st) in [("v4", &n.v4), ("v6", &n.v6)] {
                 if !st.host_addresses.is_empty() {
                     out.push(format!(
@@ -1217,6 +1230,18 @@ pub fn outcome(i: &Instance) -> Vec<String> {
                     out.push(format!(
                         "instance.network.{fam}.static.containerPool = {}",
                         string_list(&st.container_pool)
+                    ));
+                }
+                for e in &st.host_address_exprs {
+                    out.push(format!(
+                        "instance.network.{fam}.static.hostAddresses += ({})",
+                        e.text
+                    ));
+                }
+                for e in &st.container_pool_exprs {
+                    out.push(format!(
+                        "instance.network.{fam}.static.containerPool += ({})",
+                        e.text
                     ));
                 }
             }
@@ -1610,6 +1635,9 @@ mod tests {
             "address-pair-incomplete",
             "forward-ports-without-veth",
             "guest-gateway-without-interface",
+            "guest-gateway-interface-added",
+            "host-bridge-copied-as-nix",
+            "addresses-copied-as-nix",
             "container-unit-override",
             "bridge-address-without-prefix",
             "invalid-address",

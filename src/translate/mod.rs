@@ -169,7 +169,7 @@ spec!(
     GUEST_FILES_NOT_REWRITTEN,
     "guest-files-not-rewritten",
     NeedsHuman,
-    "the guest config imports or reads other files; their content was not rewritten (eth0, useHostResolvConf) and must be checked"
+    "the guest config imports files the tool could not read (missing, outside the configuration directory, not a relative path); their content was not checked for the guest rules (eth0, useHostResolvConf, boot.isContainer, a gateway without interface)"
 );
 spec!(
     GUEST_FILES_COPIED,
@@ -241,7 +241,13 @@ spec!(
     GUEST_GATEWAY_WITHOUT_INTERFACE,
     "guest-gateway-without-interface",
     NeedsHuman,
-    "the guest sets networking.defaultGateway(6) without an interface; the container now runs systemd-networkd, where NixOS requires defaultGateway.interface (\"host0\")"
+    "the guest sets networking.defaultGateway(6) without an interface and the tool could not give it one (several links, none, a second default route from the module, or a value it cannot rewrite); the container now runs systemd-networkd, where NixOS requires defaultGateway.interface"
+);
+spec!(
+    GUEST_GATEWAY_INTERFACE_ADDED,
+    "guest-gateway-interface-added",
+    ChangedMeaning,
+    "the guest's networking.defaultGateway(6) named no interface (legacy's scripted networking did not need one); the container now runs systemd-networkd, where NixOS requires one, so it was rewritten to { address = …; interface = <the container's only link>; }"
 );
 spec!(
     CONTAINER_UNIT_OVERRIDE,
@@ -254,6 +260,18 @@ spec!(
     "bind-mounts-copied-as-nix",
     ChangedMeaning,
     "bindMounts is computed by Nix code (a secret's path, a module argument, …): it is copied verbatim into the generated file, where the host configuration evaluates it; its paths are not known before that, so the .nspawn preview lacks their Bind= lines, no RequiresMountsFor= is added for them, and a `:` or `\\` in them is now taken literally"
+);
+spec!(
+    HOST_BRIDGE_COPIED_AS_NIX,
+    "host-bridge-copied-as-nix",
+    ChangedMeaning,
+    "hostBridge is computed by Nix code (an option of the host configuration, a let binding over it): it is copied into the generated file as network.bridge, with the let bindings it uses, and evaluated there by the host configuration; its name is known only then, so the .nspawn preview lacks its Bridge= line and the name is not checked before the build"
+);
+spec!(
+    ADDRESSES_COPIED_AS_NIX,
+    "addresses-copied-as-nix",
+    ChangedMeaning,
+    "a hostAddress/localAddress(6) is computed by Nix code (a module argument, an option of the host configuration): it is copied into the module's static addresses, with the let bindings it uses, and evaluated by the host configuration; a plain veth then uses network.pointToPoint, which puts each end as given, as legacy's scripts did; the value is known only at build time, so the networkd preview lacks it"
 );
 spec!(
     INTERNAL_KEY_CONFLICT,
@@ -297,8 +315,11 @@ pub const WARNINGS: &[&WarningSpec] = &[
     &VETH_WITHOUT_ADDRESSES,
     &NETWORK_ZONE_DECLARED,
     &GUEST_GATEWAY_WITHOUT_INTERFACE,
+    &GUEST_GATEWAY_INTERFACE_ADDED,
     &CONTAINER_UNIT_OVERRIDE,
     &BIND_MOUNTS_COPIED_AS_NIX,
+    &HOST_BRIDGE_COPIED_AS_NIX,
+    &ADDRESSES_COPIED_AS_NIX,
     &INTERNAL_KEY_CONFLICT,
     // Declared with the unit-value writer whose rules they report; emitted by the translator.
     &crate::render::unit::UNIT_VALUE_REFUSED,
@@ -315,6 +336,28 @@ pub struct GuestResolv {
     pub uses_resolved: bool,
 }
 
+/// What the `config` row does with a guest `networking.defaultGateway(6)` that names no
+/// interface. The container's links are known only after every row ran (`extraFlags` last),
+/// the `config` row runs first: it finds them, [`network::after_rows`] decides, and the row
+/// runs again with the decision when there is one to apply (its output replaces the first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GatewayDecision {
+    /// First pass: find them ([`Tx::bare_gateways`]), change nothing, say nothing.
+    #[default]
+    Find,
+    /// Give them this interface (the container's only link).
+    Rewrite(String),
+    /// Leave them as they are, for this reason (needs a human).
+    Keep(String),
+}
+
+/// Where the `config` row's output sits in [`Instance::warnings`] and [`Instance::applied`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowOutput {
+    pub warnings: std::ops::Range<usize>,
+    pub applied: std::ops::Range<usize>,
+}
+
 /// The translation in progress: the input, the context and the instance being built.
 /// Row handlers (see [`mapping`]) read the legacy options and write here.
 pub struct Tx<'a> {
@@ -324,6 +367,11 @@ pub struct Tx<'a> {
     pub guest_resolv: GuestResolv,
     /// The legacy `privateNetwork` value (default false): gates addresses and ports.
     pub private_network: bool,
+    pub gateway: GatewayDecision,
+    /// Guest gateways without an interface the `config` row found (the binding as written,
+    /// in the config text or a file it imports).
+    pub bare_gateways: Vec<String>,
+    pub config_output: Option<RowOutput>,
 }
 
 impl<'a> Tx<'a> {
@@ -369,6 +417,9 @@ impl<'a> Tx<'a> {
             i,
             guest_resolv: GuestResolv::default(),
             private_network: false,
+            gateway: GatewayDecision::Find,
+            bare_gateways: Vec::new(),
+            config_output: None,
         }
     }
 
@@ -503,7 +554,10 @@ pub fn translate(c: &LegacyContainer, ctx: &Context) -> Instance {
     // Unresolved expressions: one warning per option, unless a reader already said so or the
     // option's own row handles it (`pkgs`, and `bindMounts`, copied as Nix).
     for (option, expr) in &c.options.unresolved {
-        if option == "pkgs" || option == "bindMounts" || tx.reader_warned(option) {
+        if option == "pkgs"
+            || crate::legacy::nix_source::CARRIED_AS_NIX.contains(&option.as_str())
+            || tx.reader_warned(option)
+        {
             continue;
         }
         let first_line = expr

@@ -46,6 +46,26 @@ pub struct StaticAddresses {
     pub host_addresses: Vec<String>,
     /// Addresses (with prefix) the container gets on `host0`.
     pub container_pool: Vec<String>,
+    /// `host_addresses` computed by Nix code (legacy `hostAddress = cfg.ip;`): copied verbatim
+    /// and evaluated by the host configuration; the emitted Nix adds /32 (/128) to a value
+    /// without a prefix, as legacy's scripts took one. Rendered after the literal ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_address_exprs: Vec<NixExpr>,
+    /// `container_pool` computed by Nix code, likewise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container_pool_exprs: Vec<NixExpr>,
+}
+
+impl StaticAddresses {
+    /// Host addresses, literal or computed.
+    pub fn has_host(&self) -> bool {
+        !self.host_addresses.is_empty() || !self.host_address_exprs.is_empty()
+    }
+
+    /// Container addresses, literal or computed.
+    pub fn has_pool(&self) -> bool {
+        !self.container_pool.is_empty() || !self.container_pool_exprs.is_empty()
+    }
 }
 
 /// `network = { … }`. `None` in [`InstanceSpec::network`] means `network = null` (host network).
@@ -55,6 +75,10 @@ pub struct NetworkSpec {
     pub zone: Option<String>,
     /// `network.bridge` (our extension): enslave the host side to an existing host bridge.
     pub bridge: Option<String>,
+    /// `network.bridge` when legacy's `hostBridge` is computed by Nix code (`cfg.bridge.name`):
+    /// copied verbatim (with its carried `let` bindings) and evaluated by the host
+    /// configuration, whose module renders `Bridge=` from it. Its name is not known before.
+    pub bridge_expr: Option<NixExpr>,
     /// `network.veth` (our extension, default true): false = a private network namespace with
     /// no veth at all (macvlan- or interface-only containers).
     pub veth: bool,
@@ -72,11 +96,28 @@ pub struct NetworkSpec {
     pub v6: StaticAddresses,
 }
 
+impl NetworkSpec {
+    /// Enslaved to a host bridge (named, or computed by Nix code).
+    pub fn bridged(&self) -> bool {
+        self.bridge.is_some() || self.bridge_expr.is_some()
+    }
+
+    /// The bridge for a message: its name, or the expression that computes it.
+    pub fn bridge_label(&self) -> Option<String> {
+        match (&self.bridge, &self.bridge_expr) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(e)) => Some(format!("`{}`", e.text.trim())),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Default for NetworkSpec {
     fn default() -> Self {
         NetworkSpec {
             zone: None,
             bridge: None,
+            bridge_expr: None,
             veth: true,
             masquerade: true,
             router_advertisements: true,

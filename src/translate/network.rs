@@ -265,6 +265,9 @@ struct Family {
     p2p: bool,
     /// (row that reports it, warning, message)
     warning: Option<(&'static str, &'static WarningSpec, String)>,
+    /// An end computed by Nix code is carried as Nix (each row copies its own); `Err(why)`:
+    /// it cannot be, for this reason (each computed row reports it).
+    computed: Option<Result<(), String>>,
 }
 
 fn family(tx: &Tx, v6: bool) -> Family {
@@ -284,7 +287,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
             "localAddress",
         )
     };
-    let bridge = tx.i.spec.network.as_ref().and_then(|n| n.bridge.clone());
+    let bridge = tx.i.spec.network.as_ref().and_then(|n| n.bridge_label());
     let hc = h.map(|s| (s, Cidr::parse(&s.value)));
     let lc = l.map(|s| (s, Cidr::parse(&s.value)));
     let mut f = Family {
@@ -292,6 +295,7 @@ fn family(tx: &Tx, v6: bool) -> Family {
         local: None,
         p2p: false,
         warning: None,
+        computed: None,
     };
     for (c, name) in [(&hc, hn), (&lc, ln)] {
         if let Some((s, None)) = c {
@@ -308,12 +312,53 @@ fn family(tx: &Tx, v6: bool) -> Family {
     }
     let hc = hc.and_then(|(_, c)| c);
     let lc = lc.and_then(|(_, c)| c);
-    // The other half of the pair is a Nix expression the reader could not resolve: keep what
-    // is known as given (reported once, as unresolved-expression), choose nothing.
-    let unresolved = |n: &str| tx.c.options.unresolved.contains_key(n);
-    if unresolved(hn) || unresolved(ln) {
-        f.host = hc.as_ref().map(with_prefix);
-        f.local = lc.as_ref().map(with_prefix);
+    // An end computed by Nix code (`hostAddress = cfg.ip;`): the generated module evaluates it
+    // in the host configuration to what legacy got, and the module's point-to-point mode puts
+    // each end as given, as legacy's scripts did (without a prefix: /32 with the other end as
+    // Peer=; with one: kept, plus a host route to the other end), so nothing is chosen from
+    // its value. A literal end keeps its value (the expression of a computed end supersedes a
+    // deployed value, as on a rebuild).
+    let hx = tx.c.options.unresolved.get(hn);
+    let lx = tx.c.options.unresolved.get(ln);
+    if hx.is_some() || lx.is_some() {
+        let has_h = hx.is_some() || hc.is_some();
+        let has_l = lx.is_some() || lc.is_some();
+        // On a bridge the guest's address must carry the bridge's prefix; a computed one is
+        // carried only when its text shows one (`"${ip}/24"`).
+        let shows_prefix = |e: &crate::legacy::NixExpr| {
+            let t = e.text.trim();
+            t.ends_with('"')
+                && t[..t.len() - 1]
+                    .rsplit_once('/')
+                    .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        };
+        f.computed = Some(if bridge.is_some() {
+            match lx {
+                Some(e) if !shows_prefix(&e.value) => Err(format!(
+                    "on bridge {} the container's address needs the bridge's prefix, and the text does not show one",
+                    bridge.clone().unwrap_or_default()
+                )),
+                _ => Ok(()),
+            }
+        } else if !(has_h && has_l) {
+            Err(format!(
+                "the other end ({}) is not set, so there is no point-to-point pair to carry it into",
+                if has_h { ln } else { hn }
+            ))
+        } else {
+            Ok(())
+        });
+        // A deployed value of a computed end is used only when the expression is not carried.
+        let carry = f.computed == Some(Ok(()));
+        f.host = hc
+            .as_ref()
+            .filter(|_| !(carry && hx.is_some()))
+            .map(with_prefix);
+        f.local = lc
+            .as_ref()
+            .filter(|_| !(carry && lx.is_some()))
+            .map(with_prefix);
+        f.p2p = bridge.is_none() && carry;
         return f;
     }
     // Both ends without a prefix (or full-length): legacy's point-to-point pair, kept as it
@@ -425,6 +470,11 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
         (false, false) => ("localAddress", o.local_address.as_ref()),
         (true, false) => ("localAddress6", o.local_address6.as_ref()),
     };
+    if let Some(e) = tx.c.options.unresolved.get(name).cloned()
+        && computed_address(tx, v6, host_side, name, &e, field.map(|f| &f.value))
+    {
+        return;
+    }
     let Some(src) = field.cloned() else { return };
     if !tx.private_network {
         ignored_without_private(tx, name, &src.origin);
@@ -468,6 +518,86 @@ fn address_row(tx: &mut Tx, v6: bool, host_side: bool) {
     );
 }
 
+/// An address row whose value is computed by Nix code: carried as Nix when [`family`] says
+/// it can be, else reported as a value the translation needs (a deployed value, `deployed`,
+/// is then used meanwhile by the caller). `true` when the row is done.
+fn computed_address(
+    tx: &mut Tx,
+    v6: bool,
+    host_side: bool,
+    name: &str,
+    e: &crate::legacy::Sourced<crate::legacy::NixExpr>,
+    deployed: Option<&String>,
+) -> bool {
+    if !tx.private_network {
+        ignored_without_private(tx, name, &e.origin);
+        return true;
+    }
+    let f = family(tx, v6);
+    let first = e.value.text.lines().next().unwrap_or("").trim().to_string();
+    if let Some(Err(why)) = &f.computed {
+        let meanwhile = match deployed {
+            Some(d) => format!(" Until then the deployed value {d} is used."),
+            None => " It was not translated.".to_string(),
+        };
+        tx.warn(
+            &UNRESOLVED_EXPRESSION,
+            name,
+            Some(&e.origin),
+            format!(
+                "the value `{first}` is computed by Nix code and cannot be carried as Nix here: {why}; the translation \
+                 needs the address itself. Re-run with --from-json (nix eval of the host's containers) or port it by \
+                 hand.{meanwhile}"
+            ),
+        );
+        return deployed.is_none();
+    }
+    let copied = super::options::copy_expr(tx, name, &e.value);
+    let bridged = tx.i.spec.network.as_ref().is_some_and(|n| n.bridged());
+    let Some(net) = tx.i.spec.network.as_mut() else {
+        return true;
+    };
+    if f.p2p {
+        net.point_to_point = true;
+    }
+    let st = if v6 { &mut net.v6 } else { &mut net.v4 };
+    let (list, what) = if host_side {
+        (&mut st.host_address_exprs, "hostAddresses")
+    } else {
+        (&mut st.container_pool_exprs, "containerPool")
+    };
+    list.push(copied);
+    let fam = if v6 { "v6" } else { "v4" };
+    let superseded = deployed
+        .map(|d| format!(" (the deployed value {d} is superseded by it, as on a rebuild)"))
+        .unwrap_or_default();
+    let how = if bridged && host_side {
+        "it is the container's gateway on the bridge (as legacy's hostAddress was)".to_string()
+    } else if bridged {
+        "it is the container's address on the bridge, with the prefix its text shows".to_string()
+    } else {
+        "network.pointToPoint puts each end as given, as legacy's scripts did: without a prefix it becomes /32 \
+         (/128) with the other end as Peer=, with one it is kept and the other end gets a host route"
+            .to_string()
+    };
+    tx.warn(
+        &ADDRESSES_COPIED_AS_NIX,
+        name,
+        Some(&e.origin),
+        format!(
+            "`{name} = {first}` is computed by Nix code{superseded}; it is copied into the generated file as \
+             network.{fam}.static.{what}, with what it uses from the host file, and the host configuration evaluates \
+             it there to the value legacy got; {how}. The value is known only then: the networkd preview lacks it, and \
+             it is checked as an address only by the module's option type at build time"
+        ),
+    );
+    tx.applied(
+        name,
+        format!("network.{fam}.static.{what} = [ ({first}) ] (copied as Nix)"),
+    );
+    true
+}
+
 pub fn host_address(tx: &mut Tx) {
     address_row(tx, false, true)
 }
@@ -483,6 +613,51 @@ pub fn local_address6(tx: &mut Tx) {
 
 /// Row `hostBridge`: `network.bridge` ([Network] Bridge=).
 pub fn host_bridge(tx: &mut Tx) {
+    // Computed by Nix code (`cfg.bridge.name`, `config.my.bridge`): the generated file is a
+    // module of the same host configuration, so the expression (with the `let` bindings it
+    // needs) evaluates there to the same name; the module renders Bridge= from it. A value
+    // read from a deployed .conf meanwhile is superseded by it, as on a rebuild.
+    if let Some(src) = tx.c.options.unresolved.get("hostBridge").cloned() {
+        if !tx.private_network {
+            ignored_without_private(tx, "hostBridge", &src.origin);
+            return;
+        }
+        let copied = super::options::copy_expr(tx, "hostBridge", &src.value);
+        let first = copied.text.lines().next().unwrap_or("").trim().to_string();
+        let deployed =
+            tx.c.options
+                .host_bridge
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        " (the deployed {} names {}, superseded by it as on a rebuild)",
+                        d.origin.location(),
+                        d.value
+                    )
+                })
+                .unwrap_or_default();
+        tx.warn(
+            &HOST_BRIDGE_COPIED_AS_NIX,
+            "hostBridge",
+            Some(&src.origin),
+            format!(
+                "hostBridge `{first}` is computed by Nix code{deployed}; it is copied into the generated file as \
+                 network.bridge, with what it uses from the host file, and the host configuration evaluates it there \
+                 to the name legacy got. That name is known only then: the .nspawn preview has no Bridge= line, and \
+                 the name is not checked for a valid interface name before the build"
+            ),
+        );
+        if let Some(n) = tx.i.spec.network.as_mut() {
+            n.bridge = None;
+            n.bridge_expr = Some(copied);
+            n.veth = true;
+        }
+        tx.applied(
+            "hostBridge",
+            format!("network.bridge = ({first}) (copied as Nix; [Network] Bridge= at build time)"),
+        );
+        return;
+    }
     let Some(src) = tx.c.options.host_bridge.clone() else {
         return;
     };
@@ -857,49 +1032,105 @@ pub fn after_rows(tx: &mut Tx) {
     guest_default_gateway(tx);
 }
 
-/// NixOS refuses a guest `defaultGateway` without `interface` under networkd, which the
-/// module turns on for a private network (legacy's guest used scripted networking). (The
-/// guest's own host0 settings are merged with the module's: both use `40-host0`.)
+/// A guest `defaultGateway(6)` without `interface` (found by the `config` row): NixOS refuses
+/// it under networkd, which the module turns on in a container with a private network (legacy's
+/// guest used scripted networking, `ip route replace default via …`, which needs no device).
+/// Decide what the gateway's interface is, and run the `config` row again with the decision.
 fn guest_default_gateway(tx: &mut Tx) {
+    if tx.bare_gateways.is_empty() {
+        return;
+    }
+    // Host networking: the module does not turn networkd on in the guest; nothing changes.
     let Some(net) = &tx.i.spec.network else {
         return;
     };
-    if !net.veth {
-        return;
+    tx.gateway = gateway_decision(tx, net);
+    super::options::rerun_config(tx);
+}
+
+/// The guest-side network links of the container, by name.
+fn guest_links(tx: &Tx, net: &NetworkSpec) -> Vec<String> {
+    let mut links = Vec::new();
+    if net.veth {
+        links.push("host0".to_string());
     }
-    let Some(text) = tx.i.spec.system_config.as_ref().map(|e| e.text.clone()) else {
-        return;
-    };
-    let compact: String = text.split_whitespace().collect();
-    // `defaultGateway = "…"` (the string form), `defaultGateway.address = …` or `{ address = …; }`
-    // without an interface. (The names do not prefix-match: `defaultGateway=` is not
-    // `defaultGateway6=`.)
-    let bare: Vec<&str> = ["defaultGateway", "defaultGateway6"]
-        .into_iter()
-        .filter(|gw| {
-            compact.contains(&format!("{gw}=\""))
-                || (compact.contains(&format!("{gw}.address"))
-                    && !compact.contains(&format!("{gw}.interface")))
-                || (compact.contains(&format!("{gw}={{")) && !compact.contains("interface="))
-        })
-        .collect();
-    if !bare.is_empty() {
-        let gws = bare
-            .iter()
-            .map(|g| format!("networking.{g}"))
-            .collect::<Vec<_>>()
-            .join(" and ");
-        tx.warn(
-            &GUEST_GATEWAY_WITHOUT_INTERFACE,
-            "config",
-            tx.c.options.config.as_ref().map(|s| &s.origin),
+    let raw = &tx.i.raw_nspawn.network;
+    let values = |k: &str| raw.get(k).cloned().unwrap_or_default();
+    for v in values("VirtualEthernetExtra") {
+        links.push(v.rsplit(':').next().unwrap_or(&v).to_string());
+    }
+    for v in values("MACVLAN") {
+        links.push(format!("mv-{v}"));
+    }
+    for v in values("IPVLAN") {
+        links.push(format!("iv-{v}"));
+    }
+    links.extend(values("Interface"));
+    links
+}
+
+fn gateway_decision(tx: &Tx, net: &NetworkSpec) -> GatewayDecision {
+    let links = guest_links(tx, net);
+    let [link] = links.as_slice() else {
+        return GatewayDecision::Keep(if links.is_empty() {
+            "The container has no network link besides lo".to_string()
+        } else {
             format!(
-                "the guest sets {gws} without an interface; legacy's guest used scripted networking, but the container \
-                 now runs systemd-networkd, where NixOS refuses that (\"….interface is not optional when using networkd\"). \
-                 Write it as {{ address = \"…\"; interface = \"host0\"; }}"
-            ),
-        );
+                "The container has several links ({}); which one the gateway is on cannot be read from the configuration",
+                links.join(", ")
+            )
+        });
+    };
+    if link == "host0" {
+        // The module's own default route on host0 (its gateway: the first host address of the
+        // family): legacy's container init added `default via <hostAddress>`, and the guest's
+        // scripted networking replaced it (`ip route replace default`); networkd would keep both.
+        for (v6, st, opt) in [
+            (false, &net.v4, "hostAddress"),
+            (true, &net.v6, "hostAddress6"),
+        ] {
+            let gw = if v6 {
+                "defaultGateway6"
+            } else {
+                "defaultGateway"
+            };
+            let bare_here = tx.bare_gateways.iter().any(|b| {
+                let six = b.contains("defaultGateway6");
+                b.contains(gw) && six == v6
+            });
+            let host = st
+                .host_addresses
+                .first()
+                .map(|h| h.split('/').next().unwrap_or(h).to_string())
+                .or_else(|| {
+                    st.host_address_exprs
+                        .first()
+                        .map(|e| format!("`{}` (computed)", e.text.trim()))
+                });
+            if let (true, Some(host)) = (bare_here, host) {
+                return GatewayDecision::Keep(format!(
+                    "The container also has {opt} = {host}: legacy's container init added a default route through it, \
+                     which the guest's scripted networking replaced with its own gateway (`ip route replace default`); \
+                     the module routes through {host} on host0 too, and networkd would keep both default routes. Keep one: \
+                     drop this gateway if it is {host} or may go, or move the container's default route into the guest \
+                     by hand"
+                ));
+            }
+        }
+        // The module's DHCP client on host0 (a plain veth without static addresses) brings a
+        // default route of its own.
+        let no_static = [&net.v4, &net.v6]
+            .iter()
+            .all(|s| !s.has_host() && !s.has_pool());
+        if no_static && !net.bridged() {
+            return GatewayDecision::Keep(
+                "The module runs DHCP on host0 of this container (no static addresses, no bridge), which brings a \
+                 default route of its own"
+                    .to_string(),
+            );
+        }
     }
+    GatewayDecision::Rewrite(link.clone())
 }
 
 /// The module forwards ports over its veth only (and asserts so). Legacy passed `--port=` to
@@ -949,8 +1180,8 @@ fn ports_without_veth(tx: &mut Tx) {
 /// `--network-veth` flag, or addresses it could not read) now gets the module's default mode.
 fn veth_without_addresses(tx: &mut Tx) {
     let Some(n) = &tx.i.spec.network else { return };
-    let st = |s: &StaticAddresses| s.host_addresses.is_empty() && s.container_pool.is_empty();
-    if !n.veth || n.zone.is_some() || n.bridge.is_some() || !st(&n.v4) || !st(&n.v6) {
+    let st = |s: &StaticAddresses| !s.has_host() && !s.has_pool();
+    if !n.veth || n.zone.is_some() || n.bridged() || !st(&n.v4) || !st(&n.v6) {
         return;
     }
     // Addresses the reader could not read are reported as such (unresolved-expression):

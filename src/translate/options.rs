@@ -40,16 +40,32 @@ fn free_vars(tx: &mut Tx, option: &str, e: &NixExpr) {
     if unbound.is_empty() {
         return;
     }
+    // Each name with the reason the reader found (which limit it is), where it found one.
+    let named: Vec<String> = unbound
+        .iter()
+        .map(|v| {
+            let why = e
+                .why_free
+                .iter()
+                .find(|(n, _)| n == *v)
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "bound nowhere in this file".to_string());
+            format!("`{v}` ({why})")
+        })
+        .collect();
+    let example = unbound
+        .first()
+        .map(|v| format!(" (e.g. `_module.args.{v} = …;`)"))
+        .unwrap_or_default();
     tx.warn(
         &FREE_VARIABLE,
         option,
         Some(&e.origin),
         format!(
-            "the copied expression uses {}, which {} binds in a way that cannot be copied: a parameter of a function \
-             around the module, a binding built by `a.b = …`, or two different bindings of one name. The generated \
-             file takes them as module arguments, which fails unless the configuration provides them; define them \
-             there or replace them by their values",
-            quoted(&unbound),
+            "the copied expression uses {} in {}; a value that is not in the file cannot be carried into the \
+             generated file, which takes such names as module arguments: the configuration it is imported into \
+             must provide them{example}, or replace them by their values",
+            named.join(", "),
             e.origin.file.display()
         ),
     );
@@ -153,8 +169,68 @@ fn report_paths(tx: &mut Tx, option: &str, origin: &Origin, changes: &[guest::Ch
 }
 
 /// Row `config`: `system-config`, rewritten (eth0 → host0, no useHostResolvConf/isContainer,
-/// relative paths). Imperative containers use their rootfs `configuration.nix`.
+/// relative paths, a gateway without interface as [`Tx::gateway`] says). Imperative containers
+/// use their rootfs `configuration.nix`.
 pub fn config(tx: &mut Tx) {
+    let w0 = tx.i.warnings.len();
+    let a0 = tx.i.applied.len();
+    config_row(tx);
+    tx.config_output = Some(RowOutput {
+        warnings: w0..tx.i.warnings.len(),
+        applied: a0..tx.i.applied.len(),
+    });
+}
+
+/// Run the `config` row again, now that [`Tx::gateway`] is decided: its new output takes the
+/// place of the first run's (same place in the report, nothing said twice).
+pub fn rerun_config(tx: &mut Tx) {
+    let Some(out) = tx.config_output.clone() else {
+        return;
+    };
+    let w_tail = tx.i.warnings.split_off(out.warnings.end);
+    tx.i.warnings.truncate(out.warnings.start);
+    let a_tail = tx.i.applied.split_off(out.applied.end);
+    tx.i.applied.truncate(out.applied.start);
+    tx.i.guest_files.clear();
+    tx.bare_gateways.clear();
+    config(tx);
+    tx.i.warnings.extend(w_tail);
+    tx.i.applied.extend(a_tail);
+}
+
+/// The names the carried `let` bindings bind to a string (`gw = "10.0.0.1";`).
+fn string_lets(lets: &[crate::legacy::LetBinding]) -> Vec<String> {
+    use rnix::SyntaxKind;
+    use rowan::ast::AstNode;
+    let mut out = Vec::new();
+    for l in lets {
+        let wrapped = format!("let\n{}\nin null", l.text);
+        if crate::nixtext::check_nesting(&wrapped).is_err() {
+            continue;
+        }
+        let parse = rnix::Root::parse(&wrapped);
+        if !parse.errors().is_empty() {
+            continue;
+        }
+        let string_valued = parse
+            .tree()
+            .syntax()
+            .descendants()
+            .find(|n| n.kind() == SyntaxKind::NODE_ATTRPATH_VALUE)
+            .and_then(|n| {
+                n.children()
+                    .filter(|c| c.kind() != SyntaxKind::NODE_ATTRPATH)
+                    .last()
+            })
+            .is_some_and(|v| v.kind() == SyntaxKind::NODE_STRING);
+        if string_valued {
+            out.push(l.name.clone());
+        }
+    }
+    out
+}
+
+fn config_row(tx: &mut Tx) {
     if tx.i.kind == Kind::Imperative {
         let Some(file) = tx.c.rootfs_config.clone() else {
             return; // path/flake rows report what the container runs instead
@@ -181,6 +257,7 @@ pub fn config(tx: &mut Tx) {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         });
         tx.applied(
             "config",
@@ -208,12 +285,22 @@ pub fn config(tx: &mut Tx) {
         return;
     };
     let e = &src.value;
-    let r = guest::rewrite_guest(
+    let decision = tx.gateway.clone();
+    let gateway = match &decision {
+        GatewayDecision::Rewrite(iface) => guest::GatewayRule::Rewrite(iface),
+        _ => guest::GatewayRule::Find,
+    };
+    let string_names = string_lets(&e.lets);
+    let r = guest::rewrite_guest_with(
         &e.text,
         &Paths {
             origin_file: &e.origin.file,
             first_line: e.origin.line.unwrap_or(1),
             output_file: &tx.ctx.output_file,
+        },
+        guest::GuestRules {
+            gateway,
+            string_names: &string_names,
         },
     );
     if let Some(err) = &r.parse_error {
@@ -296,7 +383,17 @@ pub fn config(tx: &mut Tx) {
             ),
         );
     }
-    let copies = guest_files(tx, e);
+    let mut gateways = Vec::new();
+    for ch in &r.changes {
+        if matches!(
+            ch.what,
+            ChangeKind::GatewayInterfaceAdded | ChangeKind::GatewayBare
+        ) {
+            gateways.push((e.origin.file.clone(), ch.clone()));
+        }
+    }
+    let copies = guest_files(tx, e, gateway, &mut gateways);
+    guest_gateways(tx, e, &decision, &gateways);
     free_vars(tx, "config", e);
     // The config imports the rewritten copies instead of the originals.
     let text = if copies.is_empty() {
@@ -324,15 +421,26 @@ pub fn config(tx: &mut Tx) {
 fn guest_files(
     tx: &mut Tx,
     e: &NixExpr,
+    gateway: guest::GatewayRule,
+    gateways: &mut Vec<(std::path::PathBuf, guest::Change)>,
 ) -> std::collections::BTreeMap<std::path::PathBuf, (std::path::PathBuf, String)> {
     use guest::GuestFileFinding as F;
     let mut needs = Vec::new();
     let mut unreadable = Vec::new();
     let mut clean = Vec::new();
-    for f in guest::check_guest_files(&e.guest_files, &tx.ctx.output_file) {
+    for f in guest::check_guest_files(&e.guest_files, &tx.ctx.output_file, gateway) {
         match f {
             F::Clean(p) => clean.push(p.display().to_string()),
+            F::GatewayBare(p, changes) => {
+                gateways.extend(changes.into_iter().map(|c| (p.clone(), c)));
+            }
             F::NeedsRewrite(p, changes) => {
+                gateways.extend(
+                    changes
+                        .iter()
+                        .filter(|c| c.what == ChangeKind::GatewayInterfaceAdded)
+                        .map(|c| (p.clone(), c.clone())),
+                );
                 let what: Vec<String> = changes
                     .iter()
                     .map(|c| {
@@ -374,6 +482,12 @@ fn guest_files(
             unreadable.push(format!("{} (not read)", abs.display()));
         }
     }
+    // A file with a gateway left without interface is not "nothing to rewrite".
+    clean.retain(|c| {
+        !gateways
+            .iter()
+            .any(|(p, g)| g.what == ChangeKind::GatewayBare && p.display().to_string() == *c)
+    });
     if !clean.is_empty() {
         tx.applied(
             "config",
@@ -388,7 +502,7 @@ fn guest_files(
     let copies = if needs.is_empty() {
         std::collections::BTreeMap::new()
     } else {
-        guest::guest_copies(&e.guest_files, &tx.ctx.output_file, &tx.c.name)
+        guest::guest_copies(&e.guest_files, &tx.ctx.output_file, &tx.c.name, gateway)
     };
     if !copies.is_empty() {
         let list: Vec<String> = copies
@@ -420,7 +534,8 @@ fn guest_files(
     if !unreadable.is_empty() {
         parts.push(format!(
             "files it imports could not be checked: {}; check them for eth0 (now host0), \
-             networking.useHostResolvConf and boot.isContainer",
+             networking.useHostResolvConf, boot.isContainer and a networking.defaultGateway without \
+             interface",
             unreadable.join("; ")
         ));
     }
@@ -435,6 +550,82 @@ fn guest_files(
         ),
     );
     copies
+}
+
+/// Report what became of the guest's gateways without an interface (`gateways`: where each
+/// one is, and what the rule did with it), as [`Tx::gateway`] decided. The first pass only
+/// records them for the decision.
+fn guest_gateways(
+    tx: &mut Tx,
+    e: &NixExpr,
+    decision: &GatewayDecision,
+    gateways: &[(std::path::PathBuf, guest::Change)],
+) {
+    let at = |file: &std::path::Path, line: usize| format!("{}:{line}", file.display());
+    if *decision == GatewayDecision::Find {
+        tx.bare_gateways = gateways.iter().map(|(_, c)| c.before.clone()).collect();
+        return;
+    }
+    let mut added = Vec::new();
+    let mut kept = Vec::new();
+    for (file, c) in gateways {
+        match c.what {
+            ChangeKind::GatewayInterfaceAdded => {
+                tx.applied(
+                    "config",
+                    format!("{}: `{}` → `{}`", at(file, c.line), c.before, c.after),
+                );
+                added.push(format!(
+                    "{}: `{}` → `{}`",
+                    at(file, c.line),
+                    c.before,
+                    c.after
+                ));
+            }
+            _ => {
+                let why = if c.after.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.after)
+                };
+                kept.push(format!("{}: `{}`{why}", at(file, c.line), c.before));
+            }
+        }
+    }
+    if let GatewayDecision::Rewrite(iface) = decision
+        && !added.is_empty()
+    {
+        tx.warn(
+            &GUEST_GATEWAY_INTERFACE_ADDED,
+            "config",
+            Some(&e.origin),
+            format!(
+                "the guest's default gateway named no interface: {}. Legacy's guest used scripted networking, which \
+                 routes through whatever link reaches the gateway; the container now runs systemd-networkd, where NixOS \
+                 needs the interface (\"networking.defaultGateway.interface is not optional when using networkd\"). \
+                 {iface} is the container's only network link (legacy's eth0), so it is the one",
+                added.join("; ")
+            ),
+        );
+    }
+    if kept.is_empty() {
+        return;
+    }
+    let why = match decision {
+        GatewayDecision::Keep(why) => format!("{why}. "),
+        _ => String::new(),
+    };
+    tx.warn(
+        &GUEST_GATEWAY_WITHOUT_INTERFACE,
+        "config",
+        Some(&e.origin),
+        format!(
+            "the guest sets a default gateway without an interface: {}. Legacy's guest used scripted networking; the \
+             container now runs systemd-networkd, where NixOS refuses that (\"….interface is not optional when using \
+             networkd\"). {why}Write it as {{ address = \"…\"; interface = \"<link>\"; }}",
+            kept.join("; ")
+        ),
+    );
 }
 
 /// Path literals in Nix text.

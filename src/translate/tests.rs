@@ -160,7 +160,7 @@ fn invalid_addresses_are_not_translated() {
 #[test]
 fn unresolved_options_are_reported_once() {
     let mut c = example_container(
-        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "${prefix}.2"; }"#,
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; timeoutStartSec = cfg.timeout; }"#,
     )
     .unwrap();
     // The reader reports it (`nix-unresolved-value`); the translator does not again.
@@ -187,24 +187,15 @@ fn unresolved_options_are_reported_once() {
         "{:#?}",
         i.warnings
     );
-    // The known half stays as given; no prefix is invented for a pair we cannot see.
-    assert_has(
-        &i,
-        &[
-            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
-            "!warning p2p-prefix-chosen",
-            "instance.network.veth = true",
-        ],
-    );
     assert!(
         warning(&i, "unresolved-expression")
             .message
-            .contains("${prefix}.2")
+            .contains("cfg.timeout")
     );
     // A reader that already reported it: no second warning.
     c.warnings.push(crate::warnings::Warning::new(
         &UNRESOLVED_EXPRESSION,
-        "containers.web.localAddress",
+        "containers.web.timeoutStartSec",
         "reader said so",
     ));
     let i = translate(&c, &ctx());
@@ -214,6 +205,28 @@ fn unresolved_options_are_reported_once() {
             .filter(|w| w.code == "unresolved-expression")
             .count(),
         0
+    );
+    // An address that cannot be carried (no other end): reported by its row, once; the
+    // known half stays as given, no prefix is invented for a pair the tool cannot see.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; hostAddress = "10.0.0.1"; localAddress = prefix + ".2"; }"#,
+    );
+    assert_eq!(
+        i.warnings
+            .iter()
+            .filter(|w| w.code == "unresolved-expression")
+            .count(),
+        1,
+        "{:#?}",
+        i.warnings
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.v4.static.hostAddresses = [ \"10.0.0.1/32\" ]",
+            "!warning p2p-prefix-chosen",
+            "instance.network.veth = true",
+        ],
     );
 }
 
@@ -278,6 +291,7 @@ fn unparsable_guest_config_is_copied_and_reported() {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         Origin::new(SourceKind::NixSource, "/etc/nixos/c.nix", Some(3)),
     ));
@@ -305,6 +319,7 @@ fn relative_paths_and_free_variables_in_copied_code() {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         origin,
     ));
@@ -459,6 +474,7 @@ fn conditions_are_kept() {
         lets: Vec::new(),
         module_args: Vec::new(),
         guest_files: Vec::new(),
+        why_free: Vec::new(),
     });
     let i = translate(&c, &ctx());
     let s = crate::render::nix::instance_snippet(&i);
@@ -798,22 +814,189 @@ fn unset_timeout_start_sec_keeps_the_legacy_default() {
 }
 
 /// 13.1: a string defaultGateway (refused by NixOS under networkd, which the container now
-/// runs) needs a human; with an interface it is fine.
+/// runs; legacy's scripted guest needed no interface) gets the container's only link, and the
+/// report says so; with an interface it is left alone.
 #[test]
-fn guest_gateway_without_interface_needs_a_human() {
+fn guest_gateway_gets_the_only_link() {
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "192.168.1.20/24"; config = { networking.defaultGateway = "192.168.1.1"; networking.interfaces.eth0.mtu = 1400; }; }"#,
     );
-    assert_has(&i, &["warning guest-gateway-without-interface"]);
-    assert!(
-        warning(&i, "guest-gateway-without-interface")
-            .message
-            .contains("interface = \"host0\"")
+    assert_has(
+        &i,
+        &[
+            "warning guest-gateway-interface-added",
+            "!warning guest-gateway-without-interface",
+            "~ networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"host0\"; };",
+            "~ networking.interfaces.host0.mtu = 1400;",
+        ],
     );
+    let w = warning(&i, "guest-gateway-interface-added");
+    assert!(!w.needs_human());
+    assert!(
+        w.message
+            .contains("`networking.defaultGateway = \"192.168.1.1\";` → `networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"host0\"; };`"),
+        "{}",
+        w.message
+    );
+    // The config row's own report is said once (the row ran twice).
+    let n = i
+        .warnings
+        .iter()
+        .filter(|w| w.code == "eth0-reference")
+        .count();
+    assert_eq!(n, 1, "{:#?}", i.warnings);
     let i = run(
         r#"{ privateNetwork = true; hostBridge = "br0"; config = { networking.defaultGateway = { address = "192.168.1.1"; interface = "eth0"; }; }; }"#,
     );
+    assert_has(
+        &i,
+        &[
+            "!warning guest-gateway-without-interface",
+            "!warning guest-gateway-interface-added",
+        ],
+    );
+    // A macvlan-only container: its one link is mv-<if>.
+    let i = run(
+        r#"{ privateNetwork = true; macvlans = [ "eth1" ]; config = { networking.defaultGateway = "192.168.1.1"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &["~ networking.defaultGateway = { address = \"192.168.1.1\"; interface = \"mv-eth1\"; };"],
+    );
+    // Host networking: the guest keeps scripted networking; nothing to do, nothing said.
+    let i = run(r#"{ config = { networking.defaultGateway = "192.168.1.1"; }; }"#);
+    assert_has(
+        &i,
+        &[
+            "~ networking.defaultGateway = \"192.168.1.1\";",
+            "!warning guest-gateway-without-interface",
+            "!warning guest-gateway-interface-added",
+        ],
+    );
+}
+
+/// Where the gateway's link cannot be known, or the module would add a second default route,
+/// the gateway stays as written and needs a human, with the reason.
+#[test]
+fn guest_gateway_without_a_single_link_needs_a_human() {
+    let cases = [
+        // A veth and a macvlan: two links (the macvlan from extraFlags, which run last).
+        (
+            r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "10.0.0.2/24"; extraFlags = [ "--network-macvlan=eth1" ]; config = { networking.defaultGateway = "10.0.0.1"; }; }"#,
+            "several links (host0, mv-eth1)",
+        ),
+        // Legacy's init routed by default via hostAddress; the guest's gateway replaced it.
+        (
+            r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "hostAddress = 10.0.0.1",
+        ),
+        (
+            r#"{ privateNetwork = true; extraFlags = [ "--network-veth" ]; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "DHCP on host0",
+        ),
+        (
+            r#"{ privateNetwork = true; config = { networking.defaultGateway = "10.0.0.254"; }; }"#,
+            "no network link besides lo",
+        ),
+    ];
+    for (src, why) in cases {
+        let i = run(src);
+        assert_has(
+            &i,
+            &[
+                "warning guest-gateway-without-interface",
+                "!warning guest-gateway-interface-added",
+                "~ networking.defaultGateway = \"",
+            ],
+        );
+        let w = warning(&i, "guest-gateway-without-interface");
+        assert!(w.needs_human());
+        assert!(
+            w.message.contains(why) && w.message.contains("defaultGateway = \"10.0.0."),
+            "{src}: {}",
+            w.message
+        );
+    }
+    // IPv6 only: a v4 hostAddress is no conflict for defaultGateway6.
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = "10.0.0.1"; localAddress = "10.0.0.2"; localAddress6 = "fd00::2/64"; config = { networking.defaultGateway6 = "fd00::1"; }; }"#,
+    );
+    assert_has(&i, &["warning guest-gateway-interface-added"]);
+}
+
+/// A carried `let` string and an imported guest file get the rule too; the file is copied
+/// next to the output, rewritten, and the config imports the copy.
+#[test]
+fn guest_gateway_in_carried_lets_and_imported_files() {
+    let mut c = example_container(
+        r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = "10.0.0.2/24"; }"#,
+    )
+    .unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/hosts/web.nix", Some(7));
+    c.options.config = Some(Sourced::new(
+        NixExpr {
+            text: "{ imports = [ ./net.nix ]; networking.defaultGateway = gw; }".into(),
+            origin: origin.clone(),
+            column: 5,
+            free_vars: vec![],
+            lets: vec![crate::legacy::LetBinding {
+                name: "gw".into(),
+                text: r#"gw = "10.0.0.1";"#.into(),
+                line: 2,
+            }],
+            module_args: Vec::new(),
+            guest_files: vec![crate::legacy::GuestFile {
+                path: PathBuf::from("/etc/nixos/hosts/net.nix"),
+                content: Ok("{\n  networking.defaultGateway6 = \"fd00::1\";\n}\n".into()),
+            }],
+            why_free: Vec::new(),
+        },
+        origin,
+    ));
+    let i = translate(&c, &ctx());
+    let text = &i.spec.system_config.as_ref().unwrap().text;
+    assert!(
+        text.contains(r#"networking.defaultGateway = { address = gw; interface = "host0"; };"#),
+        "{text}"
+    );
+    let copy = PathBuf::from("/etc/nixos/nspawn-guests/web/etc/nixos/hosts/net.nix");
+    assert!(
+        text.contains("./nspawn-guests/web/etc/nixos/hosts/net.nix"),
+        "{text}"
+    );
+    assert_eq!(
+        i.guest_files.get(&copy).map(String::as_str),
+        Some(
+            "{\n  networking.defaultGateway6 = { address = \"fd00::1\"; interface = \"host0\"; };\n}\n"
+        )
+    );
+    let w = warning(&i, "guest-gateway-interface-added");
+    assert!(
+        w.message.contains("/etc/nixos/hosts/web.nix:7:")
+            && w.message.contains("/etc/nixos/hosts/net.nix:2:"),
+        "{}",
+        w.message
+    );
     assert_has(&i, &["!warning guest-gateway-without-interface"]);
+    // Real Nix parses what is written.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, t) in [
+        ("config.nix", text.clone()),
+        ("net.nix", i.guest_files[&copy].clone()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("let gw = \"10.0.0.1\"; in {t}")).unwrap();
+        let out = std::process::Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Issue 9 (6) for extraVeths: a pair without prefixes stays point-to-point on both ends, no
@@ -896,6 +1079,7 @@ fn carried_let_bindings_and_module_arguments() {
             ],
             module_args: vec!["inputs".into()],
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         },
         origin,
     ));
@@ -1006,4 +1190,151 @@ fn literal_bind_mounts_stay_data() {
     );
     let nix = crate::render::nix::instance_snippet(&i);
     assert!(!nix.contains("mkMerge"), "{nix}");
+}
+
+/// Issue 9: a hostBridge computed by Nix code is carried as Nix into network.bridge (the
+/// generated module is evaluated by the same host configuration), not left to a human; the
+/// container is bridged (no host-side ve- unit, no DHCP), and the preview's limit is said.
+#[test]
+fn computed_host_bridge_is_carried_as_nix() {
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = config.my.bridge; localAddress = "10.0.0.2/24"; config = { networking.defaultGateway = "10.0.0.1"; }; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.bridge = (config.my.bridge)",
+            "warning host-bridge-copied-as-nix",
+            "!warning unresolved-expression",
+            "!~ networkd host",
+            "!~ DHCP",
+            "instance.network.v4.static.containerPool = [ \"10.0.0.2/24\" ]",
+            // The only link is still host0: the gateway rule applies.
+            "warning guest-gateway-interface-added",
+        ],
+    );
+    let w = warning(&i, "host-bridge-copied-as-nix");
+    assert!(!w.needs_human());
+    assert!(
+        w.message.contains("`config.my.bridge`") && w.message.contains("no Bridge= line"),
+        "{}",
+        w.message
+    );
+    let s = crate::render::nix::instance_snippet(&i);
+    assert!(s.contains("bridge = (config.my.bridge);"), "{s}");
+    // Without privateNetwork, legacy ignored it; so does the translation.
+    let i = run(r#"{ hostBridge = config.my.bridge; }"#);
+    assert_has(
+        &i,
+        &[
+            "instance.network = null",
+            "warning addresses-without-private-network",
+            "!warning host-bridge-copied-as-nix",
+        ],
+    );
+    // `--network-bridge=` in extraFlags (run last) names the bridge instead.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = config.my.bridge; extraFlags = [ "--network-bridge=br9" ]; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.bridge = \"br9\"",
+            "!instance.network.bridge = (config.my.bridge)",
+        ],
+    );
+}
+
+/// Item 3 of issue 9: the free-variable warning names the limit the reader found for each name
+/// (not a list of three possible ones), and how to provide the value.
+#[test]
+fn free_variable_warning_says_which_limit() {
+    let mut c = example_container("{ }").unwrap();
+    let origin = Origin::new(SourceKind::NixSource, "/etc/nixos/mc.nix", Some(9));
+    let mut e = NixExpr::plain(
+        "{ networking.hostName = serverName; x = other; }".into(),
+        origin.clone(),
+        1,
+        vec!["other".into(), "serverName".into()],
+    );
+    e.why_free = vec![(
+        "serverName".into(),
+        "a parameter of the function `{serverName}: …` at line 1, whose value comes from the code that calls it".into(),
+    )];
+    c.options.config = Some(Sourced::new(e, origin));
+    let i = translate(&c, &ctx());
+    let m = &warning(&i, "free-variable").message;
+    assert!(
+        m.contains("`serverName` (a parameter of the function `{serverName}: …` at line 1")
+            && m.contains("`other` (bound nowhere in this file)")
+            && m.contains("_module.args.other = …;"),
+        "{m}"
+    );
+}
+
+/// Issue 9: a computed address is carried as Nix where the module can take it as given (a
+/// plain veth with both ends: network.pointToPoint; a bridge: the gateway, or an address whose
+/// text shows its prefix); elsewhere it stays a value the translation needs, with the reason.
+#[test]
+fn computed_addresses_are_carried_where_the_module_takes_them_as_given() {
+    let i = run(
+        r#"{ privateNetwork = true; hostAddress = config.lab.host; localAddress = "10.0.0.2"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.pointToPoint = true",
+            "instance.network.v4.static.hostAddresses += (config.lab.host)",
+            "instance.network.v4.static.containerPool = [ \"10.0.0.2/32\" ]",
+            "warning addresses-copied-as-nix",
+            "!warning unresolved-expression",
+            "!~ DHCP",
+        ],
+    );
+    assert!(!warning(&i, "addresses-copied-as-nix").needs_human());
+    let s = crate::render::nix::instance_snippet(&i);
+    assert!(s.contains("(config.lab.host)"), "{s}");
+    // On a bridge: the gateway, and an address whose text shows its prefix.
+    let i = run(
+        r#"{ privateNetwork = true; hostBridge = "br0"; hostAddress = config.gw; localAddress = "${config.ip}/24"; }"#,
+    );
+    assert_has(
+        &i,
+        &[
+            "instance.network.pointToPoint = false",
+            "instance.network.v4.static.hostAddresses += (config.gw)",
+            "instance.network.v4.static.containerPool += (\"${config.ip}/24\")",
+            "!warning unresolved-expression",
+        ],
+    );
+    // Not carried: the reason is said, as a value the translation needs.
+    for (src, why) in [
+        (
+            r#"{ privateNetwork = true; hostBridge = "br0"; localAddress = config.ip; }"#,
+            "needs the bridge's prefix",
+        ),
+        (
+            r#"{ privateNetwork = true; hostAddress = config.ip; }"#,
+            "the other end (localAddress) is not set",
+        ),
+    ] {
+        let i = run(src);
+        assert_has(
+            &i,
+            &[
+                "warning unresolved-expression",
+                "!warning addresses-copied-as-nix",
+            ],
+        );
+        let m = &warning(&i, "unresolved-expression").message;
+        assert!(m.contains(why), "{src}: {m}");
+    }
+    // Without privateNetwork legacy ignored it, and so does the translation.
+    assert_has(
+        &run(r#"{ hostAddress = config.ip; localAddress = "10.0.0.2"; }"#),
+        &[
+            "warning addresses-without-private-network",
+            "!warning unresolved-expression",
+        ],
+    );
 }

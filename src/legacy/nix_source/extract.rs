@@ -39,8 +39,9 @@ enum Binding {
     Expr(ast::Expr, Scope),
     /// `inherit (from) name;`
     Attr(ast::Expr, String, Scope),
-    /// A function parameter or anything else whose value is not in the source.
-    Opaque,
+    /// A function parameter or anything else whose value is not in the source; why, for the
+    /// report (`a parameter of the function at line 1 (`{ serverName }: …`)`).
+    Opaque(String),
 }
 
 struct Frame {
@@ -252,6 +253,7 @@ impl<'t> Extract<'t> {
             lets: Vec::new(),
             module_args: Vec::new(),
             guest_files: Vec::new(),
+            why_free: Vec::new(),
         }
     }
 
@@ -276,6 +278,7 @@ impl<'t> Extract<'t> {
         let mut lets: Vec<LetBinding> = Vec::new();
         let mut free: Vec<String> = Vec::new();
         let mut module_args: Vec<String> = Vec::new();
+        let mut why: Vec<(String, String)> = Vec::new();
         let mut queue: VecDeque<(String, Scope)> =
             e.free_vars.iter().map(|n| (n.clone(), scope)).collect();
         let mut steps = 0usize;
@@ -286,7 +289,7 @@ impl<'t> Extract<'t> {
             }
             let found = self.lookup_frame(at, &name);
             let key = found.as_ref().and_then(|(f, b)| match b {
-                Binding::Opaque => None,
+                Binding::Opaque(_) => None,
                 _ => Some(*f),
             });
             match seen.get(&name) {
@@ -329,9 +332,11 @@ impl<'t> Extract<'t> {
                         queue.push_back((n, s));
                     }
                 }
-                Some((f, Binding::Opaque)) => {
+                Some((f, Binding::Opaque(w))) => {
                     if self.frames.get(f).is_some_and(|fr| fr.module_args) {
                         module_args.push(name.clone());
+                    } else {
+                        why.push((name.clone(), w));
                     }
                     free.push(name);
                 }
@@ -341,6 +346,15 @@ impl<'t> Extract<'t> {
         if !conflicts.is_empty() {
             // Keep the uses free (reported) rather than bind one of two meanings.
             lets.retain(|l| !conflicts.contains(&l.name));
+            for c in &conflicts {
+                why.retain(|(n, _)| n != c);
+                why.push((
+                    c.clone(),
+                    "bound twice in this file, differently where the copied code uses it (one \
+                     `let` cannot hold both)"
+                        .to_string(),
+                ));
+            }
             free.extend(conflicts);
         }
         lets.sort_by_key(|l| l.line);
@@ -349,9 +363,13 @@ impl<'t> Extract<'t> {
         module_args.sort();
         module_args.dedup();
         module_args.retain(|a| free.contains(a));
+        why.sort();
+        why.dedup_by(|a, b| a.0 == b.0);
+        why.retain(|(n, _)| free.contains(n));
         e.lets = lets;
         e.free_vars = free;
         e.module_args = module_args;
+        e.why_free = why;
     }
 
     /// The frame that binds `name` as seen from `scope`, and the binding.
@@ -425,7 +443,10 @@ impl<'t> Extract<'t> {
                     };
                     let binding = match (attrs.len(), apv.value()) {
                         (1, Some(v)) => Binding::Expr(v, Some(id)),
-                        _ => Binding::Opaque,
+                        _ => Binding::Opaque(format!(
+                            "built piece by piece by `{first}.… = …` bindings at line {}",
+                            self.line(apv.syntax())
+                        )),
                     };
                     names.insert(first, binding);
                 }
@@ -437,7 +458,13 @@ impl<'t> Extract<'t> {
                         };
                         let b = match &from {
                             Some(f) => Binding::Attr(f.clone(), n.clone(), Some(id)),
-                            None => self.lookup(scope, &n).unwrap_or(Binding::Opaque),
+                            None => self.lookup(scope, &n).unwrap_or_else(|| {
+                                Binding::Opaque(format!(
+                                    "taken by `inherit {n};` at line {} from a scope this file \
+                                     does not show",
+                                    self.line(inh.syntax())
+                                ))
+                            }),
                         };
                         names.insert(n, b);
                     }
@@ -454,20 +481,29 @@ impl<'t> Extract<'t> {
 
     pub(super) fn push_lambda_frame(&mut self, lambda: &ast::Lambda, scope: Scope) -> Scope {
         let mut names = HashMap::new();
+        let param = lambda
+            .param()
+            .map(|p| short(&p.syntax().to_string()))
+            .unwrap_or_default();
+        let why = Binding::Opaque(format!(
+            "a parameter of the function `{param}: …` at line {}, whose value comes from the \
+             code that calls it",
+            self.line(lambda.syntax())
+        ));
         match lambda.param() {
             Some(ast::Param::IdentParam(p)) => {
                 if let Some(i) = p.ident() {
-                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                    names.insert(i.syntax().text().to_string(), why.clone());
                 }
             }
             Some(ast::Param::Pattern(p)) => {
                 for e in p.pat_entries() {
                     if let Some(i) = e.ident() {
-                        names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                        names.insert(i.syntax().text().to_string(), why.clone());
                     }
                 }
                 if let Some(i) = p.pat_bind().and_then(|b| b.ident()) {
-                    names.insert(i.syntax().text().to_string(), Binding::Opaque);
+                    names.insert(i.syntax().text().to_string(), why.clone());
                 }
             }
             None => {}
@@ -502,7 +538,7 @@ impl<'t> Extract<'t> {
                 match self.lookup(scope, &name) {
                     Some(Binding::Expr(v, s)) => self.deref(v, s, d),
                     Some(Binding::Attr(from, n, s)) => self.select(from, &[n], s, d),
-                    Some(Binding::Opaque) => None,
+                    Some(Binding::Opaque(_)) => None,
                     None if matches!(name.as_str(), "true" | "false" | "null") => Some((e, scope)),
                     None => None,
                 }
@@ -657,11 +693,53 @@ impl<'t> Extract<'t> {
                     _ => None,
                 }
             }
+            // `[ … ] ++ lib.optionals (cfg.priority == "critical") [ … ]` over literal data:
+            // the list it evaluates to. Anything not known stays the expression.
+            ast::Expr::BinOp(b) => {
+                let l = self.try_value(&b.lhs()?, scope, d)?;
+                let r = self.try_value(&b.rhs()?, scope, d)?;
+                let scalar = |v: &Value| {
+                    matches!(
+                        v,
+                        Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null
+                    )
+                };
+                match (b.operator()?, l, r) {
+                    (ast::BinOpKind::Concat, Value::List(mut x), Value::List(y)) => {
+                        x.extend(y);
+                        Some(Value::List(x))
+                    }
+                    (ast::BinOpKind::Equal, x, y) if scalar(&x) && scalar(&y) => {
+                        Some(Value::Bool(x == y))
+                    }
+                    (ast::BinOpKind::NotEqual, x, y) if scalar(&x) && scalar(&y) => {
+                        Some(Value::Bool(x != y))
+                    }
+                    _ => None,
+                }
+            }
             ast::Expr::Apply(a) => {
                 let (head, args) = uncurry(a)?;
                 match head_name(&head)?.as_str() {
                     "mkDefault" | "mkForce" | "mkOverride" | "mkOptionDefault" | "mkBefore"
                     | "mkAfter" | "mkOrder" => self.try_value(args.last()?, scope, d),
+                    // `lib.optionals c [ … ]` / `lib.optional c x` with a condition the source
+                    // states.
+                    "optionals" if args.len() == 2 => match self.try_value(&args[0], scope, d)? {
+                        Value::Bool(true) => match self.try_value(&args[1], scope, d)? {
+                            Value::List(l) => Some(Value::List(l)),
+                            _ => None,
+                        },
+                        Value::Bool(false) => Some(Value::List(Vec::new())),
+                        _ => None,
+                    },
+                    "optional" if args.len() == 2 => match self.try_value(&args[0], scope, d)? {
+                        Value::Bool(true) => {
+                            Some(Value::List(vec![self.value(&args[1], scope, d)]))
+                        }
+                        Value::Bool(false) => Some(Value::List(Vec::new())),
+                        _ => None,
+                    },
                     // `"${prefix}.${toString i}"`: numbers in addresses.
                     "toString" if args.len() == 1 => match self.try_value(&args[0], scope, d)? {
                         Value::Int(i) => Some(Value::Str(i.to_string())),
@@ -1286,6 +1364,23 @@ impl<'t> Extract<'t> {
         let line = self.line(first.syntax());
         let names: Option<Vec<String>> =
             attrs.iter().map(|a| self.attr_name_in(a, scope)).collect();
+        // `bindMounts."${secret}".isReadOnly = true;`: an option the module takes as it is
+        // (CARRIED_AS_NIX) is carried as Nix with the computed name inside it, as it would be
+        // when written `bindMounts = { "${secret}".isReadOnly = true; };`.
+        if names.is_none()
+            && conds.is_empty()
+            && let Some(option) = text::attr_name(first)
+            && option == "bindMounts"
+            && !rest.is_empty()
+            && let Some(binding) = value.syntax().parent()
+        {
+            let mut e = self.nix_expr_in(&binding, scope);
+            let path: Vec<String> = rest.iter().map(|a| a.syntax().to_string()).collect();
+            e.text = format!("{{ {} = {}; }}", path.join("."), value.syntax());
+            e.column = 1;
+            self.set_option(idx, &option, Value::Expr(e), line);
+            return;
+        }
         let Some(names) = names else {
             let path: Vec<String> = attrs.iter().map(|a| a.syntax().to_string()).collect();
             let w = self.at(
@@ -1402,8 +1497,9 @@ impl<'t> Extract<'t> {
                     opt_path.clone(),
                     format!(
                         "{}: `{opt_path} = {text}` is computed by Nix code, so its value cannot \
-                         be read from the source. {}",
+                         be read from the source, and {}. {}",
                         self.loc(line),
+                        super::why_value_needed(&option),
                         self.eval.advice()
                     ),
                 ),
@@ -1501,9 +1597,10 @@ impl<'t> Extract<'t> {
                                 opt.clone(),
                                 format!(
                                     "{}: `{opt}` comes from `{}`, whose value is not in this \
-                                     file. {}",
+                                     file, and {}. {}",
                                     self.loc(line),
                                     short(&inh.syntax().to_string()),
+                                    super::why_value_needed(&n),
                                     self.eval.advice()
                                 ),
                             ),
@@ -1824,6 +1921,38 @@ pub(crate) fn add_option(
         facts
             .options
             .insert(option.to_string(), (Value::Expr(c), old_origin));
+        return None;
+    }
+    // An option carried as Nix (`bindMounts`) defined twice, one part computed: both parts
+    // go to the module as they are, merged the way the module system merges them.
+    if option == "bindMounts" && (matches!(old, Value::Expr(_)) || matches!(value, Value::Expr(_)))
+    {
+        let as_expr = |v: &Value| match v {
+            Value::Expr(e) => e.clone(),
+            other => {
+                let mut e = NixExpr::plain(
+                    crate::legacy::merge::value_to_nix(other),
+                    old_origin.clone(),
+                    1,
+                    Vec::new(),
+                );
+                let mut parts = Vec::new();
+                crate::legacy::merge::nested_exprs(other, &mut parts);
+                e.absorb(parts);
+                e
+            }
+        };
+        let (a, b) = (as_expr(&old), as_expr(&value));
+        let mut e = NixExpr::plain(
+            format!("lib.mkMerge [\n  ({})\n  ({})\n]", a.text, b.text),
+            old_origin.clone(),
+            1,
+            vec!["lib".to_string()],
+        );
+        e.absorb([&a, &b]);
+        facts
+            .options
+            .insert(option.to_string(), (Value::Expr(e), old_origin));
         return None;
     }
     let shown = describe(&value);

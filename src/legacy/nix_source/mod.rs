@@ -78,8 +78,42 @@ pub const NIX_DYNAMIC_CONTAINER: WarningSpec = WarningSpec {
 /// Options whose value the translator copies into the generated Nix file as an expression when
 /// it cannot be read as data (the new module takes them with the same shape and only passes
 /// them through, never computes with them): no `nix-unresolved-value` / `needs-eval` for them;
-/// the translator says what it copied (`bind-mounts-copied-as-nix`).
-pub const CARRIED_AS_NIX: &[&str] = &["bindMounts"];
+/// the translator says what it copied (`bind-mounts-copied-as-nix`, `host-bridge-copied-as-nix`).
+/// The addresses are among them: the translator carries them into the module's static
+/// addresses where it can (`addresses-copied-as-nix`) and reports them itself where it cannot
+/// (`unresolved-expression`).
+pub const CARRIED_AS_NIX: &[&str] = &[
+    "bindMounts",
+    "hostBridge",
+    "hostAddress",
+    "localAddress",
+    "hostAddress6",
+    "localAddress6",
+];
+
+/// Why the translation needs the value of `option` itself, not the code that computes it
+/// (for the warnings that say a value could not be read): the options it computes with.
+pub fn why_value_needed(option: &str) -> &'static str {
+    match option {
+        "hostAddress" | "localAddress" | "hostAddress6" | "localAddress6" => {
+            "the translation needs the address itself: whether it carries a prefix, and the other \
+             end's address, decide the addresses, peers and routes of both ends of the veth"
+        }
+        "extraFlags" => {
+            "the translation needs the list itself: each flag becomes its own .nspawn key or unit \
+             setting, or is refused"
+        }
+        "additionalCapabilities" => {
+            "the translation needs the list itself: each item is checked and becomes a Capability= value"
+        }
+        "forwardPorts" => "the translation needs the list itself: each port becomes a Port= key",
+        "extraVeths" | "macvlans" | "interfaces" => {
+            "the translation needs the names themselves: each link becomes its own .nspawn key and \
+             networkd units"
+        }
+        _ => "the translation decides from the value itself, not from the code that computes it",
+    }
+}
 
 pub const NIX_UNRESOLVED_VALUE: WarningSpec = WarningSpec {
     code: "nix-unresolved-value",
@@ -798,15 +832,31 @@ fn attach_guest_files(fs: &dyn SourceFs, tree: &Path, c: &mut SourceFacts) {
         if files.iter().any(|f| f.path == path) {
             continue;
         }
+        let outside = || {
+            format!(
+                "it lies outside the configuration directory {}, which is all the tool reads",
+                tree.display()
+            )
+        };
         let is_nix = path.extension().is_some_and(|x| x == "nix");
         if !is_nix {
+            // `imports = [ ../tailscale ];`: a directory (its default.nix) that is not there,
+            // or not readable from here; say which, rather than leave it unnamed.
+            if path.extension().is_none() && !fs.is_file(&path) {
+                let why = if path.starts_with(tree) {
+                    "no such file or directory".to_string()
+                } else {
+                    outside()
+                };
+                files.push(GuestFile {
+                    path,
+                    content: Err(why),
+                });
+            }
             continue;
         }
         let content = if !path.starts_with(tree) {
-            Err(format!(
-                "it lies outside the configuration directory {}, which is all the tool reads",
-                tree.display()
-            ))
+            Err(outside())
         } else if !fs.is_file(&path) {
             Err("no such file".to_string())
         } else {
@@ -885,8 +935,9 @@ pub fn read_entries_in(
                     &NIX_FILE_UNREADABLE,
                     path.display().to_string(),
                     format!(
-                        "cannot read {}{named_by}: {e}; containers it defines are missing. \
-                         Give the right file with --config FILE, or use the evaluated values. {}",
+                        "cannot read {}{named_by}: {e}; whether it defines containers cannot be \
+                         told, and any it defines are missing from this report. Give the right \
+                         file with --config FILE, or use the evaluated values. {}",
                         path.display(),
                         eval.advice()
                     ),
