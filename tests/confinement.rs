@@ -11,7 +11,7 @@ mod util;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use util::*;
 
 /// The name of the marker file in every directory of a decoy.
@@ -96,17 +96,7 @@ fn cp_a(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-fn run(root: &Path, stand_ins: &StandIns, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
-        .arg("--root")
-        .arg(root)
-        .arg("migrate")
-        .args(args)
-        .env("PATH", stand_ins.path_env())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use util::migrate_with_stand_ins as run;
 
 /// Every host directory the example host's migration reads or writes through.
 const COMPONENTS: &[&str] = &[

@@ -7,20 +7,10 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use util::*;
 
-fn run(root: &Path, stand_ins: &StandIns, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
-        .arg("--root")
-        .arg(root)
-        .arg("migrate")
-        .args(args)
-        .env("PATH", stand_ins.path_env())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use util::migrate_with_stand_ins as run;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

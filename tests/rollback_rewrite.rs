@@ -14,17 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use util::*;
 
-fn run(root: &Path, stand_ins: &StandIns, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
-        .arg("--root")
-        .arg(root)
-        .arg("migrate")
-        .args(args)
-        .env("PATH", stand_ins.path_env())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use util::migrate_with_stand_ins as run;
 
 fn text(o: &Output) -> String {
     format!(

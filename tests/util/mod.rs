@@ -467,6 +467,19 @@ impl StandIns {
     }
 }
 
+/// `nixos-nspawn --root ROOT migrate ARGS…` with the stand-ins first on `PATH` and no terminal.
+pub fn migrate_with_stand_ins(root: &Path, stand_ins: &StandIns, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nixos-nspawn"))
+        .arg("--root")
+        .arg(root)
+        .arg("migrate")
+        .args(args)
+        .env("PATH", stand_ins.path_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// Assert two snapshots are equal, printing only the first differing entries.
 pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, String>, b: &BTreeMap<PathBuf, String>) {
     let mut diffs = Vec::new();
