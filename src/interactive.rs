@@ -344,19 +344,8 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
     if result.is_ok()
         && let Some(p) = &rewrite
     {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string();
-        match crate::rewrite::apply(&host, p, &stamp) {
-            Ok(done) => {
-                m.report.done.extend(done);
-                m.report
-                    .files_written
-                    .extend(p.edits.iter().map(|e| e.file.clone()));
-                rewrote = p.edits.clone();
-            }
+        match crate::rewrite::apply_now(&host, p, &mut m.report) {
+            Ok(()) => rewrote = p.edits.clone(),
             Err(e) => {
                 result = Err(execute::StepError {
                     container: None,

@@ -339,11 +339,6 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
         && failure.is_none()
         && let Some(p) = &rewrite
     {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string();
         // With --plan-in: exactly the plan's bytes (equal to the re-derived ones: checked).
         let mut p = p.clone();
         if let Some((_, plan)) = &plan_in {
@@ -353,16 +348,8 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
                 }
             }
         }
-        let p = &p;
-        match nixos_nspawn::rewrite::apply(&host, p, &stamp) {
-            Ok(done) => {
-                migration.report.done.extend(done);
-                migration
-                    .report
-                    .files_written
-                    .extend(p.edits.iter().map(|e| e.file.clone()));
-            }
-            Err(e) => rewrite_failure = Some(e),
+        if let Err(e) = nixos_nspawn::rewrite::apply_now(&host, &p, &mut migration.report) {
+            rewrite_failure = Some(e);
         }
     }
     if let Some(p) = &rewrite

@@ -1372,6 +1372,26 @@ const NEVER: &[&str] = &[
     "/var/lib/nixos-containers",
 ];
 
+/// [`apply`] now (the backups stamped with the current time), recording in `report` what was
+/// done and every file written: the last step of `--yes` and of the interactive mode alike.
+pub fn apply_now(
+    host: &HostRoot,
+    plan: &RewritePlan,
+    report: &mut crate::report::Report,
+) -> Result<(), String> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string();
+    let done = apply(host, plan, &stamp)?;
+    report.done.extend(done);
+    report
+        .files_written
+        .extend(plan.edits.iter().map(|e| e.file.clone()));
+    Ok(())
+}
+
 /// Write every edited file: each is checked (a regular file inside the root, not in the store
 /// or a container's tree, unchanged since it was read), kept as `FILE.bak-STAMP` (a hard link
 /// to the original inode), then replaced atomically with its mode kept. Returns what was done,
