@@ -419,6 +419,23 @@ impl HostRoot {
         Ok(parent.join(OsStr::from_bytes(bak.as_bytes())))
     }
 
+    /// [`HostRoot::backup`] under `NAME.bak-STAMP`, or `-2`, `-3`, … (up to 99) when a backup
+    /// of the same stamp is already there (two backups of one file in the same second).
+    pub fn backup_fresh(&self, host: &Path, stamp: &str) -> io::Result<PathBuf> {
+        let mut n = 1;
+        loop {
+            let suffix = if n == 1 {
+                stamp.to_string()
+            } else {
+                format!("{stamp}-{n}")
+            };
+            match self.backup(host, &suffix) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                r => return r,
+            }
+        }
+    }
+
     /// Rename `from` to `to` (both host paths, final links not followed), atomically.
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fp, fname) = split(&self.resolve_parent(from)?)?;

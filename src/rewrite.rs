@@ -1419,19 +1419,9 @@ pub fn apply(host: &HostRoot, plan: &RewritePlan, stamp: &str) -> Result<Vec<Str
             .map(|st| st.st_mode & 0o7777)
             .map_err(|err| format!("cannot read the mode of {shown}: {err}"))?;
         // FILE.bak-STAMP, or -2, -3, … when a backup of the same second is there.
-        let mut n = 1;
-        let bak = loop {
-            let suffix = if n == 1 {
-                stamp.to_string()
-            } else {
-                format!("{stamp}-{n}")
-            };
-            match host.backup(&resolved, &suffix) {
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-                r => break r,
-            }
-        }
-        .map_err(|err| format!("cannot keep a backup of {shown}: {err}; it was not rewritten"))?;
+        let bak = host.backup_fresh(&resolved, stamp).map_err(|err| {
+            format!("cannot keep a backup of {shown}: {err}; it was not rewritten")
+        })?;
         host.write_atomic(&resolved, e.rewritten.as_bytes(), mode)
             .map_err(|err| {
                 format!(

@@ -519,19 +519,7 @@ fn restore_rewrite(
 /// A backup `FILE.bak-SECONDS` (`-2`, `-3`, … when that name is taken, e.g. by the backup the
 /// rewrite made in the same second).
 fn fresh_backup(host: &HostRoot, p: &Path) -> std::io::Result<PathBuf> {
-    let secs = now_ns() / 1_000_000_000;
-    let mut n = 1;
-    loop {
-        let suffix = if n == 1 {
-            secs.to_string()
-        } else {
-            format!("{secs}-{n}")
-        };
-        match host.backup(p, &suffix) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-            r => return r,
-        }
-    }
+    host.backup_fresh(p, &(now_ns() / 1_000_000_000).to_string())
 }
 
 /// Undo the migration of one container (after [`check_rollback`]).
