@@ -244,6 +244,11 @@ pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[
     &STATE_SUBVOLUMES_FLATTENED,
 ];
 
+/// `one` for a count of one, `many` otherwise (the words of a warning that counts things).
+fn one_or<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
 /// `a, b, c and 3 more` for the first `MAX_LISTED` paths of a list.
 fn path_list(paths: &[PathBuf]) -> String {
     const MAX_LISTED: usize = 20;
@@ -360,16 +365,8 @@ impl StateOutcome {
                      file is left out). Copy what is mounted there yourself if it belongs to \
                      the container, or mount it again at the new location",
                     copy.skipped_mounts.len(),
-                    if copy.skipped_mounts.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    if copy.skipped_mounts.len() == 1 {
-                        "was"
-                    } else {
-                        "were"
-                    },
+                    one_or(copy.skipped_mounts.len(), "", "s"),
+                    one_or(copy.skipped_mounts.len(), "was", "were"),
                     path_list(&copy.skipped_mounts),
                 ),
             ));
@@ -384,21 +381,9 @@ impl StateOutcome {
                      there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
                      subvolume` commands in the container) does not apply any more",
                     copy.subvolumes_flattened.len(),
-                    if copy.subvolumes_flattened.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    if copy.subvolumes_flattened.len() == 1 {
-                        "was"
-                    } else {
-                        "were"
-                    },
-                    if copy.subvolumes_flattened.len() == 1 {
-                        "y"
-                    } else {
-                        "ies"
-                    },
+                    one_or(copy.subvolumes_flattened.len(), "", "s"),
+                    one_or(copy.subvolumes_flattened.len(), "was", "were"),
+                    one_or(copy.subvolumes_flattened.len(), "y", "ies"),
                     path_list(&copy.subvolumes_flattened),
                     if copy
                         .subvolumes_flattened
