@@ -632,6 +632,108 @@ fn killed_after_done_before_the_journal_moved_is_finished_not_refused() {
     assert!(t.path().join("machines/.web.journal").exists());
 }
 
+/// Power lost after the copy was renamed into place but before `done`'s fsync: the staging
+/// journal holds only `start` (made durable by the `syncfs` after copying; `verified` reaches
+/// the disk with `done`). The next run verifies the copy again at the level asked for, not by
+/// metadata alone: a clean copy is finished; one whose contents differ behind unchanged
+/// metadata is caught and left alone.
+#[test]
+fn power_lost_after_the_rename_with_only_start_on_disk_is_verified_again() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_edge_tree(&src);
+    let dest = t.path().join("machines/web");
+    let journal = t.path().join("machines/.web.journal");
+    let staging = t.path().join("machines/.web.partial");
+    let only_start = |j: &Path| {
+        let text = std::fs::read_to_string(j).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        assert!(first.contains("\"event\":\"start\""), "{text}");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("journal"), format!("{first}\n")).unwrap();
+        std::fs::remove_file(j).unwrap();
+    };
+    state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    only_start(&journal);
+    let before = snapshot(&dest, false);
+    let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    let StateOutcome::AlreadyDone { verify } = out else {
+        panic!("expected AlreadyDone, got {out:?}");
+    };
+    assert!(verify.is_clean(), "{verify:?}");
+    assert_eq!(
+        verify.level,
+        Verify::Full,
+        "contents checked, not just metadata"
+    );
+    assert!(
+        verify.files_hashed + verify.files_by_extents > 0,
+        "{verify:?}"
+    );
+    assert_eq!(snapshot(&dest, false), before);
+    assert!(!staging.exists());
+    let j = std::fs::read_to_string(&journal).unwrap();
+    assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
+
+    // The same state, but one file's bytes differ with its size and mtime unchanged.
+    only_start(&journal);
+    let f = dest.join("etc/os-release");
+    let m = f.symlink_metadata().unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&f, &bytes).unwrap();
+    let mtime = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(m.mtime() as u64, m.mtime_nsec() as u32);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&dest.display().to_string()), "{msg}");
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        bytes,
+        "the copy is left as it is"
+    );
+    assert!(!journal.exists(), "no `done` for a copy that differs");
+}
+
+/// Power lost during the copy, before its first sync: the staging tree is on disk but its
+/// journal is not (missing, or empty). Nothing in it was recorded or verified and the legacy
+/// state is untouched, so the next run removes it and copies afresh (no `--force` needed).
+#[test]
+fn a_staging_tree_whose_journal_never_reached_the_disk_is_copied_afresh() {
+    require_root();
+    for journal in [None, Some(&b""[..]), Some(&b"{\"event\":\"sta"[..])] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        build_edge_tree(&src);
+        let dest = t.path().join("machines/web");
+        let staging = t.path().join("machines/.web.partial");
+        std::fs::create_dir_all(staging.join("tree/etc")).unwrap();
+        std::fs::write(staging.join("tree/etc/os-release"), b"torn").unwrap();
+        std::fs::write(staging.join("tree/not-in-the-source"), b"x").unwrap();
+        if let Some(j) = journal {
+            std::fs::write(staging.join("journal"), j).unwrap();
+        }
+        let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+        let StateOutcome::Copied {
+            resumed, verify, ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert!(!resumed, "{journal:?}");
+        assert!(verify.is_clean(), "{verify:?}");
+        assert_eq!(rsync_diff(&src, &dest), "", "{journal:?}");
+        assert!(!staging.exists());
+    }
+}
+
 #[test]
 fn resume_keeps_finished_entries_and_replaces_stale_ones() {
     require_root();

@@ -58,6 +58,17 @@
 //! into place before `syncfs` and verification; after a failed verification the next run
 //! re-copies every file's data.
 //!
+//! Three syncs make a copy durable, whatever its size: the `syncfs` after copying (the tree
+//! and the journal's `start`), the journal's `fsync` after `done` (`verified`, `renamed` and
+//! `done` reach the disk together) and the parent directory's `fsync` after the journal moved
+//! there. What a crash between them can leave, and what the next run does with it:
+//! - a staging directory whose journal never reached the disk (no `start` record): nothing in
+//!   it was recorded or verified, and the legacy state it came from is untouched, so it is
+//!   removed and the copy starts again;
+//! - the copy renamed into place, its journal still in staging without `verified` on disk:
+//!   the copy is verified again at the level asked for (it reached the disk before the rename)
+//!   and the bookkeeping finished.
+//!
 //! # Performance and memory
 //!
 //! Copy: one walker thread (directories, metadata, symlinks, special files, hard links) plus a
@@ -595,29 +606,31 @@ pub fn migrate_state(
     {
         let jpath = staging_path.join("journal");
         let ev = journal::read(sfd.as_fd(), c"journal", &jpath)?;
-        let renamed = ev.as_ref().is_some_and(|ev| {
-            is_source(ev)
-                && matches!(
-                    journal::last(ev),
-                    Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
-                )
+        let ours = ev.as_ref().is_some_and(|ev| is_source(ev));
+        // `verified` (with `renamed` and `done`) reaches the disk only with `done`'s fsync: a
+        // run killed after the rename may have left just `start`. The tree leaves staging
+        // only by that rename, after `syncfs` and verification, but without the record the
+        // copy is verified again at the level asked for, not by metadata alone.
+        let recorded = ev.as_ref().is_some_and(|ev| {
+            matches!(
+                journal::last(ev),
+                Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
+            )
         });
+        let recheck = if recorded || opts.verify == Verify::None {
+            Verify::Metadata
+        } else {
+            opts.verify
+        };
         let already_done = ev.as_ref().is_some_and(|ev| journal::is_done(ev));
-        if renamed && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
+        if ours && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             // Killed after the rename, maybe before the root's +i/+a were set: set them now
             // (idempotent), so the check below compares the finished copy.
             freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
             let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
                 .map_err(|e| StateError::io("open", dest, e))?;
-            let report = verify::verify_fds(
-                &src_fd,
-                &dfd,
-                Verify::Metadata,
-                src,
-                dest,
-                nworkers,
-                flag_support,
-            )?;
+            let report =
+                verify::verify_fds(&src_fd, &dfd, recheck, src, dest, nworkers, flag_support)?;
             if report.is_clean() {
                 if !already_done {
                     let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
@@ -717,6 +730,12 @@ pub fn migrate_state(
             let jpath = staging_path.join("journal");
             let ev = journal::read(sfd.as_fd(), c"journal", &jpath)?;
             let has_tree = sys::lstat_at(sfd.as_fd(), c"tree").is_ok();
+            // No `start` on disk: the run that made it was cut off before its first sync (the
+            // record is made durable with the copied tree). Nothing in it was recorded or
+            // verified, and nobody else names a directory `.NAME.partial`: start again.
+            let unrecorded = ev
+                .as_ref()
+                .is_none_or(|ev| journal::source_of(ev).is_none());
             match &ev {
                 Some(ev) if is_source(ev) => {
                     resume = if matches!(journal::last(ev), Some(Event::VerifyFailed { .. })) {
@@ -729,7 +748,7 @@ pub fn migrate_state(
                     }
                 }
                 _ if !has_tree => {}
-                _ if opts.force => {
+                _ if opts.force || unrecorded => {
                     sys::remove_all_at(parent_fd.as_fd(), &staging_name).map_err(|e| {
                         StateError::write(
                             "remove the stale staging directory",
@@ -838,7 +857,8 @@ pub fn migrate_state(
             resume: format!("{resume:?}").to_lowercase(),
             unix_time: now(),
         },
-        true,
+        // Durable with the tree, by the `syncfs` after copying (or the first checkpoint's).
+        false,
     )?;
     // A state directory that is a btrfs subvolume of its own (every btrfs directory with inode
     // 256 is one) gets a subvolume as its copy where the destination is btrfs too.
@@ -957,12 +977,14 @@ pub fn migrate_state(
         }
         .into());
     }
+    // Durable with `done`: the rename needs no record of its own, since a run killed after it
+    // finds the tree gone from staging and checks the copy again (above).
     jr.append(
         &Event::Verified {
             level: opts.verify.name().into(),
             entries: report.entries,
         },
-        true,
+        false,
     )?;
     drop(tree_fd);
 
