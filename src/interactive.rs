@@ -319,6 +319,7 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
     let opts = ExecOptions {
         state: args.state,
         verify: args.verify,
+        verify_given: args.verify_given,
         // Only the containers whose stop was agreed to, each on its own answer.
         stop: false,
         force: args.force,

@@ -20,6 +20,7 @@ fn opts(verify: Verify) -> MigrateStateOptions<'static> {
         verify,
         force: false,
         progress: &NoProgress,
+        recheck: Verify::Metadata,
     }
 }
 
@@ -44,6 +45,7 @@ fn copy_keeps_every_kind_of_entry_and_metadata() {
         verify: Verify::Full,
         force: false,
         progress: &count,
+        recheck: Verify::Metadata,
     };
     let out = state::migrate_state(&src, &dest, &o).unwrap();
     // The source was not changed at all (symlink atimes excepted: readlink updates them).

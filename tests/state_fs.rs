@@ -26,6 +26,7 @@ fn opts(mode: StateMode, verify: Verify) -> MigrateStateOptions<'static> {
         verify,
         force: false,
         progress: &NoProgress,
+        recheck: Verify::Metadata,
     }
 }
 

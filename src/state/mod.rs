@@ -190,6 +190,21 @@ pub struct MigrateStateOptions<'a> {
     /// `dest.parent/.NAME.replaced-UNIXTIME`), or a staging directory of another source.
     pub force: bool,
     pub progress: &'a dyn Progress,
+    /// How a copy an earlier run finished is checked before it counts as done: by metadata,
+    /// so that a re-run stays quick, unless more is asked for (the CLI's `--verify` given
+    /// explicitly: `--verify full` proves the contents again, e.g. after a suspected
+    /// corruption of the copy).
+    pub recheck: Verify,
+}
+
+/// The stronger of two verification levels.
+fn stronger(a: Verify, b: Verify) -> Verify {
+    let rank = |v: Verify| match v {
+        Verify::None => 0,
+        Verify::Metadata => 1,
+        Verify::Full => 2,
+    };
+    if rank(a) >= rank(b) { a } else { b }
 }
 
 /// What [`migrate_state`] did.
@@ -620,11 +635,14 @@ pub fn migrate_state(
                 Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
             )
         });
-        let recheck = if recorded || opts.verify == Verify::None {
-            Verify::Metadata
-        } else {
-            opts.verify
-        };
+        let recheck = stronger(
+            opts.recheck,
+            if recorded {
+                Verify::Metadata
+            } else {
+                stronger(opts.verify, Verify::Metadata)
+            },
+        );
         let already_done = ev.as_ref().is_some_and(|ev| journal::is_done(ev));
         if ours && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             // Killed after the rename, maybe before the root's +i/+a were set: set them now
@@ -668,11 +686,14 @@ pub fn migrate_state(
         // moves only after the rename, so the copy is this source's; without `verified` on disk
         // it is verified again at the level asked for, then finished. Otherwise it is refused
         // below like any directory this tool did not finish.
-        let level = if journal::is_verified(ev) || opts.verify == Verify::None {
-            Verify::Metadata
-        } else {
-            opts.verify
-        };
+        let level = stronger(
+            opts.recheck,
+            if journal::is_verified(ev) {
+                Verify::Metadata
+            } else {
+                stronger(opts.verify, Verify::Metadata)
+            },
+        );
         let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
             .map_err(|e| StateError::io("open", dest, e))?;
         freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
@@ -696,7 +717,7 @@ pub fn migrate_state(
             let report = verify::verify_fds(
                 &src_fd,
                 &dfd,
-                Verify::Metadata,
+                stronger(opts.recheck, Verify::Metadata),
                 src,
                 dest,
                 nworkers,
@@ -713,8 +734,9 @@ pub fn migrate_state(
                         src.display(),
                         report.summary()
                     ),
-                    fix: "the legacy container ran after the migration; pass --force to copy it again \
-                          (the earlier copy is kept, renamed to .NAME.replaced-TIME)"
+                    fix: "the legacy container ran after the migration, or the copy was changed \
+                          since; pass --force to copy it again (the earlier copy is kept, renamed to \
+                          .NAME.replaced-TIME)"
                         .to_string(),
                 }
                 .into());
