@@ -1059,7 +1059,7 @@ fn describe_outcome(
             replaced,
         } => {
             let mut s = format!(
-                "state copied {from} → {to}: {} entries, {}{}; verified ({:?}): {} entries, {} differences",
+                "state copied {from} → {to}: {} entries, {}{}; verified ({}): {} entries, {} differences",
                 copy.entries,
                 sizes(total_bytes, copy.bytes),
                 if *resumed {
@@ -1067,7 +1067,7 @@ fn describe_outcome(
                 } else {
                     ""
                 },
-                verify.level,
+                verify.level.name(),
                 verify.entries,
                 verify.differences
             );

@@ -143,7 +143,8 @@ pub enum Verify {
 }
 
 impl Verify {
-    fn name(self) -> &'static str {
+    /// `full`, `metadata` or `none`, as `--verify` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Verify::Full => "full",
             Verify::Metadata => "metadata",
