@@ -198,6 +198,18 @@ pub struct MigrateStateOptions<'a> {
     pub recheck: Verify,
 }
 
+/// How a copy renamed into place by an interrupted run is checked: by metadata where its
+/// `verified` record is on disk, else at the level asked for (at least metadata); never below
+/// what `recheck` asks for.
+fn recheck_level(opts: &MigrateStateOptions<'_>, verified_on_disk: bool) -> Verify {
+    let base = if verified_on_disk {
+        Verify::Metadata
+    } else {
+        stronger(opts.verify, Verify::Metadata)
+    };
+    stronger(opts.recheck, base)
+}
+
 /// The stronger of two verification levels.
 fn stronger(a: Verify, b: Verify) -> Verify {
     let rank = |v: Verify| match v {
@@ -630,20 +642,7 @@ pub fn migrate_state(
         // run killed after the rename may have left just `start`. The tree leaves staging
         // only by that rename, after `syncfs` and verification, but without the record the
         // copy is verified again at the level asked for, not by metadata alone.
-        let recorded = ev.as_ref().is_some_and(|ev| {
-            matches!(
-                journal::last(ev),
-                Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
-            )
-        });
-        let recheck = stronger(
-            opts.recheck,
-            if recorded {
-                Verify::Metadata
-            } else {
-                stronger(opts.verify, Verify::Metadata)
-            },
-        );
+        let recheck = recheck_level(opts, ev.as_ref().is_some_and(|ev| journal::is_verified(ev)));
         let already_done = ev.as_ref().is_some_and(|ev| journal::is_done(ev));
         if ours && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             // Killed after the rename, maybe before the root's +i/+a were set: set them now
@@ -687,14 +686,7 @@ pub fn migrate_state(
         // moves only after the rename, so the copy is this source's; without `verified` on disk
         // it is verified again at the level asked for, then finished. Otherwise it is refused
         // below like any directory this tool did not finish.
-        let level = stronger(
-            opts.recheck,
-            if journal::is_verified(ev) {
-                Verify::Metadata
-            } else {
-                stronger(opts.verify, Verify::Metadata)
-            },
-        );
+        let level = recheck_level(opts, journal::is_verified(ev));
         let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
             .map_err(|e| StateError::io("open", dest, e))?;
         freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
