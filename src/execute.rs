@@ -293,7 +293,7 @@ fn record_start(
         name: cp.name.clone(),
         kind: kind.to_string(),
         tool: format!("nixos-nspawn {}", env!("CARGO_PKG_VERSION")),
-        started_ns: crate::rollback::now_ns(),
+        started_ns: crate::clock::unix_nanos(),
         finished_ns: None,
         legacy_state: legacy.state_dir.clone(),
         legacy_conf: legacy.conf_file.clone(),
@@ -367,7 +367,7 @@ fn record_finish(host: &HostRoot, name: &str) -> Result<(), StepError> {
         Err(e) => return Err(step_err(name, e)),
     };
     if r.finished_ns.is_none() {
-        r.finished_ns = Some(crate::rollback::now_ns());
+        r.finished_ns = Some(crate::clock::unix_nanos());
         crate::rollback::save(host, &r).map_err(|e| {
             step_err(
                 name,
@@ -550,12 +550,7 @@ fn real_path(host: &HostRoot, container: &str, p: &Path) -> Result<PathBuf, Step
         .map_err(|e| step_err(container, format!("cannot resolve {}: {e}", p.display())))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::unix_seconds as now;
 
 /// Make legacy data read-only (and noatime) for this process while we read it; without the
 /// privileges for that, say so: our code still only reads it.

@@ -15,6 +15,7 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod clock;
 pub mod error;
 pub mod execute;
 pub mod host;

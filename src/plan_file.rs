@@ -269,10 +269,7 @@ pub fn make(
         tool: tool(),
         machine_id: machine_id(host),
         root: host.root().to_path_buf(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::clock::unix_seconds(),
         options,
         inputs: inputs(host, m, ordinary, evaluation),
         containers: steps_of(m),

@@ -1379,11 +1379,7 @@ pub fn apply_now(
     plan: &RewritePlan,
     report: &mut crate::report::Report,
 ) -> Result<(), String> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        .to_string();
+    let stamp = crate::clock::unix_seconds().to_string();
     let done = apply(host, plan, &stamp)?;
     report.done.extend(done);
     report

@@ -107,13 +107,6 @@ pub struct RewriteRecord {
     pub rolled_back: Vec<String>,
 }
 
-pub fn now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
 pub fn save(host: &HostRoot, r: &Record) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
     host.write_atomic(&record_path(&r.name), format!("{text}\n").as_bytes(), 0o600)
@@ -519,7 +512,7 @@ fn restore_rewrite(
 /// A backup `FILE.bak-SECONDS` (`-2`, `-3`, … when that name is taken, e.g. by the backup the
 /// rewrite made in the same second).
 fn fresh_backup(host: &HostRoot, p: &Path) -> std::io::Result<PathBuf> {
-    host.backup_fresh(p, &(now_ns() / 1_000_000_000).to_string())
+    host.backup_fresh(p, &crate::clock::unix_seconds().to_string())
 }
 
 /// Undo the migration of one container (after [`check_rollback`]).

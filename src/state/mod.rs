@@ -539,12 +539,7 @@ fn is_empty_dir(dir: &OwnedFd, name: &CStr) -> Result<bool, Errno> {
     Ok(true)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::unix_seconds as now;
 
 /// Forwards to the caller's progress and counts bytes and entries, for "N more bytes (inodes)
 /// needed" messages.
