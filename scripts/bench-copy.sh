@@ -247,13 +247,13 @@ for fs in fses:
             load = open(f"{w}/res/{fs}-{t}.load").read().strip()
         except OSError:
             load = "?"
-        print(f"\n== {fs} {t} ({len(times['cp -a'])} runs; load average {load}; seconds: median, best, worst; peak RSS)")
+        print(f"\n== {fs} {t} ({len(times['cp -a'])} runs; load average {load}; milliseconds: median, best, worst; peak RSS)")
         for i, k in enumerate(names):
-            print(f"  {k:14s} {med[k]:7.3f} {best[k]:7.3f} {max(times[k]):7.3f}   {rss(f'{w}/res/{fs}-{t}-{i}.mem'):7.1f} MB")
+            print(f"  {k:14s} {med[k]*1e3:9.1f} {best[k]*1e3:9.1f} {max(times[k])*1e3:9.1f}   {rss(f'{w}/res/{fs}-{t}-{i}.mem'):7.1f} MB")
         print("  ratios                          median   best")
         for a, b in (("migrate full", "cp -a"), ("migrate full", "cp -a + sync"),
                      ("migrate none", "cp -a"), ("migrate none", "cp -a + sync")):
-            r = lambda x, y: x / max(y, 0.005)  # a clone of a few large files can take ~0 s
+            r = lambda x, y: x / max(y, 1e-6)  # true ratios, even of millisecond clones
             print(f"  {a + ' / ' + b:30s} {r(med[a], med[b]):6.2f}  {r(best[a], best[b]):6.2f}")
     q = f"{w}/res/{fs}-quarter.mem"
     if os.path.exists(q):
