@@ -246,7 +246,7 @@ pub const STATE_MOUNTS_SKIPPED: crate::warnings::WarningSpec = crate::warnings::
 pub const STATE_SUBVOLUMES_FLATTENED: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
     code: "state-subvolumes-flattened",
     category: crate::warnings::Category::ChangedMeaning,
-    summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs)",
+    summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs); read-only ones are writable there",
 };
 
 pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[
@@ -383,6 +383,27 @@ impl StateOutcome {
             ));
         }
         if !copy.subvolumes_flattened.is_empty() {
+            // A plain directory cannot be read-only the way a subvolume can: say which lost it.
+            let ro_lost: Vec<PathBuf> = copy
+                .subvolumes_flattened
+                .iter()
+                .filter(|p| copy.subvolumes_readonly.contains(p))
+                .cloned()
+                .collect();
+            let ro_note = if ro_lost.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ". {} of them {} read-only (btrfs property ro): {}; the plain director{} in \
+                     the copy {} writable, nothing keeps the container from changing {} now",
+                    ro_lost.len(),
+                    one_or(ro_lost.len(), "was", "were"),
+                    path_list(&ro_lost),
+                    one_or(ro_lost.len(), "y", "ies"),
+                    one_or(ro_lost.len(), "is", "are"),
+                    one_or(ro_lost.len(), "it", "them"),
+                )
+            };
             out.push(crate::warnings::Warning::new(
                 &STATE_SUBVOLUMES_FLATTENED,
                 format!("containers.{container} state"),
@@ -390,7 +411,7 @@ impl StateOutcome {
                     "{} btrfs subvolume{} of the legacy state {} copied as plain \
                      director{} because the new location is not on btrfs: {}{}. All contents are \
                      there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
-                     subvolume` commands in the container) does not apply any more",
+                     subvolume` commands in the container) does not apply any more{}",
                     copy.subvolumes_flattened.len(),
                     one_or(copy.subvolumes_flattened.len(), "", "s"),
                     one_or(copy.subvolumes_flattened.len(), "was", "were"),
@@ -405,6 +426,7 @@ impl StateOutcome {
                     } else {
                         ""
                     },
+                    ro_note,
                 ),
             ));
         }
@@ -941,7 +963,7 @@ pub fn migrate_state(
     // waits for the disk. Both must succeed before anything is renamed.
     let (synced, verified) = std::thread::scope(|s| {
         let sync = s.spawn(|| rfs::syncfs(&tree_fd));
-        let verified = verify::verify_fds(
+        let verified = verify::verify_staged(
             &src_fd,
             &tree_fd,
             opts.verify,
@@ -1047,7 +1069,10 @@ pub fn migrate_state(
 }
 
 /// Give the renamed copy the root's `+i`/`+a`, which would have forbidden the rename, so they
-/// come after it. Idempotent: a resumed run calls it again after a kill right after the rename.
+/// come after it; then, last, the read-only property of a state directory that is a btrfs
+/// subvolume (which forbids renaming it into another directory and setting `+i`/`+a`). A copy
+/// that is not a subvolume (not on btrfs) cannot hold it: the copy's report says so.
+/// Idempotent: a resumed run calls it again after a kill right after the rename.
 fn freeze_root(
     src_fd: &OwnedFd,
     src: &Path,
@@ -1068,6 +1093,21 @@ fn freeze_root(
         if now & root_frozen != root_frozen {
             flags::set(dfd.as_fd(), now | root_frozen)
                 .map_err(|e| StateError::write("set the inode flags of", dest, dest, e))?;
+        }
+    }
+    let root_readonly = sys::subvolume_readonly(src_fd.as_fd())
+        .map_err(|e| StateError::io("read the btrfs subvolume flags of", src, e))?
+        == Some(true);
+    if root_readonly {
+        let dfd = sys::open_dest_dir(parent_fd.as_fd(), name)
+            .map_err(|e| StateError::io("open", dest, e))?;
+        if sys::subvolume_readonly(dfd.as_fd())
+            .map_err(|e| StateError::io("read the btrfs subvolume flags of", dest, e))?
+            == Some(false)
+        {
+            sys::set_subvolume_readonly(dfd.as_fd(), true).map_err(|e| {
+                StateError::write("make read-only the btrfs subvolume", dest, dest, e)
+            })?;
         }
     }
     Ok(())
@@ -1209,13 +1249,16 @@ fn nearest_existing(path: &Path) -> Result<(PathBuf, OwnedFd), StateError> {
 
 /// Can `src` be renamed to `dest` (`--state move`)? Both must be on the same mount of the same
 /// filesystem and, on btrfs, in the same subvolume unless `src` is a subvolume itself (which
-/// rename(2) moves anywhere in its filesystem). Nested subvolumes and mounts inside `src` move
-/// with it. Nothing is written; `dest` need not exist yet (its nearest existing ancestor is
-/// what counts).
+/// rename(2) moves anywhere in its filesystem, unless it is read-only: then only within its
+/// directory). Nested subvolumes move with it. Mount points inside `src` are refused: rename(2)
+/// would take them along, but the host mounts them at the old path again at its next boot
+/// (found by a walk of the whole tree, as the copy finds them; bounded in open files). Nothing
+/// is written; `dest` need not exist yet (its nearest existing ancestor is what counts).
 ///
 /// # Errors
 ///
-/// [`StateErrorKind::CrossDevice`] with the reason, or an I/O error naming the path.
+/// [`StateErrorKind::CrossDevice`] or [`StateErrorKind::MoveRefused`] with the reason and the
+/// way out, or an I/O error naming the path.
 pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
     let s = sys::open_root(src)?;
     let sm = sys::fstat(s.as_fd()).map_err(|e| StateError::io("stat", src, e))?;
@@ -1269,6 +1312,70 @@ pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
             src,
             "is a mount point and cannot be renamed; use --state copy",
         ));
+    }
+    let refused = |reason: String, fix: String| -> Result<(), StateError> {
+        Err(StateErrorKind::MoveRefused {
+            src: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            reason,
+            fix,
+        }
+        .into())
+    };
+    // A read-only subvolume's root may be renamed within its directory only (moving it to
+    // another one would change its `..`, which the property forbids).
+    let src_parent = src.parent().map(sys::open_dir_path);
+    let same_dir = match (&src_parent, at == parent) {
+        (Some(Ok(p)), true) => {
+            sys::fstat(p.as_fd()).is_ok_and(|pm| (pm.dev, pm.ino) == (dm.dev, dm.ino))
+        }
+        _ => false,
+    };
+    if !same_dir
+        && sys::subvolume_readonly(s.as_fd())
+            .map_err(|e| StateError::io("read the btrfs subvolume flags of", src, e))?
+            == Some(true)
+    {
+        return refused(
+            "it is a read-only btrfs subvolume, which rename(2) cannot move into another \
+             directory"
+                .to_string(),
+            format!(
+                "make it writable (btrfs property set -ts {} ro false), run again, then make the \
+                 moved one read-only again (btrfs property set -ts {} ro true); or use --state \
+                 copy, which keeps the copy read-only and the legacy state as it is",
+                src.display(),
+                dest.display()
+            ),
+        );
+    }
+    const MAX_LISTED: usize = 5;
+    let (n, first) = space::mounts_below(&s, src, MAX_LISTED)?;
+    if n > 0 {
+        let shown: Vec<String> = first.iter().map(|p| p.display().to_string()).collect();
+        let more = if n > first.len() {
+            format!(" and {} more", n - first.len())
+        } else {
+            String::new()
+        };
+        let (it, its) = (one_or(n, "it", "them"), one_or(n, "its", "their"));
+        return refused(
+            format!(
+                "{n} mount point{} inside it ({}{more}): rename(2) would take {it} along, but the \
+                 host's fileSystems entries (fstab, mount units) mount {it} at the old path \
+                 again at the next boot, and the moved container would not have {it}",
+                one_or(n, " is", "s are"),
+                shown.join(", "),
+            ),
+            format!(
+                "unmount {it} and point {its} fileSystems entr{} at the new path below {} \
+                 instead, then run again; or use --state copy, which leaves the legacy state \
+                 and {its} mounts as they are (the copy has an empty directory in place of each, \
+                 reported as state-mounts-skipped)",
+                one_or(n, "y", "ies"),
+                dest.display()
+            ),
+        );
     }
     Ok(())
 }
