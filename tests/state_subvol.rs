@@ -787,3 +787,85 @@ fn a_resumed_copy_ends_with_the_read_only_subvolume_read_only() {
     state::remove_tree_at(std::os::fd::AsFd::as_fd(&parent), c".other.partial").unwrap();
     assert!(!other.exists());
 }
+
+/// `--state move` of a state with a mount point inside (a bind mount of a subvolume from
+/// elsewhere, which looks like a nested subvolume but for its mount): refused before anything
+/// is written, naming the mount point and not the nested subvolumes, which are no mounts; once
+/// it is unmounted the state moves, subvolumes and all.
+#[test]
+fn btrfs_move_is_refused_with_a_mount_inside_and_goes_ahead_without() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = state_with_subvolumes(&fs);
+    let elsewhere = fs.mnt.join("elsewhere");
+    subvolume_create(&elsewhere);
+    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
+    let bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let before = snapshot(&src, false);
+
+    let err = state::migrate_state(&src, &dest, &opts(StateMode::Move)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1 mount point is inside it (mnt/host)")
+            && msg.contains("nothing was written")
+            && msg.contains("--state copy"),
+        "{msg}"
+    );
+    // The list names the mount point alone: no nested subvolume is taken for a mount.
+    let listed = msg
+        .split_once("inside it (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list)
+        .unwrap_or_default();
+    assert_eq!(listed, "mnt/host", "{msg}");
+    assert!(state::check_move(&src, &dest).is_err());
+    assert_eq!(snapshot(&src, false), before);
+    assert!(!dest.exists() && !fs.mnt.join("var/lib/machines/.web.journal").exists());
+    assert!(src.join("mnt/host/not-ours").exists());
+
+    drop(bind);
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Move)).unwrap();
+    assert!(matches!(out, StateOutcome::Moved), "{out:?}");
+    for s in SUBVOLUMES {
+        assert!(is_subvolume(&dest.join(s)), "{s} is not a subvolume");
+    }
+}
+
+/// Many mount points: the first few are named, the rest counted; found at any depth and
+/// inside nested subvolumes, with the walk's descriptors bounded like every walk.
+#[test]
+fn a_move_refusal_names_the_first_mount_points_and_counts_the_rest() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    subvolume_create(&src.join("srv/sv"));
+    let mut deep = src.join("srv/sv");
+    for i in 0..40 {
+        deep = deep.join(format!("d{i}"));
+    }
+    let mut mounts = Vec::new();
+    for i in 0..6 {
+        mounts.push(Tmpfs::mount(&src.join(format!("m{i}")), "1m"));
+    }
+    mounts.push(Tmpfs::mount(&deep, "1m"));
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let err = state::check_move(&src, &dest).unwrap_err().to_string();
+    assert!(
+        err.contains("7 mount points are inside it (") && err.contains(" and 2 more)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unmount them") && err.contains("their fileSystems entries"),
+        "{err}"
+    );
+    let listed = err.matches(", ").count();
+    assert!(listed >= 4, "{err}");
+    // Only the deep one left: found, with its relative path.
+    mounts.truncate(0);
+    let _deep = Tmpfs::mount(&deep, "1m");
+    let err = state::check_move(&src, &dest).unwrap_err().to_string();
+    let rel = deep.strip_prefix(&src).unwrap().display().to_string();
+    assert!(
+        err.contains(&format!("1 mount point is inside it ({rel})")),
+        "{err}"
+    );
+}

@@ -4,7 +4,8 @@
 //! # API
 //!
 //! - [`check_move`]`(src, dest)`: can `--state move` rename it (same mount, same filesystem,
-//!   same btrfs subvolume)? Writes nothing.
+//!   same btrfs subvolume, not a read-only subvolume leaving its directory, no mount points
+//!   inside)? Writes nothing.
 //! - [`migrate_state`]`(src, dest, &`[`MigrateStateOptions`]`)` → [`StateOutcome`]: copy (or, on
 //!   request, move) `src` to `dest` through a staging directory `dest.parent/.NAME.partial`
 //!   (holding `tree/` and `journal`), verify, then rename into place. Idempotent: when `dest` is
@@ -34,7 +35,11 @@
 //! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Nested btrfs subvolumes (another
 //! `st_dev`, inode 256, yet on the parent's mount per `STATX_MNT_ID`: tmpfiles `v` lines make
 //! them inside NixOS guests) are copied: as subvolumes again where the copy is on btrfs, else as
-//! plain directories ([`STATE_SUBVOLUMES_FLATTENED`]). Mount points inside the source (a mount
+//! plain directories ([`STATE_SUBVOLUMES_FLATTENED`]). A read-only subvolume's property is set
+//! last, when everything in it is finished (for the state directory itself after the final
+//! rename, which it would forbid, and after the root's `+i`/`+a`); an interrupted run's
+//! read-only subvolume is made writable again to be resumed into. Off btrfs the property is
+//! lost, and the flattened warning names the subvolumes that had it. Mount points inside the source (a mount
 //! root according to `statx`, which also catches bind mounts from the same filesystem, or
 //! another `st_dev` that is not such a subvolume) are not crossed: an empty directory stands in
 //! for a directory mount, a bind-mounted file is left out, and the reports list them
@@ -1361,9 +1366,9 @@ pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
         let (it, its) = (one_or(n, "it", "them"), one_or(n, "its", "their"));
         return refused(
             format!(
-                "{n} mount point{} inside it ({}{more}): rename(2) would take {it} along, but the \
-                 host's fileSystems entries (fstab, mount units) mount {it} at the old path \
-                 again at the next boot, and the moved container would not have {it}",
+                "{n} mount point{} inside it ({}{more}): rename(2) would take {it} along, but what \
+                 mounts {it} (a fileSystems entry, fstab, a mount unit) mounts {it} at the old \
+                 path again at the next boot, and the moved container would not have {it}",
                 one_or(n, " is", "s are"),
                 shown.join(", "),
             ),
