@@ -653,6 +653,38 @@ fn a_read_only_state_subvolume_is_read_only_after_the_rename() {
     assert!(v.first[0].what.contains("read-only in the source"), "{v:?}");
     set_readonly(&dest, true);
 
+    // The legacy state changed after the migration: `--force` copies it again and keeps the
+    // earlier copy aside, read-only as it was (a read-only subvolume cannot be moved into
+    // another directory: made writable for the renames, read-only again after them).
+    set_readonly(&src, false);
+    std::fs::write(src.join("later"), "written after the migration\n").unwrap();
+    set_readonly(&src, true);
+    let err = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap_err();
+    assert!(err.to_string().contains("no longer matches"), "{err}");
+    let forced = MigrateStateOptions {
+        force: true,
+        ..opts(StateMode::Copy)
+    };
+    let out = state::migrate_state(&src, &dest, &forced).unwrap();
+    let StateOutcome::Copied {
+        verify, replaced, ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    let replaced = replaced.expect("the earlier copy was not kept");
+    assert!(is_subvolume(&dest) && is_readonly(&dest));
+    assert!(is_subvolume(&replaced) && is_readonly(&replaced));
+    assert!(dest.join("later").exists() && !replaced.join("later").exists());
+    let attrs = lsattr_map(dest.parent().unwrap());
+    assert_eq!(attrs.get(Path::new("db")), Some(&"a".to_string()));
+    assert_eq!(
+        attrs.get(Path::new(replaced.file_name().unwrap())),
+        Some(&"a".to_string())
+    );
+    assert_eq!(rsync_diff(&src, &dest), "");
+
     // rename(2) cannot move a read-only subvolume into another directory: refused up front.
     let moved = fs.mnt.join("var/lib/machines/db-moved");
     let err = state::migrate_state(&src, &moved, &opts(StateMode::Move)).unwrap_err();
@@ -666,7 +698,22 @@ fn a_read_only_state_subvolume_is_read_only_after_the_rename() {
     assert!(src.exists() && is_readonly(&src));
     assert!(!moved.exists() && !fs.mnt.join("var/lib/machines/.db-moved.journal").exists());
     assert!(state::check_move(&src, &moved).is_err());
+
+    // Writable, but append-only (+a): rename(2) refuses that too, also within its directory.
+    set_readonly(&src, false);
+    let renamed = src.with_file_name("db2");
+    let err = state::check_move(&src, &renamed).unwrap_err().to_string();
+    assert!(
+        err.contains("it is +a (chattr), which forbids renaming it")
+            && err.contains("chattr -a")
+            && err.contains("--state copy"),
+        "{err}"
+    );
     unfreeze(&src);
+    for d in [&dest, &replaced] {
+        set_readonly(d, false);
+        unfreeze(d);
+    }
 }
 
 /// Off btrfs a read-only subvolume becomes a writable plain directory: the warning about the

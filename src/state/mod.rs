@@ -1018,6 +1018,7 @@ pub fn migrate_state(
     // Into place.
     let mut replaced = None;
     if replace {
+        let frozen = thaw_for_rename(&parent_fd, &name, dest, dest)?;
         rfs::renameat_with(
             &staging_fd,
             c"tree",
@@ -1030,6 +1031,8 @@ pub fn migrate_state(
         rfs::renameat(&staging_fd, c"tree", &parent_fd, old.as_str()).map_err(|e| {
             StateError::write("move the replaced copy to", &parent.join(&old), dest, e)
         })?;
+        let old_c = cstring(dest, old.as_ref())?;
+        refreeze(&parent_fd, &old_c, &parent.join(&old), dest, frozen)?;
         replaced = Some(parent.join(old));
     } else if dest_meta.is_some() {
         // An empty directory: rename(2) replaces it atomically.
@@ -1118,6 +1121,75 @@ fn freeze_root(
     Ok(())
 }
 
+/// What keeps a directory from being renamed into another directory: its `+i`/`+a` inode flags
+/// and, for the root of a btrfs subvolume, the read-only property.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frozen {
+    flags: u32,
+    readonly: bool,
+}
+
+/// Lift what keeps the directory `name` of `dir` (a destination being replaced with `force`)
+/// from being moved aside; [`refreeze`] puts it back on the moved one. Not a directory:
+/// nothing to lift.
+fn thaw_for_rename(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    dest: &Path,
+) -> Result<Frozen, StateError> {
+    let fd = match sys::open_dest_dir(dir.as_fd(), name) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP | Errno::NOENT) => return Ok(Frozen::default()),
+        Err(e) => return Err(StateError::io("open", path, e)),
+    };
+    let readonly = sys::subvolume_readonly(fd.as_fd())
+        .map_err(|e| StateError::io("read the btrfs subvolume flags of", path, e))?
+        == Some(true);
+    // In this order: a read-only subvolume's flags cannot be changed.
+    if readonly {
+        sys::set_subvolume_readonly(fd.as_fd(), false)
+            .map_err(|e| StateError::write("make writable the btrfs subvolume", path, dest, e))?;
+    }
+    let f =
+        flags::get(fd.as_fd()).map_err(|e| StateError::io("read the inode flags of", path, e))?;
+    let frozen = f & (flags::IMMUTABLE | flags::APPEND);
+    if frozen != 0 {
+        flags::set(fd.as_fd(), f & !frozen)
+            .map_err(|e| StateError::write("clear the inode flags of", path, dest, e))?;
+    }
+    Ok(Frozen {
+        flags: frozen,
+        readonly,
+    })
+}
+
+/// Put back what [`thaw_for_rename`] lifted, on the directory `name` of `dir`: the flags, then
+/// the read-only property (which forbids changing them).
+fn refreeze(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    dest: &Path,
+    frozen: Frozen,
+) -> Result<(), StateError> {
+    if frozen.flags == 0 && !frozen.readonly {
+        return Ok(());
+    }
+    let fd = sys::open_dest_dir(dir.as_fd(), name).map_err(|e| StateError::io("open", path, e))?;
+    if frozen.flags != 0 {
+        let f = flags::get(fd.as_fd())
+            .map_err(|e| StateError::io("read the inode flags of", path, e))?;
+        flags::set(fd.as_fd(), f | frozen.flags)
+            .map_err(|e| StateError::write("set the inode flags of", path, dest, e))?;
+    }
+    if frozen.readonly {
+        sys::set_subvolume_readonly(fd.as_fd(), true)
+            .map_err(|e| StateError::write("make read-only the btrfs subvolume", path, dest, e))?;
+    }
+    Ok(())
+}
+
 /// Move the journal next to the destination and remove the (now empty) staging directory.
 fn finish_journal(
     parent_fd: &OwnedFd,
@@ -1199,9 +1271,12 @@ fn move_state(
     };
     let parent = dest.parent().unwrap_or(dest);
     if replace {
+        let frozen = thaw_for_rename(parent_fd, name, dest, dest)?;
         rfs::renameat_with(rfs::CWD, src, parent_fd, name, RenameFlags::EXCHANGE).map_err(cross)?;
         let old = format!(".{name_s}.replaced-{}", now());
         rfs::renameat(rfs::CWD, src, parent_fd, old.as_str()).map_err(cross)?;
+        let old_c = cstring(dest, old.as_ref())?;
+        refreeze(parent_fd, &old_c, &parent.join(&old), dest, frozen)?;
     } else {
         rfs::renameat(rfs::CWD, src, parent_fd, name).map_err(cross)?;
     }
@@ -1349,6 +1424,23 @@ pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
                 "make it writable (btrfs property set -ts {} ro false), run again, then make the \
                  moved one read-only again (btrfs property set -ts {} ro true); or use --state \
                  copy, which keeps the copy read-only and the legacy state as it is",
+                src.display(),
+                dest.display()
+            ),
+        );
+    }
+    // rename(2) refuses to move an immutable or append-only directory at all.
+    let frozen = flags::get(s.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", src, e))?
+        & (flags::IMMUTABLE | flags::APPEND);
+    if frozen != 0 {
+        let l = flags::letters(frozen);
+        let off = l.replace('+', "-");
+        return refused(
+            format!("it is {l} (chattr), which forbids renaming it"),
+            format!(
+                "clear it (chattr {off} {}), run again, then set it on the moved one (chattr {l} \
+                 {}); or use --state copy, which keeps the flags and the legacy state as it is",
                 src.display(),
                 dest.display()
             ),
