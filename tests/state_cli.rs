@@ -149,10 +149,32 @@ fn state_move_renames_on_one_filesystem_and_is_refused_across_two() {
         ],
     );
     let before = snapshot(&bt.mnt.join("var/lib/nixos-containers"));
+    // The dry run says so first, as what --yes would refuse (one line per container).
+    let dry = nixos_nspawn(
+        &bt.mnt,
+        &["migrate", "--dry-run", "--json", "--state", "move"],
+    );
+    let refusals: Vec<String> = json(&dry)["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "would-refuse")
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
     let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let listed = std::fs::read_dir(&machines).unwrap().count();
     sutil::umount(&machines);
+    for s in &states {
+        let name = name_of(s);
+        assert!(
+            refusals
+                .iter()
+                .any(|m| m.contains(&format!("container {name}: "))
+                    && m.contains("they are on different filesystems")),
+            "{refusals:#?}"
+        );
+    }
     // 4: refused before the first write (see `--help`, "Exit codes").
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
