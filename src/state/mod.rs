@@ -398,15 +398,23 @@ impl StateOutcome {
             let ro_note = if ro_lost.is_empty() {
                 String::new()
             } else {
+                let n = ro_lost.len();
+                let which = if n == copy.subvolumes_flattened.len() {
+                    one_or(n, "It was", "All of them were").to_string()
+                } else {
+                    format!("{n} of them {}", one_or(n, "was", "were"))
+                };
                 format!(
-                    ". {} of them {} read-only (btrfs property ro): {}; the plain director{} in \
-                     the copy {} writable, nothing keeps the container from changing {} now",
-                    ro_lost.len(),
-                    one_or(ro_lost.len(), "was", "were"),
-                    path_list(&ro_lost),
-                    one_or(ro_lost.len(), "y", "ies"),
-                    one_or(ro_lost.len(), "is", "are"),
-                    one_or(ro_lost.len(), "it", "them"),
+                    ". {which} read-only (btrfs property ro){}; the plain director{} in the copy \
+                     {} writable, nothing keeps the container from changing {} now",
+                    if n == copy.subvolumes_flattened.len() {
+                        String::new()
+                    } else {
+                        format!(": {}", path_list(&ro_lost))
+                    },
+                    one_or(n, "y", "ies"),
+                    one_or(n, "is", "are"),
+                    one_or(n, "it", "them"),
                 )
             };
             out.push(crate::warnings::Warning::new(
@@ -1588,5 +1596,50 @@ mod tests {
             "../../var/lib/containers/x"
         );
         assert_eq!(r("/var/lib/machines", "/var/lib/machines/web"), "web");
+    }
+
+    /// The flattened warning says which subvolumes lost their read-only property, in words
+    /// that fit how many.
+    #[test]
+    fn the_flattened_warning_names_the_read_only_subvolumes() {
+        let warn = |flat: &[&str], ro: &[&str]| {
+            let out = StateOutcome::Copied {
+                copy: CopyReport {
+                    subvolumes_flattened: flat.iter().map(PathBuf::from).collect(),
+                    subvolumes_readonly: ro.iter().map(PathBuf::from).collect(),
+                    ..CopyReport::default()
+                },
+                verify: VerifyReport::empty(Verify::Full),
+                resumed: false,
+                replaced: None,
+            };
+            let w = out.warnings("web");
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert_eq!(w[0].code, "state-subvolumes-flattened");
+            w[0].message.clone()
+        };
+        let m = warn(&["srv/a"], &[]);
+        assert!(!m.contains("read-only"), "{m}");
+        let m = warn(&["srv/a"], &["srv/a"]);
+        assert!(
+            m.ends_with(
+                "does not apply any more. It was read-only (btrfs property ro); the plain \
+                 directory in the copy is writable, nothing keeps the container from changing it now"
+            ),
+            "{m}"
+        );
+        let m = warn(&[".", "srv/a"], &[".", "srv/a"]);
+        assert!(
+            m.contains("All of them were read-only (btrfs property ro); the plain directories in the copy are writable")
+                && m.ends_with("changing them now"),
+            "{m}"
+        );
+        let m = warn(&["srv/a", "srv/b", "srv/c"], &["srv/c", "srv/b"]);
+        assert!(
+            m.contains(
+                "2 of them were read-only (btrfs property ro): srv/b, srv/c; the plain directories"
+            ),
+            "{m}"
+        );
     }
 }
