@@ -12,6 +12,11 @@
 //! it is empty and on a new directory before its children; the late ones (`+i`, `+a`, `+d`,
 //! `+A`, `+S`) after the timestamps, as the very last step of an entry.
 //!
+//! A read-only btrfs subvolume (`BTRFS_SUBVOL_RDONLY`) is made read-only after its root
+//! directory is finished, late flags included, so after everything in it: nothing in a
+//! read-only subvolume can change any more. A resumed run finds the ones an interrupted run
+//! finished read-only and makes them writable again until they are finished once more.
+//!
 //! Memory: the walker keeps, per directory on the current path, the names of that directory's
 //! entries; a [`DirNode`] (the stat, xattrs, its name, ~150 bytes) lives while the directory has
 //! unfinished children; the hardlink map keeps one relative path per inode with more than one
