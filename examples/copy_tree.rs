@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             verify,
             force: false,
             progress: &NoProgress,
+            recheck: Verify::Metadata,
         };
         state::migrate_state(src, dst, &opts).map(|o| match o {
             state::StateOutcome::Copied { copy, verify, .. } => format!(

@@ -123,9 +123,14 @@ pub struct MigrateArgs {
     #[arg(long, value_enum, default_value_t = StateArg::Copy)]
     pub state: StateArg,
 
-    /// How thoroughly to check the copied state against the original.
+    /// How thoroughly to check the copied state against the original. Given explicitly, it
+    /// also sets how a copy an earlier run finished is checked again (by default, by metadata).
     #[arg(long, value_enum, default_value_t = VerifyArg::Full)]
     pub verify: VerifyArg,
+
+    /// Whether `--verify` was given on the command line (set after parsing).
+    #[arg(skip)]
+    pub verify_given: bool,
 
     /// Stop running legacy containers (systemctl stop container@NAME) instead of refusing.
     #[arg(long)]

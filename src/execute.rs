@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 pub struct ExecOptions {
     pub state: StateArg,
     pub verify: VerifyArg,
+    /// `--verify` was given explicitly: a copy an earlier run finished is checked again at
+    /// that level (otherwise by metadata).
+    pub verify_given: bool,
     pub stop: bool,
     pub force: bool,
     /// How the copy shows progress.
@@ -461,6 +464,11 @@ fn run_container(
                         verify,
                         force: opts.force,
                         progress: &totals,
+                        recheck: if opts.verify_given {
+                            verify
+                        } else {
+                            state::Verify::Metadata
+                        },
                     },
                 )
                 .map_err(|e| step_err(&cp.name, format!("{e}")))?;
@@ -1063,7 +1071,7 @@ fn describe_outcome(
             replaced,
         } => {
             let mut s = format!(
-                "state copied {from} → {to}: {} entries, {}{}; verified ({:?}): {} entries, {} differences",
+                "state copied {from} → {to}: {} entries, {}{}; verified ({}): {} entries, {} differences",
                 copy.entries,
                 sizes(total_bytes, copy.bytes),
                 if *resumed {
@@ -1071,7 +1079,7 @@ fn describe_outcome(
                 } else {
                     ""
                 },
-                verify.level,
+                verify.level.name(),
                 verify.entries,
                 verify.differences
             );
@@ -1109,6 +1117,13 @@ fn describe_outcome(
             "state moved {from} → {to} (a rename on one filesystem: nothing was copied, {from} no longer exists; \
              to go back, stop the new container and move it back with mv)"
         ),
+        state::StateOutcome::AlreadyDone { verify } if verify.level == state::Verify::Full => {
+            format!(
+                "state already at {to} (checked again against {from}: {}; {})",
+                verify.summary(),
+                verify.methods()
+            )
+        }
         state::StateOutcome::AlreadyDone { .. } => format!("state already at {to}"),
         state::StateOutcome::Skipped => format!("state left in {from}"),
     }

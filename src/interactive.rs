@@ -232,29 +232,50 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
             }
         }
         let mut state = args.state;
-        if inst.state.from.is_some() {
+        if let Some(from) = &inst.state.from {
             let size = info.size.map(human_size).unwrap_or_default();
+            // Asked before the question, so that a move that would be refused later (another
+            // filesystem, another btrfs subvolume, a mount inside) is not offered as if it
+            // could work.
+            let cannot_move = move_refusal(&host, from, &inst.state.to);
             let items = [
                 format!(
                     "copy ({size}; the legacy container keeps its state and keeps working; --rollback can go back)"
                 ),
-                "move (a rename: instant, same filesystem only; the legacy container loses its state)"
-                    .to_string(),
+                match &cannot_move {
+                    None => "move (a rename: instant, same filesystem only; the legacy container loses its state)"
+                        .to_string(),
+                    Some(why) => format!("move (not possible here: {why})"),
+                },
                 "skip (leave the state where it is; move it yourself)".to_string(),
             ];
-            let default = match args.state {
+            let mut default = match args.state {
                 StateArg::Copy => 0,
-                StateArg::Move => 1,
+                StateArg::Move if cannot_move.is_none() => 1,
+                StateArg::Move => 0,
                 StateArg::Skip => 2,
             };
-            state = match ui.select(
-                &format!("How should the state of {} come across?", info.name),
-                &items,
-                default,
-            )? {
-                1 => StateArg::Move,
-                2 => StateArg::Skip,
-                _ => StateArg::Copy,
+            state = loop {
+                match ui.select(
+                    &format!("How should the state of {} come across?", info.name),
+                    &items,
+                    default,
+                )? {
+                    1 => {
+                        if let Some(why) = &cannot_move {
+                            ui.say(&format!(
+                                "{} cannot be moved: {why}. Choose copy (the legacy state stays \
+                                 untouched) or skip.",
+                                info.name
+                            ));
+                            default = 0;
+                            continue;
+                        }
+                        break StateArg::Move;
+                    }
+                    2 => break StateArg::Skip,
+                    _ => break StateArg::Copy,
+                }
             };
         }
         choices.push(Choice {
@@ -319,6 +340,7 @@ pub fn run(root: &Path, args: &MigrateArgs, verbose: bool) -> Result<u8, Error> 
     let opts = ExecOptions {
         state: args.state,
         verify: args.verify,
+        verify_given: args.verify_given,
         // Only the containers whose stop was agreed to, each on its own answer.
         stop: false,
         force: args.force,
@@ -616,6 +638,29 @@ fn table(infos: &[Info], root: &Path) -> String {
 }
 
 /// The old definition(s) of a container and the new text, as a coloured diff.
+/// Why `--state move` of `from` to `to` would be refused (the first line of the refusal), or
+/// `None` when it would work, or when `to` already exists (what the state engine then does
+/// depends on what is there: done, replace or refuse, as for a copy).
+fn move_refusal(host: &HostRoot, from: &Path, to: &Path) -> Option<String> {
+    if host.kind(to).ok().flatten().is_some() {
+        return None;
+    }
+    let checked = host
+        .confined_real_path(from)
+        .and_then(|f| Ok((f, host.confined_real_path(to)?)))
+        .map_err(|e| e.to_string())
+        .and_then(|(f, t)| crate::state::check_move(&f, &t).map_err(|e| e.to_string()));
+    checked.err().map(|e| {
+        let first = e.lines().next().unwrap_or_default();
+        // "cannot move A to B: REASON" → REASON: the paths are on the screen already.
+        first
+            .split_once(": ")
+            .map(|(_, why)| why)
+            .unwrap_or(first)
+            .to_string()
+    })
+}
+
 fn show_diff(host: &HostRoot, m: &Migration, idx: usize, inst: &Instance, rewrite: bool) -> String {
     let Some(c) = m.report.containers.get(idx) else {
         return String::new();

@@ -1,6 +1,7 @@
 //! `nixos-nspawn`: parse the command line, run, map the outcome to a documented exit code.
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use nixos_nspawn::cli::{Cli, Command, MigrateArgs};
 use nixos_nspawn::error::{Error, exit};
 use nixos_nspawn::execute;
@@ -12,7 +13,17 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command().try_get_matches().and_then(|m| {
+        let mut cli = Cli::from_arg_matches(&m)?;
+        if let Command::Migrate(args) = &mut cli.command {
+            args.verify_given = m
+                .subcommand_matches("migrate")
+                .and_then(|sm| sm.value_source("verify"))
+                == Some(ValueSource::CommandLine);
+        }
+        Ok(cli)
+    });
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -253,6 +264,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     let opts = execute::ExecOptions {
         state: args.state,
         verify: args.verify,
+        verify_given: args.verify_given,
         stop: args.stop,
         force: args.force,
         progress: if args.quiet {

@@ -847,3 +847,61 @@ fn yes_on_the_running_machine_reads_through_its_view_and_writes() {
         &legacy_snapshot(root.path()),
     );
 }
+
+/// A tmpfs mounted over a directory for the life of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "nn-test", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The state question does not offer a move that would be refused: with /var/lib/machines on
+/// another filesystem, "move" says why it is not possible, choosing it anyway explains and
+/// asks again, and the plan then copies.
+#[test]
+fn a_move_that_would_be_refused_is_not_offered_as_possible() {
+    if !have_tmux() || !is_root() {
+        eprintln!("skipped: needs tmux and root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let _machines = Tmpfs::mount(&root.path().join("var/lib/machines"));
+    let stand_ins = StandIns::new(&[]);
+    let t = Tmux::start(
+        root.path(),
+        &stand_ins,
+        &["--only", "db"],
+        &[("NO_COLOR", "1")],
+    );
+    t.wait_for("Migrate db now?");
+    t.keys(&["y", "Enter"]);
+    let s = t.wait_for("How should the state of db come across?");
+    assert!(
+        s.contains("move (not possible here: they are on different filesystems"),
+        "{s}"
+    );
+    t.keys(&["Down", "Enter"]);
+    let s = t.wait_for("db cannot be moved: they are on different filesystems");
+    assert!(s.contains("Choose copy"), "{s}");
+    t.wait_for_n("How should the state of db come across?", 2);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("Carry this out now?");
+    assert!(s.contains("db: copy the state"), "{s}");
+    t.keys(&["n", "Enter"]);
+    t.wait_for("Nothing was changed.");
+    assert!(!root.path().join("var/lib/machines/db").exists());
+}

@@ -20,6 +20,7 @@ fn opts(verify: Verify) -> MigrateStateOptions<'static> {
         verify,
         force: false,
         progress: &NoProgress,
+        recheck: Verify::Metadata,
     }
 }
 
@@ -44,6 +45,7 @@ fn copy_keeps_every_kind_of_entry_and_metadata() {
         verify: Verify::Full,
         force: false,
         progress: &count,
+        recheck: Verify::Metadata,
     };
     let out = state::migrate_state(&src, &dest, &o).unwrap();
     // The source was not changed at all (symlink atimes excepted: readlink updates them).
@@ -700,6 +702,79 @@ fn power_lost_after_the_rename_with_only_start_on_disk_is_verified_again() {
         "the copy is left as it is"
     );
     assert!(!journal.exists(), "no `done` for a copy that differs");
+}
+
+/// Power lost after the journal moved next to the copy but before its sync (the journal's and
+/// the directory's syncs run side by side): the journal there holds only `start`, and an
+/// empty staging directory may be left. The next run verifies the copy again at the level
+/// asked for and finishes; a copy whose bytes differ is refused, never accepted.
+#[test]
+fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_edge_tree(&src);
+    let dest = t.path().join("machines/web");
+    let journal = t.path().join("machines/.web.journal");
+    let staging = t.path().join("machines/.web.partial");
+    let only_start = || {
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        assert!(first.contains("\"event\":\"start\""), "{text}");
+        std::fs::write(&journal, format!("{first}\n")).unwrap();
+        std::fs::create_dir_all(&staging).unwrap();
+    };
+    state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    only_start();
+    let before = snapshot(&dest, false);
+    let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    let StateOutcome::AlreadyDone { verify } = out else {
+        panic!("expected AlreadyDone, got {out:?}");
+    };
+    assert!(verify.is_clean(), "{verify:?}");
+    assert_eq!(
+        verify.level,
+        Verify::Full,
+        "contents checked, not just metadata"
+    );
+    assert_eq!(snapshot(&dest, false), before);
+    assert!(!staging.exists(), "the empty staging directory is removed");
+    let j = std::fs::read_to_string(&journal).unwrap();
+    assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
+    // A re-run now is the ordinary "already done".
+    let again = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
+    assert!(
+        matches!(again, StateOutcome::AlreadyDone { .. }),
+        "{again:?}"
+    );
+
+    only_start();
+    let f = dest.join("etc/os-release");
+    let m = f.symlink_metadata().unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(m.modified().unwrap())
+        .unwrap();
+    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
+    assert!(
+        matches!(err.kind(), StateErrorKind::DestOccupied { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        bytes,
+        "the copy is left as it is"
+    );
+    let j = std::fs::read_to_string(&journal).unwrap();
+    assert!(
+        !j.contains("\"done\""),
+        "no `done` for a copy that differs: {j}"
+    );
 }
 
 /// Power lost during the copy, before its first sync: the staging tree is on disk but its

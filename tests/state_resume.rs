@@ -22,6 +22,7 @@ fn opts() -> MigrateStateOptions<'static> {
         verify: Verify::Full,
         force: false,
         progress: &NoProgress,
+        recheck: Verify::Metadata,
     }
 }
 

@@ -33,6 +33,7 @@ fn opts(mode: StateMode) -> MigrateStateOptions<'static> {
         verify: Verify::Full,
         force: false,
         progress: &NoProgress,
+        recheck: Verify::Metadata,
     }
 }
 

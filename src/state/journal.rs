@@ -119,6 +119,12 @@ impl Journal {
         })
     }
 
+    /// Make what was appended durable.
+    pub fn sync(&self) -> Result<(), StateError> {
+        rfs::fsync(self.file.as_fd())
+            .map_err(|e| StateError::write("sync the journal", &self.path, &self.path, e))
+    }
+
     /// Append one event; with `sync`, make it durable before returning.
     pub fn append(&mut self, ev: &Event, sync: bool) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(ev).map_err(|e| {
@@ -129,8 +135,7 @@ impl Journal {
             .write_all(&line)
             .map_err(|e| StateError::write("write the journal", &self.path, &self.path, e))?;
         if sync {
-            rfs::fsync(self.file.as_fd())
-                .map_err(|e| StateError::write("sync the journal", &self.path, &self.path, e))?;
+            self.sync()?;
         }
         Ok(())
     }
@@ -181,6 +186,26 @@ pub(crate) fn is_done(events: &[Event]) -> bool {
         Some(i) => events[i..].iter().any(|e| matches!(e, Event::Done)),
         None => false,
     }
+}
+
+/// The mode (`copy`, `move`) of the last `start`.
+pub(crate) fn mode_of(events: &[Event]) -> Option<&str> {
+    events.iter().rev().find_map(|e| match e {
+        Event::Start { mode, .. } => Some(mode.as_str()),
+        _ => None,
+    })
+}
+
+/// Did the last run recorded pass its verification (`verified` after its last `start`)?
+pub(crate) fn is_verified(events: &[Event]) -> bool {
+    let last_start = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Start { .. }));
+    last_start.is_some_and(|i| {
+        events[i..]
+            .iter()
+            .any(|e| matches!(e, Event::Verified { .. }))
+    })
 }
 
 /// The last event after the last `start`.

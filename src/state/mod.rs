@@ -63,16 +63,19 @@
 //! into place before `syncfs` and verification; after a failed verification the next run
 //! re-copies every file's data.
 //!
-//! Three syncs make a copy durable, whatever its size: the `syncfs` after copying (the tree
-//! and the journal's `start`), the journal's `fsync` after `done` (`verified`, `renamed` and
-//! `done` reach the disk together) and the parent directory's `fsync` after the journal moved
-//! there. What a crash between them can leave, and what the next run does with it:
+//! Two rounds of syncs make a copy durable, whatever its size: the `syncfs` after copying
+//! (the tree and the journal's `start`; it runs while the copy is verified), then, after the
+//! rename and the journal's move next to the copy, the journal's `fsync` (`verified`,
+//! `renamed` and `done` reach the disk together) and the parent directory's `fsync`, side by
+//! side. What a crash before they finish can leave, and what the next run does with it:
 //! - a staging directory whose journal never reached the disk (no `start` record): nothing in
 //!   it was recorded or verified, and the legacy state it came from is untouched, so it is
 //!   removed and the copy starts again;
-//! - the copy renamed into place, its journal still in staging without `verified` on disk:
-//!   the copy is verified again at the level asked for (it reached the disk before the rename)
-//!   and the bookkeeping finished.
+//! - the copy still in staging: resumed (walked, verified, renamed);
+//! - the copy renamed into place, its journal in staging or moved next to it, without `done`
+//!   or `verified` on disk: the copy (on disk since the `syncfs` before the rename) is
+//!   verified again at the level asked for, not by metadata alone, and the bookkeeping
+//!   finished.
 //!
 //! # Performance and memory
 //!
@@ -145,7 +148,8 @@ pub enum Verify {
 }
 
 impl Verify {
-    fn name(self) -> &'static str {
+    /// `full`, `metadata` or `none`, as `--verify` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Verify::Full => "full",
             Verify::Metadata => "metadata",
@@ -192,6 +196,33 @@ pub struct MigrateStateOptions<'a> {
     /// `dest.parent/.NAME.replaced-UNIXTIME`), or a staging directory of another source.
     pub force: bool,
     pub progress: &'a dyn Progress,
+    /// How a copy an earlier run finished is checked before it counts as done: by metadata,
+    /// so that a re-run stays quick, unless more is asked for (the CLI's `--verify` given
+    /// explicitly: `--verify full` proves the contents again, e.g. after a suspected
+    /// corruption of the copy).
+    pub recheck: Verify,
+}
+
+/// How a copy renamed into place by an interrupted run is checked: by metadata where its
+/// `verified` record is on disk, else at the level asked for (at least metadata); never below
+/// what `recheck` asks for.
+fn recheck_level(opts: &MigrateStateOptions<'_>, verified_on_disk: bool) -> Verify {
+    let base = if verified_on_disk {
+        Verify::Metadata
+    } else {
+        stronger(opts.verify, Verify::Metadata)
+    };
+    stronger(opts.recheck, base)
+}
+
+/// The stronger of two verification levels.
+fn stronger(a: Verify, b: Verify) -> Verify {
+    let rank = |v: Verify| match v {
+        Verify::None => 0,
+        Verify::Metadata => 1,
+        Verify::Full => 2,
+    };
+    if rank(a) >= rank(b) { a } else { b }
 }
 
 /// What [`migrate_state`] did.
@@ -646,17 +677,7 @@ pub fn migrate_state(
         // run killed after the rename may have left just `start`. The tree leaves staging
         // only by that rename, after `syncfs` and verification, but without the record the
         // copy is verified again at the level asked for, not by metadata alone.
-        let recorded = ev.as_ref().is_some_and(|ev| {
-            matches!(
-                journal::last(ev),
-                Some(Event::Verified { .. } | Event::Renamed { .. } | Event::Done)
-            )
-        });
-        let recheck = if recorded || opts.verify == Verify::None {
-            Verify::Metadata
-        } else {
-            opts.verify
-        };
+        let recheck = recheck_level(opts, ev.as_ref().is_some_and(|ev| journal::is_verified(ev)));
         let already_done = ev.as_ref().is_some_and(|ev| journal::is_done(ev));
         if ours && sys::lstat_at(sfd.as_fd(), c"tree") == Err(Errno::NOENT) {
             // Killed after the rename, maybe before the root's +i/+a were set: set them now
@@ -667,15 +688,16 @@ pub fn migrate_state(
             let report =
                 verify::verify_fds(&src_fd, &dfd, recheck, src, dest, nworkers, flag_support)?;
             if report.is_clean() {
+                let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
                 if !already_done {
-                    let mut jr = Journal::open(sfd.as_fd(), c"journal", &jpath)?;
-                    jr.append(&Event::Done, true)?;
+                    jr.append(&Event::Done, false)?;
                 }
                 finish_journal(
                     &parent_fd,
                     &sfd,
                     &staging_name,
                     &journal_name,
+                    &jr,
                     &parent,
                     dest,
                 )?;
@@ -686,6 +708,33 @@ pub fn migrate_state(
 
     // What is at `dest` now decides between done, replace and refuse.
     let mut replace = false;
+    if let Some(dm) = dest_meta
+        && dm.kind() == sys::Kind::Dir
+        && opts.mode == StateMode::Copy
+        && let Some(ev) = &done_journal
+        && is_source(ev)
+        && journal::mode_of(ev) == Some("copy")
+        && !journal::is_done(ev)
+    {
+        // The journal moved next to the copy, `done` not on disk: the run stopped between the
+        // journal's move and its sync (they run together with the directory's). The journal
+        // moves only after the rename, so the copy is this source's; without `verified` on disk
+        // it is verified again at the level asked for, then finished. Otherwise it is refused
+        // below like any directory this tool did not finish.
+        let level = recheck_level(opts, journal::is_verified(ev));
+        let dfd = sys::open_read(parent_fd.as_fd(), &name, true)
+            .map_err(|e| StateError::io("open", dest, e))?;
+        freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
+        let report = verify::verify_fds(&src_fd, &dfd, level, src, dest, nworkers, flag_support)?;
+        if report.is_clean() {
+            let mut jr = Journal::open(parent_fd.as_fd(), &journal_name, &journal_path)?;
+            jr.append(&Event::Done, true)?;
+            // An empty staging directory left behind (its removal was not on disk either).
+            let _ = rfs::unlinkat(&parent_fd, &staging_name, AtFlags::REMOVEDIR);
+            rfs::fsync(&parent_fd).map_err(|e| StateError::write("sync", &parent, dest, e))?;
+            return Ok(StateOutcome::AlreadyDone { verify: report });
+        }
+    }
     if let Some(dm) = dest_meta {
         let ours = done_journal
             .as_ref()
@@ -696,7 +745,7 @@ pub fn migrate_state(
             let report = verify::verify_fds(
                 &src_fd,
                 &dfd,
-                Verify::Metadata,
+                stronger(opts.recheck, Verify::Metadata),
                 src,
                 dest,
                 nworkers,
@@ -713,8 +762,9 @@ pub fn migrate_state(
                         src.display(),
                         report.summary()
                     ),
-                    fix: "the legacy container ran after the migration; pass --force to copy it again \
-                          (the earlier copy is kept, renamed to .NAME.replaced-TIME)"
+                    fix: "the legacy container ran after the migration, or the copy was changed \
+                          since; pass --force to copy it again (the earlier copy is kept, renamed to \
+                          .NAME.replaced-TIME)"
                         .to_string(),
                 }
                 .into());
@@ -1057,9 +1107,9 @@ pub fn migrate_state(
         .map_err(|e| StateError::write("rename the copy to", dest, dest, e))?;
     }
     // Durable with the journal's move, by `finish_journal`'s sync of the same directory. A run
-    // killed before that finds `done` in the staging journal and either the copy renamed (then
-    // checked and the bookkeeping finished, above) or still in staging (then resumed: walked,
-    // verified and renamed again): one directory sync instead of two on the way out.
+    // stopped before that finds the copy either still in staging (then resumed: walked,
+    // verified and renamed again) or renamed, its journal in staging or moved, with or without
+    // `done` on disk (then checked and the bookkeeping finished, above).
     freeze_root(&src_fd, src, &parent_fd, &name, dest, flag_support)?;
     jr.append(
         &Event::Renamed {
@@ -1067,12 +1117,13 @@ pub fn migrate_state(
         },
         false,
     )?;
-    jr.append(&Event::Done, true)?;
+    jr.append(&Event::Done, false)?;
     finish_journal(
         &parent_fd,
         &staging_fd,
         &staging_name,
         &journal_name,
+        &jr,
         &parent,
         dest,
     )?;
@@ -1198,12 +1249,15 @@ fn refreeze(
     Ok(())
 }
 
-/// Move the journal next to the destination and remove the (now empty) staging directory.
+/// Move the journal next to the destination, remove the (now empty) staging directory, and
+/// make both durable: the journal's contents and the directory are synced together (a stop
+/// between the two syncs is recognised by the next run either way).
 fn finish_journal(
     parent_fd: &OwnedFd,
     staging_fd: &OwnedFd,
     staging_name: &CStr,
     journal_name: &CStr,
+    jr: &Journal,
     parent: &Path,
     dest: &Path,
 ) -> Result<(), StateError> {
@@ -1220,7 +1274,19 @@ fn finish_journal(
             ));
         }
     }
-    rfs::fsync(parent_fd).map_err(|e| StateError::write("sync", parent, dest, e))
+    let (journal_synced, dir_synced) = std::thread::scope(|s| {
+        let j = s.spawn(|| jr.sync());
+        let d = rfs::fsync(parent_fd);
+        (
+            j.join().unwrap_or(Err(StateError::invalid(
+                parent,
+                "internal error: a sync thread panicked",
+            ))),
+            d,
+        )
+    });
+    journal_synced?;
+    dir_synced.map_err(|e| StateError::write("sync", parent, dest, e))
 }
 
 #[allow(clippy::too_many_arguments)]
