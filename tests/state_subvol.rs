@@ -3,7 +3,10 @@
 //! administrators make them for databases): copied, not skipped like mount points; recreated as
 //! subvolumes where the copy is on btrfs, plain directories with a warning elsewhere; verified
 //! (by shared extents across subvolumes); resumed when half-copied; carried along by
-//! `--state move`. Real mount points inside the state stay skipped and are reported.
+//! `--state move`. Real mount points inside the state stay skipped and are reported (and make
+//! `--state move` refuse). Read-only subvolumes stay read-only on btrfs (verified, resumed,
+//! replaced with `--force`), lose it off btrfs with a warning, and cannot be moved as the
+//! state directory itself.
 //!
 //! Each test makes its own btrfs (and XFS) filesystem on a loop device; skipped with a message
 //! where loop devices are unavailable, unless `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1`.
@@ -848,6 +851,8 @@ fn btrfs_move_is_refused_with_a_mount_inside_and_goes_ahead_without() {
     subvolume_create(&elsewhere);
     std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
     let bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    // A read-only nested subvolume moves along too (its own directory stays where it is).
+    set_readonly(&src.join("srv/db"), true);
     let dest = fs.mnt.join("var/lib/machines/web");
     let before = snapshot(&src, false);
 
@@ -877,6 +882,8 @@ fn btrfs_move_is_refused_with_a_mount_inside_and_goes_ahead_without() {
     for s in SUBVOLUMES {
         assert!(is_subvolume(&dest.join(s)), "{s} is not a subvolume");
     }
+    assert!(is_readonly(&dest.join("srv/db")));
+    assert!(!src.exists());
 }
 
 /// Many mount points: the first few are named, the rest counted; found at any depth and
