@@ -1172,7 +1172,7 @@ fn write_file(
         .is_ok_and(|old| old == text.as_bytes());
     if target.backup && !same {
         let bak = host
-            .backup(&target.resolved, &stamp.to_string())
+            .backup_fresh(&target.resolved, &stamp.to_string())
             .map_err(|e| {
                 fail(format!(
                     "cannot keep a backup of {shown}: {e}; it was not replaced"
