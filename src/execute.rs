@@ -719,6 +719,35 @@ fn would_drop(host: &HostRoot, resolved: &Path, shown: &Path, m: &Migration) -> 
     })
 }
 
+/// Why `--state move` cannot rename a container's state, one line each: across filesystems (or
+/// mounts, or btrfs subvolumes), a read-only subvolume into another directory, mount points
+/// inside it ([`state::check_move`]). For `--yes` before the first write, and for `--dry-run`
+/// (a `would-refuse` warning each).
+pub fn move_problems(host: &HostRoot, m: &Migration, opts: &ExecOptions) -> Vec<String> {
+    let mut problems = Vec::new();
+    for cp in &m.plan.containers {
+        for step in &cp.steps {
+            if let Step::CopyState { from, to, .. } = step
+                && opts.state_of(&cp.name) == StateArg::Move
+                && host.kind(to).ok().flatten().is_none()
+            {
+                let paths = host
+                    .confined_real_path(from)
+                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
+                match paths {
+                    Ok((f, t)) => {
+                        if let Err(e) = state::check_move(&f, &t) {
+                            problems.push(format!("container {}: {e}", cp.name));
+                        }
+                    }
+                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// Every check that can fail, for every container and every destination, before anything is
 /// written: the read-only checks of [`check_destinations`], then those that must see the real
 /// mounts (writable directories, free space) and the live systemd (running containers).
@@ -738,26 +767,9 @@ fn preflight(
             {
                 problems.push(e.to_string());
             }
-            // A move is a rename: refused across filesystems (or mounts, or btrfs subvolumes)
-            // before anything is written, with the reason.
-            if let Step::CopyState { from, to, .. } = step
-                && opts.state_of(&cp.name) == StateArg::Move
-                && host.kind(to).ok().flatten().is_none()
-            {
-                let paths = host
-                    .confined_real_path(from)
-                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
-                match paths {
-                    Ok((f, t)) => {
-                        if let Err(e) = state::check_move(&f, &t) {
-                            problems.push(format!("container {}: {e}", cp.name));
-                        }
-                    }
-                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
-                }
-            }
         }
     }
+    problems.extend(move_problems(host, m, opts));
     problems.extend(writability_problems(host, &checked));
     if let Some(dir) = &checked.space_dir
         && checked.need > 0

@@ -287,6 +287,7 @@ fn run_migrate(root: &std::path::Path, args: &MigrateArgs, verbose: bool) -> Res
     if args.dry_run {
         let mut problems = checked.problems.clone();
         problems.extend(execute::writability_problems(&host, &checked));
+        problems.extend(execute::move_problems(&host, &migration, &opts));
         problems.extend(rewrite_problems.iter().cloned());
         migrate::add_refusals(&mut migration, &problems);
     } else if !rewrite_problems.is_empty() {

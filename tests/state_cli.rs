@@ -249,10 +249,32 @@ fn state_move_renames_on_one_filesystem_and_is_refused_across_two() {
         ],
     );
     let before = snapshot(&bt.mnt.join("var/lib/nixos-containers"));
+    // The dry run says so first, as what --yes would refuse (one line per container).
+    let dry = nixos_nspawn(
+        &bt.mnt,
+        &["migrate", "--dry-run", "--json", "--state", "move"],
+    );
+    let refusals: Vec<String> = json(&dry)["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "would-refuse")
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
     let out = apply(&bt.mnt, &stand_ins, &["--state", "move"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let listed = std::fs::read_dir(&machines).unwrap().count();
     sutil::umount(&machines);
+    for s in &states {
+        let name = name_of(s);
+        assert!(
+            refusals
+                .iter()
+                .any(|m| m.contains(&format!("container {name}: "))
+                    && m.contains("they are on different filesystems")),
+            "{refusals:#?}"
+        );
+    }
     // 4: refused before the first write (see `--help`, "Exit codes").
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
@@ -373,4 +395,106 @@ fn the_dry_run_plan_says_move_when_the_state_is_moved() {
         .collect();
     assert_eq!(modes.len(), copies.len(), "{report}");
     assert!(modes.iter().all(|m| *m == "move"), "{report}");
+}
+
+/// `--state move` of a state with a mount point inside: rename(2) would take the mount along,
+/// but the host mounts it at the old path again at its next boot. The dry run says `--yes`
+/// would refuse it (naming the container, the mount point and the ways out), `--yes` refuses
+/// before anything is written; once it is unmounted the move goes ahead.
+#[test]
+fn state_move_with_a_mount_inside_the_state_is_refused_dry_run_and_yes() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let root = TestRoot::fixture("example");
+    let web = root.path().join("var/lib/nixos-containers/web");
+    // Unique per test run: the fixture copy is a fresh temporary directory.
+    let data = sutil::Tmpfs::mount(&web.join("srv/data"), "1m");
+    std::fs::write(web.join("srv/data/rows"), "host data\n").unwrap();
+
+    let out = root.run(&["migrate", "--dry-run", "--json", "--state", "move"]);
+    let j = json(&out);
+    let refusals: Vec<&str> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "would-refuse")
+        .map(|w| w["message"].as_str().unwrap())
+        .collect();
+    let about_web: Vec<&&str> = refusals
+        .iter()
+        .filter(|m| m.contains("container web:"))
+        .collect();
+    assert_eq!(about_web.len(), 1, "{refusals:#?}");
+    let m = about_web[0];
+    assert!(
+        m.contains("1 mount point is inside it (srv/data)")
+            && m.contains("at the old path again at the next boot")
+            && m.contains("unmount it")
+            && m.contains("fileSystems entry")
+            && m.contains("--state copy")
+            && m.contains("state-mounts-skipped"),
+        "{m}"
+    );
+    // Only `web` has a mount inside: the other containers would move.
+    assert!(
+        refusals
+            .iter()
+            .all(|m| !m.contains("mount point") || m.contains("container web:")),
+        "{refusals:#?}"
+    );
+    // The text report says it too.
+    let out = root.run(&["migrate", "--dry-run", "--state", "move"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would refuse") && text.contains("srv/data"),
+        "{text}"
+    );
+
+    // --yes: refused before the first write; the legacy state and its mount stay.
+    let before = snapshot(&root.path().join("var/lib/nixos-containers"));
+    let stand_ins = StandIns::new(&[]);
+    let out = apply(root.path(), &stand_ins, &["--state", "move"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("container web:")
+            && err.contains("srv/data"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&root.path().join("var/lib/nixos-containers")),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(web.join("srv/data/rows")).unwrap(),
+        "host data\n"
+    );
+    assert!(!root.path().join("var/lib/machines/web").exists());
+    assert!(!root.path().join("etc/nixos/nspawn-containers.nix").exists());
+
+    // Unmounted (its fileSystems entry moved): the move goes ahead.
+    drop(data);
+    let out = apply(root.path(), &stand_ins, &["--state", "move"]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    let c = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web")
+        .unwrap();
+    assert_eq!(c["state_result"]["outcome"], "moved", "{c}");
+    assert!(!web.exists());
+    assert!(
+        root.path()
+            .join("var/lib/machines/web/etc/hostname")
+            .exists()
+    );
 }

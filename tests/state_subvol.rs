@@ -3,7 +3,10 @@
 //! administrators make them for databases): copied, not skipped like mount points; recreated as
 //! subvolumes where the copy is on btrfs, plain directories with a warning elsewhere; verified
 //! (by shared extents across subvolumes); resumed when half-copied; carried along by
-//! `--state move`. Real mount points inside the state stay skipped and are reported.
+//! `--state move`. Real mount points inside the state stay skipped and are reported (and make
+//! `--state move` refuse). Read-only subvolumes stay read-only on btrfs (verified, resumed,
+//! replaced with `--force`), lose it off btrfs with a warning, and cannot be moved as the
+//! state directory itself.
 //!
 //! Each test makes its own btrfs (and XFS) filesystem on a loop device; skipped with a message
 //! where loop devices are unavailable, unless `NIXOS_NSPAWN_REQUIRE_REAL_TOOLS=1`.
@@ -23,6 +26,9 @@ use nixos_nspawn::state::{
     hooks::{HookPoint, set_hook},
 };
 use util::*;
+
+/// The hook is one slot for the whole process: tests that set it take turns.
+static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn opts(mode: StateMode) -> MigrateStateOptions<'static> {
     MigrateStateOptions {
@@ -313,6 +319,7 @@ fn a_half_copied_subvolume_is_resumed() {
     std::fs::create_dir_all(sv.join("b")).unwrap();
     std::fs::write(sv.join("b/last"), "last\n").unwrap();
     let dest = fs.mnt.join("var/lib/machines-new/web");
+    let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let staged_a = fs
         .mnt
         .join("var/lib/machines-new/.web.partial/tree/var/lib/machines/a");
@@ -466,5 +473,454 @@ fn a_state_directory_that_is_a_subvolume_is_copied_as_one() {
             .iter()
             .any(|w| w.code == "state-subvolumes-flattened" && w.message.contains(": .")),
         "{warnings:?}"
+    );
+}
+
+/// The read-only property of a subvolume as `btrfs property get` (the independent tool) shows it.
+fn is_readonly(p: &Path) -> bool {
+    let out = Command::new("btrfs")
+        .args(["property", "get", "-ts"])
+        .arg(p)
+        .arg("ro")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "btrfs property get {}: {}",
+        p.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "ro=true" => true,
+        "ro=false" => false,
+        other => panic!("btrfs property get {}: {other}", p.display()),
+    }
+}
+
+fn set_readonly(p: &Path, ro: bool) {
+    run(
+        "btrfs",
+        &[
+            "property",
+            "set",
+            "-ts",
+            p.to_str().unwrap(),
+            "ro",
+            if ro { "true" } else { "false" },
+        ],
+    );
+}
+
+/// A state with read-only subvolumes, as snapshots made with `btrfs subvolume snapshot -r`
+/// are: `srv/snap` (with its own owner, mode and times, files and a directory) holding a
+/// read-only subvolume of its own, and a writable one next to them.
+fn state_with_readonly_subvolumes(src: &Path) {
+    build_bulk_tree(&src.join("srv/plain"), 2, 3, 0, 0);
+    subvolume_create(&src.join("srv/snap"));
+    build_bulk_tree(&src.join("srv/snap/data"), 2, 6, 1, 1 << 20);
+    subvolume_create(&src.join("srv/snap/inner"));
+    std::fs::write(src.join("srv/snap/inner/note"), "read-only twice\n").unwrap();
+    subvolume_create(&src.join("srv/rw"));
+    std::fs::write(src.join("srv/rw/note"), "writable\n").unwrap();
+    std::os::unix::fs::lchown(src.join("srv/snap"), Some(70), Some(70)).unwrap();
+    std::fs::set_permissions(
+        src.join("srv/snap"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    run(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            "2021-03-03 03:03:03.123456789",
+            src.join("srv/snap").to_str().unwrap(),
+            src.join("srv/snap/inner").to_str().unwrap(),
+        ],
+    );
+    // Inside out: a read-only subvolume's root cannot be changed, not even its directory.
+    set_readonly(&src.join("srv/snap/inner"), true);
+    set_readonly(&src.join("srv/snap"), true);
+}
+
+/// Read-only subvolumes are read-only again in a copy on btrfs, with everything in them (the
+/// property is set last); a run after that finds the copy done; verification tells a copy whose
+/// read-only property differs from the source's.
+#[test]
+fn read_only_subvolumes_stay_read_only_on_btrfs() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    state_with_readonly_subvolumes(&src);
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let warnings = out.warnings("web");
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    let mut ro = copy.subvolumes_readonly.clone();
+    ro.sort();
+    assert_eq!(
+        ro,
+        [PathBuf::from("srv/snap"), PathBuf::from("srv/snap/inner")]
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(is_readonly(&dest.join("srv/snap")));
+    assert!(is_readonly(&dest.join("srv/snap/inner")));
+    assert!(!is_readonly(&dest.join("srv/rw")));
+    // Contents, owner, mode and times of the read-only subvolumes' roots are all there.
+    assert_eq!(rsync_diff(&src, &dest), "");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("srv/snap/inner/note")).unwrap(),
+        "read-only twice\n"
+    );
+    // And it is read-only for real: the kernel refuses a write.
+    let err = std::fs::write(dest.join("srv/snap/new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    // Again: done, nothing written.
+    let again = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    assert!(
+        matches!(again, StateOutcome::AlreadyDone { .. }),
+        "{again:?}"
+    );
+
+    // A copy whose read-only property differs from the source's is told apart, both ways.
+    set_readonly(&dest.join("srv/snap/inner"), false);
+    set_readonly(&dest.join("srv/rw"), true);
+    let v = state::verify_tree(&src, &dest, Verify::Metadata).unwrap();
+    assert_eq!(v.differences, 2, "{}", v.summary());
+    let mut found: Vec<(String, String)> = v
+        .first
+        .iter()
+        .map(|d| (d.path.display().to_string(), d.what.clone()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (
+                "srv/rw".to_string(),
+                "the btrfs subvolume is writable in the source but read-only in the copy"
+                    .to_string()
+            ),
+            (
+                "srv/snap/inner".to_string(),
+                "the btrfs subvolume is read-only in the source but writable in the copy"
+                    .to_string()
+            ),
+        ]
+    );
+    // … and so is the run after that: the copy no longer matches its source.
+    let err = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap_err();
+    assert!(err.to_string().contains("no longer matches"), "{err}");
+}
+
+/// A state directory that is a read-only subvolume itself: copied into a subvolume that becomes
+/// read-only after the final rename (a read-only subvolume cannot be renamed into another
+/// directory); checked again by the next run; `--state move` is refused before anything is
+/// written, with the way out.
+#[test]
+fn a_read_only_state_subvolume_is_read_only_after_the_rename() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/db");
+    subvolume_create(&src);
+    build_bulk_tree(&src, 2, 4, 1, 1 << 20);
+    chattr("+a", &src);
+    set_readonly(&src, true);
+    let dest = fs.mnt.join("var/lib/machines/db");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(copy.subvolumes, vec![PathBuf::from(".")]);
+    assert_eq!(copy.subvolumes_readonly, vec![PathBuf::from(".")]);
+    assert!(is_subvolume(&dest) && is_readonly(&dest));
+    // +a was set before the read-only property, which forbids it.
+    assert_eq!(
+        lsattr_map(dest.parent().unwrap()).get(Path::new("db")),
+        Some(&"a".to_string())
+    );
+    assert_eq!(rsync_diff(&src, &dest), "");
+    assert!(!fs.mnt.join("var/lib/machines/.db.partial").exists());
+    let again = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    assert!(
+        matches!(again, StateOutcome::AlreadyDone { .. }),
+        "{again:?}"
+    );
+    // The root's property is verified too.
+    set_readonly(&dest, false);
+    let v = state::verify_tree(&src, &dest, Verify::Metadata).unwrap();
+    assert_eq!(v.differences, 1, "{}", v.summary());
+    assert_eq!(v.first[0].path, Path::new(""));
+    assert!(v.first[0].what.contains("read-only in the source"), "{v:?}");
+    set_readonly(&dest, true);
+
+    // The legacy state changed after the migration: `--force` copies it again and keeps the
+    // earlier copy aside, read-only as it was (a read-only subvolume cannot be moved into
+    // another directory: made writable for the renames, read-only again after them).
+    set_readonly(&src, false);
+    std::fs::write(src.join("later"), "written after the migration\n").unwrap();
+    set_readonly(&src, true);
+    let err = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap_err();
+    assert!(err.to_string().contains("no longer matches"), "{err}");
+    let forced = MigrateStateOptions {
+        force: true,
+        ..opts(StateMode::Copy)
+    };
+    let out = state::migrate_state(&src, &dest, &forced).unwrap();
+    let StateOutcome::Copied {
+        verify, replaced, ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    let replaced = replaced.expect("the earlier copy was not kept");
+    assert!(is_subvolume(&dest) && is_readonly(&dest));
+    assert!(is_subvolume(&replaced) && is_readonly(&replaced));
+    assert!(dest.join("later").exists() && !replaced.join("later").exists());
+    let attrs = lsattr_map(dest.parent().unwrap());
+    assert_eq!(attrs.get(Path::new("db")), Some(&"a".to_string()));
+    assert_eq!(
+        attrs.get(Path::new(replaced.file_name().unwrap())),
+        Some(&"a".to_string())
+    );
+    assert_eq!(rsync_diff(&src, &dest), "");
+
+    // rename(2) cannot move a read-only subvolume into another directory: refused up front.
+    let moved = fs.mnt.join("var/lib/machines/db-moved");
+    let err = state::migrate_state(&src, &moved, &opts(StateMode::Move)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("read-only btrfs subvolume")
+            && msg.contains("btrfs property set -ts")
+            && msg.contains("--state copy"),
+        "{msg}"
+    );
+    assert!(src.exists() && is_readonly(&src));
+    assert!(!moved.exists() && !fs.mnt.join("var/lib/machines/.db-moved.journal").exists());
+    assert!(state::check_move(&src, &moved).is_err());
+
+    // Writable, but append-only (+a): rename(2) refuses that too, also within its directory.
+    set_readonly(&src, false);
+    let renamed = src.with_file_name("db2");
+    let err = state::check_move(&src, &renamed).unwrap_err().to_string();
+    assert!(
+        err.contains("it is +a (chattr), which forbids renaming it")
+            && err.contains("chattr -a")
+            && err.contains("--state copy"),
+        "{err}"
+    );
+    unfreeze(&src);
+    for d in [&dest, &replaced] {
+        set_readonly(d, false);
+        unfreeze(d);
+    }
+}
+
+/// Off btrfs a read-only subvolume becomes a writable plain directory: the warning about the
+/// flattened subvolumes says which ones were read-only.
+#[test]
+fn read_only_subvolumes_flattened_off_btrfs_are_named_in_the_warning() {
+    let Some(bt) = loop_fs("btrfs") else { return };
+    let Some(xfs) = loop_fs("xfs") else { return };
+    let src = bt.mnt.join("var/lib/nixos-containers/web");
+    state_with_readonly_subvolumes(&src);
+    let dest = xfs.mnt.join("var/lib/machines/web");
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let warnings = out.warnings("web");
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert_eq!(rsync_diff(&src, &dest), "");
+    let mut flat = copy.subvolumes_flattened.clone();
+    flat.sort();
+    assert_eq!(
+        flat,
+        ["srv/rw", "srv/snap", "srv/snap/inner"].map(PathBuf::from)
+    );
+    let w = warnings
+        .iter()
+        .find(|w| w.code == "state-subvolumes-flattened")
+        .unwrap_or_else(|| panic!("{warnings:?}"));
+    let (_, ro_part) = w
+        .message
+        .split_once("2 of them were read-only (btrfs property ro): ")
+        .unwrap_or_else(|| panic!("the lost read-only property is not named: {w:?}"));
+    assert!(
+        ro_part.contains("srv/snap")
+            && ro_part.contains("srv/snap/inner")
+            && !ro_part.contains("srv/rw"),
+        "{w:?}"
+    );
+    assert!(ro_part.contains("writable"), "{w:?}");
+    // The copy is a writable directory indeed.
+    std::fs::write(dest.join("srv/snap/new"), "x").unwrap();
+}
+
+/// Interrupted after a read-only subvolume was finished in the staging tree (read-only
+/// already), then run again: the subvolume is made writable to be resumed into, its files are
+/// kept, and it is read-only again at the end.
+#[test]
+fn a_resumed_copy_ends_with_the_read_only_subvolume_read_only() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    // btrfs lists a directory in creation order: `a` (the subvolume) is walked before `b`.
+    let sv = src.join("a");
+    subvolume_create(&sv);
+    // 64 files: two full batches, so all are handed to the workers before `b` is reached.
+    for i in 0..64 {
+        std::fs::write(sv.join(format!("f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    set_readonly(&sv, true);
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    std::fs::write(src.join("b/last"), "last\n").unwrap();
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let staged = fs.mnt.join("var/lib/machines/.web.partial/tree/a");
+    let b = src.join("b");
+    let aside = src.join("b.aside");
+    let (b2, aside2, staged2) = (b.clone(), aside.clone(), staged.clone());
+    set_hook(Some(Arc::new(move |point, path| {
+        if point != HookPoint::BeforeOpen || path != b2 {
+            return;
+        }
+        // Wait until the staged subvolume is finished (read-only), then swap `b` for a
+        // symlink: the copy stops with "a directory was replaced by a symlink".
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if staged2.exists() && is_readonly(&staged2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::rename(&b2, &aside2).unwrap();
+        std::os::unix::fs::symlink("/etc", &b2).unwrap();
+    })));
+    let first = state::migrate_state(&src, &dest, &opts(StateMode::Copy));
+    set_hook(None);
+    let err = first.expect_err("the copy went on although the source changed");
+    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
+    assert!(!dest.exists());
+    assert!(is_subvolume(&staged) && is_readonly(&staged));
+
+    std::fs::remove_file(&b).unwrap();
+    std::fs::rename(&aside, &b).unwrap();
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
+    let StateOutcome::Copied {
+        copy,
+        verify,
+        resumed,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(resumed);
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert!(
+        copy.reused >= 64,
+        "the finished files were copied again: {copy:?}"
+    );
+    assert!(is_subvolume(&dest.join("a")) && is_readonly(&dest.join("a")));
+    assert_eq!(rsync_diff(&src, &dest), "");
+
+    // A staging directory holding a read-only subvolume can be removed too (`--force` over
+    // a foreign staging directory, `--cleanup`): the property is lifted on the way.
+    let other = fs.mnt.join("var/lib/machines/.other.partial");
+    subvolume_create(&other.join("tree"));
+    std::fs::write(other.join("tree/f"), "x").unwrap();
+    set_readonly(&other.join("tree"), true);
+    let parent = std::fs::File::open(fs.mnt.join("var/lib/machines")).unwrap();
+    state::remove_tree_at(std::os::fd::AsFd::as_fd(&parent), c".other.partial").unwrap();
+    assert!(!other.exists());
+}
+
+/// `--state move` of a state with a mount point inside (a bind mount of a subvolume from
+/// elsewhere, which looks like a nested subvolume but for its mount): refused before anything
+/// is written, naming the mount point and not the nested subvolumes, which are no mounts; once
+/// it is unmounted the state moves, subvolumes and all.
+#[test]
+fn btrfs_move_is_refused_with_a_mount_inside_and_goes_ahead_without() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = state_with_subvolumes(&fs);
+    let elsewhere = fs.mnt.join("elsewhere");
+    subvolume_create(&elsewhere);
+    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
+    let bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    // A read-only nested subvolume moves along too (its own directory stays where it is).
+    set_readonly(&src.join("srv/db"), true);
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let before = snapshot(&src, false);
+
+    let err = state::migrate_state(&src, &dest, &opts(StateMode::Move)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1 mount point is inside it (mnt/host)")
+            && msg.contains("nothing was written")
+            && msg.contains("--state copy"),
+        "{msg}"
+    );
+    // The list names the mount point alone: no nested subvolume is taken for a mount.
+    let listed = msg
+        .split_once("inside it (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list)
+        .unwrap_or_default();
+    assert_eq!(listed, "mnt/host", "{msg}");
+    assert!(state::check_move(&src, &dest).is_err());
+    assert_eq!(snapshot(&src, false), before);
+    assert!(!dest.exists() && !fs.mnt.join("var/lib/machines/.web.journal").exists());
+    assert!(src.join("mnt/host/not-ours").exists());
+
+    drop(bind);
+    let out = state::migrate_state(&src, &dest, &opts(StateMode::Move)).unwrap();
+    assert!(matches!(out, StateOutcome::Moved), "{out:?}");
+    for s in SUBVOLUMES {
+        assert!(is_subvolume(&dest.join(s)), "{s} is not a subvolume");
+    }
+    assert!(is_readonly(&dest.join("srv/db")));
+    assert!(!src.exists());
+}
+
+/// Many mount points: the first few are named, the rest counted; found at any depth and
+/// inside nested subvolumes, with the walk's descriptors bounded like every walk.
+#[test]
+fn a_move_refusal_names_the_first_mount_points_and_counts_the_rest() {
+    let Some(fs) = loop_fs("btrfs") else { return };
+    let src = fs.mnt.join("var/lib/nixos-containers/web");
+    subvolume_create(&src.join("srv/sv"));
+    let mut deep = src.join("srv/sv");
+    for i in 0..40 {
+        deep = deep.join(format!("d{i}"));
+    }
+    let mut mounts = Vec::new();
+    for i in 0..6 {
+        mounts.push(Tmpfs::mount(&src.join(format!("m{i}")), "1m"));
+    }
+    mounts.push(Tmpfs::mount(&deep, "1m"));
+    let dest = fs.mnt.join("var/lib/machines/web");
+    let err = state::check_move(&src, &dest).unwrap_err().to_string();
+    assert!(
+        err.contains("7 mount points are inside it (") && err.contains(" and 2 more)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unmount them") && err.contains("their fileSystems entries"),
+        "{err}"
+    );
+    let listed = err.matches(", ").count();
+    assert!(listed >= 4, "{err}");
+    // Only the deep one left: found, with its relative path.
+    mounts.truncate(0);
+    let _deep = Tmpfs::mount(&deep, "1m");
+    let err = state::check_move(&src, &dest).unwrap_err().to_string();
+    let rel = deep.strip_prefix(&src).unwrap().display().to_string();
+    assert!(
+        err.contains(&format!("1 mount point is inside it ({rel})")),
+        "{err}"
     );
 }

@@ -12,6 +12,11 @@
 //! it is empty and on a new directory before its children; the late ones (`+i`, `+a`, `+d`,
 //! `+A`, `+S`) after the timestamps, as the very last step of an entry.
 //!
+//! A read-only btrfs subvolume (`BTRFS_SUBVOL_RDONLY`) is made read-only after its root
+//! directory is finished, late flags included, so after everything in it: nothing in a
+//! read-only subvolume can change any more. A resumed run finds the ones an interrupted run
+//! finished read-only and makes them writable again until they are finished once more.
+//!
 //! Memory: the walker keeps, per directory on the current path, the names of that directory's
 //! entries; a [`DirNode`] (the stat, xattrs, its name, ~150 bytes) lives while the directory has
 //! unfinished children; the hardlink map keeps one relative path per inode with more than one
@@ -78,6 +83,11 @@ pub struct CopyReport {
     /// Nested btrfs subvolumes of the source copied as plain directories, because the
     /// destination is not btrfs: their contents are all there, the subvolume boundary is not.
     pub subvolumes_flattened: Vec<PathBuf>,
+    /// The read-only ones among the source's subvolumes (`btrfs property set -ts PATH ro
+    /// true`; `.` when the source itself is one): read-only again in the copy where they are
+    /// subvolumes there (set last, after everything in them; the root's after the final
+    /// rename), writable plain directories where they were flattened.
+    pub subvolumes_readonly: Vec<PathBuf>,
     /// Whether FICLONE (reflink) was used for at least one file.
     pub reflinked: bool,
     /// Files whose data was cloned (reflinked) rather than copied.
@@ -135,6 +145,9 @@ struct DirNode {
     flags_want: u32,
     /// Its flags as they are while its children are created.
     flags_now: u32,
+    /// A btrfs subvolume in the copy to make read-only when it is finished, after everything
+    /// in it (a read-only subvolume cannot be changed any more).
+    readonly: bool,
 }
 
 /// Iterative: the parent chain of a tree 100,000 levels deep would overflow the stack if each
@@ -281,6 +294,10 @@ impl Shared<'_> {
         }
         if n.flags_want != 0 {
             self.flags_copied.fetch_add(1, Ordering::Relaxed);
+        }
+        if n.readonly {
+            sys::set_subvolume_readonly(fd, true)
+                .map_err(|e| self.write_err("make read-only the btrfs subvolume", &n.rel(), e))?;
         }
         Ok(())
     }
@@ -657,6 +674,16 @@ pub(crate) fn copy_tree(
         .map_err(|e| StateError::io("read the extended attributes of", src_label, e))?;
     // The root's flags: early ones now, the rest when it is finished; +i/+a never here (the
     // copy's root must still be renamed into place; `migrate_state` sets them afterwards).
+    // The source is a read-only subvolume itself: reported as `.`, made read-only by
+    // `migrate_state` after the final rename (or lost where the copy is not on btrfs).
+    let root_readonly = sys::subvolume_readonly(src_root.as_fd())
+        .map_err(|e| StateError::io("read the btrfs subvolume flags of", src_label, e))?
+        == Some(true);
+    if resume != Resume::Fresh {
+        sys::thaw_subvolume(dst_root.as_fd()).map_err(|e| {
+            StateError::write("make writable the btrfs subvolume", dst_label, dst_label, e)
+        })?;
+    }
     let root_sflags = flags::get(src_root.as_fd())
         .map_err(|e| StateError::io("read the inode flags of", src_label, e))?;
     let root_want =
@@ -691,11 +718,17 @@ pub(crate) fn copy_tree(
         name: CString::default(),
         flags_want: root_want,
         flags_now: root_now,
+        // The root's read-only property comes after the final rename, which it would forbid
+        // (`migrate_state`).
+        readonly: false,
     });
 
     let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(8);
     let rx = Mutex::new(rx);
     let mut report = CopyReport::default();
+    if root_readonly {
+        report.subvolumes_readonly.push(PathBuf::from("."));
+    }
     let walk_result = std::thread::scope(|scope| {
         for _ in 0..workers.max(1) {
             let sh = &sh;
@@ -881,6 +914,7 @@ fn walk(
                     name: name.clone(),
                     flags_want: 0,
                     flags_now: 0,
+                    readonly: false,
                 };
                 sh.finish_dir(&placeholder, fd.as_fd())?;
                 report.dirs += 1;
@@ -918,7 +952,15 @@ fn walk(
                 // legacy had), elsewhere a plain directory with the same contents (reported).
                 let mut existing = existing;
                 let as_subvolume = crossing == Crossing::Subvolume && sys::is_btrfs(dst_dir);
+                let mut readonly = false;
                 if crossing == Crossing::Subvolume {
+                    if sys::subvolume_readonly(sub.as_fd())
+                        .map_err(|e| sh.read_err("read the btrfs subvolume flags of", &rel, e))?
+                        == Some(true)
+                    {
+                        report.subvolumes_readonly.push(rel.clone());
+                        readonly = as_subvolume;
+                    }
                     if as_subvolume {
                         report.subvolumes.push(rel.clone());
                         // An interrupted run always creates it as a subvolume; a plain
@@ -933,6 +975,12 @@ fn walk(
                     } else {
                         report.subvolumes_flattened.push(rel.clone());
                     }
+                } else if existing.is_some_and(|d| sys::is_subvolume_root(&d, node.dst_id.0)) {
+                    // A subvolume an interrupted run made where the source has a plain
+                    // directory now (maybe read-only already): start it again.
+                    sys::remove_all_at(dst_dir, &name)
+                        .map_err(|e| sh.write_err("remove the stale", &rel, e))?;
+                    existing = None;
                 }
                 let (fresh, dfd) = prepare_dir(
                     sh,
@@ -971,6 +1019,7 @@ fn walk(
                     name,
                     flags_want: want,
                     flags_now,
+                    readonly,
                 });
                 report.dirs += 1;
                 progress_entry(sh);
@@ -1247,6 +1296,12 @@ fn prepare_dir(
         return Ok((true, None));
     }
     let fd = sys::open_dest_dir(dst_dir, name).map_err(|e| sh.write_err("open", rel, e))?;
+    if subvolume && !fresh {
+        // An interrupted run may have finished it, read-only included: writable again until
+        // it is finished once more.
+        sys::thaw_subvolume(fd.as_fd())
+            .map_err(|e| sh.write_err("make writable the btrfs subvolume", rel, e))?;
+    }
     let mut now =
         flags::get(fd.as_fd()).map_err(|e| sh.write_err("read the inode flags of", rel, e))?;
     if now & flags::COPYABLE != want & flags::EARLY {

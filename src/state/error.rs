@@ -85,6 +85,20 @@ pub enum StateErrorKind {
         /// "they are on different filesystems (device 0x801 and 0x7)", …
         reason: String,
     },
+    /// `StateMode::Move` of a state that rename(2) could move, but not as the administrator
+    /// expects (mount points inside it), or cannot move into another directory (a read-only
+    /// btrfs subvolume). Checked before anything is written.
+    #[error(
+        "cannot move {src} to {dest}: {reason}\n\n\
+         nothing was written; {fix}",
+        src = .src.display(), dest = .dest.display()
+    )]
+    MoveRefused {
+        src: PathBuf,
+        dest: PathBuf,
+        reason: String,
+        fix: String,
+    },
     /// The destination filesystem has fewer free inodes than the copy needs entries (checked
     /// before copying), or ran out of them during the copy (`during` names the operation).
     #[error(

@@ -4,7 +4,8 @@
 //! # API
 //!
 //! - [`check_move`]`(src, dest)`: can `--state move` rename it (same mount, same filesystem,
-//!   same btrfs subvolume)? Writes nothing.
+//!   same btrfs subvolume, not a read-only subvolume leaving its directory, no mount points
+//!   inside)? Writes nothing.
 //! - [`migrate_state`]`(src, dest, &`[`MigrateStateOptions`]`)` → [`StateOutcome`]: copy (or, on
 //!   request, move) `src` to `dest` through a staging directory `dest.parent/.NAME.partial`
 //!   (holding `tree/` and `journal`), verify, then rename into place. Idempotent: when `dest` is
@@ -34,7 +35,11 @@
 //! [`INODE_FLAGS_LOST`]). Not kept: ctime (cannot be set). Nested btrfs subvolumes (another
 //! `st_dev`, inode 256, yet on the parent's mount per `STATX_MNT_ID`: tmpfiles `v` lines make
 //! them inside NixOS guests) are copied: as subvolumes again where the copy is on btrfs, else as
-//! plain directories ([`STATE_SUBVOLUMES_FLATTENED`]). Mount points inside the source (a mount
+//! plain directories ([`STATE_SUBVOLUMES_FLATTENED`]). A read-only subvolume's property is set
+//! last, when everything in it is finished (for the state directory itself after the final
+//! rename, which it would forbid, and after the root's `+i`/`+a`); an interrupted run's
+//! read-only subvolume is made writable again to be resumed into. Off btrfs the property is
+//! lost, and the flattened warning names the subvolumes that had it. Mount points inside the source (a mount
 //! root according to `statx`, which also catches bind mounts from the same filesystem, or
 //! another `st_dev` that is not such a subvolume) are not crossed: an empty directory stands in
 //! for a directory mount, a bind-mounted file is left out, and the reports list them
@@ -277,7 +282,7 @@ pub const STATE_MOUNTS_SKIPPED: crate::warnings::WarningSpec = crate::warnings::
 pub const STATE_SUBVOLUMES_FLATTENED: crate::warnings::WarningSpec = crate::warnings::WarningSpec {
     code: "state-subvolumes-flattened",
     category: crate::warnings::Category::ChangedMeaning,
-    summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs)",
+    summary: "nested btrfs subvolumes of the legacy state are plain directories in the new location (not btrfs); read-only ones are writable there",
 };
 
 pub const WARNINGS: &[&crate::warnings::WarningSpec] = &[
@@ -414,6 +419,35 @@ impl StateOutcome {
             ));
         }
         if !copy.subvolumes_flattened.is_empty() {
+            // A plain directory cannot be read-only the way a subvolume can: say which lost it.
+            let ro_lost: Vec<PathBuf> = copy
+                .subvolumes_flattened
+                .iter()
+                .filter(|p| copy.subvolumes_readonly.contains(p))
+                .cloned()
+                .collect();
+            let ro_note = if ro_lost.is_empty() {
+                String::new()
+            } else {
+                let n = ro_lost.len();
+                let which = if n == copy.subvolumes_flattened.len() {
+                    one_or(n, "It was", "All of them were").to_string()
+                } else {
+                    format!("{n} of them {}", one_or(n, "was", "were"))
+                };
+                format!(
+                    ". {which} read-only (btrfs property ro){}; the plain director{} in the copy \
+                     {} writable, nothing keeps the container from changing {} now",
+                    if n == copy.subvolumes_flattened.len() {
+                        String::new()
+                    } else {
+                        format!(": {}", path_list(&ro_lost))
+                    },
+                    one_or(n, "y", "ies"),
+                    one_or(n, "is", "are"),
+                    one_or(n, "it", "them"),
+                )
+            };
             out.push(crate::warnings::Warning::new(
                 &STATE_SUBVOLUMES_FLATTENED,
                 format!("containers.{container} state"),
@@ -421,7 +455,7 @@ impl StateOutcome {
                     "{} btrfs subvolume{} of the legacy state {} copied as plain \
                      director{} because the new location is not on btrfs: {}{}. All contents are \
                      there; what relied on the subvolume (its own snapshots, quotas, `btrfs \
-                     subvolume` commands in the container) does not apply any more",
+                     subvolume` commands in the container) does not apply any more{}",
                     copy.subvolumes_flattened.len(),
                     one_or(copy.subvolumes_flattened.len(), "", "s"),
                     one_or(copy.subvolumes_flattened.len(), "was", "were"),
@@ -436,6 +470,7 @@ impl StateOutcome {
                     } else {
                         ""
                     },
+                    ro_note,
                 ),
             ));
         }
@@ -986,7 +1021,7 @@ pub fn migrate_state(
     // waits for the disk. Both must succeed before anything is renamed.
     let (synced, verified) = std::thread::scope(|s| {
         let sync = s.spawn(|| rfs::syncfs(&tree_fd));
-        let verified = verify::verify_fds(
+        let verified = verify::verify_staged(
             &src_fd,
             &tree_fd,
             opts.verify,
@@ -1036,6 +1071,7 @@ pub fn migrate_state(
     // Into place.
     let mut replaced = None;
     if replace {
+        let frozen = thaw_for_rename(&parent_fd, &name, dest, dest)?;
         rfs::renameat_with(
             &staging_fd,
             c"tree",
@@ -1048,6 +1084,8 @@ pub fn migrate_state(
         rfs::renameat(&staging_fd, c"tree", &parent_fd, old.as_str()).map_err(|e| {
             StateError::write("move the replaced copy to", &parent.join(&old), dest, e)
         })?;
+        let old_c = cstring(dest, old.as_ref())?;
+        refreeze(&parent_fd, &old_c, &parent.join(&old), dest, frozen)?;
         replaced = Some(parent.join(old));
     } else if dest_meta.is_some() {
         // An empty directory: rename(2) replaces it atomically.
@@ -1093,7 +1131,10 @@ pub fn migrate_state(
 }
 
 /// Give the renamed copy the root's `+i`/`+a`, which would have forbidden the rename, so they
-/// come after it. Idempotent: a resumed run calls it again after a kill right after the rename.
+/// come after it; then, last, the read-only property of a state directory that is a btrfs
+/// subvolume (which forbids renaming it into another directory and setting `+i`/`+a`). A copy
+/// that is not a subvolume (not on btrfs) cannot hold it: the copy's report says so.
+/// Idempotent: a resumed run calls it again after a kill right after the rename.
 fn freeze_root(
     src_fd: &OwnedFd,
     src: &Path,
@@ -1115,6 +1156,90 @@ fn freeze_root(
             flags::set(dfd.as_fd(), now | root_frozen)
                 .map_err(|e| StateError::write("set the inode flags of", dest, dest, e))?;
         }
+    }
+    let root_readonly = sys::subvolume_readonly(src_fd.as_fd())
+        .map_err(|e| StateError::io("read the btrfs subvolume flags of", src, e))?
+        == Some(true);
+    if root_readonly {
+        let dfd = sys::open_dest_dir(parent_fd.as_fd(), name)
+            .map_err(|e| StateError::io("open", dest, e))?;
+        if sys::subvolume_readonly(dfd.as_fd())
+            .map_err(|e| StateError::io("read the btrfs subvolume flags of", dest, e))?
+            == Some(false)
+        {
+            sys::set_subvolume_readonly(dfd.as_fd(), true).map_err(|e| {
+                StateError::write("make read-only the btrfs subvolume", dest, dest, e)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What keeps a directory from being renamed into another directory: its `+i`/`+a` inode flags
+/// and, for the root of a btrfs subvolume, the read-only property.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frozen {
+    flags: u32,
+    readonly: bool,
+}
+
+/// Lift what keeps the directory `name` of `dir` (a destination being replaced with `force`)
+/// from being moved aside; [`refreeze`] puts it back on the moved one. Not a directory:
+/// nothing to lift.
+fn thaw_for_rename(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    dest: &Path,
+) -> Result<Frozen, StateError> {
+    let fd = match sys::open_dest_dir(dir.as_fd(), name) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP | Errno::NOENT) => return Ok(Frozen::default()),
+        Err(e) => return Err(StateError::io("open", path, e)),
+    };
+    let readonly = sys::subvolume_readonly(fd.as_fd())
+        .map_err(|e| StateError::io("read the btrfs subvolume flags of", path, e))?
+        == Some(true);
+    // In this order: a read-only subvolume's flags cannot be changed.
+    if readonly {
+        sys::set_subvolume_readonly(fd.as_fd(), false)
+            .map_err(|e| StateError::write("make writable the btrfs subvolume", path, dest, e))?;
+    }
+    let f =
+        flags::get(fd.as_fd()).map_err(|e| StateError::io("read the inode flags of", path, e))?;
+    let frozen = f & (flags::IMMUTABLE | flags::APPEND);
+    if frozen != 0 {
+        flags::set(fd.as_fd(), f & !frozen)
+            .map_err(|e| StateError::write("clear the inode flags of", path, dest, e))?;
+    }
+    Ok(Frozen {
+        flags: frozen,
+        readonly,
+    })
+}
+
+/// Put back what [`thaw_for_rename`] lifted, on the directory `name` of `dir`: the flags, then
+/// the read-only property (which forbids changing them).
+fn refreeze(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    dest: &Path,
+    frozen: Frozen,
+) -> Result<(), StateError> {
+    if frozen.flags == 0 && !frozen.readonly {
+        return Ok(());
+    }
+    let fd = sys::open_dest_dir(dir.as_fd(), name).map_err(|e| StateError::io("open", path, e))?;
+    if frozen.flags != 0 {
+        let f = flags::get(fd.as_fd())
+            .map_err(|e| StateError::io("read the inode flags of", path, e))?;
+        flags::set(fd.as_fd(), f | frozen.flags)
+            .map_err(|e| StateError::write("set the inode flags of", path, dest, e))?;
+    }
+    if frozen.readonly {
+        sys::set_subvolume_readonly(fd.as_fd(), true)
+            .map_err(|e| StateError::write("make read-only the btrfs subvolume", path, dest, e))?;
     }
     Ok(())
 }
@@ -1215,9 +1340,12 @@ fn move_state(
     };
     let parent = dest.parent().unwrap_or(dest);
     if replace {
+        let frozen = thaw_for_rename(parent_fd, name, dest, dest)?;
         rfs::renameat_with(rfs::CWD, src, parent_fd, name, RenameFlags::EXCHANGE).map_err(cross)?;
         let old = format!(".{name_s}.replaced-{}", now());
         rfs::renameat(rfs::CWD, src, parent_fd, old.as_str()).map_err(cross)?;
+        let old_c = cstring(dest, old.as_ref())?;
+        refreeze(parent_fd, &old_c, &parent.join(&old), dest, frozen)?;
     } else {
         rfs::renameat(rfs::CWD, src, parent_fd, name).map_err(cross)?;
     }
@@ -1270,13 +1398,16 @@ fn nearest_existing(path: &Path) -> Result<(PathBuf, OwnedFd), StateError> {
 
 /// Can `src` be renamed to `dest` (`--state move`)? Both must be on the same mount of the same
 /// filesystem and, on btrfs, in the same subvolume unless `src` is a subvolume itself (which
-/// rename(2) moves anywhere in its filesystem). Nested subvolumes and mounts inside `src` move
-/// with it. Nothing is written; `dest` need not exist yet (its nearest existing ancestor is
-/// what counts).
+/// rename(2) moves anywhere in its filesystem, unless it is read-only: then only within its
+/// directory). Nested subvolumes move with it. Mount points inside `src` are refused: rename(2)
+/// would take them along, but the host mounts them at the old path again at its next boot
+/// (found by a walk of the whole tree, as the copy finds them; bounded in open files). Nothing
+/// is written; `dest` need not exist yet (its nearest existing ancestor is what counts).
 ///
 /// # Errors
 ///
-/// [`StateErrorKind::CrossDevice`] with the reason, or an I/O error naming the path.
+/// [`StateErrorKind::CrossDevice`] or [`StateErrorKind::MoveRefused`] with the reason and the
+/// way out, or an I/O error naming the path.
 pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
     let s = sys::open_root(src)?;
     let sm = sys::fstat(s.as_fd()).map_err(|e| StateError::io("stat", src, e))?;
@@ -1330,6 +1461,87 @@ pub fn check_move(src: &Path, dest: &Path) -> Result<(), StateError> {
             src,
             "is a mount point and cannot be renamed; use --state copy",
         ));
+    }
+    let refused = |reason: String, fix: String| -> Result<(), StateError> {
+        Err(StateErrorKind::MoveRefused {
+            src: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            reason,
+            fix,
+        }
+        .into())
+    };
+    // A read-only subvolume's root may be renamed within its directory only (moving it to
+    // another one would change its `..`, which the property forbids).
+    let src_parent = src.parent().map(sys::open_dir_path);
+    let same_dir = match (&src_parent, at == parent) {
+        (Some(Ok(p)), true) => {
+            sys::fstat(p.as_fd()).is_ok_and(|pm| (pm.dev, pm.ino) == (dm.dev, dm.ino))
+        }
+        _ => false,
+    };
+    if !same_dir
+        && sys::subvolume_readonly(s.as_fd())
+            .map_err(|e| StateError::io("read the btrfs subvolume flags of", src, e))?
+            == Some(true)
+    {
+        return refused(
+            "it is a read-only btrfs subvolume, which rename(2) cannot move into another \
+             directory"
+                .to_string(),
+            format!(
+                "make it writable (btrfs property set -ts {} ro false), run again, then make the \
+                 moved one read-only again (btrfs property set -ts {} ro true); or use --state \
+                 copy, which keeps the copy read-only and the legacy state as it is",
+                src.display(),
+                dest.display()
+            ),
+        );
+    }
+    // rename(2) refuses to move an immutable or append-only directory at all.
+    let frozen = flags::get(s.as_fd())
+        .map_err(|e| StateError::io("read the inode flags of", src, e))?
+        & (flags::IMMUTABLE | flags::APPEND);
+    if frozen != 0 {
+        let l = flags::letters(frozen);
+        let off = l.replace('+', "-");
+        return refused(
+            format!("it is {l} (chattr), which forbids renaming it"),
+            format!(
+                "clear it (chattr {off} {}), run again, then set it on the moved one (chattr {l} \
+                 {}); or use --state copy, which keeps the flags and the legacy state as it is",
+                src.display(),
+                dest.display()
+            ),
+        );
+    }
+    const MAX_LISTED: usize = 5;
+    let (n, first) = space::mounts_below(&s, src, MAX_LISTED)?;
+    if n > 0 {
+        let shown: Vec<String> = first.iter().map(|p| p.display().to_string()).collect();
+        let more = if n > first.len() {
+            format!(" and {} more", n - first.len())
+        } else {
+            String::new()
+        };
+        let (it, its) = (one_or(n, "it", "them"), one_or(n, "its", "their"));
+        return refused(
+            format!(
+                "{n} mount point{} inside it ({}{more}): rename(2) would take {it} along, but what \
+                 mounts {it} (a fileSystems entry, fstab, a mount unit) mounts {it} at the old \
+                 path again at the next boot, and the moved container would not have {it}",
+                one_or(n, " is", "s are"),
+                shown.join(", "),
+            ),
+            format!(
+                "unmount {it} and point {its} fileSystems entr{} at the new path below {} \
+                 instead, then run again; or use --state copy, which leaves the legacy state \
+                 and {its} mounts as they are (the copy has an empty directory in place of each, \
+                 reported as state-mounts-skipped)",
+                one_or(n, "y", "ies"),
+                dest.display()
+            ),
+        );
     }
     Ok(())
 }
@@ -1445,5 +1657,50 @@ mod tests {
             "../../var/lib/containers/x"
         );
         assert_eq!(r("/var/lib/machines", "/var/lib/machines/web"), "web");
+    }
+
+    /// The flattened warning says which subvolumes lost their read-only property, in words
+    /// that fit how many.
+    #[test]
+    fn the_flattened_warning_names_the_read_only_subvolumes() {
+        let warn = |flat: &[&str], ro: &[&str]| {
+            let out = StateOutcome::Copied {
+                copy: CopyReport {
+                    subvolumes_flattened: flat.iter().map(PathBuf::from).collect(),
+                    subvolumes_readonly: ro.iter().map(PathBuf::from).collect(),
+                    ..CopyReport::default()
+                },
+                verify: VerifyReport::empty(Verify::Full),
+                resumed: false,
+                replaced: None,
+            };
+            let w = out.warnings("web");
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert_eq!(w[0].code, "state-subvolumes-flattened");
+            w[0].message.clone()
+        };
+        let m = warn(&["srv/a"], &[]);
+        assert!(!m.contains("read-only"), "{m}");
+        let m = warn(&["srv/a"], &["srv/a"]);
+        assert!(
+            m.ends_with(
+                "does not apply any more. It was read-only (btrfs property ro); the plain \
+                 directory in the copy is writable, nothing keeps the container from changing it now"
+            ),
+            "{m}"
+        );
+        let m = warn(&[".", "srv/a"], &[".", "srv/a"]);
+        assert!(
+            m.contains("All of them were read-only (btrfs property ro); the plain directories in the copy are writable")
+                && m.ends_with("changing them now"),
+            "{m}"
+        );
+        let m = warn(&["srv/a", "srv/b", "srv/c"], &["srv/c", "srv/b"]);
+        assert!(
+            m.contains(
+                "2 of them were read-only (btrfs property ro): srv/b, srv/c; the plain directories"
+            ),
+            "{m}"
+        );
     }
 }

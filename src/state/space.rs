@@ -1,6 +1,7 @@
 //! How much space a copy needs, and how much the destination has.
 
 use std::collections::HashSet;
+use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use rustix::io::Errno;
 
 use super::copy::join;
 use super::error::StateError;
-use super::sys::{self, Kind};
+use super::sys::{self, Kind, Meta};
 
 /// What copying a tree will take.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,11 +40,58 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
         ..SpaceNeed::default()
     };
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    walk_below(root, label, &mut |_, _, m, mount| {
+        // Nested btrfs subvolumes are copied, so they count; mount points are not.
+        if mount {
+            need.skipped_mounts += 1;
+            return;
+        }
+        need.entries += 1;
+        if m.kind() != Kind::Dir && m.nlink > 1 && !seen.insert((m.dev, m.ino)) {
+            return;
+        }
+        need.allocated += m.allocated();
+        if m.kind() == Kind::File {
+            need.bytes += m.size;
+        }
+    })?;
+    Ok(need)
+}
+
+/// The mount points below `root` as the copy walk tells them (a mount root per `statx`, or
+/// another `st_dev` that is not a nested btrfs subvolume): how many, and the relative paths of
+/// the first `max`.
+pub(crate) fn mounts_below(
+    root: &OwnedFd,
+    label: &Path,
+    max: usize,
+) -> Result<(usize, Vec<PathBuf>), StateError> {
+    let mut count = 0;
+    let mut first = Vec::new();
+    walk_below(root, label, &mut |dir, name, _, mount| {
+        if mount {
+            count += 1;
+            if first.len() < max {
+                first.push(dir.join(sys::os(name)));
+            }
+        }
+    })?;
+    Ok((count, first))
+}
+
+/// Every entry below `root`, depth first, never following symlinks and never crossing into a
+/// mount (nested btrfs subvolumes are walked): `visit(directory, name, lstat, is_mount_point)`
+/// with the directory relative to `root`. Only the deepest `sys::FD_WINDOW` levels keep their
+/// descriptor (see `sys::open_parent`).
+fn walk_below(
+    root: &OwnedFd,
+    label: &Path,
+    visit: &mut dyn FnMut(&Path, &CStr, &Meta, bool),
+) -> Result<(), StateError> {
+    let rm = sys::fstat(root.as_fd()).map_err(|e| StateError::io("stat", label, e))?;
     let dup = root
         .try_clone()
         .map_err(|e| StateError::io("duplicate a descriptor of", label, e))?;
-    // Depth first, one level per directory on the current path; only the deepest
-    // `sys::FD_WINDOW` levels keep their descriptor (see `sys::open_parent`).
     struct Level {
         fd: Option<OwnedFd>,
         id: (u64, u64),
@@ -91,41 +139,29 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
                 ));
             }
         };
-        // Nested btrfs subvolumes are copied, so they count; mount points are not.
-        if (m.dev != top.id.0 || m.mount_root)
-            && sys::crossing(dir.as_fd(), top.id.0, &name, &m) == sys::Crossing::Mount
-        {
-            need.skipped_mounts += 1;
+        let mount = (m.dev != top.id.0 || m.mount_root)
+            && sys::crossing(dir.as_fd(), top.id.0, &name, &m) == sys::Crossing::Mount;
+        visit(&rel, &name, &m, mount);
+        if mount || m.kind() != Kind::Dir {
             continue;
         }
-        need.entries += 1;
-        if m.kind() != Kind::Dir && m.nlink > 1 && !seen.insert((m.dev, m.ino)) {
-            continue;
-        }
-        need.allocated += m.allocated();
-        match m.kind() {
-            Kind::File => need.bytes += m.size,
-            Kind::Dir => {
-                rel.push(sys::os(&name));
-                let sub = sys::open_read(dir.as_fd(), &name, true)
-                    .map_err(|e| StateError::io("open", &join(label, &rel), e))?;
-                let names = sys::dir_names(sub.as_fd())
-                    .map_err(|e| StateError::io("list", &join(label, &rel), e))?;
-                stack.push(Level {
-                    fd: Some(sub),
-                    id: (m.dev, m.ino),
-                    names,
-                    next: 0,
-                });
-                let n = stack.len();
-                if n > sys::FD_WINDOW + 1 {
-                    stack[n - sys::FD_WINDOW - 1].fd = None;
-                }
-            }
-            _ => {}
+        rel.push(sys::os(&name));
+        let sub = sys::open_read(dir.as_fd(), &name, true)
+            .map_err(|e| StateError::io("open", &join(label, &rel), e))?;
+        let names = sys::dir_names(sub.as_fd())
+            .map_err(|e| StateError::io("list", &join(label, &rel), e))?;
+        stack.push(Level {
+            fd: Some(sub),
+            id: (m.dev, m.ino),
+            names,
+            next: 0,
+        });
+        let n = stack.len();
+        if n > sys::FD_WINDOW + 1 {
+            stack[n - sys::FD_WINDOW - 1].fd = None;
         }
     }
-    Ok(need)
+    Ok(())
 }
 
 /// Bytes available to an unprivileged writer on the filesystem holding `path` (`f_bavail`):

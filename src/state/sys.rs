@@ -401,7 +401,8 @@ pub(crate) fn readlink(dir: BorrowedFd<'_>, name: &CStr) -> Result<CString, Errn
 /// Remove `name` in `dir` whatever it is; directories recursively, without following symlinks,
 /// holding two descriptors whatever the depth (the way back up is `..`, checked against the
 /// directory we came from). Immutable and append-only flags on the way (set by a copy that
-/// was interrupted, or by a finished one being replaced) are cleared first. Only ever called on
+/// was interrupted, or by a finished one being replaced) are cleared first, and so is the
+/// read-only property of btrfs subvolumes (an emptied subvolume is removed by `rmdir`). Only ever called on
 /// our own staging tree.
 pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
     match unlink_thawing(dir, name) {
@@ -410,6 +411,7 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errn
         Err(e) => return Err(e),
     }
     let mut cur = open_dest_dir(dir, name)?;
+    thaw_subvolume(cur.as_fd())?;
     thaw_fd(cur.as_fd())?;
     // The names below `dir` leading to `cur`, each with the identity of its parent.
     let mut path: Vec<(CString, (u64, u64))> = Vec::new();
@@ -434,6 +436,7 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errn
         drop(d);
         if let Some(n) = descend {
             let sub = open_dest_dir(cur.as_fd(), &n)?;
+            thaw_subvolume(sub.as_fd())?;
             thaw_fd(sub.as_fd())?;
             let m = fstat(cur.as_fd())?;
             path.push((n, (m.dev, m.ino)));
@@ -812,6 +815,90 @@ pub(crate) fn create_subvolume(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), E
                 .raw_os_error()
                 .unwrap_or(libc::EIO),
         ));
+    }
+    Ok(())
+}
+
+/// `BTRFS_IOC_SUBVOL_GETFLAGS`: `_IOR(0x94, 25, __u64)`.
+const BTRFS_IOC_SUBVOL_GETFLAGS: libc::c_ulong = 0x8008_9419;
+/// `BTRFS_IOC_SUBVOL_SETFLAGS`: `_IOW(0x94, 26, __u64)`.
+const BTRFS_IOC_SUBVOL_SETFLAGS: libc::c_ulong = 0x4008_941A;
+/// `BTRFS_SUBVOL_RDONLY`: the subvolume's read-only property (`btrfs property set -ts PATH ro
+/// true`): nothing in it can be changed, not even its root's owner, mode, times or flags, and
+/// its root cannot be renamed into another directory.
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+
+fn subvol_flags(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut flags = 0u64;
+    // SAFETY: the ioctl writes one `__u64` into `flags`.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            BTRFS_IOC_SUBVOL_GETFLAGS,
+            &mut flags as *mut u64,
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    Ok(flags)
+}
+
+fn last_errno() -> Errno {
+    Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+/// Is the btrfs subvolume whose root directory `fd` is read-only? `None` when `fd` is not the
+/// root of a btrfs subvolume (any other directory or filesystem).
+pub(crate) fn subvolume_readonly(fd: BorrowedFd<'_>) -> Result<Option<bool>, Errno> {
+    let m = fstat(fd)?;
+    if m.kind() != Kind::Dir || m.ino != BTRFS_SUBVOL_ROOT_INO || !is_btrfs(fd) {
+        return Ok(None);
+    }
+    match subvol_flags(fd) {
+        Ok(f) => Ok(Some(f & BTRFS_SUBVOL_RDONLY != 0)),
+        // Inode 256 of a directory that is not a subvolume root (an ordinary inode number in a
+        // subvolume that has seen many files): not one.
+        Err(Errno::INVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make the btrfs subvolume whose root directory `fd` is read-only or writable again (a no-op
+/// when it already is). Needs the owner of the root or CAP_SYS_ADMIN.
+pub(crate) fn set_subvolume_readonly(fd: BorrowedFd<'_>, readonly: bool) -> Result<(), Errno> {
+    let now = subvol_flags(fd)?;
+    let want = if readonly {
+        now | BTRFS_SUBVOL_RDONLY
+    } else {
+        now & !BTRFS_SUBVOL_RDONLY
+    };
+    if want == now {
+        return Ok(());
+    }
+    // SAFETY: the ioctl reads one `__u64` from `want`.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            BTRFS_IOC_SUBVOL_SETFLAGS,
+            &want as *const u64,
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// A directory of our own (staging, a copy being replaced or removed) that may be the root of a
+/// read-only btrfs subvolume an earlier run finished: make it writable so it can be changed.
+pub(crate) fn thaw_subvolume(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    if subvolume_readonly(fd)? == Some(true) {
+        set_subvolume_readonly(fd, false)?;
     }
     Ok(())
 }

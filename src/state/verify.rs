@@ -6,7 +6,8 @@
 //! owner and group, mtime (ns), size, device numbers, symlink targets, every extended attribute
 //! (so ACLs and capabilities too), that hard links still share an inode, the copied inode flags
 //! (`chattr`, see `flags.rs`; those the destination cannot hold are left out, the copy reports
-//! them), and (Full) contents. Not checked: atime (reading may update it on the source's side
+//! them), that a nested btrfs subvolume is one in the copy too (where that is on btrfs) with the
+//! same read-only property, and (Full) contents. Not checked: atime (reading may update it on the source's side
 //! elsewhere), ctime (cannot be set).
 //!
 //! Contents at filesystem speed: when the source and the copy are on the same filesystem and
@@ -197,6 +198,9 @@ struct Ctx<'a> {
     inline_max: u64,
     /// The copied inode flags the copy's filesystem can hold.
     flag_support: u32,
+    /// Compare the roots' btrfs read-only property too (not in the staging tree: the copy's
+    /// root gets it after the final rename, which it would forbid).
+    root_readonly: bool,
     failed: AtomicBool,
     error: Mutex<Option<StateError>>,
     skipped: Mutex<Vec<PathBuf>>,
@@ -239,6 +243,50 @@ pub(crate) fn verify_fds(
     workers: usize,
     flag_support: u32,
 ) -> Result<VerifyReport, StateError> {
+    verify_with(
+        src_root,
+        dst_root,
+        level,
+        (src_label, dst_label),
+        workers,
+        flag_support,
+        true,
+    )
+}
+
+/// [`verify_fds`] for the copy in the staging directory, before it is renamed into place: its
+/// root is not read-only yet where the source's is (a read-only subvolume cannot be renamed
+/// into another directory; `migrate_state` sets it after the rename).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn verify_staged(
+    src_root: &OwnedFd,
+    dst_root: &OwnedFd,
+    level: Verify,
+    src_label: &Path,
+    dst_label: &Path,
+    workers: usize,
+    flag_support: u32,
+) -> Result<VerifyReport, StateError> {
+    verify_with(
+        src_root,
+        dst_root,
+        level,
+        (src_label, dst_label),
+        workers,
+        flag_support,
+        false,
+    )
+}
+
+fn verify_with(
+    src_root: &OwnedFd,
+    dst_root: &OwnedFd,
+    level: Verify,
+    (src_label, dst_label): (&Path, &Path),
+    workers: usize,
+    flag_support: u32,
+    root_readonly: bool,
+) -> Result<VerifyReport, StateError> {
     let mut report = VerifyReport::new(level);
     if level == Verify::None {
         return Ok(report);
@@ -268,6 +316,7 @@ pub(crate) fn verify_fds(
             0
         },
         flag_support,
+        root_readonly,
         failed: AtomicBool::new(false),
         error: Mutex::new(None),
         skipped: Mutex::new(Vec::new()),
@@ -637,6 +686,37 @@ fn compare_flags(
     Ok(())
 }
 
+/// Compare the btrfs read-only property of two subvolume roots (`s` in the source; `d` in the
+/// copy, which is left alone when it is not a subvolume: a copy off btrfs cannot hold it, and
+/// the copy reports that).
+fn compare_readonly(
+    ctx: &Ctx<'_>,
+    s: BorrowedFd<'_>,
+    d: BorrowedFd<'_>,
+    rel: &Path,
+) -> Result<(), StateError> {
+    let Some(have) = sys::subvolume_readonly(d)
+        .map_err(|e| ctx.wd("read the btrfs subvolume flags of", rel, e))?
+    else {
+        return Ok(());
+    };
+    let want = sys::subvolume_readonly(s)
+        .map_err(|e| ctx.rd("read the btrfs subvolume flags of", rel, e))?
+        .unwrap_or(false);
+    if want != have {
+        let word = |ro: bool| if ro { "read-only" } else { "writable" };
+        ctx.diffs.add(
+            rel,
+            format!(
+                "the btrfs subvolume is {} in the source but {} in the copy",
+                word(want),
+                word(have)
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// The walker: directories inline, everything else in batches to the workers.
 fn walk(
     src_root: &OwnedFd,
@@ -657,6 +737,9 @@ fn walk(
     )
     .map_err(|e| ctx.rd("read the extended attributes of", &rel, e))?;
     compare_flags(ctx, src_root.as_fd(), dst_root.as_fd(), &rel, true)?;
+    if ctx.root_readonly {
+        compare_readonly(ctx, src_root.as_fd(), dst_root.as_fd(), &rel)?;
+    }
     let dup = |fd: &OwnedFd, label: &Path| {
         fd.try_clone()
             .map(Arc::new)
@@ -759,19 +842,22 @@ fn walk(
         if !compare_meta(&sm, &dm, &erel, &ctx.diffs) {
             continue;
         }
+        let mut subvolume_copied = false;
         match sys::crossing(sdir, src_dev, &name, &sm) {
             Crossing::Mount => {
                 report.skipped_mounts.push(erel);
                 continue;
             }
             // Compared like any directory, and kept a subvolume where the copy is on btrfs.
-            Crossing::Subvolume
-                if sys::is_btrfs(ddir) && !sys::is_subvolume_root(&dm, f.dst_id.0) =>
-            {
-                ctx.diffs.add(
-                    &erel,
-                    "is a btrfs subvolume in the source but a plain directory in the copy",
-                );
+            Crossing::Subvolume if sys::is_btrfs(ddir) => {
+                if sys::is_subvolume_root(&dm, f.dst_id.0) {
+                    subvolume_copied = true;
+                } else {
+                    ctx.diffs.add(
+                        &erel,
+                        "is a btrfs subvolume in the source but a plain directory in the copy",
+                    );
+                }
             }
             Crossing::Subvolume | Crossing::Same => {}
         }
@@ -787,6 +873,9 @@ fn walk(
         )
         .map_err(|e| ctx.rd("read the extended attributes of", &erel, e))?;
         compare_flags(ctx, s.as_fd(), d.as_fd(), &erel, false)?;
+        if subvolume_copied {
+            compare_readonly(ctx, s.as_fd(), d.as_fd(), &erel)?;
+        }
         let names = merged(
             names(s.as_fd()).map_err(|e| ctx.rd("list", &erel, e))?,
             names(d.as_fd()).map_err(|e| ctx.wd("list", &erel, e))?,
