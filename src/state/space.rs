@@ -58,14 +58,19 @@ pub(crate) fn required_space_fd(root: &OwnedFd, label: &Path) -> Result<SpaceNee
     Ok(need)
 }
 
-/// The mount points below `root` as the copy walk tells them (a mount root per `statx`, or
-/// another `st_dev` that is not a nested btrfs subvolume): how many, and the relative paths of
-/// the first `max`.
+/// The mount points below `root`: how many, and the relative paths of the first `max`. Read
+/// from the mount table (`/proc/self/mountinfo`), so that a check before `--state move` costs
+/// nothing per file; where that table or the directory's path cannot be read, by walking the
+/// tree as the copy does (a mount root per `statx`, or another `st_dev` that is not a nested
+/// btrfs subvolume).
 pub(crate) fn mounts_below(
     root: &OwnedFd,
     label: &Path,
     max: usize,
 ) -> Result<(usize, Vec<PathBuf>), StateError> {
+    if let Some(found) = mounts_below_from_table(root, max) {
+        return Ok(found);
+    }
     let mut count = 0;
     let mut first = Vec::new();
     walk_below(root, label, &mut |dir, name, _, mount| {
@@ -77,6 +82,55 @@ pub(crate) fn mounts_below(
         }
     })?;
     Ok((count, first))
+}
+
+/// [`mounts_below`] from the mount table: the mount points whose path lies below the path of
+/// `root` as this process sees it (`/proc/self/fd`, the same view as the table's).
+fn mounts_below_from_table(root: &OwnedFd, max: usize) -> Option<(usize, Vec<PathBuf>)> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::read_link(format!("/proc/self/fd/{}", root.as_raw_fd())).ok()?;
+    if !dir.is_absolute() || dir.to_string_lossy().ends_with(" (deleted)") {
+        return None;
+    }
+    let table = std::fs::read("/proc/self/mountinfo").ok()?;
+    let mut below: Vec<PathBuf> = mount_points(&table)
+        .filter_map(|p| p.strip_prefix(&dir).ok().map(Path::to_path_buf))
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .collect();
+    below.sort();
+    below.dedup();
+    let n = below.len();
+    below.truncate(max);
+    Some((n, below))
+}
+
+/// The mount points (field 5) of a `mountinfo` table, with its octal escapes (`\040` for a
+/// space, `\011`, `\012`, `\134`) decoded.
+fn mount_points(table: &[u8]) -> impl Iterator<Item = PathBuf> + '_ {
+    use std::os::unix::ffi::OsStringExt;
+    table.split(|&b| b == b'\n').filter_map(|line| {
+        let field = line.split(|&b| b == b' ').nth(4)?;
+        let mut out = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let octal = field.get(i + 1..i + 4).and_then(|d| {
+                d.iter()
+                    .all(|c| (b'0'..=b'7').contains(c))
+                    .then(|| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            });
+            match (field[i], octal) {
+                (b'\\', Some(v)) if v <= 0xff => {
+                    out.push(v as u8);
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+    })
 }
 
 /// Every entry below `root`, depth first, never following symlinks and never crossing into a
@@ -170,4 +224,25 @@ pub fn free_space(path: &Path) -> Result<u64, StateError> {
     let v = rustix::fs::statvfs(path)
         .map_err(|e| StateError::io("query the free space of", path, e))?;
     Ok(v.f_bavail.saturating_mul(v.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo_with_their_escapes_decoded() {
+        let table = b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+36 25 0:33 / /var/lib/nixos-containers/web/srv/my\\040data rw - tmpfs t rw\n\
+37 25 0:34 / /x\\134y\\011z rw - tmpfs t rw\n";
+        let got: Vec<PathBuf> = mount_points(table).collect();
+        assert_eq!(
+            got,
+            [
+                PathBuf::from("/proc"),
+                PathBuf::from("/var/lib/nixos-containers/web/srv/my data"),
+                PathBuf::from("/x\\y\tz"),
+            ]
+        );
+    }
 }
