@@ -68,9 +68,18 @@ pub(crate) fn mounts_below(
     label: &Path,
     max: usize,
 ) -> Result<(usize, Vec<PathBuf>), StateError> {
-    if let Some(found) = mounts_below_from_table(root, max) {
-        return Ok(found);
+    match mounts_below_from_table(root, max) {
+        Some(found) => Ok(found),
+        None => mounts_below_by_walk(root, label, max),
     }
+}
+
+/// [`mounts_below`] by walking the tree, in walk order.
+fn mounts_below_by_walk(
+    root: &OwnedFd,
+    label: &Path,
+    max: usize,
+) -> Result<(usize, Vec<PathBuf>), StateError> {
     let mut count = 0;
     let mut first = Vec::new();
     walk_below(root, label, &mut |dir, name, _, mount| {
@@ -229,6 +238,59 @@ pub fn free_space(path: &Path) -> Result<u64, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mount table and the walk find the same mount points (tmpfs mounts, one with a
+    /// space in its name, one deeper down; nested btrfs subvolumes are covered by the state
+    /// tests on a real btrfs). As root only: it mounts.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_mount_table_and_the_walk_agree() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        struct Unmount(Vec<PathBuf>);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                for m in self.0.iter().rev() {
+                    let _ = std::process::Command::new("umount").arg(m).status();
+                }
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let mut mounted = Unmount(Vec::new());
+        for rel in ["srv/my data", "var/lib/a/b/c/deep", "z"] {
+            let at = state.join(rel);
+            std::fs::create_dir_all(&at).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "nn-unit", at.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount tmpfs on {}", at.display());
+            mounted.0.push(at);
+        }
+        std::fs::write(state.join("var/lib/file"), b"x").unwrap();
+        let fd = sys::open_root(&state).unwrap();
+        let table = mounts_below_from_table(&fd, 10).unwrap();
+        let (n, mut walked) = mounts_below_by_walk(&fd, &state, 10).unwrap();
+        walked.sort();
+        assert_eq!(table, (n, walked));
+        assert_eq!(
+            table.1,
+            [
+                PathBuf::from("srv/my data"),
+                PathBuf::from("var/lib/a/b/c/deep"),
+                PathBuf::from("z")
+            ]
+        );
+        assert_eq!(
+            mounts_below_from_table(&fd, 1).unwrap().0,
+            3,
+            "counted past the list"
+        );
+    }
 
     #[test]
     fn mount_points_are_read_from_mountinfo_with_their_escapes_decoded() {
