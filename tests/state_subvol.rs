@@ -305,6 +305,58 @@ fn nested_subvolumes_become_plain_directories_off_btrfs_with_a_warning() {
 /// Interrupted inside a subvolume (the source changes under the copy, which stops it with an
 /// error, after the files of one directory of the subvolume are finished), then run again:
 /// the half-copied subvolume in the staging tree is kept and finished, not recopied.
+/// A copy of `src` cut off where its walk reaches the directory `b`: once `ready` says the
+/// part before it is finished (or after 20 s), `b` is swapped for a symlink and the copy stops
+/// with "replaced by a symlink". `between` checks the staging tree left behind; then `b` is
+/// put back and the copy resumed. Returns the resumed copy's report (resumed, verified clean).
+fn interrupted_then_resumed(
+    src: &Path,
+    dest: &Path,
+    b: &Path,
+    ready: impl Fn() -> bool + Send + Sync + 'static,
+    between: impl FnOnce(),
+) -> nixos_nspawn::state::CopyReport {
+    let aside = b.with_extension("aside");
+    let (b2, aside2) = (b.to_path_buf(), aside.clone());
+    set_hook(Some(Arc::new(move |point, path| {
+        if point != HookPoint::BeforeOpen || path != b2 {
+            return;
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) && !ready() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::rename(&b2, &aside2).unwrap();
+        std::os::unix::fs::symlink("/etc", &b2).unwrap();
+    })));
+    let first = state::migrate_state(src, dest, &opts(StateMode::Copy));
+    set_hook(None);
+    let err = first.expect_err("the copy went on although the source changed");
+    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
+    assert!(!dest.exists());
+    between();
+
+    std::fs::remove_file(b).unwrap();
+    std::fs::rename(&aside, b).unwrap();
+    let out = state::migrate_state(src, dest, &opts(StateMode::Copy)).unwrap();
+    let StateOutcome::Copied {
+        copy,
+        verify,
+        resumed,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(resumed);
+    assert!(verify.is_clean(), "{}", verify.summary());
+    assert!(
+        copy.reused >= 64,
+        "the finished files were copied again: {copy:?}"
+    );
+    copy
+}
+
 #[test]
 fn a_half_copied_subvolume_is_resumed() {
     let Some(fs) = loop_fs("btrfs") else { return };
@@ -323,61 +375,30 @@ fn a_half_copied_subvolume_is_resumed() {
     let staged_a = fs
         .mnt
         .join("var/lib/machines-new/.web.partial/tree/var/lib/machines/a");
-    let b = sv.join("b");
-    let aside = sv.join("b.aside");
-    let (b2, aside2, staged) = (b.clone(), aside.clone(), staged_a.clone());
-    set_hook(Some(Arc::new(move |point, path| {
-        if point != HookPoint::BeforeOpen || path != b2 {
-            return;
-        }
-        // Wait until the workers finished `a` (a file's mtime is set last), then swap `b` for a
-        // symlink: the copy stops with "a directory was replaced by a symlink".
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            let done = (0..64).all(|i| {
+    let staged = staged_a.clone();
+    let a = sv.join("a");
+    let copy = interrupted_then_resumed(
+        &src,
+        &dest,
+        &sv.join("b"),
+        // Until the workers finished `a` (a file's mtime is set last).
+        move || {
+            (0..64).all(|i| {
                 let n = format!("f{i:02}");
                 match (
                     staged.join(&n).symlink_metadata(),
-                    b2.with_file_name("a").join(&n).symlink_metadata(),
+                    a.join(&n).symlink_metadata(),
                 ) {
                     (Ok(d), Ok(s)) => d.mtime() == s.mtime() && d.mtime_nsec() == s.mtime_nsec(),
                     _ => false,
                 }
-            });
-            if done {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::rename(&b2, &aside2).unwrap();
-        std::os::unix::fs::symlink("/etc", &b2).unwrap();
-    })));
-    let first = state::migrate_state(&src, &dest, &opts(StateMode::Copy));
-    set_hook(None);
-    let err = first.expect_err("the copy went on although the source changed");
-    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
-    assert!(!dest.exists());
-    // The staging tree holds the subvolume, half done.
-    assert!(is_subvolume(staged_a.parent().unwrap()));
-    assert_eq!(std::fs::read_dir(&staged_a).unwrap().count(), 64);
-
-    std::fs::remove_file(&b).unwrap();
-    std::fs::rename(&aside, &b).unwrap();
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let StateOutcome::Copied {
-        copy,
-        verify,
-        resumed,
-        ..
-    } = out
-    else {
-        panic!("{out:?}")
-    };
-    assert!(resumed);
-    assert!(verify.is_clean(), "{}", verify.summary());
-    assert!(
-        copy.reused >= 64,
-        "the finished files were copied again: {copy:?}"
+            })
+        },
+        || {
+            // The staging tree holds the subvolume, half done.
+            assert!(is_subvolume(staged_a.parent().unwrap()));
+            assert_eq!(std::fs::read_dir(&staged_a).unwrap().count(), 64);
+        },
     );
     assert_eq!(copy.subvolumes, vec![PathBuf::from("var/lib/machines")]);
     assert!(is_subvolume(&dest.join("var/lib/machines")));
@@ -781,49 +802,14 @@ fn a_resumed_copy_ends_with_the_read_only_subvolume_read_only() {
     let dest = fs.mnt.join("var/lib/machines/web");
     let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let staged = fs.mnt.join("var/lib/machines/.web.partial/tree/a");
-    let b = src.join("b");
-    let aside = src.join("b.aside");
-    let (b2, aside2, staged2) = (b.clone(), aside.clone(), staged.clone());
-    set_hook(Some(Arc::new(move |point, path| {
-        if point != HookPoint::BeforeOpen || path != b2 {
-            return;
-        }
-        // Wait until the staged subvolume is finished (read-only), then swap `b` for a
-        // symlink: the copy stops with "a directory was replaced by a symlink".
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if staged2.exists() && is_readonly(&staged2) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::rename(&b2, &aside2).unwrap();
-        std::os::unix::fs::symlink("/etc", &b2).unwrap();
-    })));
-    let first = state::migrate_state(&src, &dest, &opts(StateMode::Copy));
-    set_hook(None);
-    let err = first.expect_err("the copy went on although the source changed");
-    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
-    assert!(!dest.exists());
-    assert!(is_subvolume(&staged) && is_readonly(&staged));
-
-    std::fs::remove_file(&b).unwrap();
-    std::fs::rename(&aside, &b).unwrap();
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let StateOutcome::Copied {
-        copy,
-        verify,
-        resumed,
-        ..
-    } = out
-    else {
-        panic!("{out:?}")
-    };
-    assert!(resumed);
-    assert!(verify.is_clean(), "{}", verify.summary());
-    assert!(
-        copy.reused >= 64,
-        "the finished files were copied again: {copy:?}"
+    let staged2 = staged.clone();
+    interrupted_then_resumed(
+        &src,
+        &dest,
+        &src.join("b"),
+        // Until the staged subvolume is finished (read-only).
+        move || staged2.exists() && is_readonly(&staged2),
+        || assert!(is_subvolume(&staged) && is_readonly(&staged)),
     );
     assert!(is_subvolume(&dest.join("a")) && is_readonly(&dest.join("a")));
     assert_eq!(rsync_diff(&src, &dest), "");
