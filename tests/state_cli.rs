@@ -148,16 +148,8 @@ fn an_explicit_verify_full_rechecks_a_finished_copy_and_catches_a_changed_byte()
         .join("var/lib/machines")
         .join(&name)
         .join("var/lib/app/blob0");
-    let m = victim.symlink_metadata().unwrap();
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[4096] ^= 0xff;
-    std::fs::write(&victim, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&victim)
-        .unwrap()
-        .set_modified(m.modified().unwrap())
-        .unwrap();
+    sutil::corrupt_behind_the_tools_back(&victim);
+    let bytes = std::fs::read(&victim).unwrap();
 
     let state_of = |out: &std::process::Output| {
         json(out)["containers"]
@@ -199,14 +191,7 @@ fn an_explicit_verify_full_rechecks_a_finished_copy_and_catches_a_changed_byte()
     );
 
     // Put the byte back: the explicit full check passes and says how it proved the contents.
-    bytes[4096] ^= 0xff;
-    std::fs::write(&victim, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&victim)
-        .unwrap()
-        .set_modified(m.modified().unwrap())
-        .unwrap();
+    sutil::corrupt_behind_the_tools_back(&victim);
     let again = apply(&fs.mnt, &stand_ins, &["--verify", "full"]);
     assert!(
         matches!(again.status.code(), Some(0) | Some(3)),

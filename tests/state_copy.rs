@@ -681,18 +681,8 @@ fn power_lost_after_the_rename_with_only_start_on_disk_is_verified_again() {
     // The same state, but one file's bytes differ with its size and mtime unchanged.
     only_start(&journal);
     let f = dest.join("etc/os-release");
-    let m = f.symlink_metadata().unwrap();
-    let mut bytes = std::fs::read(&f).unwrap();
-    bytes[0] ^= 0x20;
-    std::fs::write(&f, &bytes).unwrap();
-    let mtime = std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::new(m.mtime() as u64, m.mtime_nsec() as u32);
-    std::fs::File::options()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    corrupt_behind_the_tools_back(&f);
+    let bytes = std::fs::read(&f).unwrap();
     let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains(&dest.display().to_string()), "{msg}");
@@ -750,16 +740,8 @@ fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
 
     only_start();
     let f = dest.join("etc/os-release");
-    let m = f.symlink_metadata().unwrap();
-    let mut bytes = std::fs::read(&f).unwrap();
-    bytes[0] ^= 0x20;
-    std::fs::write(&f, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_modified(m.modified().unwrap())
-        .unwrap();
+    corrupt_behind_the_tools_back(&f);
+    let bytes = std::fs::read(&f).unwrap();
     let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
     assert!(
         matches!(err.kind(), StateErrorKind::DestOccupied { .. }),

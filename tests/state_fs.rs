@@ -48,40 +48,6 @@ fn legacy_tree(fs: &LoopFs) -> (PathBuf, PathBuf) {
     (src, machines.join("web"))
 }
 
-/// Overwrite one byte of `p` in place (unsharing that extent) and put its mtime back, so that
-/// only a content check can notice.
-fn corrupt_behind_the_tools_back(p: &Path) {
-    let before = p.symlink_metadata().unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-    let at = 4096.min(before.len().saturating_sub(1));
-    let mut b = [0u8; 1];
-    std::fs::File::open(p)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    use std::os::unix::fs::MetadataExt;
-    let t = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: before.atime(),
-            tv_nsec: before.atime_nsec(),
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: before.mtime(),
-            tv_nsec: before.mtime_nsec(),
-        },
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &t,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
-
 fn reflinked_copy_is_verified_by_extents_and_corruption_is_caught(kind: &'static str) {
     let Some(fs) = loop_fs(kind) else { return };
     let (src, dest) = legacy_tree(&fs);

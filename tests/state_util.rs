@@ -583,3 +583,38 @@ pub fn unfreeze(root: &Path) {
         .arg(root)
         .status();
 }
+
+/// Overwrite one byte of `p` in place (unsharing that extent) and put its mtime back, so that
+/// only a content check can notice (byte 4096, or the last of a smaller file; the same call
+/// flips it back).
+pub fn corrupt_behind_the_tools_back(p: &Path) {
+    use std::os::unix::fs::FileExt;
+    let before = p.symlink_metadata().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    let at = 4096.min(before.len().saturating_sub(1));
+    let mut b = [0u8; 1];
+    std::fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let t = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: before.atime(),
+            tv_nsec: before.atime_nsec(),
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: before.mtime(),
+            tv_nsec: before.mtime_nsec(),
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &t,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
