@@ -634,72 +634,22 @@ fn killed_after_done_before_the_journal_moved_is_finished_not_refused() {
     assert!(t.path().join("machines/.web.journal").exists());
 }
 
-/// Power lost after the copy was renamed into place but before `done`'s fsync: the staging
-/// journal holds only `start` (made durable by the `syncfs` after copying; `verified` reaches
-/// the disk with `done`). The next run verifies the copy again at the level asked for, not by
-/// metadata alone: a clean copy is finished; one whose contents differ behind unchanged
-/// metadata is caught and left alone.
-#[test]
-fn power_lost_after_the_rename_with_only_start_on_disk_is_verified_again() {
-    require_root();
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    build_edge_tree(&src);
-    let dest = t.path().join("machines/web");
-    let journal = t.path().join("machines/.web.journal");
-    let staging = t.path().join("machines/.web.partial");
-    let only_start = |j: &Path| {
-        let text = std::fs::read_to_string(j).unwrap();
-        let first = text.lines().next().unwrap().to_string();
-        assert!(first.contains("\"event\":\"start\""), "{text}");
-        std::fs::create_dir_all(&staging).unwrap();
-        std::fs::write(staging.join("journal"), format!("{first}\n")).unwrap();
-        std::fs::remove_file(j).unwrap();
-    };
-    state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
-    only_start(&journal);
-    let before = snapshot(&dest, false);
-    let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
-    let StateOutcome::AlreadyDone { verify } = out else {
-        panic!("expected AlreadyDone, got {out:?}");
-    };
-    assert!(verify.is_clean(), "{verify:?}");
-    assert_eq!(
-        verify.level,
-        Verify::Full,
-        "contents checked, not just metadata"
-    );
-    assert!(
-        verify.files_hashed + verify.files_by_extents > 0,
-        "{verify:?}"
-    );
-    assert_eq!(snapshot(&dest, false), before);
-    assert!(!staging.exists());
-    let j = std::fs::read_to_string(&journal).unwrap();
-    assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
-
-    // The same state, but one file's bytes differ with its size and mtime unchanged.
-    only_start(&journal);
-    let f = dest.join("etc/os-release");
-    corrupt_behind_the_tools_back(&f);
-    let bytes = std::fs::read(&f).unwrap();
-    let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains(&dest.display().to_string()), "{msg}");
-    assert_eq!(
-        std::fs::read(&f).unwrap(),
-        bytes,
-        "the copy is left as it is"
-    );
-    assert!(!journal.exists(), "no `done` for a copy that differs");
+/// Where power was lost after the copy was renamed into place, before `done` reached the disk
+/// (`verified`, `renamed` and `done` are made durable together; `start` by the `syncfs` after
+/// copying): what the journal holds then.
+#[derive(Clone, Copy, Debug)]
+enum LostAt {
+    /// Before `done`'s fsync: the journal, still in staging, holds only `start`.
+    JournalInStaging,
+    /// After the journal's move, before its sync (which runs beside the directory's): the
+    /// journal next to the copy holds only `start`, an empty staging directory is left.
+    JournalMoved,
 }
 
-/// Power lost after the journal moved next to the copy but before its sync (the journal's and
-/// the directory's syncs run side by side): the journal there holds only `start`, and an
-/// empty staging directory may be left. The next run verifies the copy again at the level
-/// asked for and finishes; a copy whose bytes differ is refused, never accepted.
-#[test]
-fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
+/// The next run verifies such a copy again at the level asked for, not by metadata alone: a
+/// clean copy is finished (a re-run after that is the ordinary "already done"); one whose
+/// contents differ behind unchanged metadata is refused and left as it is, without `done`.
+fn power_lost_after_the_rename(at: LostAt) {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -709,35 +659,51 @@ fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
     let staging = t.path().join("machines/.web.partial");
     let only_start = || {
         let text = std::fs::read_to_string(&journal).unwrap();
-        let first = text.lines().next().unwrap().to_string();
+        let first = format!("{}\n", text.lines().next().unwrap());
         assert!(first.contains("\"event\":\"start\""), "{text}");
-        std::fs::write(&journal, format!("{first}\n")).unwrap();
         std::fs::create_dir_all(&staging).unwrap();
+        match at {
+            LostAt::JournalInStaging => {
+                std::fs::write(staging.join("journal"), first).unwrap();
+                std::fs::remove_file(&journal).unwrap();
+            }
+            LostAt::JournalMoved => std::fs::write(&journal, first).unwrap(),
+        }
     };
     state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
     only_start();
     let before = snapshot(&dest, false);
     let out = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
     let StateOutcome::AlreadyDone { verify } = out else {
-        panic!("expected AlreadyDone, got {out:?}");
+        panic!("{at:?}: expected AlreadyDone, got {out:?}");
     };
-    assert!(verify.is_clean(), "{verify:?}");
+    assert!(verify.is_clean(), "{at:?}: {verify:?}");
     assert_eq!(
         verify.level,
         Verify::Full,
-        "contents checked, not just metadata"
+        "{at:?}: contents checked, not just metadata"
+    );
+    assert!(
+        verify.files_hashed + verify.files_by_extents > 0,
+        "{at:?}: {verify:?}"
     );
     assert_eq!(snapshot(&dest, false), before);
-    assert!(!staging.exists(), "the empty staging directory is removed");
+    assert!(
+        !staging.exists(),
+        "{at:?}: the staging directory is removed"
+    );
     let j = std::fs::read_to_string(&journal).unwrap();
-    assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
-    // A re-run now is the ordinary "already done".
+    assert!(
+        j.trim_end().ends_with("{\"event\":\"done\"}"),
+        "{at:?}: {j}"
+    );
     let again = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
     assert!(
         matches!(again, StateOutcome::AlreadyDone { .. }),
-        "{again:?}"
+        "{at:?}: {again:?}"
     );
 
+    // The same state, but one file's bytes differ with its size and mtime unchanged.
     only_start();
     let f = dest.join("etc/os-release");
     corrupt_behind_the_tools_back(&f);
@@ -745,18 +711,31 @@ fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
     let err = state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap_err();
     assert!(
         matches!(err.kind(), StateErrorKind::DestOccupied { .. }),
-        "{err}"
+        "{at:?}: {err}"
     );
+    assert!(err.to_string().contains("content differs"), "{at:?}: {err}");
     assert_eq!(
         std::fs::read(&f).unwrap(),
         bytes,
-        "the copy is left as it is"
+        "{at:?}: the copy is left as it is"
     );
-    let j = std::fs::read_to_string(&journal).unwrap();
-    assert!(
-        !j.contains("\"done\""),
-        "no `done` for a copy that differs: {j}"
-    );
+    for j in [journal.clone(), staging.join("journal")] {
+        let text = std::fs::read_to_string(&j).unwrap_or_default();
+        assert!(
+            !text.contains("\"done\""),
+            "{at:?}: `done` for a copy that differs: {text}"
+        );
+    }
+}
+
+#[test]
+fn power_lost_after_the_rename_with_only_start_on_disk_is_verified_again() {
+    power_lost_after_the_rename(LostAt::JournalInStaging);
+}
+
+#[test]
+fn power_lost_after_the_journal_moved_without_done_is_verified_again() {
+    power_lost_after_the_rename(LostAt::JournalMoved);
 }
 
 /// Power lost during the copy, before its first sync: the staging tree is on disk but its

@@ -203,6 +203,24 @@ pub struct MigrateStateOptions<'a> {
     pub recheck: Verify,
 }
 
+/// The refusal for a copy an interrupted run renamed into place that, checked again, does not
+/// match its source (changed since, or not on disk as it was written): what differs, and the
+/// way out.
+fn renamed_copy_differs(src: &Path, dest: &Path, report: &VerifyReport) -> StateError {
+    StateErrorKind::DestOccupied {
+        dest: dest.to_path_buf(),
+        reason: format!(
+            "is a copy of {} that an interrupted run renamed into place, and checked again it \
+             does not match it ({})",
+            src.display(),
+            report.summary()
+        ),
+        fix: "pass --force to copy it again (this copy is kept, renamed to .NAME.replaced-TIME)"
+            .to_string(),
+    }
+    .into()
+}
+
 /// How a copy renamed into place by an interrupted run is checked: by metadata where its
 /// `verified` record is on disk, else at the level asked for (at least metadata); never below
 /// what `recheck` asks for.
@@ -698,6 +716,9 @@ pub fn migrate_state(
                 )?;
                 return Ok(StateOutcome::AlreadyDone { verify: report });
             }
+            if !opts.force {
+                return Err(renamed_copy_differs(src, dest, &report));
+            }
         }
     }
 
@@ -728,6 +749,9 @@ pub fn migrate_state(
             let _ = rfs::unlinkat(&parent_fd, &staging_name, AtFlags::REMOVEDIR);
             rfs::fsync(&parent_fd).map_err(|e| StateError::write("sync", &parent, dest, e))?;
             return Ok(StateOutcome::AlreadyDone { verify: report });
+        }
+        if !opts.force {
+            return Err(renamed_copy_differs(src, dest, &report));
         }
     }
     if let Some(dm) = dest_meta {
