@@ -97,6 +97,23 @@ impl Drop for Bind {
     }
 }
 
+/// Give the subvolume root `root` an owner (70:70), a mode (0750) and, with `other`, the
+/// times `stamp`: what the copy must carry over like a directory's.
+fn own_subvolume_root(root: &Path, stamp: &str, other: &Path) {
+    std::os::unix::fs::lchown(root, Some(70), Some(70)).unwrap();
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    run(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            stamp,
+            root.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+}
+
 /// The legacy state of `web` on `fs` as a NixOS guest on btrfs has it: the guest's own
 /// `/var/lib/machines` and `/var/lib/portables` are subvolumes (tmpfiles `v`), one nested in a
 /// subvolume; a database directory is a subvolume with a `+C` file; contents are large enough to
@@ -126,21 +143,10 @@ fn state_with_subvolumes(fs: &LoopFs) -> PathBuf {
     chattr("+C", &db);
     std::fs::write(&db, vec![7u8; 300_000]).unwrap();
     // A subvolume's root has its own owner, mode and times; they are copied like a directory's.
-    std::os::unix::fs::lchown(src.join("srv/db"), Some(70), Some(70)).unwrap();
-    std::fs::set_permissions(
-        src.join("srv/db"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o750),
-    )
-    .unwrap();
-    run(
-        "touch",
-        &[
-            "-h",
-            "-d",
-            "2020-02-02 02:02:02.123456789",
-            src.join("srv/db").to_str().unwrap(),
-            src.join("var/lib/portables").to_str().unwrap(),
-        ],
+    own_subvolume_root(
+        &src.join("srv/db"),
+        "2020-02-02 02:02:02.123456789",
+        &src.join("var/lib/portables"),
     );
     src
 }
@@ -543,21 +549,10 @@ fn state_with_readonly_subvolumes(src: &Path) {
     std::fs::write(src.join("srv/snap/inner/note"), "read-only twice\n").unwrap();
     subvolume_create(&src.join("srv/rw"));
     std::fs::write(src.join("srv/rw/note"), "writable\n").unwrap();
-    std::os::unix::fs::lchown(src.join("srv/snap"), Some(70), Some(70)).unwrap();
-    std::fs::set_permissions(
-        src.join("srv/snap"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o750),
-    )
-    .unwrap();
-    run(
-        "touch",
-        &[
-            "-h",
-            "-d",
-            "2021-03-03 03:03:03.123456789",
-            src.join("srv/snap").to_str().unwrap(),
-            src.join("srv/snap/inner").to_str().unwrap(),
-        ],
+    own_subvolume_root(
+        &src.join("srv/snap"),
+        "2021-03-03 03:03:03.123456789",
+        &src.join("srv/snap/inner"),
     );
     // Inside out: a read-only subvolume's root cannot be changed, not even its directory.
     set_readonly(&src.join("srv/snap/inner"), true);
