@@ -160,6 +160,15 @@ const SUBVOLUMES: [&str; 6] = [
     "var/lib/portables",
 ];
 
+/// A subvolume made elsewhere on `fs` (holding `not-ours`), bind-mounted at `at`: a real
+/// mount that looks like a nested subvolume (another st_dev, inode 256) but for its mount.
+fn bind_foreign_subvolume(fs: &LoopFs, at: &Path) -> Bind {
+    let elsewhere = fs.mnt.join("elsewhere");
+    subvolume_create(&elsewhere);
+    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
+    Bind::new(&elsewhere, at)
+}
+
 #[test]
 fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_skipped() {
     let Some(fs) = loop_fs("btrfs") else { return };
@@ -167,10 +176,7 @@ fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_sk
     // A real mount inside the state (a bind mount of a subvolume from elsewhere on the same
     // filesystem: another st_dev and inode 256 like a nested subvolume, only the mount tells):
     // not crossed, reported.
-    let elsewhere = fs.mnt.join("elsewhere");
-    subvolume_create(&elsewhere);
-    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
-    let _bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    let _bind = bind_foreign_subvolume(&fs, &src.join("mnt/host"));
     subvolume_create(&fs.mnt.join("var/lib/machines"));
     let dest = fs.mnt.join("var/lib/machines/web");
 
@@ -828,10 +834,7 @@ fn a_resumed_copy_ends_with_the_read_only_subvolume_read_only() {
 fn btrfs_move_is_refused_with_a_mount_inside_and_goes_ahead_without() {
     let Some(fs) = loop_fs("btrfs") else { return };
     let src = state_with_subvolumes(&fs);
-    let elsewhere = fs.mnt.join("elsewhere");
-    subvolume_create(&elsewhere);
-    std::fs::write(elsewhere.join("not-ours"), "host data\n").unwrap();
-    let bind = Bind::new(&elsewhere, &src.join("mnt/host"));
+    let bind = bind_foreign_subvolume(&fs, &src.join("mnt/host"));
     // A read-only nested subvolume moves along too (its own directory stays where it is).
     set_readonly(&src.join("srv/db"), true);
     let dest = fs.mnt.join("var/lib/machines/web");
