@@ -674,11 +674,7 @@ pub(crate) fn extents(fd: BorrowedFd<'_>) -> Result<Vec<Extent>, Errno> {
         // SAFETY: `map` is a `struct fiemap` with room for `fm_extent_count` extents.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut RawFiemap) };
         if rc != 0 {
-            return Err(Errno::from_raw_os_error(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ));
+            return Err(last_errno());
         }
         let n = (map.fm_mapped_extents as usize).min(FIEMAP_BATCH);
         if n == 0 {
@@ -810,11 +806,7 @@ pub(crate) fn create_subvolume(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), E
         )
     };
     if rc != 0 {
-        return Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ));
+        return Err(last_errno());
     }
     Ok(())
 }
@@ -844,6 +836,7 @@ fn subvol_flags(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     Ok(flags)
 }
 
+/// The error of the last failed raw call (`libc::ioctl`), as an [`Errno`].
 fn last_errno() -> Errno {
     Errno::from_raw_os_error(
         std::io::Error::last_os_error()
