@@ -729,23 +729,29 @@ pub fn move_problems(host: &HostRoot, m: &Migration, opts: &ExecOptions) -> Vec<
         for step in &cp.steps {
             if let Step::CopyState { from, to, .. } = step
                 && opts.state_of(&cp.name) == StateArg::Move
-                && host.kind(to).ok().flatten().is_none()
+                && let Some(why) = move_refusal(host, from, to)
             {
-                let paths = host
-                    .confined_real_path(from)
-                    .and_then(|f| Ok((f, host.confined_real_path(to)?)));
-                match paths {
-                    Ok((f, t)) => {
-                        if let Err(e) = state::check_move(&f, &t) {
-                            problems.push(format!("container {}: {e}", cp.name));
-                        }
-                    }
-                    Err(e) => problems.push(format!("container {}: {e}", cp.name)),
-                }
+                problems.push(format!("container {}: {why}", cp.name));
             }
         }
     }
     problems
+}
+
+/// Why a move of the state `from` to `to` (host paths) would be refused, or `None` when it
+/// would work, or when `to` already exists (what the state engine then does depends on what is
+/// there: done, replace or refuse, as for a copy).
+pub fn move_refusal(host: &HostRoot, from: &Path, to: &Path) -> Option<String> {
+    if host.kind(to).ok().flatten().is_some() {
+        return None;
+    }
+    let paths = host
+        .confined_real_path(from)
+        .and_then(|f| Ok((f, host.confined_real_path(to)?)));
+    match paths {
+        Ok((f, t)) => state::check_move(&f, &t).err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// Every check that can fail, for every container and every destination, before anything is

@@ -638,21 +638,12 @@ fn table(infos: &[Info], root: &Path) -> String {
 }
 
 /// The old definition(s) of a container and the new text, as a coloured diff.
-/// Why `--state move` of `from` to `to` would be refused (the first line of the refusal), or
-/// `None` when it would work, or when `to` already exists (what the state engine then does
-/// depends on what is there: done, replace or refuse, as for a copy).
+/// Why `--state move` of `from` to `to` would be refused, in the first line of the refusal
+/// without the paths (they are on the screen already), or `None` ([`execute::move_refusal`]).
 fn move_refusal(host: &HostRoot, from: &Path, to: &Path) -> Option<String> {
-    if host.kind(to).ok().flatten().is_some() {
-        return None;
-    }
-    let checked = host
-        .confined_real_path(from)
-        .and_then(|f| Ok((f, host.confined_real_path(to)?)))
-        .map_err(|e| e.to_string())
-        .and_then(|(f, t)| crate::state::check_move(&f, &t).map_err(|e| e.to_string()));
-    checked.err().map(|e| {
+    crate::execute::move_refusal(host, from, to).map(|e| {
         let first = e.lines().next().unwrap_or_default();
-        // "cannot move A to B: REASON" → REASON: the paths are on the screen already.
+        // "cannot move A to B: REASON" → REASON.
         first
             .split_once(": ")
             .map(|(_, why)| why)
