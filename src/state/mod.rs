@@ -1045,14 +1045,14 @@ pub fn migrate_state(
     // waits for the disk. Both must succeed before anything is renamed.
     let (synced, verified) = std::thread::scope(|s| {
         let sync = s.spawn(|| rfs::syncfs(&tree_fd));
-        let verified = verify::verify_staged(
+        let verified = verify::verify_with(
             &src_fd,
             &tree_fd,
             opts.verify,
-            src,
-            &tree_path,
+            (src, &tree_path),
             nworkers,
             flag_support,
+            false,
         );
         (sync.join().unwrap_or(Err(Errno::IO)), verified)
     });

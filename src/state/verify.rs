@@ -254,31 +254,11 @@ pub(crate) fn verify_fds(
     )
 }
 
-/// [`verify_fds`] for the copy in the staging directory, before it is renamed into place: its
-/// root is not read-only yet where the source's is (a read-only subvolume cannot be renamed
-/// into another directory; `migrate_state` sets it after the rename).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn verify_staged(
-    src_root: &OwnedFd,
-    dst_root: &OwnedFd,
-    level: Verify,
-    src_label: &Path,
-    dst_label: &Path,
-    workers: usize,
-    flag_support: u32,
-) -> Result<VerifyReport, StateError> {
-    verify_with(
-        src_root,
-        dst_root,
-        level,
-        (src_label, dst_label),
-        workers,
-        flag_support,
-        false,
-    )
-}
-
-fn verify_with(
+/// [`verify_fds`], and for the copy in the staging directory, before it is renamed into place,
+/// with `root_readonly` false: its root is not read-only yet where the source's is (a read-only
+/// subvolume cannot be renamed into another directory; `migrate_state` sets it after the
+/// rename).
+pub(crate) fn verify_with(
     src_root: &OwnedFd,
     dst_root: &OwnedFd,
     level: Verify,
