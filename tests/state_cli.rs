@@ -84,6 +84,24 @@ fn on_btrfs_the_report_says_what_was_verified_by_shared_extents() {
             fs.mnt.join("var/lib/machines").to_str().unwrap(),
         ],
     );
+    // A read-only nested subvolume in the first state (a snapshot a guest kept).
+    let snap = fs.mnt.join(&states[0]).join("var/lib/snap");
+    sutil::run(
+        "btrfs",
+        &["-q", "subvolume", "create", snap.to_str().unwrap()],
+    );
+    std::fs::write(snap.join("kept"), "kept\n").unwrap();
+    sutil::run(
+        "btrfs",
+        &[
+            "property",
+            "set",
+            "-ts",
+            snap.to_str().unwrap(),
+            "ro",
+            "true",
+        ],
+    );
     let stand_ins = StandIns::new(&[]);
     let out = apply(&fs.mnt, &stand_ins, &["--verify", "full"]);
     assert!(
@@ -92,6 +110,21 @@ fn on_btrfs_the_report_says_what_was_verified_by_shared_extents() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = json(&out);
+    let first = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name_of(&states[0]).as_str())
+        .unwrap();
+    let r = &first["state_result"];
+    assert_eq!(r["subvolumes"], serde_json::json!(["var/lib/snap"]), "{r}");
+    assert_eq!(
+        r["subvolumes_readonly"],
+        serde_json::json!(["var/lib/snap"]),
+        "{r}"
+    );
+    assert_eq!(r["subvolumes_flattened"], serde_json::json!([]), "{r}");
+    assert_eq!(r["mounts_skipped"], serde_json::json!([]), "{r}");
     for s in &states {
         let name = name_of(s);
         let c = report["containers"]

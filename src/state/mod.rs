@@ -357,6 +357,14 @@ pub struct StateSummary {
     pub flags_lost_count: u64,
     /// The first entries with lost flags: `path: +C (why)`.
     pub flags_lost: Vec<String>,
+    /// Nested btrfs subvolumes (relative paths; `.` for the state directory itself): copied as
+    /// subvolumes, copied as plain directories (the copy is not on btrfs), and the read-only
+    /// ones among them (read-only again where they stayed subvolumes).
+    pub subvolumes: Vec<String>,
+    pub subvolumes_flattened: Vec<String>,
+    pub subvolumes_readonly: Vec<String>,
+    /// Mount points inside the state, not copied into (an empty directory stands in each).
+    pub mounts_skipped: Vec<String>,
 }
 
 impl StateOutcome {
@@ -395,6 +403,13 @@ impl StateOutcome {
                     .iter()
                     .map(|l| format!("{}: {} ({})", l.path.display(), l.flags, l.why))
                     .collect();
+                let shown = |v: &[PathBuf]| -> Vec<String> {
+                    v.iter().map(|p| p.display().to_string()).collect()
+                };
+                s.subvolumes = shown(&copy.subvolumes);
+                s.subvolumes_flattened = shown(&copy.subvolumes_flattened);
+                s.subvolumes_readonly = shown(&copy.subvolumes_readonly);
+                s.mounts_skipped = shown(&copy.skipped_mounts);
                 verified(verify, &mut s);
             }
             StateOutcome::Moved => {
