@@ -160,6 +160,26 @@ const SUBVOLUMES: [&str; 6] = [
     "var/lib/portables",
 ];
 
+/// Copy `src` to `dest` (a fresh copy), which must verify clean: the copy's and the
+/// verification's reports, and the warnings (for the container named like `dest`).
+fn copied_clean(
+    src: &Path,
+    dest: &Path,
+) -> (
+    nixos_nspawn::state::CopyReport,
+    nixos_nspawn::state::VerifyReport,
+    Vec<nixos_nspawn::warnings::Warning>,
+) {
+    let out = state::migrate_state(src, dest, &opts(StateMode::Copy)).unwrap();
+    let name = dest.file_name().unwrap().to_string_lossy().into_owned();
+    let warnings = out.warnings(&name);
+    let StateOutcome::Copied { copy, verify, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(verify.is_clean(), "{}", verify.summary());
+    (copy, verify, warnings)
+}
+
 /// A subvolume made elsewhere on `fs` (holding `not-ours`), bind-mounted at `at`: a real
 /// mount that looks like a nested subvolume (another st_dev, inode 256) but for its mount.
 fn bind_foreign_subvolume(fs: &LoopFs, at: &Path) -> Bind {
@@ -184,12 +204,7 @@ fn btrfs_nested_subvolumes_are_copied_as_subvolumes_verified_and_mounts_still_sk
     assert_eq!(need.skipped_mounts, 1, "{need:?}");
     assert!(need.bytes >= (1 << 20) + 300_000, "{need:?}");
 
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let warnings = out.warnings("web");
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, verify, warnings) = copied_clean(&src, &dest);
     let mut subvols = copy.subvolumes.clone();
     subvols.sort();
     assert_eq!(
@@ -281,12 +296,7 @@ fn nested_subvolumes_become_plain_directories_off_btrfs_with_a_warning() {
     let Some(xfs) = loop_fs("xfs") else { return };
     let src = state_with_subvolumes(&bt);
     let dest = xfs.mnt.join("var/lib/machines/web");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let warnings = out.warnings("web");
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, warnings) = copied_clean(&src, &dest);
     assert!(copy.subvolumes.is_empty(), "{copy:?}");
     let mut flat = copy.subvolumes_flattened.clone();
     flat.sort();
@@ -483,22 +493,13 @@ fn a_state_directory_that_is_a_subvolume_is_copied_as_one() {
     build_bulk_tree(&src, 2, 4, 1, 1 << 20);
     subvolume_create(&bt.mnt.join("var/lib/machines"));
     let dest = bt.mnt.join("var/lib/machines/db");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, _) = copied_clean(&src, &dest);
     assert_eq!(copy.subvolumes, vec![PathBuf::from(".")]);
     assert!(is_subvolume(&dest));
     assert_eq!(rsync_diff(&src, &dest), "");
 
     let dest = xfs.mnt.join("var/lib/machines/db");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let warnings = out.warnings("db");
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, warnings) = copied_clean(&src, &dest);
     assert_eq!(copy.subvolumes_flattened, vec![PathBuf::from(".")]);
     assert_eq!(rsync_diff(&src, &dest), "");
     assert!(
@@ -574,12 +575,7 @@ fn read_only_subvolumes_stay_read_only_on_btrfs() {
     let src = fs.mnt.join("var/lib/nixos-containers/web");
     state_with_readonly_subvolumes(&src);
     let dest = fs.mnt.join("var/lib/machines/web");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let warnings = out.warnings("web");
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, warnings) = copied_clean(&src, &dest);
     let mut ro = copy.subvolumes_readonly.clone();
     ro.sort();
     assert_eq!(
@@ -651,11 +647,7 @@ fn a_read_only_state_subvolume_is_read_only_after_the_rename() {
     chattr("+a", &src);
     set_readonly(&src, true);
     let dest = fs.mnt.join("var/lib/machines/db");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, _) = copied_clean(&src, &dest);
     assert_eq!(copy.subvolumes, vec![PathBuf::from(".")]);
     assert_eq!(copy.subvolumes_readonly, vec![PathBuf::from(".")]);
     assert!(is_subvolume(&dest) && is_readonly(&dest));
@@ -751,12 +743,7 @@ fn read_only_subvolumes_flattened_off_btrfs_are_named_in_the_warning() {
     let src = bt.mnt.join("var/lib/nixos-containers/web");
     state_with_readonly_subvolumes(&src);
     let dest = xfs.mnt.join("var/lib/machines/web");
-    let out = state::migrate_state(&src, &dest, &opts(StateMode::Copy)).unwrap();
-    let warnings = out.warnings("web");
-    let StateOutcome::Copied { copy, verify, .. } = out else {
-        panic!("{out:?}")
-    };
-    assert!(verify.is_clean(), "{}", verify.summary());
+    let (copy, _, warnings) = copied_clean(&src, &dest);
     assert_eq!(rsync_diff(&src, &dest), "");
     let mut flat = copy.subvolumes_flattened.clone();
     flat.sort();
