@@ -560,6 +560,25 @@ fn errors_name_the_path_and_refuse_symlinked_roots() {
     assert!(err.to_string().contains("is not a directory"), "{err}");
 }
 
+/// Put the finished copy `dest` back the way an interrupted run leaves it: its journal into
+/// the staging directory and, with `tree`, the copy itself as the staging tree. Returns the
+/// staging directory.
+fn back_into_staging(dest: &Path, tree: bool) -> std::path::PathBuf {
+    let parent = dest.parent().unwrap();
+    let name = dest.file_name().unwrap().to_string_lossy();
+    let staging = parent.join(format!(".{name}.partial"));
+    std::fs::create_dir_all(&staging).unwrap();
+    if tree {
+        std::fs::rename(dest, staging.join("tree")).unwrap();
+    }
+    std::fs::rename(
+        parent.join(format!(".{name}.journal")),
+        staging.join("journal"),
+    )
+    .unwrap();
+    staging
+}
+
 #[test]
 fn a_staging_dir_of_another_source_is_not_reused() {
     require_root();
@@ -571,14 +590,7 @@ fn a_staging_dir_of_another_source_is_not_reused() {
     let dest = t.path().join("machines/web");
     // Fake an interrupted copy of `a`: run a full copy, then put it back into staging.
     state::migrate_state(&a, &dest, &opts(Verify::Full)).unwrap();
-    let staging = t.path().join("machines/.web.partial");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::rename(&dest, staging.join("tree")).unwrap();
-    std::fs::rename(
-        t.path().join("machines/.web.journal"),
-        staging.join("journal"),
-    )
-    .unwrap();
+    back_into_staging(&dest, true);
     let err = state::migrate_state(&b, &dest, &opts(Verify::Full)).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -614,13 +626,7 @@ fn killed_after_done_before_the_journal_moved_is_finished_not_refused() {
     build_edge_tree(&src);
     let dest = t.path().join("machines/web");
     state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
-    let staging = t.path().join("machines/.web.partial");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::rename(
-        t.path().join("machines/.web.journal"),
-        staging.join("journal"),
-    )
-    .unwrap();
+    let staging = back_into_staging(&dest, false);
     let j = std::fs::read_to_string(staging.join("journal")).unwrap();
     assert!(j.trim_end().ends_with("{\"event\":\"done\"}"), "{j}");
     let before = snapshot(&dest, false);
@@ -779,14 +785,7 @@ fn resume_keeps_finished_entries_and_replaces_stale_ones() {
     let dest = t.path().join("machines/web");
     state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
     // Turn the finished copy back into an "interrupted" one and damage it the ways a crash can.
-    let staging = t.path().join("machines/.web.partial");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::rename(&dest, staging.join("tree")).unwrap();
-    std::fs::rename(
-        t.path().join("machines/.web.journal"),
-        staging.join("journal"),
-    )
-    .unwrap();
+    let staging = back_into_staging(&dest, true);
     let tree = staging.join("tree");
     std::fs::write(tree.join("home/alice/deep/er/est/file"), b"half").unwrap(); // torn file
     std::fs::remove_file(tree.join("usr/lib64/libx.so")).unwrap(); // a link not yet made
@@ -892,14 +891,7 @@ fn a_torn_file_with_finished_metadata_is_caught_by_full_verification_and_recopie
     build_edge_tree(&src);
     let dest = t.path().join("machines/web");
     state::migrate_state(&src, &dest, &opts(Verify::Full)).unwrap();
-    let staging = t.path().join("machines/.web.partial");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::rename(&dest, staging.join("tree")).unwrap();
-    std::fs::rename(
-        t.path().join("machines/.web.journal"),
-        staging.join("journal"),
-    )
-    .unwrap();
+    let staging = back_into_staging(&dest, true);
     let torn = staging.join("tree/home/alice/deep/er/est/file");
     let m = torn.symlink_metadata().unwrap();
     std::fs::write(&torn, vec![0u8; m.size() as usize]).unwrap();
@@ -971,10 +963,7 @@ fn inode_exhaustion_is_reported_as_such_before_and_during_the_copy() {
     build_bulk_tree(&small, 2, 10, 0, 0);
     let dest = fs2.0.join("machines/web");
     state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap();
-    let staging = fs2.0.join("machines/.web.partial");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::rename(&dest, staging.join("tree")).unwrap();
-    std::fs::rename(fs2.0.join("machines/.web.journal"), staging.join("journal")).unwrap();
+    back_into_staging(&dest, true);
     build_bulk_tree(&small.join("more"), 4, 60, 0, 0);
     let err = state::migrate_state(&small, &dest, &opts(Verify::Full)).unwrap_err();
     let msg = err.to_string();
